@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs Switchboard's whole test suite. Prerequisites that are missing are installed with
+# apt-get when possible; otherwise the script names what is missing and stops.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+
+# require COMMAND DEBIAN_PACKAGE: make COMMAND available, installing the package if needed.
+require() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "test.sh: installing $pkg (for $cmd) with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg"; } >/dev/null 2>&1 || true
+  elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then
+    echo "test.sh: installing $pkg (for $cmd) with sudo apt-get"
+    { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg"; } >/dev/null 2>&1 || true
+  fi
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd (Debian package $pkg)")
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo is missing; install the Rust toolchain with rustup first." >&2
+  exit 1
+fi
+# Today's suite needs only cargo; later suites add redis-server and chromium here:
+# require redis-server redis-server
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: cannot run the tests, missing: ${missing[*]}" >&2
+  exit 1
+fi
+
+cargo test --locked "$@"

@@ -1,0 +1,11 @@
+//! The Auth service: signing keys, token minting and verification, HTTP routes.
+
+mod keys;
+pub mod routes;
+mod token;
+
+pub use keys::{ApiKeys, SigningSecret};
+pub use token::{
+    Claims, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier, token_remaining,
+    unix_now,
+};

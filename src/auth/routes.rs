@@ -1,0 +1,168 @@
+//! HTTP routes of the Auth service: `POST /auth/token` and `GET /auth/validate`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Issuance;
+use crate::error::ApiError;
+use crate::identifier;
+use crate::server::AppState;
+
+/// Largest accepted body for `POST /auth/token`.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The Auth service's routes.
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/auth/token", post(issue))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .route("/auth/validate", get(validate))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenRequest {
+    user_id: Option<serde_json::Value>,
+    room_id: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse {
+    token: String,
+    expires_at: u64,
+    peer_id: String,
+    session_id: String,
+}
+
+async fn issue(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    if state.config.issuance == Issuance::ApiKey {
+        let key = bearer(&headers).ok_or_else(|| {
+            ApiError::unauthorized("An API key is required: send Authorization: Bearer <api key>.")
+        })?;
+        if !state.config.api_keys.accepts(key) {
+            return Err(ApiError::unauthorized("The API key is not valid."));
+        }
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the request as Content-Type: application/json.",
+        ));
+    }
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
+            )
+        } else {
+            ApiError::bad_request("invalid_request", "The request body could not be read.")
+        }
+    })?;
+    let request: TokenRequest = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_json",
+            "The body must be a JSON object like {\"userId\": \"alice\", \"roomId\": \"r1\"}.",
+        )
+    })?;
+    let user = field("userId", request.user_id)?
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "userId is required."))?;
+    let room = field("roomId", request.room_id)?;
+    let issued = state.issuer.issue(&user, room.as_deref(), None);
+    Ok(Json(TokenResponse {
+        peer_id: issued.claims.peer_id(),
+        expires_at: issued.claims.exp,
+        session_id: issued.claims.session_id,
+        token: issued.token,
+    }))
+}
+
+/// Reads an optional identifier field; a present but non-string or invalid value is an error.
+fn field(name: &str, value: Option<serde_json::Value>) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => match identifier::check(&s) {
+            Ok(()) => Ok(Some(s)),
+            Err(why) => Err(ApiError::bad_request(
+                "invalid_request",
+                format!("{name} {why}."),
+            )),
+        },
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("{name} must be a string."),
+        )),
+    }
+}
+
+#[derive(Serialize)]
+struct Validation {
+    sub: String,
+    session_id: String,
+    peer_id: String,
+    expires_at: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<String>,
+}
+
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Validation>, ApiError> {
+    let token = bearer(&headers)
+        .map(str::to_string)
+        .or_else(|| query.as_deref().and_then(crate::telemetry::query_token))
+        .unwrap_or_default();
+    let claims = state
+        .verifier
+        .verify(&token)
+        .map_err(|e| ApiError::unauthorized(sentence(&e)))?;
+    Ok(Json(Validation {
+        peer_id: claims.peer_id(),
+        sub: claims.sub,
+        session_id: claims.session_id,
+        expires_at: claims.exp,
+        room: claims.room,
+    }))
+}
+
+/// Capitalised sentence form of an error, for JSON bodies.
+pub fn sentence(e: &impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
+        None => String::new(),
+    }
+}
+
+/// The value of `Authorization: Bearer <value>`, if present.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|v| !v.is_empty())
+}

@@ -1,0 +1,559 @@
+//! Settings: every flag has an environment fallback; `Config` is the validated result.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::auth::{ApiKeys, SigningSecret};
+
+/// The original project's published default secret; accepting it would let anyone mint tokens.
+const PUBLISHED_DEFAULT_SECRET: &str = "carrier-grade-webrtc-secret-change-in-production";
+/// Secrets too well known to be secret, refused in production and warned about elsewhere.
+const WEAK_SECRETS: &[&str] = &[
+    PUBLISHED_DEFAULT_SECRET,
+    "secret",
+    "changeme",
+    "change-me",
+    "your-256-bit-secret",
+];
+/// Minimum secret length required by the security policy.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// Longest token lifetime the policy allows.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Deployment mode; production turns unsafe defaults into start-up errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    /// Local development: generated secret, open token issuance allowed.
+    Development,
+    /// Production: strict checks on secrets, issuance, TTL and origins.
+    Production,
+}
+
+/// Who may call `POST /auth/token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Issuance {
+    /// Anyone may obtain a token for any user id (demo mode).
+    Open,
+    /// Callers must present one of the configured API keys as a bearer token.
+    ApiKey,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when writing to a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Which services a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Auth and signaling (and the web client) on one port.
+    Serve,
+    /// Auth service alone.
+    Auth,
+    /// Signaling service (and the web client) alone.
+    Signal,
+    /// Offline token minting.
+    Token,
+}
+
+impl Role {
+    fn issues_tokens(self) -> bool {
+        matches!(self, Role::Serve | Role::Auth)
+    }
+    fn signals(self) -> bool {
+        matches!(self, Role::Serve | Role::Signal)
+    }
+}
+
+/// Every setting, as flags with environment fallbacks (see `switchboard --help`).
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Deployment mode; `production` refuses unsafe settings at start-up.
+    #[arg(
+        long = "env",
+        env = "SWITCHBOARD_ENV",
+        value_enum,
+        default_value = "development",
+        global = true
+    )]
+    pub environment: Environment,
+
+    /// Address to bind the HTTP/WebSocket listener to.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0", global = true)]
+    pub bind: IpAddr,
+
+    /// Port of the `serve` and `signal` roles.
+    #[arg(long, env = "SIGNALING_PORT", default_value_t = 8080, global = true)]
+    pub port: u16,
+
+    /// Port of the `auth` role.
+    #[arg(long, env = "AUTH_PORT", default_value_t = 8081, global = true)]
+    pub auth_port: u16,
+
+    /// JWT signing secret (at least 32 bytes). Prefer AUTH_SECRET_FILE in production.
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true, global = true)]
+    pub auth_secret: Option<String>,
+
+    /// File holding the JWT signing secret (trailing newline ignored).
+    #[arg(
+        long,
+        env = "AUTH_SECRET_FILE",
+        global = true,
+        conflicts_with = "auth_secret"
+    )]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// Who may call POST /auth/token [default: open in development, api-key in production].
+    #[arg(long, env = "TOKEN_ISSUANCE", value_enum, global = true)]
+    pub token_issuance: Option<Issuance>,
+
+    /// Explicit opt-in to open token issuance in production.
+    #[arg(long, env = "ALLOW_OPEN_ISSUANCE", global = true)]
+    pub allow_open_issuance: bool,
+
+    /// Comma-separated API keys accepted by POST /auth/token in api-key mode.
+    #[arg(long, env = "AUTH_API_KEYS", hide_env_values = true, global = true)]
+    pub api_keys: Option<String>,
+
+    /// File with one API key per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "AUTH_API_KEYS_FILE", global = true)]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Lifetime of issued tokens (at most 24h), e.g. `1h`, `15m`.
+    #[arg(long, env = "TOKEN_TTL", value_parser = humantime::parse_duration, default_value = "1h", global = true)]
+    pub token_ttl: Duration,
+
+    /// `iss` claim written and required in tokens.
+    #[arg(
+        long,
+        env = "TOKEN_ISSUER",
+        default_value = "switchboard",
+        global = true
+    )]
+    pub token_issuer: String,
+
+    /// `aud` claim written and required in tokens.
+    #[arg(
+        long,
+        env = "TOKEN_AUDIENCE",
+        default_value = "switchboard",
+        global = true
+    )]
+    pub token_audience: String,
+
+    /// How long before a token expires the server pushes a fresh one; `0s` disables refresh.
+    #[arg(long, env = "TOKEN_REFRESH_BEFORE", value_parser = humantime::parse_duration, default_value = "5m", global = true)]
+    pub token_refresh_before: Duration,
+
+    /// Comma-separated browser origins allowed to open /ws/signal (required in production).
+    #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
+    pub allowed_origins: Option<String>,
+
+    /// Most peers one room may hold.
+    #[arg(long, env = "MAX_ROOM_PEERS", default_value_t = 50, global = true)]
+    pub max_room_peers: usize,
+
+    /// Largest accepted WebSocket message, in bytes; larger ones close the connection with 1009.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Messages that may wait for one slow client before it is closed with 4003.
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 256, global = true)]
+    pub outbound_queue: usize,
+
+    /// Interval of server WebSocket pings.
+    #[arg(long, env = "PING_INTERVAL", value_parser = humantime::parse_duration, default_value = "20s", global = true)]
+    pub ping_interval: Duration,
+
+    /// A connection silent for this long is closed (peers see `peer_left` reason `timeout`).
+    #[arg(long, env = "IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s", global = true)]
+    pub idle_timeout: Duration,
+
+    /// Log format.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `switchboard=debug,info`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            environment: Environment::Development,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            port: 8080,
+            auth_port: 8081,
+            auth_secret: None,
+            auth_secret_file: None,
+            token_issuance: None,
+            allow_open_issuance: false,
+            api_keys: None,
+            api_keys_file: None,
+            token_ttl: Duration::from_secs(3600),
+            token_issuer: "switchboard".into(),
+            token_audience: "switchboard".into(),
+            token_refresh_before: Duration::from_secs(300),
+            allowed_origins: None,
+            max_room_peers: 50,
+            max_message_bytes: 64 * 1024,
+            outbound_queue: 256,
+            ping_interval: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// A setting that cannot be used, with a sentence naming it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn refuse(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+/// Validated, resolved configuration shared by every service.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Deployment mode.
+    pub environment: Environment,
+    /// Signing secret (possibly generated for development).
+    pub secret: SigningSecret,
+    /// True when the secret was generated at start and dies with the process.
+    pub secret_generated: bool,
+    /// Who may call `POST /auth/token`.
+    pub issuance: Issuance,
+    /// Accepted API keys (api-key issuance).
+    pub api_keys: ApiKeys,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// `iss` claim.
+    pub issuer: String,
+    /// `aud` claim.
+    pub audience: String,
+    /// Lead time for pushing a fresh token; zero disables refresh.
+    pub token_refresh_before: Duration,
+    /// Allowed browser origins; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Room capacity.
+    pub max_room_peers: usize,
+    /// Largest accepted WebSocket message.
+    pub max_message_bytes: usize,
+    /// Per-connection outbound queue length.
+    pub outbound_queue: usize,
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// Silence after which a connection is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Resolves and checks settings for `role`; in production unsafe values are errors.
+    pub fn from_settings(s: &Settings, role: Role) -> Result<Config, ConfigError> {
+        let production = s.environment == Environment::Production;
+        let (secret, secret_generated) = resolve_secret(s, role, production)?;
+
+        if s.token_ttl > MAX_TOKEN_TTL {
+            return Err(refuse(format!(
+                "TOKEN_TTL is {}, above the 24h maximum; set TOKEN_TTL to 24h or less.",
+                humantime::format_duration(s.token_ttl)
+            )));
+        }
+        if s.token_ttl < Duration::from_secs(1) {
+            return Err(refuse("TOKEN_TTL must be at least 1s."));
+        }
+
+        let issuance = s.token_issuance.unwrap_or(if production {
+            Issuance::ApiKey
+        } else {
+            Issuance::Open
+        });
+        if production
+            && role.issues_tokens()
+            && issuance == Issuance::Open
+            && !s.allow_open_issuance
+        {
+            return Err(refuse(
+                "TOKEN_ISSUANCE=open lets anyone mint tokens; in production use TOKEN_ISSUANCE=api-key \
+                 or opt in explicitly with ALLOW_OPEN_ISSUANCE=true.",
+            ));
+        }
+        let api_keys = resolve_api_keys(s)?;
+        if role.issues_tokens() && issuance == Issuance::ApiKey && api_keys.is_empty() {
+            return Err(refuse(
+                "TOKEN_ISSUANCE=api-key needs at least one key in AUTH_API_KEYS or AUTH_API_KEYS_FILE.",
+            ));
+        }
+
+        let allowed_origins = s.allowed_origins.as_deref().map(|list| {
+            list.split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect::<Vec<_>>()
+        });
+        if production && role.signals() && allowed_origins.as_ref().is_none_or(|o| o.is_empty()) {
+            return Err(refuse(
+                "ALLOWED_ORIGINS is required in production: list the browser origins allowed to connect, \
+                 e.g. ALLOWED_ORIGINS=https://app.example.com.",
+            ));
+        }
+
+        if s.max_room_peers == 0 {
+            return Err(refuse("MAX_ROOM_PEERS must be at least 1."));
+        }
+        if s.max_message_bytes < 1024 {
+            return Err(refuse("MAX_MESSAGE_BYTES must be at least 1024."));
+        }
+        if s.outbound_queue == 0 {
+            return Err(refuse("OUTBOUND_QUEUE must be at least 1."));
+        }
+        if s.ping_interval.is_zero() || s.idle_timeout <= s.ping_interval {
+            return Err(refuse(
+                "IDLE_TIMEOUT must be longer than PING_INTERVAL, and PING_INTERVAL above zero.",
+            ));
+        }
+
+        Ok(Config {
+            environment: s.environment,
+            secret,
+            secret_generated,
+            issuance,
+            api_keys,
+            token_ttl: s.token_ttl,
+            issuer: s.token_issuer.clone(),
+            audience: s.token_audience.clone(),
+            token_refresh_before: s.token_refresh_before,
+            allowed_origins,
+            max_room_peers: s.max_room_peers,
+            max_message_bytes: s.max_message_bytes,
+            outbound_queue: s.outbound_queue,
+            ping_interval: s.ping_interval,
+            idle_timeout: s.idle_timeout,
+        })
+    }
+}
+
+fn resolve_secret(
+    s: &Settings,
+    role: Role,
+    production: bool,
+) -> Result<(SigningSecret, bool), ConfigError> {
+    let given = match (&s.auth_secret, &s.auth_secret_file) {
+        (Some(v), _) => Some(v.clone()),
+        (None, Some(path)) => {
+            let raw = std::fs::read_to_string(path).map_err(|e| {
+                refuse(format!(
+                    "AUTH_SECRET_FILE {} cannot be read: {e}.",
+                    path.display()
+                ))
+            })?;
+            Some(raw.trim_end_matches(['\r', '\n']).to_string())
+        }
+        (None, None) => None,
+    };
+    let Some(secret) = given else {
+        if production {
+            return Err(refuse(
+                "AUTH_SECRET (or AUTH_SECRET_FILE) is required in production: \
+                 set at least 32 random bytes, e.g. `openssl rand -base64 48`.",
+            ));
+        }
+        if matches!(role, Role::Signal | Role::Token) {
+            return Err(refuse(
+                "AUTH_SECRET (or AUTH_SECRET_FILE) is required for this role: \
+                 without the auth service's secret no token can be verified or minted.",
+            ));
+        }
+        return Ok((SigningSecret::generate(), true));
+    };
+    if secret.is_empty() {
+        return Err(refuse(
+            "AUTH_SECRET is empty; set at least 32 random bytes.",
+        ));
+    }
+    if production {
+        if WEAK_SECRETS.contains(&secret.as_str()) {
+            return Err(refuse(
+                "AUTH_SECRET is a published, well-known value; generate a new random secret.",
+            ));
+        }
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(refuse(format!(
+                "AUTH_SECRET is {} bytes; production requires at least {MIN_SECRET_BYTES}.",
+                secret.len()
+            )));
+        }
+    }
+    Ok((SigningSecret::new(secret.into_bytes()), false))
+}
+
+impl Config {
+    /// Warnings worth printing at start-up (weak but tolerated outside production).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.secret_generated {
+            out.push(
+                "no AUTH_SECRET set: using a random secret generated at start; tokens will not \
+                 survive a restart and other processes cannot verify them"
+                    .to_string(),
+            );
+        } else if self.secret.is_weak() {
+            out.push(
+                "AUTH_SECRET is shorter than 32 bytes or a well-known value; production would refuse it"
+                    .to_string(),
+            );
+        }
+        if self.issuance == Issuance::Open && self.environment == Environment::Production {
+            out.push("open token issuance is enabled in production (ALLOW_OPEN_ISSUANCE)".into());
+        }
+        out
+    }
+}
+
+/// True when `secret` is short or on the list of well-known values.
+pub(crate) fn secret_is_weak(secret: &[u8]) -> bool {
+    secret.len() < MIN_SECRET_BYTES || WEAK_SECRETS.iter().any(|w| w.as_bytes() == secret)
+}
+
+fn resolve_api_keys(s: &Settings) -> Result<ApiKeys, ConfigError> {
+    let mut keys: Vec<String> = Vec::new();
+    if let Some(list) = &s.api_keys {
+        keys.extend(list.split(',').map(str::trim).map(String::from));
+    }
+    if let Some(path) = &s.api_keys_file {
+        let raw = std::fs::read_to_string(path).map_err(|e| {
+            refuse(format!(
+                "AUTH_API_KEYS_FILE {} cannot be read: {e}.",
+                path.display()
+            ))
+        })?;
+        keys.extend(
+            raw.lines()
+                .map(str::trim)
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    keys.retain(|k| !k.is_empty());
+    if let Some(short) = keys.iter().find(|k| k.len() < 16) {
+        return Err(refuse(format!(
+            "an API key of {} characters is too short to resist guessing; use at least 16.",
+            short.len()
+        )));
+    }
+    Ok(ApiKeys::new(keys))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prod() -> Settings {
+        Settings {
+            environment: Environment::Production,
+            auth_secret: Some("x".repeat(48)),
+            token_issuance: Some(Issuance::ApiKey),
+            api_keys: Some("k".repeat(32)),
+            allowed_origins: Some("https://app.example.com".into()),
+            ..Settings::default()
+        }
+    }
+
+    fn err(s: &Settings, role: Role) -> String {
+        Config::from_settings(s, role).unwrap_err().0
+    }
+
+    #[test]
+    fn production_baseline_starts() {
+        Config::from_settings(&prod(), Role::Serve).unwrap();
+    }
+
+    #[test]
+    fn production_refuses_missing_short_and_published_secret() {
+        let mut s = prod();
+        s.auth_secret = None;
+        assert!(err(&s, Role::Serve).contains("AUTH_SECRET"));
+        s.auth_secret = Some("short-secret".into());
+        assert!(err(&s, Role::Serve).contains("at least 32"));
+        s.auth_secret = Some(PUBLISHED_DEFAULT_SECRET.into());
+        assert!(err(&s, Role::Serve).contains("well-known"));
+    }
+
+    #[test]
+    fn production_refuses_open_issuance_without_opt_in() {
+        let mut s = prod();
+        s.token_issuance = Some(Issuance::Open);
+        assert!(err(&s, Role::Serve).contains("ALLOW_OPEN_ISSUANCE"));
+        s.allow_open_issuance = true;
+        Config::from_settings(&s, Role::Serve).unwrap();
+        // The default issuance mode in production is api-key, which needs keys.
+        let mut s = prod();
+        s.token_issuance = None;
+        s.api_keys = None;
+        assert!(err(&s, Role::Auth).contains("AUTH_API_KEYS"));
+    }
+
+    #[test]
+    fn ttl_above_a_day_is_refused() {
+        let mut s = prod();
+        s.token_ttl = Duration::from_secs(25 * 3600);
+        assert!(err(&s, Role::Serve).contains("TOKEN_TTL"));
+        let dev = Settings {
+            token_ttl: Duration::from_secs(25 * 3600),
+            ..Settings::default()
+        };
+        assert!(err(&dev, Role::Serve).contains("TOKEN_TTL"));
+    }
+
+    #[test]
+    fn production_requires_origin_allowlist_for_signaling() {
+        let mut s = prod();
+        s.allowed_origins = None;
+        assert!(err(&s, Role::Signal).contains("ALLOWED_ORIGINS"));
+        // The auth role opens no WebSocket, so it needs no allowlist.
+        Config::from_settings(&s, Role::Auth).unwrap();
+    }
+
+    #[test]
+    fn development_generates_a_secret_but_signal_role_refuses() {
+        let c = Config::from_settings(&Settings::default(), Role::Serve).unwrap();
+        assert!(c.secret_generated);
+        assert!(c.warnings()[0].contains("will not survive a restart"));
+        assert!(err(&Settings::default(), Role::Signal).contains("AUTH_SECRET"));
+        assert!(err(&Settings::default(), Role::Token).contains("AUTH_SECRET"));
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let dir = std::env::temp_dir().join(format!("sb-secret-{}", std::process::id()));
+        std::fs::write(&dir, format!("{}\n", "s".repeat(40))).unwrap();
+        let s = Settings {
+            auth_secret_file: Some(dir.clone()),
+            ..prod()
+        };
+        let s = Settings {
+            auth_secret: None,
+            ..s
+        };
+        let c = Config::from_settings(&s, Role::Serve).unwrap();
+        assert!(!c.secret.is_weak());
+        std::fs::remove_file(dir).unwrap();
+    }
+}

@@ -1,0 +1,162 @@
+//! Assembles the services of a role into one HTTP server and runs it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::auth::{TokenIssuer, TokenVerifier};
+use crate::config::{Config, Role};
+use crate::signaling::Hub;
+use crate::signaling::protocol::close;
+use crate::store::{MemoryStore, Store};
+
+/// How long shutdown waits for connections to close after telling them to.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Everything the HTTP handlers share.
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Config,
+    /// Which services this process runs.
+    pub role: Role,
+    /// Signs tokens.
+    pub issuer: TokenIssuer,
+    /// Verifies tokens (shared by auth and signaling).
+    pub verifier: TokenVerifier,
+    /// This node's rooms and peers.
+    pub hub: Arc<Hub>,
+    /// Set once shutdown starts: readiness fails and upgrades are refused.
+    draining: AtomicBool,
+}
+
+impl AppState {
+    /// State for `role` with the embedded store.
+    pub fn new(config: Config, role: Role) -> Arc<Self> {
+        Self::with_store(config, role, Arc::new(MemoryStore::new()))
+    }
+
+    /// State for `role` on the given store.
+    pub fn with_store(config: Config, role: Role, store: Arc<dyn Store>) -> Arc<Self> {
+        let issuer = TokenIssuer::new(
+            &config.secret,
+            &config.issuer,
+            &config.audience,
+            config.token_ttl,
+        );
+        let verifier = TokenVerifier::new(&config.secret, &config.issuer, &config.audience);
+        let hub = Arc::new(Hub::new(
+            node_id(),
+            store,
+            config.max_room_peers,
+            config.outbound_queue,
+        ));
+        Arc::new(Self {
+            config,
+            role,
+            issuer,
+            verifier,
+            hub,
+            draining: AtomicBool::new(false),
+        })
+    }
+
+    /// True once shutdown started.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A random node id for this process.
+fn node_id() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
+    format!("node-{}", hex::encode(bytes))
+}
+
+/// The router of a role: its services, health, and the access log around them.
+pub fn app(state: Arc<AppState>) -> Router {
+    let mut router = Router::new().merge(crate::health::router());
+    if matches!(state.role, Role::Serve | Role::Auth) {
+        router = router.merge(crate::auth::routes::router());
+    }
+    if matches!(state.role, Role::Serve | Role::Signal) {
+        router = router
+            .merge(crate::signaling::router())
+            .merge(crate::web::router());
+    }
+    router
+        .fallback(crate::error::not_found)
+        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then closes every WebSocket with
+/// 1012 and waits (bounded) for them to go.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = app(state.clone());
+    let stopping = state.clone();
+    let graceful = async move {
+        shutdown.await;
+        stopping.draining.store(true, Ordering::Relaxed);
+        stopping.hub.close_all(close::RESTART, "server restarting");
+    };
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(graceful);
+    server.await?;
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while state.hub.peer_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: closing connections");
+}
+
+/// Binds the role's port and serves until SIGTERM/SIGINT.
+pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), String> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let listener = TcpListener::bind(bind).await.map_err(|e| {
+        format!("cannot listen on {bind}: {e} (is the port in use? set the port flag)")
+    })?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = AppState::new(config, role);
+    tracing::info!(address = %local, role = ?role, node = state.hub.node(), "listening");
+    serve(listener, state, shutdown_signal())
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}

@@ -1,0 +1,382 @@
+//! One task per WebSocket: reads commands, applies them through the hub, and hands frames
+//! to a writer task that owns the socket's sending half.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+use tracing::Instrument;
+
+use super::hub::{Hub, MembershipError, RelayError};
+use super::outbox::{self, CloseReason, Inbox, Outbox};
+use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
+use crate::auth::{Claims, TokenIssuer, token_remaining};
+use crate::identifier;
+
+/// How long a closing connection may take to flush and send its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Per-connection limits and timers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// Silence after which the connection is closed.
+    pub idle_timeout: Duration,
+    /// Lead time for pushing a fresh token; zero disables refresh.
+    pub refresh_before: Duration,
+}
+
+/// Everything a connection task needs.
+pub struct Connection {
+    /// The node's hub.
+    pub hub: Arc<Hub>,
+    /// Mints refreshed tokens.
+    pub issuer: TokenIssuer,
+    /// The verified token's claims.
+    pub claims: Claims,
+    /// Timers.
+    pub limits: Limits,
+    /// Client address, for logs.
+    pub remote: SocketAddr,
+}
+
+/// Drives one WebSocket until it closes.
+pub async fn run(socket: WebSocket, conn: Connection) {
+    let peer_id = conn.claims.peer_id();
+    let span = tracing::info_span!(
+        "connection",
+        peer = %peer_id,
+        session = %conn.claims.session_id,
+        node = %conn.hub.node(),
+        remote = %conn.remote,
+    );
+    conn.serve(socket, peer_id).instrument(span).await;
+}
+
+/// Mutable state of a live connection.
+struct Session {
+    peer_id: String,
+    epoch: u64,
+    outbox: Outbox,
+    claims: Claims,
+    room: Option<String>,
+}
+
+impl Connection {
+    async fn serve(self, socket: WebSocket, peer_id: String) {
+        let started = Instant::now();
+        let (sink, stream) = socket.split();
+        let ttl = token_remaining(&self.claims);
+        let registration = match self
+            .hub
+            .attach(&self.claims.session_id, &self.claims.sub, &peer_id, ttl)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "could not register the connection");
+                let mut sink = sink;
+                let _ = sink
+                    .send(close_message(close::INTERNAL, "state store unavailable"))
+                    .await;
+                return;
+            }
+        };
+        tracing::info!("websocket connected");
+        let mut session = Session {
+            peer_id,
+            epoch: registration.epoch,
+            outbox: registration.outbox,
+            claims: self.claims.clone(),
+            room: None,
+        };
+        let closing = registration.inbox.closing.clone();
+        let writer = tokio::spawn(
+            write_frames(sink, registration.inbox, self.limits.ping_interval).in_current_span(),
+        );
+        let reason = self.read_frames(stream, &mut session, closing).await;
+        self.hub
+            .detach(
+                &session.claims.session_id,
+                &session.peer_id,
+                session.epoch,
+                reason,
+            )
+            .await;
+        // Let the writer finish on its own (close frame sent) or give up after the grace.
+        if session.outbox.closing().is_none() {
+            session.outbox.close(None, "");
+        }
+        let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), writer).await;
+        let code = session.outbox.closing().and_then(|c| c.code);
+        tracing::info!(
+            room = session.room.as_deref().unwrap_or(""),
+            close_code = code,
+            reason = ?reason,
+            duration_ms = started.elapsed().as_millis() as u64,
+            "websocket closed"
+        );
+    }
+
+    /// Reads until the connection must end; returns why, for `peer_left`.
+    async fn read_frames(
+        &self,
+        mut stream: SplitStream<WebSocket>,
+        session: &mut Session,
+        mut closing: watch::Receiver<Option<CloseReason>>,
+    ) -> LeaveReason {
+        let idle = sleep(self.limits.idle_timeout);
+        tokio::pin!(idle);
+        let mut expiry = deadline_of(&session.claims);
+        let mut refresh = self.refresh_at(&session.claims);
+        loop {
+            tokio::select! {
+                biased;
+                _ = outbox::closed(&mut closing) => return LeaveReason::Disconnected,
+                frame = stream.next() => {
+                    idle.as_mut().reset(Instant::now() + self.limits.idle_timeout);
+                    match frame {
+                        Some(Ok(Message::Text(text))) => self.handle_text(session, &text).await,
+                        Some(Ok(Message::Binary(_))) => send_error(
+                            session,
+                            ErrorCode::InvalidMessage,
+                            "Binary frames are not supported; send JSON text frames.",
+                            None,
+                        ),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => return LeaveReason::Disconnected,
+                        Some(Err(e)) => {
+                            if is_too_big(e) {
+                                session.outbox.close(Some(close::TOO_BIG), "message too big");
+                            }
+                            return LeaveReason::Disconnected;
+                        }
+                    }
+                }
+                _ = &mut idle => {
+                    session.outbox.close(Some(close::GOING_AWAY), "idle timeout");
+                    return LeaveReason::Timeout;
+                }
+                _ = sleep_until(refresh.unwrap_or(expiry)), if refresh.is_some() => {
+                    let fresh = self.issuer.reissue(&session.claims);
+                    let frame = Outgoing::Token { token: &fresh.token, expires_at: fresh.claims.exp }.to_frame();
+                    session.outbox.deliver(frame);
+                    session.claims = fresh.claims;
+                    expiry = deadline_of(&session.claims);
+                    refresh = self.refresh_at(&session.claims);
+                    self.keep_alive(session).await;
+                }
+                _ = sleep_until(expiry) => {
+                    session.outbox.close(Some(close::TOKEN_EXPIRED), "token expired");
+                    return LeaveReason::Disconnected;
+                }
+            }
+        }
+    }
+
+    /// Extends the session's store TTL to the (possibly refreshed) token's life.
+    async fn keep_alive(&self, session: &Session) {
+        let ttl = token_remaining(&session.claims);
+        match self
+            .hub
+            .refresh(
+                &session.claims.session_id,
+                &session.peer_id,
+                session.epoch,
+                ttl,
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => session
+                .outbox
+                .close(Some(close::REPLACED), "replaced by a newer connection"),
+            Err(e) => tracing::warn!(error = %e, "could not refresh the session"),
+        }
+    }
+
+    fn refresh_at(&self, claims: &Claims) -> Option<Instant> {
+        if self.limits.refresh_before.is_zero() {
+            return None;
+        }
+        let remaining = token_remaining(claims);
+        Some(Instant::now() + remaining.saturating_sub(self.limits.refresh_before))
+    }
+
+    async fn handle_text(&self, session: &mut Session, text: &str) {
+        let (reference, parsed) = protocol::parse(text);
+        let command = match parsed {
+            Ok(c) => c,
+            Err(r) => return send_error(session, r.code, &r.message, r.reference),
+        };
+        match command {
+            Command::Ping => {
+                session.outbox.deliver(Outgoing::Pong.to_frame());
+            }
+            Command::Join { room } => self.join(session, &room, reference).await,
+            Command::Leave { room } => {
+                match self
+                    .hub
+                    .leave(&session.peer_id, session.epoch, room.as_deref())
+                    .await
+                {
+                    Ok(()) => session.room = None,
+                    Err(e) => membership_error(session, e, reference),
+                }
+            }
+            Command::Relay { kind, to, payload } => match self.hub.route(&session.peer_id, &to) {
+                Ok(target) => {
+                    target.deliver(Outgoing::relay(kind, &session.peer_id, payload).to_frame());
+                }
+                Err(RelayError::NotInRoom) => send_error(
+                    session,
+                    ErrorCode::NotInRoom,
+                    "Join a room before sending offers, answers or candidates.",
+                    reference,
+                ),
+                Err(RelayError::PeerNotFound) => send_error(
+                    session,
+                    ErrorCode::PeerNotFound,
+                    "That peer is not in your room.",
+                    reference,
+                ),
+            },
+        }
+    }
+
+    async fn join(&self, session: &mut Session, room: &str, reference: Option<&RawValue>) {
+        if let Err(why) = identifier::check(room) {
+            return send_error(
+                session,
+                ErrorCode::InvalidMessage,
+                &format!("roomId {why}."),
+                reference,
+            );
+        }
+        if session
+            .claims
+            .room
+            .as_deref()
+            .is_some_and(|allowed| allowed != room)
+        {
+            return send_error(
+                session,
+                ErrorCode::ForbiddenRoom,
+                "Your token does not allow joining this room.",
+                reference,
+            );
+        }
+        match self.hub.join(&session.peer_id, session.epoch, room).await {
+            Ok(peers) => {
+                session.room = Some(room.to_string());
+                let frame = Outgoing::Joined {
+                    room_id: room,
+                    peer_id: &session.peer_id,
+                    peers: &peers,
+                }
+                .to_frame();
+                session.outbox.deliver(frame);
+            }
+            Err(e) => membership_error(session, e, reference),
+        }
+    }
+}
+
+fn membership_error(session: &Session, e: MembershipError, reference: Option<&RawValue>) {
+    let (code, message) = match e {
+        MembershipError::RoomFull => (ErrorCode::RoomFull, "The room is full."),
+        MembershipError::NotInRoom => (ErrorCode::NotInRoom, "You are not in that room."),
+        MembershipError::Replaced => return,
+        MembershipError::Store(e) => {
+            tracing::warn!(error = %e, "membership change failed");
+            (
+                ErrorCode::Unavailable,
+                "Room state is unavailable right now; retry shortly.",
+            )
+        }
+    };
+    send_error(session, code, message, reference);
+}
+
+fn send_error(session: &Session, code: ErrorCode, message: &str, reference: Option<&RawValue>) {
+    let frame = Outgoing::Error {
+        code,
+        message,
+        reference,
+    }
+    .to_frame();
+    session.outbox.deliver(frame);
+}
+
+/// Writes queued frames and pings; on close, flushes what is queued (unless the peer is too
+/// slow for that) and sends the close frame.
+async fn write_frames(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut inbox: Inbox,
+    ping_every: Duration,
+) {
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
+    let reason = loop {
+        tokio::select! {
+            biased;
+            reason = outbox::closed(&mut inbox.closing) => break reason,
+            frame = inbox.frames.recv() => {
+                let Some(frame) = frame else { break None };
+                tokio::select! {
+                    sent = sink.send(Message::Text(frame)) => if sent.is_err() { return },
+                    reason = outbox::closed(&mut inbox.closing) => break reason,
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let Some(CloseReason {
+        code: Some(code),
+        text,
+    }) = reason
+    else {
+        return;
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if code != close::SLOW_CONSUMER {
+            while let Ok(frame) = inbox.frames.try_recv() {
+                if sink.feed(Message::Text(frame)).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = sink.send(close_message(code, text)).await;
+    })
+    .await;
+}
+
+fn close_message(code: u16, text: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(text),
+    }))
+}
+
+fn deadline_of(claims: &Claims) -> Instant {
+    Instant::now() + token_remaining(claims)
+}
+
+/// True when the read failed because a message exceeded the size limit.
+fn is_too_big(e: axum::Error) -> bool {
+    let inner = e.into_inner();
+    matches!(
+        inner.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
+}

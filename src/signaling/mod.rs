@@ -1,0 +1,11 @@
+//! The Signaling service: the `/ws/signal` upgrade, the wire protocol, one task per
+//! connection, and the hub that routes between peers.
+
+pub mod connection;
+pub mod hub;
+pub mod outbox;
+pub mod protocol;
+mod upgrade;
+
+pub use hub::Hub;
+pub use upgrade::router;

@@ -1,0 +1,382 @@
+//! The JSON wire protocol: client commands parsed from borrowed frames, server messages
+//! serialised once. SDP and candidates are kept as raw JSON so they pass byte-exact.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// WebSocket close codes used by the server.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// The connection was idle past the timeout.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation (revoked, abuse).
+    pub const POLICY: u16 = 1008;
+    /// A message larger than the limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// The server is restarting; reconnect.
+    pub const RESTART: u16 = 1012;
+    /// The token expired.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The client did not read fast enough; resync.
+    pub const SLOW_CONSUMER: u16 = 4003;
+    /// A newer connection of the same session took over.
+    pub const REPLACED: u16 = 4004;
+}
+
+/// Codes carried by `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, or a field of the wrong type.
+    InvalidMessage,
+    /// A `type` the server does not know.
+    UnknownType,
+    /// The operation needs the sender to be in a room (or in the named room).
+    NotInRoom,
+    /// The target peer is not in the sender's room.
+    PeerNotFound,
+    /// The room is at capacity.
+    RoomFull,
+    /// The token does not allow this room.
+    ForbiddenRoom,
+    /// Too many messages.
+    RateLimited,
+    /// The message exceeds the size limit.
+    MessageTooLarge,
+    /// A dependency is down; retry later.
+    Unavailable,
+    /// A server bug.
+    Internal,
+}
+
+/// Why a peer left a room, as told to the others in `peer_left`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// It sent `leave` or joined another room.
+    Left,
+    /// Its connection closed.
+    Disconnected,
+    /// It stopped answering.
+    Timeout,
+    /// A newer connection of its session took over.
+    Replaced,
+}
+
+/// The three relayed message kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayKind {
+    /// SDP offer.
+    Offer,
+    /// SDP answer.
+    Answer,
+    /// Trickled ICE candidate.
+    IceCandidate,
+}
+
+/// A parsed client command, borrowing from the frame.
+#[derive(Debug)]
+pub enum Command<'a> {
+    /// Join (or switch to) a room.
+    Join {
+        /// Room id.
+        room: Cow<'a, str>,
+    },
+    /// Leave the current room (optionally naming it).
+    Leave {
+        /// Room id the client thinks it is in.
+        room: Option<Cow<'a, str>>,
+    },
+    /// Relay to one peer of the room.
+    Relay {
+        /// Offer, answer or candidate.
+        kind: RelayKind,
+        /// Target peer id.
+        to: Cow<'a, str>,
+        /// The `sdp` or `candidate` value, verbatim.
+        payload: &'a RawValue,
+    },
+    /// Application heartbeat.
+    Ping,
+}
+
+/// A frame the server could not accept, with the client's `id` to echo as `ref`.
+#[derive(Debug)]
+pub struct Rejected<'a> {
+    /// Error code.
+    pub code: ErrorCode,
+    /// Explanation.
+    pub message: String,
+    /// The client's `id`, verbatim, if it sent one.
+    pub reference: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "roomId", borrow)]
+    room_id: Option<Cow<'a, str>>,
+    #[serde(rename = "peerId", borrow)]
+    peer_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    sdp: Option<&'a RawValue>,
+    #[serde(borrow)]
+    candidate: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+/// Longest client `id` echoed back; longer ones are not echoed.
+const MAX_REF_BYTES: usize = 128;
+
+/// Parses one text frame into a command, the client's `id` (for replies) and any rejection.
+pub fn parse(text: &str) -> (Option<&RawValue>, Result<Command<'_>, Rejected<'_>>) {
+    let frame: Frame<'_> = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let reference = serde_json::from_str::<IdOnly<'_>>(text)
+                .ok()
+                .and_then(|f| f.id)
+                .filter(|r| r.get().len() <= MAX_REF_BYTES);
+            let message = if e.is_data() {
+                format!("A field has the wrong type: {e}.")
+            } else {
+                "The message is not a JSON object; send {\"type\": ..., ...}.".to_string()
+            };
+            return (
+                reference,
+                Err(reject(ErrorCode::InvalidMessage, message, reference)),
+            );
+        }
+    };
+    let reference = frame.id.filter(|r| r.get().len() <= MAX_REF_BYTES);
+    (reference, command(frame, reference))
+}
+
+fn reject<'a>(
+    code: ErrorCode,
+    message: impl Into<String>,
+    reference: Option<&'a RawValue>,
+) -> Rejected<'a> {
+    Rejected {
+        code,
+        message: message.into(),
+        reference,
+    }
+}
+
+fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<'a>, Rejected<'a>> {
+    let missing = |field: &str, kind: &str| {
+        reject(
+            ErrorCode::InvalidMessage,
+            format!("A {kind} message needs a {field} field."),
+            reference,
+        )
+    };
+    let Some(kind) = f.kind else {
+        return Err(reject(
+            ErrorCode::InvalidMessage,
+            "The message has no type field.",
+            reference,
+        ));
+    };
+    let relay = |kind: RelayKind, name: &str, payload: Option<&'a RawValue>, field: &str| {
+        let to = f.peer_id.clone().ok_or_else(|| missing("peerId", name))?;
+        let payload = payload
+            .filter(|p| p.get() != "null")
+            .ok_or_else(|| missing(field, name))?;
+        Ok(Command::Relay { kind, to, payload })
+    };
+    match kind.as_ref() {
+        "join" => Ok(Command::Join {
+            room: f.room_id.clone().ok_or_else(|| missing("roomId", "join"))?,
+        }),
+        "leave" => Ok(Command::Leave {
+            room: f.room_id.clone(),
+        }),
+        "offer" => relay(RelayKind::Offer, "offer", f.sdp, "sdp"),
+        "answer" => relay(RelayKind::Answer, "answer", f.sdp, "sdp"),
+        "ice-candidate" => relay(
+            RelayKind::IceCandidate,
+            "ice-candidate",
+            f.candidate,
+            "candidate",
+        ),
+        "ping" => Ok(Command::Ping),
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(reject(
+                ErrorCode::UnknownType,
+                format!("Unknown message type {shown:?}."),
+                reference,
+            ))
+        }
+    }
+}
+
+/// A server message; serialised once and shared by every recipient.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Outgoing<'a> {
+    /// Reply to `join`.
+    Joined {
+        /// Room joined.
+        #[serde(rename = "roomId")]
+        room_id: &'a str,
+        /// The joiner's own peer id.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// Everyone else already in the room.
+        peers: &'a [String],
+    },
+    /// Someone joined the room.
+    PeerJoined {
+        /// Who.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+    },
+    /// Someone left the room.
+    PeerLeft {
+        /// Who.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// Relayed offer.
+    Offer {
+        /// Sender, set by the server.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// SDP, verbatim.
+        sdp: &'a RawValue,
+    },
+    /// Relayed answer.
+    Answer {
+        /// Sender, set by the server.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// SDP, verbatim.
+        sdp: &'a RawValue,
+    },
+    /// Relayed ICE candidate.
+    #[serde(rename = "ice-candidate")]
+    IceCandidate {
+        /// Sender, set by the server.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// Candidate, verbatim.
+        candidate: &'a RawValue,
+    },
+    /// Reply to `ping`.
+    Pong,
+    /// A request failed.
+    Error {
+        /// Machine-readable code.
+        code: ErrorCode,
+        /// Explanation.
+        message: &'a str,
+        /// The client's `id`, echoed.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a RawValue>,
+    },
+    /// A fresh token for this session.
+    Token {
+        /// The JWT.
+        token: &'a str,
+        /// Its expiry (unix seconds).
+        #[serde(rename = "expiresAt")]
+        expires_at: u64,
+    },
+}
+
+impl Outgoing<'_> {
+    /// A relayed message from `from` carrying `payload`.
+    pub fn relay<'a>(kind: RelayKind, from: &'a str, payload: &'a RawValue) -> Outgoing<'a> {
+        match kind {
+            RelayKind::Offer => Outgoing::Offer {
+                peer_id: from,
+                sdp: payload,
+            },
+            RelayKind::Answer => Outgoing::Answer {
+                peer_id: from,
+                sdp: payload,
+            },
+            RelayKind::IceCandidate => Outgoing::IceCandidate {
+                peer_id: from,
+                candidate: payload,
+            },
+        }
+    }
+
+    /// The JSON text frame.
+    pub fn to_frame(&self) -> axum::extract::ws::Utf8Bytes {
+        serde_json::to_string(self)
+            .expect("server messages always serialise")
+            .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relay_keeps_payload_verbatim_and_ignores_forged_sender() {
+        let text = r#"{"type":"offer","peerId":"bob","from":"mallory","sdp":"v=0\r\nö \u00e9"}"#;
+        let (_, cmd) = parse(text);
+        let Ok(Command::Relay { kind, to, payload }) = cmd else {
+            panic!("not a relay")
+        };
+        assert_eq!(kind, RelayKind::Offer);
+        assert_eq!(to, "bob");
+        let out = Outgoing::relay(kind, "alice", payload).to_frame();
+        assert_eq!(
+            out.as_str(),
+            r#"{"type":"offer","peerId":"alice","sdp":"v=0\r\nö \u00e9"}"#
+        );
+    }
+
+    #[test]
+    fn rejections_carry_code_and_ref() {
+        let (_, r) = parse(r#"{"type":"warp","id":7}"#);
+        let r = r.unwrap_err();
+        assert_eq!(r.code, ErrorCode::UnknownType);
+        assert_eq!(r.reference.unwrap().get(), "7");
+        let (_, r) = parse(r#"{"type":"join","id":"a","roomId":5}"#);
+        let r = r.unwrap_err();
+        assert_eq!(r.code, ErrorCode::InvalidMessage);
+        assert_eq!(r.reference.unwrap().get(), "\"a\"");
+        let (_, r) = parse("not json");
+        assert_eq!(r.unwrap_err().code, ErrorCode::InvalidMessage);
+        let (_, r) = parse(r#"{"type":"ice-candidate","peerId":"x"}"#);
+        assert!(r.unwrap_err().message.contains("candidate"));
+    }
+
+    #[test]
+    fn error_frame_shape() {
+        let raw = RawValue::from_string("\"q1\"".into()).unwrap();
+        let out = Outgoing::Error {
+            code: ErrorCode::PeerNotFound,
+            message: "No such peer.",
+            reference: Some(&raw),
+        }
+        .to_frame();
+        assert_eq!(
+            out.as_str(),
+            r#"{"type":"error","code":"peer_not_found","message":"No such peer.","ref":"q1"}"#
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! `GET /ws/signal`: origin and token checks before the WebSocket upgrade.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{ConnectInfo, RawQuery, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::connection::{self, Connection, Limits};
+use crate::auth::routes::sentence;
+use crate::error::ApiError;
+use crate::server::AppState;
+use crate::telemetry::query_token;
+
+/// The subprotocol the server speaks.
+pub const SUBPROTOCOL: &str = "switchboard.v1";
+/// Prefix of the subprotocol entry that carries the token.
+const BEARER_PREFIX: &str = "bearer.";
+
+/// The signaling route.
+pub fn router() -> Router<Arc<AppState>> {
+    Router::new().route("/ws/signal", get(upgrade))
+}
+
+async fn upgrade(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match accept(&state, remote, &headers, query.as_deref(), ws) {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn accept(
+    state: &Arc<AppState>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    if state.draining() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "This node is shutting down; connect to another one.",
+        ));
+    }
+    check_origin(state, headers)?;
+    let token = query
+        .and_then(query_token)
+        .or_else(|| subprotocol_token(headers))
+        .unwrap_or_default();
+    let claims = state
+        .verifier
+        .verify(&token)
+        .map_err(|e| ApiError::unauthorized(sentence(&e)))?;
+    let ws = ws.map_err(|_| {
+        ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "This endpoint speaks WebSocket only; send an Upgrade: websocket request.",
+        )
+    })?;
+    let config = &state.config;
+    let connection = Connection {
+        hub: state.hub.clone(),
+        issuer: state.issuer.clone(),
+        claims,
+        limits: Limits {
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
+            refresh_before: config.token_refresh_before,
+        },
+        remote,
+    };
+    Ok(ws
+        .protocols([SUBPROTOCOL])
+        .max_message_size(config.max_message_bytes)
+        .max_frame_size(config.max_message_bytes)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| connection::run(socket, connection)))
+}
+
+fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (Some(allowed), Some(origin)) =
+        (&state.config.allowed_origins, headers.get(header::ORIGIN))
+    else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden_origin",
+        "This origin is not allowed to connect; add it to ALLOWED_ORIGINS.",
+    ))
+}
+
+/// The token from a `bearer.<token>` entry of `Sec-WebSocket-Protocol`.
+fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(BEARER_PREFIX))
+        .map(str::to_string)
+}

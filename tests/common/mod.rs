@@ -1,0 +1,283 @@
+//! Test support: an in-process server on 127.0.0.1:0 and a WebSocket client that speaks
+//! the protocol with deadlines instead of sleeps.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard::auth::{SigningSecret, TokenIssuer};
+use switchboard::config::{Config, Role, Settings};
+use switchboard::server::{AppState, serve};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Secret shared by test servers and test-minted tokens.
+pub const SECRET: &str = "test-secret-0123456789-0123456789-abcdef";
+/// How long any single expectation may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Development settings with a fixed secret.
+pub fn settings() -> Settings {
+    Settings {
+        auth_secret: Some(SECRET.into()),
+        ..Settings::default()
+    }
+}
+
+/// A server running in this process.
+pub struct TestServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its shared state.
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts `role` with `settings` on a free port.
+pub async fn start_role(settings: Settings, role: Role) -> TestServer {
+    let config = Config::from_settings(&settings, role).expect("test settings are valid");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = AppState::new(config, role);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(serve(listener, state.clone(), async {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        state,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Starts the `serve` role.
+pub async fn start(settings: Settings) -> TestServer {
+    start_role(settings, Role::Serve).await
+}
+
+impl TestServer {
+    /// `http://addr` + `path`.
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The signaling URL carrying `token` in the query.
+    pub fn ws_url(&self, token: &str) -> String {
+        format!("ws://{}/ws/signal?token={}", self.addr, token)
+    }
+
+    /// Mints a token with the server's issuer.
+    pub fn token(&self, user: &str, room: Option<&str>) -> String {
+        self.state.issuer.issue(user, room, None).token
+    }
+
+    /// Connects a client for `user` and waits until the hub registered it.
+    pub async fn connect(&self, user: &str) -> Client {
+        let token = self.token(user, None);
+        self.connect_with(&token).await
+    }
+
+    /// Connects with an explicit token.
+    pub async fn connect_with(&self, token: &str) -> Client {
+        let claims = self
+            .state
+            .verifier
+            .verify(token)
+            .expect("test token is valid");
+        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(token))
+            .await
+            .expect("websocket upgrade");
+        let mut client = Client {
+            ws,
+            peer_id: claims.peer_id(),
+        };
+        // A pong proves the connection task is running and registered.
+        client.send(json!({"type": "ping"})).await;
+        client.expect("pong").await;
+        client
+    }
+
+    /// Connects and joins `room`; returns the client and its `joined` message.
+    pub async fn join(&self, user: &str, room: &str) -> (Client, Value) {
+        let mut client = self.connect(user).await;
+        let joined = client.join(room).await;
+        (client, joined)
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(DEADLINE, &mut self.task).await;
+    }
+}
+
+/// Tries an upgrade and returns the refusal's status and JSON body.
+pub async fn refused(request: impl IntoClientRequest + Unpin) -> (u16, Value) {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => panic!("the upgrade was accepted but should have been refused"),
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().as_deref().unwrap_or_default();
+            let json = serde_json::from_slice(body).unwrap_or(Value::Null);
+            (status, json)
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+/// What a client observed next.
+#[derive(Debug)]
+pub enum Event {
+    /// A JSON text frame.
+    Message(Value),
+    /// A binary frame.
+    Binary,
+    /// A close frame with its code, or the stream ended without one.
+    Closed(Option<u16>),
+}
+
+/// A protocol client.
+pub struct Client {
+    /// The socket.
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// This client's peer id.
+    pub peer_id: String,
+}
+
+impl Client {
+    /// Sends a JSON message.
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(value.to_string()).await;
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.expect("send");
+    }
+
+    /// The next event, skipping control frames; fails the test after [`DEADLINE`].
+    pub async fn next_event(&mut self) -> Event {
+        let fut = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        return Event::Message(serde_json::from_str(&t).expect("server sent JSON"));
+                    }
+                    Some(Ok(Message::Binary(_))) => return Event::Binary,
+                    Some(Ok(Message::Close(frame))) => {
+                        return Event::Closed(frame.map(|f| u16::from(f.code)));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Event::Closed(None),
+                }
+            }
+        };
+        tokio::time::timeout(DEADLINE, fut)
+            .await
+            .expect("no event before the deadline")
+    }
+
+    /// The next JSON message; fails on close.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Message(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// The next message, which must have `type` == `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let message = self.recv().await;
+        assert_eq!(message["type"], kind, "unexpected message: {message}");
+        message
+    }
+
+    /// The next message must be an `error` with `code`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let message = self.expect("error").await;
+        assert_eq!(message["code"], code, "unexpected error: {message}");
+        message
+    }
+
+    /// Skips messages until the connection closes; returns the close code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            if let Event::Closed(code) = self.next_event().await {
+                return code;
+            }
+        }
+    }
+
+    /// Proves nothing else is queued for this client: a ping's pong must come next.
+    pub async fn expect_nothing_pending(&mut self) {
+        self.send(json!({"type": "ping"})).await;
+        self.expect("pong").await;
+    }
+
+    /// Joins a room and returns `joined`.
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.send(json!({"type": "join", "roomId": room})).await;
+        let joined = self.expect("joined").await;
+        assert_eq!(joined["roomId"], room);
+        assert_eq!(joined["peerId"], self.peer_id.as_str());
+        joined
+    }
+
+    /// Sends an offer to `to`.
+    pub async fn offer(&mut self, to: &str, sdp: &str) {
+        self.send(json!({"type": "offer", "peerId": to, "sdp": sdp}))
+            .await;
+    }
+
+    /// Closes the socket cleanly.
+    pub async fn close(mut self) {
+        let _ = self
+            .ws
+            .close(Some(tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+}
+
+/// A token signed with `secret` from arbitrary claims and header, for rejection tests.
+pub fn forge(header: &jsonwebtoken::Header, claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Valid claims for `user`, adjustable by the caller.
+pub fn claims(user: &str) -> Value {
+    let now = switchboard::auth::unix_now();
+    json!({
+        "iss": "switchboard", "aud": "switchboard", "sub": user,
+        "session_id": format!("s{now}{user}"), "jti": "j1",
+        "iat": now, "nbf": now, "exp": now + 600,
+    })
+}
+
+/// An issuer over the test secret with a custom TTL.
+pub fn issuer(ttl: Duration) -> TokenIssuer {
+    TokenIssuer::new(
+        &SigningSecret::new(SECRET.as_bytes().to_vec()),
+        "switchboard",
+        "switchboard",
+        ttl,
+    )
+}

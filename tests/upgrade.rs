@@ -1,0 +1,213 @@
+//! Every way an upgrade to /ws/signal is refused before a WebSocket exists.
+
+mod common;
+
+use common::{SECRET, claims, forge, refused, settings, start};
+use jsonwebtoken::{Algorithm, Header};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+async fn assert_401(server: &common::TestServer, token: &str, needle: &str) {
+    let (status, body) = refused(server.ws_url(token)).await;
+    assert_eq!(status, 401, "token {needle:?}: {body}");
+    assert_eq!(body["error"], "unauthorized");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains(needle),
+        "{message:?} should mention {needle:?}"
+    );
+    assert!(!message.contains(token) || token.is_empty());
+}
+
+#[tokio::test]
+async fn missing_and_garbage_tokens_get_401_json() {
+    let server = start(settings()).await;
+    let (status, body) = refused(format!("ws://{}/ws/signal", server.addr)).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("token is required")
+    );
+    assert_401(&server, "garbage", "malformed").await;
+    assert_401(&server, "a.b.c", "malformed").await;
+}
+
+#[tokio::test]
+async fn wrong_secret_expired_and_future_tokens_get_401() {
+    let server = start(settings()).await;
+    let hs256 = Header::new(Algorithm::HS256);
+    assert_401(
+        &server,
+        &forge(&hs256, &claims("a"), b"another-secret-another-secret-xx"),
+        "signature",
+    )
+    .await;
+
+    let mut expired = claims("a");
+    expired["exp"] = json!(switchboard::auth::unix_now() - 120);
+    assert_401(
+        &server,
+        &forge(&hs256, &expired, SECRET.as_bytes()),
+        "expired",
+    )
+    .await;
+
+    let mut future = claims("a");
+    future["nbf"] = json!(switchboard::auth::unix_now() + 300);
+    assert_401(
+        &server,
+        &forge(&hs256, &future, SECRET.as_bytes()),
+        "not valid yet",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn other_algorithms_including_none_are_refused() {
+    let server = start(settings()).await;
+    let hs512 = forge(
+        &Header::new(Algorithm::HS512),
+        &claims("a"),
+        SECRET.as_bytes(),
+    );
+    assert_401(&server, &hs512, "HS256").await;
+    let hs384 = forge(
+        &Header::new(Algorithm::HS384),
+        &claims("a"),
+        SECRET.as_bytes(),
+    );
+    assert_401(&server, &hs384, "HS256").await;
+
+    // alg "none": header and claims with an empty signature.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims("a").to_string())
+    );
+    let (status, _) = refused(server.ws_url(&none)).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn missing_or_wrong_claims_are_refused() {
+    let server = start(settings()).await;
+    let hs256 = Header::new(Algorithm::HS256);
+    let sign = |c: &serde_json::Value| forge(&hs256, c, SECRET.as_bytes());
+
+    let mut no_sub = claims("a");
+    no_sub.as_object_mut().unwrap().remove("sub");
+    assert_401(&server, &sign(&no_sub), "sub").await;
+
+    let mut empty_sub = claims("a");
+    empty_sub["sub"] = json!("");
+    assert_401(&server, &sign(&empty_sub), "sub").await;
+
+    let mut long_sub = claims("a");
+    long_sub["sub"] = json!("x".repeat(129));
+    assert_401(&server, &sign(&long_sub), "sub").await;
+
+    let mut no_session = claims("a");
+    no_session.as_object_mut().unwrap().remove("session_id");
+    assert_401(&server, &sign(&no_session), "claim").await;
+
+    let mut no_exp = claims("a");
+    no_exp.as_object_mut().unwrap().remove("exp");
+    assert_401(&server, &sign(&no_exp), "exp").await;
+
+    let mut aud = claims("a");
+    aud["aud"] = json!("someone-else");
+    assert_401(&server, &sign(&aud), "audience").await;
+
+    let mut iss = claims("a");
+    iss["iss"] = json!("evil");
+    assert_401(&server, &sign(&iss), "issuer").await;
+}
+
+#[tokio::test]
+async fn oversized_token_is_refused_unread() {
+    let server = start(settings()).await;
+    let mut big = claims("a");
+    big["pad"] = json!("p".repeat(5000));
+    let token = forge(&Header::new(Algorithm::HS256), &big, SECRET.as_bytes());
+    assert_401(&server, &token, "longer than 4096").await;
+}
+
+#[tokio::test]
+async fn foreign_origin_gets_403_and_allowed_or_absent_origin_passes() {
+    let mut s = settings();
+    s.allowed_origins = Some("https://app.example.com".into());
+    let server = start(s).await;
+    let token = server.token("a", None);
+
+    let mut request = server.ws_url(&token).into_client_request().unwrap();
+    request.headers_mut().insert(
+        "origin",
+        HeaderValue::from_static("https://evil.example.net"),
+    );
+    let (status, body) = refused(request).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"], "forbidden_origin");
+
+    let mut request = server.ws_url(&token).into_client_request().unwrap();
+    request.headers_mut().insert(
+        "origin",
+        HeaderValue::from_static("https://app.example.com"),
+    );
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("allowed origin");
+
+    // No Origin header at all: a non-browser client, unaffected.
+    let other = server.token("b", None);
+    server.connect_with(&other).await;
+}
+
+#[tokio::test]
+async fn subprotocol_token_is_accepted_and_never_echoed() {
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let mut request = format!("ws://{}/ws/signal", server.addr)
+        .into_client_request()
+        .unwrap();
+    let offered = format!("switchboard.v1, bearer.{token}");
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&offered).unwrap(),
+    );
+    let (_ws, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    let selected = response.headers().get("sec-websocket-protocol").unwrap();
+    assert_eq!(selected, "switchboard.v1");
+    for (_, value) in response.headers() {
+        assert!(!value.to_str().unwrap_or_default().contains(&token));
+    }
+
+    // A bad token in the subprotocol is refused like one in the query.
+    let mut request = format!("ws://{}/ws/signal", server.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_static("switchboard.v1, bearer.nope"),
+    );
+    assert_eq!(refused(request).await.0, 401);
+}
+
+#[tokio::test]
+async fn plain_http_with_a_valid_token_gets_426() {
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let response = reqwest::get(server.http(&format!("/ws/signal?token={token}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 426);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "upgrade_required");
+}
