@@ -65,6 +65,13 @@ impl AppState {
         })
     }
 
+    /// Starts shutdown: readiness fails, upgrades are refused, and every WebSocket is told
+    /// to close with 1012 so its client reconnects elsewhere.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.hub.close_all(close::RESTART, "server restarting");
+    }
+
     /// True once shutdown started.
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
@@ -106,8 +113,7 @@ pub async fn serve(
     let stopping = state.clone();
     let graceful = async move {
         shutdown.await;
-        stopping.draining.store(true, Ordering::Relaxed);
-        stopping.hub.close_all(close::RESTART, "server restarting");
+        stopping.start_draining();
     };
     let server = axum::serve(
         listener,

@@ -67,6 +67,8 @@ struct Session {
     outbox: Outbox,
     claims: Claims,
     room: Option<String>,
+    /// The close code the client sent, if it closed first.
+    client_close: Option<u16>,
 }
 
 impl Connection {
@@ -96,6 +98,7 @@ impl Connection {
             outbox: registration.outbox,
             claims: self.claims.clone(),
             room: None,
+            client_close: None,
         };
         let closing = registration.inbox.closing.clone();
         let writer = tokio::spawn(
@@ -115,11 +118,17 @@ impl Connection {
             session.outbox.close(None, "");
         }
         let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), writer).await;
-        let code = session.outbox.closing().and_then(|c| c.code);
+        let server_code = session.outbox.closing().and_then(|c| c.code);
+        let (closed_by, code) = match (server_code, session.client_close) {
+            (Some(code), _) => ("server", code),
+            (None, Some(code)) => ("client", code),
+            (None, None) => ("network", 1006),
+        };
         tracing::info!(
             room = session.room.as_deref().unwrap_or(""),
             close_code = code,
-            reason = ?reason,
+            closed_by,
+            reason = reason.as_str(),
             duration_ms = started.elapsed().as_millis() as u64,
             "websocket closed"
         );
@@ -151,7 +160,11 @@ impl Connection {
                             None,
                         ),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(_))) | None => return LeaveReason::Disconnected,
+                        Some(Ok(Message::Close(frame))) => {
+                            session.client_close = Some(frame.map_or(1005, |f| f.code));
+                            return LeaveReason::Disconnected;
+                        }
+                        None => return LeaveReason::Disconnected,
                         Some(Err(e)) => {
                             if is_too_big(e) {
                                 session.outbox.close(Some(close::TOO_BIG), "message too big");

@@ -68,6 +68,18 @@ pub enum LeaveReason {
     Replaced,
 }
 
+impl LeaveReason {
+    /// The wire name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::Replaced => "replaced",
+        }
+    }
+}
+
 /// The three relayed message kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RelayKind {

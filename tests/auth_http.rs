@@ -1,0 +1,273 @@
+//! The Auth service over HTTP: issuance modes, validation, every error status, health.
+
+mod common;
+
+use common::{settings, start, start_role};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use switchboard::config::{Issuance, Role};
+
+const API_KEY: &str = "app-backend-key-0123456789";
+
+async fn post_token(
+    base: &str,
+    body: &str,
+    content_type: &str,
+    key: Option<&str>,
+) -> (StatusCode, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/auth/token"))
+        .header("content-type", content_type)
+        .body(body.to_string());
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn open_issuance_mints_tokens_that_validate() {
+    let server = start(settings()).await;
+    let base = server.http("");
+    let (status, body) = post_token(
+        &base,
+        r#"{"userId":"alice","roomId":"r1"}"#,
+        "application/json",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap();
+    let claims = server.state.verifier.verify(token).unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.room.as_deref(), Some("r1"));
+    assert_eq!(body["peerId"], format!("alice-{}", claims.session_id));
+    assert_eq!(body["expiresAt"], claims.exp);
+    assert_eq!(claims.exp - claims.iat, 3600);
+    assert_eq!(claims.session_id.len(), 32, "128 random bits, hex");
+
+    // Bearer header and ?token= both validate.
+    let client = reqwest::Client::new();
+    let by_header: Value = client
+        .get(format!("{base}/auth/validate"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_header["sub"], "alice");
+    assert_eq!(by_header["session_id"], claims.session_id.as_str());
+    assert_eq!(by_header["peer_id"], body["peerId"]);
+    assert_eq!(by_header["room"], "r1");
+    assert_eq!(by_header["expires_at"], claims.exp);
+    let by_query = client
+        .get(format!("{base}/auth/validate?token={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_query.status(), 200);
+
+    // The minted token opens a signaling connection.
+    server.connect_with(token).await;
+}
+
+#[tokio::test]
+async fn validate_refuses_bad_tokens_with_401_json() {
+    let server = start(settings()).await;
+    for url in ["/auth/validate", "/auth/validate?token=garbage"] {
+        let response = reqwest::get(server.http(url)).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert!(response.headers().contains_key("www-authenticate"));
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+        assert!(!body["message"].as_str().unwrap().contains("garbage"));
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let server = start(settings()).await;
+    let base = server.http("");
+    let cases: &[(&str, &str, u16, &str, &str)] = &[
+        (
+            "{nope",
+            "application/json",
+            400,
+            "invalid_json",
+            "JSON object",
+        ),
+        ("[]", "application/json", 400, "invalid_json", "JSON object"),
+        (
+            "{}",
+            "application/json",
+            400,
+            "invalid_request",
+            "userId is required",
+        ),
+        (
+            r#"{"userId":""}"#,
+            "application/json",
+            400,
+            "invalid_request",
+            "must not be empty",
+        ),
+        (
+            r#"{"userId":5}"#,
+            "application/json",
+            400,
+            "invalid_request",
+            "must be a string",
+        ),
+        (
+            r#"{"userId":"a\u0000b"}"#,
+            "application/json",
+            400,
+            "invalid_request",
+            "control",
+        ),
+        (
+            r#"{"userId":"ok","roomId":"r\n"}"#,
+            "application/json",
+            400,
+            "invalid_request",
+            "roomId",
+        ),
+        (
+            r#"{"userId":"alice"}"#,
+            "text/plain",
+            415,
+            "unsupported_media_type",
+            "application/json",
+        ),
+    ];
+    for (body, content_type, status, code, needle) in cases {
+        let (got, json) = post_token(&base, body, content_type, None).await;
+        assert_eq!(got.as_u16(), *status, "{body}: {json}");
+        assert_eq!(json["error"], *code, "{body}: {json}");
+        assert!(
+            json["message"].as_str().unwrap().contains(needle),
+            "{body}: {json}"
+        );
+    }
+    let long_user = json!({"userId": "u".repeat(129)}).to_string();
+    assert_eq!(
+        post_token(&base, &long_user, "application/json", None)
+            .await
+            .0,
+        400
+    );
+    let max_user = json!({"userId": "u".repeat(128)}).to_string();
+    assert_eq!(
+        post_token(&base, &max_user, "application/json", None)
+            .await
+            .0,
+        200
+    );
+
+    let huge = json!({"userId": "a", "pad": "p".repeat(20 * 1024)}).to_string();
+    let (status, json) = post_token(&base, &huge, "application/json", None).await;
+    assert_eq!(status, 413);
+    assert_eq!(json["error"], "payload_too_large");
+}
+
+#[tokio::test]
+async fn api_key_mode_requires_a_valid_key() {
+    let mut s = settings();
+    s.token_issuance = Some(Issuance::ApiKey);
+    s.api_keys = Some(format!("other-key-abcdefghijklmnop, {API_KEY}"));
+    let server = start_role(s, Role::Auth).await;
+    let base = server.http("");
+    let body = r#"{"userId":"alice"}"#;
+
+    let (status, json) = post_token(&base, body, "application/json", None).await;
+    assert_eq!(status, 401);
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("API key is required")
+    );
+    let (status, json) = post_token(
+        &base,
+        body,
+        "application/json",
+        Some("wrong-key-000000000000"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(!json["message"].as_str().unwrap().contains("wrong-key"));
+    let (status, json) = post_token(&base, body, "application/json", Some(API_KEY)).await;
+    assert_eq!(status, 200, "{json}");
+}
+
+#[tokio::test]
+async fn every_role_answers_health_and_only_its_own_routes() {
+    for role in [Role::Serve, Role::Auth, Role::Signal] {
+        let server = start_role(settings(), role).await;
+        for path in ["/health/live", "/health/ready"] {
+            let response = reqwest::get(server.http(path)).await.unwrap();
+            assert_eq!(response.status(), 200, "{role:?} {path}");
+        }
+        let validate = reqwest::get(server.http("/auth/validate"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let signal = reqwest::get(server.http("/ws/signal"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        let web = reqwest::get(server.http("/"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        match role {
+            Role::Serve => assert_eq!((validate, signal, web), (401, 401, 200)),
+            Role::Auth => assert_eq!((validate, signal, web), (401, 404, 404)),
+            Role::Signal => assert_eq!((validate, signal, web), (404, 401, 200)),
+            Role::Token => unreachable!(),
+        }
+        let missing = reqwest::get(server.http("/nope")).await.unwrap();
+        assert_eq!(missing.status(), 404);
+        let body: Value = missing.json().await.unwrap();
+        assert_eq!(body["error"], "not_found");
+    }
+}
+
+#[tokio::test]
+async fn draining_fails_readiness_refuses_upgrades_and_closes_with_1012() {
+    let server = start(settings()).await;
+    let ready = server.http("/health/ready");
+    assert_eq!(reqwest::get(&ready).await.unwrap().status(), 200);
+    let (mut client, _) = server.join("a", "r").await;
+
+    server.state.start_draining();
+    assert_eq!(client.expect_close().await, Some(1012));
+    let response = reqwest::get(&ready).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        reqwest::get(server.http("/health/live"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let token = server.token("b", None);
+    let (status, body) = common::refused(server.ws_url(&token)).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"], "shutting_down");
+
+    let addr = server.addr;
+    server.stop().await;
+    assert!(
+        reqwest::get(format!("http://{addr}/health/live"))
+            .await
+            .is_err()
+    );
+}

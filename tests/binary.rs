@@ -1,0 +1,349 @@
+//! The `switchboard` binary as an operator runs it: refusals at start-up, offline token
+//! minting, `--help`, and a whole run whose captured logs must contain no token.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Client, SECRET};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// The binary with an empty environment plus `vars`.
+fn switchboard(args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.env_clear().args(args);
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    command
+}
+
+fn refusal(args: &[&str], vars: &[(&str, &str)]) -> String {
+    let out = switchboard(args, vars).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected a refusal for {vars:?}"
+    );
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn production_mode_refuses_unsafe_settings_naming_them() {
+    let strong = "k".repeat(48);
+    let base = [
+        ("SWITCHBOARD_ENV", "production"),
+        ("AUTH_SECRET", strong.as_str()),
+        ("TOKEN_ISSUANCE", "api-key"),
+        ("AUTH_API_KEYS", "backend-key-0123456789"),
+        ("ALLOWED_ORIGINS", "https://app.example.com"),
+    ];
+    let with = |key: &str, value: Option<&str>| -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = base
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if let Some(v) = value {
+            vars.push((key.to_string(), v.to_string()));
+        }
+        vars
+    };
+    let cases: Vec<(Vec<(String, String)>, &str)> = vec![
+        (with("AUTH_SECRET", None), "AUTH_SECRET"),
+        (with("AUTH_SECRET", Some("too-short")), "at least 32"),
+        (
+            with(
+                "AUTH_SECRET",
+                Some("carrier-grade-webrtc-secret-change-in-production"),
+            ),
+            "well-known",
+        ),
+        (with("TOKEN_ISSUANCE", Some("open")), "ALLOW_OPEN_ISSUANCE"),
+        (with("TOKEN_TTL", Some("25h")), "TOKEN_TTL"),
+        (with("ALLOWED_ORIGINS", None), "ALLOWED_ORIGINS"),
+    ];
+    for (vars, needle) in cases {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let stderr = refusal(&["serve"], &vars);
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+        assert!(!stderr.contains(&strong), "the secret leaked: {stderr}");
+    }
+}
+
+#[test]
+fn signal_role_and_token_command_need_a_secret() {
+    assert!(refusal(&["signal"], &[]).contains("AUTH_SECRET"));
+    assert!(refusal(&["token", "--user", "alice"], &[]).contains("AUTH_SECRET"));
+}
+
+#[test]
+fn token_command_mints_a_verifiable_token() {
+    let out = switchboard(
+        &["token", "--user", "alice", "--room", "r1", "--ttl", "10m"],
+        &[("AUTH_SECRET", SECRET)],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let verifier = switchboard::auth::TokenVerifier::new(
+        &switchboard::auth::SigningSecret::new(SECRET.as_bytes().to_vec()),
+        "switchboard",
+        "switchboard",
+    );
+    let claims = verifier.verify(token.trim()).unwrap();
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.room.as_deref(), Some("r1"));
+    assert_eq!(claims.exp - claims.iat, 600);
+
+    let out = switchboard(
+        &["token", "--user", "alice", "--ttl", "25h"],
+        &[("AUTH_SECRET", SECRET)],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
+}
+
+#[test]
+fn help_documents_every_environment_name_and_hides_secret_values() {
+    let out = switchboard(
+        &["--help"],
+        &[
+            ("AUTH_SECRET", "visible-if-leaked-0123456789abcdef"),
+            ("AUTH_API_KEYS", "leaky-api-key-0123456789"),
+        ],
+    )
+    .output()
+    .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    for name in [
+        "SWITCHBOARD_ENV",
+        "BIND_ADDR",
+        "SIGNALING_PORT",
+        "AUTH_PORT",
+        "AUTH_SECRET",
+        "AUTH_SECRET_FILE",
+        "TOKEN_ISSUANCE",
+        "ALLOW_OPEN_ISSUANCE",
+        "AUTH_API_KEYS",
+        "AUTH_API_KEYS_FILE",
+        "TOKEN_TTL",
+        "TOKEN_ISSUER",
+        "TOKEN_AUDIENCE",
+        "TOKEN_REFRESH_BEFORE",
+        "ALLOWED_ORIGINS",
+        "MAX_ROOM_PEERS",
+        "MAX_MESSAGE_BYTES",
+        "OUTBOUND_QUEUE",
+        "PING_INTERVAL",
+        "IDLE_TIMEOUT",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+    ] {
+        assert!(help.contains(name), "--help does not mention {name}");
+    }
+    assert!(!help.contains("visible-if-leaked"));
+    assert!(!help.contains("leaky-api-key"));
+}
+
+/// A `switchboard serve` child process whose stderr (the logs) is collected line by line.
+struct Running {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(vars: &[(&str, &str)]) -> (Running, String) {
+        let mut child = switchboard(&["serve", "--bind", "127.0.0.1", "--port", "0"], vars)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut running = Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let listening = running.wait_for(|l| l.contains("\"listening\""));
+        let record: Value = serde_json::from_str(&listening).unwrap();
+        let address = record["address"].as_str().unwrap().to_string();
+        (running, address)
+    }
+
+    /// Waits (bounded) for a log line matching `pred`.
+    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + common::DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .expect("log line before the deadline");
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends SIGTERM, waits for exit, and returns every log line.
+    fn terminate(mut self) -> Vec<String> {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + common::DEADLINE;
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        self.seen
+    }
+}
+
+#[tokio::test]
+async fn logs_of_a_whole_run_contain_no_token() {
+    let (mut server, address) = Running::start(&[
+        ("AUTH_SECRET", SECRET),
+        ("LOG_FORMAT", "json"),
+        ("LOG_LEVEL", "debug"),
+    ]);
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::new();
+
+    let issued: Value = http
+        .post(format!("http://{address}/auth/token"))
+        .json(&json!({"userId": "alice", "roomId": "r1"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alice_token = issued["token"].as_str().unwrap().to_string();
+    tokens.push(alice_token.clone());
+    let bob_token = common::issuer(Duration::from_secs(600))
+        .issue("bob", None, None)
+        .token;
+    tokens.push(bob_token.clone());
+
+    // Validate by query and by header.
+    http.get(format!(
+        "http://{address}/auth/validate?token={alice_token}"
+    ))
+    .send()
+    .await
+    .unwrap();
+    http.get(format!("http://{address}/auth/validate"))
+        .bearer_auth(&bob_token)
+        .send()
+        .await
+        .unwrap();
+
+    // A refused upgrade with a token-shaped value that must not be logged either.
+    let bogus = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.bogus-signature-value";
+    tokens.push(bogus.to_string());
+    common::refused(format!("ws://{address}/ws/signal?token={bogus}")).await;
+
+    // alice by query, bob by subprotocol; relay; then alice's socket is closed.
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{address}/ws/signal?token={alice_token}"))
+            .await
+            .unwrap();
+    let mut alice = Client {
+        ws,
+        peer_id: issued["peerId"].as_str().unwrap().into(),
+    };
+    let mut request = format!("ws://{address}/ws/signal")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        HeaderValue::from_str(&format!("switchboard.v1, bearer.{bob_token}")).unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut bob = Client {
+        ws,
+        peer_id: String::new(),
+    };
+    alice.join("r1").await;
+    bob.send(json!({"type": "join", "roomId": "r1"})).await;
+    let joined = bob.expect("joined").await;
+    bob.peer_id = joined["peerId"].as_str().unwrap().into();
+    alice.expect("peer_joined").await;
+    alice.offer(&bob.peer_id, "v=0").await;
+    bob.expect("offer").await;
+    alice.ws.close(None).await.unwrap();
+    bob.expect("peer_left").await;
+    server.wait_for(|l| l.contains("websocket closed"));
+
+    let lines = server.terminate();
+    let all = lines.join("\n");
+    for token in &tokens {
+        assert!(!all.contains(token.as_str()), "a token reached the logs");
+        // Not even its signature part alone.
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(
+            !all.contains(signature),
+            "a token signature reached the logs"
+        );
+    }
+    assert!(!all.contains(SECRET));
+    // The lines operators rely on are there: redacted access lines, connect and close.
+    assert!(all.contains("token=REDACTED"));
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"http request\""))
+            .count()
+            >= 5
+    );
+    let closed = lines
+        .iter()
+        .find(|l| l.contains("websocket closed"))
+        .unwrap();
+    for field in ["close_code", "duration_ms", "remote", "peer", "room"] {
+        assert!(closed.contains(field), "close line lacks {field}: {closed}");
+    }
+    assert!(lines.iter().any(|l| l.contains("websocket connected")));
+    for line in &lines {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+    }
+}
