@@ -44,7 +44,7 @@ pub enum Issuance {
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
-    /// Human-readable, coloured when writing to a terminal.
+    /// Human-readable lines (coloured when stderr is a terminal).
     Pretty,
     /// One JSON object per line, for log shippers.
     Json,
@@ -308,6 +308,16 @@ impl Config {
                 .filter(|o| !o.is_empty())
                 .collect::<Vec<_>>()
         });
+        if production
+            && role.signals()
+            && allowed_origins
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|a| a == "*"))
+        {
+            return Err(refuse(
+                "ALLOWED_ORIGINS=* allows every origin; in production list the exact origins.",
+            ));
+        }
         if production && role.signals() && allowed_origins.as_ref().is_none_or(|o| o.is_empty()) {
             return Err(refuse(
                 "ALLOWED_ORIGINS is required in production: list the browser origins allowed to connect, \
@@ -529,6 +539,8 @@ mod tests {
         assert!(err(&s, Role::Signal).contains("ALLOWED_ORIGINS"));
         // The auth role opens no WebSocket, so it needs no allowlist.
         Config::from_settings(&s, Role::Auth).unwrap();
+        s.allowed_origins = Some("https://a.example.com,*".into());
+        assert!(err(&s, Role::Serve).contains("ALLOWED_ORIGINS=*"));
     }
 
     #[test]

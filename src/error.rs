@@ -60,6 +60,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Fallback for a known path called with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "This endpoint does not accept that HTTP method.",
+    )
+}
+
 /// Fallback for unknown paths.
 pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "No such endpoint.")

@@ -24,7 +24,9 @@ pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
         .with_writer(writer);
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder.with_ansi(false).try_init(),
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     installed.map_err(|e| format!("logging could not start: {e}"))?;
     Ok(guard)

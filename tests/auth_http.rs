@@ -233,6 +233,14 @@ async fn every_role_answers_health_and_only_its_own_routes() {
             Role::Signal => assert_eq!((validate, signal, web), (404, 401, 200)),
             Role::Token => unreachable!(),
         }
+        let wrong_method = reqwest::Client::new()
+            .delete(server.http("/health/live"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong_method.status(), 405);
+        let body: Value = wrong_method.json().await.unwrap();
+        assert_eq!(body["error"], "method_not_allowed");
         let missing = reqwest::get(server.http("/nope")).await.unwrap();
         assert_eq!(missing.status(), 404);
         let body: Value = missing.json().await.unwrap();

@@ -381,6 +381,28 @@ async fn a_fresh_token_arrives_before_expiry() {
 }
 
 #[tokio::test]
+async fn a_refresh_lead_longer_than_the_token_life_does_not_loop() {
+    let mut s = settings();
+    s.token_refresh_before = Duration::from_secs(3600);
+    let server = start(s).await;
+    let short = common::issuer(Duration::from_secs(2)).issue("alice", None, None);
+    let mut alice = server.connect_with(&short.token).await;
+    let refresh = alice.expect("token").await;
+    let claims = server
+        .state
+        .verifier
+        .verify(refresh["token"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(
+        claims.exp - claims.iat,
+        3600,
+        "the fresh token has the server's TTL"
+    );
+    // One refresh, not a stream of them: the next queued frame is the pong.
+    alice.expect_nothing_pending().await;
+}
+
+#[tokio::test]
 async fn an_expired_token_closes_the_connection_with_4001() {
     let mut s = settings();
     s.token_refresh_before = Duration::ZERO;

@@ -89,8 +89,7 @@ async fn other_algorithms_including_none_are_refused() {
         b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
         b64.encode(claims("a").to_string())
     );
-    let (status, _) = refused(server.ws_url(&none)).await;
-    assert_eq!(status, 401);
+    assert_401(&server, &none, "HS256").await;
 }
 
 #[tokio::test]

@@ -175,13 +175,19 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
+        check_header(token)?;
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| map_error(e.kind()))?;
         let claims = data.claims;
         if identifier::check(&claims.sub).is_err() {
             return Err(TokenError::BadClaim("sub"));
         }
-        if claims.session_id.is_empty() || claims.session_id.len() > 64 {
+        let session_ok = (1..=64).contains(&claims.session_id.len())
+            && claims
+                .session_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !session_ok {
             return Err(TokenError::BadClaim("session_id"));
         }
         if let Some(room) = &claims.room
@@ -190,6 +196,25 @@ impl TokenVerifier {
             return Err(TokenError::BadClaim("room"));
         }
         Ok(claims)
+    }
+}
+
+/// Reads the header's `alg` before anything else, so `none` or an algorithm the JWT library
+/// does not even know is reported as what it is rather than as a parse failure.
+fn check_header(token: &str) -> Result<(), TokenError> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct JoseHeader {
+        alg: Option<String>,
+    }
+    let first = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(first)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    match header.alg.as_deref() {
+        Some("HS256") => Ok(()),
+        _ => Err(TokenError::WrongAlgorithm),
     }
 }
 
@@ -297,5 +322,9 @@ mod tests {
             Err(TokenError::TooLong)
         );
         assert_eq!(verifier.verify("not-a-jwt"), Err(TokenError::Malformed));
+        assert_eq!(
+            verifier.verify("eyJhbGciOiJub25lIn0.e30."),
+            Err(TokenError::WrongAlgorithm)
+        );
     }
 }

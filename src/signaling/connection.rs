@@ -75,7 +75,7 @@ impl Connection {
     async fn serve(self, socket: WebSocket, peer_id: String) {
         let started = Instant::now();
         let (sink, stream) = socket.split();
-        let ttl = token_remaining(&self.claims);
+        let ttl = session_ttl(&self.claims);
         let registration = match self
             .hub
             .attach(&self.claims.session_id, &self.claims.sub, &peer_id, ttl)
@@ -196,7 +196,7 @@ impl Connection {
 
     /// Extends the session's store TTL to the (possibly refreshed) token's life.
     async fn keep_alive(&self, session: &Session) {
-        let ttl = token_remaining(&session.claims);
+        let ttl = session_ttl(&session.claims);
         match self
             .hub
             .refresh(
@@ -219,8 +219,13 @@ impl Connection {
         if self.limits.refresh_before.is_zero() {
             return None;
         }
+        // Never sooner than half the remaining life, so a lead longer than a token's lifetime
+        // cannot turn into a refresh loop.
         let remaining = token_remaining(claims);
-        Some(Instant::now() + remaining.saturating_sub(self.limits.refresh_before))
+        let wait = remaining
+            .saturating_sub(self.limits.refresh_before)
+            .max(remaining / 2);
+        Some(Instant::now() + wait)
     }
 
     async fn handle_text(&self, session: &mut Session, text: &str) {
@@ -379,6 +384,12 @@ fn close_message(code: u16, text: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(text),
     }))
+}
+
+/// Store TTL of a session: the token's remaining life plus a margin covering the verifier's
+/// clock-skew leeway, so a just-expired token's session is not gone before it is closed.
+fn session_ttl(claims: &Claims) -> Duration {
+    token_remaining(claims) + Duration::from_secs(60)
 }
 
 fn deadline_of(claims: &Claims) -> Instant {

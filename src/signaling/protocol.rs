@@ -193,7 +193,7 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
     let missing = |field: &str, kind: &str| {
         reject(
             ErrorCode::InvalidMessage,
-            format!("A {kind} message needs a {field} field."),
+            format!("The {kind} message needs a \"{field}\" field."),
             reference,
         )
     };
