@@ -1,6 +1,7 @@
 // Switchboard signaling client: one WebSocket, JSON text frames, events named after message types.
 
 const SUBPROTOCOL = 'switchboard.v1';
+const failure = (code, message, extra = {}) => Object.assign(new Error(message), { code, ...extra });
 
 /**
  * A connection to the Switchboard signaling server.
@@ -43,13 +44,10 @@ export class SignalingClient extends EventTarget {
         body: JSON.stringify(roomId ? { userId, roomId } : { userId }),
       });
     } catch {
-      throw Object.assign(new Error('The server is unreachable.'), { code: 'unreachable' });
+      throw failure('unreachable', 'The server is unreachable.');
     }
     const body = await res.json().catch(() => ({}));
-    if (!res.ok) {
-      const message = body.message || `The server answered ${res.status}.`;
-      throw Object.assign(new Error(message), { code: body.error, status: res.status });
-    }
+    if (!res.ok) throw failure(body.error, body.message || `The server answered ${res.status}.`, { status: res.status });
     return body;
   }
 
@@ -59,31 +57,33 @@ export class SignalingClient extends EventTarget {
    * @returns {Promise<void>}
    */
   connect() {
-    this.#ws?.close(1000);
+    if (this.#ws) Object.assign(this.#ws, { onclose: null, onerror: null, onmessage: null }).close(1000); // replaced
     const url = new URL('/ws/signal', this.baseUrl);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     const ws = new WebSocket(url, [SUBPROTOCOL, 'bearer.' + this.token]);
     this.#ws = ws;
     return new Promise((resolve, reject) => {
-      let opened = false;
+      let state = 'connecting';
       ws.onopen = () => {
-        opened = true;
+        state = 'open';
         resolve();
         this.#emit('open', {});
       };
       ws.onmessage = (e) => this.#receive(e.data);
+      ws.onerror = () => {
+        if (state !== 'connecting') return;
+        state = 'failed';
+        this.#whyRefused().then(reject);
+      };
       ws.onclose = (e) => {
         if (this.#ws === ws) this.#ws = null;
-        if (opened) this.#emit('close', { code: e.code, reason: e.reason });
-        else this.#whyRefused().then(reject);
+        if (state === 'open') this.#emit('close', { code: e.code, reason: e.reason });
+        else ws.onerror?.();
       };
     });
   }
 
-  /**
-   * Joins (or switches to) a room; the server answers with `joined` or `error`.
-   * @param {string} roomId
-   */
+  /** Joins (or switches to) a room; the server answers `joined` or `error`. @param {string} roomId */
   join(roomId) {
     this.roomId = roomId;
     this.#send({ type: 'join', roomId });
@@ -95,29 +95,17 @@ export class SignalingClient extends EventTarget {
     this.roomId = null;
   }
 
-  /**
-   * Relays an SDP offer to a peer of the room.
-   * @param {string} peerId Target peer.
-   * @param {string} sdp The offer's SDP text.
-   */
+  /** Relays an SDP offer. @param {string} peerId target peer @param {string} sdp SDP text */
   sendOffer(peerId, sdp) {
     this.#send({ type: 'offer', peerId, sdp });
   }
 
-  /**
-   * Relays an SDP answer to a peer of the room.
-   * @param {string} peerId Target peer.
-   * @param {string} sdp The answer's SDP text.
-   */
+  /** Relays an SDP answer. @param {string} peerId target peer @param {string} sdp SDP text */
   sendAnswer(peerId, sdp) {
     this.#send({ type: 'answer', peerId, sdp });
   }
 
-  /**
-   * Relays a trickled ICE candidate to a peer of the room.
-   * @param {string} peerId Target peer.
-   * @param {RTCIceCandidateInit|RTCIceCandidate} candidate
-   */
+  /** Relays a trickled ICE candidate. @param {string} peerId @param {RTCIceCandidate|RTCIceCandidateInit} candidate */
   sendCandidate(peerId, candidate) {
     const init = typeof candidate.toJSON === 'function' ? candidate.toJSON() : candidate;
     this.#send({ type: 'ice-candidate', peerId, candidate: init });
@@ -138,20 +126,17 @@ export class SignalingClient extends EventTarget {
     return this.#ws?.readyState === WebSocket.OPEN;
   }
 
+  // Sends a command with an `id` (echoed as `ref` in errors); dropped while disconnected.
   #send(message) {
-    if (!this.connected) return false;
-    this.#ws.send(JSON.stringify({ ...message, id: ++this.#nextId }));
-    return true;
+    if (this.connected) this.#ws.send(JSON.stringify({ ...message, id: ++this.#nextId }));
   }
 
   #receive(data) {
-    let msg;
+    let msg = null;
     try {
       msg = JSON.parse(data);
-    } catch {
-      return;
-    }
-    if (!msg || typeof msg.type !== 'string') return;
+    } catch {}
+    if (typeof msg?.type !== 'string') return;
     if (msg.type === 'token' && msg.token) this.token = msg.token;
     this.#emit(msg.type, msg);
   }
@@ -166,12 +151,11 @@ export class SignalingClient extends EventTarget {
       const res = await fetch(new URL('/auth/validate', this.baseUrl), {
         headers: { Authorization: 'Bearer ' + this.token },
       });
-      if (res.status === 401) {
-        return Object.assign(new Error('The server refused the token.'), { code: 'token_refused' });
-      }
-      return Object.assign(new Error('The signaling connection could not be opened.'), { code: 'failed' });
+      if (res.status !== 401) return failure('failed', 'The signaling connection could not be opened.');
+      const { message = '' } = await res.json().catch(() => ({}));
+      return failure('token_refused', `The server refused the token. ${message}`.trim());
     } catch {
-      return Object.assign(new Error('The server is unreachable.'), { code: 'unreachable' });
+      return failure('unreachable', 'The server is unreachable.');
     }
   }
 }
