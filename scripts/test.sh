@@ -25,7 +25,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 # Today's suite needs only cargo; later suites add redis-server and chromium here:
-# require redis-server redis-server
+require redis-server redis-server
+require redis-cli redis-tools
+require redis-sentinel redis-sentinel
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: cannot run the tests, missing: ${missing[*]}" >&2

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::auth::{ApiKeys, SigningSecret};
+use crate::redis::Topology;
 
 /// The original project's published default secret; accepting it would let anyone mint tokens.
 const PUBLISHED_DEFAULT_SECRET: &str = "carrier-grade-webrtc-secret-change-in-production";
@@ -176,6 +177,51 @@ pub struct Settings {
     #[arg(long, env = "IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s", global = true)]
     pub idle_timeout: Duration,
 
+    /// Redis URL (`redis://` or `rediss://`, credentials allowed); enables multi-node mode.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
+    pub redis_url: Option<String>,
+
+    /// Redis address as host:port (the original deployment's setting); like REDIS_URL.
+    #[arg(long, env = "REDIS_ADDR", global = true)]
+    pub redis_addr: Option<String>,
+
+    /// Comma-separated Sentinel addresses (host:port or URLs); the master is found through them.
+    #[arg(long, env = "REDIS_SENTINELS", global = true)]
+    pub redis_sentinels: Option<String>,
+
+    /// Name of the master the Sentinels monitor.
+    #[arg(
+        long,
+        env = "REDIS_SENTINEL_MASTER",
+        default_value = "mymaster",
+        global = true
+    )]
+    pub redis_sentinel_master: String,
+
+    /// Password of the Redis master behind Sentinel.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, global = true)]
+    pub redis_password: Option<String>,
+
+    /// Comma-separated Redis Cluster seed nodes (host:port or URLs).
+    #[arg(long, env = "REDIS_CLUSTER_NODES", global = true)]
+    pub redis_cluster_nodes: Option<String>,
+
+    /// Longest wait for any Redis call before it counts as failed.
+    #[arg(long, env = "REDIS_TIMEOUT", value_parser = humantime::parse_duration, default_value = "500ms", global = true)]
+    pub redis_timeout: Duration,
+
+    /// Prefix of every Redis key this deployment writes.
+    #[arg(long, env = "KEY_PREFIX", default_value = "sb:", global = true)]
+    pub key_prefix: String,
+
+    /// This node's id (letters, digits, `.`, `_`, `-`) [default: generated at start].
+    #[arg(long, env = "NODE_ID", global = true)]
+    pub node_id: Option<String>,
+
+    /// Interval of node heartbeats; a node silent for two intervals is declared dead.
+    #[arg(long, env = "HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
+    pub heartbeat_interval: Duration,
+
     /// Log format.
     #[arg(
         long,
@@ -216,6 +262,16 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(60),
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
+            redis_url: None,
+            redis_addr: None,
+            redis_sentinels: None,
+            redis_sentinel_master: "mymaster".into(),
+            redis_password: None,
+            redis_cluster_nodes: None,
+            redis_timeout: Duration::from_millis(500),
+            key_prefix: "sb:".into(),
+            node_id: None,
+            heartbeat_interval: Duration::from_secs(2),
         }
     }
 }
@@ -262,6 +318,23 @@ pub struct Config {
     pub ping_interval: Duration,
     /// Silence after which a connection is closed.
     pub idle_timeout: Duration,
+    /// Redis, when several nodes share state; `None` runs on the embedded store.
+    pub redis: Option<RedisConfig>,
+    /// This node's id.
+    pub node_id: String,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+}
+
+/// Where and how to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Standalone, Sentinel or Cluster.
+    pub topology: Topology,
+    /// Key prefix.
+    pub prefix: String,
+    /// Per-call timeout.
+    pub timeout: Duration,
 }
 
 impl Config {
@@ -334,6 +407,9 @@ impl Config {
         if s.outbound_queue == 0 {
             return Err(refuse("OUTBOUND_QUEUE must be at least 1."));
         }
+        if s.heartbeat_interval < Duration::from_millis(100) {
+            return Err(refuse("HEARTBEAT_INTERVAL must be at least 100ms."));
+        }
         if s.ping_interval.is_zero() || s.idle_timeout <= s.ping_interval {
             return Err(refuse(
                 "IDLE_TIMEOUT must be longer than PING_INTERVAL, and PING_INTERVAL above zero.",
@@ -356,6 +432,9 @@ impl Config {
             outbound_queue: s.outbound_queue,
             ping_interval: s.ping_interval,
             idle_timeout: s.idle_timeout,
+            redis: resolve_redis(s)?,
+            node_id: resolve_node_id(s)?,
+            heartbeat: s.heartbeat_interval,
         })
     }
 }
@@ -440,6 +519,91 @@ impl Config {
 /// True when `secret` is short or on the list of well-known values.
 pub(crate) fn secret_is_weak(secret: &[u8]) -> bool {
     secret.len() < MIN_SECRET_BYTES || WEAK_SECRETS.iter().any(|w| w.as_bytes() == secret)
+}
+
+/// A URL from `host:port` or a URL.
+fn redis_url(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("redis://{addr}")
+    }
+}
+
+fn url_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(redis_url)
+        .collect()
+}
+
+fn resolve_redis(s: &Settings) -> Result<Option<RedisConfig>, ConfigError> {
+    let standalone = s
+        .redis_url
+        .clone()
+        .or_else(|| s.redis_addr.as_deref().map(redis_url));
+    let chosen = [
+        standalone.is_some(),
+        s.redis_sentinels.is_some(),
+        s.redis_cluster_nodes.is_some(),
+    ];
+    if chosen.iter().filter(|c| **c).count() > 1 {
+        return Err(refuse(
+            "set only one of REDIS_URL/REDIS_ADDR, REDIS_SENTINELS and REDIS_CLUSTER_NODES.",
+        ));
+    }
+    let topology = if let Some(url) = standalone {
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(refuse("REDIS_URL must start with redis:// or rediss://."));
+        }
+        Topology::Standalone { url }
+    } else if let Some(sentinels) = &s.redis_sentinels {
+        let sentinels = url_list(sentinels);
+        if sentinels.is_empty() {
+            return Err(refuse("REDIS_SENTINELS lists no address."));
+        }
+        Topology::Sentinel {
+            sentinels,
+            master: s.redis_sentinel_master.clone(),
+            password: s.redis_password.clone(),
+        }
+    } else if let Some(nodes) = &s.redis_cluster_nodes {
+        let seeds = url_list(nodes);
+        if seeds.is_empty() {
+            return Err(refuse("REDIS_CLUSTER_NODES lists no address."));
+        }
+        Topology::Cluster { seeds }
+    } else {
+        return Ok(None);
+    };
+    if s.redis_timeout < Duration::from_millis(10) {
+        return Err(refuse("REDIS_TIMEOUT must be at least 10ms."));
+    }
+    Ok(Some(RedisConfig {
+        topology,
+        prefix: s.key_prefix.clone(),
+        timeout: s.redis_timeout,
+    }))
+}
+
+fn resolve_node_id(s: &Settings) -> Result<String, ConfigError> {
+    let Some(id) = &s.node_id else {
+        let mut bytes = [0u8; 6];
+        getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
+        return Ok(format!("node-{}", hex::encode(bytes)));
+    };
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if !valid {
+        return Err(refuse(
+            "NODE_ID must be 1–64 letters, digits, '.', '_' or '-'.",
+        ));
+    }
+    Ok(id.clone())
 }
 
 fn resolve_api_keys(s: &Settings) -> Result<ApiKeys, ConfigError> {

@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod identifier;
+pub mod redis;
 pub mod server;
 pub mod signaling;
 pub mod store;

@@ -10,10 +10,12 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::auth::{TokenIssuer, TokenVerifier};
+use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Role};
-use crate::signaling::Hub;
+use crate::redis::{Keys, Redis};
 use crate::signaling::protocol::close;
-use crate::store::{MemoryStore, Store};
+use crate::signaling::{Hub, liveness};
+use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// How long shutdown waits for connections to close after telling them to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -32,16 +34,36 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Set once shutdown starts: readiness fails and upgrades are refused.
     draining: AtomicBool,
+    /// Heartbeat and bus reader, stopped with the state.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl AppState {
-    /// State for `role` with the embedded store.
-    pub fn new(config: Config, role: Role) -> Arc<Self> {
-        Self::with_store(config, role, Arc::new(MemoryStore::new()))
+    /// State for `role` on the backend the configuration names: Redis when configured
+    /// (connecting to it), the embedded store otherwise.
+    pub async fn build(config: Config, role: Role) -> Result<Arc<Self>, StoreError> {
+        let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match &config.redis {
+            None => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new())),
+            Some(r) => {
+                let redis = Redis::connect(&r.topology, r.timeout).await?;
+                let reader = Redis::connect(&r.topology, r.timeout).await?;
+                let keys = Keys::new(&r.prefix);
+                (
+                    Arc::new(RedisStore::new(redis.clone(), keys.clone())),
+                    Arc::new(RedisBus::new(redis, reader, keys)),
+                )
+            }
+        };
+        Self::with_backend(config, role, store, bus).await
     }
 
-    /// State for `role` on the given store.
-    pub fn with_store(config: Config, role: Role, store: Arc<dyn Store>) -> Arc<Self> {
+    /// State for `role` on the given store and bus (tests share one between several nodes).
+    pub async fn with_backend(
+        config: Config,
+        role: Role,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+    ) -> Result<Arc<Self>, StoreError> {
         let issuer = TokenIssuer::new(
             &config.secret,
             &config.issuer,
@@ -50,19 +72,33 @@ impl AppState {
         );
         let verifier = TokenVerifier::new(&config.secret, &config.issuer, &config.audience);
         let hub = Arc::new(Hub::new(
-            node_id(),
+            &config.node_id,
             store,
+            bus.clone(),
             config.max_room_peers,
             config.outbound_queue,
         ));
-        Arc::new(Self {
+        let mut tasks = Vec::new();
+        if role != Role::Auth {
+            let inbox = bus.subscribe(&config.node_id).await?;
+            hub.store()
+                .heartbeat(&config.node_id, config.heartbeat * 2)
+                .await?;
+            tasks.push(tokio::spawn(liveness::consume(hub.clone(), inbox)));
+            tasks.push(tokio::spawn(liveness::heartbeat(
+                hub.clone(),
+                config.heartbeat,
+            )));
+        }
+        Ok(Arc::new(Self {
             config,
             role,
             issuer,
             verifier,
             hub,
             draining: AtomicBool::new(false),
-        })
+            tasks,
+        }))
     }
 
     /// Starts shutdown: readiness fails, upgrades are refused, and every WebSocket is told
@@ -76,13 +112,20 @@ impl AppState {
     pub fn draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// Stops heartbeats and the bus reader, as a crashed node would (tests use this to
+    /// simulate node loss).
+    pub fn halt(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
 }
 
-/// A random node id for this process.
-fn node_id() -> String {
-    let mut bytes = [0u8; 6];
-    getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
-    format!("node-{}", hex::encode(bytes))
+impl Drop for AppState {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 /// The router of a role: its services, health, and the access log around them.
@@ -126,6 +169,12 @@ pub async fn serve(
     while state.hub.peer_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    state.halt();
+    if state.role != Role::Auth
+        && let Err(e) = state.hub.store().forget_node(state.hub.node()).await
+    {
+        tracing::warn!(error = %e, "could not remove this node's registration");
+    }
     Ok(())
 }
 
@@ -161,7 +210,9 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
         format!("cannot listen on {bind}: {e} (is the port in use? set the port flag)")
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AppState::new(config, role);
+    let state = AppState::build(config, role).await.map_err(|e| {
+        format!("{e}; check the Redis settings (REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES)")
+    })?;
     tracing::info!(address = %local, role = ?role, node = state.hub.node(), "listening");
     serve(listener, state, shutdown_signal())
         .await

@@ -5,14 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Client, settings, start};
+use common::{Backend, Client, settings, start_on};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn join_relay_and_leave_follow_the_protocol_table() {
-    let server = start(settings()).await;
+async fn join_relay_and_leave_follow_the_protocol_table(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut alice, joined) = server.join("alice", "r1").await;
     assert_eq!(joined["peers"], json!([]));
 
@@ -69,9 +68,8 @@ async fn join_relay_and_leave_follow_the_protocol_table() {
     assert_eq!(left["reason"], "disconnected");
 }
 
-#[tokio::test]
-async fn joining_another_room_leaves_the_current_one() {
-    let server = start(settings()).await;
+async fn joining_another_room_leaves_the_current_one(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut alice, _) = server.join("alice", "r1").await;
     let (mut bob, _) = server.join("bob", "r1").await;
     alice.expect("peer_joined").await;
@@ -96,9 +94,8 @@ async fn joining_another_room_leaves_the_current_one() {
     assert_eq!(error["ref"], 9);
 }
 
-#[tokio::test]
-async fn relay_across_rooms_is_refused_and_not_delivered() {
-    let server = start(settings()).await;
+async fn relay_across_rooms_is_refused_and_not_delivered(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut alice, _) = server.join("alice", "r1").await;
     let (mut mallory, _) = server.join("mallory", "r2").await;
 
@@ -125,9 +122,8 @@ async fn relay_across_rooms_is_refused_and_not_delivered() {
     alice.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn a_forged_sender_is_ignored() {
-    let server = start(settings()).await;
+async fn a_forged_sender_is_ignored(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut alice, _) = server.join("alice", "r1").await;
     let (mut bob, _) = server.join("bob", "r1").await;
     alice.expect("peer_joined").await;
@@ -144,9 +140,8 @@ async fn a_forged_sender_is_ignored() {
     assert!(offer.get("from").is_none() && offer.get("sender").is_none());
 }
 
-#[tokio::test]
-async fn relay_among_three_reaches_only_the_addressed_peer() {
-    let server = start(settings()).await;
+async fn relay_among_three_reaches_only_the_addressed_peer(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut a, _) = server.join("a", "r").await;
     let (mut b, _) = server.join("b", "r").await;
     let (mut c, _) = server.join("c", "r").await;
@@ -165,9 +160,8 @@ async fn relay_among_three_reaches_only_the_addressed_peer() {
     a.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn a_large_non_ascii_sdp_arrives_byte_exact() {
-    let server = start(settings()).await;
+async fn a_large_non_ascii_sdp_arrives_byte_exact(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut alice, _) = server.join("alice", "r").await;
     let (mut bob, _) = server.join("bob", "r").await;
     alice.expect("peer_joined").await;
@@ -197,9 +191,8 @@ async fn a_large_non_ascii_sdp_arrives_byte_exact() {
     assert_eq!(parsed["sdp"].as_str().unwrap(), sdp);
 }
 
-#[tokio::test]
-async fn malformed_input_gets_errors_and_harms_nothing_else() {
-    let server = start(settings()).await;
+async fn malformed_input_gets_errors_and_harms_nothing_else(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut alice, _) = server.join("alice", "r").await;
     let (mut bob, _) = server.join("bob", "r").await;
     alice.expect("peer_joined").await;
@@ -245,11 +238,10 @@ async fn malformed_input_gets_errors_and_harms_nothing_else() {
     assert_eq!(alice.expect("offer").await["sdp"], "back");
 }
 
-#[tokio::test]
-async fn an_oversized_frame_closes_with_1009_and_others_keep_working() {
+async fn an_oversized_frame_closes_with_1009_and_others_keep_working(backend: Backend) {
     let mut s = settings();
     s.max_message_bytes = 4096;
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let (mut alice, _) = server.join("alice", "r").await;
     let (mut bob, _) = server.join("bob", "r").await;
     alice.expect("peer_joined").await;
@@ -265,11 +257,10 @@ async fn an_oversized_frame_closes_with_1009_and_others_keep_working() {
     assert_eq!(carol.expect("offer").await["sdp"], "fine");
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_closed_with_4003_while_others_relay() {
+async fn a_client_that_stops_reading_is_closed_with_4003_while_others_relay(backend: Backend) {
     let mut s = settings();
     s.outbound_queue = 16;
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let (mut stalled, _) = server.join("stalled", "slow").await;
     let (mut flooder, _) = server.join("flooder", "slow").await;
     stalled.expect("peer_joined").await;
@@ -308,9 +299,8 @@ async fn a_client_that_stops_reading_is_closed_with_4003_while_others_relay() {
     assert_eq!(d.expect("offer").await["sdp"], "after");
 }
 
-#[tokio::test]
-async fn a_second_connection_of_a_session_replaces_the_first() {
-    let server = start(settings()).await;
+async fn a_second_connection_of_a_session_replaces_the_first(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut bob, _) = server.join("bob", "r").await;
     let token = server.token("alice", None);
     let mut first = server.connect_with(&token).await;
@@ -332,14 +322,13 @@ async fn a_second_connection_of_a_session_replaces_the_first() {
     );
     bob.offer(&second.peer_id, "to the new one").await;
     assert_eq!(second.expect("offer").await["sdp"], "to the new one");
-    assert_eq!(server.state.hub.peer_count(), 2);
+    assert_eq!(server.peer_count(), 2);
 }
 
-#[tokio::test]
-async fn room_capacity_and_room_restricted_tokens_are_enforced() {
+async fn room_capacity_and_room_restricted_tokens_are_enforced(backend: Backend) {
     let mut s = settings();
     s.max_room_peers = 2;
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let _a = server.join("a", "small").await;
     let _b = server.join("b", "small").await;
     let mut c = server.connect("c").await;
@@ -355,11 +344,10 @@ async fn room_capacity_and_room_restricted_tokens_are_enforced() {
     d.join("only-this").await;
 }
 
-#[tokio::test]
-async fn a_fresh_token_arrives_before_expiry() {
+async fn a_fresh_token_arrives_before_expiry(backend: Backend) {
     let mut s = settings();
     s.token_refresh_before = Duration::from_secs(2);
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let short = common::issuer(Duration::from_secs(4)).issue("alice", Some("r"), None);
     let mut alice = server.connect_with(&short.token).await;
     alice.join("r").await;
@@ -380,11 +368,10 @@ async fn a_fresh_token_arrives_before_expiry() {
     alice.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn a_refresh_lead_longer_than_the_token_life_does_not_loop() {
+async fn a_refresh_lead_longer_than_the_token_life_does_not_loop(backend: Backend) {
     let mut s = settings();
     s.token_refresh_before = Duration::from_secs(3600);
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let short = common::issuer(Duration::from_secs(2)).issue("alice", None, None);
     let mut alice = server.connect_with(&short.token).await;
     let refresh = alice.expect("token").await;
@@ -402,11 +389,10 @@ async fn a_refresh_lead_longer_than_the_token_life_does_not_loop() {
     alice.expect_nothing_pending().await;
 }
 
-#[tokio::test]
-async fn an_expired_token_closes_the_connection_with_4001() {
+async fn an_expired_token_closes_the_connection_with_4001(backend: Backend) {
     let mut s = settings();
     s.token_refresh_before = Duration::ZERO;
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let (mut bob, _) = server.join("bob", "r").await;
     let short = common::issuer(Duration::from_secs(2)).issue("alice", None, None);
     let mut alice = server.connect_with(&short.token).await;
@@ -420,12 +406,11 @@ async fn an_expired_token_closes_the_connection_with_4001() {
     );
 }
 
-#[tokio::test]
-async fn a_silent_connection_times_out() {
+async fn a_silent_connection_times_out(backend: Backend) {
     let mut s = settings();
     s.ping_interval = Duration::from_millis(200);
     s.idle_timeout = Duration::from_millis(800);
-    let server = start(s).await;
+    let server = start_on(backend, s).await;
     let (mut bob, _) = server.join("bob", "r").await;
     let (silent, _) = server.join("silent", "r").await;
     bob.expect("peer_joined").await;
@@ -443,33 +428,79 @@ async fn a_silent_connection_times_out() {
     drop(silent);
 }
 
-#[tokio::test]
-async fn state_is_cleaned_up_when_everyone_leaves() {
-    let server = start(settings()).await;
+async fn state_is_cleaned_up_when_everyone_leaves(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (a, _) = server.join("a", "r").await;
     let (b, _) = server.join("b", "r").await;
-    assert_eq!(server.state.hub.room_count(), 1);
+    // One view of the room on each node holding one of the two peers.
+    assert_eq!(server.room_count(), server.node_count().min(2));
     a.close().await;
     b.close().await;
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while server.state.hub.peer_count() > 0 {
+    while server.peer_count() > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "peers never detached"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(server.state.hub.room_count(), 0);
+    assert_eq!(server.room_count(), 0);
 }
 
-#[tokio::test]
-async fn shutdown_closes_connections_with_1012() {
-    let server = start(settings()).await;
+async fn shutdown_closes_connections_with_1012(backend: Backend) {
+    let server = start_on(backend, settings()).await;
     let (mut a, _) = server.join("a", "r").await;
     let stopping = tokio::spawn(server.stop());
     assert_eq!(a.expect_close().await, Some(1012));
     stopping.await.unwrap();
 }
+
+/// Runs every scenario above against each backend: the same protocol whether one node
+/// holds the room or its peers are spread over several nodes sharing Redis.
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Memory).await } )*
+        }
+        mod memory_three_nodes {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::MemoryNodes(3)).await } )*
+        }
+        mod redis_one_node {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(1)).await } )*
+        }
+        mod redis_three_nodes {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(3)).await } )*
+        }
+        mod redis_cluster_three_nodes {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Cluster(3)).await } )*
+        }
+    };
+}
+
+suite!(
+    join_relay_and_leave_follow_the_protocol_table,
+    joining_another_room_leaves_the_current_one,
+    relay_across_rooms_is_refused_and_not_delivered,
+    a_forged_sender_is_ignored,
+    relay_among_three_reaches_only_the_addressed_peer,
+    a_large_non_ascii_sdp_arrives_byte_exact,
+    malformed_input_gets_errors_and_harms_nothing_else,
+    an_oversized_frame_closes_with_1009_and_others_keep_working,
+    a_client_that_stops_reading_is_closed_with_4003_while_others_relay,
+    a_second_connection_of_a_session_replaces_the_first,
+    room_capacity_and_room_restricted_tokens_are_enforced,
+    a_fresh_token_arrives_before_expiry,
+    a_refresh_lead_longer_than_the_token_life_does_not_loop,
+    an_expired_token_closes_the_connection_with_4001,
+    a_silent_connection_times_out,
+    state_is_cleaned_up_when_everyone_leaves,
+    shutdown_closes_connections_with_1012,
+);
 
 impl Client {
     /// Like `expect`, skipping membership events.

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
-use super::hub::{Hub, MembershipError, RelayError};
+use super::hub::{Hub, MembershipError, RelayError, Route};
 use super::outbox::{self, CloseReason, Inbox, Outbox};
 use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
 use crate::auth::{Claims, TokenIssuer, token_remaining};
@@ -250,8 +250,24 @@ impl Connection {
                 }
             }
             Command::Relay { kind, to, payload } => match self.hub.route(&session.peer_id, &to) {
-                Ok(target) => {
-                    target.deliver(Outgoing::relay(kind, &session.peer_id, payload).to_frame());
+                Ok(route) => {
+                    let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                    match route {
+                        Route::Local(outbox) => {
+                            outbox.deliver(frame);
+                        }
+                        Route::Remote(node) => {
+                            if let Err(e) = self.hub.send_remote(&node, &to, frame).await {
+                                tracing::warn!(error = %e, "cross-node relay failed");
+                                send_error(
+                                    session,
+                                    ErrorCode::Unavailable,
+                                    "That peer's node cannot be reached right now; retry shortly.",
+                                    reference,
+                                );
+                            }
+                        }
+                    }
                 }
                 Err(RelayError::NotInRoom) => send_error(
                     session,

@@ -1,5 +1,6 @@
-//! The Hub: this node's peers and rooms, routing between them, and membership changes
-//! recorded in the [`Store`].
+//! The Hub: this node's peers, its view of the rooms they are in (including members on
+//! other nodes), routing between them, and membership changes recorded in the [`Store`]
+//! and announced to other nodes over the [`Bus`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -9,6 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::outbox::{self, Inbox, Outbox};
 use super::protocol::{LeaveReason, Outgoing, close};
+use crate::bus::{Bus, BusMessage};
 use crate::store::{Epoch, JoinOutcome, Member, SessionRecord, Store, StoreError};
 
 /// TTL of room entries in the store; refreshed while members are active.
@@ -40,6 +42,14 @@ pub enum RelayError {
     PeerNotFound,
 }
 
+/// Where a relayed message goes.
+pub enum Route {
+    /// A peer on this node.
+    Local(Outbox),
+    /// A peer on another node.
+    Remote(Arc<str>),
+}
+
 /// A connection's place in the hub.
 pub struct Registration {
     /// Fencing epoch of this connection's session claim.
@@ -52,40 +62,58 @@ pub struct Registration {
 
 struct PeerSlot {
     epoch: Epoch,
+    session_id: Arc<str>,
     outbox: Outbox,
     room: Option<Arc<str>>,
+}
+
+/// A member on another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteMember {
+    node: Arc<str>,
+    epoch: Epoch,
+}
+
+/// This node's view of a room that has at least one local member.
+#[derive(Default)]
+struct RoomView {
+    local: HashSet<Arc<str>>,
+    remote: HashMap<Arc<str>, RemoteMember>,
 }
 
 #[derive(Default)]
 struct Local {
     peers: HashMap<Arc<str>, PeerSlot>,
-    /// Members of each room that has at least one peer here.
-    rooms: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    rooms: HashMap<Arc<str>, RoomView>,
 }
 
 /// Rooms and peers of one node.
 pub struct Hub {
-    node: String,
+    node: Arc<str>,
     store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
     capacity: usize,
     queue: usize,
     /// Read on every relay, written on membership changes; never held across `.await`.
     local: RwLock<Local>,
-    /// Serialises membership changes so store results and local state stay in step.
+    /// Serialises membership changes (local and from other nodes) so store results, bus
+    /// events and local state stay in step.
     membership: tokio::sync::Mutex<()>,
 }
 
 impl Hub {
     /// A hub for `node` with rooms of at most `capacity` and per-peer queues of `queue` frames.
     pub fn new(
-        node: impl Into<String>,
+        node: &str,
         store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
         capacity: usize,
         queue: usize,
     ) -> Self {
         Self {
-            node: node.into(),
+            node: Arc::from(node),
             store,
+            bus,
             capacity,
             queue,
             local: RwLock::default(),
@@ -98,6 +126,11 @@ impl Hub {
         &self.node
     }
 
+    /// The store this hub records state in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Local> {
         self.local.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -106,8 +139,8 @@ impl Hub {
         self.local.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection for a session; an older connection of the same session is
-    /// closed with 4004 and leaves its room with reason `replaced`.
+    /// Registers a connection for a session. The connection it replaces (on this node or
+    /// another) is closed with 4004 and leaves its room with reason `replaced`.
     pub async fn attach(
         &self,
         session_id: &str,
@@ -120,33 +153,43 @@ impl Hub {
             session_id: session_id.to_string(),
             user: user.to_string(),
             peer_id: peer_id.to_string(),
-            node: self.node.clone(),
+            node: self.node.to_string(),
         };
-        let epoch = self.store.claim_session(&record, ttl).await?;
+        let claim = self.store.claim_session(&record, ttl).await?;
         let (outbox, inbox) = outbox::channel(self.queue);
-        let old_room = {
+        let old = self.write().peers.insert(
+            Arc::from(peer_id),
+            PeerSlot {
+                epoch: claim.epoch,
+                session_id: Arc::from(session_id),
+                outbox: outbox.clone(),
+                room: None,
+            },
+        );
+        if let Some(old) = &old {
+            old.outbox
+                .close(Some(close::REPLACED), "replaced by a newer connection");
+        }
+        if let Some(previous) = claim.previous {
+            if let Some(room) = &previous.room {
+                self.depart(room, peer_id, previous.epoch, LeaveReason::Replaced)
+                    .await;
+            }
+            if *previous.node != *self.node {
+                let kick = BusMessage::Kick {
+                    peer: peer_id.to_string(),
+                    epoch: previous.epoch,
+                };
+                self.publish(&previous.node, &kick).await;
+            }
+        }
+        // A local predecessor whose room the store no longer knew still leaves it here.
+        if let Some(room) = old.and_then(|o| o.room) {
             let mut local = self.write();
-            let old = local.peers.insert(
-                Arc::from(peer_id),
-                PeerSlot {
-                    epoch,
-                    outbox: outbox.clone(),
-                    room: None,
-                },
-            );
-            old.and_then(|old| {
-                old.outbox
-                    .close(Some(close::REPLACED), "replaced by a newer connection");
-                let room = old.room?;
-                remove_member(&mut local, &room, peer_id, LeaveReason::Replaced);
-                Some(room)
-            })
-        };
-        if let Some(room) = old_room {
-            self.store.leave_room(&room, peer_id).await?;
+            remove_local(&mut local, &room, peer_id, LeaveReason::Replaced);
         }
         Ok(Registration {
-            epoch,
+            epoch: claim.epoch,
             outbox,
             inbox,
         })
@@ -155,23 +198,21 @@ impl Hub {
     /// Removes a connection that ended; a no-op when a newer connection owns the session.
     pub async fn detach(&self, session_id: &str, peer_id: &str, epoch: Epoch, reason: LeaveReason) {
         let _serial = self.membership.lock().await;
-        let room = {
+        let slot = {
             let mut local = self.write();
             if local.peers.get(peer_id).is_none_or(|s| s.epoch != epoch) {
                 return;
             }
-            let slot = local.peers.remove(peer_id).expect("checked above");
-            if let Some(room) = &slot.room {
-                remove_member(&mut local, room, peer_id, reason);
-            }
-            slot.room
+            local.peers.remove(peer_id).expect("checked above")
         };
-        if let Some(room) = room
-            && let Err(e) = self.store.leave_room(&room, peer_id).await
-        {
-            tracing::warn!(error = %e, "could not remove a departed peer from the store");
+        if let Some(room) = &slot.room {
+            self.depart(room, peer_id, epoch, reason).await;
         }
-        if let Err(e) = self.store.release_session(session_id, epoch).await {
+        if let Err(e) = self
+            .store
+            .release_session(&self.node, session_id, epoch)
+            .await
+        {
             tracing::warn!(error = %e, "could not release a session in the store");
         }
     }
@@ -184,14 +225,19 @@ impl Hub {
         room: &str,
     ) -> Result<Vec<String>, MembershipError> {
         let _serial = self.membership.lock().await;
-        let current = self.owned_room(peer_id, epoch)?;
+        let (current, session_id) = self.owned(peer_id, epoch)?;
         if current.as_deref() == Some(room) {
             let members = self.store.room_members(room).await?;
-            return Ok(others(members, peer_id));
+            return Ok(members
+                .into_iter()
+                .filter(|m| m.peer_id != peer_id)
+                .map(|m| m.peer_id)
+                .collect());
         }
         let member = Member {
             peer_id: peer_id.to_string(),
-            node: self.node.clone(),
+            node: self.node.to_string(),
+            epoch,
         };
         let before = match self
             .store
@@ -201,28 +247,64 @@ impl Hub {
             JoinOutcome::Full => return Err(MembershipError::RoomFull),
             JoinOutcome::Joined(before) => before,
         };
+        if let Some(old) = &current {
+            self.depart(old, peer_id, epoch, LeaveReason::Left).await;
+        }
+        self.store
+            .set_session_room(&session_id, epoch, Some(room))
+            .await?;
         let room: Arc<str> = Arc::from(room);
         {
             let mut local = self.write();
-            let peer: Arc<str> = Arc::from(peer_id);
-            if let Some(old) = &current {
-                remove_member(&mut local, old, peer_id, LeaveReason::Left);
+            let view = local.rooms.entry(room.clone()).or_default();
+            let mut announce = Vec::new();
+            for m in &before {
+                if *m.node == *self.node {
+                    continue;
+                }
+                let remote = RemoteMember {
+                    node: Arc::from(m.node.as_str()),
+                    epoch: m.epoch,
+                };
+                if view
+                    .remote
+                    .insert(Arc::from(m.peer_id.as_str()), remote.clone())
+                    != Some(remote)
+                {
+                    announce.push(m.peer_id.as_str());
+                }
             }
-            let frame = Outgoing::PeerJoined { peer_id }.to_frame();
-            broadcast(&local, &room, frame);
+            let view = &local.rooms[&room];
+            // Members this node's peers had not heard of yet (learned from the store now).
+            for peer in announce {
+                broadcast(
+                    &local,
+                    view,
+                    Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+                );
+            }
+            broadcast(&local, view, Outgoing::PeerJoined { peer_id }.to_frame());
+            let peer: Arc<str> = Arc::from(peer_id);
             local
                 .rooms
-                .entry(room.clone())
-                .or_default()
+                .get_mut(&room)
+                .expect("created above")
+                .local
                 .insert(peer.clone());
             if let Some(slot) = local.peers.get_mut(peer_id) {
                 slot.room = Some(room.clone());
             }
         }
-        if let Some(old) = current {
-            self.store.leave_room(&old, peer_id).await?;
+        let joined = BusMessage::PeerJoined {
+            room: room.to_string(),
+            peer: peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch,
+        };
+        for node in other_nodes(&before, &self.node) {
+            self.publish(&node, &joined).await;
         }
-        Ok(others(before, peer_id))
+        Ok(before.into_iter().map(|m| m.peer_id).collect())
     }
 
     /// Leaves the current room; `room`, when given, must name it.
@@ -233,21 +315,193 @@ impl Hub {
         room: Option<&str>,
     ) -> Result<(), MembershipError> {
         let _serial = self.membership.lock().await;
-        let current = self
-            .owned_room(peer_id, epoch)?
-            .ok_or(MembershipError::NotInRoom)?;
+        let (current, session_id) = self.owned(peer_id, epoch)?;
+        let current = current.ok_or(MembershipError::NotInRoom)?;
         if room.is_some_and(|r| r != &*current) {
             return Err(MembershipError::NotInRoom);
         }
-        {
+        self.depart(&current, peer_id, epoch, LeaveReason::Left)
+            .await;
+        if let Some(slot) = self.write().peers.get_mut(peer_id) {
+            slot.room = None;
+        }
+        self.store
+            .set_session_room(&session_id, epoch, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes `peer_id` (membership `epoch`) out of `room`: tells this node's members now,
+    /// and the other nodes that still have members there through the bus.
+    async fn depart(&self, room: &str, peer_id: &str, epoch: Epoch, reason: LeaveReason) {
+        let emptied = {
             let mut local = self.write();
-            remove_member(&mut local, &current, peer_id, LeaveReason::Left);
-            if let Some(slot) = local.peers.get_mut(peer_id) {
+            if let Some(slot) = local.peers.get_mut(peer_id)
+                && slot.epoch == epoch
+            {
                 slot.room = None;
             }
+            remove_local(&mut local, room, peer_id, reason)
+        };
+        if emptied && let Err(e) = self.store.unindex_room(&self.node, room).await {
+            tracing::debug!(error = %e, "could not update the node's room index");
         }
-        self.store.leave_room(&current, peer_id).await?;
-        Ok(())
+        let remaining = match self.store.leave_room(room, peer_id, epoch).await {
+            Ok(Some(remaining)) => remaining,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record a departure in the store");
+                return;
+            }
+        };
+        let left = BusMessage::PeerLeft {
+            room: room.to_string(),
+            peer: peer_id.to_string(),
+            epoch,
+            reason,
+        };
+        for node in other_nodes(&remaining, &self.node) {
+            self.publish(&node, &left).await;
+        }
+    }
+
+    /// Publishes to another node; a failure is logged (the store keeps the truth).
+    async fn publish(&self, node: &str, message: &BusMessage) {
+        if let Err(e) = self.bus.publish(node, message).await {
+            tracing::warn!(error = %e, to = node, "could not notify another node");
+        }
+    }
+
+    /// Applies a message from another node.
+    pub async fn on_bus(&self, message: BusMessage) {
+        match message {
+            BusMessage::Deliver { to, frame } => {
+                let outbox = self.read().peers.get(to.as_str()).map(|s| s.outbox.clone());
+                // A peer that just left: its departure is being announced to the sender.
+                if let Some(outbox) = outbox {
+                    outbox.deliver(frame);
+                }
+            }
+            BusMessage::PeerJoined {
+                room,
+                peer,
+                node,
+                epoch,
+            } => {
+                let _serial = self.membership.lock().await;
+                let mut local = self.write();
+                let Some(view) = local.rooms.get_mut(room.as_str()) else {
+                    return;
+                };
+                if view.local.contains(peer.as_str()) {
+                    return;
+                }
+                let remote = RemoteMember {
+                    node: Arc::from(node.as_str()),
+                    epoch,
+                };
+                if view.remote.insert(Arc::from(peer.as_str()), remote.clone()) == Some(remote) {
+                    return; // already known, already announced
+                }
+                let view = &local.rooms[room.as_str()];
+                broadcast(
+                    &local,
+                    view,
+                    Outgoing::PeerJoined { peer_id: &peer }.to_frame(),
+                );
+            }
+            BusMessage::PeerLeft {
+                room,
+                peer,
+                epoch,
+                reason,
+            } => {
+                let _serial = self.membership.lock().await;
+                let mut local = self.write();
+                let known = local.rooms.get(room.as_str()).is_some_and(|v| {
+                    v.remote
+                        .get(peer.as_str())
+                        .is_some_and(|r| r.epoch == epoch)
+                }) || local
+                    .peers
+                    .get(peer.as_str())
+                    .is_some_and(|s| s.epoch == epoch && s.room.as_deref() == Some(room.as_str()));
+                if known {
+                    remove_local(&mut local, &room, &peer, reason);
+                    if let Some(slot) = local.peers.get_mut(peer.as_str())
+                        && slot.epoch == epoch
+                    {
+                        slot.room = None;
+                    }
+                }
+            }
+            BusMessage::Kick { peer, epoch } => {
+                let _serial = self.membership.lock().await;
+                let mut local = self.write();
+                if local
+                    .peers
+                    .get(peer.as_str())
+                    .is_none_or(|s| s.epoch != epoch)
+                {
+                    return;
+                }
+                let slot = local.peers.remove(peer.as_str()).expect("checked above");
+                slot.outbox
+                    .close(Some(close::REPLACED), "replaced by a newer connection");
+                if let Some(room) = slot.room {
+                    remove_local(&mut local, &room, &peer, LeaveReason::Replaced);
+                }
+            }
+        }
+    }
+
+    /// Cleans up after dead nodes: exactly one survivor removes each dead node's members
+    /// and tells every room's remaining members (`peer_left`, reason `node_lost`).
+    pub async fn reap_dead_nodes(&self, lock_ttl: Duration) -> Result<usize, StoreError> {
+        let dead = self.store.dead_nodes(&self.node).await?;
+        let mut reaped = 0;
+        for node in dead {
+            if !self
+                .store
+                .claim_cleanup(&node, &self.node, lock_ttl)
+                .await?
+            {
+                continue;
+            }
+            let _serial = self.membership.lock().await;
+            let evictions = self.store.evict_node(&node).await?;
+            tracing::warn!(dead = %node, rooms = evictions.len(), "a node died; its peers were removed");
+            for eviction in evictions {
+                for gone in &eviction.removed {
+                    {
+                        let mut local = self.write();
+                        let known = local
+                            .rooms
+                            .get(eviction.room.as_str())
+                            .is_some_and(|v| v.remote.contains_key(gone.peer_id.as_str()));
+                        if known {
+                            remove_local(
+                                &mut local,
+                                &eviction.room,
+                                &gone.peer_id,
+                                LeaveReason::NodeLost,
+                            );
+                        }
+                    }
+                    let left = BusMessage::PeerLeft {
+                        room: eviction.room.clone(),
+                        peer: gone.peer_id.clone(),
+                        epoch: gone.epoch,
+                        reason: LeaveReason::NodeLost,
+                    };
+                    for other in other_nodes(&eviction.remaining, &self.node) {
+                        self.publish(&other, &left).await;
+                    }
+                }
+            }
+            reaped += 1;
+        }
+        Ok(reaped)
     }
 
     /// Refreshes the TTLs of a live connection's session and room.
@@ -268,28 +522,53 @@ impl Hub {
         Ok(true)
     }
 
-    /// The outbox of `to` if it shares the sender's room; no store round trip.
-    pub fn route(&self, from: &str, to: &str) -> Result<Outbox, RelayError> {
+    /// Where a message from `from` to `to` goes, if they share a room; no store round trip.
+    pub fn route(&self, from: &str, to: &str) -> Result<Route, RelayError> {
         let local = self.read();
         let room = local
             .peers
             .get(from)
             .and_then(|s| s.room.as_ref())
             .ok_or(RelayError::NotInRoom)?;
-        if from == to || !local.rooms.get(room).is_some_and(|m| m.contains(to)) {
+        if from == to {
             return Err(RelayError::PeerNotFound);
         }
-        local
-            .peers
+        let view = local.rooms.get(room).ok_or(RelayError::PeerNotFound)?;
+        if view.local.contains(to) {
+            return local
+                .peers
+                .get(to)
+                .map(|s| Route::Local(s.outbox.clone()))
+                .ok_or(RelayError::PeerNotFound);
+        }
+        view.remote
             .get(to)
-            .map(|s| s.outbox.clone())
+            .map(|r| Route::Remote(r.node.clone()))
             .ok_or(RelayError::PeerNotFound)
     }
 
-    /// The room `peer_id` is in, or `Replaced` when `epoch` no longer owns the peer.
-    fn owned_room(&self, peer_id: &str, epoch: Epoch) -> Result<Option<Arc<str>>, MembershipError> {
+    /// Hands a frame to a peer on another node.
+    pub async fn send_remote(
+        &self,
+        node: &str,
+        to: &str,
+        frame: Utf8Bytes,
+    ) -> Result<(), StoreError> {
+        let message = BusMessage::Deliver {
+            to: to.to_string(),
+            frame,
+        };
+        self.bus.publish(node, &message).await
+    }
+
+    /// The room `peer_id` is in and its session, or `Replaced` when `epoch` lost the peer.
+    fn owned(
+        &self,
+        peer_id: &str,
+        epoch: Epoch,
+    ) -> Result<(Option<Arc<str>>, Arc<str>), MembershipError> {
         match self.read().peers.get(peer_id) {
-            Some(slot) if slot.epoch == epoch => Ok(slot.room.clone()),
+            Some(slot) if slot.epoch == epoch => Ok((slot.room.clone(), slot.session_id.clone())),
             _ => Err(MembershipError::Replaced),
         }
     }
@@ -312,40 +591,51 @@ impl Hub {
     }
 }
 
-/// Removes `peer` from `room` and tells the remaining members why.
-fn remove_member(local: &mut Local, room: &str, peer: &str, reason: LeaveReason) {
-    let Some(members) = local.rooms.get_mut(room) else {
-        return;
+/// Removes `peer` (local or remote) from this node's view of `room` and tells the local
+/// members why; a view without local members is dropped.
+/// Returns true when this node no longer has anyone in the room.
+fn remove_local(local: &mut Local, room: &str, peer: &str, reason: LeaveReason) -> bool {
+    let Some(view) = local.rooms.get_mut(room) else {
+        return false;
     };
-    members.remove(peer);
-    if members.is_empty() {
+    let was_local = view.local.remove(peer);
+    let was_remote = view.remote.remove(peer).is_some();
+    if view.local.is_empty() {
         local.rooms.remove(room);
-        return;
+        return was_local;
     }
-    let frame = Outgoing::PeerLeft {
-        peer_id: peer,
-        reason,
+    if was_local || was_remote {
+        let view = &local.rooms[room];
+        broadcast(
+            local,
+            view,
+            Outgoing::PeerLeft {
+                peer_id: peer,
+                reason,
+            }
+            .to_frame(),
+        );
     }
-    .to_frame();
-    broadcast(local, room, frame);
+    false
 }
 
-/// Sends one pre-serialised frame to every member of `room` on this node.
-fn broadcast(local: &Local, room: &str, frame: Utf8Bytes) {
-    let Some(members) = local.rooms.get(room) else {
-        return;
-    };
-    for member in members {
+/// Sends one pre-serialised frame to every local member of a room.
+fn broadcast(local: &Local, view: &RoomView, frame: Utf8Bytes) {
+    for member in &view.local {
         if let Some(slot) = local.peers.get(member) {
             slot.outbox.deliver(frame.clone());
         }
     }
 }
 
-fn others(members: Vec<Member>, me: &str) -> Vec<String> {
-    members
-        .into_iter()
-        .filter(|m| m.peer_id != me)
-        .map(|m| m.peer_id)
-        .collect()
+/// The distinct nodes other than `me` holding members.
+fn other_nodes(members: &[Member], me: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = members
+        .iter()
+        .filter(|m| m.node != me)
+        .map(|m| m.node.clone())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
 }

@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod hub;
+pub mod liveness;
 pub mod outbox;
 pub mod protocol;
 mod upgrade;

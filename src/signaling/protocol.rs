@@ -66,6 +66,8 @@ pub enum LeaveReason {
     Timeout,
     /// A newer connection of its session took over.
     Replaced,
+    /// The node holding its connection died.
+    NodeLost,
 }
 
 impl LeaveReason {
@@ -76,7 +78,21 @@ impl LeaveReason {
             LeaveReason::Disconnected => "disconnected",
             LeaveReason::Timeout => "timeout",
             LeaveReason::Replaced => "replaced",
+            LeaveReason::NodeLost => "node_lost",
         }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            LeaveReason::Left,
+            LeaveReason::Disconnected,
+            LeaveReason::Timeout,
+            LeaveReason::Replaced,
+            LeaveReason::NodeLost,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == name)
     }
 }
 

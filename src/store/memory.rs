@@ -1,16 +1,17 @@
-//! The embedded store: one process, no dependencies, same TTL semantics as Redis.
+//! The embedded store: no dependencies, the same semantics and TTLs as the Redis store.
+//! Several hubs may share one instance, which is how tests run "many nodes" in one process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{Epoch, JoinOutcome, Member, SessionRecord, Store, StoreError};
-
-/// Longest TTL any entry may have.
-const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+use super::{
+    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Previous, SessionRecord, Store,
+    StoreError,
+};
 
 /// In-memory [`Store`]. A `std::sync::Mutex` is right here: every operation is a few map
 /// updates and the lock is never held across an `.await`.
@@ -21,16 +22,22 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct Inner {
-    /// Last epoch handed out.
+    /// Last epoch handed out; never reset, so epochs only grow.
     epoch: Epoch,
     sessions: HashMap<String, Session>,
     rooms: HashMap<String, Room>,
+    /// Heartbeat expiry per node.
+    alive: HashMap<String, Instant>,
+    /// Registered nodes with the rooms and sessions they hold.
+    nodes: HashMap<String, NodeIndex>,
+    /// Cleanup locks per dead node.
+    cleanup: HashMap<String, Instant>,
 }
 
 struct Session {
-    #[allow(dead_code)] // read by future consumers (resume); kept to mirror the Redis hash
     record: SessionRecord,
     epoch: Epoch,
+    room: Option<String>,
     expires: Instant,
 }
 
@@ -38,6 +45,12 @@ struct Room {
     /// Members in join order.
     members: Vec<Member>,
     expires: Instant,
+}
+
+#[derive(Default)]
+struct NodeIndex {
+    rooms: HashSet<String>,
+    sessions: HashSet<String>,
 }
 
 fn deadline(ttl: Duration) -> Instant {
@@ -55,7 +68,7 @@ impl MemoryStore {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number of live sessions and rooms (expired entries excluded), for tests and metrics.
+    /// Number of live sessions and rooms (expired entries excluded), for tests.
     pub fn counts(&self) -> (usize, usize) {
         let mut inner = self.lock();
         inner.purge();
@@ -93,19 +106,31 @@ impl Store for MemoryStore {
         &self,
         record: &SessionRecord,
         ttl: Duration,
-    ) -> Result<Epoch, StoreError> {
+    ) -> Result<Claim, StoreError> {
         let mut inner = self.lock();
         inner.epoch += 1;
         let epoch = inner.epoch;
+        let previous = inner.live_session(&record.session_id).map(|s| Previous {
+            node: s.record.node.clone(),
+            epoch: s.epoch,
+            room: s.room.clone(),
+        });
         inner.sessions.insert(
             record.session_id.clone(),
             Session {
                 record: record.clone(),
                 epoch,
+                room: None,
                 expires: deadline(ttl),
             },
         );
-        Ok(epoch)
+        inner
+            .nodes
+            .entry(record.node.clone())
+            .or_default()
+            .sessions
+            .insert(record.session_id.clone());
+        Ok(Claim { epoch, previous })
     }
 
     async fn refresh_session(
@@ -124,15 +149,41 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn release_session(&self, session_id: &str, epoch: Epoch) -> Result<bool, StoreError> {
+    async fn set_session_room(
+        &self,
+        session_id: &str,
+        epoch: Epoch,
+        room: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        let owned = inner
+        Ok(match inner.live_session(session_id) {
+            Some(s) if s.epoch == epoch => {
+                s.room = room.map(str::to_string);
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn release_session(
+        &self,
+        _node: &str,
+        session_id: &str,
+        epoch: Epoch,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let Some(node) = inner
             .live_session(session_id)
-            .is_some_and(|s| s.epoch == epoch);
-        if owned {
-            inner.sessions.remove(session_id);
+            .filter(|s| s.epoch == epoch)
+            .map(|s| s.record.node.clone())
+        else {
+            return Ok(false);
+        };
+        inner.sessions.remove(session_id);
+        if let Some(index) = inner.nodes.get_mut(&node) {
+            index.sessions.remove(session_id);
         }
-        Ok(owned)
+        Ok(true)
     }
 
     async fn join_room(
@@ -148,27 +199,57 @@ impl Store for MemoryStore {
             members: Vec::new(),
             expires: deadline(ttl),
         });
-        entry.members.retain(|m| m.peer_id != member.peer_id);
-        if entry.members.len() >= capacity {
-            let empty = entry.members.is_empty();
-            if empty {
+        let others: Vec<Member> = entry
+            .members
+            .iter()
+            .filter(|m| m.peer_id != member.peer_id)
+            .cloned()
+            .collect();
+        if others.len() >= capacity {
+            if entry.members.is_empty() {
                 inner.rooms.remove(room);
             }
             return Ok(JoinOutcome::Full);
         }
-        let before = entry.members.clone();
+        entry.members = others.clone();
         entry.members.push(member.clone());
         entry.expires = deadline(ttl);
-        Ok(JoinOutcome::Joined(before))
+        inner
+            .nodes
+            .entry(member.node.clone())
+            .or_default()
+            .rooms
+            .insert(room.to_string());
+        Ok(JoinOutcome::Joined(others))
     }
 
-    async fn leave_room(&self, room: &str, peer_id: &str) -> Result<(), StoreError> {
+    async fn leave_room(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+    ) -> Result<Option<Vec<Member>>, StoreError> {
         let mut inner = self.lock();
-        if let Some(entry) = inner.live_room(room) {
-            entry.members.retain(|m| m.peer_id != peer_id);
-            if entry.members.is_empty() {
-                inner.rooms.remove(room);
-            }
+        let Some(entry) = inner.live_room(room) else {
+            return Ok(None);
+        };
+        let before = entry.members.len();
+        entry
+            .members
+            .retain(|m| !(m.peer_id == peer_id && m.epoch == epoch));
+        if entry.members.len() == before {
+            return Ok(None);
+        }
+        let remaining = entry.members.clone();
+        if remaining.is_empty() {
+            inner.rooms.remove(room);
+        }
+        Ok(Some(remaining))
+    }
+
+    async fn unindex_room(&self, node: &str, room: &str) -> Result<(), StoreError> {
+        if let Some(index) = self.lock().nodes.get_mut(node) {
+            index.rooms.remove(room);
         }
         Ok(())
     }
@@ -187,16 +268,97 @@ impl Store for MemoryStore {
             .map(|r| r.members.clone())
             .unwrap_or_default())
     }
+
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.alive.insert(node.to_string(), deadline(ttl));
+        inner.nodes.entry(node.to_string()).or_default();
+        Ok(())
+    }
+
+    async fn dead_nodes(&self, me: &str) -> Result<Vec<String>, StoreError> {
+        let inner = self.lock();
+        let now = Instant::now();
+        Ok(inner
+            .nodes
+            .keys()
+            .filter(|n| *n != me && inner.alive.get(*n).is_none_or(|e| *e <= now))
+            .cloned()
+            .collect())
+    }
+
+    async fn live_node_count(&self) -> Result<usize, StoreError> {
+        let now = Instant::now();
+        Ok(self.lock().alive.values().filter(|e| **e > now).count())
+    }
+
+    async fn claim_cleanup(
+        &self,
+        dead: &str,
+        _me: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.cleanup.get(dead).is_some_and(|e| *e > now) {
+            return Ok(false);
+        }
+        inner.cleanup.insert(dead.to_string(), deadline(ttl));
+        Ok(true)
+    }
+
+    async fn evict_node(&self, dead: &str) -> Result<Vec<Eviction>, StoreError> {
+        let mut inner = self.lock();
+        let index = inner.nodes.remove(dead).unwrap_or_default();
+        inner.alive.remove(dead);
+        let mut evictions = Vec::new();
+        for room in index.rooms {
+            let Some(entry) = inner.live_room(&room) else {
+                continue;
+            };
+            let (removed, remaining): (Vec<Member>, Vec<Member>) =
+                entry.members.drain(..).partition(|m| m.node == dead);
+            entry.members = remaining.clone();
+            if remaining.is_empty() {
+                inner.rooms.remove(&room);
+            }
+            if !removed.is_empty() {
+                evictions.push(Eviction {
+                    room,
+                    removed,
+                    remaining,
+                });
+            }
+        }
+        for session in index.sessions {
+            if inner
+                .sessions
+                .get(&session)
+                .is_some_and(|s| s.record.node == dead)
+            {
+                inner.sessions.remove(&session);
+            }
+        }
+        Ok(evictions)
+    }
+
+    async fn forget_node(&self, node: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.alive.remove(node);
+        inner.nodes.remove(node);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn member(p: &str) -> Member {
+    fn member(p: &str, epoch: Epoch) -> Member {
         Member {
             peer_id: p.into(),
             node: "n1".into(),
+            epoch,
         }
     }
 
@@ -212,35 +374,58 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[tokio::test]
-    async fn capacity_is_enforced_and_rejoin_is_idempotent() {
+    async fn capacity_is_enforced_and_rejoin_replaces_the_older_epoch() {
         let store = MemoryStore::new();
+        let joined = |v: Vec<Member>| JoinOutcome::Joined(v);
         assert_eq!(
-            store.join_room("r", &member("a"), 2, HOUR).await.unwrap(),
-            JoinOutcome::Joined(vec![])
+            store
+                .join_room("r", &member("a", 1), 2, HOUR)
+                .await
+                .unwrap(),
+            joined(vec![])
         );
         assert_eq!(
-            store.join_room("r", &member("b"), 2, HOUR).await.unwrap(),
-            JoinOutcome::Joined(vec![member("a")])
+            store
+                .join_room("r", &member("b", 2), 2, HOUR)
+                .await
+                .unwrap(),
+            joined(vec![member("a", 1)])
         );
         assert_eq!(
-            store.join_room("r", &member("c"), 2, HOUR).await.unwrap(),
+            store
+                .join_room("r", &member("c", 3), 2, HOUR)
+                .await
+                .unwrap(),
             JoinOutcome::Full
         );
-        // Re-joining does not count the peer twice.
         assert_eq!(
-            store.join_room("r", &member("b"), 2, HOUR).await.unwrap(),
-            JoinOutcome::Joined(vec![member("a")])
+            store
+                .join_room("r", &member("b", 4), 2, HOUR)
+                .await
+                .unwrap(),
+            joined(vec![member("a", 1)])
         );
+        // The older epoch's late leave is fenced off.
+        assert_eq!(store.leave_room("r", "b", 2).await.unwrap(), None);
+        assert_eq!(store.room_members("r").await.unwrap().len(), 2);
     }
 
     #[tokio::test]
     async fn room_is_deleted_only_when_last_member_leaves() {
         let store = MemoryStore::new();
-        store.join_room("r", &member("a"), 5, HOUR).await.unwrap();
-        store.join_room("r", &member("b"), 5, HOUR).await.unwrap();
-        store.leave_room("r", "a").await.unwrap();
-        assert_eq!(store.room_members("r").await.unwrap(), vec![member("b")]);
-        store.leave_room("r", "b").await.unwrap();
+        store
+            .join_room("r", &member("a", 1), 5, HOUR)
+            .await
+            .unwrap();
+        store
+            .join_room("r", &member("b", 2), 5, HOUR)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.leave_room("r", "a", 1).await.unwrap(),
+            Some(vec![member("b", 2)])
+        );
+        assert_eq!(store.leave_room("r", "b", 2).await.unwrap(), Some(vec![]));
         assert_eq!(store.counts().1, 0);
     }
 
@@ -248,12 +433,27 @@ mod tests {
     async fn a_stale_epoch_cannot_refresh_or_release_its_successor() {
         let store = MemoryStore::new();
         let old = store.claim_session(&record("s"), HOUR).await.unwrap();
+        assert_eq!(old.previous, None);
+        assert!(
+            store
+                .set_session_room("s", old.epoch, Some("r"))
+                .await
+                .unwrap()
+        );
         let new = store.claim_session(&record("s"), HOUR).await.unwrap();
-        assert!(new > old);
-        assert!(!store.refresh_session("s", old, HOUR).await.unwrap());
-        assert!(!store.release_session("s", old).await.unwrap());
+        assert!(new.epoch > old.epoch);
+        assert_eq!(
+            new.previous,
+            Some(Previous {
+                node: "n1".into(),
+                epoch: old.epoch,
+                room: Some("r".into())
+            })
+        );
+        assert!(!store.refresh_session("s", old.epoch, HOUR).await.unwrap());
+        assert!(!store.release_session("n1", "s", old.epoch).await.unwrap());
         assert_eq!(store.counts().0, 1);
-        assert!(store.release_session("s", new).await.unwrap());
+        assert!(store.release_session("n1", "s", new.epoch).await.unwrap());
         assert_eq!(store.counts().0, 0);
     }
 
@@ -261,16 +461,16 @@ mod tests {
     async fn entries_expire_after_their_ttl_and_refresh_extends_them() {
         let store = MemoryStore::new();
         let ttl = Duration::from_secs(10);
-        let epoch = store.claim_session(&record("s"), ttl).await.unwrap();
-        store.join_room("r", &member("a"), 5, ttl).await.unwrap();
+        let claim = store.claim_session(&record("s"), ttl).await.unwrap();
+        store.join_room("r", &member("a", 1), 5, ttl).await.unwrap();
         tokio::time::advance(Duration::from_secs(8)).await;
-        assert!(store.refresh_session("s", epoch, ttl).await.unwrap());
+        assert!(store.refresh_session("s", claim.epoch, ttl).await.unwrap());
         store.touch_room("r", ttl).await.unwrap();
         tokio::time::advance(Duration::from_secs(8)).await;
         assert_eq!(store.counts(), (1, 1));
         tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(store.counts(), (0, 0));
-        assert!(!store.refresh_session("s", epoch, ttl).await.unwrap());
+        assert!(!store.refresh_session("s", claim.epoch, ttl).await.unwrap());
     }
 
     #[tokio::test(start_paused = true)]
@@ -282,5 +482,40 @@ mod tests {
             .unwrap();
         tokio::time::advance(MAX_TTL + Duration::from_secs(1)).await;
         assert_eq!(store.counts().0, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_is_found_dead_and_evicted_once() {
+        let store = MemoryStore::new();
+        let hb = Duration::from_secs(2);
+        store.heartbeat("n1", hb).await.unwrap();
+        store.heartbeat("n2", hb).await.unwrap();
+        store.claim_session(&record("s"), HOUR).await.unwrap();
+        store
+            .join_room("r", &member("a", 1), 5, HOUR)
+            .await
+            .unwrap();
+        let b = Member {
+            peer_id: "b".into(),
+            node: "n2".into(),
+            epoch: 2,
+        };
+        store.join_room("r", &b, 5, HOUR).await.unwrap();
+        assert!(store.dead_nodes("n2").await.unwrap().is_empty());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        store.heartbeat("n2", hb).await.unwrap();
+        assert_eq!(
+            store.dead_nodes("n2").await.unwrap(),
+            vec!["n1".to_string()]
+        );
+        assert_eq!(store.live_node_count().await.unwrap(), 1);
+        assert!(store.claim_cleanup("n1", "n2", hb).await.unwrap());
+        assert!(!store.claim_cleanup("n1", "n3", hb).await.unwrap());
+        let evictions = store.evict_node("n1").await.unwrap();
+        assert_eq!(evictions.len(), 1);
+        assert_eq!(evictions[0].removed, vec![member("a", 1)]);
+        assert_eq!(evictions[0].remaining, vec![b]);
+        assert_eq!(store.counts(), (0, 1));
+        assert!(store.dead_nodes("n2").await.unwrap().is_empty());
     }
 }

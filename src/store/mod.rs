@@ -1,18 +1,24 @@
-//! Shared state behind a trait: sessions and room membership, every entry with a TTL.
+//! Shared state behind a trait: sessions, room membership and node liveness, every entry
+//! with a TTL.
 //!
-//! The embedded [`MemoryStore`] serves one node; a Redis store implements the same trait so
-//! several nodes can share rooms.
+//! The embedded [`MemoryStore`] serves one process (and can be shared by several hubs in
+//! one process, as tests do); [`RedisStore`] lets many nodes share rooms.
 
 mod memory;
+mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// Fencing token of one connection's claim on a session; later claims get larger epochs.
 pub type Epoch = u64;
+
+/// Longest TTL any entry may have.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What the store knows of a live session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,13 +33,35 @@ pub struct SessionRecord {
     pub node: String,
 }
 
-/// One member of a room and the node that holds its connection.
+/// The owner a claim displaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Previous {
+    /// Node that held the session.
+    pub node: String,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// The room it was in, if any.
+    pub room: Option<String>,
+}
+
+/// Result of claiming a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// This connection's epoch.
+    pub epoch: Epoch,
+    /// The connection it replaces, if the session was live.
+    pub previous: Option<Previous>,
+}
+
+/// One member of a room: which connection (epoch) on which node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
     /// Peer id.
     pub peer_id: String,
     /// Node id.
     pub node: String,
+    /// Epoch of the connection that joined.
+    pub epoch: Epoch,
 }
 
 /// Result of a join attempt.
@@ -45,20 +73,31 @@ pub enum JoinOutcome {
     Full,
 }
 
+/// What removing a dead node changed in one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// The room.
+    pub room: String,
+    /// The dead node's members that were removed.
+    pub removed: Vec<Member>,
+    /// Who is still in the room and must be told.
+    pub remaining: Vec<Member>,
+}
+
 /// A store operation that failed; the hub turns it into `error` `unavailable`.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the state store is unavailable: {0}")]
 pub struct StoreError(pub String);
 
-/// Sessions and rooms. Every write carries a TTL; nothing lives longer than 24 h.
+/// Sessions, rooms and nodes. Every write carries a TTL; nothing lives longer than 24 h.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Takes ownership of a session (replacing any earlier owner) and returns the new epoch.
+    /// Takes ownership of a session (displacing any earlier owner) and returns the new epoch.
     async fn claim_session(
         &self,
         record: &SessionRecord,
         ttl: Duration,
-    ) -> Result<Epoch, StoreError>;
+    ) -> Result<Claim, StoreError>;
 
     /// Extends a session's TTL if `epoch` still owns it; false when a successor took over.
     async fn refresh_session(
@@ -68,10 +107,24 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<bool, StoreError>;
 
-    /// Deletes a session if `epoch` still owns it; false when a successor took over.
-    async fn release_session(&self, session_id: &str, epoch: Epoch) -> Result<bool, StoreError>;
+    /// Records the room a session is in, if `epoch` still owns it.
+    async fn set_session_room(
+        &self,
+        session_id: &str,
+        epoch: Epoch,
+        room: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a session of `node` if `epoch` still owns it; false when a successor took over.
+    async fn release_session(
+        &self,
+        node: &str,
+        session_id: &str,
+        epoch: Epoch,
+    ) -> Result<bool, StoreError>;
 
     /// Adds `member` to `room` unless the room already holds `capacity` others, atomically.
+    /// A peer already present (an older epoch) is replaced, not counted twice.
     async fn join_room(
         &self,
         room: &str,
@@ -80,12 +133,39 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError>;
 
-    /// Removes `peer_id` from `room`; the room is deleted when its last member leaves.
-    async fn leave_room(&self, room: &str, peer_id: &str) -> Result<(), StoreError>;
+    /// Removes `peer_id` from `room` if it is there with `epoch`, returning who remains;
+    /// `None` when it was not (a successor owns the membership). An empty room is deleted.
+    async fn leave_room(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+    ) -> Result<Option<Vec<Member>>, StoreError>;
+
+    /// Notes that `node` has no members left in `room` (keeps the cleanup index small).
+    async fn unindex_room(&self, node: &str, room: &str) -> Result<(), StoreError>;
 
     /// Extends a room's TTL while members are active in it.
     async fn touch_room(&self, room: &str, ttl: Duration) -> Result<(), StoreError>;
 
     /// Current members of `room` (empty when it does not exist).
     async fn room_members(&self, room: &str) -> Result<Vec<Member>, StoreError>;
+
+    /// Marks `node` alive for `ttl` and keeps its registration.
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Registered nodes other than `me` whose heartbeat has expired.
+    async fn dead_nodes(&self, me: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Number of live nodes.
+    async fn live_node_count(&self) -> Result<usize, StoreError>;
+
+    /// Takes the right to clean up `dead` for `ttl`; exactly one caller gets true.
+    async fn claim_cleanup(&self, dead: &str, me: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Removes a dead node's members from every room and its sessions, then forgets it.
+    async fn evict_node(&self, dead: &str) -> Result<Vec<Eviction>, StoreError>;
+
+    /// Removes a node's heartbeat and registration (clean shutdown).
+    async fn forget_node(&self, node: &str) -> Result<(), StoreError>;
 }

@@ -2,15 +2,20 @@
 //! the protocol with deadlines instead of sleeps.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard::auth::{SigningSecret, TokenIssuer};
+use switchboard::bus::{Bus, MemoryBus};
 use switchboard::config::{Config, Role, Settings};
 use switchboard::server::{AppState, serve};
+use switchboard::store::{MemoryStore, Store};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -31,27 +36,69 @@ pub fn settings() -> Settings {
     }
 }
 
-/// A server running in this process.
-pub struct TestServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    /// Its shared state.
-    pub state: Arc<AppState>,
+/// One node of a deployment.
+struct Node {
+    addr: SocketAddr,
+    state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Starts `role` with `settings` on a free port.
-pub async fn start_role(settings: Settings, role: Role) -> TestServer {
-    let config = Config::from_settings(&settings, role).expect("test settings are valid");
+/// Where the nodes of a test deployment keep shared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// One node on the embedded store.
+    Memory,
+    /// Several nodes in this process sharing one embedded store and bus.
+    MemoryNodes(usize),
+    /// Nodes sharing one real standalone redis-server.
+    Redis(usize),
+    /// Nodes sharing a real three-master Redis Cluster.
+    Cluster(usize),
+}
+
+/// A deployment of one or more nodes in this process; clients are spread over the nodes
+/// round-robin, so peers of one room usually sit on different nodes.
+pub struct TestServer {
+    /// The first node's address.
+    pub addr: SocketAddr,
+    /// The first node's state (issuer and verifier are the same on every node).
+    pub state: Arc<AppState>,
+    nodes: Vec<Node>,
+    next: AtomicUsize,
+    /// Redis processes the deployment runs on, stopped when it is dropped.
+    _redis: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+static PREFIX: AtomicUsize = AtomicUsize::new(0);
+
+/// A key prefix no other deployment in this process uses.
+pub fn unique_prefix() -> String {
+    format!(
+        "t{}-{}:",
+        std::process::id(),
+        PREFIX.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn start_node(
+    settings: &Settings,
+    role: Role,
+    shared: Option<(Arc<dyn Store>, Arc<dyn Bus>)>,
+) -> Node {
+    let config = Config::from_settings(settings, role).expect("test settings are valid");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AppState::new(config, role);
+    let state = match shared {
+        Some((store, bus)) => AppState::with_backend(config, role, store, bus).await,
+        None => AppState::build(config, role).await,
+    }
+    .expect("backend reachable");
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(serve(listener, state.clone(), async {
         let _ = stopped.await;
     }));
-    TestServer {
+    Node {
         addr,
         state,
         stop: Some(stop),
@@ -59,41 +106,121 @@ pub async fn start_role(settings: Settings, role: Role) -> TestServer {
     }
 }
 
-/// Starts the `serve` role.
+/// Starts `role` with `settings` as one node on the embedded store.
+pub async fn start_role(settings: Settings, role: Role) -> TestServer {
+    let node = start_node(&settings, role, None).await;
+    TestServer::from_nodes(vec![node], None)
+}
+
+/// Starts the `serve` role as one node on the embedded store.
 pub async fn start(settings: Settings) -> TestServer {
     start_role(settings, Role::Serve).await
 }
 
+/// Starts a deployment of `serve` nodes on `backend`.
+pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
+    settings.heartbeat_interval = Duration::from_millis(500);
+    let mut nodes = Vec::new();
+    match backend {
+        Backend::Memory => start(settings).await,
+        Backend::MemoryNodes(n) => {
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let bus: Arc<dyn Bus> = Arc::new(MemoryBus::new());
+            for _ in 0..n {
+                nodes.push(
+                    start_node(&settings, Role::Serve, Some((store.clone(), bus.clone()))).await,
+                );
+            }
+            TestServer::from_nodes(nodes, None)
+        }
+        Backend::Redis(n) => {
+            let server = redis::RedisServer::start().await;
+            settings.redis_url = Some(server.url());
+            settings.key_prefix = unique_prefix();
+            for _ in 0..n {
+                nodes.push(start_node(&settings, Role::Serve, None).await);
+            }
+            TestServer::from_nodes(nodes, Some(Box::new(server)))
+        }
+        Backend::Cluster(n) => {
+            let cluster = redis::RedisCluster::start().await;
+            settings.redis_cluster_nodes = Some(cluster.seeds().join(","));
+            settings.key_prefix = unique_prefix();
+            for _ in 0..n {
+                nodes.push(start_node(&settings, Role::Serve, None).await);
+            }
+            TestServer::from_nodes(nodes, Some(Box::new(cluster)))
+        }
+    }
+}
+
 impl TestServer {
-    /// `http://addr` + `path`.
+    fn from_nodes(nodes: Vec<Node>, redis: Option<Box<dyn std::any::Any + Send + Sync>>) -> Self {
+        TestServer {
+            addr: nodes[0].addr,
+            state: nodes[0].state.clone(),
+            nodes,
+            next: AtomicUsize::new(0),
+            _redis: redis,
+        }
+    }
+
+    /// `http://addr` + `path` on the first node.
     pub fn http(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// The signaling URL carrying `token` in the query.
+    /// The first node's signaling URL carrying `token` in the query.
     pub fn ws_url(&self, token: &str) -> String {
         format!("ws://{}/ws/signal?token={}", self.addr, token)
     }
 
-    /// Mints a token with the server's issuer.
+    /// Mints a token with the deployment's issuer.
     pub fn token(&self, user: &str, room: Option<&str>) -> String {
         self.state.issuer.issue(user, room, None).token
     }
 
-    /// Connects a client for `user` and waits until the hub registered it.
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The state of node `i`.
+    pub fn node(&self, i: usize) -> &Arc<AppState> {
+        &self.nodes[i].state
+    }
+
+    /// Connected peers summed over all nodes.
+    pub fn peer_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.state.hub.peer_count()).sum()
+    }
+
+    /// Rooms with local members, summed over all nodes.
+    pub fn room_count(&self) -> usize {
+        self.nodes.iter().map(|n| n.state.hub.room_count()).sum()
+    }
+
+    /// Connects a client for `user` to the next node and waits until it is registered.
     pub async fn connect(&self, user: &str) -> Client {
         let token = self.token(user, None);
         self.connect_with(&token).await
     }
 
-    /// Connects with an explicit token.
+    /// Connects with an explicit token to the next node.
     pub async fn connect_with(&self, token: &str) -> Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.nodes.len();
+        self.connect_to(i, token).await
+    }
+
+    /// Connects with an explicit token to node `i`.
+    pub async fn connect_to(&self, i: usize, token: &str) -> Client {
         let claims = self
             .state
             .verifier
             .verify(token)
             .expect("test token is valid");
-        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(token))
+        let url = format!("ws://{}/ws/signal?token={}", self.nodes[i].addr, token);
+        let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket upgrade");
         let mut client = Client {
@@ -113,12 +240,23 @@ impl TestServer {
         (client, joined)
     }
 
-    /// Stops the server and waits for it to finish.
+    /// Stops every node and waits for them to finish.
     pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        for node in &mut self.nodes {
+            if let Some(stop) = node.stop.take() {
+                let _ = stop.send(());
+            }
         }
-        let _ = tokio::time::timeout(DEADLINE, &mut self.task).await;
+        for node in &mut self.nodes {
+            let _ = tokio::time::timeout(DEADLINE, &mut node.task).await;
+        }
+    }
+
+    /// Starts draining every node.
+    pub fn start_draining(&self) {
+        for node in &self.nodes {
+            node.state.start_draining();
+        }
     }
 }
 

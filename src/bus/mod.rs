@@ -1,0 +1,181 @@
+//! Cross-node delivery: each node reads its own ordered, durable inbox, so a message for a
+//! peer on another node is handed to that node without being lost while it reconnects.
+
+mod memory;
+mod redis;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+
+pub use memory::MemoryBus;
+pub use redis::RedisBus;
+
+use crate::signaling::protocol::LeaveReason;
+use crate::store::{Epoch, StoreError};
+
+/// A message between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage {
+    /// Write `frame` to local peer `to`.
+    Deliver {
+        /// Target peer id.
+        to: String,
+        /// The serialised server message.
+        frame: Utf8Bytes,
+    },
+    /// A peer on another node joined `room`.
+    PeerJoined {
+        /// Room id.
+        room: String,
+        /// Peer id.
+        peer: String,
+        /// Node holding it.
+        node: String,
+        /// Its connection's epoch.
+        epoch: Epoch,
+    },
+    /// A peer left `room` (the membership with `epoch` only).
+    PeerLeft {
+        /// Room id.
+        room: String,
+        /// Peer id.
+        peer: String,
+        /// Epoch of the membership that ended.
+        epoch: Epoch,
+        /// Why, for `peer_left`.
+        reason: LeaveReason,
+    },
+    /// A newer connection took over the session: close the one with `epoch` (4004).
+    Kick {
+        /// Peer id.
+        peer: String,
+        /// Epoch of the displaced connection.
+        epoch: Epoch,
+    },
+}
+
+/// What a node reads its messages from, in publish order.
+pub type Inbox = mpsc::Receiver<BusMessage>;
+
+/// Hands messages to other nodes.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Appends `message` to `node`'s inbox.
+    async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError>;
+
+    /// Starts reading this node's inbox from now on.
+    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError>;
+}
+
+impl BusMessage {
+    /// Flat field/value pairs (the shape of a Redis stream entry).
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        match self {
+            BusMessage::Deliver { to, frame } => {
+                vec![
+                    ("k", "d".into()),
+                    ("to", to.clone()),
+                    ("f", frame.to_string()),
+                ]
+            }
+            BusMessage::PeerJoined {
+                room,
+                peer,
+                node,
+                epoch,
+            } => vec![
+                ("k", "j".into()),
+                ("room", room.clone()),
+                ("peer", peer.clone()),
+                ("node", node.clone()),
+                ("epoch", epoch.to_string()),
+            ],
+            BusMessage::PeerLeft {
+                room,
+                peer,
+                epoch,
+                reason,
+            } => vec![
+                ("k", "l".into()),
+                ("room", room.clone()),
+                ("peer", peer.clone()),
+                ("epoch", epoch.to_string()),
+                ("reason", reason.as_str().into()),
+            ],
+            BusMessage::Kick { peer, epoch } => vec![
+                ("k", "x".into()),
+                ("peer", peer.clone()),
+                ("epoch", epoch.to_string()),
+            ],
+        }
+    }
+
+    /// Rebuilds a message from field/value pairs; `None` for anything malformed.
+    pub fn from_fields(mut fields: std::collections::HashMap<String, String>) -> Option<Self> {
+        let mut take = |name: &str| fields.remove(name);
+        let kind = take("k")?;
+        Some(match kind.as_str() {
+            "d" => BusMessage::Deliver {
+                to: take("to")?,
+                frame: take("f")?.into(),
+            },
+            "j" => BusMessage::PeerJoined {
+                room: take("room")?,
+                peer: take("peer")?,
+                node: take("node")?,
+                epoch: take("epoch")?.parse().ok()?,
+            },
+            "l" => BusMessage::PeerLeft {
+                room: take("room")?,
+                peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+                reason: LeaveReason::parse(&take("reason")?)?,
+            },
+            "x" => BusMessage::Kick {
+                peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+            },
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_round_trip() {
+        let messages = [
+            BusMessage::Deliver {
+                to: "a-1".into(),
+                frame: r#"{"type":"offer","sdp":"ü"}"#.into(),
+            },
+            BusMessage::PeerJoined {
+                room: "r".into(),
+                peer: "p".into(),
+                node: "n".into(),
+                epoch: 7,
+            },
+            BusMessage::PeerLeft {
+                room: "r".into(),
+                peer: "p".into(),
+                epoch: 7,
+                reason: LeaveReason::NodeLost,
+            },
+            BusMessage::Kick {
+                peer: "p".into(),
+                epoch: 3,
+            },
+        ];
+        for m in messages {
+            let fields = m
+                .to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+            assert_eq!(BusMessage::from_fields(fields), Some(m));
+        }
+    }
+}

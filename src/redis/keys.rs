@@ -1,0 +1,62 @@
+//! Key names of the Redis schema. Room keys carry a hash tag so a room lives on one
+//! Cluster shard; per-node keys carry the node as tag.
+
+/// Builds keys under a prefix (default `sb:`).
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The prefix, for SCAN patterns.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Session hash: user, peer, node, epoch, room, state.
+    pub fn session(&self, session: &str) -> String {
+        format!("{}sess:{session}", self.prefix)
+    }
+
+    /// Room membership hash: peer → `node|epoch`.
+    pub fn room(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:members", self.prefix)
+    }
+
+    /// A node's heartbeat key.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    /// Registry of nodes: node → last heartbeat (ms).
+    pub fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// Rooms a node has (or had) members in, for cleanup after its death.
+    pub fn node_rooms(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:rooms", self.prefix)
+    }
+
+    /// Sessions a node holds, for cleanup after its death.
+    pub fn node_sessions(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:sessions", self.prefix)
+    }
+
+    /// A node's inbox stream.
+    pub fn inbox(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:inbox", self.prefix)
+    }
+
+    /// Lock taken by the survivor cleaning up a dead node.
+    pub fn cleanup(&self, node: &str) -> String {
+        format!("{}cleanup:{node}", self.prefix)
+    }
+}

@@ -1,0 +1,240 @@
+//! One conformance suite for every `Store`: the embedded store, a real standalone Redis and
+//! a real Redis Cluster must agree on capacity, fencing, TTLs and node cleanup.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::{RedisCluster, RedisServer};
+use switchboard::redis::{Keys, Redis, Topology};
+use switchboard::store::{JoinOutcome, Member, MemoryStore, RedisStore, SessionRecord, Store};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A store under test and whatever keeps it alive.
+struct Subject {
+    store: Arc<dyn Store>,
+    _servers: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+async fn redis_store(topology: Topology) -> Arc<dyn Store> {
+    let redis = Redis::connect(&topology, Duration::from_secs(2))
+        .await
+        .unwrap();
+    Arc::new(RedisStore::new(redis, Keys::new(&common::unique_prefix())))
+}
+
+async fn subject(kind: &str) -> Subject {
+    match kind {
+        "memory" => Subject {
+            store: Arc::new(MemoryStore::new()),
+            _servers: None,
+        },
+        "redis" => {
+            let server = RedisServer::start().await;
+            let store = redis_store(Topology::Standalone { url: server.url() }).await;
+            Subject {
+                store,
+                _servers: Some(Box::new(server)),
+            }
+        }
+        "cluster" => {
+            let cluster = RedisCluster::start().await;
+            let store = redis_store(Topology::Cluster {
+                seeds: cluster.seeds(),
+            })
+            .await;
+            Subject {
+                store,
+                _servers: Some(Box::new(cluster)),
+            }
+        }
+        _ => unreachable!(),
+    }
+}
+
+fn member(peer: &str, node: &str, epoch: u64) -> Member {
+    Member {
+        peer_id: peer.into(),
+        node: node.into(),
+        epoch,
+    }
+}
+
+fn record(session: &str, node: &str) -> SessionRecord {
+    SessionRecord {
+        session_id: session.into(),
+        user: "u".into(),
+        peer_id: format!("u-{session}"),
+        node: node.into(),
+    }
+}
+
+async fn capacity_holds_under_a_hundred_simultaneous_joins(kind: &str) {
+    let s = subject(kind).await;
+    let capacity = 7;
+    let mut joins = Vec::new();
+    for i in 0..100 {
+        let store = s.store.clone();
+        joins.push(tokio::spawn(async move {
+            let m = member(&format!("p{i}"), &format!("n{}", i % 3), i as u64 + 1);
+            store.join_room("race", &m, capacity, HOUR).await.unwrap()
+        }));
+    }
+    let mut joined = 0;
+    for j in joins {
+        if matches!(j.await.unwrap(), JoinOutcome::Joined(_)) {
+            joined += 1;
+        }
+    }
+    assert_eq!(joined, capacity);
+    assert_eq!(s.store.room_members("race").await.unwrap().len(), capacity);
+}
+
+async fn a_stale_connection_cannot_touch_its_successor(kind: &str) {
+    let s = subject(kind).await;
+    let store = &s.store;
+    let old = store
+        .claim_session(&record("s1", "n1"), HOUR)
+        .await
+        .unwrap();
+    store
+        .join_room("r", &member("u-s1", "n1", old.epoch), 5, HOUR)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .set_session_room("s1", old.epoch, Some("r"))
+            .await
+            .unwrap()
+    );
+
+    let new = store
+        .claim_session(&record("s1", "n2"), HOUR)
+        .await
+        .unwrap();
+    assert!(new.epoch > old.epoch);
+    let previous = new.previous.expect("the old owner is reported");
+    assert_eq!(
+        (
+            previous.node.as_str(),
+            previous.epoch,
+            previous.room.as_deref()
+        ),
+        ("n1", old.epoch, Some("r"))
+    );
+    store
+        .join_room("r", &member("u-s1", "n2", new.epoch), 5, HOUR)
+        .await
+        .unwrap();
+
+    // The old connection closes late: none of its calls may undo the new one.
+    assert_eq!(
+        store.leave_room("r", "u-s1", old.epoch).await.unwrap(),
+        None
+    );
+    assert!(!store.refresh_session("s1", old.epoch, HOUR).await.unwrap());
+    assert!(!store.set_session_room("s1", old.epoch, None).await.unwrap());
+    assert!(!store.release_session("n1", "s1", old.epoch).await.unwrap());
+    assert_eq!(
+        store.room_members("r").await.unwrap(),
+        vec![member("u-s1", "n2", new.epoch)]
+    );
+    assert!(store.refresh_session("s1", new.epoch, HOUR).await.unwrap());
+    assert!(store.release_session("n2", "s1", new.epoch).await.unwrap());
+}
+
+async fn a_room_lives_until_its_last_member_anywhere_leaves(kind: &str) {
+    let s = subject(kind).await;
+    let store = &s.store;
+    store
+        .join_room("r", &member("a", "n1", 1), 5, HOUR)
+        .await
+        .unwrap();
+    store
+        .join_room("r", &member("b", "n2", 2), 5, HOUR)
+        .await
+        .unwrap();
+    // n1 has no local members left, but the room stays for b on n2.
+    assert_eq!(
+        store.leave_room("r", "a", 1).await.unwrap(),
+        Some(vec![member("b", "n2", 2)])
+    );
+    assert_eq!(store.room_members("r").await.unwrap().len(), 1);
+    assert_eq!(store.leave_room("r", "b", 2).await.unwrap(), Some(vec![]));
+    assert!(store.room_members("r").await.unwrap().is_empty());
+}
+
+async fn a_dead_node_is_evicted_by_exactly_one_survivor(kind: &str) {
+    let s = subject(kind).await;
+    let store = &s.store;
+    let short = Duration::from_millis(300);
+    store.heartbeat("dead", short).await.unwrap();
+    store.heartbeat("alive", HOUR).await.unwrap();
+    let claim = store
+        .claim_session(&record("sd", "dead"), HOUR)
+        .await
+        .unwrap();
+    store
+        .join_room("r", &member("u-sd", "dead", claim.epoch), 5, HOUR)
+        .await
+        .unwrap();
+    store
+        .join_room("r", &member("x", "alive", 9), 5, HOUR)
+        .await
+        .unwrap();
+    assert!(store.dead_nodes("alive").await.unwrap().is_empty());
+    assert_eq!(store.live_node_count().await.unwrap(), 2);
+
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while store.dead_nodes("alive").await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the heartbeat never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        store.dead_nodes("alive").await.unwrap(),
+        vec!["dead".to_string()]
+    );
+    assert!(store.claim_cleanup("dead", "alive", HOUR).await.unwrap());
+    assert!(!store.claim_cleanup("dead", "other", HOUR).await.unwrap());
+    let evictions = store.evict_node("dead").await.unwrap();
+    assert_eq!(evictions.len(), 1);
+    assert_eq!(
+        evictions[0].removed,
+        vec![member("u-sd", "dead", claim.epoch)]
+    );
+    assert_eq!(evictions[0].remaining, vec![member("x", "alive", 9)]);
+    assert!(
+        !store
+            .refresh_session("sd", claim.epoch, HOUR)
+            .await
+            .unwrap()
+    );
+    assert!(store.dead_nodes("alive").await.unwrap().is_empty());
+    assert_eq!(store.live_node_count().await.unwrap(), 1);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name("memory").await } )*
+        }
+        mod redis {
+            $( #[tokio::test] async fn $name() { super::$name("redis").await } )*
+        }
+        mod redis_cluster {
+            $( #[tokio::test] async fn $name() { super::$name("cluster").await } )*
+        }
+    };
+}
+
+conformance!(
+    capacity_holds_under_a_hundred_simultaneous_joins,
+    a_stale_connection_cannot_touch_its_successor,
+    a_room_lives_until_its_last_member_anywhere_leaves,
+    a_dead_node_is_evicted_by_exactly_one_survivor,
+);
