@@ -3,27 +3,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::process::{Running, switchboard};
 use common::{Client, SECRET};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-/// The binary with an empty environment plus `vars`.
-fn switchboard(args: &[&str], vars: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(BIN);
-    command.env_clear().args(args);
-    for (k, v) in vars {
-        command.env(k, v);
-    }
-    command
-}
 
 fn refusal(args: &[&str], vars: &[(&str, &str)]) -> String {
     let out = switchboard(args, vars).output().unwrap();
@@ -158,84 +144,6 @@ fn help_documents_every_environment_name_and_hides_secret_values() {
     }
     assert!(!help.contains("visible-if-leaked"));
     assert!(!help.contains("leaky-api-key"));
-}
-
-/// A `switchboard serve` child process whose stderr (the logs) is collected line by line.
-struct Running {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(vars: &[(&str, &str)]) -> (Running, String) {
-        let mut child = switchboard(&["serve", "--bind", "127.0.0.1", "--port", "0"], vars)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut running = Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        };
-        let listening = running.wait_for(|l| l.contains("\"listening\""));
-        let record: Value = serde_json::from_str(&listening).unwrap();
-        let address = record["address"].as_str().unwrap().to_string();
-        (running, address)
-    }
-
-    /// Waits (bounded) for a log line matching `pred`.
-    fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        if let Some(l) = self.seen.iter().find(|l| pred(l)) {
-            return l.clone();
-        }
-        let deadline = Instant::now() + common::DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .expect("log line before the deadline");
-            self.seen.push(line.clone());
-            if pred(&line) {
-                return line;
-            }
-        }
-    }
-
-    /// Sends SIGTERM, waits for exit, and returns every log line.
-    fn terminate(mut self) -> Vec<String> {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let deadline = Instant::now() + common::DEADLINE;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.seen.push(line);
-        }
-        self.seen
-    }
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::Hub;
 use crate::bus::Inbox;
 
@@ -16,20 +18,26 @@ pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
 
 /// Refreshes this node's heartbeat (TTL two intervals) and reaps dead nodes, twice per
 /// interval, so a dead node is cleaned up within about two and a half intervals.
+///
+/// After starting, and after this node itself could not reach Redis, it waits two
+/// intervals before judging others: their heartbeats may have lapsed for the same reason
+/// (a Redis restart or failover), and they get the time to renew them.
 pub async fn heartbeat(hub: Arc<Hub>, every: Duration) {
     let mut tick = tokio::time::interval(every / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
+    let mut judge_after = Instant::now() + every * 2;
     loop {
         tick.tick().await;
-        let result = match hub.store().heartbeat(hub.node(), every * 2).await {
-            Ok(()) => hub.reap_dead_nodes(every * 10).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
+        let mut result = hub.store().heartbeat(hub.node(), every * 2).await;
+        if result.is_ok() && healthy && Instant::now() >= judge_after {
+            result = hub.reap_dead_nodes(every * 10).await.map(|_| ());
+        }
         match result {
             Ok(()) if !healthy => {
                 tracing::info!("heartbeat restored");
                 healthy = true;
+                judge_after = Instant::now() + every * 2;
             }
             Err(e) if healthy => {
                 tracing::warn!(error = %e, "heartbeat failed");

@@ -2,6 +2,7 @@
 //! the protocol with deadlines instead of sleeps.
 #![allow(dead_code)]
 
+pub mod process;
 pub mod redis;
 
 use std::net::SocketAddr;
@@ -55,6 +56,8 @@ pub enum Backend {
     Redis(usize),
     /// Nodes sharing a real three-master Redis Cluster.
     Cluster(usize),
+    /// Nodes sharing a master found through a real Sentinel.
+    Sentinel(usize),
 }
 
 /// A deployment of one or more nodes in this process; clients are spread over the nodes
@@ -142,6 +145,16 @@ pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
             }
             TestServer::from_nodes(nodes, Some(Box::new(server)))
         }
+        Backend::Sentinel(n) => {
+            let group = redis::SentinelGroup::start().await;
+            settings.redis_sentinels = Some(group.sentinel_addr());
+            settings.redis_sentinel_master = group.master_name.clone();
+            settings.key_prefix = unique_prefix();
+            for _ in 0..n {
+                nodes.push(start_node(&settings, Role::Serve, None).await);
+            }
+            TestServer::from_nodes(nodes, Some(Box::new(group)))
+        }
         Backend::Cluster(n) => {
             let cluster = redis::RedisCluster::start().await;
             settings.redis_cluster_nodes = Some(cluster.seeds().join(","));
@@ -178,6 +191,29 @@ impl TestServer {
     /// Mints a token with the deployment's issuer.
     pub fn token(&self, user: &str, room: Option<&str>) -> String {
         self.state.issuer.issue(user, room, None).token
+    }
+
+    /// The Redis fixture the deployment runs on.
+    pub fn redis_mut<T: 'static>(&mut self) -> &mut T {
+        self._redis
+            .as_mut()
+            .and_then(|r| r.downcast_mut::<T>())
+            .expect("the deployment runs on this kind of Redis")
+    }
+
+    /// The key prefix of the deployment's first node.
+    pub fn key_prefix(&self) -> String {
+        self.state
+            .config
+            .redis
+            .as_ref()
+            .map(|r| r.prefix.clone())
+            .unwrap_or_default()
+    }
+
+    /// The address of node `i`.
+    pub fn node_addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
     }
 
     /// Number of nodes.
@@ -258,6 +294,20 @@ impl TestServer {
             node.state.start_draining();
         }
     }
+}
+
+/// Connects to the node at `addr` with `token` and waits until it is registered.
+pub async fn connect_at(addr: &str, token: &str) -> Client {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/signal?token={token}"))
+        .await
+        .expect("websocket upgrade");
+    let mut client = Client {
+        ws,
+        peer_id: String::new(),
+    };
+    client.send(json!({"type": "ping"})).await;
+    client.expect("pong").await;
+    client
 }
 
 /// Tries an upgrade and returns the refusal's status and JSON body.

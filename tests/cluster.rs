@@ -1,0 +1,255 @@
+//! Several nodes on real Redis: node loss, Sentinel failover, and key hygiene.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::Running;
+use common::redis::{RedisServer, SentinelGroup};
+use common::{Backend, Client, SECRET, connect_at, settings, start_on, unique_prefix};
+use serde_json::json;
+
+/// A client on the node at `addr` for `user`, with its peer id.
+async fn client(addr: &str, user: &str) -> Client {
+    let issued = common::issuer(Duration::from_secs(600)).issue(user, None, None);
+    let mut c = connect_at(addr, &issued.token).await;
+    c.peer_id = issued.claims.peer_id();
+    c
+}
+
+/// Skips peer_joined announcements until a message of `kind` arrives.
+async fn next_of(c: &mut Client, kind: &str) -> serde_json::Value {
+    loop {
+        let m = c.recv().await;
+        if m["type"] == kind {
+            return m;
+        }
+        assert_eq!(m["type"], "peer_joined", "unexpected {m}");
+    }
+}
+
+#[tokio::test]
+async fn a_killed_node_is_cleaned_up_by_the_survivors_within_three_heartbeats() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let prefix = unique_prefix();
+    let heartbeat = Duration::from_millis(500);
+    let vars = [
+        ("AUTH_SECRET", SECRET),
+        ("REDIS_URL", url.as_str()),
+        ("KEY_PREFIX", prefix.as_str()),
+        ("HEARTBEAT_INTERVAL", "500ms"),
+    ];
+    let (mut doomed, a0) = Running::start(&vars);
+    let (_n1, a1) = Running::start(&vars);
+    let (_n2, a2) = Running::start(&vars);
+
+    // Room r1 spans all three nodes, r2 spans the doomed node and one survivor.
+    let mut a = client(&a0, "a").await;
+    let mut b = client(&a1, "b").await;
+    let mut c = client(&a2, "c").await;
+    let mut d = client(&a0, "d").await;
+    let mut e = client(&a1, "e").await;
+    a.join("r1").await;
+    b.join("r1").await;
+    c.join("r1").await;
+    d.join("r2").await;
+    e.join("r2").await;
+    // Everyone has heard of everyone before the crash.
+    b.expect("peer_joined").await;
+    b.offer(&c.peer_id, "before").await;
+    assert_eq!(next_of(&mut c, "offer").await["sdp"], "before");
+
+    doomed.kill();
+    let killed = Instant::now();
+    for (survivor, lost) in [
+        (&mut b, &a.peer_id),
+        (&mut c, &a.peer_id),
+        (&mut e, &d.peer_id),
+    ] {
+        let left = next_of(survivor, "peer_left").await;
+        assert_eq!(left["peerId"], lost.as_str());
+        assert_eq!(left["reason"], "node_lost");
+    }
+    let took = killed.elapsed();
+    // Three heartbeat periods, plus slack for a loaded test machine.
+    assert!(
+        took <= heartbeat * 3 + Duration::from_secs(1),
+        "cleanup took {took:?}"
+    );
+
+    // The rooms keep working across the surviving nodes, and new peers can join them.
+    c.offer(&b.peer_id, "after").await;
+    assert_eq!(next_of(&mut b, "offer").await["sdp"], "after");
+    let mut f = client(&a2, "f").await;
+    let joined = f.join("r1").await;
+    let mut peers: Vec<String> = serde_json::from_value(joined["peers"].clone()).unwrap();
+    peers.sort();
+    let mut expected = vec![b.peer_id.clone(), c.peer_id.clone()];
+    expected.sort();
+    assert_eq!(
+        peers, expected,
+        "the dead node's peer is gone from the room"
+    );
+    assert_eq!(b.expect("peer_joined").await["peerId"], f.peer_id.as_str());
+}
+
+#[tokio::test]
+async fn signaling_recovers_after_a_sentinel_failover_without_restarting_nodes() {
+    let mut server = start_on(Backend::Sentinel(2), settings()).await;
+    let (mut a, _) = server.join("a", "r").await;
+    let (mut b, _) = server.join("b", "r").await;
+    a.expect("peer_joined").await;
+    a.offer(&b.peer_id, "before").await;
+    assert_eq!(b.expect("offer").await["sdp"], "before");
+
+    let new_master = server
+        .redis_mut::<SentinelGroup>()
+        .kill_master_and_wait_failover()
+        .await;
+    assert_ne!(new_master, 0);
+
+    // New peers can connect, join and relay across the two nodes again; while the nodes'
+    // connections find the new master, a client is refused (1011 or `unavailable`) and retries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        assert!(Instant::now() < deadline, "signaling never recovered");
+        if let Some(c) = try_join(&server.node_addr(0).to_string(), "c", "after").await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut d = loop {
+        assert!(
+            Instant::now() < deadline,
+            "signaling never recovered on the second node"
+        );
+        if let Some(d) = try_join(&server.node_addr(1).to_string(), "d", "after").await {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let joined = json!({"peers": [c.peer_id]});
+    assert_eq!(d.joined_peers, joined["peers"]);
+    assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
+    d.offer(&c.peer_id, "after failover").await;
+    assert_eq!(c.expect("offer").await["sdp"], "after failover");
+    // The peers that were connected during the failover still reach each other.
+    b.offer(&a.peer_id, "still here").await;
+    assert_eq!(a.expect("offer").await["sdp"], "still here");
+}
+
+/// A client that joined a room, with the `peers` it was told about.
+struct Joined {
+    client: Client,
+    joined_peers: serde_json::Value,
+}
+
+impl std::ops::Deref for Joined {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Joined {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// One attempt to connect to `addr` and join `room`; `None` when the node refused for now.
+async fn try_join(addr: &str, user: &str, room: &str) -> Option<Joined> {
+    use common::Event;
+    let issued = common::issuer(Duration::from_secs(600)).issue(user, None, None);
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/ws/signal?token={}", issued.token))
+            .await
+            .ok()?;
+    let mut client = Client {
+        ws,
+        peer_id: issued.claims.peer_id(),
+    };
+    client.send(json!({"type": "join", "roomId": room})).await;
+    match client.next_event().await {
+        Event::Message(m) if m["type"] == "joined" => Some(Joined {
+            joined_peers: m["peers"].clone(),
+            client,
+        }),
+        Event::Message(m) => {
+            assert_eq!(m["code"], "unavailable", "{m}");
+            None
+        }
+        Event::Closed(code) => {
+            assert_eq!(code, Some(1011), "refused for another reason");
+            None
+        }
+        Event::Binary => panic!("binary frame"),
+    }
+}
+
+/// Every key under `prefix` with its PTTL in milliseconds.
+async fn keys_with_ttl(redis: &RedisServer, prefix: &str) -> Vec<(String, i64)> {
+    let pattern = format!("{prefix}*");
+    let listing = redis.cli(&["--scan", "--pattern", &pattern]).await;
+    let mut out = Vec::new();
+    for key in listing.lines().filter(|l| !l.is_empty()) {
+        let ttl: i64 = redis.cli(&["PTTL", key]).await.trim().parse().unwrap();
+        out.push((key.to_string(), ttl));
+    }
+    out
+}
+
+fn assert_all_expire_within_a_day(keys: &[(String, i64)]) {
+    for (key, ttl) in keys {
+        assert!(
+            *ttl > 0 && *ttl <= 24 * 3600 * 1000,
+            "{key} has TTL {ttl} ms (must be set and at most 24 h)"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leaves() {
+    let mut server = start_on(Backend::Redis(3), settings()).await;
+    let prefix = server.key_prefix();
+    let mut clients = Vec::new();
+    for (i, room) in ["r1", "r1", "r1", "r2", "r2", "r3"].iter().enumerate() {
+        clients.push(server.join(&format!("u{i}"), room).await.0);
+    }
+    let (first, fourth) = (clients[0].peer_id.clone(), clients[3].peer_id.clone());
+    clients[2].offer(&first, "x").await;
+    clients[4].offer(&fourth, "y").await;
+    let during = keys_with_ttl(server.redis_mut::<RedisServer>(), &prefix).await;
+    assert!(
+        during.iter().any(|(k, _)| k.contains("room:{r1}")),
+        "{during:?}"
+    );
+    assert!(
+        during.iter().any(|(k, _)| k.contains("sess:")),
+        "{during:?}"
+    );
+    assert_all_expire_within_a_day(&during);
+
+    for c in clients {
+        c.close().await;
+    }
+    let deadline = Instant::now() + common::DEADLINE;
+    while server.peer_count() > 0 {
+        assert!(Instant::now() < deadline, "peers never detached");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = keys_with_ttl(server.redis_mut::<RedisServer>(), &prefix).await;
+    assert_all_expire_within_a_day(&after);
+    let nodes: Vec<String> = (0..server.node_count())
+        .map(|i| server.node(i).hub.node().to_string())
+        .collect();
+    for (key, _) in &after {
+        let rest = key.strip_prefix(&prefix).unwrap();
+        let liveness = rest == "nodes"
+            || nodes
+                .iter()
+                .any(|n| rest == format!("node:{n}") || rest == format!("node:{{{n}}}:inbox"));
+        assert!(liveness, "{key} outlived every session and room");
+    }
+}
