@@ -253,3 +253,63 @@ async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leave
         assert!(liveness, "{key} outlived every session and room");
     }
 }
+
+#[tokio::test]
+async fn a_hundred_simultaneous_joins_over_three_nodes_fill_a_room_exactly() {
+    let mut s = settings();
+    s.max_room_peers = 10;
+    let server = start_on(Backend::Redis(3), s).await;
+    let mut clients = Vec::new();
+    for i in 0..100 {
+        clients.push(server.connect(&format!("racer{i}")).await);
+    }
+    // Everyone asks at once; each answer is either joined or room_full.
+    for c in &mut clients {
+        c.send(json!({"type": "join", "roomId": "crowded"})).await;
+    }
+    let mut joined = 0;
+    let mut full = 0;
+    for c in &mut clients {
+        let m = loop {
+            let m = c.recv().await;
+            if m["type"] != "peer_joined" {
+                break m;
+            }
+        };
+        match (m["type"].as_str(), m["code"].as_str()) {
+            (Some("joined"), _) => joined += 1,
+            (Some("error"), Some("room_full")) => full += 1,
+            _ => panic!("unexpected {m}"),
+        }
+    }
+    assert_eq!((joined, full), (10, 90));
+}
+
+#[tokio::test]
+async fn cross_node_relay_keeps_each_senders_order() {
+    let server = start_on(Backend::Redis(2), settings()).await;
+    let (mut a, _) = server.join("a", "r").await;
+    let (mut b, _) = server.join("b", "r").await;
+    a.expect("peer_joined").await;
+    let (mut c, _) = server.join("c", "r").await;
+    a.expect("peer_joined").await;
+    b.expect("peer_joined").await;
+    // a (node 0) and c (node 0) both stream to b (node 1), interleaved.
+    for seq in 0..300 {
+        a.offer(&b.peer_id, &format!("a{seq}")).await;
+        c.offer(&b.peer_id, &format!("c{seq}")).await;
+    }
+    let (mut next_a, mut next_c) = (0, 0);
+    while next_a < 300 || next_c < 300 {
+        let m = b.expect("offer").await;
+        let sdp = m["sdp"].as_str().unwrap();
+        if m["peerId"] == a.peer_id.as_str() {
+            assert_eq!(sdp, format!("a{next_a}"), "a's messages out of order");
+            next_a += 1;
+        } else {
+            assert_eq!(sdp, format!("c{next_c}"), "c's messages out of order");
+            next_c += 1;
+        }
+    }
+    b.expect_nothing_pending().await;
+}
