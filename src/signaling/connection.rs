@@ -262,7 +262,7 @@ impl Connection {
                                 send_error(
                                     session,
                                     ErrorCode::Unavailable,
-                                    "That peer's node cannot be reached right now; retry shortly.",
+                                    "Relaying to that peer's node failed or timed out; it may not have arrived.",
                                     reference,
                                 );
                             }
