@@ -321,3 +321,41 @@ async fn cross_node_relay_keeps_each_senders_order() {
     }
     b.expect_nothing_pending().await;
 }
+
+#[tokio::test]
+async fn peers_talking_across_nodes_are_told_to_resync_when_redis_loses_its_data() {
+    let mut server = start_on(Backend::Redis(2), settings()).await;
+    let (mut a, _) = server.join("a", "r").await;
+    let (mut b, _) = server.join("b", "r").await;
+    a.expect("peer_joined").await;
+    a.offer(&b.peer_id, "before").await;
+    assert_eq!(b.expect("offer").await["sdp"], "before");
+
+    // A restart without persistence: every inbox and membership is gone.
+    server.redis_mut::<RedisServer>().restart().await;
+    assert_eq!(a.expect_close().await, Some(4003));
+    assert_eq!(b.expect_close().await, Some(4003));
+
+    // Clients that reconnect rebuild the state and talk across nodes again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        assert!(Instant::now() < deadline, "signaling never recovered");
+        if let Some(c) = try_join(&server.node_addr(0).to_string(), "a", "r").await {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut d = loop {
+        assert!(
+            Instant::now() < deadline,
+            "signaling never recovered on node 1"
+        );
+        if let Some(d) = try_join(&server.node_addr(1).to_string(), "b", "r").await {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
+    d.offer(&c.peer_id, "after").await;
+    assert_eq!(c.expect("offer").await["sdp"], "after");
+}

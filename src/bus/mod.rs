@@ -53,6 +53,9 @@ pub enum BusMessage {
         /// Epoch of the displaced connection.
         epoch: Epoch,
     },
+    /// Not sent between nodes: this node's reader found that messages addressed to it were
+    /// lost (trimmed before it read them, or Redis lost its data).
+    Gap,
 }
 
 /// What a node reads its messages from, in publish order.
@@ -108,6 +111,7 @@ impl BusMessage {
                 ("peer", peer.clone()),
                 ("epoch", epoch.to_string()),
             ],
+            BusMessage::Gap => vec![("k", "g".into())],
         }
     }
 

@@ -14,8 +14,10 @@ use super::{Bus, BusMessage, Inbox};
 use crate::redis::{Keys, Redis};
 use crate::store::StoreError;
 
-/// Entries kept per inbox; far more than a node reads between two polls.
-const MAX_LEN: usize = 100_000;
+/// Entries kept per inbox (about 20 MB of 2 KB offers): far more than a node reads between
+/// two polls, and seconds of traffic for a reader that reconnects. Entries trimmed before
+/// they were read are detected and reported as a [`BusMessage::Gap`].
+const MAX_LEN: usize = 10_000;
 /// An inbox nobody reads (its node died) disappears after this long.
 const INBOX_TTL: Duration = Duration::from_secs(600);
 /// How long one XREAD waits for new entries.
@@ -90,6 +92,11 @@ async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Send
             Ok(r) => {
                 if failures > 0 {
                     tracing::info!("bus reader reconnected to Redis");
+                    if lost_since(&reader, &key, &last).await
+                        && tx.send(BusMessage::Gap).await.is_err()
+                    {
+                        return;
+                    }
                 }
                 failures = 0;
                 r
@@ -106,7 +113,19 @@ async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Send
                 continue;
             }
         };
-        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+        let entries: Vec<_> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        // A full batch means this reader is behind: check nothing was trimmed under it.
+        if entries.len() == BATCH
+            && lost_since(&reader, &key, &last).await
+            && tx.send(BusMessage::Gap).await.is_err()
+        {
+            return;
+        }
+        for entry in entries {
             last = entry.id;
             let fields: HashMap<String, String> = entry
                 .map
@@ -125,5 +144,49 @@ async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Send
         if tx.is_closed() {
             return;
         }
+    }
+}
+
+/// Parses a stream id `ms-seq`.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// True when entries after `last` may have been lost: trimmed past it (the stream's
+/// `max-deleted-entry-id` is newer) or the whole stream gone (Redis lost its data).
+async fn lost_since(reader: &Redis, key: &str, last: &str) -> bool {
+    let info: Result<HashMap<String, ::redis::Value>, _> =
+        reader.query(cmd("XINFO").arg("STREAM").arg(key)).await;
+    let Ok(info) = info else {
+        // No such key: everything sent to this node so far is gone with it.
+        tracing::warn!(
+            "this node's inbox disappeared from Redis; peers talking across nodes must resync"
+        );
+        return true;
+    };
+    let deleted = info
+        .get("max-deleted-entry-id")
+        .cloned()
+        .and_then(|v| String::from_redis_value(v).ok())
+        .and_then(|id| parse_id(&id));
+    let lost = matches!((deleted, parse_id(last)), (Some(d), Some(l)) if d > l);
+    if lost {
+        tracing::warn!(
+            "messages for this node were trimmed before it read them; peers talking across nodes must resync"
+        );
+    }
+    lost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_id;
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(parse_id("1700000000000-10") > parse_id("1700000000000-9"));
+        assert!(parse_id("1700000000001-0") > parse_id("1700000000000-99"));
+        assert_eq!(parse_id("nope"), None);
     }
 }

@@ -435,6 +435,25 @@ impl Hub {
                     }
                 }
             }
+            BusMessage::Gap => {
+                // Messages from other nodes may be missing: every local peer that talks
+                // across nodes must resync, which 4003 tells its client to do.
+                let local = self.read();
+                let mut closed = 0;
+                for view in local.rooms.values().filter(|v| !v.remote.is_empty()) {
+                    for peer in &view.local {
+                        if let Some(slot) = local.peers.get(peer) {
+                            slot.outbox
+                                .close(Some(close::SLOW_CONSUMER), "messages lost; resync");
+                            closed += 1;
+                        }
+                    }
+                }
+                tracing::warn!(
+                    closed,
+                    "closed peers that may have missed messages from other nodes"
+                );
+            }
             BusMessage::Kick { peer, epoch } => {
                 let _serial = self.membership.lock().await;
                 let mut local = self.write();
