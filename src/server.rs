@@ -16,6 +16,7 @@ use crate::redis::{Keys, Redis};
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, liveness};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use crate::telemetry::Metrics;
 
 /// How long shutdown waits for connections to close after telling them to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -34,6 +35,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Set once shutdown starts: readiness fails and upgrades are refused.
     draining: AtomicBool,
+    /// This node's metrics.
+    pub metrics: Arc<Metrics>,
     /// Heartbeat and bus reader, stopped with the state.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -42,10 +45,13 @@ impl AppState {
     /// State for `role` on the backend the configuration names: Redis when configured
     /// (connecting to it), the embedded store otherwise.
     pub async fn build(config: Config, role: Role) -> Result<Arc<Self>, StoreError> {
+        let metrics = Metrics::new();
         let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match &config.redis {
             None => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new())),
             Some(r) => {
-                let redis = Redis::connect(&r.topology, r.timeout).await?;
+                let redis = Redis::connect(&r.topology, r.timeout)
+                    .await?
+                    .with_metrics(metrics.clone());
                 let reader = Redis::connect(&r.topology, r.timeout).await?;
                 let keys = Keys::new(&r.prefix);
                 (
@@ -54,7 +60,7 @@ impl AppState {
                 )
             }
         };
-        Self::with_backend(config, role, store, bus).await
+        Self::assemble(config, role, store, bus, metrics).await
     }
 
     /// State for `role` on the given store and bus (tests share one between several nodes).
@@ -63,6 +69,16 @@ impl AppState {
         role: Role,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
+    ) -> Result<Arc<Self>, StoreError> {
+        Self::assemble(config, role, store, bus, Metrics::new()).await
+    }
+
+    async fn assemble(
+        config: Config,
+        role: Role,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, StoreError> {
         let issuer = TokenIssuer::new(
             &config.secret,
@@ -77,9 +93,11 @@ impl AppState {
             bus.clone(),
             config.max_room_peers,
             config.outbound_queue,
+            metrics.clone(),
         ));
         let mut tasks = Vec::new();
         if role != Role::Auth {
+            hub.evict_previous_incarnation().await?;
             let inbox = bus.subscribe(&config.node_id).await?;
             hub.store()
                 .heartbeat(&config.node_id, config.heartbeat * 2)
@@ -98,6 +116,7 @@ impl AppState {
             hub,
             draining: AtomicBool::new(false),
             tasks,
+            metrics,
         }))
     }
 
@@ -140,10 +159,27 @@ pub fn app(state: Arc<AppState>) -> Router {
             .merge(crate::web::router());
     }
     router
+        .route("/metrics", axum::routing::get(metrics))
         .fallback(crate::error::not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+) -> impl axum::response::IntoResponse {
+    let m = &state.metrics;
+    m.peers.set(state.hub.peer_count() as i64);
+    m.rooms.set(state.hub.room_count() as i64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then closes every WebSocket with

@@ -359,3 +359,65 @@ async fn peers_talking_across_nodes_are_told_to_resync_when_redis_loses_its_data
     d.offer(&c.peer_id, "after").await;
     assert_eq!(c.expect("offer").await["sdp"], "after");
 }
+
+#[tokio::test]
+async fn a_node_declared_dead_while_alive_makes_its_peers_rejoin() {
+    let server = start_on(Backend::Redis(2), settings()).await;
+    let (mut a, _) = server.join("a", "r").await;
+    let (mut b, _) = server.join("b", "r").await;
+    a.expect("peer_joined").await;
+    // What a survivor does when node 0's heartbeat lapsed (a pause, a partition).
+    let node0 = server.node(0).hub.node().to_string();
+    server.node(1).hub.store().evict_node(&node0).await.unwrap();
+    // Node 0 notices at its next heartbeat and asks its clients to reconnect.
+    assert_eq!(a.expect_close().await, Some(4003));
+    b.expect_nothing_pending().await;
+    let mut again = server.connect_to(0, &server.token("a2", None)).await;
+    let joined = again.join("r").await;
+    assert_eq!(joined["peers"], json!([b.peer_id]));
+    assert_eq!(
+        b.expect("peer_joined").await["peerId"],
+        again.peer_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_node_restarted_under_the_same_id_clears_what_it_left_behind() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let prefix = unique_prefix();
+    let fixed = [
+        ("AUTH_SECRET", SECRET),
+        ("REDIS_URL", url.as_str()),
+        ("KEY_PREFIX", prefix.as_str()),
+        ("HEARTBEAT_INTERVAL", "10s"),
+        ("NODE_ID", "steady-1"),
+    ];
+    let other = [
+        ("AUTH_SECRET", SECRET),
+        ("REDIS_URL", url.as_str()),
+        ("KEY_PREFIX", prefix.as_str()),
+        ("HEARTBEAT_INTERVAL", "10s"),
+    ];
+    let (mut first, addr) = Running::start(&fixed);
+    let (_survivor, survivor_addr) = Running::start(&other);
+    let mut ghost = client(&addr, "ghost").await;
+    let mut watcher = client(&survivor_addr, "watcher").await;
+    ghost.join("r").await;
+    watcher.join("r").await;
+    ghost.expect("peer_joined").await;
+
+    // Crash and restart long before the survivors (10 s heartbeats) could notice.
+    first.kill();
+    let (_second, addr) = Running::start(&fixed);
+    let left = next_of(&mut watcher, "peer_left").await;
+    assert_eq!(left["peerId"], ghost.peer_id.as_str());
+    assert_eq!(left["reason"], "node_lost");
+    let mut newcomer = client(&addr, "newcomer").await;
+    let joined = newcomer.join("r").await;
+    assert_eq!(
+        joined["peers"],
+        json!([watcher.peer_id]),
+        "no ghost member remains"
+    );
+}

@@ -170,8 +170,15 @@ async fn a_dead_node_is_evicted_by_exactly_one_survivor(kind: &str) {
     let s = subject(kind).await;
     let store = &s.store;
     let short = Duration::from_millis(300);
-    store.heartbeat("dead", short).await.unwrap();
-    store.heartbeat("alive", HOUR).await.unwrap();
+    assert!(
+        !store.heartbeat("dead", short).await.unwrap(),
+        "a first heartbeat registers"
+    );
+    assert!(!store.heartbeat("alive", HOUR).await.unwrap());
+    assert!(
+        store.heartbeat("alive", HOUR).await.unwrap(),
+        "later heartbeats find the registration"
+    );
     let claim = store
         .claim_session(&record("sd", "dead"), HOUR)
         .await
@@ -216,6 +223,8 @@ async fn a_dead_node_is_evicted_by_exactly_one_survivor(kind: &str) {
     );
     assert!(store.dead_nodes("alive").await.unwrap().is_empty());
     assert_eq!(store.live_node_count().await.unwrap(), 1);
+    // Had "dead" only been slow, its next heartbeat tells it that it was evicted.
+    assert!(!store.heartbeat("dead", short).await.unwrap());
 }
 
 macro_rules! conformance {

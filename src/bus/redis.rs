@@ -64,12 +64,30 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError> {
+        // Create the inbox (empty) so that, from now on, its absence means lost data.
+        let key = self.keys.inbox(node);
+        self.redis
+            .pipe::<()>(
+                pipe()
+                    .cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg(0)
+                    .arg("*")
+                    .arg("k")
+                    .arg("created")
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(INBOX_TTL.as_millis() as u64)
+                    .ignore(),
+            )
+            .await?;
         // Start at the server's "now": everything published from here on is read, in order.
         let (secs, micros): (u64, u64) = self.redis.query(&cmd("TIME")).await?;
         let start = format!("{}-0", secs * 1000 + micros / 1000);
         let (tx, rx) = mpsc::channel(4096);
         let reader = self.reader.clone();
-        let key = self.keys.inbox(node);
         tokio::spawn(read_inbox(reader, key, start, tx));
         Ok(rx)
     }
@@ -158,12 +176,20 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
 async fn lost_since(reader: &Redis, key: &str, last: &str) -> bool {
     let info: Result<HashMap<String, ::redis::Value>, _> =
         reader.query(cmd("XINFO").arg("STREAM").arg(key)).await;
-    let Ok(info) = info else {
-        // No such key: everything sent to this node so far is gone with it.
-        tracing::warn!(
-            "this node's inbox disappeared from Redis; peers talking across nodes must resync"
-        );
-        return true;
+    let info = match info {
+        Ok(info) => info,
+        // The inbox is created at start and kept alive by heartbeats: if it is gone,
+        // everything sent to this node meanwhile went with it.
+        Err(e) if e.to_string().contains("no such key") => {
+            tracing::warn!(
+                "this node's inbox disappeared from Redis; peers talking across nodes must resync"
+            );
+            return true;
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "could not check the inbox for lost entries");
+            return false;
+        }
     };
     let deleted = info
         .get("max-deleted-entry-id")

@@ -14,12 +14,14 @@ use tokio::sync::Mutex;
 
 use super::Topology;
 use crate::store::StoreError;
+use crate::telemetry::Metrics;
 
 /// A cheap-to-clone Redis handle; every call is bounded by the configured timeout.
 #[derive(Clone)]
 pub struct Redis {
     conn: Conn,
     timeout: Duration,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Clone)]
@@ -43,7 +45,11 @@ impl Redis {
                 .await
                 .map_err(|_| StoreError("connecting to Redis timed out".into()))?
                 .map_err(|e| StoreError(format!("cannot connect to Redis: {e}")))?;
-        Ok(Redis { conn, timeout })
+        Ok(Redis {
+            conn,
+            timeout,
+            metrics: None,
+        })
     }
 
     /// The same connection with another per-call timeout (for blocking reads).
@@ -51,7 +57,14 @@ impl Redis {
         Redis {
             conn: self.conn.clone(),
             timeout,
+            metrics: self.metrics.clone(),
         }
+    }
+
+    /// Records the latency and failures of every call in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Redis {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Runs one command.
@@ -79,7 +92,12 @@ impl Redis {
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, call).await;
+        if let Some(m) = &self.metrics {
+            m.redis_call(started.elapsed(), matches!(result, Ok(Ok(_))));
+        }
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(StoreError(format!("Redis error: {e}"))),
             Err(_) => Err(StoreError(format!(

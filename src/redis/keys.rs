@@ -35,7 +35,7 @@ impl Keys {
         format!("{}node:{node}", self.prefix)
     }
 
-    /// Registry of nodes: node → last heartbeat (ms).
+    /// Registry of nodes: node → last heartbeat (unix seconds).
     pub fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
     }

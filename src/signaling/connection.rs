@@ -14,10 +14,11 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::Instrument;
 
 use super::hub::{Hub, MembershipError, RelayError, Route};
-use super::outbox::{self, CloseReason, Inbox, Outbox};
+use super::outbox::{self, CloseReason, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
 use crate::auth::{Claims, TokenIssuer, token_remaining};
 use crate::identifier;
+use crate::telemetry::Metrics;
 
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -74,6 +75,12 @@ struct Session {
 impl Connection {
     async fn serve(self, socket: WebSocket, peer_id: String) {
         let started = Instant::now();
+        let metrics = self.hub.metrics().clone();
+        metrics.connections.inc();
+        // Decrements on every way out, early returns included.
+        let _open = scopeguard(move || {
+            metrics.connections.dec();
+        });
         let (sink, stream) = socket.split();
         let ttl = session_ttl(&self.claims);
         let registration = match self
@@ -102,7 +109,13 @@ impl Connection {
         };
         let closing = registration.inbox.closing.clone();
         let writer = tokio::spawn(
-            write_frames(sink, registration.inbox, self.limits.ping_interval).in_current_span(),
+            write_frames(
+                sink,
+                registration.inbox,
+                self.limits.ping_interval,
+                self.hub.metrics().clone(),
+            )
+            .in_current_span(),
         );
         let reason = self.read_frames(stream, &mut session, closing).await;
         self.hub
@@ -124,6 +137,7 @@ impl Connection {
             (None, Some(code)) => ("client", code),
             (None, None) => ("network", 1006),
         };
+        self.hub.metrics().closed(code);
         tracing::info!(
             room = session.room.as_deref().unwrap_or(""),
             close_code = code,
@@ -229,16 +243,27 @@ impl Connection {
     }
 
     async fn handle_text(&self, session: &mut Session, text: &str) {
+        let received = Instant::now();
+        let metrics = self.hub.metrics();
         let (reference, parsed) = protocol::parse(text);
         let command = match parsed {
             Ok(c) => c,
-            Err(r) => return send_error(session, r.code, &r.message, r.reference),
+            Err(r) => {
+                metrics.inbound("invalid");
+                return send_error(session, r.code, &r.message, r.reference);
+            }
         };
+        metrics.inbound(command.kind());
         match command {
             Command::Ping => {
                 session.outbox.deliver(Outgoing::Pong.to_frame());
             }
-            Command::Join { room } => self.join(session, &room, reference).await,
+            Command::Join { room } => {
+                self.join(session, &room, reference).await;
+                metrics
+                    .join_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
             Command::Leave { room } => {
                 match self
                     .hub
@@ -254,7 +279,7 @@ impl Connection {
                     let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
                     match route {
                         Route::Local(outbox) => {
-                            outbox.deliver(frame);
+                            outbox.deliver_relayed(frame, Some(received));
                         }
                         Route::Remote(node) => {
                             if let Err(e) = self.hub.send_remote(&node, &to, frame).await {
@@ -355,6 +380,7 @@ async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut inbox: Inbox,
     ping_every: Duration,
+    metrics: Arc<Metrics>,
 ) {
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let reason = loop {
@@ -362,10 +388,14 @@ async fn write_frames(
             biased;
             reason = outbox::closed(&mut inbox.closing) => break reason,
             frame = inbox.frames.recv() => {
-                let Some(frame) = frame else { break None };
+                let Some(Outbound { frame, since }) = frame else { break None };
+                metrics.outbound(&frame);
                 tokio::select! {
                     sent = sink.send(Message::Text(frame)) => if sent.is_err() { return },
                     reason = outbox::closed(&mut inbox.closing) => break reason,
+                }
+                if let Some(since) = since {
+                    metrics.relay_latency.observe(since.elapsed().as_secs_f64());
                 }
             }
             _ = ping.tick() => {
@@ -384,7 +414,8 @@ async fn write_frames(
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if code != close::SLOW_CONSUMER {
-            while let Ok(frame) = inbox.frames.try_recv() {
+            while let Ok(Outbound { frame, .. }) = inbox.frames.try_recv() {
+                metrics.outbound(&frame);
                 if sink.feed(Message::Text(frame)).await.is_err() {
                     return;
                 }
@@ -410,6 +441,19 @@ fn session_ttl(claims: &Claims) -> Duration {
 
 fn deadline_of(claims: &Claims) -> Instant {
     Instant::now() + token_remaining(claims)
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// True when the read failed because a message exceeded the size limit.

@@ -12,6 +12,7 @@ use super::outbox::{self, Inbox, Outbox};
 use super::protocol::{LeaveReason, Outgoing, close};
 use crate::bus::{Bus, BusMessage};
 use crate::store::{Epoch, JoinOutcome, Member, SessionRecord, Store, StoreError};
+use crate::telemetry::Metrics;
 
 /// TTL of room entries in the store; refreshed while members are active.
 const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -94,6 +95,7 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     capacity: usize,
     queue: usize,
+    metrics: Arc<Metrics>,
     /// Read on every relay, written on membership changes; never held across `.await`.
     local: RwLock<Local>,
     /// Serialises membership changes (local and from other nodes) so store results, bus
@@ -109,6 +111,7 @@ impl Hub {
         bus: Arc<dyn Bus>,
         capacity: usize,
         queue: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             node: Arc::from(node),
@@ -116,6 +119,7 @@ impl Hub {
             bus,
             capacity,
             queue,
+            metrics,
             local: RwLock::default(),
             membership: tokio::sync::Mutex::new(()),
         }
@@ -124,6 +128,11 @@ impl Hub {
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The store this hub records state in.
@@ -170,6 +179,7 @@ impl Hub {
             old.outbox
                 .close(Some(close::REPLACED), "replaced by a newer connection");
         }
+        let previous_room = claim.previous.as_ref().and_then(|p| p.room.clone());
         if let Some(previous) = claim.previous {
             if let Some(room) = &previous.room {
                 self.depart(room, peer_id, previous.epoch, LeaveReason::Replaced)
@@ -183,10 +193,13 @@ impl Hub {
                 self.publish(&previous.node, &kick).await;
             }
         }
-        // A local predecessor whose room the store no longer knew still leaves it here.
-        if let Some(room) = old.and_then(|o| o.room) {
-            let mut local = self.write();
-            remove_local(&mut local, &room, peer_id, LeaveReason::Replaced);
+        // A local predecessor whose room the session record did not name still leaves it.
+        if let Some(old) = old
+            && let Some(room) = old.room
+            && previous_room.as_deref() != Some(&*room)
+        {
+            self.depart(&room, peer_id, old.epoch, LeaveReason::Replaced)
+                .await;
         }
         Ok(Registration {
             epoch: claim.epoch,
@@ -244,7 +257,12 @@ impl Hub {
             .join_room(room, &member, self.capacity, ROOM_TTL)
             .await?
         {
-            JoinOutcome::Full => return Err(MembershipError::RoomFull),
+            JoinOutcome::Full => {
+                if !self.read().rooms.contains_key(room) {
+                    let _ = self.store.unindex_room(&self.node, room).await;
+                }
+                return Err(MembershipError::RoomFull);
+            }
             JoinOutcome::Joined(before) => before,
         };
         if let Some(old) = &current {
@@ -343,17 +361,19 @@ impl Hub {
             }
             remove_local(&mut local, room, peer_id, reason)
         };
-        if emptied && let Err(e) = self.store.unindex_room(&self.node, room).await {
-            tracing::debug!(error = %e, "could not update the node's room index");
-        }
         let remaining = match self.store.leave_room(room, peer_id, epoch).await {
             Ok(Some(remaining)) => remaining,
-            Ok(None) => return,
+            Ok(None) => Vec::new(),
             Err(e) => {
+                // The index entry stays, so a cleanup after this node's death still finds it.
                 tracing::warn!(error = %e, "could not record a departure in the store");
                 return;
             }
         };
+        // Only once the membership is gone from the store, like join's "index first".
+        if emptied && let Err(e) = self.store.unindex_room(&self.node, room).await {
+            tracing::debug!(error = %e, "could not update the node's room index");
+        }
         let left = BusMessage::PeerLeft {
             room: room.to_string(),
             peer: peer_id.to_string(),
@@ -376,10 +396,11 @@ impl Hub {
     pub async fn on_bus(&self, message: BusMessage) {
         match message {
             BusMessage::Deliver { to, frame } => {
+                let received = tokio::time::Instant::now();
                 let outbox = self.read().peers.get(to.as_str()).map(|s| s.outbox.clone());
                 // A peer that just left: its departure is being announced to the sender.
                 if let Some(outbox) = outbox {
-                    outbox.deliver(frame);
+                    outbox.deliver_relayed(frame, Some(received));
                 }
             }
             BusMessage::PeerJoined {
@@ -456,19 +477,25 @@ impl Hub {
             }
             BusMessage::Kick { peer, epoch } => {
                 let _serial = self.membership.lock().await;
-                let mut local = self.write();
-                if local
-                    .peers
-                    .get(peer.as_str())
-                    .is_none_or(|s| s.epoch != epoch)
-                {
-                    return;
-                }
-                let slot = local.peers.remove(peer.as_str()).expect("checked above");
-                slot.outbox
-                    .close(Some(close::REPLACED), "replaced by a newer connection");
-                if let Some(room) = slot.room {
-                    remove_local(&mut local, &room, &peer, LeaveReason::Replaced);
+                let room = {
+                    let mut local = self.write();
+                    if local
+                        .peers
+                        .get(peer.as_str())
+                        .is_none_or(|s| s.epoch != epoch)
+                    {
+                        return;
+                    }
+                    let slot = local.peers.remove(peer.as_str()).expect("checked above");
+                    slot.outbox
+                        .close(Some(close::REPLACED), "replaced by a newer connection");
+                    slot.room
+                };
+                // Normally the new owner already removed this membership; if it could not
+                // see it, the fenced leave here does (and does nothing otherwise).
+                if let Some(room) = room {
+                    self.depart(&room, &peer, epoch, LeaveReason::Replaced)
+                        .await;
                 }
             }
         }
@@ -487,40 +514,75 @@ impl Hub {
             {
                 continue;
             }
-            let _serial = self.membership.lock().await;
-            let evictions = self.store.evict_node(&node).await?;
-            tracing::warn!(dead = %node, rooms = evictions.len(), "a node died; its peers were removed");
-            for eviction in evictions {
-                for gone in &eviction.removed {
-                    {
-                        let mut local = self.write();
-                        let known = local
-                            .rooms
-                            .get(eviction.room.as_str())
-                            .is_some_and(|v| v.remote.contains_key(gone.peer_id.as_str()));
-                        if known {
-                            remove_local(
-                                &mut local,
-                                &eviction.room,
-                                &gone.peer_id,
-                                LeaveReason::NodeLost,
-                            );
-                        }
-                    }
-                    let left = BusMessage::PeerLeft {
-                        room: eviction.room.clone(),
-                        peer: gone.peer_id.clone(),
-                        epoch: gone.epoch,
-                        reason: LeaveReason::NodeLost,
-                    };
-                    for other in other_nodes(&eviction.remaining, &self.node) {
-                        self.publish(&other, &left).await;
-                    }
-                }
-            }
+            let removed = self.evict(&node).await?;
+            tracing::warn!(dead = %node, peers = removed, "a node died; its peers were removed");
             reaped += 1;
         }
         Ok(reaped)
+    }
+
+    /// At start-up, removes what an earlier process with this node id left behind (a crash
+    /// followed by a restart under the same `NODE_ID`, faster than the survivors noticed).
+    pub async fn evict_previous_incarnation(&self) -> Result<(), StoreError> {
+        let removed = self.evict(&self.node).await?;
+        if removed > 0 {
+            tracing::warn!(
+                peers = removed,
+                "removed peers left behind by an earlier process with this node id"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes `node`'s members from every room and announces `node_lost`; returns how many.
+    async fn evict(&self, node: &str) -> Result<usize, StoreError> {
+        let _serial = self.membership.lock().await;
+        let evictions = self.store.evict_node(node).await?;
+        let mut removed = 0;
+        for eviction in evictions {
+            for gone in &eviction.removed {
+                removed += 1;
+                {
+                    let mut local = self.write();
+                    let known = local
+                        .rooms
+                        .get(eviction.room.as_str())
+                        .is_some_and(|v| v.remote.contains_key(gone.peer_id.as_str()));
+                    if known {
+                        remove_local(
+                            &mut local,
+                            &eviction.room,
+                            &gone.peer_id,
+                            LeaveReason::NodeLost,
+                        );
+                    }
+                }
+                let left = BusMessage::PeerLeft {
+                    room: eviction.room.clone(),
+                    peer: gone.peer_id.clone(),
+                    epoch: gone.epoch,
+                    reason: LeaveReason::NodeLost,
+                };
+                for other in other_nodes(&eviction.remaining, &self.node) {
+                    self.publish(&other, &left).await;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Closes every local peer with 4003 so its client reconnects and the state is rebuilt:
+    /// used when this node's registration vanished (it was declared dead while alive, or
+    /// Redis lost its data).
+    pub fn resync_all(&self, why: &'static str) {
+        let local = self.read();
+        for slot in local.peers.values() {
+            slot.outbox.close(Some(close::SLOW_CONSUMER), why);
+        }
+        tracing::warn!(
+            peers = local.peers.len(),
+            "{why}: asked every peer to reconnect"
+        );
     }
 
     /// Refreshes the TTLs of a live connection's session and room.

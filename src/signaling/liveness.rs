@@ -29,7 +29,21 @@ pub async fn heartbeat(hub: Arc<Hub>, every: Duration) {
     let mut judge_after = Instant::now() + every * 2;
     loop {
         tick.tick().await;
-        let mut result = hub.store().heartbeat(hub.node(), every * 2).await;
+        let mut result = match hub.store().heartbeat(hub.node(), every * 2).await {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                // Declared dead while alive, or Redis lost its data: this node's peers are
+                // gone from the shared state, so their clients must reconnect and rejoin.
+                hub.resync_all("this node's registration was lost");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_ok()
+            && let Ok(n) = hub.store().live_node_count().await
+        {
+            hub.metrics().nodes.set(n as i64);
+        }
         if result.is_ok() && healthy && Instant::now() >= judge_after {
             result = hub.reap_dead_nodes(every * 10).await.map(|_| ());
         }

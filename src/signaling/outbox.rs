@@ -5,6 +5,7 @@
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::protocol::close;
 
@@ -17,17 +18,26 @@ pub struct CloseReason {
     pub text: &'static str,
 }
 
+/// A queued frame; relayed frames carry when they reached this node, for the latency metric.
+#[derive(Debug)]
+pub struct Outbound {
+    /// The serialised message.
+    pub frame: Utf8Bytes,
+    /// When the relayed message was received (None for the server's own messages).
+    pub since: Option<Instant>,
+}
+
 /// Sending half: what the hub and other connections hold to reach a peer.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    frames: mpsc::Sender<Utf8Bytes>,
+    frames: mpsc::Sender<Outbound>,
     closer: watch::Sender<Option<CloseReason>>,
 }
 
 /// Receiving half, owned by the peer's connection task.
 pub struct Inbox {
     /// Frames to write, in order.
-    pub frames: mpsc::Receiver<Utf8Bytes>,
+    pub frames: mpsc::Receiver<Outbound>,
     /// Becomes `Some` once the connection must close.
     pub closing: watch::Receiver<Option<CloseReason>>,
 }
@@ -52,7 +62,12 @@ impl Outbox {
     /// Queues a frame; a full queue closes the peer with 4003 rather than losing the frame
     /// unnoticed. Returns false when the frame was not queued.
     pub fn deliver(&self, frame: Utf8Bytes) -> bool {
-        match self.frames.try_send(frame) {
+        self.deliver_relayed(frame, None)
+    }
+
+    /// Like [`Outbox::deliver`], for a relayed message received at `since`.
+    pub fn deliver_relayed(&self, frame: Utf8Bytes, since: Option<Instant>) -> bool {
+        match self.frames.try_send(Outbound { frame, since }) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(Some(close::SLOW_CONSUMER), "slow consumer");

@@ -133,6 +133,29 @@ pub enum Command<'a> {
     Ping,
 }
 
+impl Command<'_> {
+    /// The message type, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Join { .. } => "join",
+            Command::Leave { .. } => "leave",
+            Command::Relay {
+                kind: RelayKind::Offer,
+                ..
+            } => "offer",
+            Command::Relay {
+                kind: RelayKind::Answer,
+                ..
+            } => "answer",
+            Command::Relay {
+                kind: RelayKind::IceCandidate,
+                ..
+            } => "ice-candidate",
+            Command::Ping => "ping",
+        }
+    }
+}
+
 /// A frame the server could not accept, with the client's `id` to echo as `ref`.
 #[derive(Debug)]
 pub struct Rejected<'a> {

@@ -35,7 +35,10 @@ async fn upgrade(
 ) -> Response {
     match accept(&state, remote, &headers, query.as_deref(), ws) {
         Ok(response) => response,
-        Err(e) => e.into_response(),
+        Err((reason, e)) => {
+            state.metrics.refused(reason);
+            e.into_response()
+        }
     }
 }
 
@@ -45,15 +48,18 @@ fn accept(
     headers: &HeaderMap,
     query: Option<&str>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, (&'static str, ApiError)> {
     if state.draining() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
-            "This node is shutting down; connect to another one.",
+        return Err((
+            "draining",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "This node is shutting down; connect to another one.",
+            ),
         ));
     }
-    check_origin(state, headers)?;
+    check_origin(state, headers).map_err(|e| ("origin", e))?;
     let token = query
         .and_then(query_token)
         .or_else(|| subprotocol_token(headers))
@@ -61,12 +67,15 @@ fn accept(
     let claims = state
         .verifier
         .verify(&token)
-        .map_err(|e| ApiError::unauthorized(sentence(&e)))?;
+        .map_err(|e| ("token", ApiError::unauthorized(sentence(&e))))?;
     let ws = ws.map_err(|_| {
-        ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            "This endpoint speaks WebSocket only; send an Upgrade: websocket request.",
+        (
+            "not_websocket",
+            ApiError::new(
+                StatusCode::UPGRADE_REQUIRED,
+                "upgrade_required",
+                "This endpoint speaks WebSocket only; send an Upgrade: websocket request.",
+            ),
         )
     })?;
     let config = &state.config;

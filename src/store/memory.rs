@@ -269,11 +269,12 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         inner.alive.insert(node.to_string(), deadline(ttl));
+        let registered = inner.nodes.contains_key(node);
         inner.nodes.entry(node.to_string()).or_default();
-        Ok(())
+        Ok(registered)
     }
 
     async fn dead_nodes(&self, me: &str) -> Result<Vec<String>, StoreError> {

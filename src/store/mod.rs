@@ -151,8 +151,9 @@ pub trait Store: Send + Sync + 'static {
     /// Current members of `room` (empty when it does not exist).
     async fn room_members(&self, room: &str) -> Result<Vec<Member>, StoreError>;
 
-    /// Marks `node` alive for `ttl` and keeps its registration.
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError>;
+    /// Marks `node` alive for `ttl` and keeps its registration; returns false when the
+    /// registration had vanished (first heartbeat, eviction while alive, or lost data).
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, StoreError>;
 
     /// Registered nodes other than `me` whose heartbeat has expired.
     async fn dead_nodes(&self, me: &str) -> Result<Vec<String>, StoreError>;

@@ -315,7 +315,7 @@ impl Store for RedisStore {
         Ok(members(pairs))
     }
 
-    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<(), StoreError> {
+    async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
         let now = crate::auth::unix_now();
         self.redis
             .query::<()>(
@@ -327,26 +327,31 @@ impl Store for RedisStore {
             )
             .await?;
         let registry = self.keys.nodes();
-        self.redis
-            .pipe::<()>(
+        let (added,): (i64,) = self
+            .redis
+            .pipe(
                 pipe()
                     .cmd("HSET")
                     .arg(&registry)
                     .arg(node)
                     .arg(now)
-                    .ignore()
                     .cmd("PEXPIRE")
                     .arg(&registry)
                     .arg(ms(INDEX_TTL))
                     .ignore(),
             )
             .await?;
-        for key in [self.keys.node_rooms(node), self.keys.node_sessions(node)] {
+        // The inbox lives as long as its node: a quiet call must not let it expire.
+        for key in [
+            self.keys.node_rooms(node),
+            self.keys.node_sessions(node),
+            self.keys.inbox(node),
+        ] {
             self.redis
                 .query::<()>(cmd("PEXPIRE").arg(key).arg(ms(INDEX_TTL)))
                 .await?;
         }
-        Ok(())
+        Ok(added == 0)
     }
 
     async fn dead_nodes(&self, me: &str) -> Result<Vec<String>, StoreError> {

@@ -174,7 +174,8 @@ pub struct SentinelGroup {
 impl SentinelGroup {
     /// Starts the group and waits until replication and Sentinel are up.
     pub async fn start() -> SentinelGroup {
-        let master = RedisServer::start().await;
+        // Without the 5 s default delay the replica's first sync finishes at once.
+        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).await;
         let replica_of = master.port.to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]).await;
         let port = replica.port;
@@ -230,6 +231,18 @@ impl SentinelGroup {
                 )
                 .await
                 .contains(&expected)
+            },
+            Duration::from_secs(15),
+        )
+        .await;
+        // A failover right away needs Sentinel to know the replica already.
+        let replica_port = format!("\n{}\n", replica.port);
+        wait_until(
+            "sentinel to discover the replica",
+            async || {
+                cli(sentinel_port, &["SENTINEL", "replicas", "mymaster"])
+                    .await
+                    .contains(&replica_port)
             },
             Duration::from_secs(15),
         )

@@ -1,36 +1,13 @@
-//! Logging set-up and the access log; tokens are redacted before anything is written.
+//! The access log: one line per HTTP request, with token values redacted.
 
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
-use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::EnvFilter;
-
-use crate::config::LogFormat;
 
 /// Query parameters whose values never reach a log line.
 const SECRET_PARAMS: &[&str] = &["token", "access_token"];
-
-/// Installs the global subscriber writing to stderr through a non-blocking writer, so a slow
-/// log sink never stalls signaling. Keep the guard alive for the life of the process.
-pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
-    let filter = EnvFilter::try_new(level)
-        .map_err(|e| format!("LOG_LEVEL {level:?} is not a valid filter: {e}"))?;
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let installed = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Pretty => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-    };
-    installed.map_err(|e| format!("logging could not start: {e}"))?;
-    Ok(guard)
-}
 
 /// The `token` query parameter, decoded.
 pub fn query_token(query: &str) -> Option<String> {

@@ -1,0 +1,287 @@
+//! Prometheus metrics, with the official `prometheus-client` crate.
+//!
+//! Everything recorded per message is created up front (one counter per message type and
+//! direction), so the hot path only bumps atomics and never allocates or hashes labels.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Client message types, in the order of [`Metrics::inbound`].
+pub const INBOUND: [&str; 7] = [
+    "join",
+    "leave",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "ping",
+    "invalid",
+];
+/// Server message types, in the order of [`Metrics::outbound`].
+pub const OUTBOUND: [&str; 11] = [
+    "joined",
+    "peer_joined",
+    "peer_left",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "pong",
+    "error",
+    "token",
+    "goaway",
+    "resumed",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MessageLabels {
+    r#type: &'static str,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+/// Every metric of one node.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSocket connections.
+    pub connections: Gauge,
+    /// Rooms with at least one peer on this node.
+    pub rooms: Gauge,
+    /// Peers connected to this node.
+    pub peers: Gauge,
+    /// Live signaling nodes (multi-node mode).
+    pub nodes: Gauge,
+    inbound: Vec<Counter>,
+    outbound: Vec<Counter>,
+    /// Seconds from receiving a relayed message to writing it to the target's socket.
+    pub relay_latency: Histogram,
+    /// Seconds a join takes, store included.
+    pub join_latency: Histogram,
+    refused: Family<ReasonLabels, Counter>,
+    /// Messages refused by the per-connection rate limit.
+    pub rate_limited: Counter,
+    closes: Family<CodeLabels, Counter>,
+    resumes: Family<OutcomeLabels, Counter>,
+    /// Seconds per Redis call.
+    pub redis_latency: Histogram,
+    /// Redis calls that failed or timed out.
+    pub redis_errors: Counter,
+    /// Redis circuit breaker: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Gauge,
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("switchboard");
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            connections.clone(),
+        );
+        let rooms = Gauge::default();
+        registry.register("rooms", "Rooms with a peer on this node", rooms.clone());
+        let peers = Gauge::default();
+        registry.register("peers", "Peers connected to this node", peers.clone());
+        let nodes = Gauge::default();
+        registry.register(
+            "nodes",
+            "Live signaling nodes sharing the store",
+            nodes.clone(),
+        );
+
+        let messages = Family::<MessageLabels, Counter>::default();
+        registry.register(
+            "messages",
+            "Signaling messages by type and direction",
+            messages.clone(),
+        );
+        let inbound = INBOUND
+            .iter()
+            .map(|t| {
+                messages
+                    .get_or_create(&MessageLabels {
+                        r#type: t,
+                        direction: "in",
+                    })
+                    .clone()
+            })
+            .collect();
+        let outbound = OUTBOUND
+            .iter()
+            .map(|t| {
+                messages
+                    .get_or_create(&MessageLabels {
+                        r#type: t,
+                        direction: "out",
+                    })
+                    .clone()
+            })
+            .collect();
+
+        // 50 µs to ~1.6 s.
+        let relay_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "relay_latency_seconds",
+            "Time from receiving a relayed message to writing it to the target",
+            relay_latency.clone(),
+        );
+        let join_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "join_latency_seconds",
+            "Time to process a join",
+            join_latency.clone(),
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "refused_upgrades",
+            "Refused WebSocket upgrades by reason",
+            refused.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited_messages",
+            "Messages refused by the rate limit",
+            rate_limited.clone(),
+        );
+        let closes = Family::<CodeLabels, Counter>::default();
+        registry.register("closes", "WebSocket closes by close code", closes.clone());
+        let resumes = Family::<OutcomeLabels, Counter>::default();
+        registry.register("resumes", "Session resumes by outcome", resumes.clone());
+        let redis_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "redis_latency_seconds",
+            "Redis call latency",
+            redis_latency.clone(),
+        );
+        let redis_errors = Counter::default();
+        registry.register(
+            "redis_errors",
+            "Redis calls that failed or timed out",
+            redis_errors.clone(),
+        );
+        let breaker_state = Gauge::default();
+        registry.register(
+            "redis_breaker_state",
+            "Redis circuit breaker: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            connections,
+            rooms,
+            peers,
+            nodes,
+            inbound,
+            outbound,
+            relay_latency,
+            join_latency,
+            refused,
+            rate_limited,
+            closes,
+            resumes,
+            redis_latency,
+            redis_errors,
+            breaker_state,
+        })
+    }
+
+    /// Counts a client message of `kind` (an entry of [`INBOUND`]).
+    pub fn inbound(&self, kind: &str) {
+        let i = INBOUND
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(INBOUND.len() - 1);
+        self.inbound[i].inc();
+    }
+
+    /// Counts a server frame written to a socket; the type is read from the frame's first
+    /// bytes (serde writes the `type` tag first), so nothing is parsed or allocated.
+    pub fn outbound(&self, frame: &str) {
+        let kind = frame
+            .strip_prefix("{\"type\":\"")
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default();
+        if let Some(i) = OUTBOUND.iter().position(|k| *k == kind) {
+            self.outbound[i].inc();
+        }
+    }
+
+    /// Counts a refused upgrade.
+    pub fn refused(&self, reason: &'static str) {
+        self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a close by code.
+    pub fn closed(&self, code: u16) {
+        self.closes.get_or_create(&CodeLabels { code }).inc();
+    }
+
+    /// Counts a resume attempt's outcome (`succeeded` or `expired`).
+    pub fn resumed(&self, outcome: &'static str) {
+        self.resumes.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records one Redis call.
+    pub fn redis_call(&self, took: Duration, ok: bool) {
+        self.redis_latency.observe(took.as_secs_f64());
+        if !ok {
+            self.redis_errors.inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_by_type_and_direction() {
+        let m = Metrics::new();
+        m.inbound("offer");
+        m.inbound("offer");
+        m.inbound("nonsense");
+        m.outbound(r#"{"type":"peer_joined","peerId":"a"}"#);
+        m.refused("max_connections");
+        m.closed(4003);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"switchboard_messages_total{type="offer",direction="in"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"switchboard_messages_total{type="invalid",direction="in"} 1"#));
+        assert!(
+            text.contains(r#"switchboard_messages_total{type="peer_joined",direction="out"} 1"#)
+        );
+        assert!(text.contains(r#"switchboard_refused_upgrades_total{reason="max_connections"} 1"#));
+        assert!(text.contains(r#"switchboard_closes_total{code="4003"} 1"#));
+    }
+}
