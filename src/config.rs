@@ -222,6 +222,10 @@ pub struct Settings {
     #[arg(long, env = "HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
     pub heartbeat_interval: Duration,
 
+    /// Longest a drain (SIGTERM/SIGINT) may take before the process exits.
+    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
+    pub drain_timeout: Duration,
+
     /// Log format.
     #[arg(
         long,
@@ -272,6 +276,7 @@ impl Default for Settings {
             key_prefix: "sb:".into(),
             node_id: None,
             heartbeat_interval: Duration::from_secs(2),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -324,6 +329,8 @@ pub struct Config {
     pub node_id: String,
     /// Heartbeat interval.
     pub heartbeat: Duration,
+    /// Longest a drain may take.
+    pub drain_timeout: Duration,
 }
 
 /// Where and how to reach Redis.
@@ -435,6 +442,7 @@ impl Config {
             redis: resolve_redis(s)?,
             node_id: resolve_node_id(s)?,
             heartbeat: s.heartbeat_interval,
+            drain_timeout: s.drain_timeout,
         })
     }
 }

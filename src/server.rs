@@ -20,6 +20,9 @@ use crate::telemetry::Metrics;
 
 /// How long shutdown waits for connections to close after telling them to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Reconnect hints of a drain are spread over at most this long, so the clients of a
+/// drained node do not all land on the others in the same instant.
+const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
 
 /// Everything the HTTP handlers share.
 pub struct AppState {
@@ -103,9 +106,13 @@ impl AppState {
                 .heartbeat(&config.node_id, config.heartbeat * 2)
                 .await?;
             tasks.push(tokio::spawn(liveness::consume(hub.clone(), inbox)));
+            // Others may need two heartbeats plus a timed-out call or two to recover.
+            let redis_timeout = config.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+            let grace = config.heartbeat * 2 + redis_timeout * 2;
             tasks.push(tokio::spawn(liveness::heartbeat(
                 hub.clone(),
                 config.heartbeat,
+                grace,
             )));
         }
         Ok(Arc::new(Self {
@@ -120,11 +127,12 @@ impl AppState {
         }))
     }
 
-    /// Starts shutdown: readiness fails, upgrades are refused, and every WebSocket is told
-    /// to close with 1012 so its client reconnects elsewhere.
+    /// Starts a drain: readiness fails, upgrades are refused, every client gets `goaway`
+    /// with a jittered reconnect hint and is closed with 1012 when that hint comes due.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        self.hub.close_all(close::RESTART, "server restarting");
+        let spread = (self.config.drain_timeout / 2).min(MAX_RECONNECT_SPREAD);
+        self.hub.drain(spread);
     }
 
     /// True once shutdown started.
@@ -190,17 +198,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let router = app(state.clone());
-    let stopping = state.clone();
-    let graceful = async move {
+    let draining = state.clone();
+    // The listener stays open while draining, so readiness can answer 503 and late
+    // upgrades get a clear refusal; it closes once every client is gone (or the drain
+    // timeout passed).
+    let drained = async move {
         shutdown.await;
-        stopping.start_draining();
+        let timeout = draining.config.drain_timeout;
+        tracing::info!(timeout_ms = timeout.as_millis() as u64, "draining");
+        draining.start_draining();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while draining.hub.peer_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Whoever is left is told to go now.
+        draining.hub.close_all(close::RESTART, "server restarting");
     };
-    let server = axum::serve(
+    axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(graceful);
-    server.await?;
+    .with_graceful_shutdown(drained)
+    .await?;
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while state.hub.peer_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -214,8 +233,17 @@ pub async fn serve(
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
 pub async fn shutdown_signal() {
+    one_signal().await;
+    tokio::spawn(async {
+        one_signal().await;
+        tracing::warn!("second signal: exiting without finishing the drain");
+        std::process::exit(130);
+    });
+}
+
+async fn one_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

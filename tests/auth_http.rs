@@ -256,6 +256,7 @@ async fn draining_fails_readiness_refuses_upgrades_and_closes_with_1012() {
     let (mut client, _) = server.join("a", "r").await;
 
     server.state.start_draining();
+    assert_eq!(client.expect("goaway").await["reason"], "shutdown");
     assert_eq!(client.expect_close().await, Some(1012));
     let response = reqwest::get(&ready).await.unwrap();
     assert_eq!(response.status(), 503);

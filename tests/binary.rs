@@ -149,6 +149,7 @@ fn help_documents_every_environment_name_and_hides_secret_values() {
 #[tokio::test]
 async fn logs_of_a_whole_run_contain_no_token() {
     let (mut server, address) = Running::start(&[
+        ("DRAIN_TIMEOUT", "2s"),
         ("AUTH_SECRET", SECRET),
         ("LOG_FORMAT", "json"),
         ("LOG_LEVEL", "debug"),
@@ -254,4 +255,36 @@ async fn logs_of_a_whole_run_contain_no_token() {
     for line in &lines {
         serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
     }
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_goaway_and_a_second_signal_exits_at_once() {
+    let (mut server, address) = Running::start(&[("AUTH_SECRET", SECRET), ("DRAIN_TIMEOUT", "2s")]);
+    let token = common::issuer(Duration::from_secs(600))
+        .issue("a", None, None)
+        .token;
+    let mut a = common::connect_at(&address, &token).await;
+    server.signal("-TERM");
+    let goaway = a.expect("goaway").await;
+    assert_eq!(goaway["reason"], "shutdown");
+    assert!(goaway["reconnectInMs"].as_u64().unwrap() <= 1000);
+    // Readiness fails at once while the listener still answers.
+    let ready = reqwest::get(format!("http://{address}/health/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(a.expect_close().await, Some(1012));
+    assert!(
+        server.wait_exit().success(),
+        "a drain ends with a clean exit"
+    );
+
+    // A drain that would take a minute is cut short by a second signal.
+    let (mut server, address) =
+        Running::start(&[("AUTH_SECRET", SECRET), ("DRAIN_TIMEOUT", "60s")]);
+    let mut b = common::connect_at(&address, &token).await;
+    server.signal("-TERM");
+    b.expect("goaway").await;
+    server.signal("-TERM");
+    assert_eq!(server.wait_exit().code(), Some(130));
 }

@@ -451,6 +451,12 @@ async fn shutdown_closes_connections_with_1012(backend: Backend) {
     let server = start_on(backend, settings()).await;
     let (mut a, _) = server.join("a", "r").await;
     let stopping = tokio::spawn(server.stop());
+    let goaway = a.expect("goaway").await;
+    assert_eq!(goaway["reason"], "shutdown");
+    assert!(
+        goaway["reconnectInMs"].as_u64().unwrap() <= 1000,
+        "{goaway}"
+    );
     assert_eq!(a.expect_close().await, Some(1012));
     stopping.await.unwrap();
 }

@@ -654,6 +654,28 @@ impl Hub {
         }
     }
 
+    /// Tells every client to go (`goaway` with a reconnect hint spread over `spread`) and
+    /// closes each connection with 1012 when its hint comes due.
+    pub fn drain(&self, spread: Duration) {
+        let local = self.read();
+        for slot in local.peers.values() {
+            let mut bytes = [0u8; 8];
+            let _ = getrandom::fill(&mut bytes);
+            let jitter_ms = u64::from_le_bytes(bytes) % (spread.as_millis() as u64 + 1);
+            let frame = Outgoing::Goaway {
+                reason: "shutdown",
+                reconnect_in_ms: jitter_ms,
+            }
+            .to_frame();
+            slot.outbox.deliver(frame);
+            let outbox = slot.outbox.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
+                outbox.close(Some(close::RESTART), "server restarting");
+            });
+        }
+    }
+
     /// Asks every connection to close with `code` (shutdown).
     pub fn close_all(&self, code: u16, text: &'static str) {
         for slot in self.read().peers.values() {

@@ -19,14 +19,14 @@ pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
 /// Refreshes this node's heartbeat (TTL two intervals) and reaps dead nodes, twice per
 /// interval, so a dead node is cleaned up within about two and a half intervals.
 ///
-/// After starting, and after this node itself could not reach Redis, it waits two
-/// intervals before judging others: their heartbeats may have lapsed for the same reason
-/// (a Redis restart or failover), and they get the time to renew them.
-pub async fn heartbeat(hub: Arc<Hub>, every: Duration) {
+/// After starting, and after this node itself could not reach Redis, it waits `grace`
+/// before judging others: their heartbeats may have lapsed for the same reason (a Redis
+/// restart or failover), and they need the time to reconnect and renew them.
+pub async fn heartbeat(hub: Arc<Hub>, every: Duration, grace: Duration) {
     let mut tick = tokio::time::interval(every / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
-    let mut judge_after = Instant::now() + every * 2;
+    let mut judge_after = Instant::now() + grace;
     loop {
         tick.tick().await;
         let mut result = match hub.store().heartbeat(hub.node(), every * 2).await {
@@ -51,7 +51,7 @@ pub async fn heartbeat(hub: Arc<Hub>, every: Duration) {
             Ok(()) if !healthy => {
                 tracing::info!("heartbeat restored");
                 healthy = true;
-                judge_after = Instant::now() + every * 2;
+                judge_after = Instant::now() + grace;
             }
             Err(e) if healthy => {
                 tracing::warn!(error = %e, "heartbeat failed");

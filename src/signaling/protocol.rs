@@ -343,6 +343,14 @@ pub enum Outgoing<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a RawValue>,
     },
+    /// The node is going away: reconnect (to any node) after the hint.
+    Goaway {
+        /// Why (`shutdown`).
+        reason: &'static str,
+        /// Suggested delay before reconnecting, jittered per client.
+        #[serde(rename = "reconnectInMs")]
+        reconnect_in_ms: u64,
+    },
     /// A fresh token for this session.
     Token {
         /// The JWT.

@@ -33,6 +33,8 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 pub fn settings() -> Settings {
     Settings {
         auth_secret: Some(SECRET.into()),
+        // Reconnect hints of a drain spread over one second, not ten.
+        drain_timeout: Duration::from_secs(2),
         ..Settings::default()
     }
 }

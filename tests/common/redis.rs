@@ -174,8 +174,9 @@ pub struct SentinelGroup {
 impl SentinelGroup {
     /// Starts the group and waits until replication and Sentinel are up.
     pub async fn start() -> SentinelGroup {
-        // Without the 5 s default delay the replica's first sync finishes at once.
-        let master = RedisServer::start_with(&["--repl-diskless-sync-delay", "0"]).await;
+        // Disk-based full sync: with diskless sync and no delay, Redis 7.0 was seen to
+        // report the replica online while never streaming writes to it.
+        let master = RedisServer::start_with(&["--repl-diskless-sync", "no"]).await;
         let replica_of = master.port.to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]).await;
         let port = replica.port;
