@@ -23,6 +23,7 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/auth/token", post(issue))
+        .route("/auth/revoke", post(revoke))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .route("/auth/validate", get(validate))
 }
@@ -43,19 +44,23 @@ struct TokenResponse {
     session_id: String,
 }
 
-async fn issue(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<TokenResponse>, ApiError> {
-    if state.config.issuance == Issuance::ApiKey {
-        let key = bearer(&headers).ok_or_else(|| {
-            ApiError::unauthorized("An API key is required: send Authorization: Bearer <api key>.")
-        })?;
-        if !state.config.api_keys.accepts(key) {
-            return Err(ApiError::unauthorized("The API key is not valid."));
-        }
+/// Checks `Authorization: Bearer <api key>` against the configured keys.
+fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let key = bearer(headers).ok_or_else(|| {
+        ApiError::unauthorized("An API key is required: send Authorization: Bearer <api key>.")
+    })?;
+    if !state.config.api_keys.accepts(key) {
+        return Err(ApiError::unauthorized("The API key is not valid."));
     }
+    Ok(())
+}
+
+/// Reads a JSON body, with the content type and size checks every endpoint shares.
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    example: &str,
+) -> Result<T, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -79,12 +84,24 @@ async fn issue(
             ApiError::bad_request("invalid_request", "The request body could not be read.")
         }
     })?;
-    let request: TokenRequest = serde_json::from_slice(&body).map_err(|_| {
+    serde_json::from_slice(&body).map_err(|_| {
         ApiError::bad_request(
             "invalid_json",
-            "The body must be a JSON object like {\"userId\": \"alice\", \"roomId\": \"r1\"}.",
+            format!("The body must be a JSON object like {example}."),
         )
-    })?;
+    })
+}
+
+async fn issue(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    if state.config.issuance == Issuance::ApiKey {
+        require_api_key(&state, &headers)?;
+    }
+    let request: TokenRequest =
+        json_body(&headers, body, r#"{"userId": "alice", "roomId": "r1"}"#)?;
     let user = field("userId", request.user_id)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "userId is required."))?;
     let room = field("roomId", request.room_id)?;
@@ -115,6 +132,72 @@ fn field(name: &str, value: Option<serde_json::Value>) -> Result<Option<String>,
     }
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeRequest {
+    session_id: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RevokeResponse {
+    session_id: String,
+    revoked: bool,
+    /// Whether a live connection was found (and is being closed with 1008).
+    connected: bool,
+}
+
+/// `POST /auth/revoke`: refuse a session's new upgrades and close its live connection.
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<RevokeResponse>, ApiError> {
+    if state.config.api_keys.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "revocation_disabled",
+            "Revocation needs API keys: set AUTH_API_KEYS or AUTH_API_KEYS_FILE.",
+        ));
+    }
+    require_api_key(&state, &headers)?;
+    let request: RevokeRequest = json_body(&headers, body, r#"{"sessionId": "…"}"#)?;
+    let session_id = match request.session_id {
+        Some(serde_json::Value::String(s))
+            if (1..=64).contains(&s.len())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            s
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "sessionId is required: the session id from POST /auth/token (letters, digits, '-', '_').",
+            ));
+        }
+    };
+    // Long enough for any token this service issued for the session to expire.
+    let connected = state
+        .hub
+        .revoke(&session_id, state.config.token_ttl)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "revocation failed");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Session state is unavailable right now; retry shortly.",
+            )
+        })?;
+    tracing::info!(session = %session_id, connected, "session revoked");
+    Ok(Json(RevokeResponse {
+        session_id,
+        revoked: true,
+        connected,
+    }))
+}
+
 #[derive(Serialize)]
 struct Validation {
     sub: String,
@@ -138,6 +221,21 @@ async fn validate(
         .verifier
         .verify(&token)
         .map_err(|e| ApiError::unauthorized(sentence(&e)))?;
+    let revoked = state
+        .hub
+        .store()
+        .is_revoked(&claims.session_id)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Session state is unavailable right now; retry shortly.",
+            )
+        })?;
+    if revoked {
+        return Err(ApiError::unauthorized("This session was revoked."));
+    }
     Ok(Json(Validation {
         peer_id: claims.peer_id(),
         sub: claims.sub,

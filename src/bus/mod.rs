@@ -53,6 +53,13 @@ pub enum BusMessage {
         /// Epoch of the displaced connection.
         epoch: Epoch,
     },
+    /// The session was revoked: close the connection with `epoch` (1008).
+    Revoke {
+        /// Peer id.
+        peer: String,
+        /// Epoch of the connection to close.
+        epoch: Epoch,
+    },
     /// Not sent between nodes: this node's reader found that messages addressed to it were
     /// lost (trimmed before it read them, or Redis lost its data).
     Gap,
@@ -111,6 +118,11 @@ impl BusMessage {
                 ("peer", peer.clone()),
                 ("epoch", epoch.to_string()),
             ],
+            BusMessage::Revoke { peer, epoch } => vec![
+                ("k", "r".into()),
+                ("peer", peer.clone()),
+                ("epoch", epoch.to_string()),
+            ],
             BusMessage::Gap => vec![("k", "g".into())],
         }
     }
@@ -137,6 +149,10 @@ impl BusMessage {
                 reason: LeaveReason::parse(&take("reason")?)?,
             },
             "x" => BusMessage::Kick {
+                peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+            },
+            "r" => BusMessage::Revoke {
                 peer: take("peer")?,
                 epoch: take("epoch")?.parse().ok()?,
             },
@@ -171,6 +187,10 @@ mod tests {
             BusMessage::Kick {
                 peer: "p".into(),
                 epoch: 3,
+            },
+            BusMessage::Revoke {
+                peer: "p".into(),
+                epoch: 4,
             },
         ];
         for m in messages {

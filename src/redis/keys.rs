@@ -55,6 +55,11 @@ impl Keys {
         format!("{}node:{{{node}}}:inbox", self.prefix)
     }
 
+    /// Revocation marker of a session.
+    pub fn revoked(&self, session: &str) -> String {
+        format!("{}revoked:{session}", self.prefix)
+    }
+
     /// Lock taken by the survivor cleaning up a dead node.
     pub fn cleanup(&self, node: &str) -> String {
         format!("{}cleanup:{node}", self.prefix)

@@ -456,6 +456,7 @@ impl Hub {
                     }
                 }
             }
+            BusMessage::Revoke { peer, epoch } => self.close_revoked(&peer, epoch),
             BusMessage::Gap => {
                 // Messages from other nodes may be missing: every local peer that talks
                 // across nodes must resync, which 4003 tells its client to do.
@@ -651,6 +652,36 @@ impl Hub {
         match self.read().peers.get(peer_id) {
             Some(slot) if slot.epoch == epoch => Ok((slot.room.clone(), slot.session_id.clone())),
             _ => Err(MembershipError::Replaced),
+        }
+    }
+
+    /// Revokes a session: new upgrades are refused for `ttl` (at least the session's own
+    /// remaining life), and its live connection, on whichever node, is closed with 1008.
+    /// Returns whether a live connection was found.
+    pub async fn revoke(&self, session_id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let owner = self.store.session_owner(session_id).await?;
+        let ttl = owner.as_ref().map_or(ttl, |o| o.ttl.max(ttl));
+        self.store.revoke(session_id, ttl).await?;
+        let Some(owner) = owner else {
+            return Ok(false);
+        };
+        if *owner.node == *self.node {
+            self.close_revoked(&owner.peer_id, owner.epoch);
+        } else {
+            let message = BusMessage::Revoke {
+                peer: owner.peer_id,
+                epoch: owner.epoch,
+            };
+            self.bus.publish(&owner.node, &message).await?;
+        }
+        Ok(true)
+    }
+
+    fn close_revoked(&self, peer: &str, epoch: Epoch) {
+        if let Some(slot) = self.read().peers.get(peer)
+            && slot.epoch == epoch
+        {
+            slot.outbox.close(Some(close::POLICY), "session revoked");
         }
     }
 

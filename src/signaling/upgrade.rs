@@ -33,7 +33,7 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(&state, remote, &headers, query.as_deref(), ws) {
+    match accept(&state, remote, &headers, query.as_deref(), ws).await {
         Ok(response) => response,
         Err((reason, e)) => {
             state.metrics.refused(reason);
@@ -42,7 +42,7 @@ async fn upgrade(
     }
 }
 
-fn accept(
+async fn accept(
     state: &Arc<AppState>,
     remote: SocketAddr,
     headers: &HeaderMap,
@@ -68,6 +68,27 @@ fn accept(
         .verifier
         .verify(&token)
         .map_err(|e| ("token", ApiError::unauthorized(sentence(&e))))?;
+    // Fail closed: a revocation that cannot be checked does not let the session in.
+    match state.hub.store().is_revoked(&claims.session_id).await {
+        Ok(false) => {}
+        Ok(true) => {
+            return Err((
+                "revoked",
+                ApiError::unauthorized("This session was revoked; request a new token."),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check revocation");
+            return Err((
+                "store_unavailable",
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Session state is unavailable right now; retry shortly.",
+                ),
+            ));
+        }
+    }
     let ws = ws.map_err(|_| {
         (
             "not_websocket",

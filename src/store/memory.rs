@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Previous, SessionRecord, Store,
+    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, SessionRecord, Store,
     StoreError,
 };
 
@@ -32,6 +32,8 @@ struct Inner {
     nodes: HashMap<String, NodeIndex>,
     /// Cleanup locks per dead node.
     cleanup: HashMap<String, Instant>,
+    /// Revoked sessions and when the revocation lapses.
+    revoked: HashMap<String, Instant>,
 }
 
 struct Session {
@@ -348,6 +350,33 @@ impl Store for MemoryStore {
         inner.alive.remove(node);
         inner.nodes.remove(node);
         Ok(())
+    }
+
+    async fn session_owner(&self, session_id: &str) -> Result<Option<Owner>, StoreError> {
+        let mut inner = self.lock();
+        Ok(inner.live_session(session_id).map(|s| Owner {
+            node: s.record.node.clone(),
+            epoch: s.epoch,
+            peer_id: s.record.peer_id.clone(),
+            ttl: s.expires.saturating_duration_since(Instant::now()),
+        }))
+    }
+
+    async fn revoke(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.revoked.retain(|_, until| *until > now);
+        inner.revoked.insert(session_id.to_string(), deadline(ttl));
+        Ok(())
+    }
+
+    async fn is_revoked(&self, session_id: &str) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .revoked
+            .get(session_id)
+            .is_some_and(|until| *until > now))
     }
 }
 

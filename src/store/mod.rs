@@ -169,4 +169,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes a node's heartbeat and registration (clean shutdown).
     async fn forget_node(&self, node: &str) -> Result<(), StoreError>;
+
+    /// Who holds a live session: its node, epoch, peer id and remaining TTL.
+    async fn session_owner(&self, session_id: &str) -> Result<Option<Owner>, StoreError>;
+
+    /// Marks a session revoked for `ttl`.
+    async fn revoke(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// True while a session is revoked.
+    async fn is_revoked(&self, session_id: &str) -> Result<bool, StoreError>;
+}
+
+/// The connection that currently owns a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Node holding it.
+    pub node: String,
+    /// Its epoch.
+    pub epoch: Epoch,
+    /// Its peer id.
+    pub peer_id: String,
+    /// How long the session record still lives.
+    pub ttl: Duration,
 }

@@ -7,7 +7,7 @@ use ::redis::{Script, cmd, pipe};
 use async_trait::async_trait;
 
 use super::{
-    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Previous, SessionRecord, Store,
+    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, SessionRecord, Store,
     StoreError,
 };
 use crate::redis::{Keys, Redis};
@@ -447,6 +447,50 @@ impl Store for RedisStore {
         }
         self.redis
             .query::<()>(cmd("HDEL").arg(self.keys.nodes()).arg(node))
+            .await
+    }
+
+    async fn session_owner(&self, session_id: &str) -> Result<Option<Owner>, StoreError> {
+        let key = self.keys.session(session_id);
+        let ((node, epoch, peer), ttl): ((Option<String>, Option<String>, Option<String>), i64) =
+            self.redis
+                .pipe(
+                    pipe()
+                        .cmd("HMGET")
+                        .arg(&key)
+                        .arg("node")
+                        .arg("epoch")
+                        .arg("peer")
+                        .cmd("PTTL")
+                        .arg(&key),
+                )
+                .await?;
+        Ok(match (node, epoch.and_then(|e| e.parse().ok()), peer) {
+            (Some(node), Some(epoch), Some(peer_id)) => Some(Owner {
+                node,
+                epoch,
+                peer_id,
+                ttl: Duration::from_millis(ttl.max(0) as u64),
+            }),
+            _ => None,
+        })
+    }
+
+    async fn revoke(&self, session_id: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.redis
+            .query(
+                cmd("SET")
+                    .arg(self.keys.revoked(session_id))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms(ttl)),
+            )
+            .await
+    }
+
+    async fn is_revoked(&self, session_id: &str) -> Result<bool, StoreError> {
+        self.redis
+            .query(cmd("EXISTS").arg(self.keys.revoked(session_id)))
             .await
     }
 }
