@@ -13,6 +13,8 @@
 # Ctrl-C stops the nodes (gracefully), then Redis, and removes the temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A short drain so Ctrl-C does not wait half a minute for idle demo clients.
+export DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-5s}"
 
 say() { echo "cluster-demo: $*"; }
 die() {
@@ -93,7 +95,7 @@ cleanup() {
   if [ ${#node_pids[@]} -gt 0 ]; then
     say "stopping the nodes"
     for pid in "${node_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    # A node closes its WebSockets (1012) and removes its Redis state; allow its 10 s grace.
+    # A node drains (goaway, then 1012) within DRAIN_TIMEOUT and removes its Redis state.
     for pid in "${node_pids[@]}"; do
       for ((i = 0; i < 150; i++)); do
         kill -0 "$pid" 2>/dev/null || break

@@ -112,23 +112,8 @@ async fn signaling_recovers_after_a_sentinel_failover_without_restarting_nodes()
     // New peers can connect, join and relay across the two nodes again; while the nodes'
     // connections find the new master, a client is refused (1011 or `unavailable`) and retries.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut c = loop {
-        assert!(Instant::now() < deadline, "signaling never recovered");
-        if let Some(c) = try_join(&server.node_addr(0).to_string(), "c", "after").await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let mut d = loop {
-        assert!(
-            Instant::now() < deadline,
-            "signaling never recovered on the second node"
-        );
-        if let Some(d) = try_join(&server.node_addr(1).to_string(), "d", "after").await {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let mut c = join_when_ready(&server.node_addr(0).to_string(), "c", "after", deadline).await;
+    let mut d = join_when_ready(&server.node_addr(1).to_string(), "d", "after", deadline).await;
     let joined = json!({"peers": [c.peer_id]});
     assert_eq!(d.joined_peers, joined["peers"]);
     assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
@@ -193,6 +178,20 @@ async fn try_join(addr: &str, user: &str, room: &str) -> Option<Joined> {
             None
         }
         Event::Binary => panic!("binary frame"),
+    }
+}
+
+/// Retries [`try_join`] until it succeeds; fails the test at `deadline`.
+async fn join_when_ready(addr: &str, user: &str, room: &str, deadline: Instant) -> Joined {
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "signaling on {addr} never recovered"
+        );
+        if let Some(joined) = try_join(addr, user, room).await {
+            return joined;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -338,23 +337,8 @@ async fn peers_talking_across_nodes_are_told_to_resync_when_redis_loses_its_data
 
     // Clients that reconnect rebuild the state and talk across nodes again.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut c = loop {
-        assert!(Instant::now() < deadline, "signaling never recovered");
-        if let Some(c) = try_join(&server.node_addr(0).to_string(), "a", "r").await {
-            break c;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let mut d = loop {
-        assert!(
-            Instant::now() < deadline,
-            "signaling never recovered on node 1"
-        );
-        if let Some(d) = try_join(&server.node_addr(1).to_string(), "b", "r").await {
-            break d;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let mut c = join_when_ready(&server.node_addr(0).to_string(), "a", "r", deadline).await;
+    let mut d = join_when_ready(&server.node_addr(1).to_string(), "b", "r", deadline).await;
     assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
     d.offer(&c.peer_id, "after").await;
     assert_eq!(c.expect("offer").await["sdp"], "after");
