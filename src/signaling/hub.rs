@@ -268,9 +268,14 @@ impl Hub {
         if let Some(old) = &current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
         }
-        self.store
+        // Bookkeeping for a later takeover; the membership itself is already recorded.
+        if let Err(e) = self
+            .store
             .set_session_room(&session_id, epoch, Some(room))
-            .await?;
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the session's room");
+        }
         let room: Arc<str> = Arc::from(room);
         {
             let mut local = self.write();
@@ -340,12 +345,9 @@ impl Hub {
         }
         self.depart(&current, peer_id, epoch, LeaveReason::Left)
             .await;
-        if let Some(slot) = self.write().peers.get_mut(peer_id) {
-            slot.room = None;
+        if let Err(e) = self.store.set_session_room(&session_id, epoch, None).await {
+            tracing::warn!(error = %e, "could not record that the session left its room");
         }
-        self.store
-            .set_session_room(&session_id, epoch, None)
-            .await?;
         Ok(())
     }
 
