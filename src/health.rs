@@ -1,4 +1,5 @@
-//! `/health/live` (the process runs) and `/health/ready` (it should receive traffic).
+//! `/health/live` (the process runs), `/health/ready` (it should receive traffic) and
+//! `/health` (each dependency, for people and dashboards).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ pub fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .route("/health", get(detail))
 }
 
 async fn live() -> Json<Value> {
@@ -29,5 +31,28 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) 
             Json(json!({ "status": "draining" })),
         );
     }
+    if !state.hub.store_healthy() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "redis unavailable" })),
+        );
+    }
     (StatusCode::OK, Json(json!({ "status": "ready" })))
+}
+
+async fn detail(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let (status, _) = ready(State(state.clone())).await;
+    let redis = match &state.config.redis {
+        None => json!({ "configured": false }),
+        Some(_) => json!({ "configured": true, "healthy": state.hub.store_healthy() }),
+    };
+    let body = json!({
+        "status": if status == StatusCode::OK { "ready" } else { "unavailable" },
+        "node": state.hub.node(),
+        "draining": state.draining(),
+        "redis": redis,
+        "peers": state.hub.peer_count(),
+        "rooms": state.hub.room_count(),
+    });
+    (status, Json(body))
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::process::Running;
 use common::redis::{RedisServer, SentinelGroup};
 use common::{Backend, Client, SECRET, connect_at, settings, start_on, unique_prefix};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A client on the node at `addr` for `user`, with its peer id.
 async fn client(addr: &str, user: &str) -> Client {
@@ -404,4 +404,50 @@ async fn a_node_restarted_under_the_same_id_clears_what_it_left_behind() {
         json!([watcher.peer_id]),
         "no ghost member remains"
     );
+}
+
+/// Polls `/health/ready` of the first node until it answers `status`.
+async fn wait_ready_status(server: &common::TestServer, status: u16) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let response = reqwest::get(server.http("/health/ready")).await.unwrap();
+        if response.status().as_u16() == status {
+            return response.json().await.unwrap();
+        }
+        assert!(Instant::now() < deadline, "readiness never became {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
+    let mut s = settings();
+    s.heartbeat_interval = Duration::from_millis(500);
+    let mut server = start_on(Backend::Redis(1), s).await;
+    let (mut a, _) = server.join("a", "r").await;
+    let (mut b, _) = server.join("b", "r").await;
+    a.expect("peer_joined").await;
+
+    server.redis_mut::<RedisServer>().pause();
+    let body = wait_ready_status(&server, 503).await;
+    assert_eq!(body["status"], "redis unavailable");
+    let detail: Value = reqwest::get(server.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["redis"]["healthy"], false);
+    // Peers on this node keep relaying, in order, while Redis hangs.
+    for seq in 0..50 {
+        a.offer(&b.peer_id, &format!("during {seq}")).await;
+    }
+    for seq in 0..50 {
+        assert_eq!(b.expect("offer").await["sdp"], format!("during {seq}"));
+    }
+
+    server.redis_mut::<RedisServer>().resume();
+    wait_ready_status(&server, 200).await;
+    b.offer(&a.peer_id, "after").await;
+    assert_eq!(a.expect("offer").await["sdp"], "after");
 }

@@ -101,6 +101,8 @@ pub struct Hub {
     /// Serialises membership changes (local and from other nodes) so store results, bus
     /// events and local state stay in step.
     membership: tokio::sync::Mutex<()>,
+    /// Whether the last heartbeat reached the store.
+    store_healthy: std::sync::atomic::AtomicBool,
 }
 
 impl Hub {
@@ -122,12 +124,25 @@ impl Hub {
             metrics,
             local: RwLock::default(),
             membership: tokio::sync::Mutex::new(()),
+            store_healthy: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Whether the store answered the last heartbeat.
+    pub fn store_healthy(&self) -> bool {
+        self.store_healthy
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records whether the store answered the last heartbeat.
+    pub fn set_store_healthy(&self, healthy: bool) {
+        self.store_healthy
+            .store(healthy, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This node's metrics.

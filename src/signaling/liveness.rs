@@ -47,6 +47,7 @@ pub async fn heartbeat(hub: Arc<Hub>, every: Duration, grace: Duration) {
         if result.is_ok() && healthy && Instant::now() >= judge_after {
             result = hub.reap_dead_nodes(every * 10).await.map(|_| ());
         }
+        hub.set_store_healthy(result.is_ok());
         match result {
             Ok(()) if !healthy => {
                 tracing::info!("heartbeat restored");
