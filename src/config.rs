@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::auth::{ApiKeys, SigningSecret};
 use crate::redis::Topology;
+use crate::resilience::TrustedNet;
 
 /// The original project's published default secret; accepting it would let anyone mint tokens.
 const PUBLISHED_DEFAULT_SECRET: &str = "carrier-grade-webrtc-secret-change-in-production";
@@ -222,6 +223,53 @@ pub struct Settings {
     #[arg(long, env = "HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
     pub heartbeat_interval: Duration,
 
+    /// Most WebSocket connections this node accepts; further upgrades get 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
+    pub max_connections: usize,
+
+    /// Most concurrent WebSocket connections per client IP (0 = no cap).
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS_PER_IP",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_connections_per_ip: usize,
+
+    /// Upgrades and token requests allowed per client IP per minute (0 = no limit).
+    #[arg(
+        long,
+        env = "RATE_PER_IP_PER_MINUTE",
+        default_value_t = 300,
+        global = true
+    )]
+    pub rate_per_ip_per_minute: u32,
+
+    /// Comma-separated proxies (IPs or CIDRs) whose X-Forwarded-For is believed.
+    #[arg(long, env = "TRUSTED_PROXIES", global = true)]
+    pub trusted_proxies: Option<String>,
+
+    /// Refuse upgrades while the process uses more than this share of its CPUs (0 = off).
+    #[arg(long, env = "SHED_CPU_PERCENT", default_value_t = 90.0, global = true)]
+    pub shed_cpu_percent: f64,
+
+    /// Refuse upgrades while resident memory is above this share of the limit (0 = off).
+    #[arg(
+        long,
+        env = "SHED_MEMORY_PERCENT",
+        default_value_t = 90.0,
+        global = true
+    )]
+    pub shed_memory_percent: f64,
+
+    /// Messages per second one connection may send, sustained.
+    #[arg(long, env = "MESSAGE_RATE", default_value_t = 50.0, global = true)]
+    pub message_rate: f64,
+
+    /// Messages one connection may send at once (an ICE trickle burst).
+    #[arg(long, env = "MESSAGE_BURST", default_value_t = 200.0, global = true)]
+    pub message_burst: f64,
+
     /// Longest a drain (SIGTERM/SIGINT) may take before the process exits.
     #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
     pub drain_timeout: Duration,
@@ -277,6 +325,14 @@ impl Default for Settings {
             node_id: None,
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+            rate_per_ip_per_minute: 300,
+            trusted_proxies: None,
+            shed_cpu_percent: 90.0,
+            shed_memory_percent: 90.0,
+            message_rate: 50.0,
+            message_burst: 200.0,
         }
     }
 }
@@ -331,6 +387,29 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Longest a drain may take.
     pub drain_timeout: Duration,
+    /// Overload protections.
+    pub limits: Limits,
+}
+
+/// Overload protections at the upgrade and per connection.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections per node.
+    pub max_connections: usize,
+    /// Most connections per client IP (0 = no cap).
+    pub max_connections_per_ip: usize,
+    /// Upgrades and token requests per IP per minute (0 = no limit).
+    pub rate_per_ip_per_minute: u32,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<TrustedNet>,
+    /// CPU share above which upgrades are refused (0 = off).
+    pub shed_cpu: f64,
+    /// Memory share above which upgrades are refused (0 = off).
+    pub shed_memory: f64,
+    /// Sustained messages per second per connection.
+    pub message_rate: f64,
+    /// Message burst per connection.
+    pub message_burst: f64,
 }
 
 /// Where and how to reach Redis.
@@ -443,6 +522,7 @@ impl Config {
             node_id: resolve_node_id(s)?,
             heartbeat: s.heartbeat_interval,
             drain_timeout: s.drain_timeout,
+            limits: resolve_limits(s)?,
         })
     }
 }
@@ -594,6 +674,47 @@ fn resolve_redis(s: &Settings) -> Result<Option<RedisConfig>, ConfigError> {
         prefix: s.key_prefix.clone(),
         timeout: s.redis_timeout,
     }))
+}
+
+fn resolve_limits(s: &Settings) -> Result<Limits, ConfigError> {
+    let trusted_proxies = s
+        .trusted_proxies
+        .as_deref()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<TrustedNet>()
+                .map_err(|e| refuse(format!("TRUSTED_PROXIES: {e}.")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if s.max_connections == 0 {
+        return Err(refuse("MAX_CONNECTIONS must be at least 1."));
+    }
+    for (name, v) in [
+        ("SHED_CPU_PERCENT", s.shed_cpu_percent),
+        ("SHED_MEMORY_PERCENT", s.shed_memory_percent),
+    ] {
+        if !(0.0..=100.0).contains(&v) {
+            return Err(refuse(format!("{name} must be between 0 (off) and 100.")));
+        }
+    }
+    if s.message_rate <= 0.0 || s.message_burst < 1.0 {
+        return Err(refuse(
+            "MESSAGE_RATE must be above 0 and MESSAGE_BURST at least 1.",
+        ));
+    }
+    Ok(Limits {
+        max_connections: s.max_connections,
+        max_connections_per_ip: s.max_connections_per_ip,
+        rate_per_ip_per_minute: s.rate_per_ip_per_minute,
+        trusted_proxies,
+        shed_cpu: s.shed_cpu_percent / 100.0,
+        shed_memory: s.shed_memory_percent / 100.0,
+        message_rate: s.message_rate,
+        message_burst: s.message_burst,
+    })
 }
 
 fn resolve_node_id(s: &Settings) -> Result<String, ConfigError> {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod identifier;
 pub mod redis;
+pub mod resilience;
 pub mod server;
 pub mod signaling;
 pub mod store;

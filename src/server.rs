@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,6 +13,7 @@ use crate::auth::{TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Role};
 use crate::redis::{Keys, Redis};
+use crate::resilience::{IpLimiter, LoadGuard, client_ip};
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, liveness};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -40,6 +41,12 @@ pub struct AppState {
     draining: AtomicBool,
     /// This node's metrics.
     pub metrics: Arc<Metrics>,
+    /// Per-IP request rate and connection cap.
+    pub ip_limiter: Arc<IpLimiter>,
+    /// The process's CPU and memory use, for load shedding.
+    pub load: Arc<LoadGuard>,
+    /// WebSocket connections open (or being opened) on this node.
+    open: Arc<AtomicUsize>,
     /// Heartbeat and bus reader, stopped with the state.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -115,6 +122,10 @@ impl AppState {
                 grace,
             )));
         }
+        let ip_limiter = IpLimiter::new(
+            config.limits.rate_per_ip_per_minute,
+            config.limits.max_connections_per_ip,
+        );
         Ok(Arc::new(Self {
             config,
             role,
@@ -124,6 +135,9 @@ impl AppState {
             draining: AtomicBool::new(false),
             tasks,
             metrics,
+            ip_limiter,
+            load: LoadGuard::spawn(Duration::from_secs(1)),
+            open: Arc::new(AtomicUsize::new(0)),
         }))
     }
 
@@ -133,6 +147,23 @@ impl AppState {
         self.draining.store(true, Ordering::Relaxed);
         let spread = (self.config.drain_timeout / 2).min(MAX_RECONNECT_SPREAD);
         self.hub.drain(spread);
+    }
+
+    /// Takes a connection slot, or `None` when the node is at `MAX_CONNECTIONS`.
+    pub fn open_connection(&self) -> Option<ConnectionSlot> {
+        let max = self.config.limits.max_connections;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(ConnectionSlot(self.open.clone()))
+    }
+
+    /// The client's address (`X-Forwarded-For` only from `TRUSTED_PROXIES`).
+    pub fn client_ip(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
+        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+        client_ip(peer, forwarded, &self.config.limits.trusted_proxies)
     }
 
     /// True once shutdown started.
@@ -146,6 +177,16 @@ impl AppState {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// One of the node's `MAX_CONNECTIONS` slots, released when the connection ends.
+#[derive(Debug)]
+pub struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -6,7 +6,9 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -94,9 +96,20 @@ fn json_body<T: serde::de::DeserializeOwned>(
 
 async fn issue(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let ip = state.client_ip(remote, &headers);
+    if let Err(wait) = state.ip_limiter.allow(ip, tokio::time::Instant::now()) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many token requests from your address; retry later.",
+        );
+        e.retry_after = Some(wait.as_secs().max(1));
+        return Err(e);
+    }
     if state.config.issuance == Issuance::ApiKey {
         require_api_key(&state, &headers)?;
     }

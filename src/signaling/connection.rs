@@ -18,7 +18,14 @@ use super::outbox::{self, CloseReason, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
 use crate::auth::{Claims, TokenIssuer, token_remaining};
 use crate::identifier;
+use crate::resilience::{IpPermit, MessageLimiter, Verdict};
+use crate::server::ConnectionSlot;
 use crate::telemetry::Metrics;
+
+/// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
+const STRIKES_TO_CLOSE: u32 = 50;
+/// Window in which refused messages count towards closing the connection.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -32,6 +39,10 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Lead time for pushing a fresh token; zero disables refresh.
     pub refresh_before: Duration,
+    /// Sustained messages per second.
+    pub message_rate: f64,
+    /// Message burst.
+    pub message_burst: f64,
 }
 
 /// Everything a connection task needs.
@@ -46,6 +57,8 @@ pub struct Connection {
     pub limits: Limits,
     /// Client address, for logs.
     pub remote: SocketAddr,
+    /// The node's connection slot and the client IP's, released when the connection ends.
+    pub held: (ConnectionSlot, IpPermit),
 }
 
 /// Drives one WebSocket until it closes.
@@ -159,12 +172,34 @@ impl Connection {
         tokio::pin!(idle);
         let mut expiry = deadline_of(&session.claims);
         let mut refresh = self.refresh_at(&session.claims);
+        let mut limiter = MessageLimiter::new(
+            self.limits.message_rate,
+            self.limits.message_burst,
+            STRIKES_TO_CLOSE,
+            STRIKE_WINDOW,
+            Instant::now(),
+        );
         loop {
             tokio::select! {
                 biased;
                 _ = outbox::closed(&mut closing) => return LeaveReason::Disconnected,
                 frame = stream.next() => {
-                    idle.as_mut().reset(Instant::now() + self.limits.idle_timeout);
+                    let now = Instant::now();
+                    idle.as_mut().reset(now + self.limits.idle_timeout);
+                    if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+                        match limiter.check(now) {
+                            Verdict::Allowed => {}
+                            Verdict::Limited => {
+                                self.refuse_over_limit(session, frame.as_ref());
+                                continue;
+                            }
+                            Verdict::Abuse => {
+                                self.hub.metrics().rate_limited.inc();
+                                session.outbox.close(Some(close::POLICY), "message flood");
+                                return LeaveReason::Disconnected;
+                            }
+                        }
+                    }
                     match frame {
                         Some(Ok(Message::Text(text))) => self.handle_text(session, &text).await,
                         Some(Ok(Message::Binary(_))) => send_error(
@@ -206,6 +241,22 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Tells the sender its message was not relayed because of the rate limit.
+    fn refuse_over_limit(&self, session: &Session, frame: Option<&Result<Message, axum::Error>>) {
+        self.hub.metrics().rate_limited.inc();
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t.as_str(),
+            _ => "",
+        };
+        let (reference, parsed) = protocol::parse(text);
+        let kind = parsed.map(|c| c.kind()).unwrap_or("message");
+        let message = format!(
+            "Rate limit exceeded ({} messages per second, bursts of {}): this {kind} was not delivered; slow down.",
+            self.limits.message_rate, self.limits.message_burst
+        );
+        send_error(session, ErrorCode::RateLimited, &message, reference);
     }
 
     /// Extends the session's store TTL to the (possibly refreshed) token's life.

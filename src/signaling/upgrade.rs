@@ -59,6 +59,44 @@ async fn accept(
             ),
         ));
     }
+    // Shedding first: under overload, refuse before spending anything on the request.
+    let slot = state.open_connection().ok_or_else(|| {
+        (
+            "max_connections",
+            overloaded(
+                "This node is at its connection limit; retry later or elsewhere.",
+                5,
+            ),
+        )
+    })?;
+    let limits = &state.config.limits;
+    if let Some(resource) = state.load.overloaded(limits.shed_cpu, limits.shed_memory) {
+        let reason = if resource == "cpu" { "cpu" } else { "memory" };
+        return Err((
+            reason,
+            overloaded(
+                &format!("This node is overloaded ({resource}); retry later or elsewhere."),
+                5,
+            ),
+        ));
+    }
+    let ip = state.client_ip(remote, headers);
+    let now = tokio::time::Instant::now();
+    state.ip_limiter.allow(ip, now).map_err(|wait| {
+        (
+            "ip_rate",
+            overloaded(
+                "Too many connection attempts from your address; retry later.",
+                wait.as_secs().max(1),
+            ),
+        )
+    })?;
+    let ip_permit = state.ip_limiter.connect(ip, now).ok_or_else(|| {
+        (
+            "ip_connections",
+            overloaded("Too many open connections from your address.", 10),
+        )
+    })?;
     check_origin(state, headers).map_err(|e| ("origin", e))?;
     let token = query
         .and_then(query_token)
@@ -108,8 +146,11 @@ async fn accept(
             ping_interval: config.ping_interval,
             idle_timeout: config.idle_timeout,
             refresh_before: config.token_refresh_before,
+            message_rate: config.limits.message_rate,
+            message_burst: config.limits.message_burst,
         },
         remote,
+        held: (slot, ip_permit),
     };
     Ok(ws
         .protocols([SUBPROTOCOL])
@@ -117,6 +158,13 @@ async fn accept(
         .max_frame_size(config.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| connection::run(socket, connection)))
+}
+
+/// A 503 with a `Retry-After` of `secs`.
+fn overloaded(message: &str, secs: u64) -> ApiError {
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
+    e.retry_after = Some(secs);
+    e
 }
 
 fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -35,6 +35,13 @@ pub fn settings() -> Settings {
         auth_secret: Some(SECRET.into()),
         // Reconnect hints of a drain spread over one second, not ten.
         drain_timeout: Duration::from_secs(2),
+        // Every test client comes from 127.0.0.1 and the machine is busy running tests:
+        // the per-IP rate and CPU shedding are tested on their own (tests/overload.rs).
+        rate_per_ip_per_minute: 0,
+        shed_cpu_percent: 0.0,
+        // Floods are tested on their own; ordering and slow-consumer tests send fast.
+        message_rate: 1_000_000.0,
+        message_burst: 1_000_000.0,
         ..Settings::default()
     }
 }

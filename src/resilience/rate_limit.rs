@@ -1,0 +1,265 @@
+//! Token buckets: per connection (messages) and per client IP (upgrades, token requests,
+//! concurrent connections).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// A continuously refilling token bucket.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket refilling `rate` tokens per second up to `burst`.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            updated: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.updated = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// How long until the next token.
+    pub fn wait(&self) -> Duration {
+        if self.tokens >= 1.0 || self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+    }
+}
+
+/// What to do with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Within the limit.
+    Allowed,
+    /// Over the limit: refuse this message.
+    Limited,
+    /// Over the limit again and again: close the connection (1008).
+    Abuse,
+}
+
+/// The message limit of one connection; owned by its task, so no locking.
+#[derive(Debug)]
+pub struct MessageLimiter {
+    bucket: TokenBucket,
+    strikes: u32,
+    strikes_to_close: u32,
+    window: Duration,
+    window_start: Instant,
+}
+
+impl MessageLimiter {
+    /// `rate`/s with bursts of `burst`; `strikes_to_close` refusals within `window` is abuse.
+    pub fn new(
+        rate: f64,
+        burst: f64,
+        strikes_to_close: u32,
+        window: Duration,
+        now: Instant,
+    ) -> Self {
+        Self {
+            bucket: TokenBucket::new(rate, burst, now),
+            strikes: 0,
+            strikes_to_close,
+            window,
+            window_start: now,
+        }
+    }
+
+    /// Judges one incoming message.
+    pub fn check(&mut self, now: Instant) -> Verdict {
+        if self.bucket.try_take(now) {
+            return Verdict::Allowed;
+        }
+        if now.saturating_duration_since(self.window_start) > self.window {
+            self.window_start = now;
+            self.strikes = 0;
+        }
+        self.strikes += 1;
+        if self.strikes >= self.strikes_to_close {
+            Verdict::Abuse
+        } else {
+            Verdict::Limited
+        }
+    }
+}
+
+/// Shards of the per-IP table, so one hot lock does not serialise every upgrade.
+const SHARDS: usize = 16;
+/// Idle entries are pruned once a shard holds this many.
+const PRUNE_AT: usize = 10_000;
+
+#[derive(Debug)]
+struct IpEntry {
+    bucket: TokenBucket,
+    connections: usize,
+}
+
+/// Per-IP limits at the edge of the service: a rate of new requests and a cap on
+/// concurrent connections.
+#[derive(Debug)]
+pub struct IpLimiter {
+    per_minute: f64,
+    max_connections: usize,
+    shards: Vec<Mutex<HashMap<IpAddr, IpEntry>>>,
+}
+
+/// A connection counted against its IP; released on drop.
+#[derive(Debug)]
+pub struct IpPermit {
+    limiter: Arc<IpLimiter>,
+    ip: IpAddr,
+}
+
+impl IpLimiter {
+    /// `per_minute` requests per IP (0 = unlimited) and at most `max_connections` open
+    /// connections per IP (0 = unlimited).
+    pub fn new(per_minute: u32, max_connections: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_minute: f64::from(per_minute),
+            max_connections,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        })
+    }
+
+    fn shard(&self, ip: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, IpEntry>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        ip.hash(&mut h);
+        self.shards[h.finish() as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn entry<'a>(
+        &self,
+        shard: &'a mut HashMap<IpAddr, IpEntry>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> &'a mut IpEntry {
+        if shard.len() >= PRUNE_AT {
+            let burst = self.per_minute.max(1.0);
+            shard.retain(|_, e| {
+                let mut b = e.bucket.clone();
+                // Keep entries with open connections or a bucket that is not yet full again.
+                e.connections > 0 || {
+                    let _ = b.try_take(now);
+                    b.tokens + 1.0 < burst
+                }
+            });
+        }
+        let rate = self.per_minute / 60.0;
+        let burst = self.per_minute.max(1.0);
+        shard.entry(ip).or_insert_with(|| IpEntry {
+            bucket: TokenBucket::new(rate, burst, now),
+            connections: 0,
+        })
+    }
+
+    /// Counts one request from `ip`; `Err(retry_after)` when over the rate.
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        if self.per_minute <= 0.0 {
+            return Ok(());
+        }
+        let mut shard = self.shard(&ip);
+        let entry = self.entry(&mut shard, ip, now);
+        if entry.bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(entry.bucket.wait().max(Duration::from_secs(1)))
+        }
+    }
+
+    /// Counts an open connection from `ip`; `None` when the IP is at its cap.
+    pub fn connect(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<IpPermit> {
+        let mut shard = self.shard(&ip);
+        let entry = self.entry(&mut shard, ip, now);
+        if self.max_connections > 0 && entry.connections >= self.max_connections {
+            return None;
+        }
+        entry.connections += 1;
+        Some(IpPermit {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpPermit {
+    fn drop(&mut self) {
+        if let Some(entry) = self.limiter.shard(&self.ip).get_mut(&self.ip) {
+            entry.connections = entry.connections.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickle_burst_passes_and_a_flood_becomes_abuse() {
+        let now = Instant::now();
+        let mut limiter = MessageLimiter::new(50.0, 200.0, 20, Duration::from_secs(10), now);
+        // A burst of ICE candidates at once.
+        assert!((0..200).all(|_| limiter.check(now) == Verdict::Allowed));
+        assert_eq!(limiter.check(now), Verdict::Limited);
+        // Refilled at 50/s.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let later = Instant::now();
+        assert!((0..50).all(|_| limiter.check(later) == Verdict::Allowed));
+        // One strike already; the 20th within the window is abuse.
+        let verdicts: Vec<Verdict> = (0..19).map(|_| limiter.check(later)).collect();
+        assert_eq!(verdicts[17], Verdict::Limited);
+        assert_eq!(verdicts[18], Verdict::Abuse);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn per_ip_rate_and_connection_cap() {
+        let limiter = IpLimiter::new(3, 2);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let now = Instant::now();
+        assert!((0..3).all(|_| limiter.allow(ip, now).is_ok()));
+        let retry = limiter.allow(ip, now).unwrap_err();
+        assert!(retry >= Duration::from_secs(1));
+        assert!(
+            limiter.allow(other, now).is_ok(),
+            "other IPs are unaffected"
+        );
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(
+            limiter.allow(ip, Instant::now()).is_ok(),
+            "3/min refills one every 20 s"
+        );
+
+        let a = limiter.connect(ip, now).unwrap();
+        let _b = limiter.connect(ip, now).unwrap();
+        assert!(limiter.connect(ip, now).is_none());
+        drop(a);
+        assert!(limiter.connect(ip, now).is_some());
+    }
+}

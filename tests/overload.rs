@@ -1,0 +1,211 @@
+//! Overload protections: connection limit, per-IP limits, real load shedding and the
+//! per-connection message rate limit, each while other calls keep working.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{settings, start};
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+/// The refusal of an upgrade, with its `Retry-After`.
+async fn refused_with_retry(url: String) -> (u16, serde_json::Value, Option<String>) {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok(_) => panic!("the upgrade was accepted but should have been refused"),
+        Err(tungstenite::Error::Http(response)) => {
+            let retry = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_string());
+            let body = serde_json::from_slice(response.body().as_deref().unwrap_or_default())
+                .unwrap_or_default();
+            (response.status().as_u16(), body, retry)
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
+    let mut s = settings();
+    s.max_connections = 4;
+    let server = start(s).await;
+    let (mut a, _) = server.join("a", "r1").await;
+    let (mut b, _) = server.join("b", "r1").await;
+    a.expect("peer_joined").await;
+    let (mut c, _) = server.join("c", "r2").await;
+    let (_d, _) = server.join("d", "r2").await;
+    c.expect("peer_joined").await;
+
+    for _ in 0..10 {
+        let token = server.token("extra", None);
+        let (status, body, retry) = refused_with_retry(server.ws_url(&token)).await;
+        assert_eq!(status, 503);
+        assert_eq!(body["error"], "overloaded");
+        assert!(retry.is_some(), "a refused upgrade says when to retry");
+    }
+    a.offer(&b.peer_id, "still relaying").await;
+    assert_eq!(b.expect("offer").await["sdp"], "still relaying");
+
+    // A slot frees when a call ends.
+    a.close().await;
+    b.expect("peer_left").await;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let token = server.token("later", None);
+        if tokio_tungstenite::connect_async(server.ws_url(&token))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_per_ip_rate_applies_to_upgrades_and_token_requests() {
+    let mut s = settings();
+    s.rate_per_ip_per_minute = 5;
+    let server = start(s).await;
+    let token = server.token("a", None);
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        clients.push(
+            tokio_tungstenite::connect_async(server.ws_url(&token))
+                .await
+                .expect("within the rate"),
+        );
+    }
+    let (status, body, retry) = refused_with_retry(server.ws_url(&token)).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("overloaded")));
+    assert!(retry.unwrap().parse::<u64>().unwrap() >= 1);
+
+    let response = reqwest::Client::new()
+        .post(server.http("/auth/token"))
+        .json(&json!({"userId": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "rate_limited");
+}
+
+#[tokio::test]
+async fn the_per_ip_connection_cap_refuses_the_excess() {
+    let mut s = settings();
+    s.max_connections_per_ip = 2;
+    let server = start(s).await;
+    let _a = server.connect("a").await;
+    let _b = server.connect("b").await;
+    let token = server.token("c", None);
+    let (status, body, _) = refused_with_retry(server.ws_url(&token)).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("overloaded")));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("open connections")
+    );
+}
+
+#[tokio::test]
+async fn memory_above_the_threshold_sheds_new_upgrades() {
+    let mut s = settings();
+    // Any real process is above this share of its memory limit.
+    s.shed_memory_percent = 0.000_001;
+    let server = start(s).await;
+    let token = server.token("a", None);
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    let body = loop {
+        match tokio_tungstenite::connect_async(server.ws_url(&token)).await {
+            // The first reading may not have been taken yet.
+            Ok(_) => {}
+            Err(tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), 503);
+                break serde_json::from_slice::<serde_json::Value>(r.body().as_deref().unwrap())
+                    .unwrap();
+            }
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "memory was never measured"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        body["message"].as_str().unwrap().contains("memory"),
+        "{body}"
+    );
+    let metrics = reqwest::get(server.http("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="memory"}"#));
+}
+
+#[tokio::test]
+async fn a_message_flood_is_refused_then_closed_while_other_rooms_relay() {
+    let mut s = settings();
+    s.message_rate = 10.0;
+    s.message_burst = 20.0;
+    let server = start(s).await;
+    let (mut flooder, _) = server.join("flooder", "noisy").await;
+    let (mut victim, _) = server.join("victim", "noisy").await;
+    flooder.expect("peer_joined").await;
+    let (mut c, _) = server.join("c", "quiet").await;
+    let (mut d, _) = server.join("d", "quiet").await;
+    c.expect("peer_joined").await;
+
+    for seq in 0..200 {
+        flooder
+            .send(json!({"type": "offer", "peerId": victim.peer_id, "sdp": format!("{seq}"), "id": seq}))
+            .await;
+    }
+    // The first burst arrives; then the sender hears why the rest does not.
+    let mut limited = 0;
+    let code = loop {
+        match flooder.next_event().await {
+            common::Event::Message(m) => {
+                assert_eq!(m["code"], "rate_limited", "{m}");
+                assert!(m["message"].as_str().unwrap().contains("offer"), "{m}");
+                assert!(m["ref"].is_number());
+                limited += 1;
+            }
+            common::Event::Closed(code) => break code,
+            common::Event::Binary => panic!("binary"),
+        }
+    };
+    assert!(limited > 0);
+    assert_eq!(code, Some(1008));
+    let mut delivered = 0;
+    loop {
+        let m = victim.recv().await;
+        if m["type"] == "peer_left" {
+            break;
+        }
+        assert_eq!(
+            m["sdp"],
+            format!("{delivered}"),
+            "what was delivered came in order"
+        );
+        delivered += 1;
+    }
+    // About one burst (its ping and join used two tokens), never the whole flood.
+    assert!(
+        (15..100).contains(&delivered),
+        "{delivered} offers got through"
+    );
+    c.offer(&d.peer_id, "unaffected").await;
+    assert_eq!(d.expect("offer").await["sdp"], "unaffected");
+}
