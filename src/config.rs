@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use crate::auth::{ApiKeys, SigningSecret};
 use crate::redis::Topology;
-use crate::resilience::TrustedNet;
+use crate::resilience::{BreakerConfig, TrustedNet};
 
 /// The original project's published default secret; accepting it would let anyone mint tokens.
 const PUBLISHED_DEFAULT_SECRET: &str = "carrier-grade-webrtc-secret-change-in-production";
@@ -223,6 +223,14 @@ pub struct Settings {
     #[arg(long, env = "HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
     pub heartbeat_interval: Duration,
 
+    /// Consecutive failed Redis calls that open the circuit breaker.
+    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5, global = true)]
+    pub breaker_failures: u32,
+
+    /// How long the breaker stays open before a probe call.
+    #[arg(long, env = "BREAKER_OPEN_FOR", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
+    pub breaker_open_for: Duration,
+
     /// Most WebSocket connections this node accepts; further upgrades get 503.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
     pub max_connections: usize,
@@ -325,6 +333,8 @@ impl Default for Settings {
             node_id: None,
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(2),
             max_connections: 10_000,
             max_connections_per_ip: 0,
             rate_per_ip_per_minute: 300,
@@ -421,6 +431,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Per-call timeout.
     pub timeout: Duration,
+    /// Circuit breaker settings.
+    pub breaker: BreakerConfig,
 }
 
 impl Config {
@@ -673,6 +685,10 @@ fn resolve_redis(s: &Settings) -> Result<Option<RedisConfig>, ConfigError> {
         topology,
         prefix: s.key_prefix.clone(),
         timeout: s.redis_timeout,
+        breaker: BreakerConfig {
+            failure_threshold: s.breaker_failures.max(1),
+            open_for: s.breaker_open_for,
+        },
     }))
 }
 

@@ -31,7 +31,10 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) 
             Json(json!({ "status": "draining" })),
         );
     }
-    if !state.hub.store_healthy() {
+    let breaker_open = state
+        .breaker_state()
+        .is_some_and(|b| b != crate::resilience::BreakerState::Closed);
+    if !state.hub.store_healthy() || breaker_open {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "redis unavailable" })),
@@ -44,7 +47,11 @@ async fn detail(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>)
     let (status, _) = ready(State(state.clone())).await;
     let redis = match &state.config.redis {
         None => json!({ "configured": false }),
-        Some(_) => json!({ "configured": true, "healthy": state.hub.store_healthy() }),
+        Some(_) => json!({
+            "configured": true,
+            "healthy": state.hub.store_healthy(),
+            "breaker": state.breaker_state().map(|b| b.as_str()),
+        }),
     };
     let body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "unavailable" },

@@ -13,7 +13,7 @@ use crate::auth::{TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Role};
 use crate::redis::{Keys, Redis};
-use crate::resilience::{IpLimiter, LoadGuard, client_ip};
+use crate::resilience::{Breaker, BreakerState, IpLimiter, LoadGuard, client_ip};
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, liveness};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -47,6 +47,8 @@ pub struct AppState {
     pub load: Arc<LoadGuard>,
     /// WebSocket connections open (or being opened) on this node.
     open: Arc<AtomicUsize>,
+    /// The Redis circuit breaker, when Redis is configured.
+    breaker: std::sync::OnceLock<Arc<Breaker>>,
     /// Heartbeat and bus reader, stopped with the state.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -56,12 +58,16 @@ impl AppState {
     /// (connecting to it), the embedded store otherwise.
     pub async fn build(config: Config, role: Role) -> Result<Arc<Self>, StoreError> {
         let metrics = Metrics::new();
+        let mut breaker = None;
         let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match &config.redis {
             None => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new())),
             Some(r) => {
+                let b = Arc::new(Breaker::new(r.breaker));
+                breaker = Some(b.clone());
                 let redis = Redis::connect(&r.topology, r.timeout)
                     .await?
-                    .with_metrics(metrics.clone());
+                    .with_metrics(metrics.clone())
+                    .with_breaker(b);
                 let reader = Redis::connect(&r.topology, r.timeout).await?;
                 let keys = Keys::new(&r.prefix);
                 (
@@ -70,7 +76,11 @@ impl AppState {
                 )
             }
         };
-        Self::assemble(config, role, store, bus, metrics).await
+        let state = Self::assemble(config, role, store, bus, metrics).await?;
+        if let Some(b) = breaker {
+            state.watch_breaker(b);
+        }
+        Ok(state)
     }
 
     /// State for `role` on the given store and bus (tests share one between several nodes).
@@ -138,6 +148,7 @@ impl AppState {
             ip_limiter,
             load: LoadGuard::spawn(Duration::from_secs(1)),
             open: Arc::new(AtomicUsize::new(0)),
+            breaker: std::sync::OnceLock::new(),
         }))
     }
 
@@ -147,6 +158,28 @@ impl AppState {
         self.draining.store(true, Ordering::Relaxed);
         let spread = (self.config.drain_timeout / 2).min(MAX_RECONNECT_SPREAD);
         self.hub.drain(spread);
+    }
+
+    /// Keeps the breaker's state in the metrics and in readiness.
+    fn watch_breaker(self: &Arc<Self>, breaker: Arc<Breaker>) {
+        let mut changes = breaker.subscribe();
+        let metrics = self.metrics.clone();
+        let _ = self.breaker.set(breaker);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let state = *changes.borrow_and_update();
+                metrics.breaker_state.set(state.as_gauge());
+                tracing::warn!(
+                    state = state.as_str(),
+                    "Redis circuit breaker changed state"
+                );
+            }
+        });
+    }
+
+    /// The Redis circuit breaker's state, when Redis is configured.
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.breaker.get().map(|b| b.state())
     }
 
     /// Takes a connection slot, or `None` when the node is at `MAX_CONNECTIONS`.

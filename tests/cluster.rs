@@ -423,6 +423,7 @@ async fn wait_ready_status(server: &common::TestServer, status: u16) -> Value {
 async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
     let mut s = settings();
     s.heartbeat_interval = Duration::from_millis(500);
+    s.redis_timeout = Duration::from_millis(200);
     let mut server = start_on(Backend::Redis(1), s).await;
     let (mut a, _) = server.join("a", "r").await;
     let (mut b, _) = server.join("b", "r").await;
@@ -431,13 +432,44 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
     server.redis_mut::<RedisServer>().pause();
     let body = wait_ready_status(&server, 503).await;
     assert_eq!(body["status"], "redis unavailable");
-    let detail: Value = reqwest::get(server.http("/health"))
+    // Failed heartbeats open the breaker: from then on Redis calls fail at once.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let detail: Value = reqwest::get(server.http("/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(detail["redis"]["healthy"], false);
+        if detail["redis"]["breaker"] == "open" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the breaker never opened: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(server.http("/metrics"))
         .await
         .unwrap()
-        .json()
+        .text()
         .await
         .unwrap();
-    assert_eq!(detail["redis"]["healthy"], false);
+    assert!(
+        metrics.contains("switchboard_redis_breaker_state 1"),
+        "{metrics}"
+    );
+    // Something that needs Redis fails fast with `unavailable` instead of hanging.
+    let asked = Instant::now();
+    a.send(json!({"type": "join", "roomId": "elsewhere"})).await;
+    assert_eq!(a.expect("error").await["code"], "unavailable");
+    assert!(
+        asked.elapsed() < Duration::from_millis(150),
+        "took {:?}",
+        asked.elapsed()
+    );
     // Peers on this node keep relaying, in order, while Redis hangs.
     for seq in 0..50 {
         a.offer(&b.peer_id, &format!("during {seq}")).await;
@@ -448,6 +480,13 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
 
     server.redis_mut::<RedisServer>().resume();
     wait_ready_status(&server, 200).await;
+    let detail: Value = reqwest::get(server.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["redis"]["breaker"], "closed");
     b.offer(&a.peer_id, "after").await;
     assert_eq!(a.expect("offer").await["sdp"], "after");
 }

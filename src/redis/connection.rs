@@ -13,6 +13,7 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, ScriptInvoc
 use tokio::sync::Mutex;
 
 use super::Topology;
+use crate::resilience::Breaker;
 use crate::store::StoreError;
 use crate::telemetry::Metrics;
 
@@ -22,6 +23,7 @@ pub struct Redis {
     conn: Conn,
     timeout: Duration,
     metrics: Option<Arc<Metrics>>,
+    breaker: Option<Arc<Breaker>>,
 }
 
 #[derive(Clone)]
@@ -49,6 +51,7 @@ impl Redis {
             conn,
             timeout,
             metrics: None,
+            breaker: None,
         })
     }
 
@@ -58,7 +61,14 @@ impl Redis {
             conn: self.conn.clone(),
             timeout,
             metrics: self.metrics.clone(),
+            breaker: self.breaker.clone(),
         }
+    }
+
+    /// Guards every call with `breaker`: while it is open, calls fail at once.
+    pub fn with_breaker(mut self, breaker: Arc<Breaker>) -> Redis {
+        self.breaker = Some(breaker);
+        self
     }
 
     /// Records the latency and failures of every call in `metrics`.
@@ -92,10 +102,25 @@ impl Redis {
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        if let Some(b) = &self.breaker
+            && !b.allow()
+        {
+            return Err(StoreError(
+                "Redis is failing; the circuit breaker is open".into(),
+            ));
+        }
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, call).await;
+        let ok = matches!(result, Ok(Ok(_)));
         if let Some(m) = &self.metrics {
-            m.redis_call(started.elapsed(), matches!(result, Ok(Ok(_))));
+            m.redis_call(started.elapsed(), ok);
+        }
+        if let Some(b) = &self.breaker {
+            if ok {
+                b.record_success();
+            } else {
+                b.record_failure();
+            }
         }
         match result {
             Ok(Ok(v)) => Ok(v),

@@ -1,11 +1,13 @@
-//! Protections that keep a node serving under load and abuse: per-connection message rate
-//! limits, per-IP limits at the upgrade and token endpoints, and load shedding driven by
-//! the process's real CPU and memory use.
+//! Protections that keep a node serving under load, abuse and failures: a circuit breaker
+//! for Redis, per-connection message rate limits, per-IP limits at the upgrade and token
+//! endpoints, and load shedding driven by the process's real CPU and memory use.
 
+mod breaker;
 mod client_ip;
 mod load;
 mod rate_limit;
 
+pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use client_ip::{TrustedNet, client_ip};
 pub use load::{LoadGuard, LoadSample};
 pub use rate_limit::{IpLimiter, IpPermit, MessageLimiter, TokenBucket, Verdict};

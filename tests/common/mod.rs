@@ -132,8 +132,11 @@ pub async fn start(settings: Settings) -> TestServer {
 /// Starts a deployment of `serve` nodes on `backend`.
 pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
     settings.heartbeat_interval = Duration::from_millis(500);
-    // Generous: many Redis processes share two cores while the suite runs in parallel.
-    settings.redis_timeout = Duration::from_secs(3);
+    // Generous unless a test chose its own: many Redis processes share two cores while the
+    // suite runs in parallel.
+    if settings.redis_timeout == Settings::default().redis_timeout {
+        settings.redis_timeout = Duration::from_secs(3);
+    }
     let mut nodes = Vec::new();
     match backend {
         Backend::Memory => start(settings).await,
