@@ -63,6 +63,7 @@ struct Inner {
     failures: u32,
     opened_at: Instant,
     probing: bool,
+    probe_started: Instant,
 }
 
 /// The breaker; share it in an `Arc`. The lock is held for a few instructions only.
@@ -83,6 +84,7 @@ impl Breaker {
                 failures: 0,
                 opened_at: Instant::now(),
                 probing: false,
+                probe_started: Instant::now(),
             }),
             changes: watch::channel(BreakerState::Closed).0,
         }
@@ -107,35 +109,55 @@ impl Breaker {
             BreakerState::Open if inner.opened_at.elapsed() >= self.config.open_for => {
                 self.set(&mut inner, BreakerState::HalfOpen);
                 inner.probing = true;
+                inner.probe_started = Instant::now();
                 true
             }
             BreakerState::Open => false,
-            BreakerState::HalfOpen if !inner.probing => {
+            // A probe whose call was cancelled never reports back: after a pause, let
+            // another one through rather than stay half-open for good.
+            BreakerState::HalfOpen
+                if !inner.probing || inner.probe_started.elapsed() >= self.config.open_for =>
+            {
                 inner.probing = true;
+                inner.probe_started = Instant::now();
                 true
             }
             BreakerState::HalfOpen => false,
         }
     }
 
-    /// Records a call that worked.
+    /// Records a call that worked. While open, a call that started before the breaker
+    /// tripped proves nothing: only a probe (half-open) closes it.
     pub fn record_success(&self) {
         let mut inner = self.lock();
-        inner.failures = 0;
-        inner.probing = false;
-        self.set(&mut inner, BreakerState::Closed);
+        match inner.state {
+            BreakerState::Open => {}
+            BreakerState::HalfOpen | BreakerState::Closed => {
+                inner.failures = 0;
+                inner.probing = false;
+                self.set(&mut inner, BreakerState::Closed);
+            }
+        }
     }
 
-    /// Records a call that failed or timed out.
+    /// Records a call that failed or timed out. While open, late failures of calls that
+    /// started earlier do not extend the pause.
     pub fn record_failure(&self) {
         let mut inner = self.lock();
-        inner.failures += 1;
-        inner.probing = false;
-        let trip = inner.state == BreakerState::HalfOpen
-            || inner.failures >= self.config.failure_threshold;
-        if trip {
-            inner.opened_at = Instant::now();
-            self.set(&mut inner, BreakerState::Open);
+        match inner.state {
+            BreakerState::Open => {}
+            BreakerState::HalfOpen => {
+                inner.probing = false;
+                inner.opened_at = Instant::now();
+                self.set(&mut inner, BreakerState::Open);
+            }
+            BreakerState::Closed => {
+                inner.failures += 1;
+                if inner.failures >= self.config.failure_threshold {
+                    inner.opened_at = Instant::now();
+                    self.set(&mut inner, BreakerState::Open);
+                }
+            }
         }
     }
 
@@ -182,6 +204,30 @@ mod tests {
         b.record_success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.allow());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn late_results_and_lost_probes_do_not_wedge_it() {
+        let b = Breaker::new(BreakerConfig {
+            failure_threshold: 1,
+            open_for: Duration::from_secs(2),
+        });
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        // A call that began before the trip succeeds late: still open.
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Open);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(b.allow(), "probe");
+        // The probe's call is cancelled and never reports; another probe comes later.
+        assert!(!b.allow());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            b.allow(),
+            "a lost probe does not keep it half-open for good"
+        );
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -64,6 +64,9 @@ pub struct Registration {
 struct PeerSlot {
     epoch: Epoch,
     session_id: Arc<str>,
+    user: Arc<str>,
+    /// When the session's store record should lapse (token expiry plus margin).
+    expires: tokio::time::Instant,
     outbox: Outbox,
     room: Option<Arc<str>>,
 }
@@ -186,6 +189,8 @@ impl Hub {
             PeerSlot {
                 epoch: claim.epoch,
                 session_id: Arc::from(session_id),
+                user: Arc::from(user),
+                expires: tokio::time::Instant::now() + ttl,
                 outbox: outbox.clone(),
                 room: None,
             },
@@ -267,11 +272,18 @@ impl Hub {
             node: self.node.to_string(),
             epoch,
         };
-        let before = match self
+        let joined = self
             .store
             .join_room(room, &member, self.capacity, ROOM_TTL)
-            .await?
-        {
+            .await;
+        let before = match joined {
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable: joining on this node only");
+                return self.join_locally(peer_id, epoch, current, room).await;
+            }
+            Ok(outcome) => outcome,
+        };
+        let before = match before {
             JoinOutcome::Full => {
                 if !self.read().rooms.contains_key(room) {
                     let _ = self.store.unindex_room(&self.node, room).await;
@@ -343,6 +355,183 @@ impl Hub {
             self.publish(&node, &joined).await;
         }
         Ok(before.into_iter().map(|m| m.peer_id).collect())
+    }
+
+    /// Degraded join while the store is unavailable: the room as this node knows it, with
+    /// the capacity checked against that view. The membership reaches the store (and the
+    /// other nodes) when this node re-registers after the outage.
+    async fn join_locally(
+        &self,
+        peer_id: &str,
+        epoch: Epoch,
+        current: Option<Arc<str>>,
+        room: &str,
+    ) -> Result<Vec<String>, MembershipError> {
+        let known = self
+            .read()
+            .rooms
+            .get(room)
+            .map_or(0, |v| v.local.len() + v.remote.len());
+        if known >= self.capacity {
+            return Err(MembershipError::RoomFull);
+        }
+        if let Some(old) = &current {
+            self.depart(old, peer_id, epoch, LeaveReason::Left).await;
+        }
+        let room: Arc<str> = Arc::from(room);
+        let mut local = self.write();
+        let view = local.rooms.entry(room.clone()).or_default();
+        let peers: Vec<String> = view
+            .local
+            .iter()
+            .chain(view.remote.keys())
+            .map(|p| p.to_string())
+            .collect();
+        let view = &local.rooms[&room];
+        broadcast(&local, view, Outgoing::PeerJoined { peer_id }.to_frame());
+        local
+            .rooms
+            .get_mut(&room)
+            .expect("created above")
+            .local
+            .insert(Arc::from(peer_id));
+        if let Some(slot) = local.peers.get_mut(peer_id) {
+            slot.room = Some(room);
+        }
+        Ok(peers)
+    }
+
+    /// Writes this node's sessions and memberships back to the store after an outage (or
+    /// after the store lost them), reconciles each room with what the store says, and
+    /// tells the other nodes about this node's members.
+    pub async fn reregister(&self) -> Result<(), StoreError> {
+        let _serial = self.membership.lock().await;
+        let now = tokio::time::Instant::now();
+        let (sessions, rooms) = {
+            let local = self.read();
+            let sessions: Vec<(SessionRecord, Epoch, Option<Arc<str>>, Duration)> = local
+                .peers
+                .iter()
+                .map(|(peer, s)| {
+                    let record = SessionRecord {
+                        session_id: s.session_id.to_string(),
+                        user: s.user.to_string(),
+                        peer_id: peer.to_string(),
+                        node: self.node.to_string(),
+                    };
+                    (
+                        record,
+                        s.epoch,
+                        s.room.clone(),
+                        s.expires.saturating_duration_since(now),
+                    )
+                })
+                .collect();
+            let rooms: Vec<(Arc<str>, Vec<Member>)> = local
+                .rooms
+                .iter()
+                .map(|(room, view)| {
+                    let members = view
+                        .local
+                        .iter()
+                        .filter_map(|p| local.peers.get(p).map(|s| (p, s.epoch)))
+                        .map(|(p, epoch)| Member {
+                            peer_id: p.to_string(),
+                            node: self.node.to_string(),
+                            epoch,
+                        })
+                        .collect();
+                    (room.clone(), members)
+                })
+                .collect();
+            (sessions, rooms)
+        };
+        for (record, epoch, room, ttl) in &sessions {
+            self.store
+                .restore_session(
+                    record,
+                    *epoch,
+                    room.as_deref(),
+                    (*ttl).max(Duration::from_secs(1)),
+                )
+                .await?;
+        }
+        for (room, members) in rooms {
+            for member in &members {
+                // Never refused: these peers are in the room already.
+                self.store
+                    .join_room(&room, member, usize::MAX, ROOM_TTL)
+                    .await?;
+            }
+            let truth = self.store.room_members(&room).await?;
+            self.reconcile(&room, &truth);
+            for node in other_nodes(&truth, &self.node) {
+                for member in &members {
+                    let joined = BusMessage::PeerJoined {
+                        room: room.to_string(),
+                        peer: member.peer_id.clone(),
+                        node: self.node.to_string(),
+                        epoch: member.epoch,
+                    };
+                    self.publish(&node, &joined).await;
+                }
+            }
+        }
+        tracing::info!(
+            sessions = sessions.len(),
+            "re-registered this node's sessions and rooms"
+        );
+        Ok(())
+    }
+
+    /// Makes this node's view of `room` match the store: remote members that left during
+    /// an outage are announced as gone, ones that came are announced as joined.
+    fn reconcile(&self, room: &str, truth: &[Member]) {
+        let mut local = self.write();
+        let Some(view) = local.rooms.get_mut(room) else {
+            return;
+        };
+        let remote_truth: HashMap<Arc<str>, RemoteMember> = truth
+            .iter()
+            .filter(|m| *m.node != *self.node)
+            .map(|m| {
+                (
+                    Arc::from(m.peer_id.as_str()),
+                    RemoteMember {
+                        node: Arc::from(m.node.as_str()),
+                        epoch: m.epoch,
+                    },
+                )
+            })
+            .collect();
+        let gone: Vec<Arc<str>> = view
+            .remote
+            .keys()
+            .filter(|p| !remote_truth.contains_key(*p))
+            .cloned()
+            .collect();
+        let came: Vec<Arc<str>> = remote_truth
+            .iter()
+            .filter(|(p, r)| view.remote.get(*p) != Some(r))
+            .map(|(p, _)| p.clone())
+            .collect();
+        view.remote = remote_truth;
+        let view = &local.rooms[room];
+        for peer in gone {
+            let frame = Outgoing::PeerLeft {
+                peer_id: &peer,
+                reason: LeaveReason::Disconnected,
+            }
+            .to_frame();
+            broadcast(&local, view, frame);
+        }
+        for peer in came {
+            broadcast(
+                &local,
+                view,
+                Outgoing::PeerJoined { peer_id: &peer }.to_frame(),
+            );
+        }
     }
 
     /// Leaves the current room; `room`, when given, must name it.
@@ -611,7 +800,14 @@ impl Hub {
         epoch: Epoch,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let room = self.read().peers.get(peer_id).and_then(|s| s.room.clone());
+        let room = {
+            let mut local = self.write();
+            let slot = local.peers.get_mut(peer_id).filter(|s| s.epoch == epoch);
+            slot.and_then(|s| {
+                s.expires = tokio::time::Instant::now() + ttl;
+                s.room.clone()
+            })
+        };
         if !self.store.refresh_session(session_id, epoch, ttl).await? {
             return Ok(false);
         }

@@ -32,9 +32,17 @@ pub async fn heartbeat(hub: Arc<Hub>, every: Duration, grace: Duration) {
         let mut result = match hub.store().heartbeat(hub.node(), every * 2).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                // Declared dead while alive, or Redis lost its data: this node's peers are
-                // gone from the shared state, so their clients must reconnect and rejoin.
-                hub.resync_all("this node's registration was lost");
+                // Declared dead while alive, or Redis lost its data. Its inbox went too, so
+                // peers talking across nodes may have missed messages and must resync
+                // (judged before re-registering changes the rooms' views); then this node
+                // writes its sessions and rooms back (if even that fails, every client
+                // rejoins).
+                tracing::warn!("this node's registration was lost; re-registering");
+                hub.on_bus(crate::bus::BusMessage::Gap).await;
+                if let Err(e) = hub.reregister().await {
+                    tracing::warn!(error = %e, "re-registration failed");
+                    hub.resync_all("this node's registration was lost");
+                }
                 Ok(())
             }
             Err(e) => Err(e),
@@ -50,8 +58,13 @@ pub async fn heartbeat(hub: Arc<Hub>, every: Duration, grace: Duration) {
         hub.set_store_healthy(result.is_ok());
         match result {
             Ok(()) if !healthy => {
-                tracing::info!("heartbeat restored");
+                tracing::info!("heartbeat restored; re-registering this node's state");
                 healthy = true;
+                // Peers that joined during the outage become visible to the other nodes.
+                if let Err(e) = hub.reregister().await {
+                    tracing::warn!(error = %e, "re-registration failed; will retry");
+                    healthy = false;
+                }
                 judge_after = Instant::now() + grace;
             }
             Err(e) if healthy => {

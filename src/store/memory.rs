@@ -135,6 +135,38 @@ impl Store for MemoryStore {
         Ok(Claim { epoch, previous })
     }
 
+    async fn restore_session(
+        &self,
+        record: &SessionRecord,
+        epoch: Epoch,
+        room: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .live_session(&record.session_id)
+            .is_some_and(|s| s.epoch > epoch)
+        {
+            return Ok(false);
+        }
+        inner.sessions.insert(
+            record.session_id.clone(),
+            Session {
+                record: record.clone(),
+                epoch,
+                room: room.map(str::to_string),
+                expires: deadline(ttl),
+            },
+        );
+        inner
+            .nodes
+            .entry(record.node.clone())
+            .or_default()
+            .sessions
+            .insert(record.session_id.clone());
+        Ok(true)
+    }
+
     async fn refresh_session(
         &self,
         session_id: &str,

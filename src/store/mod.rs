@@ -99,6 +99,16 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Claim, StoreError>;
 
+    /// Writes a session back after the store lost it (outage, restart), keeping `epoch`;
+    /// false when a newer connection owns it meanwhile.
+    async fn restore_session(
+        &self,
+        record: &SessionRecord,
+        epoch: Epoch,
+        room: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
     /// Extends a session's TTL if `epoch` still owns it; false when a successor took over.
     async fn refresh_session(
         &self,

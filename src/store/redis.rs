@@ -27,6 +27,17 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {e, old[1] or false, old[2] or false, old[3] or false}
 ";
 
+/// Writes a session back with its known epoch unless a newer owner took it meanwhile.
+const RESTORE: &str = r"
+local current = redis.call('HGET', KEYS[1], 'epoch')
+if current and tonumber(current) > tonumber(ARGV[4]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'peer', ARGV[2], 'node', ARGV[3], 'epoch', ARGV[4], 'state', 'live')
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'room', ARGV[5]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+";
+
 /// Runs ARGV[2..] only if the session's epoch is still ARGV[1].
 const FENCED: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
@@ -97,6 +108,7 @@ pub struct RedisStore {
     redis: Redis,
     keys: Keys,
     claim: Script,
+    restore: Script,
     fenced: Script,
     join: Script,
     leave: Script,
@@ -129,6 +141,7 @@ impl RedisStore {
             redis,
             keys,
             claim: Script::new(CLAIM),
+            restore: Script::new(RESTORE),
             fenced: Script::new(FENCED),
             join: Script::new(JOIN),
             leave: Script::new(LEAVE),
@@ -208,6 +221,31 @@ impl Store for RedisStore {
             _ => None,
         };
         Ok(Claim { epoch, previous })
+    }
+
+    async fn restore_session(
+        &self,
+        record: &SessionRecord,
+        epoch: Epoch,
+        room: Option<&str>,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.index(self.keys.node_sessions(&record.node), &record.session_id)
+            .await?;
+        let done: i64 = self
+            .redis
+            .script(
+                self.restore
+                    .key(self.keys.session(&record.session_id))
+                    .arg(&record.user)
+                    .arg(&record.peer_id)
+                    .arg(&record.node)
+                    .arg(epoch.to_string())
+                    .arg(room.unwrap_or_default())
+                    .arg(ms(ttl)),
+            )
+            .await?;
+        Ok(done == 1)
     }
 
     async fn refresh_session(
