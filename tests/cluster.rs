@@ -17,6 +17,16 @@ async fn client(addr: &str, user: &str) -> Client {
     c
 }
 
+/// The environment of a `switchboard serve` node on `url` under `prefix`.
+fn node_vars<'a>(url: &'a str, prefix: &'a str, heartbeat: &'a str) -> [(&'a str, &'a str); 4] {
+    [
+        ("AUTH_SECRET", SECRET),
+        ("REDIS_URL", url),
+        ("KEY_PREFIX", prefix),
+        ("HEARTBEAT_INTERVAL", heartbeat),
+    ]
+}
+
 /// Skips peer_joined announcements until a message of `kind` arrives.
 async fn next_of(c: &mut Client, kind: &str) -> serde_json::Value {
     loop {
@@ -34,12 +44,7 @@ async fn a_killed_node_is_cleaned_up_by_the_survivors_within_three_heartbeats() 
     let url = redis.url();
     let prefix = unique_prefix();
     let heartbeat = Duration::from_millis(500);
-    let vars = [
-        ("AUTH_SECRET", SECRET),
-        ("REDIS_URL", url.as_str()),
-        ("KEY_PREFIX", prefix.as_str()),
-        ("HEARTBEAT_INTERVAL", "500ms"),
-    ];
+    let vars = node_vars(&url, &prefix, "500ms");
     let (mut doomed, a0) = Running::start(&vars);
     let (_n1, a1) = Running::start(&vars);
     let (_n2, a2) = Running::start(&vars);
@@ -433,19 +438,9 @@ async fn a_node_restarted_under_the_same_id_clears_what_it_left_behind() {
     let redis = RedisServer::start().await;
     let url = redis.url();
     let prefix = unique_prefix();
-    let fixed = [
-        ("AUTH_SECRET", SECRET),
-        ("REDIS_URL", url.as_str()),
-        ("KEY_PREFIX", prefix.as_str()),
-        ("HEARTBEAT_INTERVAL", "10s"),
-        ("NODE_ID", "steady-1"),
-    ];
-    let other = [
-        ("AUTH_SECRET", SECRET),
-        ("REDIS_URL", url.as_str()),
-        ("KEY_PREFIX", prefix.as_str()),
-        ("HEARTBEAT_INTERVAL", "10s"),
-    ];
+    let other = node_vars(&url, &prefix, "10s");
+    let mut fixed = other.to_vec();
+    fixed.push(("NODE_ID", "steady-1"));
     let (mut first, addr) = Running::start(&fixed);
     let (_survivor, survivor_addr) = Running::start(&other);
     let mut ghost = client(&addr, "ghost").await;

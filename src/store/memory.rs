@@ -79,6 +79,30 @@ impl MemoryStore {
 }
 
 impl Inner {
+    /// Writes a session and indexes it under its node.
+    fn put_session(
+        &mut self,
+        record: &SessionRecord,
+        epoch: Epoch,
+        room: Option<&str>,
+        ttl: Duration,
+    ) {
+        self.sessions.insert(
+            record.session_id.clone(),
+            Session {
+                record: record.clone(),
+                epoch,
+                room: room.map(str::to_string),
+                expires: deadline(ttl),
+            },
+        );
+        self.nodes
+            .entry(record.node.clone())
+            .or_default()
+            .sessions
+            .insert(record.session_id.clone());
+    }
+
     fn purge(&mut self) {
         let now = Instant::now();
         self.sessions.retain(|_, s| s.expires > now);
@@ -117,21 +141,7 @@ impl Store for MemoryStore {
             epoch: s.epoch,
             room: s.room.clone(),
         });
-        inner.sessions.insert(
-            record.session_id.clone(),
-            Session {
-                record: record.clone(),
-                epoch,
-                room: None,
-                expires: deadline(ttl),
-            },
-        );
-        inner
-            .nodes
-            .entry(record.node.clone())
-            .or_default()
-            .sessions
-            .insert(record.session_id.clone());
+        inner.put_session(record, epoch, None, ttl);
         Ok(Claim { epoch, previous })
     }
 
@@ -149,21 +159,7 @@ impl Store for MemoryStore {
         {
             return Ok(false);
         }
-        inner.sessions.insert(
-            record.session_id.clone(),
-            Session {
-                record: record.clone(),
-                epoch,
-                room: room.map(str::to_string),
-                expires: deadline(ttl),
-            },
-        );
-        inner
-            .nodes
-            .entry(record.node.clone())
-            .or_default()
-            .sessions
-            .insert(record.session_id.clone());
+        inner.put_session(record, epoch, room, ttl);
         Ok(true)
     }
 
