@@ -278,6 +278,10 @@ pub struct Settings {
     #[arg(long, env = "MESSAGE_BURST", default_value_t = 200.0, global = true)]
     pub message_burst: f64,
 
+    /// How long a dropped connection's session waits for a reconnect (0s: no resume).
+    #[arg(long, env = "RESUME_GRACE", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
+    pub resume_grace: Duration,
+
     /// Longest a drain (SIGTERM/SIGINT) may take before the process exits.
     #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
     pub drain_timeout: Duration,
@@ -333,6 +337,7 @@ impl Default for Settings {
             node_id: None,
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
+            resume_grace: Duration::from_secs(30),
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(2),
             max_connections: 10_000,
@@ -397,6 +402,8 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Longest a drain may take.
     pub drain_timeout: Duration,
+    /// How long a dropped session waits for a resume.
+    pub resume_grace: Duration,
     /// Overload protections.
     pub limits: Limits,
 }
@@ -534,6 +541,7 @@ impl Config {
             node_id: resolve_node_id(s)?,
             heartbeat: s.heartbeat_interval,
             drain_timeout: s.drain_timeout,
+            resume_grace: s.resume_grace.min(Duration::from_secs(3600)),
             limits: resolve_limits(s)?,
         })
     }

@@ -43,6 +43,8 @@ pub struct Limits {
     pub message_rate: f64,
     /// Message burst.
     pub message_burst: f64,
+    /// How long a dropped connection's session waits for a resume (zero: no resume).
+    pub resume_grace: Duration,
 }
 
 /// Everything a connection task needs.
@@ -83,6 +85,8 @@ struct Session {
     room: Option<String>,
     /// The close code the client sent, if it closed first.
     client_close: Option<u16>,
+    /// The connection dropped without a close frame (network loss): resumable.
+    dropped: bool,
 }
 
 impl Connection {
@@ -119,31 +123,69 @@ impl Connection {
             claims: self.claims.clone(),
             room: None,
             client_close: None,
+            dropped: false,
         };
         let closing = registration.inbox.closing.clone();
+        let prelude = match registration.resumed {
+            Some(resumed) => {
+                session.room = resumed.room.map(|r| r.to_string());
+                tracing::info!("session resumed");
+                resumed.prelude
+            }
+            None => Vec::new(),
+        };
         let writer = tokio::spawn(
             write_frames(
                 sink,
                 registration.inbox,
+                prelude,
                 self.limits.ping_interval,
                 self.hub.metrics().clone(),
             )
             .in_current_span(),
         );
         let reason = self.read_frames(stream, &mut session, closing).await;
-        self.hub
-            .detach(
-                &session.claims.session_id,
-                &session.peer_id,
-                session.epoch,
-                reason,
-            )
-            .await;
-        // Let the writer finish on its own (close frame sent) or give up after the grace.
+        // Stop the writer (unless it already stopped); it returns the queue.
         if session.outbox.closing().is_none() {
             session.outbox.close(None, "");
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), writer).await;
+        let resumable = session.dropped && !self.limits.resume_grace.is_zero();
+        let mut writer = Some(writer);
+        let mut parked = false;
+        if resumable {
+            // The socket is gone, so the writer stops at once (no close frame to send).
+            let queue = tokio::time::timeout(CLOSE_GRACE, writer.take().expect("set above")).await;
+            if let Ok(Ok(queue)) = queue {
+                parked = self
+                    .hub
+                    .park(
+                        &session.peer_id,
+                        session.epoch,
+                        queue,
+                        self.limits.resume_grace,
+                    )
+                    .await;
+            }
+        }
+        if parked {
+            tracing::info!(
+                grace_ms = self.limits.resume_grace.as_millis() as u64,
+                "connection lost; session kept for a resume"
+            );
+        } else {
+            // Tell the room first; a close frame to a slow client may take its time.
+            self.hub
+                .detach(
+                    &session.claims.session_id,
+                    &session.peer_id,
+                    session.epoch,
+                    reason,
+                )
+                .await;
+        }
+        if let Some(writer) = writer {
+            let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), writer).await;
+        }
         let server_code = session.outbox.closing().and_then(|c| c.code);
         let (closed_by, code) = match (server_code, session.client_close) {
             (Some(code), _) => ("server", code),
@@ -213,10 +255,15 @@ impl Connection {
                             session.client_close = Some(frame.map_or(1005, |f| f.code));
                             return LeaveReason::Disconnected;
                         }
-                        None => return LeaveReason::Disconnected,
+                        None => {
+                            session.dropped = true;
+                            return LeaveReason::Disconnected;
+                        }
                         Some(Err(e)) => {
                             if is_too_big(e) {
                                 session.outbox.close(Some(close::TOO_BIG), "message too big");
+                            } else {
+                                session.dropped = true;
                             }
                             return LeaveReason::Disconnected;
                         }
@@ -425,14 +472,22 @@ fn send_error(session: &Session, code: ErrorCode, message: &str, reference: Opti
     session.outbox.deliver(frame);
 }
 
-/// Writes queued frames and pings; on close, flushes what is queued (unless the peer is too
-/// slow for that) and sends the close frame.
+/// Writes `prelude`, then queued frames and pings; on close, flushes what is queued (unless
+/// the peer is too slow for that) and sends the close frame. Returns the queue, and a frame
+/// whose write failed, so a parked session keeps both for its resume.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut inbox: Inbox,
+    prelude: Vec<Utf8Bytes>,
     ping_every: Duration,
     metrics: Arc<Metrics>,
-) {
+) -> (Inbox, Vec<Utf8Bytes>) {
+    for (i, frame) in prelude.iter().enumerate() {
+        metrics.outbound(frame);
+        if sink.send(Message::Text(frame.clone())).await.is_err() {
+            return (inbox, prelude[i..].to_vec());
+        }
+    }
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
     let reason = loop {
         tokio::select! {
@@ -442,7 +497,9 @@ async fn write_frames(
                 let Some(Outbound { frame, since }) = frame else { break None };
                 metrics.outbound(&frame);
                 tokio::select! {
-                    sent = sink.send(Message::Text(frame)) => if sent.is_err() { return },
+                    sent = sink.send(Message::Text(frame.clone())) => if sent.is_err() {
+                        return (inbox, vec![frame]);
+                    },
                     reason = outbox::closed(&mut inbox.closing) => break reason,
                 }
                 if let Some(since) = since {
@@ -451,7 +508,7 @@ async fn write_frames(
             }
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                    return (inbox, Vec::new());
                 }
             }
         }
@@ -461,7 +518,7 @@ async fn write_frames(
         text,
     }) = reason
     else {
-        return;
+        return (inbox, Vec::new());
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if code != close::SLOW_CONSUMER {
@@ -475,6 +532,7 @@ async fn write_frames(
         let _ = sink.send(close_message(code, text)).await;
     })
     .await;
+    (inbox, Vec::new())
 }
 
 fn close_message(code: u16, text: &'static str) -> Message {

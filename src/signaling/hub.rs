@@ -59,6 +59,17 @@ pub struct Registration {
     pub outbox: Outbox,
     /// The queue the connection task drains.
     pub inbox: Inbox,
+    /// Set when this connection resumed a parked session: written before the queue.
+    pub resumed: Option<Resumed>,
+}
+
+/// What a resumed connection is told first.
+pub struct Resumed {
+    /// The room the session is in.
+    pub room: Option<Arc<str>>,
+    /// The `resumed` frame, then frames whose write failed when the connection dropped;
+    /// written before the queue.
+    pub prelude: Vec<Utf8Bytes>,
 }
 
 struct PeerSlot {
@@ -69,6 +80,9 @@ struct PeerSlot {
     expires: tokio::time::Instant,
     outbox: Outbox,
     room: Option<Arc<str>>,
+    /// Set while the connection is gone but the session waits for a resume: the queue its
+    /// messages collect in, and frames whose write failed when the connection dropped.
+    parked: Option<(Inbox, Vec<Utf8Bytes>)>,
 }
 
 /// A member on another node.
@@ -176,6 +190,9 @@ impl Hub {
         ttl: Duration,
     ) -> Result<Registration, StoreError> {
         let _serial = self.membership.lock().await;
+        if let Some(resumed) = self.resume(session_id, peer_id, ttl).await? {
+            return Ok(resumed);
+        }
         let record = SessionRecord {
             session_id: session_id.to_string(),
             user: user.to_string(),
@@ -193,6 +210,7 @@ impl Hub {
                 expires: tokio::time::Instant::now() + ttl,
                 outbox: outbox.clone(),
                 room: None,
+                parked: None,
             },
         );
         if let Some(old) = &old {
@@ -225,7 +243,118 @@ impl Hub {
             epoch: claim.epoch,
             outbox,
             inbox,
+            resumed: None,
         })
+    }
+
+    /// Takes back a session parked on this node, if there is one and the store still says
+    /// it is this connection's: same epoch, same room, queued messages kept in order.
+    async fn resume(
+        &self,
+        session_id: &str,
+        peer_id: &str,
+        ttl: Duration,
+    ) -> Result<Option<Registration>, StoreError> {
+        let Some(epoch) = self
+            .read()
+            .peers
+            .get(peer_id)
+            .filter(|s| s.parked.is_some())
+            .map(|s| s.epoch)
+        else {
+            return Ok(None);
+        };
+        if !self.store.refresh_session(session_id, epoch, ttl).await? {
+            return Ok(None);
+        }
+        let mut local = self.write();
+        let Some(slot) = local.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {
+            return Ok(None);
+        };
+        let Some((inbox, unsent)) = slot.parked.take() else {
+            return Ok(None);
+        };
+        slot.expires = tokio::time::Instant::now() + ttl;
+        let outbox = slot.outbox.clone();
+        let room = slot.room.clone();
+        let peers: Vec<String> = room
+            .as_ref()
+            .and_then(|r| local.rooms.get(r))
+            .map(|v| {
+                v.local
+                    .iter()
+                    .filter(|p| ***p != *peer_id)
+                    .chain(v.remote.keys())
+                    .map(|p| p.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let frame = Outgoing::Resumed {
+            room_id: room.as_deref(),
+            peer_id,
+            peers: &peers,
+        }
+        .to_frame();
+        self.metrics.resumed("succeeded");
+        let mut prelude = vec![frame];
+        prelude.extend(unsent);
+        Ok(Some(Registration {
+            epoch,
+            outbox,
+            inbox,
+            resumed: Some(Resumed { room, prelude }),
+        }))
+    }
+
+    /// Parks a session whose connection dropped: it stays in its room (nobody is told yet)
+    /// and messages for it queue up; it ends with `peer_left` `timeout` if nobody resumes
+    /// it within `grace` or the queue overflows.
+    pub async fn park(
+        self: &Arc<Self>,
+        peer_id: &str,
+        epoch: Epoch,
+        parked: (Inbox, Vec<Utf8Bytes>),
+        grace: Duration,
+    ) -> bool {
+        let _serial = self.membership.lock().await;
+        let outbox = {
+            let mut local = self.write();
+            let Some(slot) = local.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {
+                return false;
+            };
+            if slot.outbox.is_full() {
+                return false;
+            }
+            slot.outbox.reopen();
+            slot.parked = Some(parked);
+            slot.outbox.clone()
+        };
+        let hub = self.clone();
+        let peer = peer_id.to_string();
+        let mut closing = outbox.watch_closing();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => {}
+                // The queue overflowed, or the node is draining.
+                _ = outbox::closed(&mut closing) => {}
+            }
+            hub.expire(&peer, epoch).await;
+        });
+        true
+    }
+
+    /// Ends a parked session that nobody resumed.
+    async fn expire(&self, peer_id: &str, epoch: Epoch) {
+        let session_id = {
+            let local = self.read();
+            match local.peers.get(peer_id) {
+                Some(s) if s.epoch == epoch && s.parked.is_some() => s.session_id.clone(),
+                _ => return,
+            }
+        };
+        self.metrics.resumed("expired");
+        self.detach(&session_id, peer_id, epoch, LeaveReason::Timeout)
+            .await;
     }
 
     /// Removes a connection that ended; a no-op when a newer connection owns the session.

@@ -89,6 +89,22 @@ impl Outbox {
         });
     }
 
+    /// Clears the close reason: a parked session's queue takes messages again (and a
+    /// full queue will close it again).
+    pub fn reopen(&self) {
+        self.closer.send_replace(None);
+    }
+
+    /// Follows the close reason.
+    pub fn watch_closing(&self) -> watch::Receiver<Option<CloseReason>> {
+        self.closer.subscribe()
+    }
+
+    /// True when no frame can be queued.
+    pub fn is_full(&self) -> bool {
+        self.frames.capacity() == 0
+    }
+
     /// The close reason, once one was set.
     pub fn closing(&self) -> Option<CloseReason> {
         *self.closer.borrow()

@@ -343,6 +343,17 @@ pub enum Outgoing<'a> {
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<&'a RawValue>,
     },
+    /// A reconnect within the grace period took the session back.
+    Resumed {
+        /// The room the session is in, if any.
+        #[serde(rename = "roomId")]
+        room_id: Option<&'a str>,
+        /// The session's peer id.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// Everyone else in the room now.
+        peers: &'a [String],
+    },
     /// The node is going away: reconnect (to any node) after the hint.
     Goaway {
         /// Why (`shutdown`).

@@ -148,6 +148,7 @@ async fn accept(
             refresh_before: config.token_refresh_before,
             message_rate: config.limits.message_rate,
             message_burst: config.limits.message_burst,
+            resume_grace: config.resume_grace,
         },
         remote,
         held: (slot, ip_permit),

@@ -390,6 +390,20 @@ impl Client {
             .expect("no event before the deadline")
     }
 
+    /// The next JSON message if one comes within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Value> {
+        let next = async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).ok(),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        };
+        tokio::time::timeout(wait, next).await.ok().flatten()
+    }
+
     /// The next JSON message; fails on close.
     pub async fn recv(&mut self) -> Value {
         match self.next_event().await {
