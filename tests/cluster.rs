@@ -552,3 +552,65 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
     b.offer(&a.peer_id, "after").await;
     assert_eq!(a.expect("offer").await["sdp"], "after");
 }
+
+#[tokio::test]
+async fn redis_killed_under_active_calls_loses_nothing_silently_and_recovers() {
+    let mut s = settings();
+    s.heartbeat_interval = Duration::from_millis(500);
+    s.redis_timeout = Duration::from_millis(200);
+    let mut server = start_on(Backend::Redis(2), s).await;
+    // A call held on node 0 alone, and one spanning both nodes.
+    let mut a = server.connect_to(0, &server.token("a", None)).await;
+    let mut b = server.connect_to(0, &server.token("b", None)).await;
+    a.join("local").await;
+    b.join("local").await;
+    a.expect("peer_joined").await;
+    let mut x = server.connect_to(0, &server.token("x", None)).await;
+    let mut y = server.connect_to(1, &server.token("y", None)).await;
+    x.join("wide").await;
+    y.join("wide").await;
+    x.expect("peer_joined").await;
+
+    server.redis_mut::<RedisServer>().kill();
+    wait_ready_status(&server, 503).await;
+    // The local call keeps relaying, every message once and in order.
+    for seq in 0..100 {
+        a.offer(&b.peer_id, &format!("{seq}")).await;
+    }
+    for seq in 0..100 {
+        assert_eq!(b.expect("offer").await["sdp"], format!("{seq}"));
+    }
+    // The wide call cannot relay across nodes and is told so, not silently dropped.
+    x.offer(&y.peer_id, "lost?").await;
+    assert_eq!(x.expect("error").await["code"], "unavailable");
+
+    server.redis_mut::<RedisServer>().restart().await;
+    wait_ready_status(&server, 200).await;
+    // Redis came back empty: the spanning call resyncs (4003), the local one never notices.
+    assert_eq!(x.expect_close().await, Some(4003));
+    assert_eq!(y.expect_close().await, Some(4003));
+    a.offer(&b.peer_id, "after").await;
+    assert_eq!(b.expect("offer").await["sdp"], "after");
+    // The local call's state was written back, and every key has a TTL again.
+    let prefix = server.key_prefix();
+    let deadline = Instant::now() + common::DEADLINE;
+    loop {
+        let keys = keys_with_ttl(server.redis_mut::<RedisServer>(), &prefix).await;
+        if keys.iter().any(|(k, _)| k.contains("room:{local}")) {
+            assert_all_expire_within_a_day(&keys);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state never re-registered: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cross-node signaling works again for clients that reconnect.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut x = join_when_ready(&server.node_addr(0).to_string(), "x2", "wide", deadline).await;
+    let mut y = join_when_ready(&server.node_addr(1).to_string(), "y2", "wide", deadline).await;
+    assert_eq!(x.expect("peer_joined").await["peerId"], y.peer_id.as_str());
+    y.offer(&x.peer_id, "across again").await;
+    assert_eq!(x.expect("offer").await["sdp"], "across again");
+}
