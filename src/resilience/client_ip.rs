@@ -61,7 +61,8 @@ impl TrustedNet {
 /// that is not itself a trusted proxy; otherwise the peer. A client cannot spoof its
 /// address by sending the header directly.
 pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[TrustedNet]) -> IpAddr {
-    let peer_ip = peer.ip();
+    // A dual-stack listener reports IPv4 peers as ::ffff:a.b.c.d; compare them as IPv4.
+    let peer_ip = peer.ip().to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(peer_ip) {
         return peer_ip;
@@ -71,7 +72,7 @@ pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[Trust
     };
     let mut last = peer_ip;
     for hop in header.rsplit(',') {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        let Ok(ip) = hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
             // Garbage in the chain: trust nothing left of it.
             return last;
         };
@@ -124,5 +125,16 @@ mod tests {
         );
         assert_eq!(client_ip(proxy, Some("garbage"), &trusted), proxy.ip());
         assert_eq!(client_ip(proxy, None, &trusted), proxy.ip());
+        // An IPv4 proxy seen through a dual-stack listener is still the trusted proxy.
+        let mapped: SocketAddr = "[::ffff:10.0.0.5]:1234".parse().unwrap();
+        assert_eq!(
+            client_ip(mapped, Some("203.0.113.9"), &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        // IPv6 clients in the chain.
+        assert_eq!(
+            client_ip(proxy, Some("2001:db8::7, 10.0.0.9"), &trusted),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
     }
 }
