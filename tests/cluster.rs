@@ -102,9 +102,7 @@ async fn a_killed_node_is_cleaned_up_by_the_survivors_within_three_heartbeats() 
 #[tokio::test]
 async fn signaling_recovers_after_a_sentinel_failover_without_restarting_nodes() {
     let mut server = start_on(Backend::Sentinel(2), settings()).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (mut b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, mut b) = server.pair("a", "b", "r").await;
     a.offer(&b.peer_id, "before").await;
     assert_eq!(b.expect("offer").await["sdp"], "before");
 
@@ -300,9 +298,7 @@ async fn a_hundred_simultaneous_joins_over_three_nodes_fill_a_room_exactly() {
 #[tokio::test]
 async fn cross_node_relay_keeps_each_senders_order() {
     let server = start_on(Backend::Redis(2), settings()).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (mut b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, mut b) = server.pair("a", "b", "r").await;
     let (mut c, _) = server.join("c", "r").await;
     a.expect("peer_joined").await;
     b.expect("peer_joined").await;
@@ -329,9 +325,7 @@ async fn cross_node_relay_keeps_each_senders_order() {
 #[tokio::test]
 async fn peers_talking_across_nodes_are_told_to_resync_when_redis_loses_its_data() {
     let mut server = start_on(Backend::Redis(2), settings()).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (mut b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, mut b) = server.pair("a", "b", "r").await;
     a.offer(&b.peer_id, "before").await;
     assert_eq!(b.expect("offer").await["sdp"], "before");
 
@@ -483,9 +477,7 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
     s.heartbeat_interval = Duration::from_millis(500);
     s.redis_timeout = Duration::from_millis(200);
     let mut server = start_on(Backend::Redis(1), s).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (mut b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, mut b) = server.pair("a", "b", "r").await;
 
     server.redis_mut::<RedisServer>().pause();
     let body = wait_ready_status(&server, 503).await;
@@ -509,12 +501,7 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = reqwest::get(server.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("switchboard_redis_breaker_state 1"),
         "{metrics}"

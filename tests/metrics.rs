@@ -7,9 +7,7 @@ use common::{settings, start};
 #[tokio::test]
 async fn metrics_count_connections_messages_closes_and_refusals() {
     let server = start(settings()).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (mut b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, mut b) = server.pair("a", "b", "r").await;
     a.offer(&b.peer_id, "v=0").await;
     b.expect("offer").await;
     common::refused(server.ws_url("not-a-token")).await;
@@ -37,12 +35,7 @@ async fn metrics_count_connections_messages_closes_and_refusals() {
     // The close is counted as the connection task finishes, just after peer_left.
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
     loop {
-        let text = reqwest::get(server.http("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = server.metrics().await;
         if text.contains(r#"switchboard_closes_total{code="1000"} 1"#)
             && text.contains("switchboard_connections 1")
         {

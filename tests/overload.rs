@@ -31,12 +31,8 @@ async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
     let mut s = settings();
     s.max_connections = 4;
     let server = start(s).await;
-    let (mut a, _) = server.join("a", "r1").await;
-    let (mut b, _) = server.join("b", "r1").await;
-    a.expect("peer_joined").await;
-    let (mut c, _) = server.join("c", "r2").await;
-    let (_d, _) = server.join("d", "r2").await;
-    c.expect("peer_joined").await;
+    let (mut a, mut b) = server.pair("a", "b", "r1").await;
+    let _calls = server.pair("c", "d", "r2").await;
 
     for _ in 0..10 {
         let token = server.token("extra", None);
@@ -145,12 +141,7 @@ async fn memory_above_the_threshold_sheds_new_upgrades() {
         body["message"].as_str().unwrap().contains("memory"),
         "{body}"
     );
-    let metrics = reqwest::get(server.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="memory"}"#));
 }
 
@@ -160,12 +151,8 @@ async fn a_message_flood_is_refused_then_closed_while_other_rooms_relay() {
     s.message_rate = 10.0;
     s.message_burst = 20.0;
     let server = start(s).await;
-    let (mut flooder, _) = server.join("flooder", "noisy").await;
-    let (mut victim, _) = server.join("victim", "noisy").await;
-    flooder.expect("peer_joined").await;
-    let (mut c, _) = server.join("c", "quiet").await;
-    let (mut d, _) = server.join("d", "quiet").await;
-    c.expect("peer_joined").await;
+    let (mut flooder, mut victim) = server.pair("flooder", "victim", "noisy").await;
+    let (mut c, mut d) = server.pair("c", "d", "quiet").await;
 
     for seq in 0..200 {
         flooder

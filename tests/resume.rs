@@ -75,9 +75,7 @@ async fn without_a_resume_the_room_hears_timeout_after_the_grace() {
     let mut s = settings();
     s.resume_grace = Duration::from_millis(500);
     let server = start_on(Backend::Memory, s).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, b) = server.pair("a", "b", "r").await;
     let b_id = b.peer_id.clone();
     let dropped = tokio::time::Instant::now();
     drop(b);
@@ -88,12 +86,7 @@ async fn without_a_resume_the_room_hears_timeout_after_the_grace() {
         dropped.elapsed() >= Duration::from_millis(500),
         "not before the grace"
     );
-    let metrics = reqwest::get(server.http("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains(r#"switchboard_resumes_total{outcome="expired"} 1"#),
         "{metrics}"
@@ -105,9 +98,7 @@ async fn an_overflowing_queue_ends_the_session_early() {
     let mut s = settings();
     s.outbound_queue = 8;
     let server = start_on(Backend::Memory, s).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, b) = server.pair("a", "b", "r").await;
     let b_id = b.peer_id.clone();
     drop(b);
     // More than the queue holds: the session ends instead of losing messages silently.
@@ -128,9 +119,7 @@ async fn an_overflowing_queue_ends_the_session_early() {
 #[tokio::test]
 async fn a_clean_close_leaves_at_once() {
     let server = start_on(Backend::Memory, settings()).await;
-    let (mut a, _) = server.join("a", "r").await;
-    let (b, _) = server.join("b", "r").await;
-    a.expect("peer_joined").await;
+    let (mut a, b) = server.pair("a", "b", "r").await;
     b.close().await;
     assert_eq!(a.expect("peer_left").await["reason"], "disconnected");
 }

@@ -283,6 +283,24 @@ impl TestServer {
         client
     }
 
+    /// Two clients in `room`, each aware of the other.
+    pub async fn pair(&self, first: &str, second: &str, room: &str) -> (Client, Client) {
+        let (mut a, _) = self.join(first, room).await;
+        let (b, _) = self.join(second, room).await;
+        assert_eq!(a.expect("peer_joined").await["peerId"], b.peer_id.as_str());
+        (a, b)
+    }
+
+    /// The first node's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.http("/metrics"))
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Connects and joins `room`; returns the client and its `joined` message.
     pub async fn join(&self, user: &str, room: &str) -> (Client, Value) {
         let mut client = self.connect(user).await;
