@@ -17,6 +17,16 @@ cd "$(dirname "$0")/.."
 export DRAIN_TIMEOUT="${DRAIN_TIMEOUT:-5s}"
 
 say() { echo "cluster-demo: $*"; }
+# await_exit PID TENTHS: wait up to TENTHS tenths of a second, then SIGKILL.
+await_exit() {
+  local pid=$1 i
+  for ((i = 0; i < $2; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null
+}
 die() {
   echo "cluster-demo: $*" >&2
   exit 1
@@ -96,24 +106,12 @@ cleanup() {
     say "stopping the nodes"
     for pid in "${node_pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
     # A node drains (goaway, then 1012) within DRAIN_TIMEOUT and removes its Redis state.
-    for pid in "${node_pids[@]}"; do
-      for ((i = 0; i < 150; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-      done
-      kill -KILL "$pid" 2>/dev/null
-      wait "$pid" 2>/dev/null
-    done
+    for pid in "${node_pids[@]}"; do await_exit "$pid" 150; done
   fi
   if [ -n "$redis_pid" ]; then
     say "stopping Redis"
     kill -TERM "$redis_pid" 2>/dev/null
-    for ((i = 0; i < 50; i++)); do
-      kill -0 "$redis_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -KILL "$redis_pid" 2>/dev/null
-    wait "$redis_pid" 2>/dev/null
+    await_exit "$redis_pid" 50
   fi
   if [ -n "$workdir" ]; then
     rm -rf "$workdir"

@@ -8,6 +8,7 @@ use common::process::Running;
 use common::redis::{RedisServer, SentinelGroup};
 use common::{Backend, Client, SECRET, connect_at, settings, start_on, unique_prefix};
 use serde_json::{Value, json};
+use switchboard::config::Settings;
 
 /// A client on the node at `addr` for `user`, with its peer id.
 async fn client(addr: &str, user: &str) -> Client {
@@ -15,6 +16,23 @@ async fn client(addr: &str, user: &str) -> Client {
     let mut c = connect_at(addr, &issued.token).await;
     c.peer_id = issued.claims.peer_id();
     c
+}
+
+/// Settings under which a Redis failure is noticed within about a second.
+fn fast_failing_settings() -> Settings {
+    let mut s = settings();
+    s.heartbeat_interval = Duration::from_millis(500);
+    s.redis_timeout = Duration::from_millis(200);
+    s
+}
+
+/// `peers` (a JSON array) holds exactly `expected`, in any order.
+fn assert_same_peers(peers: &Value, expected: &[String]) {
+    let mut peers: Vec<String> = serde_json::from_value(peers.clone()).unwrap();
+    peers.sort();
+    let mut expected = expected.to_vec();
+    expected.sort();
+    assert_eq!(peers, expected);
 }
 
 /// The environment of a `switchboard serve` node on `url` under `prefix`.
@@ -88,14 +106,8 @@ async fn a_killed_node_is_cleaned_up_by_the_survivors_within_three_heartbeats() 
     assert_eq!(next_of(&mut b, "offer").await["sdp"], "after");
     let mut f = client(&a2, "f").await;
     let joined = f.join("r1").await;
-    let mut peers: Vec<String> = serde_json::from_value(joined["peers"].clone()).unwrap();
-    peers.sort();
-    let mut expected = vec![b.peer_id.clone(), c.peer_id.clone()];
-    expected.sort();
-    assert_eq!(
-        peers, expected,
-        "the dead node's peer is gone from the room"
-    );
+    // The dead node's peer is gone from the room.
+    assert_same_peers(&joined["peers"], &[b.peer_id.clone(), c.peer_id.clone()]);
     assert_eq!(b.expect("peer_joined").await["peerId"], f.peer_id.as_str());
 }
 
@@ -375,19 +387,13 @@ async fn a_node_declared_dead_while_alive_writes_its_state_back() {
     assert_eq!(d.expect("offer").await["sdp"], "still there");
     let mut e = server.connect_to(1, &server.token("e", None)).await;
     let joined = e.join("s").await;
-    let mut peers: Vec<String> = serde_json::from_value(joined["peers"].clone()).unwrap();
-    peers.sort();
-    let mut expected = vec![c.peer_id.clone(), d.peer_id.clone()];
-    expected.sort();
-    assert_eq!(peers, expected, "other nodes see the re-registered members");
+    assert_same_peers(&joined["peers"], &[c.peer_id.clone(), d.peer_id.clone()]);
     drop(b);
 }
 
 #[tokio::test]
 async fn peers_join_locally_during_an_outage_and_appear_everywhere_after_it() {
-    let mut s = settings();
-    s.heartbeat_interval = Duration::from_millis(500);
-    s.redis_timeout = Duration::from_millis(200);
+    let s = fast_failing_settings();
     let mut server = start_on(Backend::Redis(2), s).await;
     let mut a = server.connect_to(0, &server.token("a", None)).await;
     let mut b = server.connect_to(0, &server.token("b", None)).await;
@@ -473,9 +479,7 @@ async fn wait_ready_status(server: &common::TestServer, status: u16) -> Value {
 
 #[tokio::test]
 async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
-    let mut s = settings();
-    s.heartbeat_interval = Duration::from_millis(500);
-    s.redis_timeout = Duration::from_millis(200);
+    let s = fast_failing_settings();
     let mut server = start_on(Backend::Redis(1), s).await;
     let (mut a, mut b) = server.pair("a", "b", "r").await;
 
@@ -542,9 +546,7 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
 
 #[tokio::test]
 async fn redis_killed_under_active_calls_loses_nothing_silently_and_recovers() {
-    let mut s = settings();
-    s.heartbeat_interval = Duration::from_millis(500);
-    s.redis_timeout = Duration::from_millis(200);
+    let s = fast_failing_settings();
     let mut server = start_on(Backend::Redis(2), s).await;
     // A call held on node 0 alone, and one spanning both nodes.
     let mut a = server.connect_to(0, &server.token("a", None)).await;
