@@ -21,6 +21,9 @@ use crate::telemetry::Metrics;
 
 /// How long shutdown waits for connections to close after telling them to.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// A draining node stays this long after the last session moved away or the last message
+/// it forwarded to a moved session, until every node routes to the new place.
+const FORWARD_LINGER: Duration = Duration::from_secs(1);
 /// Reconnect hints of a drain are spread over at most this long, so the clients of a
 /// drained node do not all land on the others in the same instant.
 const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
@@ -282,7 +285,9 @@ pub async fn serve(
         tracing::info!(timeout_ms = timeout.as_millis() as u64, "draining");
         draining.start_draining();
         let deadline = tokio::time::Instant::now() + timeout;
-        while draining.hub.peer_count() > 0 && tokio::time::Instant::now() < deadline {
+        while (draining.hub.peer_count() > 0 || draining.hub.forwarding(FORWARD_LINGER))
+            && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Whoever is left is told to go now.

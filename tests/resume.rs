@@ -20,12 +20,16 @@ async fn raw(addr: std::net::SocketAddr, token: &str, peer_id: &str) -> Client {
     }
 }
 
-async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(backend: Backend) {
+/// `a` sits on node 0; `b` connects to node `first`, drops, and comes back on node `back`.
+async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(
+    backend: Backend,
+    first: usize,
+    back: usize,
+) {
     let server = start_on(backend, settings()).await;
-    let node = server.node_addr(0);
     let (mut a, _) = server.join("a", "r").await;
     let issued = server.state.issuer.issue("b", None, None);
-    let mut b = server.connect_to(0, &issued.token).await;
+    let mut b = server.connect_to(first, &issued.token).await;
     b.join("r").await;
     a.expect("peer_joined").await;
     a.offer(&b.peer_id, "before").await;
@@ -43,7 +47,7 @@ async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(backend: Backend)
 
     // b comes back with a refreshed token of the same session.
     let refreshed = server.state.issuer.reissue(&issued.claims);
-    let mut b = raw(node, &refreshed.token, &b_id).await;
+    let mut b = raw(server.node_addr(back), &refreshed.token, &b_id).await;
     let resumed = b.expect("resumed").await;
     assert_eq!(resumed["roomId"], "r");
     assert_eq!(resumed["peerId"], b_id.as_str());
@@ -62,12 +66,27 @@ async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(backend: Backend)
 
 #[tokio::test]
 async fn resume_on_one_node() {
-    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::Memory).await;
+    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::Memory, 0, 0).await;
 }
 
 #[tokio::test]
-async fn resume_on_a_node_of_a_redis_cluster_of_two() {
-    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::Redis(2)).await;
+async fn resume_on_the_same_node_of_two_on_redis() {
+    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::Redis(2), 0, 0).await;
+}
+
+#[tokio::test]
+async fn resume_moves_the_session_to_the_node_of_the_other_peer() {
+    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::Redis(2), 1, 0).await;
+}
+
+#[tokio::test]
+async fn resume_moves_the_session_away_from_the_node_of_the_other_peer() {
+    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::Redis(2), 0, 1).await;
+}
+
+#[tokio::test]
+async fn resume_moves_the_session_between_nodes_of_the_embedded_store() {
+    a_dropped_peer_resumes_with_everything_sent_meanwhile(Backend::MemoryNodes(3), 1, 2).await;
 }
 
 #[tokio::test]

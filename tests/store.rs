@@ -227,6 +227,26 @@ async fn a_dead_node_is_evicted_by_exactly_one_survivor(kind: &str) {
     assert!(!store.heartbeat("dead", short).await.unwrap());
 }
 
+async fn a_resume_queue_keeps_its_order_and_is_taken_once(kind: &str) {
+    let s = subject(kind).await;
+    let store = &s.store;
+    assert!(store.take_spool("q").await.unwrap().is_empty());
+    store.spool("q", &[], HOUR).await.unwrap();
+    let first = ["{\"seq\":1}".to_string(), "ü ✓".to_string()];
+    store.spool("q", &first, HOUR).await.unwrap();
+    store.spool("q", &["3".to_string()], HOUR).await.unwrap();
+    store
+        .spool("other", &["x".to_string()], HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_spool("q").await.unwrap(),
+        ["{\"seq\":1}", "ü ✓", "3"]
+    );
+    assert!(store.take_spool("q").await.unwrap().is_empty());
+    assert_eq!(store.take_spool("other").await.unwrap(), ["x"]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -246,4 +266,5 @@ conformance!(
     a_stale_connection_cannot_touch_its_successor,
     a_room_lives_until_its_last_member_anywhere_leaves,
     a_dead_node_is_evicted_by_exactly_one_survivor,
+    a_resume_queue_keeps_its_order_and_is_taken_once,
 );

@@ -46,11 +46,37 @@ pub enum BusMessage {
         /// Why, for `peer_left`.
         reason: LeaveReason,
     },
-    /// A newer connection took over the session: close the one with `epoch` (4004).
-    Kick {
+    /// The session reconnected on `node` with `new_epoch`: a parked connection with `epoch`
+    /// moves its queue to the store and answers [`BusMessage::HandedOver`]; a live one is
+    /// closed as replaced (4004).
+    Handover {
         /// Peer id.
         peer: String,
         /// Epoch of the displaced connection.
+        epoch: Epoch,
+        /// Node of the new connection.
+        node: String,
+        /// Epoch of the new connection.
+        new_epoch: Epoch,
+    },
+    /// Answer to [`BusMessage::Handover`]: whether the new connection resumes the session.
+    HandedOver {
+        /// Peer id.
+        peer: String,
+        /// Epoch of the new connection.
+        epoch: Epoch,
+        /// True when the session was parked and its queue is in the store.
+        resumed: bool,
+    },
+    /// A peer's session resumed on another node: route to it there; nobody is told.
+    PeerMoved {
+        /// Room id.
+        room: String,
+        /// Peer id.
+        peer: String,
+        /// Node now holding it.
+        node: String,
+        /// Epoch of its new connection.
         epoch: Epoch,
     },
     /// The session was revoked: close the connection with `epoch` (1008).
@@ -113,9 +139,38 @@ impl BusMessage {
                 ("epoch", epoch.to_string()),
                 ("reason", reason.as_str().into()),
             ],
-            BusMessage::Kick { peer, epoch } => vec![
-                ("k", "x".into()),
+            BusMessage::Handover {
+                peer,
+                epoch,
+                node,
+                new_epoch,
+            } => vec![
+                ("k", "h".into()),
                 ("peer", peer.clone()),
+                ("epoch", epoch.to_string()),
+                ("node", node.clone()),
+                ("new", new_epoch.to_string()),
+            ],
+            BusMessage::HandedOver {
+                peer,
+                epoch,
+                resumed,
+            } => vec![
+                ("k", "o".into()),
+                ("peer", peer.clone()),
+                ("epoch", epoch.to_string()),
+                ("resumed", u8::from(*resumed).to_string()),
+            ],
+            BusMessage::PeerMoved {
+                room,
+                peer,
+                node,
+                epoch,
+            } => vec![
+                ("k", "m".into()),
+                ("room", room.clone()),
+                ("peer", peer.clone()),
+                ("node", node.clone()),
                 ("epoch", epoch.to_string()),
             ],
             BusMessage::Revoke { peer, epoch } => vec![
@@ -148,8 +203,21 @@ impl BusMessage {
                 epoch: take("epoch")?.parse().ok()?,
                 reason: LeaveReason::parse(&take("reason")?)?,
             },
-            "x" => BusMessage::Kick {
+            "h" => BusMessage::Handover {
                 peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+                node: take("node")?,
+                new_epoch: take("new")?.parse().ok()?,
+            },
+            "o" => BusMessage::HandedOver {
+                peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+                resumed: take("resumed")? == "1",
+            },
+            "m" => BusMessage::PeerMoved {
+                room: take("room")?,
+                peer: take("peer")?,
+                node: take("node")?,
                 epoch: take("epoch")?.parse().ok()?,
             },
             "r" => BusMessage::Revoke {
@@ -184,9 +252,22 @@ mod tests {
                 epoch: 7,
                 reason: LeaveReason::NodeLost,
             },
-            BusMessage::Kick {
+            BusMessage::Handover {
                 peer: "p".into(),
                 epoch: 3,
+                node: "n2".into(),
+                new_epoch: 9,
+            },
+            BusMessage::HandedOver {
+                peer: "p".into(),
+                epoch: 9,
+                resumed: true,
+            },
+            BusMessage::PeerMoved {
+                room: "r".into(),
+                peer: "p".into(),
+                node: "n2".into(),
+                epoch: 9,
             },
             BusMessage::Revoke {
                 peer: "p".into(),

@@ -55,6 +55,11 @@ impl Keys {
         format!("{}node:{{{node}}}:inbox", self.prefix)
     }
 
+    /// Resume queue of a session moving between nodes.
+    pub fn spool(&self, session: &str) -> String {
+        format!("{}queue:{session}", self.prefix)
+    }
+
     /// Revocation marker of a session.
     pub fn revoked(&self, session: &str) -> String {
         format!("{}revoked:{session}", self.prefix)

@@ -149,7 +149,12 @@ impl Connection {
         if session.outbox.closing().is_none() {
             session.outbox.close(None, "");
         }
-        let resumable = session.dropped && !self.limits.resume_grace.is_zero();
+        // A drained node's clients reconnect elsewhere and take their sessions along.
+        let restarting = session
+            .outbox
+            .closing()
+            .is_some_and(|c| c.code == Some(close::RESTART));
+        let resumable = (session.dropped || restarting) && !self.limits.resume_grace.is_zero();
         let mut writer = Some(writer);
         let mut parked = false;
         if resumable {
@@ -224,7 +229,12 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                _ = outbox::closed(&mut closing) => return LeaveReason::Disconnected,
+                reason = outbox::closed(&mut closing) => {
+                    if reason.is_some_and(|r| r.code == Some(close::RESTART)) {
+                        self.read_until_close(&mut stream, session).await;
+                    }
+                    return LeaveReason::Disconnected;
+                }
                 frame = stream.next() => {
                     let now = Instant::now();
                     idle.as_mut().reset(now + self.limits.idle_timeout);
@@ -288,6 +298,24 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// After a drain's close frame, handles what the client sent before it saw that frame
+    /// (until its close reply, bounded), so no message is lost in the handshake.
+    async fn read_until_close(&self, stream: &mut SplitStream<WebSocket>, session: &mut Session) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(message)) = stream.next().await {
+                match message {
+                    Message::Text(text) => self.handle_text(session, &text).await,
+                    Message::Close(frame) => {
+                        session.client_close = Some(frame.map_or(1005, |f| f.code));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        })
+        .await;
     }
 
     /// Tells the sender its message was not relayed because of the rate limit.
@@ -375,36 +403,48 @@ impl Connection {
             Command::Relay { kind, to, payload } => match self.hub.route(&session.peer_id, &to) {
                 Ok(route) => {
                     let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
-                    match route {
-                        Route::Local(outbox) => {
-                            outbox.deliver_relayed(frame, Some(received));
-                        }
-                        Route::Remote(node) => {
-                            if let Err(e) = self.hub.send_remote(&node, &to, frame).await {
-                                tracing::warn!(error = %e, "cross-node relay failed");
-                                send_error(
-                                    session,
-                                    ErrorCode::Unavailable,
-                                    "Relaying to that peer's node failed or timed out; it may not have arrived.",
-                                    reference,
-                                );
-                            }
-                        }
-                    }
+                    self.relay(session, &to, route, frame, received, reference)
+                        .await;
                 }
-                Err(RelayError::NotInRoom) => send_error(
-                    session,
-                    ErrorCode::NotInRoom,
-                    "Join a room before sending offers, answers or candidates.",
-                    reference,
-                ),
-                Err(RelayError::PeerNotFound) => send_error(
-                    session,
-                    ErrorCode::PeerNotFound,
-                    "That peer is not in your room.",
-                    reference,
-                ),
+                Err(e) => relay_error(session, e, reference),
             },
+        }
+    }
+
+    /// Hands a relayed frame to its target, here or on another node.
+    async fn relay(
+        &self,
+        session: &Session,
+        to: &str,
+        route: Route,
+        frame: Utf8Bytes,
+        received: Instant,
+        reference: Option<&RawValue>,
+    ) {
+        let (node, frame) = match route {
+            Route::Local(outbox) => match outbox.relay(frame, Some(received)) {
+                Ok(_) => return,
+                // Its connection ended a moment ago, or its session just moved to another
+                // node: route once more.
+                Err(frame) => match self.hub.route(&session.peer_id, to) {
+                    Ok(Route::Remote(node)) => (node, frame),
+                    Ok(Route::Local(outbox)) => {
+                        outbox.deliver_relayed(frame, Some(received));
+                        return;
+                    }
+                    Err(e) => return relay_error(session, e, reference),
+                },
+            },
+            Route::Remote(node) => (node, frame),
+        };
+        if let Err(e) = self.hub.send_remote(&node, to, frame).await {
+            tracing::warn!(error = %e, "cross-node relay failed");
+            send_error(
+                session,
+                ErrorCode::Unavailable,
+                "Relaying to that peer's node failed or timed out; it may not have arrived.",
+                reference,
+            );
         }
     }
 
@@ -458,6 +498,18 @@ fn membership_error(session: &Session, e: MembershipError, reference: Option<&Ra
                 "Room state is unavailable right now; retry shortly.",
             )
         }
+    };
+    send_error(session, code, message, reference);
+}
+
+fn relay_error(session: &Session, e: RelayError, reference: Option<&RawValue>) {
+    let message = match e {
+        RelayError::NotInRoom => "Join a room before sending offers, answers or candidates.",
+        RelayError::PeerNotFound => "That peer is not in your room.",
+    };
+    let code = match e {
+        RelayError::NotInRoom => ErrorCode::NotInRoom,
+        RelayError::PeerNotFound => ErrorCode::PeerNotFound,
     };
     send_error(session, code, message, reference);
 }

@@ -7,15 +7,24 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
+use tokio::sync::oneshot;
 
 use super::outbox::{self, Inbox, Outbox};
 use super::protocol::{LeaveReason, Outgoing, close};
 use crate::bus::{Bus, BusMessage};
-use crate::store::{Epoch, JoinOutcome, Member, SessionRecord, Store, StoreError};
+use crate::store::{Epoch, JoinOutcome, Member, Previous, SessionRecord, Store, StoreError};
 use crate::telemetry::Metrics;
 
 /// TTL of room entries in the store; refreshed while members are active.
 const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long a reconnect waits for the node that held its session to hand it over; past
+/// that, the old connection is taken to be gone and the session starts afresh.
+const HANDOVER_WAIT: Duration = Duration::from_secs(2);
+/// How long a handover waits for a closing connection to finish parking its session.
+const PARK_SETTLE: Duration = Duration::from_secs(1);
+/// How long a moved session's queue stays in the store, and how long its old node forwards
+/// late messages to the new one.
+const MOVE_TTL: Duration = Duration::from_secs(60);
 
 /// Why a join or leave failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +112,9 @@ struct RoomView {
 struct Local {
     peers: HashMap<Arc<str>, PeerSlot>,
     rooms: HashMap<Arc<str>, RoomView>,
+    /// Sessions handed over to another node: where late messages for them are forwarded,
+    /// and since when.
+    moved: HashMap<Arc<str>, (Arc<str>, tokio::time::Instant)>,
 }
 
 /// Rooms and peers of one node.
@@ -120,6 +132,24 @@ pub struct Hub {
     membership: tokio::sync::Mutex<()>,
     /// Whether the last heartbeat reached the store.
     store_healthy: std::sync::atomic::AtomicBool,
+    /// Set once the node shuts down: dropped connections are no longer parked.
+    shutting: std::sync::atomic::AtomicBool,
+    /// Reconnects waiting for another node to hand their session over, by peer and epoch.
+    handovers: std::sync::Mutex<HashMap<(String, Epoch), oneshot::Sender<bool>>>,
+    /// When this node last handed a session over or forwarded a message after one.
+    last_move: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// What a handover found of the connection it displaces.
+enum Held {
+    /// Parked: its queue moves to the new connection.
+    Parked,
+    /// Ending, and perhaps about to park.
+    Closing,
+    /// Still connected: it is replaced.
+    Live,
+    /// Not here (ended, or already replaced).
+    Gone,
 }
 
 impl Hub {
@@ -142,6 +172,9 @@ impl Hub {
             local: RwLock::default(),
             membership: tokio::sync::Mutex::new(()),
             store_healthy: std::sync::atomic::AtomicBool::new(true),
+            shutting: std::sync::atomic::AtomicBool::new(false),
+            handovers: std::sync::Mutex::default(),
+            last_move: std::sync::Mutex::default(),
         }
     }
 
@@ -180,7 +213,8 @@ impl Hub {
         self.local.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a connection for a session. The connection it replaces (on this node or
+    /// Registers a connection for a session. A session parked on this node or handed over
+    /// by another one is resumed; otherwise the connection it replaces (on this node or
     /// another) is closed with 4004 and leaves its room with reason `replaced`.
     pub async fn attach(
         &self,
@@ -189,10 +223,38 @@ impl Hub {
         peer_id: &str,
         ttl: Duration,
     ) -> Result<Registration, StoreError> {
-        let _serial = self.membership.lock().await;
-        if let Some(resumed) = self.resume(session_id, peer_id, ttl).await? {
-            return Ok(resumed);
+        let (registration, handover) = {
+            let _serial = self.membership.lock().await;
+            if let Some(resumed) = self.resume(session_id, peer_id, ttl).await? {
+                return Ok(resumed);
+            }
+            self.claim(session_id, user, peer_id, ttl).await?
+        };
+        let Some((previous, reply)) = handover else {
+            return Ok(registration);
+        };
+        let resumed = matches!(
+            tokio::time::timeout(HANDOVER_WAIT, reply).await,
+            Ok(Ok(true))
+        );
+        if !resumed {
+            self.handovers_lock()
+                .remove(&(peer_id.to_string(), registration.epoch));
         }
+        Ok(self
+            .take_over(session_id, peer_id, registration, previous, resumed)
+            .await)
+    }
+
+    /// Claims the session for a new connection. When another node held it, that node is
+    /// asked to hand it over and the answer is returned to wait for.
+    async fn claim(
+        &self,
+        session_id: &str,
+        user: &str,
+        peer_id: &str,
+        ttl: Duration,
+    ) -> Result<(Registration, Option<(Previous, oneshot::Receiver<bool>)>), StoreError> {
         let record = SessionRecord {
             session_id: session_id.to_string(),
             user: user.to_string(),
@@ -218,18 +280,36 @@ impl Hub {
                 .close(Some(close::REPLACED), "replaced by a newer connection");
         }
         let previous_room = claim.previous.as_ref().and_then(|p| p.room.clone());
-        if let Some(previous) = claim.previous {
-            if let Some(room) = &previous.room {
-                self.depart(room, peer_id, previous.epoch, LeaveReason::Replaced)
-                    .await;
-            }
-            if *previous.node != *self.node {
-                let kick = BusMessage::Kick {
+        let mut handover = None;
+        match claim.previous {
+            Some(previous) if *previous.node != *self.node => {
+                // Messages for the peer from this node's members come here from now on,
+                // so none of them overtakes what the old node hands over.
+                if let Some(room) = &previous.room {
+                    let mut local = self.write();
+                    let view = local.rooms.entry(Arc::from(room.as_str())).or_default();
+                    view.remote.remove(peer_id);
+                    view.local.insert(Arc::from(peer_id));
+                }
+                let (tx, rx) = oneshot::channel();
+                self.handovers_lock()
+                    .insert((peer_id.to_string(), claim.epoch), tx);
+                let ask = BusMessage::Handover {
                     peer: peer_id.to_string(),
                     epoch: previous.epoch,
+                    node: self.node.to_string(),
+                    new_epoch: claim.epoch,
                 };
-                self.publish(&previous.node, &kick).await;
+                self.publish(&previous.node, &ask).await;
+                handover = Some((previous, rx));
             }
+            Some(previous) => {
+                if let Some(room) = &previous.room {
+                    self.depart(room, peer_id, previous.epoch, LeaveReason::Replaced)
+                        .await;
+                }
+            }
+            None => {}
         }
         // A local predecessor whose room the session record did not name still leaves it.
         if let Some(old) = old
@@ -239,12 +319,256 @@ impl Hub {
             self.depart(&room, peer_id, old.epoch, LeaveReason::Replaced)
                 .await;
         }
-        Ok(Registration {
+        let registration = Registration {
             epoch: claim.epoch,
             outbox,
             inbox,
             resumed: None,
-        })
+        };
+        Ok((registration, handover))
+    }
+
+    /// Completes a reconnect whose session another node held: a handed-over session takes
+    /// the room membership, learns the room, and gets `resumed` and the moved queue; one
+    /// that was not handed over starts afresh, and the old membership ends as `replaced`.
+    async fn take_over(
+        &self,
+        session_id: &str,
+        peer_id: &str,
+        mut registration: Registration,
+        previous: Previous,
+        resumed: bool,
+    ) -> Registration {
+        let _serial = self.membership.lock().await;
+        let epoch = registration.epoch;
+        if self.owned(peer_id, epoch).is_err() {
+            return registration; // a newer connection took the session meanwhile
+        }
+        let room = previous.room.as_deref();
+        if !resumed {
+            if let Some(room) = room {
+                self.depart(room, peer_id, previous.epoch, LeaveReason::Replaced)
+                    .await;
+            }
+            return registration;
+        }
+        let mut lost = false;
+        let mut peers = Vec::new();
+        if let Some(room) = room {
+            match self.move_membership(session_id, peer_id, epoch, room).await {
+                Ok(others) => peers = others,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not move the membership of a resumed session");
+                    lost = true;
+                }
+            }
+        }
+        let queued = match self.store.take_spool(session_id).await {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not fetch a resumed session's queue");
+                lost = true;
+                Vec::new()
+            }
+        };
+        let frame = Outgoing::Resumed {
+            room_id: room,
+            peer_id,
+            peers: &peers,
+        }
+        .to_frame();
+        let mut prelude = vec![frame];
+        prelude.extend(queued.into_iter().map(Utf8Bytes::from));
+        self.metrics.resumed("succeeded");
+        if lost {
+            registration
+                .outbox
+                .close(Some(close::SLOW_CONSUMER), "messages lost; resync");
+        }
+        registration.resumed = Some(Resumed {
+            room: room.map(Arc::from),
+            prelude,
+        });
+        registration
+    }
+
+    /// Moves a resumed peer's membership of `room` to this node, quietly: the store entry
+    /// takes the new epoch, and other nodes route to it here. Returns the other members.
+    async fn move_membership(
+        &self,
+        session_id: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        room: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let member = Member {
+            peer_id: peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch,
+        };
+        // Never refused: the peer is in the room already.
+        let others = match self
+            .store
+            .join_room(room, &member, usize::MAX, ROOM_TTL)
+            .await?
+        {
+            JoinOutcome::Joined(others) => others,
+            JoinOutcome::Full => Vec::new(),
+        };
+        if let Err(e) = self
+            .store
+            .set_session_room(session_id, epoch, Some(room))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the session's room");
+        }
+        {
+            let mut local = self.write();
+            let room: Arc<str> = Arc::from(room);
+            let view = local.rooms.entry(room.clone()).or_default();
+            view.local.insert(Arc::from(peer_id));
+            let learned = learn_remote(view, &others, &self.node);
+            let view = &local.rooms[&room];
+            for peer in learned {
+                let frame = Outgoing::PeerJoined { peer_id: &peer }.to_frame();
+                broadcast_except(&local, view, frame, peer_id);
+            }
+            if let Some(slot) = local.peers.get_mut(peer_id) {
+                slot.room = Some(room);
+            }
+        }
+        let moved = BusMessage::PeerMoved {
+            room: room.to_string(),
+            peer: peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch,
+        };
+        for node in other_nodes(&others, &self.node) {
+            self.publish(&node, &moved).await;
+        }
+        Ok(others.into_iter().map(|m| m.peer_id).collect())
+    }
+
+    /// Answers another node's [`BusMessage::Handover`]: a parked session's queue goes to
+    /// the store and the session moves there; a live connection is closed as replaced.
+    async fn hand_over(&self, peer: &str, epoch: Epoch, to: &str, new_epoch: Epoch) {
+        let settle = tokio::time::Instant::now() + PARK_SETTLE;
+        let resumed = loop {
+            let serial = self.membership.lock().await;
+            let held = match self.read().peers.get(peer) {
+                Some(s) if s.epoch == epoch && s.parked.is_some() => Held::Parked,
+                Some(s) if s.epoch == epoch && s.outbox.closing().is_some() => Held::Closing,
+                Some(s) if s.epoch == epoch => Held::Live,
+                _ => Held::Gone,
+            };
+            match held {
+                Held::Parked => break self.move_parked(peer, epoch, to, new_epoch).await,
+                Held::Gone => break false,
+                Held::Closing if tokio::time::Instant::now() < settle => {
+                    drop(serial);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Held::Closing | Held::Live => {
+                    self.kick(peer, epoch).await;
+                    break false;
+                }
+            }
+        };
+        let reply = BusMessage::HandedOver {
+            peer: peer.to_string(),
+            epoch: new_epoch,
+            resumed,
+        };
+        self.publish(to, &reply).await;
+    }
+
+    /// Moves a parked session away: its queue into the store, its place in this node's
+    /// room view to the new node. Late messages for it are forwarded there.
+    async fn move_parked(&self, peer: &str, epoch: Epoch, to: &str, new_epoch: Epoch) -> bool {
+        let (slot, frames) = {
+            let mut local = self.write();
+            let Some(mut slot) = local.peers.remove(peer) else {
+                return false;
+            };
+            let (mut inbox, unsent) = slot.parked.take().expect("checked by the caller");
+            // From here on a sender gets its frame back and routes it again (to `to`).
+            inbox.frames.close();
+            let mut frames: Vec<String> = unsent.iter().map(|f| f.as_str().to_owned()).collect();
+            while let Ok(queued) = inbox.frames.try_recv() {
+                frames.push(queued.frame.as_str().to_owned());
+            }
+            if let Some(room) = &slot.room
+                && let Some(view) = local.rooms.get_mut(room)
+            {
+                view.local.remove(peer);
+                if view.local.is_empty() {
+                    local.rooms.remove(room);
+                } else {
+                    let remote = RemoteMember {
+                        node: Arc::from(to),
+                        epoch: new_epoch,
+                    };
+                    view.remote.insert(Arc::from(peer), remote);
+                }
+            }
+            let now = tokio::time::Instant::now();
+            local.moved.retain(|_, (_, since)| now - *since < MOVE_TTL);
+            local.moved.insert(Arc::from(peer), (Arc::from(to), now));
+            (slot, frames)
+        };
+        self.note_move();
+        // Ends the parking timer.
+        slot.outbox.close(None, "moved to another node");
+        match self.store.spool(&slot.session_id, &frames, MOVE_TTL).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand a parked session's queue over");
+                if let Some(room) = &slot.room {
+                    self.depart(room, peer, epoch, LeaveReason::Replaced).await;
+                }
+                false
+            }
+        }
+    }
+
+    /// Closes a connection displaced by a newer one elsewhere and ends its membership.
+    async fn kick(&self, peer: &str, epoch: Epoch) {
+        let room = {
+            let mut local = self.write();
+            if local.peers.get(peer).is_none_or(|s| s.epoch != epoch) {
+                return;
+            }
+            let slot = local.peers.remove(peer).expect("checked above");
+            slot.outbox
+                .close(Some(close::REPLACED), "replaced by a newer connection");
+            slot.room
+        };
+        // Normally the new owner removes this membership; if it could not see it, the
+        // fenced leave here does (and does nothing otherwise).
+        if let Some(room) = room {
+            self.depart(&room, peer, epoch, LeaveReason::Replaced).await;
+        }
+    }
+
+    fn note_move(&self) {
+        *self.last_move.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
+    }
+
+    /// True while sessions moved away from this node less than `quiet` ago or messages for
+    /// them still arrive here: other nodes may not have heard of the move yet, so a
+    /// draining node keeps forwarding until that settles.
+    pub fn forwarding(&self, quiet: Duration) -> bool {
+        self.last_move
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < quiet)
+    }
+
+    fn handovers_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(String, Epoch), oneshot::Sender<bool>>> {
+        self.handovers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes back a session parked on this node, if there is one and the store still says
@@ -317,6 +641,9 @@ impl Hub {
         grace: Duration,
     ) -> bool {
         let _serial = self.membership.lock().await;
+        if self.shutting.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let outbox = {
             let mut local = self.write();
             let Some(slot) = local.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {
@@ -436,30 +763,14 @@ impl Hub {
         {
             let mut local = self.write();
             let view = local.rooms.entry(room.clone()).or_default();
-            let mut announce = Vec::new();
-            for m in &before {
-                if *m.node == *self.node {
-                    continue;
-                }
-                let remote = RemoteMember {
-                    node: Arc::from(m.node.as_str()),
-                    epoch: m.epoch,
-                };
-                if view
-                    .remote
-                    .insert(Arc::from(m.peer_id.as_str()), remote.clone())
-                    != Some(remote)
-                {
-                    announce.push(m.peer_id.as_str());
-                }
-            }
+            let learned = learn_remote(view, &before, &self.node);
             let view = &local.rooms[&room];
             // Members this node's peers had not heard of yet (learned from the store now).
-            for peer in announce {
+            for peer in learned {
                 broadcast(
                     &local,
                     view,
-                    Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+                    Outgoing::PeerJoined { peer_id: &peer }.to_frame(),
                 );
             }
             broadcast(&local, view, Outgoing::PeerJoined { peer_id }.to_frame());
@@ -733,9 +1044,67 @@ impl Hub {
             BusMessage::Deliver { to, frame } => {
                 let received = tokio::time::Instant::now();
                 let outbox = self.read().peers.get(to.as_str()).map(|s| s.outbox.clone());
-                // A peer that just left: its departure is being announced to the sender.
-                if let Some(outbox) = outbox {
-                    outbox.deliver_relayed(frame, Some(received));
+                let frame = match outbox {
+                    Some(outbox) => match outbox.relay(frame, Some(received)) {
+                        Ok(_) => return,
+                        Err(frame) => frame,
+                    },
+                    None => frame,
+                };
+                // A session handed over to another node: follow it. Otherwise the peer just
+                // left, and its departure is being announced to the sender.
+                let moved = self.read().moved.get(to.as_str()).map(|(n, _)| n.clone());
+                if let Some(node) = moved {
+                    self.note_move();
+                    self.publish(&node, &BusMessage::Deliver { to, frame })
+                        .await;
+                }
+            }
+            BusMessage::Handover {
+                peer,
+                epoch,
+                node,
+                new_epoch,
+            } => self.hand_over(&peer, epoch, &node, new_epoch).await,
+            BusMessage::HandedOver {
+                peer,
+                epoch,
+                resumed,
+            } => {
+                if let Some(waiter) = self.handovers_lock().remove(&(peer, epoch)) {
+                    let _ = waiter.send(resumed);
+                }
+            }
+            BusMessage::PeerMoved {
+                room,
+                peer,
+                node,
+                epoch,
+            } => {
+                let _serial = self.membership.lock().await;
+                let mut local = self.write();
+                let Some(view) = local.rooms.get_mut(room.as_str()) else {
+                    return;
+                };
+                if view.local.contains(peer.as_str()) {
+                    return;
+                }
+                let remote = RemoteMember {
+                    node: Arc::from(node.as_str()),
+                    epoch,
+                };
+                // A move is not news to the room, unless this node never heard of the peer.
+                if view
+                    .remote
+                    .insert(Arc::from(peer.as_str()), remote)
+                    .is_none()
+                {
+                    let view = &local.rooms[room.as_str()];
+                    broadcast(
+                        &local,
+                        view,
+                        Outgoing::PeerJoined { peer_id: &peer }.to_frame(),
+                    );
                 }
             }
             BusMessage::PeerJoined {
@@ -810,29 +1179,6 @@ impl Hub {
                     closed,
                     "closed peers that may have missed messages from other nodes"
                 );
-            }
-            BusMessage::Kick { peer, epoch } => {
-                let _serial = self.membership.lock().await;
-                let room = {
-                    let mut local = self.write();
-                    if local
-                        .peers
-                        .get(peer.as_str())
-                        .is_none_or(|s| s.epoch != epoch)
-                    {
-                        return;
-                    }
-                    let slot = local.peers.remove(peer.as_str()).expect("checked above");
-                    slot.outbox
-                        .close(Some(close::REPLACED), "replaced by a newer connection");
-                    slot.room
-                };
-                // Normally the new owner already removed this membership; if it could not
-                // see it, the fenced leave here does (and does nothing otherwise).
-                if let Some(room) = room {
-                    self.depart(&room, &peer, epoch, LeaveReason::Replaced)
-                        .await;
-                }
             }
         }
     }
@@ -1028,10 +1374,11 @@ impl Hub {
     }
 
     /// Tells every client to go (`goaway` with a reconnect hint spread over `spread`) and
-    /// closes each connection with 1012 when its hint comes due.
-    pub fn drain(&self, spread: Duration) {
+    /// closes each connection with 1012 when its hint comes due. Sessions stay resumable:
+    /// a client reconnecting elsewhere takes its session and queue with it.
+    pub fn drain(self: &Arc<Self>, spread: Duration) {
         let local = self.read();
-        for slot in local.peers.values() {
+        for (peer, slot) in local.peers.iter().filter(|(_, s)| s.parked.is_none()) {
             let mut bytes = [0u8; 8];
             let _ = getrandom::fill(&mut bytes);
             let jitter_ms = u64::from_le_bytes(bytes) % (spread.as_millis() as u64 + 1);
@@ -1041,16 +1388,25 @@ impl Hub {
             }
             .to_frame();
             slot.outbox.deliver(frame);
-            let outbox = slot.outbox.clone();
+            let (hub, peer, epoch) = (self.clone(), peer.clone(), slot.epoch);
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
-                outbox.close(Some(close::RESTART), "server restarting");
+                // Not a session that parked meanwhile: closing it would end it.
+                if let Some(slot) = hub.read().peers.get(&peer)
+                    && slot.epoch == epoch
+                    && slot.parked.is_none()
+                {
+                    slot.outbox.close(Some(close::RESTART), "server restarting");
+                }
             });
         }
     }
 
-    /// Asks every connection to close with `code` (shutdown).
+    /// Asks every connection to close with `code` (shutdown); parked sessions end, and no
+    /// more are parked.
     pub fn close_all(&self, code: u16, text: &'static str) {
+        self.shutting
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         for slot in self.read().peers.values() {
             slot.outbox.close(Some(code), text);
         }
@@ -1102,6 +1458,31 @@ fn broadcast(local: &Local, view: &RoomView, frame: Utf8Bytes) {
             slot.outbox.deliver(frame.clone());
         }
     }
+}
+
+/// Like [`broadcast`], leaving out `except`.
+fn broadcast_except(local: &Local, view: &RoomView, frame: Utf8Bytes, except: &str) {
+    for member in view.local.iter().filter(|m| ***m != *except) {
+        if let Some(slot) = local.peers.get(member) {
+            slot.outbox.deliver(frame.clone());
+        }
+    }
+}
+
+/// Records the members on other nodes in `view`; returns those it did not know as they are.
+fn learn_remote(view: &mut RoomView, members: &[Member], me: &str) -> Vec<Arc<str>> {
+    let mut learned = Vec::new();
+    for m in members.iter().filter(|m| m.node != me) {
+        let peer: Arc<str> = Arc::from(m.peer_id.as_str());
+        let remote = RemoteMember {
+            node: Arc::from(m.node.as_str()),
+            epoch: m.epoch,
+        };
+        if view.remote.insert(peer.clone(), remote.clone()) != Some(remote) {
+            learned.push(peer);
+        }
+    }
+    learned
 }
 
 /// The distinct nodes other than `me` holding members.

@@ -67,14 +67,21 @@ impl Outbox {
 
     /// Like [`Outbox::deliver`], for a relayed message received at `since`.
     pub fn deliver_relayed(&self, frame: Utf8Bytes, since: Option<Instant>) -> bool {
+        // A closed queue: the connection is ending and the hub announces its departure.
+        self.relay(frame, since).unwrap_or(false)
+    }
+
+    /// Like [`Outbox::deliver_relayed`], but hands the frame back when nobody reads this
+    /// queue any more (the connection ended, or its session moved to another node), so
+    /// the caller can route it again.
+    pub fn relay(&self, frame: Utf8Bytes, since: Option<Instant>) -> Result<bool, Utf8Bytes> {
         match self.frames.try_send(Outbound { frame, since }) {
-            Ok(()) => true,
+            Ok(()) => Ok(true),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.close(Some(close::SLOW_CONSUMER), "slow consumer");
-                false
+                Ok(false)
             }
-            // The connection is already ending; its departure is announced by the hub.
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(outbound)) => Err(outbound.frame),
         }
     }
 

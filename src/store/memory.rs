@@ -34,6 +34,8 @@ struct Inner {
     cleanup: HashMap<String, Instant>,
     /// Revoked sessions and when the revocation lapses.
     revoked: HashMap<String, Instant>,
+    /// Resume queues of sessions moving between nodes, and when each lapses.
+    spools: HashMap<String, (Vec<String>, Instant)>,
 }
 
 struct Session {
@@ -406,11 +408,55 @@ impl Store for MemoryStore {
             .get(session_id)
             .is_some_and(|until| *until > now))
     }
+
+    async fn spool(
+        &self,
+        session_id: &str,
+        frames: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.spools.retain(|_, (_, until)| *until > now);
+        let entry = inner
+            .spools
+            .entry(session_id.to_string())
+            .or_insert_with(|| (Vec::new(), now));
+        entry.0.extend_from_slice(frames);
+        entry.1 = deadline(ttl);
+        Ok(())
+    }
+
+    async fn take_spool(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .spools
+            .remove(session_id)
+            .filter(|(_, until)| *until > now)
+            .map(|(frames, _)| frames)
+            .unwrap_or_default())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_queue_lapses_after_its_ttl() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        store.spool("s", &["a".to_string()], ttl).await.unwrap();
+        tokio::time::advance(ttl - Duration::from_secs(1)).await;
+        // Appending keeps the queue for another full TTL.
+        store.spool("s", &["b".to_string()], ttl).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(store.take_spool("s").await.unwrap(), ["a", "b"]);
+        store.spool("s", &["c".to_string()], ttl).await.unwrap();
+        tokio::time::advance(ttl).await;
+        assert!(store.take_spool("s").await.unwrap().is_empty());
+    }
 
     fn member(p: &str, epoch: Epoch) -> Member {
         Member {

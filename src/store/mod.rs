@@ -188,6 +188,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// True while a session is revoked.
     async fn is_revoked(&self, session_id: &str) -> Result<bool, StoreError>;
+
+    /// Appends frames to a session's resume queue, kept for `ttl`: how a parked session's
+    /// messages move to the node it resumes on.
+    async fn spool(
+        &self,
+        session_id: &str,
+        frames: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Takes a session's resume queue (in order) and deletes it.
+    async fn take_spool(&self, session_id: &str) -> Result<Vec<String>, StoreError>;
 }
 
 /// The connection that currently owns a session.

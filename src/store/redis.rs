@@ -100,6 +100,13 @@ if redis.call('HGET', KEYS[1], 'node') == ARGV[1] then redis.call('DEL', KEYS[1]
 return 0
 ";
 
+/// Reads and deletes a list in one step.
+const TAKE: &str = r"
+local frames = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return frames
+";
+
 /// TTL of the per-node indexes and the node registry, refreshed by every heartbeat.
 const INDEX_TTL: Duration = Duration::from_secs(3600);
 
@@ -114,6 +121,7 @@ pub struct RedisStore {
     leave: Script,
     evict: Script,
     drop_if_node: Script,
+    take: Script,
 }
 
 fn ms(ttl: Duration) -> u64 {
@@ -147,6 +155,7 @@ impl RedisStore {
             leave: Script::new(LEAVE),
             evict: Script::new(EVICT),
             drop_if_node: Script::new(DROP_IF_NODE),
+            take: Script::new(TAKE),
         }
     }
 
@@ -529,6 +538,28 @@ impl Store for RedisStore {
     async fn is_revoked(&self, session_id: &str) -> Result<bool, StoreError> {
         self.redis
             .query(cmd("EXISTS").arg(self.keys.revoked(session_id)))
+            .await
+    }
+
+    async fn spool(
+        &self,
+        session_id: &str,
+        frames: &[String],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.spool(session_id);
+        let mut p = pipe();
+        p.cmd("RPUSH").arg(&key).arg(frames).ignore();
+        p.cmd("PEXPIRE").arg(&key).arg(ms(ttl)).ignore();
+        self.redis.pipe::<()>(&p).await
+    }
+
+    async fn take_spool(&self, session_id: &str) -> Result<Vec<String>, StoreError> {
+        self.redis
+            .script(&self.take.key(self.keys.spool(session_id)))
             .await
     }
 }

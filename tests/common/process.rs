@@ -123,6 +123,14 @@ impl Running {
         }
     }
 
+    /// Every log line, once the process has exited.
+    pub fn logs(mut self) -> Vec<String> {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        std::mem::take(&mut self.seen)
+    }
+
     /// SIGKILL: the node dies without cleaning up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

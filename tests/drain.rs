@@ -1,0 +1,220 @@
+//! A node drained with SIGTERM during calls: its clients get `goaway`, reconnect to other
+//! nodes, resume, and every message of every call arrives once, in order.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::process::Running;
+use common::redis::RedisServer;
+use common::{Client, SECRET, connect_at, unique_prefix};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Messages each peer sends its partner.
+const TOTAL: u32 = 300;
+/// Pause between two sends: a call keeps trickling candidates through the whole drain.
+const PACE: Duration = Duration::from_millis(5);
+
+/// One side of a call and where it goes when its node drains.
+struct Side {
+    client: Client,
+    token: String,
+    partner: String,
+    /// Address to reconnect to after a 1012 close.
+    fallback: String,
+}
+
+/// What one side saw.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Sequence numbers received from the partner, in arrival order.
+    received: Vec<u32>,
+    goaways: usize,
+    resumes: usize,
+    /// Anything else (errors, peer_left, ...).
+    unexpected: Vec<Value>,
+}
+
+/// Sends `TOTAL` numbered candidates to the partner while receiving the partner's; on a
+/// 1012 close, reconnects to the fallback with the same token and expects `resumed`.
+async fn converse(side: Side, progress: Arc<AtomicU32>) -> Seen {
+    let Side {
+        client,
+        token,
+        partner,
+        fallback,
+    } = side;
+    let mut ws = client.ws;
+    let mut seen = Seen::default();
+    let mut sent = 0;
+    let mut tick = tokio::time::interval(PACE);
+    let mut connected = true;
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while sent < TOTAL || seen.received.len() < TOTAL as usize {
+        if tokio::time::Instant::now() > deadline {
+            seen.unexpected.push(json!({"gave up after sending": sent}));
+            break;
+        }
+        if !connected {
+            // Resumed connections speak first, so no ping handshake here.
+            let url = format!("ws://{fallback}/ws/signal?token={token}");
+            ws = tokio_tungstenite::connect_async(url)
+                .await
+                .expect("reconnect")
+                .0;
+            connected = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = tick.tick(), if sent < TOTAL => {
+                let candidate = json!({"type": "ice-candidate", "peerId": partner,
+                    "candidate": {"candidate": sent.to_string()}});
+                // A send that fails was not delivered; it is sent again after the resume.
+                if ws.send(Message::text(candidate.to_string())).await.is_ok() {
+                    sent += 1;
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            message = ws.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let m: Value = serde_json::from_str(&text).unwrap();
+                    match m["type"].as_str().unwrap() {
+                        "ice-candidate" => {
+                            assert_eq!(m["peerId"], partner.as_str());
+                            let seq = m["candidate"]["candidate"].as_str().unwrap();
+                            seen.received.push(seq.parse().unwrap());
+                        }
+                        "goaway" => seen.goaways += 1,
+                        "resumed" => seen.resumes += 1,
+                        "peer_joined" | "pong" => {}
+                        _ => seen.unexpected.push(m),
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let code = frame.map(|f| u16::from(f.code));
+                    assert_eq!(code, Some(1012), "only the drain closes connections");
+                    // Let the library answer the close, then go elsewhere.
+                    while let Some(Ok(_)) = ws.next().await {}
+                    connected = false;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => connected = false,
+            },
+        }
+    }
+    seen
+}
+
+async fn client(addr: &str, user: &str) -> (Client, String) {
+    let issued = common::issuer(Duration::from_secs(600)).issue(user, None, None);
+    let mut c = connect_at(addr, &issued.token).await;
+    c.peer_id = issued.claims.peer_id();
+    (c, issued.token)
+}
+
+/// Whether `received` is exactly 0..TOTAL in order.
+fn assert_complete(who: &str, seen: &Seen) {
+    let expected: Vec<u32> = (0..TOTAL).collect();
+    if seen.received != expected {
+        let missing: Vec<u32> = expected
+            .iter()
+            .filter(|s| !seen.received.contains(s))
+            .copied()
+            .collect();
+        panic!(
+            "{who} received {} messages (missing {missing:?}); out of order or duplicated: {:?}",
+            seen.received.len(),
+            seen.received
+                .windows(2)
+                .filter(|w| w[1] != w[0] + 1)
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(seen.unexpected.is_empty(), "{who}: {:?}", seen.unexpected);
+}
+
+#[tokio::test]
+async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let prefix = unique_prefix();
+    let vars = [
+        ("AUTH_SECRET", SECRET),
+        ("REDIS_URL", url.as_str()),
+        ("KEY_PREFIX", prefix.as_str()),
+        ("HEARTBEAT_INTERVAL", "500ms"),
+        ("DRAIN_TIMEOUT", "2s"),
+        // Each side sends 200 messages a second, above the default limit.
+        ("MESSAGE_RATE", "1000"),
+    ];
+    let (mut drained, n0) = Running::start(&vars);
+    let (_n1, n1) = Running::start(&vars);
+    let (_n2, n2) = Running::start(&vars);
+
+    // Call 1 spans the drained node and a survivor; call 2 lies wholly on the drained
+    // node, and its two sides move to two different survivors.
+    let (mut alice, alice_token) = client(&n0, "alice").await;
+    let (mut bob, bob_token) = client(&n1, "bob").await;
+    let (mut carol, carol_token) = client(&n0, "carol").await;
+    let (mut dave, dave_token) = client(&n0, "dave").await;
+    alice.join("call-1").await;
+    bob.join("call-1").await;
+    carol.join("call-2").await;
+    dave.join("call-2").await;
+    let (a, b, c, d) = (
+        alice.peer_id.clone(),
+        bob.peer_id.clone(),
+        carol.peer_id.clone(),
+        dave.peer_id.clone(),
+    );
+    let partners = [
+        (alice, alice_token, b, &n2, "alice"),
+        (bob, bob_token, a, &n1, "bob"),
+        (carol, carol_token, d, &n1, "carol"),
+        (dave, dave_token, c, &n2, "dave"),
+    ];
+    let progress = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for (client, token, partner, fallback, name) in partners {
+        let side = Side {
+            client,
+            token,
+            partner,
+            fallback: fallback.clone(),
+        };
+        tasks.push((name, tokio::spawn(converse(side, progress.clone()))));
+    }
+
+    // Drain once every call is well under way.
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while progress.load(Ordering::Relaxed) < 4 * 40 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "calls did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drained.signal("-TERM");
+
+    let mut seen = Vec::new();
+    for (name, task) in tasks {
+        seen.push((name, task.await.unwrap()));
+    }
+    for (name, s) in &seen {
+        assert_complete(name, s);
+        let moved = *name != "bob";
+        assert_eq!(s.goaways, usize::from(moved), "{name}: goaway");
+        assert_eq!(s.resumes, usize::from(moved), "{name}: resumed");
+    }
+    // The drained node handed every session over and left on its own.
+    assert!(drained.wait_exit().success());
+    let logs = drained.logs();
+    assert!(
+        !logs.iter().any(|l| l.contains("\"level\":\"ERROR\"")),
+        "{logs:?}"
+    );
+}
