@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::auth::{ApiKeys, SigningSecret};
+use crate::auth::{ApiKeys, IceServers, SigningSecret};
 use crate::redis::Topology;
 use crate::resilience::{BreakerConfig, TrustedNet};
 
@@ -286,6 +286,22 @@ pub struct Settings {
     #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
     pub drain_timeout: Duration,
 
+    /// Comma-separated STUN URLs handed to clients, e.g. `stun:stun.example.net:3478`.
+    #[arg(long, env = "STUN_URLS", global = true)]
+    pub stun_urls: Option<String>,
+
+    /// Comma-separated TURN URLs handed to clients with credentials (needs TURN_SECRET).
+    #[arg(long, env = "TURN_URLS", global = true)]
+    pub turn_urls: Option<String>,
+
+    /// Shared secret of the TURN server (coturn `static-auth-secret`).
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true, global = true)]
+    pub turn_secret: Option<String>,
+
+    /// Lifetime of TURN credentials (never beyond the token's expiry).
+    #[arg(long, env = "TURN_TTL", value_parser = humantime::parse_duration, default_value = "1h", global = true)]
+    pub turn_ttl: Duration,
+
     /// Log format.
     #[arg(
         long,
@@ -338,6 +354,10 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(2),
             drain_timeout: Duration::from_secs(30),
             resume_grace: Duration::from_secs(30),
+            stun_urls: None,
+            turn_urls: None,
+            turn_secret: None,
+            turn_ttl: Duration::from_secs(3600),
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(2),
             max_connections: 10_000,
@@ -404,6 +424,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a dropped session waits for a resume.
     pub resume_grace: Duration,
+    /// STUN and TURN servers handed to clients.
+    pub ice_servers: std::sync::Arc<IceServers>,
     /// Overload protections.
     pub limits: Limits,
 }
@@ -542,6 +564,7 @@ impl Config {
             heartbeat: s.heartbeat_interval,
             drain_timeout: s.drain_timeout,
             resume_grace: s.resume_grace.min(Duration::from_secs(3600)),
+            ice_servers: std::sync::Arc::new(resolve_ice_servers(s)?),
             limits: resolve_limits(s)?,
         })
     }
@@ -700,6 +723,48 @@ fn resolve_redis(s: &Settings) -> Result<Option<RedisConfig>, ConfigError> {
     }))
 }
 
+fn resolve_ice_servers(s: &Settings) -> Result<IceServers, ConfigError> {
+    let list = |value: &Option<String>, name: &str, schemes: &[&str]| {
+        let urls: Vec<String> = value
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_string)
+            .collect();
+        match urls
+            .iter()
+            .find(|u| !schemes.iter().any(|s| u.starts_with(s)))
+        {
+            Some(bad) => Err(refuse(format!(
+                "{name} has {bad:?}; each URL must start with {}.",
+                schemes.join(" or ")
+            ))),
+            None => Ok(urls),
+        }
+    };
+    let stun = list(&s.stun_urls, "STUN_URLS", &["stun:", "stuns:"])?;
+    let turn = list(&s.turn_urls, "TURN_URLS", &["turn:", "turns:"])?;
+    let secret = s.turn_secret.clone().unwrap_or_default();
+    if !turn.is_empty() && secret.is_empty() {
+        return Err(refuse(
+            "TURN_URLS is set without TURN_SECRET: set the TURN server's static-auth-secret, \
+             so clients get credentials it accepts.",
+        ));
+    }
+    if turn.is_empty() && !secret.is_empty() {
+        return Err(refuse(
+            "TURN_SECRET is set without TURN_URLS: list the TURN server's URLs, e.g. \
+             TURN_URLS=turn:turn.example.net:3478.",
+        ));
+    }
+    if s.turn_ttl < Duration::from_secs(60) {
+        return Err(refuse("TURN_TTL must be at least 60s."));
+    }
+    Ok(IceServers::new(stun, turn, secret.into_bytes(), s.turn_ttl))
+}
+
 fn resolve_limits(s: &Settings) -> Result<Limits, ConfigError> {
     let trusted_proxies = s
         .trusted_proxies
@@ -805,6 +870,28 @@ mod tests {
 
     fn err(s: &Settings, role: Role) -> String {
         Config::from_settings(s, role).unwrap_err().0
+    }
+
+    #[test]
+    fn turn_needs_urls_and_secret_together_and_urls_need_their_scheme() {
+        let mut s = prod();
+        s.turn_urls = Some("turn:127.0.0.1:3478".into());
+        assert!(err(&s, Role::Serve).contains("TURN_SECRET"));
+        s.turn_urls = None;
+        s.turn_secret = Some("s3cret".into());
+        assert!(err(&s, Role::Serve).contains("TURN_URLS"));
+        s.turn_urls = Some("turn:a:3478, http://b".into());
+        let e = err(&s, Role::Serve);
+        assert!(e.contains("TURN_URLS") && e.contains("http://b"), "{e}");
+        assert!(!e.contains("s3cret"));
+        s.turn_urls = Some("turn:a:3478,turns:b:5349".into());
+        s.stun_urls = Some("stun:a:3478".into());
+        let config = Config::from_settings(&s, Role::Serve).unwrap();
+        let servers = config.ice_servers.for_session("x", u64::MAX);
+        assert_eq!(servers[0].urls, ["stun:a:3478"]);
+        assert_eq!(servers[1].urls, ["turn:a:3478", "turns:b:5349"]);
+        s.stun_urls = Some("turn:a".into());
+        assert!(err(&s, Role::Serve).contains("STUN_URLS"));
     }
 
     #[test]

@@ -28,6 +28,58 @@ async fn post_token(
 }
 
 #[tokio::test]
+async fn tokens_and_joins_carry_ice_servers_with_turn_credentials() {
+    let mut s = settings();
+    s.stun_urls = Some("stun:127.0.0.1:3478".into());
+    s.turn_urls = Some("turn:127.0.0.1:3478?transport=udp".into());
+    s.turn_secret = Some("turn-shared-secret".into());
+    let server = start(s).await;
+    let (status, body) = post_token(
+        &server.http(""),
+        r#"{"userId":"alice"}"#,
+        "application/json",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let servers = &body["iceServers"];
+    assert_eq!(servers[0], json!({"urls": ["stun:127.0.0.1:3478"]}));
+    assert_eq!(
+        servers[1]["urls"],
+        json!(["turn:127.0.0.1:3478?transport=udp"])
+    );
+    let username = servers[1]["username"].as_str().unwrap();
+    let expiry: u64 = username.split_once(':').unwrap().0.parse().unwrap();
+    assert!(expiry <= body["expiresAt"].as_u64().unwrap());
+    assert!(
+        !username.contains("alice"),
+        "no user name in TURN usernames"
+    );
+    assert!(servers[1]["credential"].as_str().unwrap().len() == 28);
+
+    // joined carries them too, for the connection's own session.
+    let mut client = server.connect_with(body["token"].as_str().unwrap()).await;
+    let joined = client.join("r").await;
+    assert_eq!(joined["iceServers"][1]["urls"], servers[1]["urls"]);
+    assert_eq!(joined["iceServers"][1]["username"], servers[1]["username"]);
+}
+
+#[tokio::test]
+async fn without_ice_settings_no_servers_are_handed_out() {
+    let server = start(settings()).await;
+    let (_, body) = post_token(
+        &server.http(""),
+        r#"{"userId":"a"}"#,
+        "application/json",
+        None,
+    )
+    .await;
+    assert_eq!(body["iceServers"], json!([]));
+    let (_, joined) = server.join("b", "r").await;
+    assert!(joined.get("iceServers").is_none(), "{joined}");
+}
+
+#[tokio::test]
 async fn open_issuance_mints_tokens_that_validate() {
     let server = start(settings()).await;
     let base = server.http("");

@@ -3,9 +3,11 @@
 mod keys;
 pub mod routes;
 mod token;
+mod turn;
 
 pub use keys::{ApiKeys, SigningSecret};
 pub use token::{
     Claims, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier, token_remaining,
     unix_now,
 };
+pub use turn::{IceServer, IceServers};

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
+use super::IceServer;
 use crate::config::Issuance;
 use crate::error::ApiError;
 use crate::identifier;
@@ -44,6 +45,8 @@ struct TokenResponse {
     expires_at: u64,
     peer_id: String,
     session_id: String,
+    /// STUN/TURN servers for `RTCPeerConnection`, TURN credentials included.
+    ice_servers: Vec<IceServer>,
 }
 
 /// Checks `Authorization: Bearer <api key>` against the configured keys.
@@ -121,6 +124,10 @@ async fn issue(
     let issued = state.issuer.issue(&user, room.as_deref(), None);
     Ok(Json(TokenResponse {
         peer_id: issued.claims.peer_id(),
+        ice_servers: state
+            .config
+            .ice_servers
+            .for_session(&issued.claims.session_id, issued.claims.exp),
         expires_at: issued.claims.exp,
         session_id: issued.claims.session_id,
         token: issued.token,

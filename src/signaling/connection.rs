@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::hub::{Hub, MembershipError, RelayError, Route};
 use super::outbox::{self, CloseReason, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
-use crate::auth::{Claims, TokenIssuer, token_remaining};
+use crate::auth::{Claims, IceServer, IceServers, TokenIssuer, token_remaining};
 use crate::identifier;
 use crate::resilience::{IpPermit, MessageLimiter, Verdict};
 use crate::server::ConnectionSlot;
@@ -55,6 +55,8 @@ pub struct Connection {
     pub issuer: TokenIssuer,
     /// The verified token's claims.
     pub claims: Claims,
+    /// STUN/TURN servers told to the client in `joined` and `resumed`.
+    pub ice_servers: Arc<IceServers>,
     /// Timers.
     pub limits: Limits,
     /// Client address, for logs.
@@ -128,9 +130,17 @@ impl Connection {
         let closing = registration.inbox.closing.clone();
         let prelude = match registration.resumed {
             Some(resumed) => {
-                session.room = resumed.room.map(|r| r.to_string());
                 tracing::info!("session resumed");
-                resumed.prelude
+                let ice_servers = self.ice_servers_for(&session.claims);
+                let frame = Outgoing::Resumed {
+                    room_id: resumed.room.as_deref(),
+                    peer_id: &session.peer_id,
+                    peers: &resumed.peers,
+                    ice_servers: &ice_servers,
+                }
+                .to_frame();
+                session.room = resumed.room.map(|r| r.to_string());
+                std::iter::once(frame).chain(resumed.queued).collect()
             }
             None => Vec::new(),
         };
@@ -334,6 +344,11 @@ impl Connection {
         send_error(session, ErrorCode::RateLimited, &message, reference);
     }
 
+    /// STUN/TURN servers for this session, TURN credentials expiring with its token.
+    fn ice_servers_for(&self, claims: &Claims) -> Vec<IceServer> {
+        self.ice_servers.for_session(&claims.session_id, claims.exp)
+    }
+
     /// Extends the session's store TTL to the (possibly refreshed) token's life.
     async fn keep_alive(&self, session: &Session) {
         let ttl = session_ttl(&session.claims);
@@ -473,10 +488,12 @@ impl Connection {
         match self.hub.join(&session.peer_id, session.epoch, room).await {
             Ok(peers) => {
                 session.room = Some(room.to_string());
+                let ice_servers = self.ice_servers_for(&session.claims);
                 let frame = Outgoing::Joined {
                     room_id: room,
                     peer_id: &session.peer_id,
                     peers: &peers,
+                    ice_servers: &ice_servers,
                 }
                 .to_frame();
                 session.outbox.deliver(frame);

@@ -72,13 +72,15 @@ pub struct Registration {
     pub resumed: Option<Resumed>,
 }
 
-/// What a resumed connection is told first.
+/// What a resumed connection is told first: `resumed`, then what was queued for it.
 pub struct Resumed {
     /// The room the session is in.
     pub room: Option<Arc<str>>,
-    /// The `resumed` frame, then frames whose write failed when the connection dropped;
-    /// written before the queue.
-    pub prelude: Vec<Utf8Bytes>,
+    /// Everyone else in that room now.
+    pub peers: Vec<String>,
+    /// Frames queued while the session was parked (including one whose write failed when
+    /// the connection dropped), written before anything newer.
+    pub queued: Vec<Utf8Bytes>,
 }
 
 struct PeerSlot {
@@ -371,14 +373,6 @@ impl Hub {
                 Vec::new()
             }
         };
-        let frame = Outgoing::Resumed {
-            room_id: room,
-            peer_id,
-            peers: &peers,
-        }
-        .to_frame();
-        let mut prelude = vec![frame];
-        prelude.extend(queued.into_iter().map(Utf8Bytes::from));
         self.metrics.resumed("succeeded");
         if lost {
             registration
@@ -387,7 +381,8 @@ impl Hub {
         }
         registration.resumed = Some(Resumed {
             room: room.map(Arc::from),
-            prelude,
+            peers,
+            queued: queued.into_iter().map(Utf8Bytes::from).collect(),
         });
         registration
     }
@@ -613,20 +608,16 @@ impl Hub {
                     .collect()
             })
             .unwrap_or_default();
-        let frame = Outgoing::Resumed {
-            room_id: room.as_deref(),
-            peer_id,
-            peers: &peers,
-        }
-        .to_frame();
         self.metrics.resumed("succeeded");
-        let mut prelude = vec![frame];
-        prelude.extend(unsent);
         Ok(Some(Registration {
             epoch,
             outbox,
             inbox,
-            resumed: Some(Resumed { room, prelude }),
+            resumed: Some(Resumed {
+                room,
+                peers,
+                queued: unsent,
+            }),
         }))
     }
 

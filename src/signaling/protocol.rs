@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::auth::IceServer;
+
 /// WebSocket close codes used by the server.
 pub mod close {
     /// Normal closure.
@@ -291,6 +293,9 @@ pub enum Outgoing<'a> {
         peer_id: &'a str,
         /// Everyone else already in the room.
         peers: &'a [String],
+        /// STUN/TURN servers for this session, when configured.
+        #[serde(rename = "iceServers", skip_serializing_if = "<[_]>::is_empty")]
+        ice_servers: &'a [IceServer],
     },
     /// Someone joined the room.
     PeerJoined {
@@ -353,6 +358,9 @@ pub enum Outgoing<'a> {
         peer_id: &'a str,
         /// Everyone else in the room now.
         peers: &'a [String],
+        /// STUN/TURN servers for this session, when configured.
+        #[serde(rename = "iceServers", skip_serializing_if = "<[_]>::is_empty")]
+        ice_servers: &'a [IceServer],
     },
     /// The node is going away: reconnect (to any node) after the hint.
     Goaway {

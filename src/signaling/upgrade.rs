@@ -142,6 +142,7 @@ async fn accept(
         hub: state.hub.clone(),
         issuer: state.issuer.clone(),
         claims,
+        ice_servers: config.ice_servers.clone(),
         limits: Limits {
             ping_interval: config.ping_interval,
             idle_timeout: config.idle_timeout,
