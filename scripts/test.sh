@@ -24,10 +24,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "test.sh: cargo is missing; install the Rust toolchain with rustup first." >&2
   exit 1
 fi
-# Today's suite needs only cargo; later suites add redis-server and chromium here:
 require redis-server redis-server
 require redis-cli redis-tools
 require redis-sentinel redis-sentinel
+
+# The browser tests (real Chromium, WebRTC and coturn) run only when asked for.
+if [ "${BROWSER_TESTS:-0}" = 1 ]; then
+  require chromium chromium
+  require chromedriver chromium-driver
+  require turnserver coturn
+fi
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: cannot run the tests, missing: ${missing[*]}" >&2
@@ -35,3 +41,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test --locked "$@"
+if [ "${BROWSER_TESTS:-0}" = 1 ]; then
+  cargo test --locked --test browser -- --ignored
+fi

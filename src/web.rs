@@ -12,6 +12,8 @@ use crate::server::AppState;
 const INDEX: &str = include_str!("../web/index.html");
 const APP: &str = include_str!("../web/app.js");
 const CLIENT: &str = include_str!("../web/signaling-client.js");
+const MANIFEST: &str = include_str!("../web/manifest.webmanifest");
+const ICON: &str = include_str!("../web/icon.svg");
 
 /// Routes serving the web client at `/`.
 pub fn router() -> Router<Arc<AppState>> {
@@ -28,6 +30,11 @@ pub fn router() -> Router<Arc<AppState>> {
             "/signaling-client.js",
             get(|| async { asset("text/javascript; charset=utf-8", CLIENT) }),
         )
+        .route(
+            "/manifest.webmanifest",
+            get(|| async { asset("application/manifest+json", MANIFEST) }),
+        )
+        .route("/icon.svg", get(|| async { asset("image/svg+xml", ICON) }))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -1,30 +1,73 @@
-// Switchboard signaling client: one WebSocket, JSON text frames, events named after message types.
+// Switchboard signaling client: one WebSocket, JSON text frames, events named after message
+// types, and automatic reconnect with session resume. No dependencies, no build step.
 
 const SUBPROTOCOL = 'switchboard.v1';
 const failure = (code, message, extra = {}) => Object.assign(new Error(message), { code, ...extra });
 
+// Close codes after which reconnecting can help. 4001 (expired token) needs a fresh token.
+const RETRY = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4001, 4003]);
+// Close codes that end the session for good, in plain words.
+const FINAL = {
+  1000: 'The connection was closed.',
+  1008: 'The server closed the connection: access was revoked or the client sent too much.',
+  1009: 'A message was too big for the server.',
+  4004: 'This session was opened in another tab or window.',
+};
+
 /**
- * A connection to the Switchboard signaling server.
+ * @typedef {{urls: string[], username?: string, credential?: string}} IceServer
+ * @typedef {{token: string, expiresAt: number, peerId: string, sessionId: string, iceServers: IceServer[]}} TokenGrant
+ * @typedef {{type: 'joined', roomId: string, peerId: string, peers: string[], iceServers?: IceServer[]}} Joined
+ * @typedef {{type: 'resumed', roomId: string|null, peerId: string, peers: string[], iceServers?: IceServer[]}} Resumed
+ * @typedef {{type: 'offer'|'answer', peerId: string, sdp: string}} Description
+ * @typedef {{type: 'ice-candidate', peerId: string, candidate: RTCIceCandidateInit}} Candidate
+ * @typedef {{type: 'error', code: string, message: string, ref?: number}} ServerError
+ */
+
+/**
+ * A connection to the Switchboard signaling service.
  *
- * Dispatches a CustomEvent per server message, named after its `type` (`joined`, `peer_joined`,
- * `peer_left`, `offer`, `answer`, `ice-candidate`, `pong`, `error`, `token`) with the message as
- * `detail`, plus `open` and `close` (detail `{code, reason}`).
+ * Events (each a CustomEvent whose `detail` is the server message or the object described):
+ * - `joined`, `resumed`, `peer_joined`, `peer_left`, `offer`, `answer`, `ice-candidate`,
+ *   `error`, `token`, `goaway`, `pong`: the server messages of the same type.
+ * - `open`: the socket is open (first connect and every reconnect).
+ * - `reconnecting` `{attempt, delayMs, code, reason}`: the connection dropped (or the node is
+ *   draining) and a new one starts after `delayMs`.
+ * - `reconnected` `{resumed}`: a new connection is up. `resumed: true` follows a `resumed`
+ *   message: same peer id, same room, every queued message delivered after it. With `false`
+ *   the session was lost (e.g. the server restarted) and the client joins its room again,
+ *   so a `joined` follows; rebuild peer connections then.
+ * - `close` `{code, reason, final: true}`: the connection ended for good (left, replaced,
+ *   revoked, or reconnecting is off).
  */
 export class SignalingClient extends EventTarget {
   #ws = null;
   #nextId = 0;
+  #attempt = 0;
+  #timer = 0;
+  #stopped = false;
+  #hint = null;
+  #awaitingFirst = false;
 
   /**
-   * @param {string} token Bearer token from {@link SignalingClient.fetchToken}.
-   * @param {string} [baseUrl] HTTP(S) origin of the server; defaults to the page's origin.
+   * @param {string} token Bearer token, e.g. from {@link SignalingClient.fetchToken}.
+   * @param {object} [options]
+   * @param {string} [options.baseUrl] HTTP(S) origin of the server; the page's origin by default.
+   * @param {boolean} [options.reconnect] Reconnect and resume after drops (default true).
+   * @param {() => Promise<string>} [options.renewToken] Gets a new token when the old one
+   *   expired while disconnected (close 4001); without it such a close is final.
    */
-  constructor(token, baseUrl = location.origin) {
+  constructor(token, { baseUrl = location.origin, reconnect = true, renewToken = null } = {}) {
     super();
-    /** The current token; replaced when the server sends a refreshed one. */
+    /** The current token; replaced when the server pushes a refreshed one. */
     this.token = token;
     this.baseUrl = baseUrl;
-    /** The room last joined, or null. */
+    this.reconnect = reconnect;
+    this.renewToken = renewToken;
+    /** The room joined last, or null. */
     this.roomId = null;
+    /** This client's peer id, once joined or resumed. */
+    this.peerId = null;
   }
 
   /**
@@ -32,8 +75,9 @@ export class SignalingClient extends EventTarget {
    * @param {string} baseUrl HTTP(S) origin of the server.
    * @param {string} userId Display name / user id.
    * @param {string} [roomId] Restrict the token to this room.
-   * @returns {Promise<{token: string, expiresAt: number, peerId: string, sessionId: string}>}
-   * @throws {Error} with the server's message (and `code`, `status`) on a non-200 answer.
+   * @returns {Promise<TokenGrant>}
+   * @throws {Error} with `code` `unreachable`, or the server's `error` code and message (and
+   *   `status`) on a non-200 answer.
    */
   static async fetchToken(baseUrl, userId, roomId) {
     let res;
@@ -44,7 +88,7 @@ export class SignalingClient extends EventTarget {
         body: JSON.stringify(roomId ? { userId, roomId } : { userId }),
       });
     } catch {
-      throw failure('unreachable', 'The server is unreachable.');
+      throw failure('unreachable', 'The server is unreachable. Check your network and try again.');
     }
     const body = await res.json().catch(() => ({}));
     if (!res.ok) throw failure(body.error, body.message || `The server answered ${res.status}.`, { status: res.status });
@@ -52,35 +96,13 @@ export class SignalingClient extends EventTarget {
   }
 
   /**
-   * Opens the WebSocket. Resolves once open; rejects with a plain-words Error (`code`
-   * `token_refused` or `unreachable`) if the connection fails before opening.
+   * Opens the WebSocket. Resolves once open; rejects with an Error whose `code` is
+   * `token_refused`, `unavailable` or `unreachable` if the first connection fails.
    * @returns {Promise<void>}
    */
   connect() {
-    if (this.#ws) Object.assign(this.#ws, { onclose: null, onerror: null, onmessage: null }).close(1000); // replaced
-    const url = new URL('/ws/signal', this.baseUrl);
-    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(url, [SUBPROTOCOL, 'bearer.' + this.token]);
-    this.#ws = ws;
-    return new Promise((resolve, reject) => {
-      let state = 'connecting';
-      ws.onopen = () => {
-        state = 'open';
-        resolve();
-        this.#emit('open', {});
-      };
-      ws.onmessage = (e) => this.#receive(e.data);
-      ws.onerror = () => {
-        if (state !== 'connecting') return;
-        state = 'failed';
-        this.#whyRefused().then(reject);
-      };
-      ws.onclose = (e) => {
-        if (this.#ws === ws) this.#ws = null;
-        if (state === 'open') this.#emit('close', { code: e.code, reason: e.reason });
-        else ws.onerror?.();
-      };
-    });
+    this.#stopped = false;
+    return this.#open();
   }
 
   /** Joins (or switches to) a room; the server answers `joined` or `error`. @param {string} roomId */
@@ -116,14 +138,70 @@ export class SignalingClient extends EventTarget {
     this.#send({ type: 'ping' });
   }
 
-  /** Closes the connection normally (a `close` event with code 1000 follows). */
+  /** Closes for good (no reconnect); a final `close` event with code 1000 follows. */
   close() {
-    this.#ws?.close(1000, 'bye');
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    const ws = this.#ws;
+    if (ws) ws.close(1000, 'bye');
+    else this.#emit('close', { code: 1000, reason: 'bye', final: true });
   }
 
   /** True while the WebSocket is open. */
   get connected() {
     return this.#ws?.readyState === WebSocket.OPEN;
+  }
+
+  #open() {
+    const url = new URL('/ws/signal', this.baseUrl);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    const ws = new WebSocket(url, [SUBPROTOCOL, 'bearer.' + this.token]);
+    this.#ws = ws;
+    return new Promise((resolve, reject) => {
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+        // A resumed session speaks first (`resumed`); otherwise the pong comes first.
+        this.#awaitingFirst = this.#attempt > 0;
+        if (this.#awaitingFirst) this.ping();
+        this.#emit('open', {});
+        resolve();
+      };
+      ws.onmessage = (e) => this.#receive(e.data);
+      ws.onclose = (e) => {
+        if (this.#ws === ws) this.#ws = null;
+        if (opened) return this.#closed(e.code, e.reason);
+        this.#whyRefused().then((error) => {
+          if (this.#attempt === 0) return reject(error);
+          if (error.code === 'token_refused') return this.#closed(4001, error.message);
+          this.#closed(1006, error.message);
+        });
+      };
+    });
+  }
+
+  // Decides what a closed connection means: reconnect (with backoff) or stop.
+  #closed(code, reason) {
+    if (this.#stopped || !this.reconnect || !RETRY.has(code) || (code === 4001 && !this.renewToken)) {
+      this.#stopped = true;
+      return this.#emit('close', { code, reason: reason || FINAL[code] || `Closed (code ${code}).`, final: true });
+    }
+    const attempt = ++this.#attempt;
+    const backoff = Math.min(30000, 500 * 2 ** (attempt - 1)) * (0.5 + Math.random() / 2);
+    const delayMs = Math.round(this.#hint ?? backoff);
+    this.#hint = null;
+    this.#emit('reconnecting', { attempt, delayMs, code, reason });
+    this.#timer = setTimeout(async () => {
+      if (this.#stopped) return;
+      if (code === 4001) {
+        try {
+          this.token = await this.renewToken();
+        } catch (e) {
+          return this.#closed(1006, e.message);
+        }
+      }
+      this.#open().catch(() => {});
+    }, delayMs);
   }
 
   // Sends a command with an `id` (echoed as `ref` in errors); dropped while disconnected.
@@ -137,7 +215,19 @@ export class SignalingClient extends EventTarget {
       msg = JSON.parse(data);
     } catch {}
     if (typeof msg?.type !== 'string') return;
+    if (this.#awaitingFirst) {
+      this.#awaitingFirst = false;
+      this.#attempt = 0;
+      const resumed = msg.type === 'resumed';
+      this.#emit('reconnected', { resumed });
+      // The server lost the session (it restarted, or the grace ran out): join again.
+      if (!resumed && this.roomId) this.join(this.roomId);
+    }
     if (msg.type === 'token' && msg.token) this.token = msg.token;
+    if (msg.type === 'joined' || msg.type === 'resumed') [this.peerId, this.roomId] = [msg.peerId, msg.roomId ?? null];
+    // Reconnect on the server's hint, spread by the server so a node's clients do not all
+    // arrive elsewhere at once.
+    if (msg.type === 'goaway') this.#hint = Number(msg.reconnectInMs) || 0;
     this.#emit(msg.type, msg);
   }
 
@@ -151,11 +241,13 @@ export class SignalingClient extends EventTarget {
       const res = await fetch(new URL('/auth/validate', this.baseUrl), {
         headers: { Authorization: 'Bearer ' + this.token },
       });
-      if (res.status !== 401) return failure('failed', 'The signaling connection could not be opened.');
-      const { message = '' } = await res.json().catch(() => ({}));
-      return failure('token_refused', `The server refused the token. ${message}`.trim());
+      if (res.status === 401) {
+        const { message = '' } = await res.json().catch(() => ({}));
+        return failure('token_refused', `The server refused the token. ${message}`.trim());
+      }
+      return failure('unavailable', 'The signaling service is busy or restarting. Try again shortly.');
     } catch {
-      return failure('unreachable', 'The server is unreachable.');
+      return failure('unreachable', 'The server is unreachable. Check your network and try again.');
     }
   }
 }

@@ -30,7 +30,13 @@ pub struct Running {
 impl Running {
     /// Starts `serve` on 127.0.0.1 and a free port with JSON logs; returns its address.
     pub fn start(vars: &[(&str, &str)]) -> (Running, String) {
-        let mut child = switchboard(&["serve", "--bind", "127.0.0.1", "--port", "0"], vars)
+        Self::start_on(0, vars)
+    }
+
+    /// Starts `serve` on 127.0.0.1:`port` (0: any free port); returns its address.
+    pub fn start_on(port: u16, vars: &[(&str, &str)]) -> (Running, String) {
+        let port = port.to_string();
+        let mut child = switchboard(&["serve", "--bind", "127.0.0.1", "--port", &port], vars)
             .env("LOG_FORMAT", "json")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
