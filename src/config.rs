@@ -661,13 +661,13 @@ fn redis_url(addr: &str) -> String {
     }
 }
 
+/// The non-empty, trimmed entries of a comma-separated setting.
+fn items(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|v| !v.is_empty())
+}
+
 fn url_list(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .map(redis_url)
-        .collect()
+    items(value).map(redis_url).collect()
 }
 
 fn resolve_redis(s: &Settings) -> Result<Option<RedisConfig>, ConfigError> {
@@ -725,12 +725,7 @@ fn resolve_redis(s: &Settings) -> Result<Option<RedisConfig>, ConfigError> {
 
 fn resolve_ice_servers(s: &Settings) -> Result<IceServers, ConfigError> {
     let list = |value: &Option<String>, name: &str, schemes: &[&str]| {
-        let urls: Vec<String> = value
-            .as_deref()
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|u| !u.is_empty())
+        let urls: Vec<String> = items(value.as_deref().unwrap_or_default())
             .map(str::to_string)
             .collect();
         match urls
@@ -766,13 +761,7 @@ fn resolve_ice_servers(s: &Settings) -> Result<IceServers, ConfigError> {
 }
 
 fn resolve_limits(s: &Settings) -> Result<Limits, ConfigError> {
-    let trusted_proxies = s
-        .trusted_proxies
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
+    let trusted_proxies = items(s.trusted_proxies.as_deref().unwrap_or_default())
         .map(|p| {
             p.parse::<TrustedNet>()
                 .map_err(|e| refuse(format!("TRUSTED_PROXIES: {e}.")))

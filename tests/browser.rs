@@ -116,6 +116,15 @@ async fn join(browser: &Client, base: &str, room: &str, name: &str, extra: &str)
         .unwrap();
 }
 
+/// Alice and Bob, each in a browser of their own, join `room`.
+async fn alice_and_bob(driver: &str, base: &str, room: &str, extra: &str) -> (Client, Client) {
+    let alice = browser(driver).await;
+    let bob = browser(driver).await;
+    join(&alice, base, room, "alice", extra).await;
+    join(&bob, base, room, "bob", extra).await;
+    (alice, bob)
+}
+
 /// The app's view of its peer connections.
 async fn peers(browser: &Client) -> Vec<Value> {
     let script = "const done = arguments[arguments.length - 1];
@@ -203,10 +212,7 @@ async fn two_then_three_people_hold_a_call_and_one_leaves() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let (_server, base) = switchboard(0, &[]);
     let (_driver, driver) = chromedriver();
-    let alice = browser(&driver).await;
-    let bob = browser(&driver).await;
-    join(&alice, &base, "standup", "alice", "").await;
-    join(&bob, &base, "standup", "bob", "").await;
+    let (alice, bob) = alice_and_bob(&driver, &base, "standup", "").await;
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
 
@@ -262,10 +268,7 @@ async fn a_restarted_node_does_not_end_the_call() {
     let port = free_port();
     let (server, base) = switchboard(port, &[]);
     let (_driver, driver) = chromedriver();
-    let alice = browser(&driver).await;
-    let bob = browser(&driver).await;
-    join(&alice, &base, "sturdy", "alice", "").await;
-    join(&bob, &base, "sturdy", "bob", "").await;
+    let (alice, bob) = alice_and_bob(&driver, &base, "sturdy", "").await;
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
 
@@ -332,10 +335,7 @@ async fn relay_call(turn_secret: &str, coturn_secret: &str) -> RelayCall {
     let turn_url = format!("turn:127.0.0.1:{turn_port}?transport=udp");
     let (server, base) = switchboard(0, &[("TURN_URLS", &turn_url), ("TURN_SECRET", turn_secret)]);
     let (driver_process, driver) = chromedriver();
-    let alice = browser(&driver).await;
-    let bob = browser(&driver).await;
-    join(&alice, &base, "relayed", "alice", "&relay=1").await;
-    join(&bob, &base, "relayed", "bob", "&relay=1").await;
+    let (alice, bob) = alice_and_bob(&driver, &base, "relayed", "&relay=1").await;
     RelayCall {
         alice,
         bob,

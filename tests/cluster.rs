@@ -6,16 +6,13 @@ use std::time::{Duration, Instant};
 
 use common::process::Running;
 use common::redis::{RedisServer, SentinelGroup};
-use common::{Backend, Client, SECRET, connect_at, settings, start_on, unique_prefix};
+use common::{Backend, Client, SECRET, settings, start_on, unique_prefix};
 use serde_json::{Value, json};
 use switchboard::config::Settings;
 
 /// A client on the node at `addr` for `user`, with its peer id.
 async fn client(addr: &str, user: &str) -> Client {
-    let issued = common::issuer(Duration::from_secs(600)).issue(user, None, None);
-    let mut c = connect_at(addr, &issued.token).await;
-    c.peer_id = issued.claims.peer_id();
-    c
+    common::client_at(addr, user).await.0
 }
 
 /// Settings under which a Redis failure is noticed within about a second.

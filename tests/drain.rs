@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::process::Running;
 use common::redis::RedisServer;
-use common::{Client, SECRET, connect_at, unique_prefix};
+use common::{Client, SECRET, client_at, unique_prefix};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -109,13 +109,6 @@ async fn converse(side: Side, progress: Arc<AtomicU32>) -> Seen {
     seen
 }
 
-async fn client(addr: &str, user: &str) -> (Client, String) {
-    let issued = common::issuer(Duration::from_secs(600)).issue(user, None, None);
-    let mut c = connect_at(addr, &issued.token).await;
-    c.peer_id = issued.claims.peer_id();
-    (c, issued.token)
-}
-
 /// Whether `received` is exactly 0..TOTAL in order.
 fn assert_complete(who: &str, seen: &Seen) {
     let expected: Vec<u32> = (0..TOTAL).collect();
@@ -157,10 +150,10 @@ async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
 
     // Call 1 spans the drained node and a survivor; call 2 lies wholly on the drained
     // node, and its two sides move to two different survivors.
-    let (mut alice, alice_token) = client(&n0, "alice").await;
-    let (mut bob, bob_token) = client(&n1, "bob").await;
-    let (mut carol, carol_token) = client(&n0, "carol").await;
-    let (mut dave, dave_token) = client(&n0, "dave").await;
+    let (mut alice, alice_token) = client_at(&n0, "alice").await;
+    let (mut bob, bob_token) = client_at(&n1, "bob").await;
+    let (mut carol, carol_token) = client_at(&n0, "carol").await;
+    let (mut dave, dave_token) = client_at(&n0, "dave").await;
     alice.join("call-1").await;
     bob.join("call-1").await;
     carol.join("call-2").await;

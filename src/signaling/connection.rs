@@ -520,13 +520,12 @@ fn membership_error(session: &Session, e: MembershipError, reference: Option<&Ra
 }
 
 fn relay_error(session: &Session, e: RelayError, reference: Option<&RawValue>) {
-    let message = match e {
-        RelayError::NotInRoom => "Join a room before sending offers, answers or candidates.",
-        RelayError::PeerNotFound => "That peer is not in your room.",
-    };
-    let code = match e {
-        RelayError::NotInRoom => ErrorCode::NotInRoom,
-        RelayError::PeerNotFound => ErrorCode::PeerNotFound,
+    let (code, message) = match e {
+        RelayError::NotInRoom => (
+            ErrorCode::NotInRoom,
+            "Join a room before sending offers, answers or candidates.",
+        ),
+        RelayError::PeerNotFound => (ErrorCode::PeerNotFound, "That peer is not in your room."),
     };
     send_error(session, code, message, reference);
 }

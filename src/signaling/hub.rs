@@ -1072,31 +1072,8 @@ impl Hub {
                 node,
                 epoch,
             } => {
-                let _serial = self.membership.lock().await;
-                let mut local = self.write();
-                let Some(view) = local.rooms.get_mut(room.as_str()) else {
-                    return;
-                };
-                if view.local.contains(peer.as_str()) {
-                    return;
-                }
-                let remote = RemoteMember {
-                    node: Arc::from(node.as_str()),
-                    epoch,
-                };
-                // A move is not news to the room, unless this node never heard of the peer.
-                if view
-                    .remote
-                    .insert(Arc::from(peer.as_str()), remote)
-                    .is_none()
-                {
-                    let view = &local.rooms[room.as_str()];
-                    broadcast(
-                        &local,
-                        view,
-                        Outgoing::PeerJoined { peer_id: &peer }.to_frame(),
-                    );
-                }
+                self.learn_remote_member(&room, &peer, &node, epoch, true)
+                    .await
             }
             BusMessage::PeerJoined {
                 room,
@@ -1104,27 +1081,8 @@ impl Hub {
                 node,
                 epoch,
             } => {
-                let _serial = self.membership.lock().await;
-                let mut local = self.write();
-                let Some(view) = local.rooms.get_mut(room.as_str()) else {
-                    return;
-                };
-                if view.local.contains(peer.as_str()) {
-                    return;
-                }
-                let remote = RemoteMember {
-                    node: Arc::from(node.as_str()),
-                    epoch,
-                };
-                if view.remote.insert(Arc::from(peer.as_str()), remote.clone()) == Some(remote) {
-                    return; // already known, already announced
-                }
-                let view = &local.rooms[room.as_str()];
-                broadcast(
-                    &local,
-                    view,
-                    Outgoing::PeerJoined { peer_id: &peer }.to_frame(),
-                );
+                self.learn_remote_member(&room, &peer, &node, epoch, false)
+                    .await
             }
             BusMessage::PeerLeft {
                 room,
@@ -1171,6 +1129,43 @@ impl Hub {
                     "closed peers that may have missed messages from other nodes"
                 );
             }
+        }
+    }
+
+    /// Records a member on another node in this node's view of `room` (when this node has
+    /// members there) and tells the local members if it is news to them: a peer they never
+    /// heard of or, unless it merely `moved` between nodes, one back with another epoch.
+    async fn learn_remote_member(
+        &self,
+        room: &str,
+        peer: &str,
+        node: &str,
+        epoch: Epoch,
+        moved: bool,
+    ) {
+        let _serial = self.membership.lock().await;
+        let mut local = self.write();
+        let Some(view) = local.rooms.get_mut(room) else {
+            return;
+        };
+        if view.local.contains(peer) {
+            return;
+        }
+        let remote = RemoteMember {
+            node: Arc::from(node),
+            epoch,
+        };
+        let news = match view.remote.insert(Arc::from(peer), remote.clone()) {
+            None => true,
+            Some(known) => !moved && known != remote,
+        };
+        if news {
+            let view = &local.rooms[room];
+            broadcast(
+                &local,
+                view,
+                Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+            );
         }
     }
 

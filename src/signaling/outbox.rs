@@ -141,4 +141,13 @@ mod tests {
         outbox.close(Some(close::REPLACED), "replaced");
         assert_eq!(outbox.closing().unwrap().code, Some(close::SLOW_CONSUMER));
     }
+
+    #[test]
+    fn a_frame_for_a_queue_nobody_reads_comes_back_to_be_routed_again() {
+        let (outbox, inbox) = channel(4);
+        drop(inbox);
+        assert_eq!(outbox.relay("x".into(), None), Err(Utf8Bytes::from("x")));
+        assert!(outbox.closing().is_none(), "not taken for a slow consumer");
+        assert!(!outbox.deliver_relayed("y".into(), None));
+    }
 }

@@ -328,6 +328,14 @@ impl TestServer {
     }
 }
 
+/// A client of `user` on the node at `addr` (its peer id set), and its token.
+pub async fn client_at(addr: &str, user: &str) -> (Client, String) {
+    let issued = issuer(Duration::from_secs(600)).issue(user, None, None);
+    let mut client = connect_at(addr, &issued.token).await;
+    client.peer_id = issued.claims.peer_id();
+    (client, issued.token)
+}
+
 /// Connects to the node at `addr` with `token` and waits until it is registered.
 pub async fn connect_at(addr: &str, token: &str) -> Client {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/signal?token={token}"))
