@@ -28,12 +28,10 @@ require redis-server redis-server
 require redis-cli redis-tools
 require redis-sentinel redis-sentinel
 
-# The browser tests (real Chromium, WebRTC and coturn) run only when asked for.
-if [ "${BROWSER_TESTS:-0}" = 1 ]; then
-  require chromium chromium
-  require chromedriver chromium-driver
-  require turnserver coturn
-fi
+# The browser tests: real Chromium (driven through chromedriver), WebRTC and coturn.
+require chromium chromium
+require chromedriver chromium-driver
+require turnserver coturn
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: cannot run the tests, missing: ${missing[*]}" >&2
@@ -41,6 +39,3 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo test --locked "$@"
-if [ "${BROWSER_TESTS:-0}" = 1 ]; then
-  cargo test --locked --test browser -- --ignored
-fi

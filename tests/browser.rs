@@ -2,10 +2,7 @@
 //! WebDriver, real WebRTC between the browsers, Switchboard as a real process, and a real
 //! coturn for relay-only calls.
 //!
-//! Ignored by default: they need chromium, chromedriver and coturn, and about one suite run
-//! in six still has a peer connection between two headless browsers stay `new` although
-//! both descriptions and every candidate were applied (not yet understood).
-//! `BROWSER_TESTS=1 scripts/test.sh` installs what they need and runs them.
+//! They need chromium, chromedriver and coturn; `scripts/test.sh` installs them.
 
 mod common;
 
@@ -207,7 +204,6 @@ fn switchboard(port: u16, extra: &[(&str, &str)]) -> (Running, String) {
 }
 
 #[tokio::test]
-#[ignore = "needs chromium, chromedriver and coturn: BROWSER_TESTS=1 scripts/test.sh"]
 async fn two_then_three_people_hold_a_call_and_one_leaves() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let (_server, base) = switchboard(0, &[]);
@@ -262,7 +258,6 @@ async fn two_then_three_people_hold_a_call_and_one_leaves() {
 }
 
 #[tokio::test]
-#[ignore = "needs chromium, chromedriver and coturn: BROWSER_TESTS=1 scripts/test.sh"]
 async fn a_restarted_node_does_not_end_the_call() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let port = free_port();
@@ -344,7 +339,6 @@ async fn relay_call(turn_secret: &str, coturn_secret: &str) -> RelayCall {
 }
 
 #[tokio::test]
-#[ignore = "needs chromium, chromedriver and coturn: BROWSER_TESTS=1 scripts/test.sh"]
 async fn relay_only_calls_go_through_coturn_with_the_issued_credentials() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let call = relay_call("shared-turn-secret", "shared-turn-secret").await;
@@ -357,7 +351,6 @@ async fn relay_only_calls_go_through_coturn_with_the_issued_credentials() {
 }
 
 #[tokio::test]
-#[ignore = "needs chromium, chromedriver and coturn: BROWSER_TESTS=1 scripts/test.sh"]
 async fn relay_only_calls_fail_when_the_turn_secret_differs() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let call = relay_call("not-the-turn-secret", "shared-turn-secret").await;
@@ -375,10 +368,9 @@ async fn relay_only_calls_fail_when_the_turn_secret_differs() {
             if refused {
                 break;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no TURN refusal seen: {errors}"
-            );
+            if tokio::time::Instant::now() > deadline {
+                panic!("no TURN refusal seen: {errors}; peers: {:?}", peers(b).await);
+            }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         let list = peers(b).await;

@@ -82,11 +82,16 @@ function updateMediaButtons() {
   }
 }
 
-function createPeer(id) {
+// `caller`: this side makes the first offer. Only the newcomer calls (everyone already in the
+// room waits for its offer), so two offers never cross while a call is being set up; later
+// renegotiations that do cross are settled by perfect negotiation.
+function createPeer(id, caller = false) {
   if (peers.has(id)) return peers.get(id);
   const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy });
   const stream = new MediaStream();
-  const p = { pc, polite: myId < id, makingOffer: false, ignoreOffer: false, queue: Promise.resolve(), stream };
+  const p = {
+    pc, polite: myId < id, caller, awaitingOffer: !caller, makingOffer: false, ignoreOffer: false, queue: Promise.resolve(), stream,
+  };
   p.tile = addTile(displayName(id), stream, false);
   p.tile.dataset.peer = id;
   setTileState(p.tile, 'connecting');
@@ -102,17 +107,21 @@ function createPeer(id) {
   };
   pc.onicecandidate = ({ candidate }) => candidate && client?.sendCandidate(id, candidate);
   pc.onicecandidateerror = ({ url, errorCode, errorText }) => iceErrors.push({ peerId: id, url, errorCode, errorText });
+  // The caller alone restarts ICE (on failure, or when a negotiation never got going: an
+  // offer lost with a dropped socket, say), so the two sides do not restart in step and
+  // cross their offers each time. restartIce() makes this side offer again.
   pc.onconnectionstatechange = () => {
     setTileState(p.tile, pc.connectionState);
-    if (pc.connectionState === 'failed') pc.restartIce(); // renegotiates with fresh ICE
+    if (pc.connectionState === 'failed' && p.caller) pc.restartIce();
   };
-  // A negotiation that never got going (an offer lost with a dropped socket, say) is
-  // started over: restartIce() makes this side offer again.
-  p.watchdog = setInterval(() => {
-    if (pc.connectionState === 'new' && pc.signalingState === 'stable' && !p.makingOffer) pc.restartIce();
-    if (pc.connectionState === 'connected' || pc.connectionState === 'closed') clearInterval(p.watchdog);
-  }, 5000);
+  if (caller) {
+    p.watchdog = setInterval(() => {
+      if (pc.connectionState === 'new' && pc.signalingState === 'stable' && !p.makingOffer) pc.restartIce();
+      if (pc.connectionState === 'connected' || pc.connectionState === 'closed') clearInterval(p.watchdog);
+    }, 5000);
+  }
   pc.onnegotiationneeded = async () => {
+    if (p.awaitingOffer) return; // fired again once the first offer is answered, if still needed
     try {
       p.makingOffer = true;
       await pc.setLocalDescription();
@@ -148,6 +157,7 @@ async function onDescription(p, id, type, sdp) {
   if (p.ignoreOffer) return;
   await pc.setRemoteDescription({ type, sdp });
   if (type !== 'offer') return;
+  p.awaitingOffer = false;
   await pc.setLocalDescription();
   client?.sendAnswer(id, pc.localDescription.sdp);
 }
@@ -166,7 +176,7 @@ function wire(c) {
     if (m.peers.length >= MAX_PARTICIPANTS) return leave(true, `This call already has ${MAX_PARTICIPANTS} people, the most it supports.`);
     $('self')?.querySelector('.who').replaceChildren(`${displayName(myId)} (you)`);
     status(`In room “${m.roomId}”. ${m.peers.length ? `${m.peers.length + 1} people here.` : 'Waiting for others: share this page’s address.'}`);
-    m.peers.forEach((id) => createPeer(id)); // the newcomer offers to everyone already here
+    m.peers.forEach((id) => createPeer(id, true)); // the newcomer calls everyone already here
   });
   on('resumed', (m) => {
     useIceServers(m.iceServers);
