@@ -369,7 +369,10 @@ async fn relay_only_calls_fail_when_the_turn_secret_differs() {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("no TURN refusal seen: {errors}; peers: {:?}", peers(b).await);
+                panic!(
+                    "no TURN refusal seen: {errors}; peers: {:?}",
+                    peers(b).await
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

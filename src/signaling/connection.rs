@@ -29,6 +29,8 @@ const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Most queued frames written to a socket in one go.
+const WRITE_BATCH: usize = 32;
 
 /// Per-connection limits and timers.
 #[derive(Debug, Clone)]
@@ -225,10 +227,20 @@ impl Connection {
         session: &mut Session,
         mut closing: watch::Receiver<Option<CloseReason>>,
     ) -> LeaveReason {
+        // The timers live as long as the loop: creating or resetting a timer per frame
+        // was a measurable share of the relay's CPU. The idle timer is re-armed from the
+        // last frame's time only when it fires.
         let idle = sleep(self.limits.idle_timeout);
         tokio::pin!(idle);
+        let mut last_frame = Instant::now();
         let mut expiry = deadline_of(&session.claims);
         let mut refresh = self.refresh_at(&session.claims);
+        let expiry_timer = sleep_until(expiry);
+        tokio::pin!(expiry_timer);
+        let refresh_timer = sleep_until(refresh.unwrap_or(expiry));
+        tokio::pin!(refresh_timer);
+        let closed = outbox::closed(&mut closing);
+        tokio::pin!(closed);
         let mut limiter = MessageLimiter::new(
             self.limits.message_rate,
             self.limits.message_burst,
@@ -239,7 +251,7 @@ impl Connection {
         loop {
             tokio::select! {
                 biased;
-                reason = outbox::closed(&mut closing) => {
+                reason = &mut closed => {
                     if reason.is_some_and(|r| r.code == Some(close::RESTART)) {
                         self.read_until_close(&mut stream, session).await;
                     }
@@ -247,7 +259,7 @@ impl Connection {
                 }
                 frame = stream.next() => {
                     let now = Instant::now();
-                    idle.as_mut().reset(now + self.limits.idle_timeout);
+                    last_frame = now;
                     if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
                         match limiter.check(now) {
                             Verdict::Allowed => {}
@@ -290,19 +302,26 @@ impl Connection {
                     }
                 }
                 _ = &mut idle => {
+                    let due = last_frame + self.limits.idle_timeout;
+                    if due > Instant::now() {
+                        idle.as_mut().reset(due);
+                        continue;
+                    }
                     session.outbox.close(Some(close::GOING_AWAY), "idle timeout");
                     return LeaveReason::Timeout;
                 }
-                _ = sleep_until(refresh.unwrap_or(expiry)), if refresh.is_some() => {
+                _ = &mut refresh_timer, if refresh.is_some() => {
                     let fresh = self.issuer.reissue(&session.claims);
                     let frame = Outgoing::Token { token: &fresh.token, expires_at: fresh.claims.exp }.to_frame();
                     session.outbox.deliver(frame);
                     session.claims = fresh.claims;
                     expiry = deadline_of(&session.claims);
                     refresh = self.refresh_at(&session.claims);
+                    expiry_timer.as_mut().reset(expiry);
+                    refresh_timer.as_mut().reset(refresh.unwrap_or(expiry));
                     self.keep_alive(session).await;
                 }
-                _ = sleep_until(expiry) => {
+                _ = &mut expiry_timer => {
                     session.outbox.close(Some(close::TOKEN_EXPIRED), "token expired");
                     return LeaveReason::Disconnected;
                 }
@@ -540,9 +559,18 @@ fn send_error(session: &Session, code: ErrorCode, message: &str, reference: Opti
     session.outbox.deliver(frame);
 }
 
-/// Writes `prelude`, then queued frames and pings; on close, flushes what is queued (unless
-/// the peer is too slow for that) and sends the close frame. Returns the queue, and a frame
-/// whose write failed, so a parked session keeps both for its resume.
+/// How a writer's loop ended.
+enum Ended {
+    /// Told to close (the reason, if any), with the frames it had not written yet.
+    Closing(Option<CloseReason>, Vec<Outbound>),
+    /// The socket failed; these frames may not have arrived.
+    Failed(Vec<Utf8Bytes>),
+}
+
+/// Writes `prelude`, then queued frames (a burst in one write) and pings; on close,
+/// flushes what is queued (unless the peer is too slow for that) and sends the close frame.
+/// Returns the queue, and the frames whose write failed, so a parked session keeps both for
+/// its resume.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
     mut inbox: Inbox,
@@ -557,29 +585,60 @@ async fn write_frames(
         }
     }
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let reason = loop {
-        tokio::select! {
-            biased;
-            reason = outbox::closed(&mut inbox.closing) => break reason,
-            frame = inbox.frames.recv() => {
-                let Some(Outbound { frame, since }) = frame else { break None };
-                metrics.outbound(&frame);
-                tokio::select! {
-                    sent = sink.send(Message::Text(frame.clone())) => if sent.is_err() {
-                        return (inbox, vec![frame]);
-                    },
-                    reason = outbox::closed(&mut inbox.closing) => break reason,
+    let mut batch: Vec<Outbound> = Vec::with_capacity(WRITE_BATCH);
+    let ended = {
+        // One close future for the connection's life, not a new waiter per frame.
+        let closed = outbox::closed(&mut inbox.closing);
+        tokio::pin!(closed);
+        loop {
+            tokio::select! {
+                biased;
+                reason = &mut closed => break Ended::Closing(reason, Vec::new()),
+                frame = inbox.frames.recv() => {
+                    let Some(first) = frame else { break Ended::Closing(None, Vec::new()) };
+                    // Whatever else is queued goes out in the same write (one syscall
+                    // for a burst instead of one per frame).
+                    batch.clear();
+                    batch.push(first);
+                    while batch.len() < WRITE_BATCH
+                        && let Ok(next) = inbox.frames.try_recv()
+                    {
+                        batch.push(next);
+                    }
+                    // How many frames of `batch` went into the socket's buffer.
+                    let mut fed = 0;
+                    let write = async {
+                        for out in &batch {
+                            metrics.outbound(&out.frame);
+                            sink.feed(Message::Text(out.frame.clone())).await?;
+                            fed += 1;
+                        }
+                        sink.flush().await
+                    };
+                    tokio::select! {
+                        written = write => if written.is_err() {
+                            // Not one frame of the batch can be vouched for: all go back.
+                            break Ended::Failed(batch.drain(..).map(|o| o.frame).collect());
+                        },
+                        reason = &mut closed => break Ended::Closing(reason, batch.drain(fed..).collect()),
+                    }
+                    for out in &batch {
+                        if let Some(since) = out.since {
+                            metrics.relay_latency.observe(since.elapsed().as_secs_f64());
+                        }
+                    }
                 }
-                if let Some(since) = since {
-                    metrics.relay_latency.observe(since.elapsed().as_secs_f64());
-                }
-            }
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return (inbox, Vec::new());
+                _ = ping.tick() => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        break Ended::Failed(Vec::new());
+                    }
                 }
             }
         }
+    };
+    let (reason, unsent) = match ended {
+        Ended::Closing(reason, unsent) => (reason, unsent),
+        Ended::Failed(frames) => return (inbox, frames),
     };
     let Some(CloseReason {
         code: Some(code),
@@ -590,7 +649,8 @@ async fn write_frames(
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if code != close::SLOW_CONSUMER {
-            while let Ok(Outbound { frame, .. }) = inbox.frames.try_recv() {
+            let queued = std::iter::from_fn(|| inbox.frames.try_recv().ok());
+            for Outbound { frame, .. } in unsent.into_iter().chain(queued) {
                 metrics.outbound(&frame);
                 if sink.feed(Message::Text(frame)).await.is_err() {
                     return;

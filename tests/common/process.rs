@@ -62,6 +62,11 @@ impl Running {
         (running, address)
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits (bounded) for a log line matching `pred`.
     pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool) -> String {
         if let Some(l) = self.seen.iter().find(|l| pred(l)) {

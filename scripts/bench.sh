@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Reproduces the figures in docs/BENCHMARKS.md on a machine with 2+ cores: every server
+# process (and redis-server) is pinned to core 0 with taskset, `switchboard bench` to core 1.
+# JSON reports go to $OUT (default target/bench); the latency-vs-rate plot is drawn from
+# the sweep. Takes about four minutes. Usage: scripts/bench.sh [scenario ...]
+# (scenarios: relay rate sweep idle storm multi; default: all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OUT=${OUT:-target/bench}
+SERVER_CORE=${SERVER_CORE:-0}
+BENCH_CORE=${BENCH_CORE:-1}
+IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-19000}
+SECRET=bench-only-secret-not-for-production-0123456789
+mkdir -p "$OUT"
+for tool in taskset redis-server python3; do
+  command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing" >&2; exit 1; }
+done
+cargo build --release --locked
+BIN=target/release/switchboard
+
+# A node under load: no per-connection message limit, no shedding, room for 19,000+
+# connections, warnings only in the log.
+export AUTH_SECRET=$SECRET ALLOW_OPEN_ISSUANCE=true LOG_LEVEL=warn \
+  MESSAGE_RATE=10000000 MESSAGE_BURST=10000000 MAX_CONNECTIONS=100000 \
+  MAX_CONNECTIONS_PER_IP=100000 RATE_PER_IP_PER_MINUTE=100000000 SHED_CPU_PERCENT=0 \
+  SHED_MEMORY_PERCENT=0
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# start_node PORT [VAR=VALUE ...]: a `serve` node on core $SERVER_CORE; sets $pid.
+start_node() {
+  local port=$1; shift
+  env "$@" taskset -c "$SERVER_CORE" "$BIN" serve --bind 127.0.0.1 --port "$port" \
+    >"$OUT/node-$port.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  for _ in $(seq 100); do
+    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "bench.sh: the node on port $port did not start; see $OUT/node-$port.log" >&2
+  exit 1
+}
+
+# bench NAME ARGS...: runs the generator on core $BENCH_CORE, keeps the JSON, shows the table.
+bench() {
+  local name=$1; shift
+  echo "== $name: switchboard bench $*"
+  taskset -c "$BENCH_CORE" "$BIN" bench --out "$OUT/$name.json" "$@"
+}
+
+scenarios=("$@")
+has() { [ ${#scenarios[@]} -eq 0 ] || [[ " ${scenarios[*]} " == *" $1 "* ]]; }
+
+if has relay || has rate || has sweep || has idle || has storm; then
+  start_node 9100
+  node=$pid
+  url=ws://127.0.0.1:9100
+  if has relay; then
+    bench relay-closed --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --duration 10s
+    bench candidates-closed --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --message candidate --duration 10s
+  fi
+  if has rate; then
+    bench relay-20k --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --rate 20000 --duration 10s
+  fi
+  if has sweep; then
+    bench relay-sweep --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --sweep --rate 5000 --sweep-factor 1.25 --duration 5s --p99-bound 10ms
+    python3 scripts/plot-latency.py docs/latency-vs-rate.svg "$OUT/relay-sweep.json"
+  fi
+  if has storm; then
+    # Tokens from the node's own /auth/token: auth and signaling share the server's core.
+    bench join-storm --url $url --server-pid "$node" join-storm --joins 20000 --concurrency 64
+  fi
+  if has idle; then
+    bench idle --url $url --secret $SECRET --server-pid "$node" idle --connections "$IDLE_CONNECTIONS" --hold 5s
+  fi
+  kill "$node"; wait "$node" 2>/dev/null || true
+fi
+
+if has multi; then
+  redis_port=9199
+  taskset -c "$SERVER_CORE" redis-server --port $redis_port --save '' --appendonly no \
+    >"$OUT/redis.log" 2>&1 &
+  pids+=("$!")
+  sleep 0.5
+  urls=()
+  node_pids=()
+  for port in 9101 9102 9103; do
+    start_node $port REDIS_URL=redis://127.0.0.1:$redis_port
+    urls+=(--url ws://127.0.0.1:$port)
+    node_pids+=(--server-pid "$pid")
+  done
+  # Same rate, same nodes: pairs on one node each, then each pair across two nodes.
+  bench multi-same "${urls[@]}" --secret $SECRET "${node_pids[@]}" relay --pairs 100 --rate 5000 --duration 10s
+  bench multi-cross "${urls[@]}" --secret $SECRET "${node_pids[@]}" multi-node --pairs 100 --rate 5000 --duration 10s
+fi
+echo "reports in $OUT"

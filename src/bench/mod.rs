@@ -1,0 +1,204 @@
+//! `switchboard bench`: a load generator that drives any Switchboard deployment over the
+//! real protocol (tokens, WebSockets, rooms) and reports what an operator needs.
+
+mod client;
+mod idle;
+mod process;
+mod progress;
+mod relay;
+mod report;
+mod storm;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+pub use client::TokenSource;
+pub use report::Report;
+
+/// Why a benchmark could not run; the sentence says what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BenchError(pub String);
+
+impl BenchError {
+    fn new(message: impl Into<String>) -> Self {
+        BenchError(message.into())
+    }
+}
+
+/// `switchboard bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Signaling endpoint(s), e.g. `ws://127.0.0.1:8080`; repeat for several nodes.
+    #[arg(long = "url", default_value = "ws://127.0.0.1:8080", global = true)]
+    pub urls: Vec<String>,
+    /// Token endpoint (default: `/auth/token` on the first URL's host).
+    #[arg(long, global = true)]
+    pub auth_url: Option<String>,
+    /// Mint tokens locally with this signing secret instead of calling the token endpoint.
+    #[arg(long, hide_env_values = true, env = "BENCH_SECRET", global = true)]
+    pub secret: Option<String>,
+    /// Server process(es) to measure (CPU from /proc/<pid>/stat, memory from status).
+    #[arg(long = "server-pid", global = true)]
+    pub server_pids: Vec<u32>,
+    /// Local source addresses to spread connections over (e.g. 127.0.0.2); one address
+    /// reaches about 28,000 connections to one server port.
+    #[arg(long = "source", value_delimiter = ',', global = true)]
+    pub sources: Vec<IpAddr>,
+    /// Print the results as one JSON document instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Also write the JSON results to this file.
+    #[arg(long, global = true)]
+    pub out: Option<PathBuf>,
+    /// What to measure.
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+/// The benchmark scenarios.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// Pairs exchanging offers/answers/candidates, both peers of a pair on one node.
+    Relay(RelayArgs),
+    /// Like `relay`, with the two peers of each pair on different nodes (needs 2+ URLs).
+    MultiNode(RelayArgs),
+    /// Hold N authenticated, joined connections (2 per room); memory per connection.
+    Idle(IdleArgs),
+    /// Token + connect + join handshakes per second.
+    JoinStorm(StormArgs),
+}
+
+/// What the relayed messages are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageKind {
+    /// Offers answered by answers (SDP of `--sdp-bytes`).
+    Offer,
+    /// ICE candidates (of `--candidate-bytes`).
+    Candidate,
+}
+
+/// `relay` and `multi-node` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Number of pairs (each pair is a room of two peers).
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// Message kind.
+    #[arg(long, value_enum, default_value_t = MessageKind::Offer)]
+    pub message: MessageKind,
+    /// Size of an SDP (offer or answer) in bytes.
+    #[arg(long, default_value_t = 2048)]
+    pub sdp_bytes: usize,
+    /// Size of an ICE candidate in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub candidate_bytes: usize,
+    /// Open loop at this total rate (messages/s over all pairs, both directions); without
+    /// it, closed loop: one message in flight per pair, answered before the next.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Raise the rate step by step (from `--rate`, default 1000/s) until p99 passes
+    /// `--p99-bound`, messages are lost or the rate is not reached; report the highest
+    /// sustained rate.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Highest rate a sweep tries.
+    #[arg(long)]
+    pub max_rate: Option<f64>,
+    /// Each sweep step multiplies the rate by this.
+    #[arg(long, default_value_t = 1.25)]
+    pub sweep_factor: f64,
+    /// Latency bound for `--sweep`.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10ms")]
+    pub p99_bound: Duration,
+    /// Length of a run (of each sweep step).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Stop a run after this many messages, whichever comes first.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_messages: u64,
+    /// Time given to messages still in flight when sending stops before they count as lost.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub drain: Duration,
+}
+
+/// `idle` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Handshakes in flight at once while opening.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// How long to hold the connections once all are joined (RSS is read at the end).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub hold: Duration,
+}
+
+/// `join-storm` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// Handshakes (token + connect + join) in all.
+    #[arg(long, default_value_t = 20_000)]
+    pub joins: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 200)]
+    pub concurrency: usize,
+    /// Upper bound on the run's length.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub timeout: Duration,
+}
+
+/// Identity claims the bench mints tokens with (the server's TOKEN_ISSUER/TOKEN_AUDIENCE).
+pub struct Claims {
+    /// `iss`.
+    pub issuer: String,
+    /// `aud`.
+    pub audience: String,
+}
+
+/// Runs the chosen scenario and prints its report.
+pub async fn run(mut args: BenchArgs, claims: Claims) -> Result<Report, BenchError> {
+    // One source address reaches ~28,000 connections to one port: spread bigger idle runs
+    // against a loopback server over 127.0.0.x by themselves.
+    if let Scenario::Idle(idle) = &args.scenario
+        && args.sources.is_empty()
+        && idle.connections > idle::PER_SOURCE
+        && args
+            .urls
+            .iter()
+            .all(|u| u.starts_with("ws://127.") || u.starts_with("ws://localhost"))
+    {
+        args.sources = idle::loopback_sources(idle.connections);
+    }
+    let target = std::sync::Arc::new(client::Target::new(&args, claims)?);
+    let report = match &args.scenario {
+        Scenario::Relay(r) => relay::run(&target, r, false).await?,
+        Scenario::MultiNode(r) => {
+            if args.urls.len() < 2 {
+                return Err(BenchError::new(
+                    "multi-node needs at least two --url values, one per node.",
+                ));
+            }
+            relay::run(&target, r, true).await?
+        }
+        Scenario::Idle(i) => idle::run(&target, i).await?,
+        Scenario::JoinStorm(s) => storm::run(&target, s).await?,
+    };
+    let json = serde_json::to_string_pretty(&report).expect("reports serialise");
+    if let Some(path) = &args.out {
+        std::fs::write(path, format!("{json}\n"))
+            .map_err(|e| BenchError::new(format!("cannot write {}: {e}", path.display())))?;
+    }
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(report)
+}

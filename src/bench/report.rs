@@ -1,0 +1,232 @@
+//! Results: one serialisable report per run, printed as a table or as JSON.
+
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// A latency histogram in nanoseconds, up to one minute, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest seen.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Latency {
+    /// Percentiles of `h` (nanoseconds) in microseconds.
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let us = |ns: u64| (ns as f64 / 100.0).round() / 10.0;
+        Latency {
+            p50: us(h.value_at_quantile(0.50)),
+            p90: us(h.value_at_quantile(0.90)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: (h.mean() / 100.0).round() / 10.0,
+        }
+    }
+}
+
+/// One relay run (one step of a sweep).
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayRun {
+    /// Rate asked for (open loop), messages/s.
+    pub target_rate: Option<f64>,
+    /// Messages received per second of sending.
+    pub achieved_rate: f64,
+    /// Seconds spent sending.
+    pub duration_s: f64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Distinct messages received.
+    pub received: u64,
+    /// Sent but never received.
+    pub lost: u64,
+    /// Received more than once.
+    pub duplicated: u64,
+    /// Received after a later message of the same sender.
+    pub reordered: u64,
+    /// Send failures, error replies and closed connections.
+    pub errors: u64,
+    /// One-way latency, send to receipt.
+    pub latency_us: Latency,
+    /// Server CPU time per received message (needs --server-pid).
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// Share of one core the server(s) used while sending (needs --server-pid).
+    pub server_cpu_share: Option<f64>,
+    /// Share of one core this generator used: near 1.0 it, not the server, is the limit.
+    pub generator_cpu_share: f64,
+    /// The first error of the run, to act on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+/// Figures of an `idle` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleFigures {
+    /// Connections asked for.
+    pub connections: usize,
+    /// Connections authenticated, joined and held at the end.
+    pub held: usize,
+    /// Failed handshakes.
+    pub errors: u64,
+    /// Handshakes (token + connect + join) per second while opening.
+    pub connect_rate: f64,
+    /// Server memory before opening (needs --server-pid), bytes.
+    pub server_rss_before: Option<u64>,
+    /// Server memory with every connection held, bytes.
+    pub server_rss_after: Option<u64>,
+    /// (after - before) / held.
+    pub bytes_per_connection: Option<f64>,
+    /// This process's open-file limit.
+    pub fd_limit: u64,
+}
+
+/// Figures of a `join-storm` run.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormFigures {
+    /// Handshakes asked for.
+    pub joins: usize,
+    /// Handshakes that reached `joined`.
+    pub completed: u64,
+    /// Failed handshakes.
+    pub errors: u64,
+    /// Completed handshakes per second.
+    pub rate: f64,
+    /// Token + connect + join latency.
+    pub latency_us: Latency,
+    /// Server CPU per handshake (needs --server-pid).
+    pub server_cpu_us_per_join: Option<f64>,
+}
+
+/// Everything one `switchboard bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `relay`, `multi-node`, `idle` or `join-storm`.
+    pub scenario: &'static str,
+    /// `closed-loop`, `open-loop` or `sweep` for relays.
+    pub mode: &'static str,
+    /// A one-line description of the set-up.
+    pub label: String,
+    /// Relay runs, in order (one per sweep step).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RelayRun>,
+    /// Highest rate a sweep sustained within its bounds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sustained_rate: Option<f64>,
+    /// Idle figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle: Option<IdleFigures>,
+    /// Join-storm figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storm: Option<StormFigures>,
+    /// The first error seen, to act on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+impl Report {
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = format!("{} ({}): {}\n", self.scenario, self.mode, self.label);
+        if !self.runs.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:>9} {:>9} {:>9} {:>5} {:>5} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
+                "target/s",
+                "rate/s",
+                "received",
+                "lost",
+                "dup",
+                "reord",
+                "err",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "srv µs",
+                "srv %",
+                "gen %"
+            );
+            for r in &self.runs {
+                let ms = |us: f64| format!("{:.3}", us / 1000.0);
+                let _ = writeln!(
+                    out,
+                    "{:>9} {:>9.0} {:>9} {:>5} {:>5} {:>5} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6.0}",
+                    opt(r.target_rate, 0),
+                    r.achieved_rate,
+                    r.received,
+                    r.lost,
+                    r.duplicated,
+                    r.reordered,
+                    r.errors,
+                    ms(r.latency_us.p50),
+                    ms(r.latency_us.p90),
+                    ms(r.latency_us.p99),
+                    ms(r.latency_us.p999),
+                    ms(r.latency_us.max),
+                    opt(r.server_cpu_us_per_msg, 1),
+                    opt(r.server_cpu_share.map(|s| s * 100.0), 0),
+                    r.generator_cpu_share * 100.0,
+                );
+            }
+        }
+        if let Some(rate) = self.max_sustained_rate {
+            let _ = writeln!(out, "highest sustained rate: {rate:.0} messages/s");
+        }
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                out,
+                "held {}/{} connections ({} errors), {:.0} handshakes/s while opening, fd limit {}",
+                i.held, i.connections, i.errors, i.connect_rate, i.fd_limit
+            );
+            if let (Some(before), Some(after)) = (i.server_rss_before, i.server_rss_after) {
+                let _ = writeln!(
+                    out,
+                    "server RSS {:.1} MiB -> {:.1} MiB: {} bytes per connection",
+                    before as f64 / 1048576.0,
+                    after as f64 / 1048576.0,
+                    opt(i.bytes_per_connection, 0)
+                );
+            }
+        }
+        if let Some(s) = &self.storm {
+            let _ = writeln!(
+                out,
+                "{}/{} handshakes ({} errors): {:.0}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; server {} µs CPU per handshake",
+                s.completed,
+                s.joins,
+                s.errors,
+                s.rate,
+                s.latency_us.p50 / 1000.0,
+                s.latency_us.p99 / 1000.0,
+                s.latency_us.max / 1000.0,
+                opt(s.server_cpu_us_per_join, 1)
+            );
+        }
+        if let Some(e) = &self.first_error {
+            let _ = writeln!(out, "first error: {e}");
+        }
+        out
+    }
+}

@@ -1,0 +1,270 @@
+//! `switchboard bench` against real `switchboard serve` processes (and a real redis-server
+//! for the multi-node scenario): each scenario runs small and bounded, and its JSON report
+//! must show the traffic it generated, nothing lost, and the server figures it measured.
+
+mod common;
+
+use common::SECRET;
+use common::process::{Running, switchboard};
+use common::redis::RedisServer;
+use serde_json::Value;
+
+/// Runs `switchboard bench <args>` with JSON output; returns the report.
+fn bench(args: &[&str]) -> Value {
+    let out = switchboard(&[&["bench", "--json"], args].concat(), &[])
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stderr}"))
+}
+
+/// Settings for a node under load: the per-connection message limit out of the way.
+const LOAD: [(&str, &str); 3] = [
+    ("AUTH_SECRET", SECRET),
+    ("MESSAGE_RATE", "100000"),
+    ("MESSAGE_BURST", "100000"),
+];
+
+fn server() -> (Running, String, String) {
+    let (running, address) = Running::start(&LOAD);
+    let pid = running.pid().to_string();
+    (running, format!("ws://{address}"), pid)
+}
+
+/// Every message arrived once and in order, and the run did not fail.
+fn assert_clean(run: &Value) {
+    assert!(run["received"].as_u64().unwrap() > 0, "{run}");
+    assert_eq!(run["received"], run["sent"], "{run}");
+    for field in ["lost", "duplicated", "reordered", "errors"] {
+        assert_eq!(run[field], 0, "{field}: {run}");
+    }
+    assert!(run["latency_us"]["p50"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(run["latency_us"]["max"].as_f64() >= run["latency_us"]["p99"].as_f64());
+}
+
+#[test]
+fn closed_loop_relay_reports_latency_and_server_cpu() {
+    let (_server, url, pid) = server();
+    let report = bench(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--server-pid",
+        &pid,
+        "relay",
+        "--pairs",
+        "3",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(report["scenario"], "relay");
+    assert_eq!(report["mode"], "closed-loop");
+    let run = &report["runs"][0];
+    assert_clean(run);
+    assert!(
+        run["server_cpu_us_per_msg"].as_f64().unwrap() > 0.0,
+        "{run}"
+    );
+}
+
+#[test]
+fn open_loop_candidates_at_a_rate_through_the_token_endpoint() {
+    let (_server, url, _) = server();
+    // No --secret: tokens come from POST /auth/token (open issuance in development).
+    let report = bench(&[
+        "--url",
+        &url,
+        "relay",
+        "--pairs",
+        "2",
+        "--message",
+        "candidate",
+        "--rate",
+        "200",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(report["mode"], "open-loop");
+    let run = &report["runs"][0];
+    assert_clean(run);
+    // 200/s for 1 s, give or take a tick at either end.
+    let sent = run["sent"].as_u64().unwrap();
+    assert!((180..=220).contains(&sent), "{run}");
+}
+
+#[test]
+fn a_sweep_raises_the_rate_step_by_step_up_to_the_cap() {
+    let (_server, url, _) = server();
+    let report = bench(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "relay",
+        "--pairs",
+        "2",
+        "--sweep",
+        "--rate",
+        "100",
+        "--sweep-factor",
+        "2",
+        "--max-rate",
+        "400",
+        "--duration",
+        "500ms",
+        "--p99-bound",
+        "5s",
+    ]);
+    let targets: Vec<f64> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["target_rate"].as_f64().unwrap())
+        .collect();
+    assert_eq!(targets, [100.0, 200.0, 400.0]);
+    report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .for_each(assert_clean);
+    assert_eq!(report["max_sustained_rate"], 400.0);
+}
+
+#[test]
+fn idle_connections_are_held_and_measured() {
+    let (_server, url, pid) = server();
+    let report = bench(&[
+        "--url",
+        &url,
+        "--secret",
+        SECRET,
+        "--server-pid",
+        &pid,
+        "idle",
+        "--connections",
+        "40",
+        "--hold",
+        "200ms",
+    ]);
+    let idle = &report["idle"];
+    assert_eq!(idle["held"], 40, "{idle}");
+    assert_eq!(idle["errors"], 0, "{idle}");
+    assert!(idle["server_rss_after"].as_u64() > Some(0), "{idle}");
+    assert!(idle["bytes_per_connection"].is_number(), "{idle}");
+}
+
+#[test]
+fn a_join_storm_completes_every_handshake() {
+    let (_server, url, pid) = server();
+    let report = bench(&[
+        "--url",
+        &url,
+        "--server-pid",
+        &pid,
+        "join-storm",
+        "--joins",
+        "60",
+        "--concurrency",
+        "8",
+    ]);
+    let storm = &report["storm"];
+    assert_eq!(storm["completed"], 60, "{report}");
+    assert_eq!(storm["errors"], 0, "{report}");
+    assert!(storm["rate"].as_f64().unwrap() > 0.0);
+    assert!(storm["latency_us"]["p99"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn multi_node_puts_the_peers_of_a_pair_on_different_nodes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let vars = [LOAD.as_slice(), &[("REDIS_URL", url.as_str())]].concat();
+    let (_one, first) = Running::start(&vars);
+    let (_two, second) = Running::start(&vars);
+    let (first, second) = (format!("ws://{first}"), format!("ws://{second}"));
+    let report = bench(&[
+        "--url",
+        &first,
+        "--url",
+        &second,
+        "--secret",
+        SECRET,
+        "multi-node",
+        "--pairs",
+        "2",
+        "--duration",
+        "1s",
+    ]);
+    assert_eq!(report["scenario"], "multi-node");
+    let run = &report["runs"][0];
+    assert_clean(run);
+    // Every relayed message crossed nodes: one XADD to the other node's inbox each.
+    let stats = redis.cli(&["INFO", "commandstats"]).await;
+    let xadds: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_xadd:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        xadds >= run["received"].as_u64().unwrap(),
+        "{xadds} XADDs: {run}"
+    );
+}
+
+#[test]
+fn messages_the_server_refuses_are_reported_with_the_reason() {
+    // The default per-connection limit (50/s, burst 200) refuses part of a closed loop.
+    let (_server, address) = Running::start(&[("AUTH_SECRET", SECRET)]);
+    let report = bench(&[
+        "--url",
+        &format!("ws://{address}"),
+        "--secret",
+        SECRET,
+        "relay",
+        "--pairs",
+        "1",
+        "--duration",
+        "1s",
+    ]);
+    let run = &report["runs"][0];
+    assert!(run["lost"].as_u64() > Some(0), "{run}");
+    assert!(run["errors"].as_u64() > Some(0), "{run}");
+    let first = report["first_error"].as_str().unwrap_or_default();
+    assert!(first.contains("rate_limited"), "{report}");
+}
+
+#[test]
+fn bad_targets_get_a_clear_refusal() {
+    for (args, says) in [
+        (
+            vec!["--url", "http://127.0.0.1:1", "relay"],
+            "use ws://host:port",
+        ),
+        (
+            vec!["--url", "ws://127.0.0.1:1", "multi-node"],
+            "at least two --url",
+        ),
+        (
+            vec![
+                "--url",
+                "ws://127.0.0.1:1",
+                "--secret",
+                SECRET,
+                "relay",
+                "--pairs",
+                "1",
+            ],
+            "cannot connect to 127.0.0.1:1",
+        ),
+    ] {
+        let out = switchboard(&[&["bench"], args.as_slice()].concat(), &[])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
