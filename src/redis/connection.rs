@@ -133,10 +133,18 @@ impl Redis {
     }
 }
 
+/// No Nagle delay: a bus message written while the previous one is unacknowledged
+/// would otherwise wait for the delayed ACK (up to 40 ms on Linux) before leaving.
+fn tcp() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 async fn open(topology: &Topology, timeout: Duration) -> RedisResult<Conn> {
     match topology {
         Topology::Standalone { url } => {
-            let client = redis::Client::open(url.as_str())?;
+            let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())?
+                .set_tcp_settings(tcp());
+            let client = redis::Client::open(info)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(timeout.max(Duration::from_secs(1))))
                 .set_response_timeout(None)
@@ -149,6 +157,7 @@ async fn open(topology: &Topology, timeout: Duration) -> RedisResult<Conn> {
             let client = ClusterClientBuilder::new(seeds.clone())
                 .connection_timeout(timeout.max(Duration::from_secs(1)))
                 .response_timeout(Duration::from_secs(60))
+                .tcp_settings(tcp())
                 .build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))
         }
@@ -161,7 +170,9 @@ async fn open(topology: &Topology, timeout: Duration) -> RedisResult<Conn> {
             if let Some(p) = password {
                 info = info.set_password(p.clone());
             }
-            let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(info);
+            let node = SentinelNodeConnectionInfo::default()
+                .set_redis_connection_info(info)
+                .set_tcp_settings(tcp());
             let client = SentinelClient::build(
                 sentinels.clone(),
                 master.clone(),

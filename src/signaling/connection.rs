@@ -104,10 +104,15 @@ impl Connection {
         });
         let (sink, stream) = socket.split();
         let ttl = session_ttl(&self.claims);
-        let registration = match self
-            .hub
-            .attach(&self.claims.session_id, &self.claims.sub, &peer_id, ttl)
-            .await
+        // Membership changes are boxed: inline, their state would make every connection's
+        // task (idle ones included) as large as the largest of them.
+        let registration = match Box::pin(self.hub.attach(
+            &self.claims.session_id,
+            &self.claims.sub,
+            &peer_id,
+            ttl,
+        ))
+        .await
         {
             Ok(r) => r,
             Err(e) => {
@@ -173,15 +178,13 @@ impl Connection {
             // The socket is gone, so the writer stops at once (no close frame to send).
             let queue = tokio::time::timeout(CLOSE_GRACE, writer.take().expect("set above")).await;
             if let Ok(Ok(queue)) = queue {
-                parked = self
-                    .hub
-                    .park(
-                        &session.peer_id,
-                        session.epoch,
-                        queue,
-                        self.limits.resume_grace,
-                    )
-                    .await;
+                parked = Box::pin(self.hub.park(
+                    &session.peer_id,
+                    session.epoch,
+                    queue,
+                    self.limits.resume_grace,
+                ))
+                .await;
             }
         }
         if parked {
@@ -191,14 +194,13 @@ impl Connection {
             );
         } else {
             // Tell the room first; a close frame to a slow client may take its time.
-            self.hub
-                .detach(
-                    &session.claims.session_id,
-                    &session.peer_id,
-                    session.epoch,
-                    reason,
-                )
-                .await;
+            Box::pin(self.hub.detach(
+                &session.claims.session_id,
+                &session.peer_id,
+                session.epoch,
+                reason,
+            ))
+            .await;
         }
         if let Some(writer) = writer {
             let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), writer).await;
@@ -253,7 +255,7 @@ impl Connection {
                 biased;
                 reason = &mut closed => {
                     if reason.is_some_and(|r| r.code == Some(close::RESTART)) {
-                        self.read_until_close(&mut stream, session).await;
+                        Box::pin(self.read_until_close(&mut stream, session)).await;
                     }
                     return LeaveReason::Disconnected;
                 }
@@ -319,7 +321,7 @@ impl Connection {
                     refresh = self.refresh_at(&session.claims);
                     expiry_timer.as_mut().reset(expiry);
                     refresh_timer.as_mut().reset(refresh.unwrap_or(expiry));
-                    self.keep_alive(session).await;
+                    Box::pin(self.keep_alive(session)).await;
                 }
                 _ = &mut expiry_timer => {
                     session.outbox.close(Some(close::TOKEN_EXPIRED), "token expired");
@@ -419,16 +421,17 @@ impl Connection {
                 session.outbox.deliver(Outgoing::Pong.to_frame());
             }
             Command::Join { room } => {
-                self.join(session, &room, reference).await;
+                Box::pin(self.join(session, &room, reference)).await;
                 metrics
                     .join_latency
                     .observe(received.elapsed().as_secs_f64());
             }
             Command::Leave { room } => {
-                match self
-                    .hub
-                    .leave(&session.peer_id, session.epoch, room.as_deref())
-                    .await
+                match Box::pin(
+                    self.hub
+                        .leave(&session.peer_id, session.epoch, room.as_deref()),
+                )
+                .await
                 {
                     Ok(()) => session.room = None,
                     Err(e) => membership_error(session, e, reference),
@@ -471,7 +474,7 @@ impl Connection {
             },
             Route::Remote(node) => (node, frame),
         };
-        if let Err(e) = self.hub.send_remote(&node, to, frame).await {
+        if let Err(e) = Box::pin(self.hub.send_remote(&node, to, frame)).await {
             tracing::warn!(error = %e, "cross-node relay failed");
             send_error(
                 session,
