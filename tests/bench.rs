@@ -9,9 +9,17 @@ use common::process::{Running, switchboard};
 use common::redis::RedisServer;
 use serde_json::Value;
 
-/// Runs `switchboard bench <args>` with JSON output; returns the report.
-fn bench(args: &[&str]) -> Value {
-    let out = switchboard(&[&["bench", "--json"], args].concat(), &[])
+/// The arguments of `switchboard bench`, written as on a command line.
+fn words(line: &str) -> Vec<&str> {
+    ["bench"]
+        .into_iter()
+        .chain(line.split_whitespace())
+        .collect()
+}
+
+/// Runs `switchboard bench --json <line>`; returns the report.
+fn bench(line: &str) -> Value {
+    let out = switchboard(&words(&format!("--json {line}")), &[])
         .output()
         .expect("the binary runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -46,19 +54,9 @@ fn assert_clean(run: &Value) {
 #[test]
 fn closed_loop_relay_reports_latency_and_server_cpu() {
     let (_server, url, pid) = server();
-    let report = bench(&[
-        "--url",
-        &url,
-        "--secret",
-        SECRET,
-        "--server-pid",
-        &pid,
-        "relay",
-        "--pairs",
-        "3",
-        "--duration",
-        "1s",
-    ]);
+    let report = bench(&format!(
+        "--url {url} --secret {SECRET} --server-pid {pid} relay --pairs 3 --duration 1s"
+    ));
     assert_eq!(report["scenario"], "relay");
     assert_eq!(report["mode"], "closed-loop");
     let run = &report["runs"][0];
@@ -73,19 +71,9 @@ fn closed_loop_relay_reports_latency_and_server_cpu() {
 fn open_loop_candidates_at_a_rate_through_the_token_endpoint() {
     let (_server, url, _) = server();
     // No --secret: tokens come from POST /auth/token (open issuance in development).
-    let report = bench(&[
-        "--url",
-        &url,
-        "relay",
-        "--pairs",
-        "2",
-        "--message",
-        "candidate",
-        "--rate",
-        "200",
-        "--duration",
-        "1s",
-    ]);
+    let report = bench(&format!(
+        "--url {url} relay --pairs 2 --message candidate --rate 200 --duration 1s"
+    ));
     assert_eq!(report["mode"], "open-loop");
     let run = &report["runs"][0];
     assert_clean(run);
@@ -97,26 +85,9 @@ fn open_loop_candidates_at_a_rate_through_the_token_endpoint() {
 #[test]
 fn a_sweep_raises_the_rate_step_by_step_up_to_the_cap() {
     let (_server, url, _) = server();
-    let report = bench(&[
-        "--url",
-        &url,
-        "--secret",
-        SECRET,
-        "relay",
-        "--pairs",
-        "2",
-        "--sweep",
-        "--rate",
-        "100",
-        "--sweep-factor",
-        "2",
-        "--max-rate",
-        "400",
-        "--duration",
-        "500ms",
-        "--p99-bound",
-        "5s",
-    ]);
+    let report = bench(&format!(
+        "--url {url} --secret {SECRET} relay --pairs 2 --sweep --rate 100 --sweep-factor 2 --max-rate 400 --duration 500ms --p99-bound 5s"
+    ));
     let targets: Vec<f64> = report["runs"]
         .as_array()
         .unwrap()
@@ -135,19 +106,9 @@ fn a_sweep_raises_the_rate_step_by_step_up_to_the_cap() {
 #[test]
 fn idle_connections_are_held_and_measured() {
     let (_server, url, pid) = server();
-    let report = bench(&[
-        "--url",
-        &url,
-        "--secret",
-        SECRET,
-        "--server-pid",
-        &pid,
-        "idle",
-        "--connections",
-        "40",
-        "--hold",
-        "200ms",
-    ]);
+    let report = bench(&format!(
+        "--url {url} --secret {SECRET} --server-pid {pid} idle --connections 40 --hold 200ms"
+    ));
     let idle = &report["idle"];
     assert_eq!(idle["held"], 40, "{idle}");
     assert_eq!(idle["errors"], 0, "{idle}");
@@ -158,17 +119,9 @@ fn idle_connections_are_held_and_measured() {
 #[test]
 fn a_join_storm_completes_every_handshake() {
     let (_server, url, pid) = server();
-    let report = bench(&[
-        "--url",
-        &url,
-        "--server-pid",
-        &pid,
-        "join-storm",
-        "--joins",
-        "60",
-        "--concurrency",
-        "8",
-    ]);
+    let report = bench(&format!(
+        "--url {url} --server-pid {pid} join-storm --joins 60 --concurrency 8"
+    ));
     let storm = &report["storm"];
     assert_eq!(storm["completed"], 60, "{report}");
     assert_eq!(storm["errors"], 0, "{report}");
@@ -184,19 +137,9 @@ async fn multi_node_puts_the_peers_of_a_pair_on_different_nodes() {
     let (_one, first) = Running::start(&vars);
     let (_two, second) = Running::start(&vars);
     let (first, second) = (format!("ws://{first}"), format!("ws://{second}"));
-    let report = bench(&[
-        "--url",
-        &first,
-        "--url",
-        &second,
-        "--secret",
-        SECRET,
-        "multi-node",
-        "--pairs",
-        "2",
-        "--duration",
-        "1s",
-    ]);
+    let report = bench(&format!(
+        "--url {first} --url {second} --secret {SECRET} multi-node --pairs 2 --duration 1s"
+    ));
     assert_eq!(report["scenario"], "multi-node");
     let run = &report["runs"][0];
     assert_clean(run);
@@ -218,17 +161,9 @@ async fn multi_node_puts_the_peers_of_a_pair_on_different_nodes() {
 fn messages_the_server_refuses_are_reported_with_the_reason() {
     // The default per-connection limit (50/s, burst 200) refuses part of a closed loop.
     let (_server, address) = Running::start(&[("AUTH_SECRET", SECRET)]);
-    let report = bench(&[
-        "--url",
-        &format!("ws://{address}"),
-        "--secret",
-        SECRET,
-        "relay",
-        "--pairs",
-        "1",
-        "--duration",
-        "1s",
-    ]);
+    let report = bench(&format!(
+        "--url ws://{address} --secret {SECRET} relay --pairs 1 --duration 1s"
+    ));
     let run = &report["runs"][0];
     assert!(run["lost"].as_u64() > Some(0), "{run}");
     assert!(run["errors"].as_u64() > Some(0), "{run}");
@@ -238,33 +173,23 @@ fn messages_the_server_refuses_are_reported_with_the_reason() {
 
 #[test]
 fn bad_targets_get_a_clear_refusal() {
-    for (args, says) in [
+    for (line, says) in [
         (
-            vec!["--url", "http://127.0.0.1:1", "relay"],
+            "--url http://127.0.0.1:1 relay".to_string(),
             "use ws://host:port",
         ),
         (
-            vec!["--url", "ws://127.0.0.1:1", "multi-node"],
+            "--url ws://127.0.0.1:1 multi-node".into(),
             "at least two --url",
         ),
         (
-            vec![
-                "--url",
-                "ws://127.0.0.1:1",
-                "--secret",
-                SECRET,
-                "relay",
-                "--pairs",
-                "1",
-            ],
+            format!("--url ws://127.0.0.1:1 --secret {SECRET} relay --pairs 1"),
             "cannot connect to 127.0.0.1:1",
         ),
     ] {
-        let out = switchboard(&[&["bench"], args.as_slice()].concat(), &[])
-            .output()
-            .unwrap();
+        let out = switchboard(&words(&line), &[]).output().unwrap();
         assert!(!out.status.success());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{line}: {stderr}");
     }
 }

@@ -25,18 +25,6 @@ pub fn loopback_sources(connections: usize) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Server memory now (every measured process together).
-fn servers_rss(pids: &[u32]) -> Result<Option<u64>, BenchError> {
-    if pids.is_empty() {
-        return Ok(None);
-    }
-    let mut sum = 0;
-    for &pid in pids {
-        sum += process::rss_bytes(pid)?;
-    }
-    Ok(Some(sum))
-}
-
 /// Runs the scenario.
 pub async fn run(target: &Arc<Target>, args: &IdleArgs) -> Result<Report, BenchError> {
     let fd_limit = process::raise_fd_limit();
@@ -48,7 +36,7 @@ pub async fn run(target: &Arc<Target>, args: &IdleArgs) -> Result<Report, BenchE
         )));
     }
     let pids = &target.server_pids;
-    let rss_before = servers_rss(pids)?;
+    let rss_before = process::servers_rss(pids)?;
     let run = format!("{:x}", std::process::id());
     let gate = Arc::new(Semaphore::new(args.concurrency.max(1)));
     let (stop, stopped) = watch::channel(false);
@@ -114,7 +102,7 @@ pub async fn run(target: &Arc<Target>, args: &IdleArgs) -> Result<Report, BenchE
     let hold = progress::timed(args.hold, "holding");
     tokio::time::sleep(args.hold).await;
     hold.finish_and_clear();
-    let rss_after = servers_rss(pids)?;
+    let rss_after = process::servers_rss(pids)?;
     let held = alive.load(Ordering::Relaxed) as usize;
     let _ = stop.send(true);
     let opened = args.connections as u64 - errors;

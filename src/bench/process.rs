@@ -1,7 +1,7 @@
 //! Figures about processes from /proc: CPU time and resident memory, and this process's
 //! file-descriptor limit.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::BenchError;
 
@@ -42,6 +42,67 @@ pub fn rss_bytes(pid: u32) -> Result<u64, BenchError> {
 /// CPU time of every measured server process together.
 pub fn servers_cpu(pids: &[u32]) -> Result<Duration, BenchError> {
     pids.iter().map(|&p| cpu_time(p)).sum()
+}
+
+/// Resident memory of every measured process together (`None` without processes).
+pub fn servers_rss(pids: &[u32]) -> Result<Option<u64>, BenchError> {
+    if pids.is_empty() {
+        return Ok(None);
+    }
+    pids.iter()
+        .map(|&p| rss_bytes(p))
+        .sum::<Result<u64, _>>()
+        .map(Some)
+}
+
+/// CPU the measured servers and this generator used over a run.
+pub struct Used {
+    /// Server CPU time (with --server-pid).
+    pub server_cpu: Option<Duration>,
+    /// Share of one core the servers used.
+    pub server_share: Option<f64>,
+    /// Share of one core this generator used.
+    pub own_share: f64,
+}
+
+/// Resource figures around a run: started before it, read after it.
+pub struct Meter {
+    start: Instant,
+    server_cpu: Option<Duration>,
+    own_cpu: Duration,
+    pids: Vec<u32>,
+}
+
+impl Meter {
+    /// Reads the starting figures of `pids` (may be empty) and of this process.
+    pub fn start(pids: &[u32]) -> Result<Self, BenchError> {
+        Ok(Meter {
+            start: Instant::now(),
+            server_cpu: (!pids.is_empty()).then(|| servers_cpu(pids)).transpose()?,
+            own_cpu: cpu_time(std::process::id())?,
+            pids: pids.to_vec(),
+        })
+    }
+
+    /// When the run started.
+    pub fn started(&self) -> Instant {
+        self.start
+    }
+
+    /// What was used since `start`.
+    pub fn stop(&self) -> Result<Used, BenchError> {
+        let wall = self.start.elapsed().as_secs_f64();
+        let server_cpu = match self.server_cpu {
+            Some(before) => Some(servers_cpu(&self.pids)?.saturating_sub(before)),
+            None => None,
+        };
+        let own = cpu_time(std::process::id())?.saturating_sub(self.own_cpu);
+        Ok(Used {
+            server_cpu,
+            server_share: server_cpu.map(|s| s.as_secs_f64() / wall),
+            own_share: own.as_secs_f64() / wall,
+        })
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit; returns the limit now in force.

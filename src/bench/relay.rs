@@ -14,8 +14,9 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Socket, Target, join};
+use super::process::{self, Meter};
 use super::report::{Latency, RelayRun, Report, histogram};
-use super::{BenchError, MessageKind, RelayArgs, process, progress};
+use super::{BenchError, MessageKind, RelayArgs, progress};
 
 /// Most connection set-ups in flight at once.
 const SETUP_CONCURRENCY: usize = 64;
@@ -216,42 +217,6 @@ async fn set_up(
     Ok(pairs)
 }
 
-/// Resource figures around a run.
-struct Meter {
-    start: Instant,
-    server_cpu: Option<Duration>,
-    own_cpu: Duration,
-    pids: Vec<u32>,
-}
-
-impl Meter {
-    fn start(pids: &[u32]) -> Result<Self, BenchError> {
-        Ok(Meter {
-            start: Instant::now(),
-            server_cpu: (!pids.is_empty())
-                .then(|| process::servers_cpu(pids))
-                .transpose()?,
-            own_cpu: process::cpu_time(std::process::id())?,
-            pids: pids.to_vec(),
-        })
-    }
-
-    /// (server CPU, server share of a core, generator share of a core).
-    fn stop(&self) -> Result<(Option<Duration>, Option<f64>, f64), BenchError> {
-        let wall = self.start.elapsed().as_secs_f64();
-        let server = match self.server_cpu {
-            Some(before) => Some(process::servers_cpu(&self.pids)?.saturating_sub(before)),
-            None => None,
-        };
-        let own = process::cpu_time(std::process::id())?.saturating_sub(self.own_cpu);
-        Ok((
-            server,
-            server.map(|s| s.as_secs_f64() / wall),
-            own.as_secs_f64() / wall,
-        ))
-    }
-}
-
 /// Sums up a run.
 fn summarise(
     target_rate: Option<f64>,
@@ -260,7 +225,7 @@ fn summarise(
     track: &Track,
     meter: &Meter,
 ) -> Result<RelayRun, BenchError> {
-    let (server_cpu, server_share, own_share) = meter.stop()?;
+    let used = meter.stop()?;
     Ok(RelayRun {
         target_rate,
         achieved_rate: track.received as f64 / sending.as_secs_f64().max(1e-9),
@@ -272,10 +237,11 @@ fn summarise(
         reordered: track.reordered,
         errors: track.errors,
         latency_us: Latency::of(&track.latency),
-        server_cpu_us_per_msg: server_cpu
+        server_cpu_us_per_msg: used
+            .server_cpu
             .map(|c| c.as_secs_f64() * 1e6 / (track.received.max(1) as f64)),
-        server_cpu_share: server_share,
-        generator_cpu_share: own_share,
+        server_cpu_share: used.server_share,
+        generator_cpu_share: used.own_share,
         first_error: track.first_error.clone(),
     })
 }
@@ -311,6 +277,24 @@ async fn receive_one(
     }
 }
 
+/// One message of a closed loop: sent on `out`, awaited on `incoming`; false when the
+/// loop must stop (a failed send, a closed connection, nothing by `until`).
+async fn hop(
+    out: &mut SplitSink<Socket, Message>,
+    frames: &Frames,
+    seq: u64,
+    incoming: &mut SplitStream<Socket>,
+    at_sender: &mut Track,
+    at_receiver: &mut Track,
+    until: tokio::time::Instant,
+) -> bool {
+    if let Err(e) = out.send(frames.frame(seq)).await {
+        at_sender.error(&format!("send failed: {e}"));
+        return false;
+    }
+    receive_one(incoming, at_receiver, until).await.is_some()
+}
+
 /// Closed loop: one message in flight per pair; b answers each message of a.
 async fn closed_loop(
     pairs: Vec<Pair>,
@@ -341,19 +325,19 @@ async fn closed_loop(
                 }
                 let until = tokio::time::Instant::now() + grace;
                 sent += 1;
-                if let Err(e) = a_out.send(a_to_b.frame(seq)).await {
-                    at_a.error(&format!("send failed: {e}"));
-                    break;
-                }
-                if receive_one(&mut b_in, &mut at_b, until).await.is_none() {
+                if !hop(
+                    &mut a_out, &a_to_b, seq, &mut b_in, &mut at_a, &mut at_b, until,
+                )
+                .await
+                {
                     break;
                 }
                 sent += 1;
-                if let Err(e) = b_out.send(b_to_a.frame(seq)).await {
-                    at_b.error(&format!("send failed: {e}"));
-                    break;
-                }
-                if receive_one(&mut a_in, &mut at_a, until).await.is_none() {
+                if !hop(
+                    &mut b_out, &b_to_a, seq, &mut a_in, &mut at_b, &mut at_a, until,
+                )
+                .await
+                {
                     break;
                 }
             }
@@ -376,7 +360,7 @@ async fn closed_loop(
     }
     ticker.abort();
     bar.finish_and_clear();
-    let sending = meter.start.elapsed().min(args.duration);
+    let sending = meter.started().elapsed().min(args.duration);
     summarise(None, sending, sent, &track, &meter)
 }
 

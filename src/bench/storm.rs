@@ -18,14 +18,11 @@ pub async fn run(target: &Arc<Target>, args: &StormArgs) -> Result<Report, Bench
         .concurrency
         .clamp(1, fd_limit.saturating_sub(64).max(1) as usize);
     let pids = &target.server_pids;
-    let cpu_before = (!pids.is_empty())
-        .then(|| process::servers_cpu(pids))
-        .transpose()?;
+    let meter = process::Meter::start(pids)?;
     let run = format!("{:x}", std::process::id());
     let gate = Arc::new(Semaphore::new(concurrency));
     let bar = progress::counter(args.joins as u64, "joins");
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let start = Instant::now();
     let mut tasks = JoinSet::new();
     let mut latency = histogram();
     let (mut completed, mut errors, mut first_error) = (0u64, 0u64, None);
@@ -65,13 +62,10 @@ pub async fn run(target: &Arc<Target>, args: &StormArgs) -> Result<Report, Bench
     while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
         record(done.expect("handshake task"));
     }
-    let elapsed = start.elapsed();
+    let elapsed = meter.started().elapsed();
     tasks.abort_all();
     bar.finish_and_clear();
-    let cpu = match cpu_before {
-        Some(before) => Some(process::servers_cpu(pids)?.saturating_sub(before)),
-        None => None,
-    };
+    let cpu = meter.stop()?.server_cpu;
     let how = match target.tokens {
         super::TokenSource::Mint(_) => "tokens minted by the bench",
         super::TokenSource::Http { .. } => "tokens from the token endpoint",
