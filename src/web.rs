@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -14,6 +15,9 @@ const APP: &str = include_str!("../web/app.js");
 const CLIENT: &str = include_str!("../web/signaling-client.js");
 const MANIFEST: &str = include_str!("../web/manifest.webmanifest");
 const ICON: &str = include_str!("../web/icon.svg");
+// Raster copies of the SVG, for installers and platforms that do not take SVG icons.
+const ICON_192: &[u8] = include_bytes!("../web/icon-192.png");
+const ICON_512: &[u8] = include_bytes!("../web/icon-512.png");
 
 /// Routes serving the web client at `/`.
 pub fn router() -> Router<Arc<AppState>> {
@@ -35,14 +39,22 @@ pub fn router() -> Router<Arc<AppState>> {
             get(|| async { asset("application/manifest+json", MANIFEST) }),
         )
         .route("/icon.svg", get(|| async { asset("image/svg+xml", ICON) }))
+        .route(
+            "/icon-192.png",
+            get(|| async { asset("image/png", ICON_192) }),
+        )
+        .route(
+            "/icon-512.png",
+            get(|| async { asset("image/png", ICON_512) }),
+        )
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+fn asset(content_type: &'static str, body: impl Into<Body>) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        body,
+        body.into(),
     )
 }

@@ -385,3 +385,66 @@ async fn relay_only_calls_fail_when_the_turn_secret_differs() {
     call.alice.close().await.unwrap();
     call.bob.close().await.unwrap();
 }
+
+/// Sends the Chrome DevTools Protocol command `cmd` to the page of `browser` through
+/// chromedriver's CDP endpoint (WebDriver itself has no such command); returns its result.
+async fn cdp(driver: &str, browser: &Client, cmd: &str, params: Value) -> Value {
+    let session = browser.session_id().await.unwrap().expect("a session");
+    let response = reqwest::Client::new()
+        .post(format!("{driver}/session/{session}/goog/cdp/execute"))
+        .json(&json!({ "cmd": cmd, "params": params }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{cmd}: {body}");
+    body["value"].clone()
+}
+
+#[tokio::test]
+async fn the_app_is_installable() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+
+    // Every icon the manifest lists is served, with the type the manifest gives it.
+    let manifest: Value = reqwest::get(format!("{base}/manifest.webmanifest"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let icons = manifest["icons"].as_array().unwrap();
+    assert!(
+        icons.iter().any(|i| i["src"] == "/icon-512.png"),
+        "{manifest}"
+    );
+    for icon in icons {
+        let response = reqwest::get(format!("{base}{}", icon["src"].as_str().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{icon}");
+        assert_eq!(
+            response.headers()["content-type"],
+            icon["type"].as_str().unwrap()
+        );
+    }
+
+    // Chromium's own verdict, as DevTools shows it: 127.0.0.1 counts as a secure origin,
+    // and every reason the page could not be installed is listed (no-manifest,
+    // manifest-missing-suitable-icon, ...).
+    let browser = browser(&driver).await;
+    browser.goto(&format!("{base}/")).await.unwrap();
+    let verdict = cdp(&driver, &browser, "Page.getInstallabilityErrors", json!({})).await;
+    let errors = verdict["installabilityErrors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no installabilityErrors in {verdict}"));
+    let read = cdp(&driver, &browser, "Page.getAppManifest", json!({})).await;
+    assert!(
+        errors.is_empty(),
+        "not installable: {verdict}; the manifest as Chromium read it: {read}"
+    );
+    assert_eq!(read["errors"], json!([]), "manifest errors: {read}");
+    browser.close().await.unwrap();
+}
