@@ -9,6 +9,7 @@
 //! - [`auth`]: signing secret, token issue/verify, HTTP routes.
 //! - [`signaling`]: wire protocol, one task per connection, the hub that routes.
 //! - [`store`]: the state trait (sessions, rooms, TTLs) and the embedded in-memory store.
+//! - [`net`]: client sockets that hold no read buffer while idle.
 //! - [`server`]: assembles a role's routes and runs the HTTP server.
 //! - [`telemetry`]: logs and the redacting access log.
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod health;
 pub mod identifier;
+pub mod net;
 pub mod redis;
 pub mod resilience;
 pub mod server;

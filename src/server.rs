@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use crate::auth::{TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Role};
+use crate::net::ElasticListener;
 use crate::redis::{Keys, Redis};
 use crate::resilience::{Breaker, BreakerState, IpLimiter, LoadGuard, client_ip};
 use crate::signaling::protocol::close;
@@ -35,7 +36,7 @@ pub struct AppState {
     /// Which services this process runs.
     pub role: Role,
     /// Signs tokens.
-    pub issuer: TokenIssuer,
+    pub issuer: Arc<TokenIssuer>,
     /// Verifies tokens (shared by auth and signaling).
     pub verifier: TokenVerifier,
     /// This node's rooms and peers.
@@ -142,7 +143,7 @@ impl AppState {
         Ok(Arc::new(Self {
             config,
             role,
-            issuer,
+            issuer: Arc::new(issuer),
             verifier,
             hub,
             draining: AtomicBool::new(false),
@@ -295,8 +296,8 @@ pub async fn serve(
     };
     // No Nagle delay on client sockets: a relayed message must not wait for the ACK of
     // the one before it (a 40 ms stall at the tail otherwise).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
+    let listener = axum::serve::ListenerExt::tap_io(ElasticListener::new(listener), |io| {
+        let _ = io.tcp().set_nodelay(true);
     });
     axum::serve(
         listener,

@@ -15,7 +15,7 @@ pub const MAX_TOKEN_BYTES: usize = 4096;
 const LEEWAY_SECS: u64 = 30;
 
 /// The claims of a Switchboard token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// Issuer.
     pub iss: String,

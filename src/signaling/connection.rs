@@ -9,12 +9,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
-use tokio::sync::watch;
-use tokio::time::{Instant, sleep, sleep_until};
+use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
 use super::hub::{Hub, MembershipError, RelayError, Route};
-use super::outbox::{self, CloseReason, Inbox, Outbound, Outbox};
+use super::outbox::{CloseReason, Closing, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
 use crate::auth::{Claims, IceServer, IceServers, TokenIssuer, token_remaining};
 use crate::identifier;
@@ -54,8 +53,8 @@ pub struct Connection {
     /// The node's hub.
     pub hub: Arc<Hub>,
     /// Mints refreshed tokens.
-    pub issuer: TokenIssuer,
-    /// The verified token's claims.
+    pub issuer: Arc<TokenIssuer>,
+    /// The verified token's claims (moved into the session once it starts).
     pub claims: Claims,
     /// STUN/TURN servers told to the client in `joined` and `resumed`.
     pub ice_servers: Arc<IceServers>,
@@ -68,7 +67,11 @@ pub struct Connection {
 }
 
 /// Drives one WebSocket until it closes.
-pub async fn run(socket: WebSocket, conn: Connection) {
+///
+/// Not an `async fn`: the future it returns holds only the socket's halves and a boxed
+/// [`Connection`]. An async wrapper would keep its own copies of both for the connection's
+/// life, which made every idle connection's task kilobytes larger.
+pub fn run(socket: WebSocket, conn: Box<Connection>) -> impl Future<Output = ()> + Send {
     let peer_id = conn.claims.peer_id();
     let span = tracing::info_span!(
         "connection",
@@ -77,7 +80,8 @@ pub async fn run(socket: WebSocket, conn: Connection) {
         node = %conn.hub.node(),
         remote = %conn.remote,
     );
-    conn.serve(socket, peer_id).instrument(span).await;
+    let (sink, stream) = socket.split();
+    conn.serve(sink, stream, peer_id).instrument(span)
 }
 
 /// Mutable state of a live connection.
@@ -94,7 +98,12 @@ struct Session {
 }
 
 impl Connection {
-    async fn serve(self, socket: WebSocket, peer_id: String) {
+    async fn serve(
+        mut self: Box<Self>,
+        sink: SplitSink<WebSocket, Message>,
+        stream: SplitStream<WebSocket>,
+        peer_id: String,
+    ) {
         let started = Instant::now();
         let metrics = self.hub.metrics().clone();
         metrics.connections.inc();
@@ -102,7 +111,6 @@ impl Connection {
         let _open = scopeguard(move || {
             metrics.connections.dec();
         });
-        let (sink, stream) = socket.split();
         let ttl = session_ttl(&self.claims);
         // Membership changes are boxed: inline, their state would make every connection's
         // task (idle ones included) as large as the largest of them.
@@ -129,12 +137,12 @@ impl Connection {
             peer_id,
             epoch: registration.epoch,
             outbox: registration.outbox,
-            claims: self.claims.clone(),
+            claims: std::mem::take(&mut self.claims),
             room: None,
             client_close: None,
             dropped: false,
         };
-        let closing = registration.inbox.closing.clone();
+        let closing = session.outbox.watch_closing();
         let prelude = match registration.resumed {
             Some(resumed) => {
                 tracing::info!("session resumed");
@@ -227,21 +235,23 @@ impl Connection {
         &self,
         mut stream: SplitStream<WebSocket>,
         session: &mut Session,
-        mut closing: watch::Receiver<Option<CloseReason>>,
+        closing: Closing,
     ) -> LeaveReason {
-        // The timers live as long as the loop: creating or resetting a timer per frame
-        // was a measurable share of the relay's CPU. The idle timer is re-armed from the
-        // last frame's time only when it fires.
-        let idle = sleep(self.limits.idle_timeout);
-        tokio::pin!(idle);
+        // One timer for the idle timeout, the token refresh and the token's expiry, living
+        // as long as the loop: creating or resetting a timer per frame was a measurable
+        // share of the relay's CPU, and each timer is 112 bytes of every idle connection.
+        // It is set for the earliest of the three and, when it fires, handles what is due
+        // and re-arms; the idle deadline follows the last frame only then.
         let mut last_frame = Instant::now();
         let mut expiry = deadline_of(&session.claims);
         let mut refresh = self.refresh_at(&session.claims);
-        let expiry_timer = sleep_until(expiry);
-        tokio::pin!(expiry_timer);
-        let refresh_timer = sleep_until(refresh.unwrap_or(expiry));
-        tokio::pin!(refresh_timer);
-        let closed = outbox::closed(&mut closing);
+        let next_due = |last_frame: Instant, refresh: Option<Instant>, expiry: Instant| {
+            let idle = last_frame + self.limits.idle_timeout;
+            idle.min(expiry).min(refresh.unwrap_or(expiry))
+        };
+        let timer = sleep_until(next_due(last_frame, refresh, expiry));
+        tokio::pin!(timer);
+        let closed = closing.closed();
         tokio::pin!(closed);
         let mut limiter = MessageLimiter::new(
             self.limits.message_rate,
@@ -277,7 +287,12 @@ impl Connection {
                         }
                     }
                     match frame {
-                        Some(Ok(Message::Text(text))) => self.handle_text(session, &text).await,
+                        // Boxed: inline, the handler's state would be part of every
+                        // connection's task, idle ones included; one allocation per
+                        // message is the cheaper side.
+                        Some(Ok(Message::Text(text))) => {
+                            Box::pin(self.handle_text(session, &text)).await
+                        }
                         Some(Ok(Message::Binary(_))) => send_error(
                             session,
                             ErrorCode::InvalidMessage,
@@ -303,29 +318,26 @@ impl Connection {
                         }
                     }
                 }
-                _ = &mut idle => {
-                    let due = last_frame + self.limits.idle_timeout;
-                    if due > Instant::now() {
-                        idle.as_mut().reset(due);
-                        continue;
+                _ = &mut timer => {
+                    let now = Instant::now();
+                    if now >= expiry {
+                        session.outbox.close(Some(close::TOKEN_EXPIRED), "token expired");
+                        return LeaveReason::Disconnected;
                     }
-                    session.outbox.close(Some(close::GOING_AWAY), "idle timeout");
-                    return LeaveReason::Timeout;
-                }
-                _ = &mut refresh_timer, if refresh.is_some() => {
-                    let fresh = self.issuer.reissue(&session.claims);
-                    let frame = Outgoing::Token { token: &fresh.token, expires_at: fresh.claims.exp }.to_frame();
-                    session.outbox.deliver(frame);
-                    session.claims = fresh.claims;
-                    expiry = deadline_of(&session.claims);
-                    refresh = self.refresh_at(&session.claims);
-                    expiry_timer.as_mut().reset(expiry);
-                    refresh_timer.as_mut().reset(refresh.unwrap_or(expiry));
-                    Box::pin(self.keep_alive(session)).await;
-                }
-                _ = &mut expiry_timer => {
-                    session.outbox.close(Some(close::TOKEN_EXPIRED), "token expired");
-                    return LeaveReason::Disconnected;
+                    if now >= last_frame + self.limits.idle_timeout {
+                        session.outbox.close(Some(close::GOING_AWAY), "idle timeout");
+                        return LeaveReason::Timeout;
+                    }
+                    if refresh.is_some_and(|at| now >= at) {
+                        let fresh = self.issuer.reissue(&session.claims);
+                        let frame = Outgoing::Token { token: &fresh.token, expires_at: fresh.claims.exp }.to_frame();
+                        session.outbox.deliver(frame);
+                        session.claims = fresh.claims;
+                        expiry = deadline_of(&session.claims);
+                        refresh = self.refresh_at(&session.claims);
+                        Box::pin(self.keep_alive(session)).await;
+                    }
+                    timer.as_mut().reset(next_due(last_frame, refresh, expiry));
                 }
             }
         }
@@ -576,7 +588,7 @@ enum Ended {
 /// its resume.
 async fn write_frames(
     mut sink: SplitSink<WebSocket, Message>,
-    mut inbox: Inbox,
+    inbox: Inbox,
     prelude: Vec<Utf8Bytes>,
     ping_every: Duration,
     metrics: Arc<Metrics>,
@@ -588,23 +600,24 @@ async fn write_frames(
         }
     }
     let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    let mut batch: Vec<Outbound> = Vec::with_capacity(WRITE_BATCH);
+    // Grows on the first burst: an idle connection holds no batch space.
+    let mut batch: Vec<Outbound> = Vec::new();
     let ended = {
         // One close future for the connection's life, not a new waiter per frame.
-        let closed = outbox::closed(&mut inbox.closing);
+        let closed = inbox.closed();
         tokio::pin!(closed);
         loop {
             tokio::select! {
                 biased;
                 reason = &mut closed => break Ended::Closing(reason, Vec::new()),
-                frame = inbox.frames.recv() => {
+                frame = inbox.recv() => {
                     let Some(first) = frame else { break Ended::Closing(None, Vec::new()) };
                     // Whatever else is queued goes out in the same write (one syscall
                     // for a burst instead of one per frame).
                     batch.clear();
                     batch.push(first);
                     while batch.len() < WRITE_BATCH
-                        && let Ok(next) = inbox.frames.try_recv()
+                        && let Some(next) = inbox.try_recv()
                     {
                         batch.push(next);
                     }
@@ -650,9 +663,24 @@ async fn write_frames(
     else {
         return (inbox, Vec::new());
     };
+    // Boxed: the closing handshake's state would otherwise be part of every writer's task.
+    Box::pin(say_goodbye(&mut sink, &inbox, unsent, code, text, &metrics)).await;
+    (inbox, Vec::new())
+}
+
+/// Flushes what is queued (unless the peer is too slow for that) and sends the close frame,
+/// within [`CLOSE_GRACE`].
+async fn say_goodbye(
+    sink: &mut SplitSink<WebSocket, Message>,
+    inbox: &Inbox,
+    unsent: Vec<Outbound>,
+    code: u16,
+    text: &'static str,
+    metrics: &Metrics,
+) {
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
         if code != close::SLOW_CONSUMER {
-            let queued = std::iter::from_fn(|| inbox.frames.try_recv().ok());
+            let queued = std::iter::from_fn(|| inbox.try_recv());
             for Outbound { frame, .. } in unsent.into_iter().chain(queued) {
                 metrics.outbound(&frame);
                 if sink.feed(Message::Text(frame)).await.is_err() {
@@ -663,7 +691,6 @@ async fn write_frames(
         let _ = sink.send(close_message(code, text)).await;
     })
     .await;
-    (inbox, Vec::new())
 }
 
 fn close_message(code: u16, text: &'static str) -> Message {

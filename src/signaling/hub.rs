@@ -485,11 +485,11 @@ impl Hub {
             let Some(mut slot) = local.peers.remove(peer) else {
                 return false;
             };
-            let (mut inbox, unsent) = slot.parked.take().expect("checked by the caller");
+            let (inbox, unsent) = slot.parked.take().expect("checked by the caller");
             // From here on a sender gets its frame back and routes it again (to `to`).
-            inbox.frames.close();
+            inbox.close();
             let mut frames: Vec<String> = unsent.iter().map(|f| f.as_str().to_owned()).collect();
-            while let Ok(queued) = inbox.frames.try_recv() {
+            while let Some(queued) = inbox.try_recv() {
                 frames.push(queued.frame.as_str().to_owned());
             }
             if let Some(room) = &slot.room
@@ -635,7 +635,7 @@ impl Hub {
         if self.shutting.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
-        let outbox = {
+        let closing = {
             let mut local = self.write();
             let Some(slot) = local.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {
                 return false;
@@ -645,16 +645,15 @@ impl Hub {
             }
             slot.outbox.reopen();
             slot.parked = Some(parked);
-            slot.outbox.clone()
+            slot.outbox.watch_closing()
         };
         let hub = self.clone();
         let peer = peer_id.to_string();
-        let mut closing = outbox.watch_closing();
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(grace) => {}
                 // The queue overflowed, or the node is draining.
-                _ = outbox::closed(&mut closing) => {}
+                _ = closing.closed() => {}
             }
             hub.expire(&peer, epoch).await;
         });

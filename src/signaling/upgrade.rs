@@ -18,8 +18,10 @@ use crate::telemetry::query_token;
 
 /// The subprotocol the server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
-/// Bytes read from a connection's socket at a time.
-const READ_BUFFER_BYTES: usize = 4096;
+/// Bytes tungstenite reads at a time and keeps as its buffer for the connection's life.
+/// Small, because an idle connection keeps it; the socket below it takes each burst from
+/// the kernel at once, so a larger frame costs copies, not system calls.
+const READ_BUFFER_BYTES: usize = 512;
 
 /// Prefix of the subprotocol entry that carries the token.
 const BEARER_PREFIX: &str = "bearer.";
@@ -141,7 +143,8 @@ async fn accept(
         )
     })?;
     let config = &state.config;
-    let connection = Connection {
+    // Boxed: the upgrade task keeps what its callback captures for the connection's life.
+    let connection = Box::new(Connection {
         hub: state.hub.clone(),
         issuer: state.issuer.clone(),
         claims,
@@ -156,13 +159,13 @@ async fn accept(
         },
         remote,
         held: (slot, ip_permit),
-    };
+    });
     Ok(ws
         .protocols([SUBPROTOCOL])
         // tungstenite zero-fills its whole read buffer before every read and keeps it for
         // the connection's life: the 128 KiB default cost most of the CPU per relayed
         // message and ~130 KiB per idle connection. Frames larger than this still arrive
-        // whole, in several reads.
+        // whole, in several reads (served from `net::ElasticStream`'s burst).
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)

@@ -1,0 +1,199 @@
+//! Client sockets whose read buffer exists only while bytes are arriving.
+//!
+//! A node holds tens of thousands of idle WebSockets, and a buffer kept per connection is
+//! most of what an idle one costs. [`ElasticStream`] reads each burst from the kernel into a
+//! buffer on the stack and keeps on the heap only what the reader above it did not take
+//! yet, freeing it once taken. So the WebSocket layer can ask for small reads (and keep a
+//! small buffer of its own) without a system call per small read. Hand-rolled because
+//! buffered readers (`tokio::io::BufReader` and the like) keep their buffer for the
+//! stream's life.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use axum::serve::Listener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Most bytes taken from the kernel in one read: a whole 2 KB offer with room to spare.
+const BURST_BYTES: usize = 16 * 1024;
+
+/// A TCP listener handing out [`ElasticStream`]s.
+pub struct ElasticListener(TcpListener);
+
+impl ElasticListener {
+    /// Wraps a bound listener.
+    pub fn new(listener: TcpListener) -> Self {
+        Self(listener)
+    }
+}
+
+impl Listener for ElasticListener {
+    type Io = ElasticStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = Listener::accept(&mut self.0).await;
+        (ElasticStream::new(tcp), addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+/// A TCP stream that buffers only the unread rest of the last burst it received.
+pub struct ElasticStream {
+    tcp: TcpStream,
+    /// Bytes received but not read yet; empty (unallocated) between bursts.
+    rest: Vec<u8>,
+    /// How much of `rest` was read.
+    taken: usize,
+}
+
+impl ElasticStream {
+    /// Wraps an accepted stream.
+    pub fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            rest: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    /// The underlying stream, for socket options.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+}
+
+impl AsyncRead for ElasticStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if this.taken < this.rest.len() {
+            let n = (this.rest.len() - this.taken).min(buf.remaining());
+            buf.put_slice(&this.rest[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.rest.len() {
+                this.rest = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= BURST_BYTES {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        }
+        let mut landing = [MaybeUninit::<u8>::uninit(); BURST_BYTES];
+        let mut landing = ReadBuf::uninit(&mut landing);
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut landing))?;
+        let received = landing.filled();
+        let n = received.len().min(buf.remaining());
+        buf.put_slice(&received[..n]);
+        if n < received.len() {
+            this.rest = received[n..].to_vec();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ElasticStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tcp.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A connected pair: the elastic server side and a plain client.
+    async fn pair() -> (ElasticStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (ElasticStream::new(accepted.unwrap().0), client.unwrap())
+    }
+
+    #[tokio::test]
+    async fn small_reads_get_every_byte_in_order_and_nothing_is_kept_afterwards() {
+        let (mut server, mut client) = pair().await;
+        let sent: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        let mut got = Vec::new();
+        let mut small = [0u8; 100];
+        while got.len() < sent.len() {
+            let n = server.read(&mut small).await.unwrap();
+            assert!(n > 0, "the stream ended early");
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(server.rest.capacity(), 0, "the burst's rest was freed");
+    }
+
+    #[tokio::test]
+    async fn the_first_small_read_takes_the_whole_burst_from_the_kernel() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(&[7u8; 3000]).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut small = [0u8; 10];
+        // Wait (bounded by the test's own deadline) until the first read sees data.
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), server.read(&mut small))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 10);
+        // The rest of what the kernel had is held here, not left for one syscall per read.
+        assert!(!server.rest.is_empty());
+        let mut rest = Vec::new();
+        server.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest.len() + n, 3000);
+        // End of stream reads as zero bytes.
+        assert_eq!(server.read(&mut small).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn writes_pass_through() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"hello").await.unwrap();
+        server.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+}
