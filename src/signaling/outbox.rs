@@ -384,4 +384,46 @@ mod tests {
             );
         }
     }
+
+    /// Senders on other threads racing the reader: every frame arrives, each sender's in
+    /// order, and the reader is never left asleep with frames queued (it would time out:
+    /// a sender handle stays alive, so only the frames' own wake-ups can end it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_senders_lose_no_frame_and_no_wake_up() {
+        const SENDERS: usize = 4;
+        const EACH: usize = 20_000;
+        let (outbox, inbox) = channel(SENDERS * EACH);
+        let reader = tokio::spawn(async move {
+            let mut next = [0usize; SENDERS];
+            for _ in 0..SENDERS * EACH {
+                let out = inbox.recv().await.expect("a sender is still alive");
+                let (sender, seq) = out.frame.as_str().split_once(':').unwrap();
+                let (sender, seq): (usize, usize) = (sender.parse().unwrap(), seq.parse().unwrap());
+                assert_eq!(seq, next[sender], "sender {sender} out of order");
+                next[sender] += 1;
+            }
+            inbox.try_recv().is_none()
+        });
+        let mut senders = Vec::new();
+        for sender in 0..SENDERS {
+            let outbox = outbox.clone();
+            senders.push(tokio::spawn(async move {
+                for seq in 0..EACH {
+                    assert!(outbox.deliver(format!("{sender}:{seq}").into()));
+                    if seq % 64 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        let nothing_more = tokio::time::timeout(std::time::Duration::from_secs(30), reader)
+            .await
+            .expect("the reader was woken for every frame")
+            .unwrap();
+        assert!(nothing_more);
+        drop(outbox);
+    }
 }
