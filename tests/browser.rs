@@ -448,3 +448,65 @@ async fn the_app_is_installable() {
     assert_eq!(read["errors"], json!([]), "manifest errors: {read}");
     browser.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_call_fits_a_phone_screen() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    // Alice holds the call on a phone-sized screen (390 × 844 CSS pixels, touch), Bob on a
+    // desktop one.
+    let alice = browser(&driver).await;
+    let phone = json!({ "width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": true });
+    cdp(&driver, &alice, "Emulation.setDeviceMetricsOverride", phone).await;
+    let bob = browser(&driver).await;
+    join(&alice, &base, "pocket", "alice", "").await;
+    join(&bob, &base, "pocket", "bob", "").await;
+    wait_for_call(&alice, 1).await;
+    wait_for_call(&bob, 1).await;
+
+    // Nothing scrolls sideways; every control and both tiles lie within the screen's width,
+    // side by side.
+    let layout = alice
+        .execute(
+            "const box = (e) => { const r = e.getBoundingClientRect();
+                 return {left: r.left, right: r.right, top: r.top, width: r.width, height: r.height}; };
+             return {
+               width: window.innerWidth,
+               scrollWidth: document.documentElement.scrollWidth,
+               controls: ['#name', '#room', '#join', '#leave', '#mic', '#cam']
+                 .map((s) => ({id: s, ...box(document.querySelector(s))})),
+               tiles: [...document.querySelectorAll('figure')].map(box),
+             };",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let width = layout["width"].as_f64().unwrap();
+    assert_eq!(width, 390.0, "the phone's viewport: {layout}");
+    assert!(
+        layout["scrollWidth"].as_f64().unwrap() <= width,
+        "the page scrolls sideways: {layout}"
+    );
+    let within = |b: &Value| {
+        b["left"].as_f64().unwrap() >= 0.0
+            && b["right"].as_f64().unwrap() <= width
+            && b["width"].as_f64().unwrap() > 0.0
+            && b["height"].as_f64().unwrap() > 0.0
+    };
+    for control in layout["controls"].as_array().unwrap() {
+        assert!(within(control), "off screen or hidden: {control}");
+    }
+    let tiles = layout["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), 2, "own tile and Bob's: {layout}");
+    for tile in tiles {
+        assert!(within(tile), "tile off screen: {layout}");
+    }
+    assert_eq!(
+        tiles[0]["top"], tiles[1]["top"],
+        "two tiles side by side on a phone: {layout}"
+    );
+    for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}
