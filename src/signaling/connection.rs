@@ -1,18 +1,19 @@
-//! One task per WebSocket: reads commands, applies them through the hub, and hands frames
-//! to a writer task that owns the socket's sending half.
+//! One task per WebSocket: it reads commands and applies them through the hub, and, beside
+//! that, writes the frames queued for the peer to the socket's sending half.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::future::maybe_done;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
 use tokio::time::{Instant, sleep_until};
 use tracing::Instrument;
 
-use super::hub::{Hub, MembershipError, RelayError, Route};
+use super::hub::{Hub, MembershipError, Registration, RelayError, Route};
 use super::outbox::{CloseReason, Closing, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
 use crate::auth::{Claims, IceServer, IceServers, TokenIssuer, token_remaining};
@@ -114,7 +115,12 @@ impl Connection {
         let ttl = session_ttl(&self.claims);
         // Membership changes are boxed: inline, their state would make every connection's
         // task (idle ones included) as large as the largest of them.
-        let registration = match Box::pin(self.hub.attach(
+        let Registration {
+            epoch,
+            outbox,
+            inbox,
+            resumed,
+        } = match Box::pin(self.hub.attach(
             &self.claims.session_id,
             &self.claims.sub,
             &peer_id,
@@ -135,15 +141,15 @@ impl Connection {
         tracing::info!("websocket connected");
         let mut session = Session {
             peer_id,
-            epoch: registration.epoch,
-            outbox: registration.outbox,
+            epoch,
+            outbox,
             claims: std::mem::take(&mut self.claims),
             room: None,
             client_close: None,
             dropped: false,
         };
         let closing = session.outbox.watch_closing();
-        let prelude = match registration.resumed {
+        let prelude = match resumed {
             Some(resumed) => {
                 tracing::info!("session resumed");
                 let ice_servers = self.ice_servers_for(&session.claims);
@@ -159,17 +165,28 @@ impl Connection {
             }
             None => Vec::new(),
         };
-        let writer = tokio::spawn(
-            write_frames(
-                sink,
-                registration.inbox,
-                prelude,
-                self.limits.ping_interval,
-                self.hub.metrics().clone(),
-            )
-            .in_current_span(),
-        );
-        let reason = self.read_frames(stream, &mut session, closing).await;
+        // The writer runs inside this task, next to the reader, rather than as a task of
+        // its own: a second task per connection cost a few hundred bytes of every idle
+        // one. Both make progress while either waits (a command on Redis, a slow socket).
+        let writer = maybe_done(write_frames(
+            sink,
+            inbox,
+            prelude,
+            self.limits.ping_interval,
+            self.hub.metrics().clone(),
+        ));
+        tokio::pin!(writer);
+        let mut writing = true;
+        let reason = {
+            let reader = self.read_frames(stream, &mut session, closing);
+            tokio::pin!(reader);
+            loop {
+                tokio::select! {
+                    reason = &mut reader => break reason,
+                    () = writer.as_mut(), if writing => writing = false,
+                }
+            }
+        };
         // Stop the writer (unless it already stopped); it returns the queue.
         if session.outbox.closing().is_none() {
             session.outbox.close(None, "");
@@ -180,12 +197,15 @@ impl Connection {
             .closing()
             .is_some_and(|c| c.code == Some(close::RESTART));
         let resumable = (session.dropped || restarting) && !self.limits.resume_grace.is_zero();
-        let mut writer = Some(writer);
         let mut parked = false;
         if resumable {
             // The socket is gone, so the writer stops at once (no close frame to send).
-            let queue = tokio::time::timeout(CLOSE_GRACE, writer.take().expect("set above")).await;
-            if let Ok(Ok(queue)) = queue {
+            let stopped = !writing
+                || tokio::time::timeout(CLOSE_GRACE, writer.as_mut())
+                    .await
+                    .is_ok();
+            writing = false;
+            if let Some(queue) = stopped.then(|| writer.as_mut().take_output()).flatten() {
                 parked = Box::pin(self.hub.park(
                     &session.peer_id,
                     session.epoch,
@@ -201,17 +221,21 @@ impl Connection {
                 "connection lost; session kept for a resume"
             );
         } else {
-            // Tell the room first; a close frame to a slow client may take its time.
-            Box::pin(self.hub.detach(
+            // Tell the room at once; the close frame to a slow client may take its time
+            // meanwhile.
+            let detach = Box::pin(self.hub.detach(
                 &session.claims.session_id,
                 &session.peer_id,
                 session.epoch,
                 reason,
-            ))
-            .await;
-        }
-        if let Some(writer) = writer {
-            let _ = tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), writer).await;
+            ));
+            let finish = async {
+                if writing {
+                    let grace = CLOSE_GRACE + Duration::from_secs(1);
+                    let _ = tokio::time::timeout(grace, writer.as_mut()).await;
+                }
+            };
+            tokio::join!(detach, finish);
         }
         let server_code = session.outbox.closing().and_then(|c| c.code);
         let (closed_by, code) = match (server_code, session.client_close) {

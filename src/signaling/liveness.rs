@@ -7,12 +7,23 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Hub;
-use crate::bus::Inbox;
+use crate::bus::{BusMessage, Inbox};
 
 /// Applies messages from other nodes, in the order they were published.
+///
+/// Except handovers: answering one may wait for a closing connection to park its session.
+/// Waiting here would hold up the messages behind it, among them those this node forwards
+/// for sessions it already handed over; held up, those fall behind what their sender, told
+/// of the move meanwhile, sends to the new node directly, and arrive out of order. A
+/// handover is serialised with other membership changes by the hub itself.
 pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
     while let Some(message) = inbox.recv().await {
-        hub.on_bus(message).await;
+        if matches!(message, BusMessage::Handover { .. }) {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.on_bus(message).await });
+        } else {
+            hub.on_bus(message).await;
+        }
     }
 }
 
