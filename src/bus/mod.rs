@@ -79,6 +79,21 @@ pub enum BusMessage {
         /// Epoch of its new connection.
         epoch: Epoch,
     },
+    /// Sent to the node a peer moved away from by a node that was routing to it there:
+    /// answer [`BusMessage::Flushed`] to `reply_to` once every message received before this
+    /// one was forwarded.
+    Flush {
+        /// Peer id.
+        peer: String,
+        /// Node to answer.
+        reply_to: String,
+    },
+    /// Answer to [`BusMessage::Flush`]: what was sent to `peer` through the old node is on
+    /// its way to the new one, so messages may now go there directly.
+    Flushed {
+        /// Peer id.
+        peer: String,
+    },
     /// The session was revoked: close the connection with `epoch` (1008).
     Revoke {
         /// Peer id.
@@ -173,6 +188,12 @@ impl BusMessage {
                 ("node", node.clone()),
                 ("epoch", epoch.to_string()),
             ],
+            BusMessage::Flush { peer, reply_to } => vec![
+                ("k", "x".into()),
+                ("peer", peer.clone()),
+                ("reply", reply_to.clone()),
+            ],
+            BusMessage::Flushed { peer } => vec![("k", "y".into()), ("peer", peer.clone())],
             BusMessage::Revoke { peer, epoch } => vec![
                 ("k", "r".into()),
                 ("peer", peer.clone()),
@@ -220,6 +241,13 @@ impl BusMessage {
                 node: take("node")?,
                 epoch: take("epoch")?.parse().ok()?,
             },
+            "x" => BusMessage::Flush {
+                peer: take("peer")?,
+                reply_to: take("reply")?,
+            },
+            "y" => BusMessage::Flushed {
+                peer: take("peer")?,
+            },
             "r" => BusMessage::Revoke {
                 peer: take("peer")?,
                 epoch: take("epoch")?.parse().ok()?,
@@ -258,6 +286,11 @@ mod tests {
                 node: "n2".into(),
                 new_epoch: 9,
             },
+            BusMessage::Flush {
+                peer: "p".into(),
+                reply_to: "n1".into(),
+            },
+            BusMessage::Flushed { peer: "p".into() },
             BusMessage::HandedOver {
                 peer: "p".into(),
                 epoch: 9,

@@ -117,6 +117,19 @@ struct Local {
     /// Sessions handed over to another node: where late messages for them are forwarded,
     /// and since when.
     moved: HashMap<Arc<str>, (Arc<str>, tokio::time::Instant)>,
+    /// Remote peers that moved between two other nodes: what this node's members send them
+    /// waits here until the old node has forwarded everything sent to it before (see
+    /// [`BusMessage::Flush`]), so nothing sent directly to the new node overtakes it.
+    holding: HashMap<Arc<str>, Holding>,
+}
+
+/// Messages held for a remote peer that moved, until its old node is flushed.
+struct Holding {
+    /// The peer's new node.
+    node: Arc<str>,
+    frames: Vec<Utf8Bytes>,
+    /// A release is sending the held messages; new ones still queue behind them.
+    releasing: bool,
 }
 
 /// Rooms and peers of one node.
@@ -1108,6 +1121,12 @@ impl Hub {
                     }
                 }
             }
+            // Everything received before this was forwarded already: messages are
+            // applied in order, and a forward is published before the next is read.
+            BusMessage::Flush { peer, reply_to } => {
+                self.publish(&reply_to, &BusMessage::Flushed { peer }).await
+            }
+            BusMessage::Flushed { peer } => self.release(&peer).await,
             BusMessage::Revoke { peer, epoch } => self.close_revoked(&peer, epoch),
             BusMessage::Gap => {
                 // Messages from other nodes may be missing: every local peer that talks
@@ -1143,28 +1162,86 @@ impl Hub {
         moved: bool,
     ) {
         let _serial = self.membership.lock().await;
-        let mut local = self.write();
-        let Some(view) = local.rooms.get_mut(room) else {
-            return;
+        let flush_at = {
+            let mut local = self.write();
+            let Some(view) = local.rooms.get_mut(room) else {
+                return;
+            };
+            if view.local.contains(peer) {
+                return;
+            }
+            let remote = RemoteMember {
+                node: Arc::from(node),
+                epoch,
+            };
+            let previous = view.remote.insert(Arc::from(peer), remote.clone());
+            let news = match &previous {
+                None => true,
+                Some(known) => !moved && *known != remote,
+            };
+            if news {
+                let view = &local.rooms[room];
+                broadcast(
+                    &local,
+                    view,
+                    Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+                );
+            }
+            // Moved between two other nodes: what this node sent through the old one may
+            // still be on its way; hold what follows until the old node is flushed.
+            match previous {
+                Some(known) if moved && *known.node != *node => {
+                    let held = local.holding.entry(Arc::from(peer)).or_insert(Holding {
+                        node: remote.node.clone(),
+                        frames: Vec::new(),
+                        releasing: false,
+                    });
+                    held.node = remote.node;
+                    Some(known.node)
+                }
+                _ => None,
+            }
         };
-        if view.local.contains(peer) {
-            return;
+        if let Some(old) = flush_at {
+            let flush = BusMessage::Flush {
+                peer: peer.to_string(),
+                reply_to: self.node.to_string(),
+            };
+            self.publish(&old, &flush).await;
         }
-        let remote = RemoteMember {
-            node: Arc::from(node),
-            epoch,
-        };
-        let news = match view.remote.insert(Arc::from(peer), remote.clone()) {
-            None => true,
-            Some(known) => !moved && known != remote,
-        };
-        if news {
-            let view = &local.rooms[room];
-            broadcast(
-                &local,
-                view,
-                Outgoing::PeerJoined { peer_id: peer }.to_frame(),
-            );
+    }
+
+    /// Sends what was held for `peer` to its new node, in order, and from then on lets
+    /// messages to it go there directly. Idempotent.
+    pub async fn release(&self, peer: &str) {
+        {
+            let mut local = self.write();
+            match local.holding.get_mut(peer) {
+                Some(held) if !held.releasing => held.releasing = true,
+                _ => return,
+            }
+        }
+        loop {
+            let (node, frames) = {
+                let mut local = self.write();
+                let Some(held) = local.holding.get_mut(peer) else {
+                    return;
+                };
+                if held.frames.is_empty() {
+                    local.holding.remove(peer);
+                    return;
+                }
+                (held.node.clone(), std::mem::take(&mut held.frames))
+            };
+            for frame in frames {
+                let message = BusMessage::Deliver {
+                    to: peer.to_string(),
+                    frame,
+                };
+                if let Err(e) = self.bus.publish(&node, &message).await {
+                    tracing::warn!(error = %e, "could not relay a held message to a moved peer");
+                }
+            }
         }
     }
 
@@ -1309,6 +1386,12 @@ impl Hub {
         to: &str,
         frame: Utf8Bytes,
     ) -> Result<(), StoreError> {
+        // Read first: holding is rare, and the relay path should not take the write lock.
+        let holding = !self.read().holding.is_empty();
+        if holding && let Some(held) = self.write().holding.get_mut(to) {
+            held.frames.push(frame);
+            return Ok(());
+        }
         let message = BusMessage::Deliver {
             to: to.to_string(),
             frame,

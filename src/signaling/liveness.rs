@@ -9,20 +9,33 @@ use tokio::time::Instant;
 use super::Hub;
 use crate::bus::{BusMessage, Inbox};
 
+/// Longest wait for a moved peer's old node to confirm it forwarded what it was sent.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
+
 /// Applies messages from other nodes, in the order they were published.
 ///
-/// Except handovers: answering one may wait for a closing connection to park its session.
-/// Waiting here would hold up the messages behind it, among them those this node forwards
-/// for sessions it already handed over; held up, those fall behind what their sender, told
-/// of the move meanwhile, sends to the new node directly, and arrive out of order. A
-/// handover is serialised with other membership changes by the hub itself.
+/// Except handovers: answering one may wait for a closing connection to park its session,
+/// and waiting here would delay the messages this node forwards for sessions it already
+/// handed over (their senders wait for `Flushed`, which comes only after them). A handover
+/// is serialised with other membership changes by the hub itself.
 pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
     while let Some(message) = inbox.recv().await {
-        if matches!(message, BusMessage::Handover { .. }) {
-            let hub = hub.clone();
-            tokio::spawn(async move { hub.on_bus(message).await });
-        } else {
-            hub.on_bus(message).await;
+        match message {
+            BusMessage::Handover { .. } => {
+                let hub = hub.clone();
+                tokio::spawn(async move { hub.on_bus(message).await });
+            }
+            BusMessage::PeerMoved { ref peer, .. } => {
+                // Messages held for the moved peer go out even if its old node never
+                // answers the flush (it died, or lost its inbox).
+                let (later, peer) = (hub.clone(), peer.clone());
+                hub.on_bus(message).await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(FLUSH_WAIT).await;
+                    later.release(&peer).await;
+                });
+            }
+            message => hub.on_bus(message).await,
         }
     }
 }
