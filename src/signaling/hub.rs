@@ -1564,3 +1564,111 @@ fn other_nodes(members: &[Member], me: &str) -> Vec<String> {
     nodes.dedup();
     nodes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::MemoryBus;
+    use crate::store::MemoryStore;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn deliver(frame: &str) -> BusMessage {
+        BusMessage::Deliver {
+            to: "alice-1".into(),
+            frame: frame.into(),
+        }
+    }
+
+    /// Bob (here, on n1) talks to Alice, who moves from n0 to n2: what Bob sends after
+    /// the move waits until n0 says it forwarded what Bob sent it before.
+    #[tokio::test]
+    async fn messages_for_a_peer_that_moved_wait_for_its_old_node_to_flush() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let bus = Arc::new(MemoryBus::new());
+        let mut old_node = bus.subscribe("n0").await.unwrap();
+        let mut new_node = bus.subscribe("n2").await.unwrap();
+        let alice = Member {
+            peer_id: "alice-1".into(),
+            node: "n0".into(),
+            epoch: 1,
+        };
+        store.join_room("r", &alice, 6, TTL).await.unwrap();
+        let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
+        let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
+        hub.join("bob-1", bob.epoch, "r").await.unwrap();
+        assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n0"));
+
+        hub.on_bus(BusMessage::PeerMoved {
+            room: "r".into(),
+            peer: "alice-1".into(),
+            node: "n2".into(),
+            epoch: 2,
+        })
+        .await;
+        let flush = BusMessage::Flush {
+            peer: "alice-1".into(),
+            reply_to: "n1".into(),
+        };
+        // n0 also heard of Bob's join; the flush request comes after.
+        loop {
+            match old_node.try_recv() {
+                Ok(message) if message == flush => break,
+                Ok(_) => {}
+                Err(e) => panic!("n0 was not asked to flush: {e}"),
+            }
+        }
+        assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n2"));
+        hub.send_remote("n2", "alice-1", "one".into())
+            .await
+            .unwrap();
+        hub.send_remote("n2", "alice-1", "two".into())
+            .await
+            .unwrap();
+        assert!(new_node.try_recv().is_err(), "held until n0 is flushed");
+
+        hub.on_bus(BusMessage::Flushed {
+            peer: "alice-1".into(),
+        })
+        .await;
+        assert_eq!(new_node.try_recv().unwrap(), deliver("one"));
+        assert_eq!(new_node.try_recv().unwrap(), deliver("two"));
+        hub.send_remote("n2", "alice-1", "three".into())
+            .await
+            .unwrap();
+        assert_eq!(
+            new_node.try_recv().unwrap(),
+            deliver("three"),
+            "direct from now on"
+        );
+        // A late timeout finds nothing left to release.
+        hub.release("alice-1").await;
+        assert!(new_node.try_recv().is_err());
+    }
+
+    /// The old node answers a flush to the node that asked for it.
+    #[tokio::test]
+    async fn a_flush_is_answered_to_the_node_that_asked() {
+        let bus = Arc::new(MemoryBus::new());
+        let mut asker = bus.subscribe("n1").await.unwrap();
+        let hub = Hub::new(
+            "n0",
+            Arc::new(MemoryStore::new()),
+            bus,
+            6,
+            16,
+            Metrics::new(),
+        );
+        hub.on_bus(BusMessage::Flush {
+            peer: "alice-1".into(),
+            reply_to: "n1".into(),
+        })
+        .await;
+        assert_eq!(
+            asker.try_recv().unwrap(),
+            BusMessage::Flushed {
+                peer: "alice-1".into()
+            }
+        );
+    }
+}
