@@ -3,58 +3,65 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Body;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::server::AppState;
 
-const INDEX: &str = include_str!("../web/index.html");
-const APP: &str = include_str!("../web/app.js");
-const CLIENT: &str = include_str!("../web/signaling-client.js");
-const MANIFEST: &str = include_str!("../web/manifest.webmanifest");
-const ICON: &str = include_str!("../web/icon.svg");
-// Raster copies of the SVG, for installers and platforms that do not take SVG icons.
-const ICON_192: &[u8] = include_bytes!("../web/icon-192.png");
-const ICON_512: &[u8] = include_bytes!("../web/icon-512.png");
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// Path, content type and body of every file the app is made of. The PNGs are raster
+/// copies of the SVG icon, for installers and platforms that do not take SVG icons.
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_bytes!("../web/index.html"),
+    ),
+    ("/app.js", JS, include_bytes!("../web/app.js")),
+    (
+        "/signaling-client.js",
+        JS,
+        include_bytes!("../web/signaling-client.js"),
+    ),
+    (
+        "/manifest.webmanifest",
+        "application/manifest+json",
+        include_bytes!("../web/manifest.webmanifest"),
+    ),
+    (
+        "/icon.svg",
+        "image/svg+xml",
+        include_bytes!("../web/icon.svg"),
+    ),
+    (
+        "/icon-192.png",
+        "image/png",
+        include_bytes!("../web/icon-192.png"),
+    ),
+    (
+        "/icon-512.png",
+        "image/png",
+        include_bytes!("../web/icon-512.png"),
+    ),
+];
 
 /// Routes serving the web client at `/`.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { asset("text/javascript; charset=utf-8", APP) }),
-        )
-        .route(
-            "/signaling-client.js",
-            get(|| async { asset("text/javascript; charset=utf-8", CLIENT) }),
-        )
-        .route(
-            "/manifest.webmanifest",
-            get(|| async { asset("application/manifest+json", MANIFEST) }),
-        )
-        .route("/icon.svg", get(|| async { asset("image/svg+xml", ICON) }))
-        .route(
-            "/icon-192.png",
-            get(|| async { asset("image/png", ICON_192) }),
-        )
-        .route(
-            "/icon-512.png",
-            get(|| async { asset("image/png", ICON_512) }),
-        )
+    ASSETS
+        .iter()
+        .fold(Router::new(), |router, &(path, content_type, body)| {
+            router.route(path, get(move || async move { asset(content_type, body) }))
+        })
 }
 
-fn asset(content_type: &'static str, body: impl Into<Body>) -> impl IntoResponse {
+fn asset(content_type: &'static str, body: &'static [u8]) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        body.into(),
+        body,
     )
 }

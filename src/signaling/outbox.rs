@@ -9,6 +9,7 @@
 //! connection needs. This queue allocates nothing until a frame is queued.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
@@ -42,13 +43,14 @@ struct State {
     reason: Option<CloseReason>,
     /// The [`Inbox`] exists and takes frames.
     receiving: bool,
-    /// Live [`Outbox`] handles; with none left, the queue can only drain.
-    senders: usize,
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
+    /// Live [`Outbox`] handles; with none left, the queue can only drain. Counted outside
+    /// the lock: the relay path clones and drops a handle per message.
+    senders: AtomicUsize,
     /// Wakes the one reader of frames (a permit is stored when it is not waiting).
     queued: Notify,
     /// Wakes everyone waiting for the close reason.
@@ -70,7 +72,7 @@ impl Shared {
             changed.as_mut().enable();
             {
                 let state = self.lock();
-                if state.reason.is_some() || state.senders == 0 {
+                if state.reason.is_some() || self.senders.load(Ordering::Acquire) == 0 {
                     return state.reason;
                 }
             }
@@ -99,8 +101,8 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
             capacity,
             reason: None,
             receiving: true,
-            senders: 1,
         }),
+        senders: AtomicUsize::new(1),
         queued: Notify::new(),
         changed: Notify::new(),
     });
@@ -114,7 +116,7 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
 
 impl Clone for Outbox {
     fn clone(&self) -> Self {
-        self.shared.lock().senders += 1;
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
         Self {
             shared: self.shared.clone(),
         }
@@ -123,12 +125,9 @@ impl Clone for Outbox {
 
 impl Drop for Outbox {
     fn drop(&mut self) {
-        let last = {
-            let mut state = self.shared.lock();
-            state.senders -= 1;
-            state.senders == 0
-        };
-        if last {
+        // Whoever waits checks the count after registering for these wake-ups, so the
+        // last handle's going is never missed.
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.shared.queued.notify_one();
             self.shared.changed.notify_waiters();
         }
@@ -227,7 +226,7 @@ impl Inbox {
                 if let Some(out) = take(&mut state) {
                     return Some(out);
                 }
-                if state.senders == 0 {
+                if self.shared.senders.load(Ordering::Acquire) == 0 {
                     return None;
                 }
             }
