@@ -1,6 +1,8 @@
-//! One task per WebSocket: it reads commands and applies them through the hub, and, beside
-//! that, writes the frames queued for the peer to the socket's sending half.
+//! One task per WebSocket: it registers the connection with the hub, runs its
+//! [`Link`] (commands in, queued frames out), then parks the session for a resume or says
+//! goodbye to the room and the client.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,27 +12,28 @@ use futures_util::future::maybe_done;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::hub::{Hub, MembershipError, Registration, RelayError, Route};
-use super::outbox::{CloseReason, Closing, Inbox, Outbound, Outbox};
-use super::protocol::{self, Command, ErrorCode, LeaveReason, Outgoing, close};
+use super::link::{Ended, Link, Parts};
+use super::outbox::{CloseReason, Inbox, Outbound, Outbox};
+use super::protocol::{self, Command, ErrorCode, Outgoing, close};
 use crate::auth::{Claims, IceServer, IceServers, TokenIssuer, token_remaining};
 use crate::identifier;
-use crate::resilience::{IpPermit, MessageLimiter, Verdict};
+use crate::resilience::IpPermit;
 use crate::server::ConnectionSlot;
 use crate::telemetry::Metrics;
 
 /// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
-const STRIKES_TO_CLOSE: u32 = 50;
+pub(super) const STRIKES_TO_CLOSE: u32 = 50;
 /// Window in which refused messages count towards closing the connection.
-const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+pub(super) const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Most queued frames written to a socket in one go.
-const WRITE_BATCH: usize = 32;
+/// How long a server-closed connection waits for the client's close reply.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Per-connection limits and timers.
 #[derive(Debug, Clone)]
@@ -86,16 +89,39 @@ pub fn run(socket: WebSocket, conn: Box<Connection>) -> impl Future<Output = ()>
 }
 
 /// Mutable state of a live connection.
-struct Session {
-    peer_id: String,
-    epoch: u64,
-    outbox: Outbox,
-    claims: Claims,
-    room: Option<String>,
+pub(super) struct Session {
+    pub(super) peer_id: String,
+    pub(super) epoch: u64,
+    pub(super) outbox: Outbox,
+    pub(super) claims: Claims,
+    pub(super) room: Option<String>,
     /// The close code the client sent, if it closed first.
-    client_close: Option<u16>,
+    pub(super) client_close: Option<u16>,
     /// The connection dropped without a close frame (network loss): resumable.
-    dropped: bool,
+    pub(super) dropped: bool,
+}
+
+/// What a command still waits for after [`Connection::dispatch`]; it owns what it needs,
+/// as the frame it came from is gone by then.
+pub(super) enum Deferred {
+    Join {
+        room: String,
+        reference: Option<Box<RawValue>>,
+        received: Instant,
+    },
+    Leave {
+        room: Option<String>,
+        reference: Option<Box<RawValue>>,
+    },
+    /// A relay to a peer on another node.
+    SendRemote {
+        node: Arc<str>,
+        to: String,
+        frame: Utf8Bytes,
+        reference: Option<Box<RawValue>>,
+    },
+    /// Extends the session's store TTL after a token refresh.
+    KeepAlive,
 }
 
 impl Connection {
@@ -112,30 +138,38 @@ impl Connection {
         let _open = scopeguard(move || {
             metrics.connections.dec();
         });
+        // Boxed, like every membership change: inline, its state would make every
+        // connection's task (idle ones included) as large as the largest of them.
+        let Some((session, inbox, prelude)) = Box::pin(self.open(peer_id)).await else {
+            let mut sink = sink;
+            let _ = sink
+                .send(close_message(close::INTERNAL, "state store unavailable"))
+                .await;
+            return;
+        };
+        let mut link = Link::new(&self, session, sink, stream, inbox, prelude);
+        let ended = (&mut link).await;
+        Box::pin(self.part(link.into_parts(), ended, started)).await;
+    }
+
+    /// Registers the connection with the hub: its session, its queue and, for a resume,
+    /// the frames to write first. `None` when the store could not be reached.
+    async fn open(&mut self, peer_id: String) -> Option<(Session, Inbox, Vec<Utf8Bytes>)> {
         let ttl = session_ttl(&self.claims);
-        // Membership changes are boxed: inline, their state would make every connection's
-        // task (idle ones included) as large as the largest of them.
         let Registration {
             epoch,
             outbox,
             inbox,
             resumed,
-        } = match Box::pin(self.hub.attach(
-            &self.claims.session_id,
-            &self.claims.sub,
-            &peer_id,
-            ttl,
-        ))
-        .await
+        } = match self
+            .hub
+            .attach(&self.claims.session_id, &self.claims.sub, &peer_id, ttl)
+            .await
         {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "could not register the connection");
-                let mut sink = sink;
-                let _ = sink
-                    .send(close_message(close::INTERNAL, "state store unavailable"))
-                    .await;
-                return;
+                return None;
             }
         };
         tracing::info!("websocket connected");
@@ -148,7 +182,6 @@ impl Connection {
             client_close: None,
             dropped: false,
         };
-        let closing = session.outbox.watch_closing();
         let prelude = match resumed {
             Some(resumed) => {
                 tracing::info!("session resumed");
@@ -165,28 +198,44 @@ impl Connection {
             }
             None => Vec::new(),
         };
-        // The writer runs inside this task, next to the reader, rather than as a task of
-        // its own: a second task per connection cost a few hundred bytes of every idle
-        // one. Both make progress while either waits (a command on Redis, a slow socket).
-        let writer = maybe_done(write_frames(
+        Some((session, inbox, prelude))
+    }
+
+    /// Ends the connection once reading stopped: parks the session for a resume, or
+    /// tells the room and sends the close frame.
+    async fn part(&self, parts: Parts, ended: Ended, started: Instant) {
+        let Parts {
+            mut session,
+            mut stream,
             sink,
             inbox,
-            prelude,
-            self.limits.ping_interval,
+            failed,
+            unflushed,
+            unsent,
+        } = parts;
+        let writer = maybe_done(finish_writing(
+            sink,
+            inbox,
+            failed,
+            unflushed,
+            unsent,
             self.hub.metrics().clone(),
         ));
         tokio::pin!(writer);
         let mut writing = true;
-        let reason = {
-            let reader = self.read_frames(stream, &mut session, closing);
+        if ended.read_on {
+            // A drain's close frame is on its way; what the client sent before it saw
+            // that frame is still handled, until its close reply.
+            let reader = self.read_until_close(&mut stream, &mut session);
             tokio::pin!(reader);
             loop {
                 tokio::select! {
-                    reason = &mut reader => break reason,
+                    () = &mut reader => break,
                     () = writer.as_mut(), if writing => writing = false,
                 }
             }
-        };
+        }
+        let reason = ended.reason;
         // Stop the writer (unless it already stopped); it returns the queue.
         if session.outbox.closing().is_none() {
             session.outbox.close(None, "");
@@ -229,10 +278,14 @@ impl Connection {
                 session.epoch,
                 reason,
             ));
+            let client_gone = session.dropped || session.client_close.is_some();
             let finish = async {
                 if writing {
                     let grace = CLOSE_GRACE + Duration::from_secs(1);
                     let _ = tokio::time::timeout(grace, writer.as_mut()).await;
+                }
+                if !client_gone {
+                    linger(&mut stream).await;
                 }
             };
             tokio::join!(detach, finish);
@@ -254,119 +307,6 @@ impl Connection {
         );
     }
 
-    /// Reads until the connection must end; returns why, for `peer_left`.
-    async fn read_frames(
-        &self,
-        mut stream: SplitStream<WebSocket>,
-        session: &mut Session,
-        closing: Closing,
-    ) -> LeaveReason {
-        // One timer for the idle timeout, the token refresh and the token's expiry, living
-        // as long as the loop: creating or resetting a timer per frame was a measurable
-        // share of the relay's CPU, and each timer is 112 bytes of every idle connection.
-        // It is set for the earliest of the three and, when it fires, handles what is due
-        // and re-arms; the idle deadline follows the last frame only then.
-        let mut last_frame = Instant::now();
-        let mut expiry = deadline_of(&session.claims);
-        let mut refresh = self.refresh_at(&session.claims);
-        let next_due = |last_frame: Instant, refresh: Option<Instant>, expiry: Instant| {
-            let idle = last_frame + self.limits.idle_timeout;
-            idle.min(expiry).min(refresh.unwrap_or(expiry))
-        };
-        let timer = sleep_until(next_due(last_frame, refresh, expiry));
-        tokio::pin!(timer);
-        let closed = closing.closed();
-        tokio::pin!(closed);
-        let mut limiter = MessageLimiter::new(
-            self.limits.message_rate,
-            self.limits.message_burst,
-            STRIKES_TO_CLOSE,
-            STRIKE_WINDOW,
-            Instant::now(),
-        );
-        loop {
-            tokio::select! {
-                biased;
-                reason = &mut closed => {
-                    if reason.is_some_and(|r| r.code == Some(close::RESTART)) {
-                        Box::pin(self.read_until_close(&mut stream, session)).await;
-                    }
-                    return LeaveReason::Disconnected;
-                }
-                frame = stream.next() => {
-                    let now = Instant::now();
-                    last_frame = now;
-                    if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
-                        match limiter.check(now) {
-                            Verdict::Allowed => {}
-                            Verdict::Limited => {
-                                self.refuse_over_limit(session, frame.as_ref());
-                                continue;
-                            }
-                            Verdict::Abuse => {
-                                self.hub.metrics().rate_limited.inc();
-                                session.outbox.close(Some(close::POLICY), "message flood");
-                                return LeaveReason::Disconnected;
-                            }
-                        }
-                    }
-                    match frame {
-                        // Boxed: inline, the handler's state would be part of every
-                        // connection's task, idle ones included; one allocation per
-                        // message is the cheaper side.
-                        Some(Ok(Message::Text(text))) => {
-                            Box::pin(self.handle_text(session, &text)).await
-                        }
-                        Some(Ok(Message::Binary(_))) => send_error(
-                            session,
-                            ErrorCode::InvalidMessage,
-                            "Binary frames are not supported; send JSON text frames.",
-                            None,
-                        ),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                        Some(Ok(Message::Close(frame))) => {
-                            session.client_close = Some(frame.map_or(1005, |f| f.code));
-                            return LeaveReason::Disconnected;
-                        }
-                        None => {
-                            session.dropped = true;
-                            return LeaveReason::Disconnected;
-                        }
-                        Some(Err(e)) => {
-                            if is_too_big(e) {
-                                session.outbox.close(Some(close::TOO_BIG), "message too big");
-                            } else {
-                                session.dropped = true;
-                            }
-                            return LeaveReason::Disconnected;
-                        }
-                    }
-                }
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if now >= expiry {
-                        session.outbox.close(Some(close::TOKEN_EXPIRED), "token expired");
-                        return LeaveReason::Disconnected;
-                    }
-                    if now >= last_frame + self.limits.idle_timeout {
-                        session.outbox.close(Some(close::GOING_AWAY), "idle timeout");
-                        return LeaveReason::Timeout;
-                    }
-                    if refresh.is_some_and(|at| now >= at) {
-                        let fresh = self.issuer.reissue(&session.claims);
-                        let frame = Outgoing::Token { token: &fresh.token, expires_at: fresh.claims.exp }.to_frame();
-                        session.outbox.deliver(frame);
-                        session.claims = fresh.claims;
-                        expiry = deadline_of(&session.claims);
-                        refresh = self.refresh_at(&session.claims);
-                        Box::pin(self.keep_alive(session)).await;
-                    }
-                    timer.as_mut().reset(next_due(last_frame, refresh, expiry));
-                }
-            }
-        }
-    }
-
     /// After a drain's close frame, handles what the client sent before it saw that frame
     /// (until its close reply, bounded), so no message is lost in the handshake.
     async fn read_until_close(&self, stream: &mut SplitStream<WebSocket>, session: &mut Session) {
@@ -386,7 +326,11 @@ impl Connection {
     }
 
     /// Tells the sender its message was not relayed because of the rate limit.
-    fn refuse_over_limit(&self, session: &Session, frame: Option<&Result<Message, axum::Error>>) {
+    pub(super) fn refuse_over_limit(
+        &self,
+        session: &Session,
+        frame: Option<&Result<Message, axum::Error>>,
+    ) {
         self.hub.metrics().rate_limited.inc();
         let text = match frame {
             Some(Ok(Message::Text(t))) => t.as_str(),
@@ -427,7 +371,8 @@ impl Connection {
         }
     }
 
-    fn refresh_at(&self, claims: &Claims) -> Option<Instant> {
+    /// When to push a fresh token, if refresh is on.
+    pub(super) fn refresh_at(&self, claims: &Claims) -> Option<Instant> {
         if self.limits.refresh_before.is_zero() {
             return None;
         }
@@ -440,29 +385,95 @@ impl Connection {
         Some(Instant::now() + wait)
     }
 
-    async fn handle_text(&self, session: &mut Session, text: &str) {
-        let received = Instant::now();
+    /// Handles one text frame: at once when it needs nothing but this node (a relay to a
+    /// local peer, a ping, a refusal), else returns what is left to wait for.
+    pub(super) fn dispatch(
+        &self,
+        session: &mut Session,
+        text: &str,
+        received: Instant,
+    ) -> Option<Deferred> {
         let metrics = self.hub.metrics();
         let (reference, parsed) = protocol::parse(text);
         let command = match parsed {
             Ok(c) => c,
             Err(r) => {
                 metrics.inbound("invalid");
-                return send_error(session, r.code, &r.message, r.reference);
+                send_error(session, r.code, &r.message, r.reference);
+                return None;
             }
         };
         metrics.inbound(command.kind());
+        let reference = || reference.map(ToOwned::to_owned);
         match command {
             Command::Ping => {
                 session.outbox.deliver(Outgoing::Pong.to_frame());
+                None
             }
-            Command::Join { room } => {
-                Box::pin(self.join(session, &room, reference)).await;
-                metrics
+            Command::Join { room } => Some(Deferred::Join {
+                room: room.into_owned(),
+                reference: reference(),
+                received,
+            }),
+            Command::Leave { room } => Some(Deferred::Leave {
+                room: room.map(Cow::into_owned),
+                reference: reference(),
+            }),
+            Command::Relay { kind, to, payload } => {
+                let (node, frame) = match self.hub.route(&session.peer_id, &to) {
+                    Ok(Route::Local(outbox)) => {
+                        let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                        match outbox.relay(frame, Some(received)) {
+                            Ok(_) => return None,
+                            // Its connection ended a moment ago, or its session just moved
+                            // to another node: route once more.
+                            Err(frame) => match self.hub.route(&session.peer_id, &to) {
+                                Ok(Route::Remote(node)) => (node, frame),
+                                Ok(Route::Local(outbox)) => {
+                                    outbox.deliver_relayed(frame, Some(received));
+                                    return None;
+                                }
+                                Err(e) => {
+                                    relay_error(session, e, reference().as_deref());
+                                    return None;
+                                }
+                            },
+                        }
+                    }
+                    Ok(Route::Remote(node)) => {
+                        let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                        (node, frame)
+                    }
+                    Err(e) => {
+                        relay_error(session, e, reference().as_deref());
+                        return None;
+                    }
+                };
+                Some(Deferred::SendRemote {
+                    node,
+                    to: to.into_owned(),
+                    frame,
+                    reference: reference(),
+                })
+            }
+        }
+    }
+
+    /// Finishes what [`Connection::dispatch`] left to wait for.
+    pub(super) async fn settle(&self, session: &mut Session, command: Deferred) {
+        match command {
+            Deferred::Join {
+                room,
+                reference,
+                received,
+            } => {
+                Box::pin(self.join(session, &room, reference.as_deref())).await;
+                self.hub
+                    .metrics()
                     .join_latency
                     .observe(received.elapsed().as_secs_f64());
             }
-            Command::Leave { room } => {
+            Deferred::Leave { room, reference } => {
                 match Box::pin(
                     self.hub
                         .leave(&session.peer_id, session.epoch, room.as_deref()),
@@ -470,54 +481,33 @@ impl Connection {
                 .await
                 {
                     Ok(()) => session.room = None,
-                    Err(e) => membership_error(session, e, reference),
+                    Err(e) => membership_error(session, e, reference.as_deref()),
                 }
             }
-            Command::Relay { kind, to, payload } => match self.hub.route(&session.peer_id, &to) {
-                Ok(route) => {
-                    let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
-                    self.relay(session, &to, route, frame, received, reference)
-                        .await;
+            Deferred::SendRemote {
+                node,
+                to,
+                frame,
+                reference,
+            } => {
+                if let Err(e) = Box::pin(self.hub.send_remote(&node, &to, frame)).await {
+                    tracing::warn!(error = %e, "cross-node relay failed");
+                    send_error(
+                        session,
+                        ErrorCode::Unavailable,
+                        "Relaying to that peer's node failed or timed out; it may not have arrived.",
+                        reference.as_deref(),
+                    );
                 }
-                Err(e) => relay_error(session, e, reference),
-            },
+            }
+            Deferred::KeepAlive => Box::pin(self.keep_alive(session)).await,
         }
     }
 
-    /// Hands a relayed frame to its target, here or on another node.
-    async fn relay(
-        &self,
-        session: &Session,
-        to: &str,
-        route: Route,
-        frame: Utf8Bytes,
-        received: Instant,
-        reference: Option<&RawValue>,
-    ) {
-        let (node, frame) = match route {
-            Route::Local(outbox) => match outbox.relay(frame, Some(received)) {
-                Ok(_) => return,
-                // Its connection ended a moment ago, or its session just moved to another
-                // node: route once more.
-                Err(frame) => match self.hub.route(&session.peer_id, to) {
-                    Ok(Route::Remote(node)) => (node, frame),
-                    Ok(Route::Local(outbox)) => {
-                        outbox.deliver_relayed(frame, Some(received));
-                        return;
-                    }
-                    Err(e) => return relay_error(session, e, reference),
-                },
-            },
-            Route::Remote(node) => (node, frame),
-        };
-        if let Err(e) = Box::pin(self.hub.send_remote(&node, to, frame)).await {
-            tracing::warn!(error = %e, "cross-node relay failed");
-            send_error(
-                session,
-                ErrorCode::Unavailable,
-                "Relaying to that peer's node failed or timed out; it may not have arrived.",
-                reference,
-            );
+    /// Handles one text frame to the end.
+    async fn handle_text(&self, session: &mut Session, text: &str) {
+        if let Some(command) = self.dispatch(session, text, Instant::now()) {
+            self.settle(session, command).await;
         }
     }
 
@@ -588,7 +578,12 @@ fn relay_error(session: &Session, e: RelayError, reference: Option<&RawValue>) {
     send_error(session, code, message, reference);
 }
 
-fn send_error(session: &Session, code: ErrorCode, message: &str, reference: Option<&RawValue>) {
+pub(super) fn send_error(
+    session: &Session,
+    code: ErrorCode,
+    message: &str,
+    reference: Option<&RawValue>,
+) {
     let frame = Outgoing::Error {
         code,
         message,
@@ -598,98 +593,37 @@ fn send_error(session: &Session, code: ErrorCode, message: &str, reference: Opti
     session.outbox.deliver(frame);
 }
 
-/// How a writer's loop ended.
-enum Ended {
-    /// Told to close (the reason, if any), with the frames it had not written yet.
-    Closing(Option<CloseReason>, Vec<Outbound>),
-    /// The socket failed; these frames may not have arrived.
-    Failed(Vec<Utf8Bytes>),
-}
-
-/// Writes `prelude`, then queued frames (a burst in one write) and pings; on close,
-/// flushes what is queued (unless the peer is too slow for that) and sends the close frame.
-/// Returns the queue, and the frames whose write failed, so a parked session keeps both for
-/// its resume.
-async fn write_frames(
+/// The writing side's end, once reading stopped and the close reason is set: the frames
+/// whose write failed, or (for a close frame) what is left flushed and the close frame
+/// sent. Returns the queue, and the frames that may not have arrived, so a parked session
+/// keeps both for its resume.
+async fn finish_writing(
     mut sink: SplitSink<WebSocket, Message>,
     inbox: Inbox,
-    prelude: Vec<Utf8Bytes>,
-    ping_every: Duration,
+    failed: Option<Vec<Utf8Bytes>>,
+    unflushed: Vec<Utf8Bytes>,
+    unsent: Vec<Utf8Bytes>,
     metrics: Arc<Metrics>,
 ) -> (Inbox, Vec<Utf8Bytes>) {
-    for (i, frame) in prelude.iter().enumerate() {
-        metrics.outbound(frame);
-        if sink.send(Message::Text(frame.clone())).await.is_err() {
-            return (inbox, prelude[i..].to_vec());
-        }
+    if let Some(frames) = failed {
+        return (inbox, frames);
     }
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
-    // Grows on the first burst: an idle connection holds no batch space.
-    let mut batch: Vec<Outbound> = Vec::new();
-    let ended = {
-        // One close future for the connection's life, not a new waiter per frame.
-        let closed = inbox.closed();
-        tokio::pin!(closed);
-        loop {
-            tokio::select! {
-                biased;
-                reason = &mut closed => break Ended::Closing(reason, Vec::new()),
-                frame = inbox.recv() => {
-                    let Some(first) = frame else { break Ended::Closing(None, Vec::new()) };
-                    // Whatever else is queued goes out in the same write (one syscall
-                    // for a burst instead of one per frame).
-                    batch.clear();
-                    batch.push(first);
-                    while batch.len() < WRITE_BATCH
-                        && let Some(next) = inbox.try_recv()
-                    {
-                        batch.push(next);
-                    }
-                    // How many frames of `batch` went into the socket's buffer.
-                    let mut fed = 0;
-                    let write = async {
-                        for out in &batch {
-                            metrics.outbound(&out.frame);
-                            sink.feed(Message::Text(out.frame.clone())).await?;
-                            fed += 1;
-                        }
-                        sink.flush().await
-                    };
-                    tokio::select! {
-                        written = write => if written.is_err() {
-                            // Not one frame of the batch can be vouched for: all go back.
-                            break Ended::Failed(batch.drain(..).map(|o| o.frame).collect());
-                        },
-                        reason = &mut closed => break Ended::Closing(reason, batch.drain(fed..).collect()),
-                    }
-                    for out in &batch {
-                        if let Some(since) = out.since {
-                            metrics.relay_latency.observe(since.elapsed().as_secs_f64());
-                        }
-                    }
-                }
-                _ = ping.tick() => {
-                    if sink.send(Message::Ping(Default::default())).await.is_err() {
-                        break Ended::Failed(Vec::new());
-                    }
-                }
-            }
+    match inbox.closed().await {
+        Some(CloseReason {
+            code: Some(code),
+            text,
+        }) => {
+            // What was handed to the socket goes out with the close frame.
+            let unsent = unsent
+                .into_iter()
+                .map(|frame| Outbound { frame, since: None })
+                .collect();
+            Box::pin(say_goodbye(&mut sink, &inbox, unsent, code, text, &metrics)).await;
+            (inbox, Vec::new())
         }
-    };
-    let (reason, unsent) = match ended {
-        Ended::Closing(reason, unsent) => (reason, unsent),
-        Ended::Failed(frames) => return (inbox, frames),
-    };
-    let Some(CloseReason {
-        code: Some(code),
-        text,
-    }) = reason
-    else {
-        return (inbox, Vec::new());
-    };
-    // Boxed: the closing handshake's state would otherwise be part of every writer's task.
-    Box::pin(say_goodbye(&mut sink, &inbox, unsent, code, text, &metrics)).await;
-    (inbox, Vec::new())
+        // The client is gone: nothing not confirmed written can be vouched for.
+        _ => (inbox, unflushed.into_iter().chain(unsent).collect()),
+    }
 }
 
 /// Flushes what is queued (unless the peer is too slow for that) and sends the close frame,
@@ -717,6 +651,21 @@ async fn say_goodbye(
     .await;
 }
 
+/// After the server's close frame, reads (and drops) what the client still sends until
+/// its close reply, for at most [`LINGER`]. Closing a socket with unread data makes the
+/// kernel reset the connection, and the client may then never read the close frame (a
+/// flooder closed with 1008 would see only a reset).
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(_) = message {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 fn close_message(code: u16, text: &'static str) -> Message {
     Message::Close(Some(CloseFrame {
         code,
@@ -730,7 +679,8 @@ fn session_ttl(claims: &Claims) -> Duration {
     token_remaining(claims) + Duration::from_secs(60)
 }
 
-fn deadline_of(claims: &Claims) -> Instant {
+/// When the token expires.
+pub(super) fn deadline_of(claims: &Claims) -> Instant {
     Instant::now() + token_remaining(claims)
 }
 
@@ -748,7 +698,7 @@ fn scopeguard(f: impl FnOnce()) -> impl Drop {
 }
 
 /// True when the read failed because a message exceeded the size limit.
-fn is_too_big(e: axum::Error) -> bool {
+pub(super) fn is_too_big(e: axum::Error) -> bool {
     let inner = e.into_inner();
     matches!(
         inner.downcast_ref::<tungstenite::Error>(),

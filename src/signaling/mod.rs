@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod hub;
+mod link;
 pub mod liveness;
 pub mod outbox;
 pub mod protocol;

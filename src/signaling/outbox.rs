@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
@@ -43,6 +44,19 @@ struct State {
     reason: Option<CloseReason>,
     /// The [`Inbox`] exists and takes frames.
     receiving: bool,
+    /// The connection task polling this queue ([`Inbox::poll_recv`], [`Inbox::poll_closed`]),
+    /// woken by a frame, a close reason or the last sender's going.
+    task: Option<Waker>,
+}
+
+impl State {
+    /// Keeps `cx`'s waker to be woken later (without a clone when it is the same task).
+    fn register(&mut self, cx: &Context<'_>) {
+        match &mut self.task {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -101,6 +115,7 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
             capacity,
             reason: None,
             receiving: true,
+            task: None,
         }),
         senders: AtomicUsize::new(1),
         queued: Notify::new(),
@@ -128,6 +143,10 @@ impl Drop for Outbox {
         // Whoever waits checks the count after registering for these wake-ups, so the
         // last handle's going is never missed.
         if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let task = self.shared.lock().task.take();
+            if let Some(task) = task {
+                task.wake();
+            }
             self.shared.queued.notify_one();
             self.shared.changed.notify_waiters();
         }
@@ -158,7 +177,11 @@ impl Outbox {
             }
             if state.frames.len() < state.capacity {
                 state.frames.push_back(Outbound { frame, since });
+                let task = state.task.take();
                 drop(state);
+                if let Some(task) = task {
+                    task.wake();
+                }
                 self.shared.queued.notify_one();
                 return Ok(true);
             }
@@ -175,6 +198,11 @@ impl Outbox {
                 return;
             }
             state.reason = Some(CloseReason { code, text });
+            let task = state.task.take();
+            drop(state);
+            if let Some(task) = task {
+                task.wake();
+            }
         }
         self.shared.changed.notify_waiters();
     }
@@ -237,6 +265,32 @@ impl Inbox {
     /// The next frame if one is queued.
     pub fn try_recv(&self) -> Option<Outbound> {
         take(&mut self.shared.lock())
+    }
+
+    /// The next frame, or `Pending` with the task woken when one is queued (or the close
+    /// reason is set, or the last sender goes); `None` once nothing more can come.
+    pub fn poll_recv(&self, cx: &Context<'_>) -> Poll<Option<Outbound>> {
+        let mut state = self.shared.lock();
+        if let Some(out) = take(&mut state) {
+            return Poll::Ready(Some(out));
+        }
+        if self.shared.senders.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(None);
+        }
+        // Registered under the lock a sender takes to queue: no wake-up falls in between.
+        state.register(cx);
+        Poll::Pending
+    }
+
+    /// The close reason once one is set (or every sender is gone: `None`), else `Pending`
+    /// with the task woken when that happens (or a frame is queued).
+    pub fn poll_closed(&self, cx: &Context<'_>) -> Poll<Option<CloseReason>> {
+        let mut state = self.shared.lock();
+        if state.reason.is_some() || self.shared.senders.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(state.reason);
+        }
+        state.register(cx);
+        Poll::Pending
     }
 
     /// Stops taking frames: from now on senders get theirs back (queued ones stay to be
@@ -424,5 +478,51 @@ mod tests {
             .unwrap();
         assert!(nothing_more);
         drop(outbox);
+    }
+
+    /// Counts how often the task it stands for was woken.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_polling_task_is_woken_by_a_frame_a_close_and_the_last_sender() {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let cx = Context::from_waker(&waker);
+        let woken = || wakes.0.load(Ordering::SeqCst);
+
+        let (outbox, inbox) = channel(4);
+        assert!(inbox.poll_recv(&cx).is_pending());
+        assert!(inbox.poll_closed(&cx).is_pending());
+        assert!(outbox.deliver("a".into()));
+        assert_eq!(woken(), 1, "a queued frame wakes the task");
+        assert!(matches!(inbox.poll_recv(&cx), Poll::Ready(Some(o)) if o.frame == "a"));
+        // Not waiting: nothing to wake.
+        assert!(outbox.deliver("b".into()));
+        assert_eq!(woken(), 1);
+
+        assert!(inbox.poll_closed(&cx).is_pending());
+        outbox.close(Some(close::POLICY), "flood");
+        assert_eq!(woken(), 2, "a close reason wakes the task");
+        assert_eq!(
+            inbox.poll_closed(&cx),
+            Poll::Ready(Some(CloseReason {
+                code: Some(close::POLICY),
+                text: "flood"
+            }))
+        );
+
+        let (outbox, inbox) = channel(4);
+        assert!(inbox.poll_recv(&cx).is_pending());
+        drop(outbox);
+        assert_eq!(woken(), 3, "the last sender's going wakes the task");
+        assert!(matches!(inbox.poll_recv(&cx), Poll::Ready(None)));
+        assert_eq!(inbox.poll_closed(&cx), Poll::Ready(None));
     }
 }

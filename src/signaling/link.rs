@@ -1,0 +1,397 @@
+//! The live part of a connection: one hand-written future that reads commands and writes
+//! the peer's queued frames, with one timer for pings, the idle timeout and the token.
+//!
+//! Hand-written rather than two `async` loops side by side: every idle connection keeps
+//! this state for its whole life, and the compiler lays out an `async` loop with room for
+//! every future it might await at once (the reader's and the writer's, their `select!`s,
+//! their timers). This struct holds only what an idle connection needs; a command that
+//! waits on the store or another node runs as a boxed future that exists only meanwhile.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::time::{Instant, Sleep, sleep_until};
+
+use super::connection::{Connection, Deferred, Session, deadline_of};
+use super::outbox::{Inbox, Outbound};
+use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
+use crate::resilience::{MessageLimiter, Verdict};
+
+/// Most queued frames written to the socket's buffer before it is flushed.
+const WRITE_BATCH: usize = 32;
+
+/// A command waiting on the store or another node; it holds the session meanwhile.
+type Busy<'c> = Pin<Box<dyn Future<Output = Session> + Send + 'c>>;
+
+/// Reads and writes one WebSocket until reading must stop (see [`Link::poll`]).
+pub(super) struct Link<'c> {
+    conn: &'c Connection,
+    /// `None` while a command holds it: reading waits for that command to finish, so
+    /// commands apply in the order they arrived.
+    session: Option<Session>,
+    busy: Option<Busy<'c>>,
+    stream: SplitStream<WebSocket>,
+    sink: SplitSink<WebSocket, Message>,
+    inbox: Inbox,
+    /// Frames written first (a resume's `resumed` and what was queued), last one first.
+    prelude: Vec<Utf8Bytes>,
+    /// Frames handed to the socket since its last completed flush.
+    unflushed: Vec<Outbound>,
+    /// The socket's buffer holds something to flush.
+    dirty: bool,
+    writer: Writer,
+    ping_due: bool,
+    /// Boxed so the link can be moved apart once it is done.
+    timer: Pin<Box<Sleep>>,
+    limiter: MessageLimiter,
+    last_frame: Instant,
+    next_ping: Instant,
+    expiry: Instant,
+    refresh: Option<Instant>,
+}
+
+/// Where the writing side stands.
+enum Writer {
+    /// Writing queued frames as they come.
+    Open,
+    /// A close reason was set: what is left goes out with the close frame, later.
+    Stopped,
+    /// The socket failed; these frames may not have arrived.
+    Failed(Vec<Utf8Bytes>),
+}
+
+/// Why the link stopped reading.
+pub(super) struct Ended {
+    /// For the room's `peer_left`.
+    pub reason: LeaveReason,
+    /// A drain's close: the client's messages sent before it saw the close frame are
+    /// still to be read.
+    pub read_on: bool,
+}
+
+/// What a finished link hands back for the closing handshake.
+pub(super) struct Parts {
+    pub session: Session,
+    pub stream: SplitStream<WebSocket>,
+    pub sink: SplitSink<WebSocket, Message>,
+    pub inbox: Inbox,
+    /// Set when the socket failed: frames that may not have arrived.
+    pub failed: Option<Vec<Utf8Bytes>>,
+    /// Frames handed to the socket but not confirmed flushed.
+    pub unflushed: Vec<Utf8Bytes>,
+    /// Frames not handed to the socket yet, in order.
+    pub unsent: Vec<Utf8Bytes>,
+}
+
+impl<'c> Link<'c> {
+    /// A link writing `prelude` first.
+    pub(super) fn new(
+        conn: &'c Connection,
+        session: Session,
+        sink: SplitSink<WebSocket, Message>,
+        stream: SplitStream<WebSocket>,
+        inbox: Inbox,
+        mut prelude: Vec<Utf8Bytes>,
+    ) -> Self {
+        let now = Instant::now();
+        let limits = &conn.limits;
+        prelude.reverse();
+        let mut link = Self {
+            conn,
+            expiry: deadline_of(&session.claims),
+            refresh: conn.refresh_at(&session.claims),
+            session: Some(session),
+            busy: None,
+            stream,
+            sink,
+            inbox,
+            prelude,
+            unflushed: Vec::new(),
+            dirty: false,
+            writer: Writer::Open,
+            ping_due: false,
+            timer: Box::pin(sleep_until(now)),
+            limiter: MessageLimiter::new(
+                limits.message_rate,
+                limits.message_burst,
+                super::connection::STRIKES_TO_CLOSE,
+                super::connection::STRIKE_WINDOW,
+                now,
+            ),
+            last_frame: now,
+            next_ping: now + limits.ping_interval,
+        };
+        link.rearm();
+        link
+    }
+
+    /// Takes the link apart once it is done.
+    pub(super) fn into_parts(self) -> Parts {
+        let (failed, unflushed) = match self.writer {
+            Writer::Failed(frames) => (Some(frames), Vec::new()),
+            Writer::Open | Writer::Stopped => {
+                (None, self.unflushed.into_iter().map(|o| o.frame).collect())
+            }
+        };
+        let mut unsent = self.prelude;
+        unsent.reverse();
+        Parts {
+            session: self
+                .session
+                .expect("a link ends only while it holds the session"),
+            stream: self.stream,
+            sink: self.sink,
+            inbox: self.inbox,
+            failed,
+            unflushed,
+            unsent,
+        }
+    }
+
+    /// Sets the timer for whichever comes first: a ping, or (unless a command holds the
+    /// session) the idle timeout, the token refresh or the token's expiry. The idle
+    /// deadline follows the last frame only when the timer fires: resetting a timer per
+    /// frame was a measurable share of the relay's CPU.
+    fn rearm(&mut self) {
+        let mut due = self.next_ping;
+        if self.session.is_some() {
+            let idle = self.last_frame + self.conn.limits.idle_timeout;
+            due = due.min(idle).min(self.expiry);
+            if let Some(at) = self.refresh {
+                due = due.min(at);
+            }
+        }
+        self.timer.as_mut().reset(due);
+    }
+
+    /// Lets `command` hold the session until it is done.
+    fn defer(&mut self, command: Deferred) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        let conn = self.conn;
+        self.busy = Some(Box::pin(async move {
+            conn.settle(&mut session, command).await;
+            session
+        }));
+    }
+
+    /// Handles one read result; `Some` ends reading.
+    fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Option<LeaveReason> {
+        let now = Instant::now();
+        self.last_frame = now;
+        let conn = self.conn;
+        let session = self.session.as_mut()?;
+        if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+            match self.limiter.check(now) {
+                Verdict::Allowed => {}
+                Verdict::Limited => {
+                    conn.refuse_over_limit(session, frame.as_ref());
+                    return None;
+                }
+                Verdict::Abuse => {
+                    conn.hub.metrics().rate_limited.inc();
+                    session.outbox.close(Some(close::POLICY), "message flood");
+                    return Some(LeaveReason::Disconnected);
+                }
+            }
+        }
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                if let Some(command) = conn.dispatch(session, &text, now) {
+                    self.defer(command);
+                }
+            }
+            Some(Ok(Message::Binary(_))) => super::connection::send_error(
+                session,
+                ErrorCode::InvalidMessage,
+                "Binary frames are not supported; send JSON text frames.",
+                None,
+            ),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                session.client_close = Some(frame.map_or(1005, |f| f.code));
+                return Some(LeaveReason::Disconnected);
+            }
+            None => {
+                session.dropped = true;
+                return Some(LeaveReason::Disconnected);
+            }
+            Some(Err(e)) => {
+                if super::connection::is_too_big(e) {
+                    session
+                        .outbox
+                        .close(Some(close::TOO_BIG), "message too big");
+                } else {
+                    session.dropped = true;
+                }
+                return Some(LeaveReason::Disconnected);
+            }
+        }
+        None
+    }
+
+    /// The timer fired: a ping falls due, or (when the session is free) the token expired,
+    /// the client went silent or the token is due for a refresh.
+    fn on_timer(&mut self) -> Option<LeaveReason> {
+        let now = Instant::now();
+        let limits = &self.conn.limits;
+        if now >= self.next_ping {
+            self.ping_due = true;
+            self.next_ping = now + limits.ping_interval;
+        }
+        if let Some(session) = self.session.as_mut() {
+            if now >= self.expiry {
+                session
+                    .outbox
+                    .close(Some(close::TOKEN_EXPIRED), "token expired");
+                return Some(LeaveReason::Disconnected);
+            }
+            if now >= self.last_frame + limits.idle_timeout {
+                session
+                    .outbox
+                    .close(Some(close::GOING_AWAY), "idle timeout");
+                return Some(LeaveReason::Timeout);
+            }
+            if self.refresh.is_some_and(|at| now >= at) {
+                let fresh = self.conn.issuer.reissue(&session.claims);
+                let frame = Outgoing::Token {
+                    token: &fresh.token,
+                    expires_at: fresh.claims.exp,
+                }
+                .to_frame();
+                session.outbox.deliver(frame);
+                session.claims = fresh.claims;
+                self.expiry = deadline_of(&session.claims);
+                self.refresh = self.conn.refresh_at(&session.claims);
+                self.defer(Deferred::KeepAlive);
+            }
+        }
+        self.rearm();
+        None
+    }
+
+    /// Writes the prelude, a due ping and queued frames (a burst in one flush) for as
+    /// long as the socket takes them.
+    fn write(&mut self, cx: &mut Context<'_>) {
+        loop {
+            if !matches!(self.writer, Writer::Open) {
+                return;
+            }
+            // A close reason stops writing here; the closing handshake sends what is left.
+            if self.inbox.poll_closed(cx).is_ready() {
+                self.writer = Writer::Stopped;
+                return;
+            }
+            while self.unflushed.len() < WRITE_BATCH {
+                match self.sink.poll_ready_unpin(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => return self.fail(),
+                    Poll::Pending => return,
+                }
+                let message = if self.ping_due {
+                    self.ping_due = false;
+                    Message::Ping(Default::default())
+                } else if let Some(frame) = self.prelude.pop() {
+                    self.push(Outbound { frame, since: None })
+                } else if let Poll::Ready(Some(out)) = self.inbox.poll_recv(cx) {
+                    self.push(out)
+                } else {
+                    break;
+                };
+                if self.sink.start_send_unpin(message).is_err() {
+                    return self.fail();
+                }
+                self.dirty = true;
+            }
+            if !self.dirty {
+                return;
+            }
+            match self.sink.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.dirty = false;
+                    let metrics = self.conn.hub.metrics();
+                    for out in self.unflushed.drain(..) {
+                        if let Some(since) = out.since {
+                            metrics.relay_latency.observe(since.elapsed().as_secs_f64());
+                        }
+                    }
+                }
+                Poll::Ready(Err(_)) => return self.fail(),
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// Counts `out` as written and keeps it until the socket confirms it.
+    fn push(&mut self, out: Outbound) -> Message {
+        self.conn.hub.metrics().outbound(&out.frame);
+        let message = Message::Text(out.frame.clone());
+        self.unflushed.push(out);
+        message
+    }
+
+    /// The socket failed: nothing since its last flush (nor the prelude's rest) can be
+    /// vouched for.
+    fn fail(&mut self) {
+        let mut frames: Vec<Utf8Bytes> = self.unflushed.drain(..).map(|o| o.frame).collect();
+        frames.extend(self.prelude.drain(..).rev());
+        self.writer = Writer::Failed(frames);
+    }
+}
+
+impl Future for Link<'_> {
+    type Output = Ended;
+
+    /// Runs until reading must stop: the client closed or went away, a close reason was
+    /// set (a drain's among them), or a limit closed the connection. Writing goes on
+    /// meanwhile, also while a command holds the session.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let this = &mut *self;
+        loop {
+            if let Some(busy) = this.busy.as_mut()
+                && let Poll::Ready(session) = busy.as_mut().poll(cx)
+            {
+                this.busy = None;
+                this.session = Some(session);
+                this.rearm();
+            }
+            if this.timer.as_mut().poll(cx).is_ready() {
+                if let Some(reason) = this.on_timer() {
+                    return Poll::Ready(Ended {
+                        reason,
+                        read_on: false,
+                    });
+                }
+                // Polls the re-armed timer, and writes a ping that fell due.
+                continue;
+            }
+            this.write(cx);
+            if this.session.is_none() {
+                return Poll::Pending;
+            }
+            // A close reason ends reading before another frame is read.
+            if let Poll::Ready(closing) = this.inbox.poll_closed(cx) {
+                let read_on = closing.is_some_and(|r| r.code == Some(close::RESTART));
+                return Poll::Ready(Ended {
+                    reason: LeaveReason::Disconnected,
+                    read_on,
+                });
+            }
+            match this.stream.poll_next_unpin(cx) {
+                Poll::Ready(frame) => {
+                    if let Some(reason) = this.on_frame(frame) {
+                        return Poll::Ready(Ended {
+                            reason,
+                            read_on: false,
+                        });
+                    }
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
