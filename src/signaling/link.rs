@@ -264,7 +264,7 @@ impl<'c> Link<'c> {
                 }
                 .to_frame();
                 session.outbox.deliver(frame);
-                session.claims = fresh.claims;
+                session.claims = fresh.claims.slimmed();
                 self.expiry = deadline_of(&session.claims);
                 self.refresh = self.conn.refresh_at(&session.claims);
                 self.defer(Deferred::KeepAlive);

@@ -147,7 +147,7 @@ async fn accept(
     let connection = Box::new(Connection {
         hub: state.hub.clone(),
         issuer: state.issuer.clone(),
-        claims,
+        claims: claims.slimmed(),
         ice_servers: config.ice_servers.clone(),
         limits: Limits {
             ping_interval: config.ping_interval,
@@ -170,7 +170,12 @@ async fn accept(
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| connection::run(socket, connection)))
+        // A task of its own rather than axum's upgrade task: that one keeps the upgrade's
+        // settings beside the connection's state for the connection's whole life.
+        .on_upgrade(move |socket| {
+            tokio::spawn(connection::run(socket, connection));
+            std::future::ready(())
+        }))
 }
 
 /// A 503 with a `Retry-After` of `secs`.
