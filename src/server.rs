@@ -15,6 +15,7 @@ use crate::config::{Config, Role};
 use crate::net::ElasticListener;
 use crate::redis::{Keys, Redis};
 use crate::resilience::{Breaker, BreakerState, IpLimiter, LoadGuard, client_ip};
+use crate::signaling::connection::Limits;
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, liveness};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -41,6 +42,8 @@ pub struct AppState {
     pub verifier: TokenVerifier,
     /// This node's rooms and peers.
     pub hub: Arc<Hub>,
+    /// Timers and rates of every WebSocket connection.
+    pub connection_limits: Arc<Limits>,
     /// Set once shutdown starts: readiness fails and upgrades are refused.
     draining: AtomicBool,
     /// This node's metrics.
@@ -140,7 +143,16 @@ impl AppState {
             config.limits.rate_per_ip_per_minute,
             config.limits.max_connections_per_ip,
         );
+        let connection_limits = Arc::new(Limits {
+            ping_interval: config.ping_interval,
+            idle_timeout: config.idle_timeout,
+            refresh_before: config.token_refresh_before,
+            message_rate: config.limits.message_rate,
+            message_burst: config.limits.message_burst,
+            resume_grace: config.resume_grace,
+        });
         Ok(Arc::new(Self {
+            connection_limits,
             config,
             role,
             issuer: Arc::new(issuer),

@@ -46,7 +46,7 @@ async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(
     a.expect_nothing_pending().await;
 
     // b comes back with a refreshed token of the same session.
-    let refreshed = server.state.issuer.reissue(&issued.claims);
+    let refreshed = server.state.issuer.reissue(&issued.claims.clone().into());
     let mut b = raw(server.node_addr(back), &refreshed.token, &b_id).await;
     let resumed = b.expect("resumed").await;
     assert_eq!(resumed["roomId"], "r");

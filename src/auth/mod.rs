@@ -7,7 +7,6 @@ mod turn;
 
 pub use keys::{ApiKeys, SigningSecret};
 pub use token::{
-    Claims, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier, token_remaining,
-    unix_now,
+    Claims, Grant, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier, unix_now,
 };
 pub use turn::{IceServer, IceServers};

@@ -39,20 +39,52 @@ pub struct Claims {
 }
 
 impl Claims {
-    /// Drops what a live session never reads again (issuer, audience, token id): a
-    /// connection keeps its claims for its whole life.
-    pub fn slimmed(self) -> Self {
-        Self {
-            iss: String::new(),
-            aud: String::new(),
-            jti: String::new(),
-            ..self
-        }
-    }
-
     /// The peer id of this session: `<sub>-<session_id>`.
     pub fn peer_id(&self) -> String {
-        format!("{}-{}", self.sub, self.session_id)
+        peer_id(&self.sub, &self.session_id)
+    }
+}
+
+/// The peer id of a user's session: `<sub>-<session_id>`.
+fn peer_id(sub: &str, session_id: &str) -> String {
+    format!("{sub}-{session_id}")
+}
+
+/// What a live session keeps of its token's claims: whose it is, which session, the room
+/// it may join and its expiry. A connection holds it for its whole life, so issuer,
+/// audience and token id, never read again, are not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The user id.
+    pub sub: String,
+    /// The signaling session.
+    pub session_id: String,
+    /// The only room it may join, when restricted.
+    pub room: Option<String>,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+}
+
+impl From<Claims> for Grant {
+    fn from(c: Claims) -> Self {
+        Self {
+            sub: c.sub,
+            session_id: c.session_id,
+            room: c.room,
+            exp: c.exp,
+        }
+    }
+}
+
+impl Grant {
+    /// The peer id of this session: `<sub>-<session_id>`.
+    pub fn peer_id(&self) -> String {
+        peer_id(&self.sub, &self.session_id)
+    }
+
+    /// Time left before the token expires (zero when already expired), capped at 24 h.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(unix_now()).min(24 * 3600))
     }
 }
 
@@ -125,12 +157,12 @@ impl TokenIssuer {
         self.sign(user, &random_hex(), room, ttl.unwrap_or(self.ttl))
     }
 
-    /// A fresh token for the same user, session and room as `claims`, with a new lifetime.
-    pub fn reissue(&self, claims: &Claims) -> IssuedToken {
+    /// A fresh token for the same user, session and room as `grant`, with a new lifetime.
+    pub fn reissue(&self, grant: &Grant) -> IssuedToken {
         self.sign(
-            &claims.sub,
-            &claims.session_id,
-            claims.room.as_deref(),
+            &grant.sub,
+            &grant.session_id,
+            grant.room.as_deref(),
             self.ttl,
         )
     }
@@ -263,11 +295,6 @@ fn claim_name(text: &str) -> &'static str {
         .unwrap_or("required")
 }
 
-/// Time left before `claims` expire (zero when already expired), capped at 24 h.
-pub fn token_remaining(claims: &Claims) -> Duration {
-    Duration::from_secs(claims.exp.saturating_sub(unix_now()).min(24 * 3600))
-}
-
 /// Seconds since the Unix epoch, from the wall clock (JWT times are wall-clock times).
 pub fn unix_now() -> u64 {
     SystemTime::now()
@@ -317,7 +344,7 @@ mod tests {
     fn reissue_keeps_the_session() {
         let (issuer, verifier) = pair();
         let a = issuer.issue("bob", Some("r"), None);
-        let b = issuer.reissue(&a.claims);
+        let b = issuer.reissue(&a.claims.clone().into());
         let claims = verifier.verify(&b.token).unwrap();
         assert_eq!(claims.session_id, a.claims.session_id);
         assert_eq!(claims.room, a.claims.room);

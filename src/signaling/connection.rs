@@ -19,7 +19,7 @@ use super::hub::{Hub, MembershipError, Registration, RelayError, Route};
 use super::link::{Ended, Link, Parts};
 use super::outbox::{CloseReason, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, Outgoing, close};
-use crate::auth::{Claims, IceServer, IceServers, TokenIssuer, token_remaining};
+use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
 use crate::resilience::IpPermit;
 use crate::server::ConnectionSlot;
@@ -58,34 +58,37 @@ pub struct Connection {
     pub hub: Arc<Hub>,
     /// Mints refreshed tokens.
     pub issuer: Arc<TokenIssuer>,
-    /// The verified token's claims (moved into the session once it starts).
-    pub claims: Claims,
     /// STUN/TURN servers told to the client in `joined` and `resumed`.
     pub ice_servers: Arc<IceServers>,
-    /// Timers.
-    pub limits: Limits,
+    /// Timers and rates, shared by the node's connections.
+    pub limits: Arc<Limits>,
     /// Client address, for logs.
     pub remote: SocketAddr,
     /// The node's connection slot and the client IP's, released when the connection ends.
     pub held: (ConnectionSlot, IpPermit),
 }
 
-/// Drives one WebSocket until it closes.
+/// Drives one WebSocket, whose token granted `grant`, until it closes.
 ///
-/// Not an `async fn`: the future it returns holds only the socket's halves and a boxed
-/// [`Connection`]. An async wrapper would keep its own copies of both for the connection's
-/// life, which made every idle connection's task kilobytes larger.
-pub fn run(socket: WebSocket, conn: Box<Connection>) -> impl Future<Output = ()> + Send {
-    let peer_id = conn.claims.peer_id();
+/// Not an `async fn`: the future it returns holds only boxes. An
+/// async wrapper would keep its own copies of its arguments for the connection's life,
+/// which made every idle connection's task kilobytes larger; the grant is boxed for the
+/// same reason (their box is freed once the session holds them).
+pub fn run(
+    socket: WebSocket,
+    conn: Box<Connection>,
+    grant: Box<Grant>,
+) -> impl Future<Output = ()> + Send {
+    let peer_id = grant.peer_id();
     let span = tracing::info_span!(
         "connection",
         peer = %peer_id,
-        session = %conn.claims.session_id,
+        session = %grant.session_id,
         node = %conn.hub.node(),
         remote = %conn.remote,
     );
-    let (sink, stream) = socket.split();
-    conn.serve(sink, stream, peer_id).instrument(span)
+    conn.serve(grant, Box::new(socket), peer_id)
+        .instrument(span)
 }
 
 /// Mutable state of a live connection.
@@ -93,7 +96,7 @@ pub(super) struct Session {
     pub(super) peer_id: String,
     pub(super) epoch: u64,
     pub(super) outbox: Outbox,
-    pub(super) claims: Claims,
+    pub(super) grant: Grant,
     pub(super) room: Option<String>,
     /// The close code the client sent, if it closed first.
     pub(super) client_close: Option<u16>,
@@ -125,12 +128,7 @@ pub(super) enum Deferred {
 }
 
 impl Connection {
-    async fn serve(
-        mut self: Box<Self>,
-        sink: SplitSink<WebSocket, Message>,
-        stream: SplitStream<WebSocket>,
-        peer_id: String,
-    ) {
+    async fn serve(self: Box<Self>, grant: Box<Grant>, mut ws: Box<WebSocket>, peer_id: String) {
         let started = Instant::now();
         let metrics = self.hub.metrics().clone();
         metrics.connections.inc();
@@ -140,22 +138,25 @@ impl Connection {
         });
         // Boxed, like every membership change: inline, its state would make every
         // connection's task (idle ones included) as large as the largest of them.
-        let Some((session, inbox, prelude)) = Box::pin(self.open(peer_id)).await else {
-            let mut sink = sink;
-            let _ = sink
+        let Some((session, inbox, prelude)) = Box::pin(self.open(*grant, peer_id)).await else {
+            let _ = ws
                 .send(close_message(close::INTERNAL, "state store unavailable"))
                 .await;
             return;
         };
-        let mut link = Link::new(&self, session, sink, stream, inbox, prelude);
+        let mut link = Link::new(&self, session, ws, inbox, prelude);
         let ended = (&mut link).await;
         Box::pin(self.part(link.into_parts(), ended, started)).await;
     }
 
     /// Registers the connection with the hub: its session, its queue and, for a resume,
     /// the frames to write first. `None` when the store could not be reached.
-    async fn open(&mut self, peer_id: String) -> Option<(Session, Inbox, Vec<Utf8Bytes>)> {
-        let ttl = session_ttl(&self.claims);
+    async fn open(
+        &self,
+        grant: Grant,
+        peer_id: String,
+    ) -> Option<(Session, Inbox, Vec<Utf8Bytes>)> {
+        let ttl = session_ttl(&grant);
         let Registration {
             epoch,
             outbox,
@@ -163,7 +164,7 @@ impl Connection {
             resumed,
         } = match self
             .hub
-            .attach(&self.claims.session_id, &self.claims.sub, &peer_id, ttl)
+            .attach(&grant.session_id, &grant.sub, &peer_id, ttl)
             .await
         {
             Ok(r) => r,
@@ -177,7 +178,7 @@ impl Connection {
             peer_id,
             epoch,
             outbox,
-            claims: std::mem::take(&mut self.claims),
+            grant,
             room: None,
             client_close: None,
             dropped: false,
@@ -185,7 +186,7 @@ impl Connection {
         let prelude = match resumed {
             Some(resumed) => {
                 tracing::info!("session resumed");
-                let ice_servers = self.ice_servers_for(&session.claims);
+                let ice_servers = self.ice_servers_for(&session.grant);
                 let frame = Outgoing::Resumed {
                     room_id: resumed.room.as_deref(),
                     peer_id: &session.peer_id,
@@ -206,13 +207,14 @@ impl Connection {
     async fn part(&self, parts: Parts, ended: Ended, started: Instant) {
         let Parts {
             mut session,
-            mut stream,
-            sink,
+            ws,
             inbox,
             failed,
             unflushed,
             unsent,
         } = parts;
+        // Split only now: the reading and the writing side may both wait for a while.
+        let (sink, mut stream) = (*ws).split();
         let writer = maybe_done(finish_writing(
             sink,
             inbox,
@@ -273,7 +275,7 @@ impl Connection {
             // Tell the room at once; the close frame to a slow client may take its time
             // meanwhile.
             let detach = Box::pin(self.hub.detach(
-                &session.claims.session_id,
+                &session.grant.session_id,
                 &session.peer_id,
                 session.epoch,
                 reason,
@@ -346,17 +348,17 @@ impl Connection {
     }
 
     /// STUN/TURN servers for this session, TURN credentials expiring with its token.
-    fn ice_servers_for(&self, claims: &Claims) -> Vec<IceServer> {
-        self.ice_servers.for_session(&claims.session_id, claims.exp)
+    fn ice_servers_for(&self, grant: &Grant) -> Vec<IceServer> {
+        self.ice_servers.for_session(&grant.session_id, grant.exp)
     }
 
     /// Extends the session's store TTL to the (possibly refreshed) token's life.
     async fn keep_alive(&self, session: &Session) {
-        let ttl = session_ttl(&session.claims);
+        let ttl = session_ttl(&session.grant);
         match self
             .hub
             .refresh(
-                &session.claims.session_id,
+                &session.grant.session_id,
                 &session.peer_id,
                 session.epoch,
                 ttl,
@@ -372,13 +374,13 @@ impl Connection {
     }
 
     /// When to push a fresh token, if refresh is on.
-    pub(super) fn refresh_at(&self, claims: &Claims) -> Option<Instant> {
+    pub(super) fn refresh_at(&self, grant: &Grant) -> Option<Instant> {
         if self.limits.refresh_before.is_zero() {
             return None;
         }
         // Never sooner than half the remaining life, so a lead longer than a token's lifetime
         // cannot turn into a refresh loop.
-        let remaining = token_remaining(claims);
+        let remaining = grant.remaining();
         let wait = remaining
             .saturating_sub(self.limits.refresh_before)
             .max(remaining / 2);
@@ -521,7 +523,7 @@ impl Connection {
             );
         }
         if session
-            .claims
+            .grant
             .room
             .as_deref()
             .is_some_and(|allowed| allowed != room)
@@ -536,7 +538,7 @@ impl Connection {
         match self.hub.join(&session.peer_id, session.epoch, room).await {
             Ok(peers) => {
                 session.room = Some(room.to_string());
-                let ice_servers = self.ice_servers_for(&session.claims);
+                let ice_servers = self.ice_servers_for(&session.grant);
                 let frame = Outgoing::Joined {
                     room_id: room,
                     peer_id: &session.peer_id,
@@ -675,13 +677,13 @@ fn close_message(code: u16, text: &'static str) -> Message {
 
 /// Store TTL of a session: the token's remaining life plus a margin covering the verifier's
 /// clock-skew leeway, so a just-expired token's session is not gone before it is closed.
-fn session_ttl(claims: &Claims) -> Duration {
-    token_remaining(claims) + Duration::from_secs(60)
+fn session_ttl(grant: &Grant) -> Duration {
+    grant.remaining() + Duration::from_secs(60)
 }
 
 /// When the token expires.
-pub(super) fn deadline_of(claims: &Claims) -> Instant {
-    Instant::now() + token_remaining(claims)
+pub(super) fn deadline_of(grant: &Grant) -> Instant {
+    Instant::now() + grant.remaining()
 }
 
 /// Runs `f` when dropped.

@@ -11,7 +11,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -33,8 +32,10 @@ pub(super) struct Link<'c> {
     /// commands apply in the order they arrived.
     session: Option<Session>,
     busy: Option<Busy<'c>>,
-    stream: SplitStream<WebSocket>,
-    sink: SplitSink<WebSocket, Message>,
+    /// Not split into halves: one task reads and writes it, and halves would put it
+    /// behind a shared lock. Boxed, so the connection's task does not keep a copy of it
+    /// from before the link began (an `async fn` keeps its arguments' space for its life).
+    ws: Box<WebSocket>,
     inbox: Inbox,
     /// Frames written first (a resume's `resumed` and what was queued), last one first.
     prelude: Vec<Utf8Bytes>,
@@ -75,8 +76,7 @@ pub(super) struct Ended {
 /// What a finished link hands back for the closing handshake.
 pub(super) struct Parts {
     pub session: Session,
-    pub stream: SplitStream<WebSocket>,
-    pub sink: SplitSink<WebSocket, Message>,
+    pub ws: Box<WebSocket>,
     pub inbox: Inbox,
     /// Set when the socket failed: frames that may not have arrived.
     pub failed: Option<Vec<Utf8Bytes>>,
@@ -91,8 +91,7 @@ impl<'c> Link<'c> {
     pub(super) fn new(
         conn: &'c Connection,
         session: Session,
-        sink: SplitSink<WebSocket, Message>,
-        stream: SplitStream<WebSocket>,
+        ws: Box<WebSocket>,
         inbox: Inbox,
         mut prelude: Vec<Utf8Bytes>,
     ) -> Self {
@@ -101,12 +100,11 @@ impl<'c> Link<'c> {
         prelude.reverse();
         let mut link = Self {
             conn,
-            expiry: deadline_of(&session.claims),
-            refresh: conn.refresh_at(&session.claims),
+            expiry: deadline_of(&session.grant),
+            refresh: conn.refresh_at(&session.grant),
             session: Some(session),
             busy: None,
-            stream,
-            sink,
+            ws,
             inbox,
             prelude,
             unflushed: Vec::new(),
@@ -142,8 +140,7 @@ impl<'c> Link<'c> {
             session: self
                 .session
                 .expect("a link ends only while it holds the session"),
-            stream: self.stream,
-            sink: self.sink,
+            ws: self.ws,
             inbox: self.inbox,
             failed,
             unflushed,
@@ -257,16 +254,16 @@ impl<'c> Link<'c> {
                 return Some(LeaveReason::Timeout);
             }
             if self.refresh.is_some_and(|at| now >= at) {
-                let fresh = self.conn.issuer.reissue(&session.claims);
+                let fresh = self.conn.issuer.reissue(&session.grant);
                 let frame = Outgoing::Token {
                     token: &fresh.token,
                     expires_at: fresh.claims.exp,
                 }
                 .to_frame();
                 session.outbox.deliver(frame);
-                session.claims = fresh.claims.slimmed();
-                self.expiry = deadline_of(&session.claims);
-                self.refresh = self.conn.refresh_at(&session.claims);
+                session.grant = fresh.claims.into();
+                self.expiry = deadline_of(&session.grant);
+                self.refresh = self.conn.refresh_at(&session.grant);
                 self.defer(Deferred::KeepAlive);
             }
         }
@@ -287,7 +284,7 @@ impl<'c> Link<'c> {
                 return;
             }
             while self.unflushed.len() < WRITE_BATCH {
-                match self.sink.poll_ready_unpin(cx) {
+                match self.ws.poll_ready_unpin(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => return self.fail(),
                     Poll::Pending => return,
@@ -302,7 +299,7 @@ impl<'c> Link<'c> {
                 } else {
                     break;
                 };
-                if self.sink.start_send_unpin(message).is_err() {
+                if self.ws.start_send_unpin(message).is_err() {
                     return self.fail();
                 }
                 self.dirty = true;
@@ -310,11 +307,13 @@ impl<'c> Link<'c> {
             if !self.dirty {
                 return;
             }
-            match self.sink.poll_flush_unpin(cx) {
+            match self.ws.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     self.dirty = false;
                     let metrics = self.conn.hub.metrics();
-                    for out in self.unflushed.drain(..) {
+                    // Taken rather than drained: an idle connection keeps no batch space
+                    // (one small allocation per flush is the price under load).
+                    for out in std::mem::take(&mut self.unflushed) {
                         if let Some(since) = out.since {
                             metrics.relay_latency.observe(since.elapsed().as_secs_f64());
                         }
@@ -381,7 +380,7 @@ impl Future for Link<'_> {
                     read_on,
                 });
             }
-            match this.stream.poll_next_unpin(cx) {
+            match this.ws.poll_next_unpin(cx) {
                 Poll::Ready(frame) => {
                     if let Some(reason) = this.on_frame(frame) {
                         return Poll::Ready(Ended {

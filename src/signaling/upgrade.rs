@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::connection::{self, Connection, Limits};
+use super::connection::{self, Connection};
+use crate::auth::Grant;
 use crate::auth::routes::sentence;
 use crate::error::ApiError;
 use crate::server::AppState;
@@ -21,7 +22,7 @@ pub const SUBPROTOCOL: &str = "switchboard.v1";
 /// Bytes tungstenite reads at a time and keeps as its buffer for the connection's life.
 /// Small, because an idle connection keeps it; the socket below it takes each burst from
 /// the kernel at once, so a larger frame costs copies, not system calls.
-const READ_BUFFER_BYTES: usize = 512;
+const READ_BUFFER_BYTES: usize = 128;
 
 /// Prefix of the subprotocol entry that carries the token.
 const BEARER_PREFIX: &str = "bearer.";
@@ -143,23 +144,16 @@ async fn accept(
         )
     })?;
     let config = &state.config;
-    // Boxed: the upgrade task keeps what its callback captures for the connection's life.
+    // Boxed: the connection's task keeps what it is given for the connection's life.
     let connection = Box::new(Connection {
         hub: state.hub.clone(),
         issuer: state.issuer.clone(),
-        claims: claims.slimmed(),
         ice_servers: config.ice_servers.clone(),
-        limits: Limits {
-            ping_interval: config.ping_interval,
-            idle_timeout: config.idle_timeout,
-            refresh_before: config.token_refresh_before,
-            message_rate: config.limits.message_rate,
-            message_burst: config.limits.message_burst,
-            resume_grace: config.resume_grace,
-        },
+        limits: state.connection_limits.clone(),
         remote,
         held: (slot, ip_permit),
     });
+    let grant = Box::new(Grant::from(claims));
     Ok(ws
         .protocols([SUBPROTOCOL])
         // tungstenite zero-fills its whole read buffer before every read and keeps it for
@@ -173,7 +167,7 @@ async fn accept(
         // A task of its own rather than axum's upgrade task: that one keeps the upgrade's
         // settings beside the connection's state for the connection's whole life.
         .on_upgrade(move |socket| {
-            tokio::spawn(connection::run(socket, connection));
+            tokio::spawn(connection::run(socket, connection, grant));
             std::future::ready(())
         }))
 }

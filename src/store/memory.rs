@@ -2,7 +2,7 @@
 //! Several hubs may share one instance, which is how tests run "many nodes" in one process.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,12 +24,14 @@ pub struct MemoryStore {
 struct Inner {
     /// Last epoch handed out; never reset, so epochs only grow.
     epoch: Epoch,
-    sessions: HashMap<String, Session>,
+    /// Keyed by session id; the key is shared with the node's index.
+    sessions: HashMap<Arc<str>, Session>,
     rooms: HashMap<String, Room>,
     /// Heartbeat expiry per node.
     alive: HashMap<String, Instant>,
-    /// Registered nodes with the rooms and sessions they hold.
-    nodes: HashMap<String, NodeIndex>,
+    /// Registered nodes with the rooms and sessions they hold; the key is the one copy of
+    /// the node's id its sessions share.
+    nodes: HashMap<Arc<str>, NodeIndex>,
     /// Cleanup locks per dead node.
     cleanup: HashMap<String, Instant>,
     /// Revoked sessions and when the revocation lapses.
@@ -38,10 +40,13 @@ struct Inner {
     spools: HashMap<String, (Vec<String>, Instant)>,
 }
 
+/// A live session, kept compact (one per connection of every node): the session id is
+/// the map's key, the node id is shared, and the user is not kept (nothing reads it back).
 struct Session {
-    record: SessionRecord,
+    node: Arc<str>,
+    peer_id: Box<str>,
     epoch: Epoch,
-    room: Option<String>,
+    room: Option<Box<str>>,
     expires: Instant,
 }
 
@@ -54,7 +59,7 @@ struct Room {
 #[derive(Default)]
 struct NodeIndex {
     rooms: HashSet<String>,
-    sessions: HashSet<String>,
+    sessions: HashSet<Arc<str>>,
 }
 
 fn deadline(ttl: Duration) -> Instant {
@@ -89,20 +94,33 @@ impl Inner {
         room: Option<&str>,
         ttl: Duration,
     ) {
+        let id: Arc<str> = Arc::from(record.session_id.as_str());
+        let (node, index) = self.node_index(&record.node);
+        index.sessions.insert(id.clone());
         self.sessions.insert(
-            record.session_id.clone(),
+            id,
             Session {
-                record: record.clone(),
+                node,
+                peer_id: record.peer_id.as_str().into(),
                 epoch,
-                room: room.map(str::to_string),
+                room: room.map(Into::into),
                 expires: deadline(ttl),
             },
         );
-        self.nodes
-            .entry(record.node.clone())
-            .or_default()
-            .sessions
-            .insert(record.session_id.clone());
+    }
+
+    /// The index of `node` (created when missing) and the shared copy of its id.
+    fn node_index(&mut self, node: &str) -> (Arc<str>, &mut NodeIndex) {
+        if !self.nodes.contains_key(node) {
+            self.nodes.insert(Arc::from(node), NodeIndex::default());
+        }
+        let (id, index) = self
+            .nodes
+            .get_key_value(node)
+            .map(|(id, _)| id.clone())
+            .zip(self.nodes.get_mut(node))
+            .expect("inserted above");
+        (id, index)
     }
 
     fn purge(&mut self) {
@@ -139,9 +157,9 @@ impl Store for MemoryStore {
         inner.epoch += 1;
         let epoch = inner.epoch;
         let previous = inner.live_session(&record.session_id).map(|s| Previous {
-            node: s.record.node.clone(),
+            node: s.node.to_string(),
             epoch: s.epoch,
-            room: s.room.clone(),
+            room: s.room.as_deref().map(str::to_string),
         });
         inner.put_session(record, epoch, None, ttl);
         Ok(Claim { epoch, previous })
@@ -190,7 +208,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         Ok(match inner.live_session(session_id) {
             Some(s) if s.epoch == epoch => {
-                s.room = room.map(str::to_string);
+                s.room = room.map(Into::into);
                 true
             }
             _ => false,
@@ -207,12 +225,12 @@ impl Store for MemoryStore {
         let Some(node) = inner
             .live_session(session_id)
             .filter(|s| s.epoch == epoch)
-            .map(|s| s.record.node.clone())
+            .map(|s| s.node.clone())
         else {
             return Ok(false);
         };
         inner.sessions.remove(session_id);
-        if let Some(index) = inner.nodes.get_mut(&node) {
+        if let Some(index) = inner.nodes.get_mut(&*node) {
             index.sessions.remove(session_id);
         }
         Ok(true)
@@ -247,9 +265,8 @@ impl Store for MemoryStore {
         entry.members.push(member.clone());
         entry.expires = deadline(ttl);
         inner
-            .nodes
-            .entry(member.node.clone())
-            .or_default()
+            .node_index(&member.node)
+            .1
             .rooms
             .insert(room.to_string());
         Ok(JoinOutcome::Joined(others))
@@ -305,7 +322,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         inner.alive.insert(node.to_string(), deadline(ttl));
         let registered = inner.nodes.contains_key(node);
-        inner.nodes.entry(node.to_string()).or_default();
+        inner.node_index(node);
         Ok(registered)
     }
 
@@ -315,8 +332,9 @@ impl Store for MemoryStore {
         Ok(inner
             .nodes
             .keys()
+            .map(|n| &**n)
             .filter(|n| *n != me && inner.alive.get(*n).is_none_or(|e| *e <= now))
-            .cloned()
+            .map(str::to_string)
             .collect())
     }
 
@@ -367,7 +385,7 @@ impl Store for MemoryStore {
             if inner
                 .sessions
                 .get(&session)
-                .is_some_and(|s| s.record.node == dead)
+                .is_some_and(|s| &*s.node == dead)
             {
                 inner.sessions.remove(&session);
             }
@@ -385,9 +403,9 @@ impl Store for MemoryStore {
     async fn session_owner(&self, session_id: &str) -> Result<Option<Owner>, StoreError> {
         let mut inner = self.lock();
         Ok(inner.live_session(session_id).map(|s| Owner {
-            node: s.record.node.clone(),
+            node: s.node.to_string(),
             epoch: s.epoch,
-            peer_id: s.record.peer_id.clone(),
+            peer_id: s.peer_id.to_string(),
             ttl: s.expires.saturating_duration_since(Instant::now()),
         }))
     }
