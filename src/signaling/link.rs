@@ -14,7 +14,10 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::connection::{Connection, Deferred, Session, deadline_of};
+use super::connection::{
+    Connection, Deferred, STRIKE_WINDOW, STRIKES_TO_CLOSE, Session, deadline_of, is_too_big,
+    send_error,
+};
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use crate::resilience::{MessageLimiter, Verdict};
@@ -115,8 +118,8 @@ impl<'c> Link<'c> {
             limiter: MessageLimiter::new(
                 limits.message_rate,
                 limits.message_burst,
-                super::connection::STRIKES_TO_CLOSE,
-                super::connection::STRIKE_WINDOW,
+                STRIKES_TO_CLOSE,
+                STRIKE_WINDOW,
                 now,
             ),
             last_frame: now,
@@ -202,7 +205,7 @@ impl<'c> Link<'c> {
                     self.defer(command);
                 }
             }
-            Some(Ok(Message::Binary(_))) => super::connection::send_error(
+            Some(Ok(Message::Binary(_))) => send_error(
                 session,
                 ErrorCode::InvalidMessage,
                 "Binary frames are not supported; send JSON text frames.",
@@ -218,7 +221,7 @@ impl<'c> Link<'c> {
                 return Some(LeaveReason::Disconnected);
             }
             Some(Err(e)) => {
-                if super::connection::is_too_big(e) {
+                if is_too_big(e) {
                     session
                         .outbox
                         .close(Some(close::TOO_BIG), "message too big");

@@ -111,15 +111,11 @@ impl Inner {
 
     /// The index of `node` (created when missing) and the shared copy of its id.
     fn node_index(&mut self, node: &str) -> (Arc<str>, &mut NodeIndex) {
-        if !self.nodes.contains_key(node) {
-            self.nodes.insert(Arc::from(node), NodeIndex::default());
-        }
-        let (id, index) = self
-            .nodes
-            .get_key_value(node)
-            .map(|(id, _)| id.clone())
-            .zip(self.nodes.get_mut(node))
-            .expect("inserted above");
+        let id = match self.nodes.get_key_value(node) {
+            Some((id, _)) => id.clone(),
+            None => Arc::from(node),
+        };
+        let index = self.nodes.entry(id.clone()).or_default();
         (id, index)
     }
 
