@@ -83,17 +83,27 @@ pub struct Resumed {
     pub queued: Vec<Utf8Bytes>,
 }
 
+/// A local session. One per connection, kept small: the user id is the peer id without
+/// its `-<session_id>` suffix, and the room id is the room view's key.
 struct PeerSlot {
     epoch: Epoch,
     session_id: Arc<str>,
-    user: Arc<str>,
     /// When the session's store record should lapse (token expiry plus margin).
     expires: tokio::time::Instant,
     outbox: Outbox,
     room: Option<Arc<str>>,
     /// Set while the connection is gone but the session waits for a resume: the queue its
     /// messages collect in, and frames whose write failed when the connection dropped.
-    parked: Option<(Inbox, Vec<Utf8Bytes>)>,
+    parked: Option<Box<(Inbox, Vec<Utf8Bytes>)>>,
+}
+
+impl PeerSlot {
+    /// The user of the session whose peer id is `peer`.
+    fn user<'a>(&self, peer: &'a str) -> &'a str {
+        peer.strip_suffix(&*self.session_id)
+            .and_then(|p| p.strip_suffix('-'))
+            .unwrap_or(peer)
+    }
 }
 
 /// A member on another node.
@@ -130,6 +140,26 @@ struct Holding {
     frames: Vec<Utf8Bytes>,
     /// A release is sending the held messages; new ones still queue behind them.
     releasing: bool,
+}
+
+impl Local {
+    /// The one copy of a local peer's id (its slot's key), for its room view to share.
+    fn peer_key(&self, peer_id: &str) -> Arc<str> {
+        self.peers
+            .get_key_value(peer_id)
+            .map_or_else(|| Arc::from(peer_id), |(key, _)| key.clone())
+    }
+
+    /// A room's view, created when missing, and the one copy of its id, for the
+    /// members' slots to share.
+    fn room_view(&mut self, room: &str) -> (Arc<str>, &mut RoomView) {
+        let key = self
+            .rooms
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(key, _)| key.clone());
+        let view = self.rooms.entry(key.clone()).or_default();
+        (key, view)
+    }
 }
 
 /// Rooms and peers of one node.
@@ -283,7 +313,6 @@ impl Hub {
             PeerSlot {
                 epoch: claim.epoch,
                 session_id: Arc::from(session_id),
-                user: Arc::from(user),
                 expires: tokio::time::Instant::now() + ttl,
                 outbox: outbox.clone(),
                 room: None,
@@ -302,9 +331,10 @@ impl Hub {
                 // so none of them overtakes what the old node hands over.
                 if let Some(room) = &previous.room {
                     let mut local = self.write();
-                    let view = local.rooms.entry(Arc::from(room.as_str())).or_default();
+                    let peer = local.peer_key(peer_id);
+                    let (_, view) = local.room_view(room);
                     view.remote.remove(peer_id);
-                    view.local.insert(Arc::from(peer_id));
+                    view.local.insert(peer);
                 }
                 let (tx, rx) = oneshot::channel();
                 self.handovers_lock()
@@ -432,9 +462,9 @@ impl Hub {
         }
         {
             let mut local = self.write();
-            let room: Arc<str> = Arc::from(room);
-            let view = local.rooms.entry(room.clone()).or_default();
-            view.local.insert(Arc::from(peer_id));
+            let peer = local.peer_key(peer_id);
+            let (room, view) = local.room_view(room);
+            view.local.insert(peer);
             let learned = learn_remote(view, &others, &self.node);
             let view = &local.rooms[&room];
             for peer in learned {
@@ -498,7 +528,7 @@ impl Hub {
             let Some(mut slot) = local.peers.remove(peer) else {
                 return false;
             };
-            let (inbox, unsent) = slot.parked.take().expect("checked by the caller");
+            let (inbox, unsent) = *slot.parked.take().expect("checked by the caller");
             // From here on a sender gets its frame back and routes it again (to `to`).
             inbox.close();
             let mut frames: Vec<String> = unsent.iter().map(|f| f.as_str().to_owned()).collect();
@@ -603,7 +633,7 @@ impl Hub {
         let Some(slot) = local.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {
             return Ok(None);
         };
-        let Some((inbox, unsent)) = slot.parked.take() else {
+        let Some((inbox, unsent)) = slot.parked.take().map(|p| *p) else {
             return Ok(None);
         };
         slot.expires = tokio::time::Instant::now() + ttl;
@@ -657,7 +687,7 @@ impl Hub {
                 return false;
             }
             slot.outbox.reopen();
-            slot.parked = Some(parked);
+            slot.parked = Some(Box::new(parked));
             slot.outbox.watch_closing()
         };
         let hub = self.clone();
@@ -762,10 +792,10 @@ impl Hub {
         {
             tracing::warn!(error = %e, "could not record the session's room");
         }
-        let room: Arc<str> = Arc::from(room);
-        {
+        let room: Arc<str> = {
             let mut local = self.write();
-            let view = local.rooms.entry(room.clone()).or_default();
+            let peer = local.peer_key(peer_id);
+            let (room, view) = local.room_view(room);
             let learned = learn_remote(view, &before, &self.node);
             let view = &local.rooms[&room];
             // Members this node's peers had not heard of yet (learned from the store now).
@@ -777,17 +807,17 @@ impl Hub {
                 );
             }
             broadcast(&local, view, Outgoing::PeerJoined { peer_id }.to_frame());
-            let peer: Arc<str> = Arc::from(peer_id);
             local
                 .rooms
                 .get_mut(&room)
                 .expect("created above")
                 .local
-                .insert(peer.clone());
+                .insert(peer);
             if let Some(slot) = local.peers.get_mut(peer_id) {
                 slot.room = Some(room.clone());
             }
-        }
+            room
+        };
         let joined = BusMessage::PeerJoined {
             room: room.to_string(),
             peer: peer_id.to_string(),
@@ -821,9 +851,9 @@ impl Hub {
         if let Some(old) = &current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
         }
-        let room: Arc<str> = Arc::from(room);
         let mut local = self.write();
-        let view = local.rooms.entry(room.clone()).or_default();
+        let peer = local.peer_key(peer_id);
+        let (room, view) = local.room_view(room);
         let peers: Vec<String> = view
             .local
             .iter()
@@ -837,7 +867,7 @@ impl Hub {
             .get_mut(&room)
             .expect("created above")
             .local
-            .insert(Arc::from(peer_id));
+            .insert(peer);
         if let Some(slot) = local.peers.get_mut(peer_id) {
             slot.room = Some(room);
         }
@@ -858,7 +888,7 @@ impl Hub {
                 .map(|(peer, s)| {
                     let record = SessionRecord {
                         session_id: s.session_id.to_string(),
-                        user: s.user.to_string(),
+                        user: s.user(peer).to_string(),
                         peer_id: peer.to_string(),
                         node: self.node.to_string(),
                     };
@@ -1578,6 +1608,23 @@ mod tests {
             to: "alice-1".into(),
             frame: frame.into(),
         }
+    }
+
+    /// The slot keeps no user id: it is read back from the peer id, even when both the user
+    /// and the session id contain dashes.
+    #[test]
+    fn a_slot_reads_its_user_from_the_peer_id() {
+        let (outbox, _inbox) = outbox::channel(1);
+        let slot = PeerSlot {
+            epoch: 1,
+            session_id: Arc::from("0b6c-41f2"),
+            expires: tokio::time::Instant::now(),
+            outbox,
+            room: None,
+            parked: None,
+        };
+        assert_eq!(slot.user("ann-marie-0b6c-41f2"), "ann-marie");
+        assert_eq!(slot.user("ann-41f2"), "ann-41f2");
     }
 
     /// Bob (here, on n1) talks to Alice, who moves from n0 to n2: what Bob sends after

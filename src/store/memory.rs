@@ -26,7 +26,8 @@ struct Inner {
     epoch: Epoch,
     /// Keyed by session id; the key is shared with the node's index.
     sessions: HashMap<Arc<str>, Session>,
-    rooms: HashMap<String, Room>,
+    /// Keyed by room id; the key is shared with the node indexes and the members' sessions.
+    rooms: HashMap<Arc<str>, Room>,
     /// Heartbeat expiry per node.
     alive: HashMap<String, Instant>,
     /// Registered nodes with the rooms and sessions they hold; the key is the one copy of
@@ -41,24 +42,48 @@ struct Inner {
 }
 
 /// A live session, kept compact (one per connection of every node): the session id is
-/// the map's key, the node id is shared, and the user is not kept (nothing reads it back).
+/// the map's key, the node, room and peer ids are shared, and the user is not kept
+/// (nothing reads it back).
 struct Session {
     node: Arc<str>,
-    peer_id: Box<str>,
+    peer_id: Arc<str>,
     epoch: Epoch,
-    room: Option<Box<str>>,
+    room: Option<Arc<str>>,
     expires: Instant,
 }
 
+/// A room member, kept compact (one per joined connection): its node id is the node
+/// index's copy, and its peer id the session's once the session records the room.
+#[derive(Clone)]
+struct Seat {
+    peer_id: Arc<str>,
+    node: Arc<str>,
+    epoch: Epoch,
+}
+
+impl Seat {
+    fn to_member(&self) -> Member {
+        Member {
+            peer_id: self.peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch: self.epoch,
+        }
+    }
+}
+
+fn members(seats: &[Seat]) -> Vec<Member> {
+    seats.iter().map(Seat::to_member).collect()
+}
+
 struct Room {
-    /// Members in join order.
-    members: Vec<Member>,
+    /// Members in join order, without spare capacity.
+    members: Vec<Seat>,
     expires: Instant,
 }
 
 #[derive(Default)]
 struct NodeIndex {
-    rooms: HashSet<String>,
+    rooms: HashSet<Arc<str>>,
     sessions: HashSet<Arc<str>>,
 }
 
@@ -95,18 +120,44 @@ impl Inner {
         ttl: Duration,
     ) {
         let id: Arc<str> = Arc::from(record.session_id.as_str());
+        let room = room.map(|r| self.room_key(r));
         let (node, index) = self.node_index(&record.node);
         index.sessions.insert(id.clone());
         self.sessions.insert(
-            id,
+            id.clone(),
             Session {
                 node,
                 peer_id: record.peer_id.as_str().into(),
                 epoch,
-                room: room.map(Into::into),
+                room,
                 expires: deadline(ttl),
             },
         );
+        self.share_peer_id(&id);
+    }
+
+    /// The one copy of a room's id: the rooms map's key when the room exists.
+    fn room_key(&self, room: &str) -> Arc<str> {
+        self.rooms
+            .get_key_value(room)
+            .map_or_else(|| Arc::from(room), |(key, _)| key.clone())
+    }
+
+    /// Lets a session's seat in its room hold the session's copy of the peer id.
+    fn share_peer_id(&mut self, session_id: &str) {
+        let Some(session) = self.sessions.get(session_id) else {
+            return;
+        };
+        let Some(room) = session.room.as_deref().and_then(|r| self.rooms.get_mut(r)) else {
+            return;
+        };
+        for seat in room
+            .members
+            .iter_mut()
+            .filter(|m| m.peer_id == session.peer_id)
+        {
+            seat.peer_id = session.peer_id.clone();
+        }
     }
 
     /// The index of `node` (created when missing) and the shared copy of its id.
@@ -204,7 +255,11 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         Ok(match inner.live_session(session_id) {
             Some(s) if s.epoch == epoch => {
-                s.room = room.map(Into::into);
+                let room = room.map(|r| inner.room_key(r));
+                if let Some(s) = inner.sessions.get_mut(session_id) {
+                    s.room = room;
+                }
+                inner.share_peer_id(session_id);
                 true
             }
             _ => false,
@@ -241,30 +296,39 @@ impl Store for MemoryStore {
     ) -> Result<JoinOutcome, StoreError> {
         let mut inner = self.lock();
         inner.live_room(room); // drops the room if it expired
-        let entry = inner.rooms.entry(room.to_string()).or_insert_with(|| Room {
+        let key = inner.room_key(room);
+        let node = inner
+            .nodes
+            .get_key_value(member.node.as_str())
+            .map_or_else(|| Arc::from(member.node.as_str()), |(id, _)| id.clone());
+        let entry = inner.rooms.entry(key.clone()).or_insert_with(|| Room {
             members: Vec::new(),
             expires: deadline(ttl),
         });
-        let others: Vec<Member> = entry
-            .members
-            .iter()
-            .filter(|m| m.peer_id != member.peer_id)
-            .cloned()
-            .collect();
-        if others.len() >= capacity {
+        let mut seats = Vec::with_capacity(entry.members.len() + 1);
+        seats.extend(
+            entry
+                .members
+                .iter()
+                .filter(|m| *m.peer_id != *member.peer_id)
+                .cloned(),
+        );
+        if seats.len() >= capacity {
             if entry.members.is_empty() {
                 inner.rooms.remove(room);
             }
             return Ok(JoinOutcome::Full);
         }
-        entry.members = others.clone();
-        entry.members.push(member.clone());
+        let others = members(&seats);
+        seats.push(Seat {
+            peer_id: Arc::from(member.peer_id.as_str()),
+            node,
+            epoch: member.epoch,
+        });
+        seats.shrink_to_fit();
+        entry.members = seats;
         entry.expires = deadline(ttl);
-        inner
-            .node_index(&member.node)
-            .1
-            .rooms
-            .insert(room.to_string());
+        inner.node_index(&member.node).1.rooms.insert(key);
         Ok(JoinOutcome::Joined(others))
     }
 
@@ -281,11 +345,12 @@ impl Store for MemoryStore {
         let before = entry.members.len();
         entry
             .members
-            .retain(|m| !(m.peer_id == peer_id && m.epoch == epoch));
+            .retain(|m| !(*m.peer_id == *peer_id && m.epoch == epoch));
         if entry.members.len() == before {
             return Ok(None);
         }
-        let remaining = entry.members.clone();
+        entry.members.shrink_to_fit();
+        let remaining = members(&entry.members);
         if remaining.is_empty() {
             inner.rooms.remove(room);
         }
@@ -310,7 +375,7 @@ impl Store for MemoryStore {
         Ok(self
             .lock()
             .live_room(room)
-            .map(|r| r.members.clone())
+            .map(|r| members(&r.members))
             .unwrap_or_default())
     }
 
@@ -363,16 +428,18 @@ impl Store for MemoryStore {
             let Some(entry) = inner.live_room(&room) else {
                 continue;
             };
-            let (removed, remaining): (Vec<Member>, Vec<Member>) =
-                entry.members.drain(..).partition(|m| m.node == dead);
-            entry.members = remaining.clone();
+            let (removed, remaining): (Vec<Seat>, Vec<Seat>) =
+                entry.members.drain(..).partition(|m| &*m.node == dead);
+            entry.members = remaining;
+            entry.members.shrink_to_fit();
+            let remaining = members(&entry.members);
             if remaining.is_empty() {
                 inner.rooms.remove(&room);
             }
             if !removed.is_empty() {
                 evictions.push(Eviction {
-                    room,
-                    removed,
+                    room: room.to_string(),
+                    removed: members(&removed),
                     remaining,
                 });
             }
@@ -456,6 +523,41 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One copy of each id per connection: the seat shares the node's id and, once the
+    /// session records its room, the session's peer id; the session shares the room's id.
+    #[tokio::test]
+    async fn a_member_shares_its_ids_with_its_session_and_node() {
+        let store = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        let record = SessionRecord {
+            session_id: "s1".into(),
+            user: "ann".into(),
+            peer_id: "ann-s1".into(),
+            node: "n1".into(),
+        };
+        let epoch = store.claim_session(&record, ttl).await.unwrap().epoch;
+        let ann = member("ann-s1", epoch);
+        let joined = store.join_room("r", &ann, 4, ttl).await.unwrap();
+        assert_eq!(joined, JoinOutcome::Joined(vec![]));
+        assert!(
+            store
+                .set_session_room("s1", epoch, Some("r"))
+                .await
+                .unwrap()
+        );
+        {
+            let inner = store.lock();
+            let session = &inner.sessions["s1"];
+            let (room_id, room) = inner.rooms.get_key_value("r").unwrap();
+            let seat = &room.members[0];
+            assert!(Arc::ptr_eq(&seat.peer_id, &session.peer_id));
+            assert!(Arc::ptr_eq(&seat.node, &session.node));
+            assert!(Arc::ptr_eq(room_id, session.room.as_ref().unwrap()));
+        }
+        let members = store.room_members("r").await.unwrap();
+        assert_eq!(members, [ann]);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_resume_queue_lapses_after_its_ttl() {
