@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::hub::{Hub, MembershipError, Registration, RelayError, Route};
+use super::hub::{Hub, MembershipError, REMOTE_RELAY_FAILED, Registration, RelayError, Route};
 use super::link::{Ended, Link, Parts};
 use super::outbox::{CloseReason, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, Outgoing, close};
@@ -492,12 +492,15 @@ impl Connection {
                 frame,
                 reference,
             } => {
-                if let Err(e) = Box::pin(self.hub.send_remote(&node, &to, frame)).await {
+                let sent =
+                    self.hub
+                        .send_remote(&node, &to, frame, &session.outbox, reference.as_deref());
+                if let Err(e) = Box::pin(sent).await {
                     tracing::warn!(error = %e, "cross-node relay failed");
                     send_error(
                         session,
                         ErrorCode::Unavailable,
-                        "Relaying to that peer's node failed or timed out; it may not have arrived.",
+                        REMOTE_RELAY_FAILED,
                         reference.as_deref(),
                     );
                 }

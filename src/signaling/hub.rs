@@ -10,7 +10,9 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::oneshot;
 
 use super::outbox::{self, Inbox, Outbox};
-use super::protocol::{LeaveReason, Outgoing, close};
+use serde_json::value::RawValue;
+
+use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use crate::bus::{Bus, BusMessage};
 use crate::store::{Epoch, JoinOutcome, Member, Previous, SessionRecord, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -133,11 +135,15 @@ struct Local {
     holding: HashMap<Arc<str>, Holding>,
 }
 
+/// What a sender is told when its message could not be handed to the recipient's node.
+pub const REMOTE_RELAY_FAILED: &str =
+    "Relaying to that peer's node failed or timed out; it may not have arrived.";
+
 /// Messages held for a remote peer that moved, until its old node is flushed.
 struct Holding {
     /// The peer's new node.
     node: Arc<str>,
-    frames: Vec<Utf8Bytes>,
+    frames: Vec<HeldFrame>,
     /// A release is sending the held messages; new ones still queue behind them.
     releasing: bool,
 }
@@ -160,6 +166,14 @@ impl Local {
         let view = self.rooms.entry(key.clone()).or_default();
         (key, view)
     }
+}
+
+/// A message held for a moved peer: its sender was told nothing yet, so it gets `failure`
+/// if the message cannot be sent on.
+struct HeldFrame {
+    frame: Utf8Bytes,
+    sender: Outbox,
+    failure: Utf8Bytes,
 }
 
 /// Rooms and peers of one node.
@@ -1263,13 +1277,14 @@ impl Hub {
                 }
                 (held.node.clone(), std::mem::take(&mut held.frames))
             };
-            for frame in frames {
+            for held in frames {
                 let message = BusMessage::Deliver {
                     to: peer.to_string(),
-                    frame,
+                    frame: held.frame,
                 };
                 if let Err(e) = self.bus.publish(&node, &message).await {
                     tracing::warn!(error = %e, "could not relay a held message to a moved peer");
+                    held.sender.deliver(held.failure);
                 }
             }
         }
@@ -1409,17 +1424,30 @@ impl Hub {
             .ok_or(RelayError::PeerNotFound)
     }
 
-    /// Hands a frame to a peer on another node.
+    /// Hands a frame to a peer on another node. A frame held back (the peer is moving
+    /// between nodes) that later cannot be sent on gets its sender, `sender`, an error
+    /// naming `reference`, as a failure returned here would.
     pub async fn send_remote(
         &self,
         node: &str,
         to: &str,
         frame: Utf8Bytes,
+        sender: &Outbox,
+        reference: Option<&RawValue>,
     ) -> Result<(), StoreError> {
         // Read first: holding is rare, and the relay path should not take the write lock.
         let holding = !self.read().holding.is_empty();
         if holding && let Some(held) = self.write().holding.get_mut(to) {
-            held.frames.push(frame);
+            let failure = Outgoing::Error {
+                code: ErrorCode::Unavailable,
+                message: REMOTE_RELAY_FAILED,
+                reference,
+            };
+            held.frames.push(HeldFrame {
+                frame,
+                sender: sender.clone(),
+                failure: failure.to_frame(),
+            });
             return Ok(());
         }
         let message = BusMessage::Deliver {
@@ -1666,10 +1694,10 @@ mod tests {
             }
         }
         assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n2"));
-        hub.send_remote("n2", "alice-1", "one".into())
+        hub.send_remote("n2", "alice-1", "one".into(), &bob.outbox, None)
             .await
             .unwrap();
-        hub.send_remote("n2", "alice-1", "two".into())
+        hub.send_remote("n2", "alice-1", "two".into(), &bob.outbox, None)
             .await
             .unwrap();
         assert!(new_node.try_recv().is_err(), "held until n0 is flushed");
@@ -1680,7 +1708,7 @@ mod tests {
         .await;
         assert_eq!(new_node.try_recv().unwrap(), deliver("one"));
         assert_eq!(new_node.try_recv().unwrap(), deliver("two"));
-        hub.send_remote("n2", "alice-1", "three".into())
+        hub.send_remote("n2", "alice-1", "three".into(), &bob.outbox, None)
             .await
             .unwrap();
         assert_eq!(
@@ -1691,6 +1719,75 @@ mod tests {
         // A late timeout finds nothing left to release.
         hub.release("alice-1").await;
         assert!(new_node.try_recv().is_err());
+    }
+
+    /// A bus whose publishes to one node fail, as they do while Redis is unreachable.
+    struct Unreachable {
+        bus: MemoryBus,
+        node: &'static str,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for Unreachable {
+        async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError> {
+            if node == self.node {
+                return Err(StoreError("Redis is unreachable".into()));
+            }
+            self.bus.publish(node, message).await
+        }
+
+        async fn subscribe(&self, node: &str) -> Result<crate::bus::Inbox, StoreError> {
+            self.bus.subscribe(node).await
+        }
+    }
+
+    /// A message held for a moved peer is not lost silently when it cannot be sent on:
+    /// its sender gets the error a failed relay gets, with the message's reference.
+    #[tokio::test]
+    async fn a_held_message_that_cannot_be_sent_on_is_reported_to_its_sender() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let bus = Arc::new(Unreachable {
+            bus: MemoryBus::new(),
+            node: "n2",
+        });
+        let alice = Member {
+            peer_id: "alice-1".into(),
+            node: "n0".into(),
+            epoch: 1,
+        };
+        store.join_room("r", &alice, 6, TTL).await.unwrap();
+        let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
+        let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
+        hub.join("bob-1", bob.epoch, "r").await.unwrap();
+        hub.on_bus(BusMessage::PeerMoved {
+            room: "r".into(),
+            peer: "alice-1".into(),
+            node: "n2".into(),
+            epoch: 2,
+        })
+        .await;
+        while bob.inbox.try_recv().is_some() {}
+
+        let reference = RawValue::from_string("7".into()).unwrap();
+        let held = hub.send_remote("n2", "alice-1", "one".into(), &bob.outbox, Some(&reference));
+        held.await.unwrap();
+        assert!(
+            bob.inbox.try_recv().is_none(),
+            "held: nothing to report yet"
+        );
+        hub.on_bus(BusMessage::Flushed {
+            peer: "alice-1".into(),
+        })
+        .await;
+        let told = bob
+            .inbox
+            .try_recv()
+            .expect("the sender hears of the failure");
+        let told: serde_json::Value = serde_json::from_str(told.frame.as_str()).unwrap();
+        assert_eq!(told["type"], "error");
+        assert_eq!(told["code"], "unavailable");
+        assert_eq!(told["message"], REMOTE_RELAY_FAILED);
+        assert_eq!(told["ref"], 7);
     }
 
     /// The old node answers a flush to the node that asked for it.
