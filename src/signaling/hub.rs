@@ -1655,14 +1655,9 @@ mod tests {
         assert_eq!(slot.user("ann-41f2"), "ann-41f2");
     }
 
-    /// Bob (here, on n1) talks to Alice, who moves from n0 to n2: what Bob sends after
-    /// the move waits until n0 says it forwarded what Bob sent it before.
-    #[tokio::test]
-    async fn messages_for_a_peer_that_moved_wait_for_its_old_node_to_flush() {
+    /// A hub for node n1 where Bob shares room `r` with Alice, who is on n0.
+    async fn bob_on_n1_with_alice_on_n0(bus: Arc<dyn Bus>) -> (Hub, Registration) {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        let bus = Arc::new(MemoryBus::new());
-        let mut old_node = bus.subscribe("n0").await.unwrap();
-        let mut new_node = bus.subscribe("n2").await.unwrap();
         let alice = Member {
             peer_id: "alice-1".into(),
             node: "n0".into(),
@@ -1672,15 +1667,30 @@ mod tests {
         let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
         let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
         hub.join("bob-1", bob.epoch, "r").await.unwrap();
-        assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n0"));
+        (hub, bob)
+    }
 
-        hub.on_bus(BusMessage::PeerMoved {
+    /// What n1 hears when Alice's session moves from n0 to n2.
+    fn alice_moved_to_n2() -> BusMessage {
+        BusMessage::PeerMoved {
             room: "r".into(),
             peer: "alice-1".into(),
             node: "n2".into(),
             epoch: 2,
-        })
-        .await;
+        }
+    }
+
+    /// Bob (here, on n1) talks to Alice, who moves from n0 to n2: what Bob sends after
+    /// the move waits until n0 says it forwarded what Bob sent it before.
+    #[tokio::test]
+    async fn messages_for_a_peer_that_moved_wait_for_its_old_node_to_flush() {
+        let bus = Arc::new(MemoryBus::new());
+        let mut old_node = bus.subscribe("n0").await.unwrap();
+        let mut new_node = bus.subscribe("n2").await.unwrap();
+        let (hub, bob) = bob_on_n1_with_alice_on_n0(bus).await;
+        assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n0"));
+
+        hub.on_bus(alice_moved_to_n2()).await;
         let flush = BusMessage::Flush {
             peer: "alice-1".into(),
             reply_to: "n1".into(),
@@ -1745,27 +1755,12 @@ mod tests {
     /// its sender gets the error a failed relay gets, with the message's reference.
     #[tokio::test]
     async fn a_held_message_that_cannot_be_sent_on_is_reported_to_its_sender() {
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         let bus = Arc::new(Unreachable {
             bus: MemoryBus::new(),
             node: "n2",
         });
-        let alice = Member {
-            peer_id: "alice-1".into(),
-            node: "n0".into(),
-            epoch: 1,
-        };
-        store.join_room("r", &alice, 6, TTL).await.unwrap();
-        let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
-        let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
-        hub.join("bob-1", bob.epoch, "r").await.unwrap();
-        hub.on_bus(BusMessage::PeerMoved {
-            room: "r".into(),
-            peer: "alice-1".into(),
-            node: "n2".into(),
-            epoch: 2,
-        })
-        .await;
+        let (hub, bob) = bob_on_n1_with_alice_on_n0(bus).await;
+        hub.on_bus(alice_moved_to_n2()).await;
         while bob.inbox.try_recv().is_some() {}
 
         let reference = RawValue::from_string("7".into()).unwrap();
