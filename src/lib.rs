@@ -10,6 +10,7 @@
 //! - [`signaling`]: wire protocol, one task per connection, the hub that routes.
 //! - [`store`]: the state trait (sessions, rooms, TTLs) and the embedded in-memory store.
 //! - [`net`]: client sockets that hold no read buffer while idle.
+//! - [`fd_limit`]: the open-file limit that bounds a node's connections.
 //! - [`server`]: assembles a role's routes and runs the HTTP server.
 //! - [`telemetry`]: logs and the redacting access log.
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod fd_limit;
 pub mod health;
 pub mod identifier;
 pub mod net;

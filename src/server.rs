@@ -367,6 +367,10 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
+    let open_files = crate::fd_limit::raise();
+    if let Some(warning) = crate::fd_limit::shortfall(open_files, config.limits.max_connections) {
+        tracing::warn!("{warning}");
+    }
     let listener = TcpListener::bind(bind).await.map_err(|e| {
         format!("cannot listen on {bind}: {e} (is the port in use? set the port flag)")
     })?;
@@ -374,7 +378,7 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
     let state = AppState::build(config, role).await.map_err(|e| {
         format!("{e}; check the Redis settings (REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES)")
     })?;
-    tracing::info!(address = %local, role = ?role, node = state.hub.node(), "listening");
+    tracing::info!(address = %local, role = ?role, node = state.hub.node(), open_files, "listening");
     serve(listener, state, shutdown_signal())
         .await
         .map_err(|e| format!("server failed: {e}"))

@@ -288,3 +288,50 @@ async fn sigterm_drains_with_goaway_and_a_second_signal_exits_at_once() {
     server.signal("-TERM");
     assert_eq!(server.wait_exit().code(), Some(130));
 }
+
+/// The soft and hard open-file limits in a `/proc/<pid>/limits` text.
+fn open_files(limits: &str) -> (u64, u64) {
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut numbers = line["Max open files".len()..]
+        .split_whitespace()
+        .map(|n| n.parse::<u64>().expect("a finite open-file limit"));
+    (numbers.next().unwrap(), numbers.next().unwrap())
+}
+
+/// Started with a low soft open-file limit (a shell's default is often 1,024), a node
+/// raises it to the hard limit, says so when it starts, and warns with what to change
+/// when even that cannot hold MAX_CONNECTIONS.
+#[test]
+fn serve_raises_its_open_file_limit_and_warns_when_it_cannot_hold_the_cap() {
+    let (_, hard) = open_files(&std::fs::read_to_string("/proc/self/limits").unwrap());
+    assert!(
+        hard >= 64,
+        "the hard open-file limit ({hard}) is too low to test"
+    );
+    let soft = hard / 2;
+    let mut command = std::process::Command::new("/bin/sh");
+    command
+        .env_clear()
+        .env("AUTH_SECRET", SECRET)
+        .env("MAX_CONNECTIONS", hard.to_string())
+        .args([
+            "-c",
+            &format!("ulimit -Sn {soft} && exec \"$0\" serve --bind 127.0.0.1 --port 0"),
+            common::process::BIN,
+        ]);
+    let (mut server, _) = Running::spawn(command);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", server.pid())).unwrap();
+    assert_eq!(
+        open_files(&limits),
+        (hard, hard),
+        "soft limit raised to the hard one"
+    );
+    let listening = server.wait_for(|l| l.contains("\"listening\""));
+    let record: Value = serde_json::from_str(&listening).unwrap();
+    assert_eq!(record["open_files"], hard);
+    let warning = server.wait_for(|l| l.contains("open files"));
+    assert!(warning.contains("LimitNOFILE"), "{warning}");
+}

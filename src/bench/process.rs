@@ -1,5 +1,4 @@
-//! Figures about processes from /proc: CPU time and resident memory, and this process's
-//! file-descriptor limit.
+//! Figures about processes from /proc: CPU time and resident memory.
 
 use std::time::{Duration, Instant};
 
@@ -102,26 +101,5 @@ impl Meter {
             server_share: server_cpu.map(|s| s.as_secs_f64() / wall),
             own_share: own.as_secs_f64() / wall,
         })
-    }
-}
-
-/// Raises this process's open-file limit to its hard limit; returns the limit now in force.
-pub fn raise_fd_limit() -> u64 {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let limit = getrlimit(Resource::Nofile);
-    let current = limit.current.unwrap_or(u64::MAX);
-    match limit.maximum {
-        Some(max) if max > current => {
-            let raised = Rlimit {
-                current: Some(max),
-                maximum: Some(max),
-            };
-            if setrlimit(Resource::Nofile, raised).is_ok() {
-                max
-            } else {
-                current
-            }
-        }
-        _ => current,
     }
 }

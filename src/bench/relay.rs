@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Socket, Target, join};
-use super::process::{self, Meter};
+use super::process::Meter;
 use super::report::{Latency, RelayRun, Report, histogram};
 use super::{BenchError, MessageKind, RelayArgs, progress};
 
@@ -560,7 +560,7 @@ pub async fn run(
             "--rate must be above 0 and --sweep-factor above 1",
         ));
     }
-    process::raise_fd_limit();
+    crate::fd_limit::raise();
     let mut pairs = set_up(target, args, cross).await?;
     let size = match args.message {
         MessageKind::Offer => format!("{} B SDP", args.sdp_bytes),

@@ -36,7 +36,16 @@ impl Running {
     /// Starts `serve` on 127.0.0.1:`port` (0: any free port); returns its address.
     pub fn start_on(port: u16, vars: &[(&str, &str)]) -> (Running, String) {
         let port = port.to_string();
-        let mut child = switchboard(&["serve", "--bind", "127.0.0.1", "--port", &port], vars)
+        Self::spawn(switchboard(
+            &["serve", "--bind", "127.0.0.1", "--port", &port],
+            vars,
+        ))
+    }
+
+    /// Starts `command`, a `serve` that logs JSON to stderr (set here); returns the
+    /// address it listens on.
+    pub fn spawn(mut command: Command) -> (Running, String) {
+        let mut child = command
             .env("LOG_FORMAT", "json")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
