@@ -1,12 +1,15 @@
-//! Client sockets whose read buffer exists only while bytes are arriving.
+//! Client sockets whose buffers exist only while bytes are moving.
 //!
 //! A node holds tens of thousands of idle WebSockets, and a buffer kept per connection is
 //! most of what an idle one costs. [`ElasticStream`] reads each burst from the kernel into a
 //! buffer on the stack and keeps on the heap only what the reader above it did not take
 //! yet, freeing it once taken. So the WebSocket layer can ask for small reads (and keep a
-//! small buffer of its own) without a system call per small read. Hand-rolled because
-//! buffered readers (`tokio::io::BufReader` and the like) keep their buffer for the
-//! stream's life.
+//! small buffer of its own) without a system call per small read. Writes are gathered
+//! until a flush and written with one system call, and the gathering buffer is freed
+//! once written, so the WebSocket layer can hand each frame down at once and keep no
+//! batch-sized buffer after a burst. Hand-rolled because buffered readers and writers
+//! (`tokio::io::BufReader`, `BufWriter` and the like) keep their buffer for the stream's
+//! life.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -20,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Most bytes taken from the kernel in one read: a whole 2 KB offer with room to spare.
 const BURST_BYTES: usize = 16 * 1024;
+/// Most bytes gathered before a write waits for them to reach the kernel.
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// A TCP listener handing out [`ElasticStream`]s.
 pub struct ElasticListener(TcpListener);
@@ -45,13 +50,16 @@ impl Listener for ElasticListener {
     }
 }
 
-/// A TCP stream that buffers only the unread rest of the last burst it received.
+/// A TCP stream that buffers only the unread rest of the last burst it received, and
+/// what was written since the last flush.
 pub struct ElasticStream {
     tcp: TcpStream,
     /// Bytes received but not read yet; empty (unallocated) between bursts.
     rest: Vec<u8>,
     /// How much of `rest` was read.
     taken: usize,
+    /// Bytes written but not handed to the kernel yet; empty (unallocated) once flushed.
+    gathered: Vec<u8>,
 }
 
 impl ElasticStream {
@@ -61,7 +69,23 @@ impl ElasticStream {
             tcp,
             rest: Vec::new(),
             taken: 0,
+            gathered: Vec::new(),
         }
+    }
+
+    /// Hands what was gathered to the kernel, then frees the buffer.
+    fn poll_write_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.gathered.is_empty() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.gathered))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            // A partial write is rare (the kernel's buffer filled up): moving the rest
+            // forward then costs less than keeping an offset in every idle connection.
+            self.gathered.drain(..n);
+        }
+        self.gathered = Vec::new();
+        Poll::Ready(Ok(()))
     }
 
     /// The underlying stream, for socket options.
@@ -112,7 +136,7 @@ impl AsyncWrite for ElasticStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -120,19 +144,32 @@ impl AsyncWrite for ElasticStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.gathered.len() >= GATHER_BYTES {
+            ready!(this.poll_write_gathered(cx))?;
+        }
+        let mut n = 0;
+        for buf in bufs {
+            this.gathered.extend_from_slice(buf);
+            n += buf.len();
+        }
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_gathered(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_write_gathered(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
     }
 }
 
@@ -188,12 +225,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_pass_through() {
+    async fn writes_arrive_in_order_once_flushed_and_the_buffer_is_freed() {
+        let (mut server, mut client) = pair().await;
+        // More than one gathering's worth, so some writes wait for the kernel.
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+        let writing = async {
+            for chunk in sent.chunks(2100) {
+                server.write_all(chunk).await.unwrap();
+            }
+            assert!(!server.gathered.is_empty(), "held until the flush");
+            server.flush().await.unwrap();
+            assert_eq!(server.gathered.capacity(), 0, "freed once written");
+            server.shutdown().await.unwrap();
+        };
+        let mut got = Vec::new();
+        let reading = client.read_to_end(&mut got);
+        let ((), read) = tokio::join!(writing, reading);
+        read.unwrap();
+        assert_eq!(got, sent);
+    }
+
+    #[tokio::test]
+    async fn shutting_down_writes_what_was_gathered_first() {
         let (mut server, mut client) = pair().await;
         server.write_all(b"hello").await.unwrap();
-        server.flush().await.unwrap();
-        let mut got = [0u8; 5];
-        client.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello");
+        server.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello");
     }
 }

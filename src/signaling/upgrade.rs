@@ -161,6 +161,10 @@ async fn accept(
         // message and ~130 KiB per idle connection. Frames larger than this still arrive
         // whole, in several reads (served from `net::ElasticStream`'s burst).
         .read_buffer_size(READ_BUFFER_BYTES)
+        // Each frame goes straight down to the socket, which gathers a batch until the
+        // flush and frees it after: tungstenite's own buffer would keep the size of the
+        // largest batch for the connection's life.
+        .write_buffer_size(0)
         .max_message_size(config.max_message_bytes)
         .max_frame_size(config.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
