@@ -9,7 +9,7 @@
 //! - [`auth`]: signing secret, token issue/verify, HTTP routes.
 //! - [`signaling`]: wire protocol, one task per connection, the hub that routes.
 //! - [`store`]: the state trait (sessions, rooms, TTLs) and the embedded in-memory store.
-//! - [`net`]: client sockets that hold no read buffer while idle.
+//! - [`net`]: client sockets that hold no read or write buffer while idle.
 //! - [`fd_limit`]: the open-file limit that bounds a node's connections.
 //! - [`server`]: assembles a role's routes and runs the HTTP server.
 //! - [`telemetry`]: logs and the redacting access log.
