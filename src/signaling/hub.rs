@@ -14,6 +14,7 @@ use serde_json::value::RawValue;
 
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use crate::bus::{Bus, BusMessage};
+use crate::identifier;
 use crate::store::{Epoch, JoinOutcome, Member, Previous, SessionRecord, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -151,18 +152,13 @@ struct Holding {
 impl Local {
     /// The one copy of a local peer's id (its slot's key), for its room view to share.
     fn peer_key(&self, peer_id: &str) -> Arc<str> {
-        self.peers
-            .get_key_value(peer_id)
-            .map_or_else(|| Arc::from(peer_id), |(key, _)| key.clone())
+        identifier::shared(&self.peers, peer_id)
     }
 
     /// A room's view, created when missing, and the one copy of its id, for the
     /// members' slots to share.
     fn room_view(&mut self, room: &str) -> (Arc<str>, &mut RoomView) {
-        let key = self
-            .rooms
-            .get_key_value(room)
-            .map_or_else(|| Arc::from(room), |(key, _)| key.clone());
+        let key = identifier::shared(&self.rooms, room);
         let view = self.rooms.entry(key.clone()).or_default();
         (key, view)
     }

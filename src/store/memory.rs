@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::identifier;
+
 use super::{
     Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, SessionRecord, Store,
     StoreError,
@@ -138,9 +140,7 @@ impl Inner {
 
     /// The one copy of a room's id: the rooms map's key when the room exists.
     fn room_key(&self, room: &str) -> Arc<str> {
-        self.rooms
-            .get_key_value(room)
-            .map_or_else(|| Arc::from(room), |(key, _)| key.clone())
+        identifier::shared(&self.rooms, room)
     }
 
     /// Lets a session's seat in its room hold the session's copy of the peer id.
@@ -162,10 +162,7 @@ impl Inner {
 
     /// The index of `node` (created when missing) and the shared copy of its id.
     fn node_index(&mut self, node: &str) -> (Arc<str>, &mut NodeIndex) {
-        let id = match self.nodes.get_key_value(node) {
-            Some((id, _)) => id.clone(),
-            None => Arc::from(node),
-        };
+        let id = identifier::shared(&self.nodes, node);
         let index = self.nodes.entry(id.clone()).or_default();
         (id, index)
     }
@@ -253,17 +250,13 @@ impl Store for MemoryStore {
         room: Option<&str>,
     ) -> Result<bool, StoreError> {
         let mut inner = self.lock();
-        Ok(match inner.live_session(session_id) {
-            Some(s) if s.epoch == epoch => {
-                let room = room.map(|r| inner.room_key(r));
-                if let Some(s) = inner.sessions.get_mut(session_id) {
-                    s.room = room;
-                }
-                inner.share_peer_id(session_id);
-                true
-            }
-            _ => false,
-        })
+        let room = room.map(|r| inner.room_key(r));
+        let Some(session) = inner.live_session(session_id).filter(|s| s.epoch == epoch) else {
+            return Ok(false);
+        };
+        session.room = room;
+        inner.share_peer_id(session_id);
+        Ok(true)
     }
 
     async fn release_session(
@@ -297,10 +290,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         inner.live_room(room); // drops the room if it expired
         let key = inner.room_key(room);
-        let node = inner
-            .nodes
-            .get_key_value(member.node.as_str())
-            .map_or_else(|| Arc::from(member.node.as_str()), |(id, _)| id.clone());
+        let node = identifier::shared(&inner.nodes, &member.node);
         let entry = inner.rooms.entry(key.clone()).or_insert_with(|| Room {
             members: Vec::new(),
             expires: deadline(ttl),
