@@ -129,7 +129,10 @@ impl AppState {
             hub.store()
                 .heartbeat(&config.node_id, config.heartbeat * 2)
                 .await?;
-            tasks.push(tokio::spawn(liveness::consume(hub.clone(), inbox)));
+            tasks.push(tokio::spawn(crate::signaling::hub::consume(
+                hub.clone(),
+                inbox,
+            )));
             // Others may need two heartbeats plus a timed-out call or two to recover.
             let redis_timeout = config.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout);
             let grace = config.heartbeat * 2 + redis_timeout * 2;

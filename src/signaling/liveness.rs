@@ -1,5 +1,4 @@
-//! Background work of a node: reading its bus inbox, heartbeating, and cleaning up after
-//! nodes that died.
+//! Background work of a node: heartbeating, and cleaning up after nodes that died.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,38 +6,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Hub;
-use crate::bus::{BusMessage, Inbox};
-
-/// Longest wait for a moved peer's old node to confirm it forwarded what it was sent.
-const FLUSH_WAIT: Duration = Duration::from_secs(1);
-
-/// Applies messages from other nodes, in the order they were published.
-///
-/// Except handovers: answering one may wait for a closing connection to park its session,
-/// and waiting here would delay the messages this node forwards for sessions it already
-/// handed over (their senders wait for `Flushed`, which comes only after them). A handover
-/// is serialised with other membership changes by the hub itself.
-pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
-    while let Some(message) = inbox.recv().await {
-        match message {
-            BusMessage::Handover { .. } => {
-                let hub = hub.clone();
-                tokio::spawn(async move { hub.on_bus(message).await });
-            }
-            BusMessage::PeerMoved { ref peer, .. } => {
-                // Messages held for the moved peer go out even if its old node never
-                // answers the flush (it died, or lost its inbox).
-                let (later, peer) = (hub.clone(), peer.clone());
-                hub.on_bus(message).await;
-                tokio::spawn(async move {
-                    tokio::time::sleep(FLUSH_WAIT).await;
-                    later.release(&peer).await;
-                });
-            }
-            message => hub.on_bus(message).await,
-        }
-    }
-}
 
 /// Refreshes this node's heartbeat (TTL two intervals) and reaps dead nodes, twice per
 /// interval, so a dead node is cleaned up within about two and a half intervals.

@@ -1,0 +1,79 @@
+//! What operators and the Auth service do to a node's sessions: revoke one, drain the
+//! node, close everything.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Hub;
+use crate::bus::BusMessage;
+use crate::signaling::protocol::{Outgoing, close};
+use crate::store::{Epoch, StoreError};
+
+impl Hub {
+    /// Revokes a session: new upgrades are refused for `ttl` (at least the session's own
+    /// remaining life), and its live connection, on whichever node, is closed with 1008.
+    /// Returns whether a live connection was found.
+    pub async fn revoke(&self, session_id: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let owner = self.store.session_owner(session_id).await?;
+        let ttl = owner.as_ref().map_or(ttl, |o| o.ttl.max(ttl));
+        self.store.revoke(session_id, ttl).await?;
+        let Some(owner) = owner else {
+            return Ok(false);
+        };
+        if *owner.node == *self.node {
+            self.close_revoked(&owner.peer_id, owner.epoch);
+        } else {
+            let message = BusMessage::Revoke {
+                peer: owner.peer_id,
+                epoch: owner.epoch,
+            };
+            self.bus.publish(&owner.node, &message).await?;
+        }
+        Ok(true)
+    }
+
+    /// Closes a revoked session's connection with 1008, if `epoch` still holds it here.
+    pub(super) fn close_revoked(&self, peer: &str, epoch: Epoch) {
+        if let Some(slot) = self.read().owned(peer, epoch) {
+            slot.outbox.close(Some(close::POLICY), "session revoked");
+        }
+    }
+
+    /// Tells every client to go (`goaway` with a reconnect hint spread over `spread`) and
+    /// closes each connection with 1012 when its hint comes due. Sessions stay resumable:
+    /// a client reconnecting elsewhere takes its session and queue with it.
+    pub fn drain(self: &Arc<Self>, spread: Duration) {
+        let table = self.read();
+        for (peer, slot) in table.peers.iter().filter(|(_, s)| s.parked.is_none()) {
+            let mut bytes = [0u8; 8];
+            let _ = getrandom::fill(&mut bytes);
+            let jitter_ms = u64::from_le_bytes(bytes) % (spread.as_millis() as u64 + 1);
+            let frame = Outgoing::Goaway {
+                reason: "shutdown",
+                reconnect_in_ms: jitter_ms,
+            }
+            .to_frame();
+            slot.outbox.deliver(frame);
+            let (hub, peer, epoch) = (self.clone(), peer.clone(), slot.epoch);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
+                // Not a session that parked meanwhile: closing it would end it.
+                if let Some(slot) = hub.read().owned(&peer, epoch)
+                    && slot.parked.is_none()
+                {
+                    slot.outbox.close(Some(close::RESTART), "server restarting");
+                }
+            });
+        }
+    }
+
+    /// Asks every connection to close with `code` (shutdown); parked sessions end, and no
+    /// more are parked.
+    pub fn close_all(&self, code: u16, text: &'static str) {
+        self.shutting.store(true, Ordering::Relaxed);
+        for slot in self.read().peers.values() {
+            slot.outbox.close(Some(code), text);
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! What other nodes publish to this one, applied in the order it was published.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Hub, RoomPass};
+use crate::bus::{BusMessage, Inbox};
+use crate::signaling::protocol::close;
+
+/// Longest wait for a moved peer's old node to confirm it forwarded what it was sent.
+const FLUSH_WAIT: Duration = Duration::from_secs(1);
+
+/// Applies messages from other nodes, in the order they were published.
+///
+/// Except handovers: answering one may wait for a closing connection to park its session,
+/// and waiting here would delay the messages this node forwards for sessions it already
+/// handed over (their senders wait for `Flushed`, which comes only after them). A handover
+/// is serialised with other membership changes by the hub itself.
+pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
+    while let Some(message) = inbox.recv().await {
+        match message {
+            BusMessage::Handover { .. } => {
+                let hub = hub.clone();
+                tokio::spawn(async move { hub.on_bus(message).await });
+            }
+            BusMessage::PeerMoved { ref peer, .. } => {
+                // Messages held for the moved peer go out even if its old node never
+                // answers the flush (it died, or lost its inbox).
+                let (later, peer) = (hub.clone(), peer.clone());
+                hub.on_bus(message).await;
+                tokio::spawn(async move {
+                    tokio::time::sleep(FLUSH_WAIT).await;
+                    later.release(&peer).await;
+                });
+            }
+            message => hub.on_bus(message).await,
+        }
+    }
+}
+
+impl Hub {
+    /// Applies a message from another node. Membership news for a room whose gate is
+    /// taken is left with the gate's holder (see the locking rule in the module doc), and
+    /// so are relays to that room's peers that would overtake it.
+    pub async fn on_bus(&self, message: BusMessage) {
+        match message {
+            BusMessage::Deliver { ref to, .. } => {
+                let room = self
+                    .read()
+                    .peers
+                    .get(to.as_str())
+                    .and_then(|s| s.room.clone());
+                let message = match room {
+                    Some(room) => match self.room_gates.defer_behind(&room, message) {
+                        Some(message) => message,
+                        None => return,
+                    },
+                    None => message,
+                };
+                if let Some((node, forward)) = self.apply_room_event(message) {
+                    self.publish(&node, &forward).await;
+                }
+            }
+            BusMessage::PeerJoined { ref room, .. }
+            | BusMessage::PeerMoved { ref room, .. }
+            | BusMessage::PeerLeft { ref room, .. } => {
+                let room: Arc<str> = Arc::from(room.as_str());
+                let Some(message) = self.room_gates.enter_or_defer(&room, message) else {
+                    return;
+                };
+                let publish = {
+                    let _pass = RoomPass {
+                        hub: self,
+                        rooms: vec![room],
+                    };
+                    self.apply_room_event(message)
+                };
+                if let Some((node, message)) = publish {
+                    self.publish(&node, &message).await;
+                }
+            }
+            BusMessage::Handover {
+                peer,
+                epoch,
+                node,
+                new_epoch,
+            } => self.hand_over(&peer, epoch, &node, new_epoch).await,
+            BusMessage::HandedOver {
+                peer,
+                epoch,
+                resumed,
+            } => {
+                if let Some(waiter) = self.handovers_lock().remove(&(peer, epoch)) {
+                    let _ = waiter.send(resumed);
+                }
+            }
+            // Everything received before this was forwarded already: messages are
+            // applied in order, and a forward is published before the next is read.
+            BusMessage::Flush { peer, reply_to } => {
+                self.publish(&reply_to, &BusMessage::Flushed { peer }).await
+            }
+            BusMessage::Flushed { peer } => self.release(&peer).await,
+            BusMessage::Revoke { peer, epoch } => self.close_revoked(&peer, epoch),
+            BusMessage::Gap => {
+                // Messages from other nodes may be missing: every local peer that talks
+                // across nodes must resync, which 4003 tells its client to do.
+                let table = self.read();
+                let peers = table.talking_across_nodes();
+                for outbox in &peers {
+                    outbox.close(Some(close::SLOW_CONSUMER), "messages lost; resync");
+                }
+                tracing::warn!(
+                    closed = peers.len(),
+                    "closed peers that may have missed messages from other nodes"
+                );
+            }
+        }
+    }
+
+    /// Applies a message left with a room's gate, when its holder leaves it.
+    pub(super) fn apply_deferred(&self, message: BusMessage) {
+        if let Some((node, message)) = self.apply_room_event(message) {
+            self.publish_later(node, message);
+        }
+    }
+
+    /// Applies a relay or a room's membership news to the table; returns what must then
+    /// be published: a relay to follow a peer that moved away, or a flush request to the
+    /// old node of a peer that moved between two others.
+    fn apply_room_event(&self, message: BusMessage) -> Option<(Arc<str>, BusMessage)> {
+        match message {
+            BusMessage::Deliver { to, frame } => {
+                let received = tokio::time::Instant::now();
+                let outbox = self.read().peers.get(to.as_str()).map(|s| s.outbox.clone());
+                let frame = match outbox {
+                    Some(outbox) => match outbox.relay(frame, Some(received)) {
+                        Ok(_) => return None,
+                        Err(frame) => frame,
+                    },
+                    None => frame,
+                };
+                // A session handed over to another node: follow it. Otherwise the peer just
+                // left, and its departure is being announced to the sender.
+                let moved = self.read().moved.get(to.as_str()).map(|(n, _)| n.clone());
+                let node = moved?;
+                self.note_move();
+                Some((node, BusMessage::Deliver { to, frame }))
+            }
+            BusMessage::PeerJoined {
+                room,
+                peer,
+                node,
+                epoch,
+            } => self.learn_remote_member(&room, &peer, &node, epoch, false),
+            BusMessage::PeerMoved {
+                room,
+                peer,
+                node,
+                epoch,
+            } => self.learn_remote_member(&room, &peer, &node, epoch, true),
+            BusMessage::PeerLeft {
+                room,
+                peer,
+                epoch,
+                reason,
+            } => {
+                let mut table = self.write();
+                let notices = table.left_elsewhere(&room, &peer, epoch, reason);
+                table.deliver(notices);
+                None
+            }
+            other => {
+                debug_assert!(false, "not a room event: {other:?}");
+                None
+            }
+        }
+    }
+
+    /// Records a member on another node (see [`super::table::RoomTable::learn`]); returns
+    /// the flush request for the old node of a peer that moved between two others.
+    fn learn_remote_member(
+        &self,
+        room: &str,
+        peer: &str,
+        node: &str,
+        epoch: crate::store::Epoch,
+        moved: bool,
+    ) -> Option<(Arc<str>, BusMessage)> {
+        let flush_at = {
+            let mut table = self.write();
+            let (notices, flush_at) = table.learn(room, peer, node, epoch, moved);
+            table.deliver(notices);
+            flush_at
+        }?;
+        let flush = BusMessage::Flush {
+            peer: peer.to_string(),
+            reply_to: self.node.to_string(),
+        };
+        Some((flush_at, flush))
+    }
+}

@@ -1,0 +1,171 @@
+//! Joining and leaving rooms: recorded in the store first (which checks capacity and says
+//! who is there), then in the local table, then announced to the other nodes involved.
+
+use std::sync::Arc;
+
+use super::{Hub, MembershipError, ROOM_TTL, other_nodes};
+use crate::bus::BusMessage;
+use crate::signaling::protocol::LeaveReason;
+use crate::store::{Epoch, JoinOutcome, Member};
+
+impl Hub {
+    /// Joins `room` (leaving any other room first); returns the peers already there.
+    pub async fn join(
+        &self,
+        peer_id: &str,
+        epoch: Epoch,
+        room: &str,
+    ) -> Result<Vec<String>, MembershipError> {
+        let _recovery = self.recovery.read().await;
+        let _peer = self.enter_peer(peer_id).await;
+        let (current, session_id) = self.owned(peer_id, epoch)?;
+        if current.as_deref() == Some(room) {
+            let members = self.store.room_members(room).await?;
+            return Ok(members
+                .into_iter()
+                .filter(|m| m.peer_id != peer_id)
+                .map(|m| m.peer_id)
+                .collect());
+        }
+        let _rooms = match &current {
+            Some(old) => self.enter_rooms(&[old, room]).await,
+            None => self.enter_rooms(&[room]).await,
+        };
+        let member = Member {
+            peer_id: peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch,
+        };
+        let joined = self
+            .store
+            .join_room(room, &member, self.capacity, ROOM_TTL)
+            .await;
+        let before = match joined {
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable: joining on this node only");
+                return self.join_locally(peer_id, epoch, current, room).await;
+            }
+            Ok(outcome) => outcome,
+        };
+        let before = match before {
+            JoinOutcome::Full => {
+                if !self.read().has_room(room) {
+                    let _ = self.store.unindex_room(&self.node, room).await;
+                }
+                return Err(MembershipError::RoomFull);
+            }
+            JoinOutcome::Joined(before) => before,
+        };
+        if let Some(old) = &current {
+            self.depart(old, peer_id, epoch, LeaveReason::Left).await;
+        }
+        // Bookkeeping for a later takeover; the membership itself is already recorded.
+        if let Err(e) = self
+            .store
+            .set_session_room(&session_id, epoch, Some(room))
+            .await
+        {
+            tracing::warn!(error = %e, "could not record the session's room");
+        }
+        {
+            let mut table = self.write();
+            let notices = table.join(room, peer_id, &before, &self.node);
+            table.deliver(notices);
+        }
+        let joined = BusMessage::PeerJoined {
+            room: room.to_string(),
+            peer: peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch,
+        };
+        for node in other_nodes(&before, &self.node) {
+            self.publish(&node, &joined).await;
+        }
+        Ok(before.into_iter().map(|m| m.peer_id).collect())
+    }
+
+    /// Degraded join while the store is unavailable: the room as this node knows it, with
+    /// the capacity checked against that view. The membership reaches the store (and the
+    /// other nodes) when this node re-registers after the outage.
+    async fn join_locally(
+        &self,
+        peer_id: &str,
+        epoch: Epoch,
+        current: Option<Arc<str>>,
+        room: &str,
+    ) -> Result<Vec<String>, MembershipError> {
+        if self.read().known_members(room) >= self.capacity {
+            return Err(MembershipError::RoomFull);
+        }
+        if let Some(old) = &current {
+            self.depart(old, peer_id, epoch, LeaveReason::Left).await;
+        }
+        let mut table = self.write();
+        let (peers, notices) = table.join_alone(room, peer_id);
+        table.deliver(notices);
+        Ok(peers)
+    }
+
+    /// Leaves the current room; `room`, when given, must name it.
+    pub async fn leave(
+        &self,
+        peer_id: &str,
+        epoch: Epoch,
+        room: Option<&str>,
+    ) -> Result<(), MembershipError> {
+        let _recovery = self.recovery.read().await;
+        let _peer = self.enter_peer(peer_id).await;
+        let (current, session_id) = self.owned(peer_id, epoch)?;
+        let current = current.ok_or(MembershipError::NotInRoom)?;
+        if room.is_some_and(|r| r != &*current) {
+            return Err(MembershipError::NotInRoom);
+        }
+        let _room = self.enter_rooms(&[&current]).await;
+        self.depart(&current, peer_id, epoch, LeaveReason::Left)
+            .await;
+        if let Err(e) = self.store.set_session_room(&session_id, epoch, None).await {
+            tracing::warn!(error = %e, "could not record that the session left its room");
+        }
+        Ok(())
+    }
+
+    /// Takes `peer_id` (membership `epoch`) out of `room`: tells this node's members now,
+    /// and the other nodes that still have members there through the bus. The caller
+    /// holds the room's gate.
+    pub(super) async fn depart(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        reason: LeaveReason,
+    ) {
+        let emptied = {
+            let mut table = self.write();
+            let (emptied, notices) = table.depart(room, peer_id, epoch, reason);
+            table.deliver(notices);
+            emptied
+        };
+        let remaining = match self.store.leave_room(room, peer_id, epoch).await {
+            Ok(Some(remaining)) => remaining,
+            Ok(None) => Vec::new(),
+            Err(e) => {
+                // The index entry stays, so a cleanup after this node's death still finds it.
+                tracing::warn!(error = %e, "could not record a departure in the store");
+                return;
+            }
+        };
+        // Only once the membership is gone from the store, like join's "index first".
+        if emptied && let Err(e) = self.store.unindex_room(&self.node, room).await {
+            tracing::debug!(error = %e, "could not update the node's room index");
+        }
+        let left = BusMessage::PeerLeft {
+            room: room.to_string(),
+            peer: peer_id.to_string(),
+            epoch,
+            reason,
+        };
+        for node in other_nodes(&remaining, &self.node) {
+            self.publish(&node, &left).await;
+        }
+    }
+}

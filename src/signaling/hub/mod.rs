@@ -1,0 +1,358 @@
+//! The Hub: this node's peers, its view of the rooms they are in (including members on
+//! other nodes), routing between them, and membership changes recorded in the [`Store`]
+//! and announced to other nodes over the [`Bus`].
+//!
+//! One concern per file:
+//! - [`table`]: the local routing table, plain synchronous data;
+//! - `session`: a connection's session: attach, resume, park, expire, detach, refresh;
+//! - `handover`: a session moving between nodes;
+//! - `membership`: join and leave;
+//! - `inbox`: applying what other nodes publish;
+//! - `recovery`: re-registering after a store outage, cleaning up after dead nodes;
+//! - `admin`: revoke, drain, close.
+//!
+//! # Locking
+//! - The table is behind a `std::sync::RwLock`: read on every relay, written briefly by
+//!   membership changes, never held across `.await`. Notices a change calls for are
+//!   delivered under the same write, so they leave in the order the changes were made.
+//! - A change that asks the store and then updates the table holds *gates* across the
+//!   round trip, so what it read is still true when it applies it: first the gate of the
+//!   peer it acts for, then the gates of the rooms it touches, in name order (no
+//!   deadlock). Changes in other rooms, and relays, go on meanwhile.
+//! - Membership news from other nodes needs the room's gate too, but the bus consumer
+//!   never waits for one: it leaves the message with the gate's holder, who applies it
+//!   before leaving. Relays to that room's peers queue behind such messages, so a peer
+//!   still hears `peer_joined` before the newcomer's offer.
+//! - Re-registering after an outage and evicting a dead node rewrite many rooms from one
+//!   store answer: they take `recovery` exclusively; every other change takes it shared.
+
+mod admin;
+mod gate;
+mod handover;
+mod inbox;
+mod membership;
+mod recovery;
+mod session;
+mod table;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use super::outbox::{Inbox, Outbox};
+use super::protocol::{ErrorCode, Outgoing};
+use crate::bus::{Bus, BusMessage};
+use crate::store::{Epoch, Member, Store, StoreError};
+use crate::telemetry::Metrics;
+use gate::Gates;
+use table::{HeldFrame, RoomTable};
+
+pub use inbox::consume;
+
+/// TTL of room entries in the store; refreshed while members are active.
+const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a join or leave failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The room is at capacity.
+    #[error("room is full")]
+    RoomFull,
+    /// `leave` named a room the peer is not in.
+    #[error("not in that room")]
+    NotInRoom,
+    /// A newer connection of this session took over.
+    #[error("the session moved to a newer connection")]
+    Replaced,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a relay failed; nothing was delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayError {
+    /// The sender is in no room.
+    NotInRoom,
+    /// The target is not in the sender's room.
+    PeerNotFound,
+}
+
+/// Where a relayed message goes.
+pub enum Route {
+    /// A peer on this node.
+    Local(Outbox),
+    /// A peer on another node.
+    Remote(Arc<str>),
+}
+
+/// A connection's place in the hub.
+pub struct Registration {
+    /// Fencing epoch of this connection's session claim.
+    pub epoch: Epoch,
+    /// The connection's own outbox, for replies.
+    pub outbox: Outbox,
+    /// The queue the connection task drains.
+    pub inbox: Inbox,
+    /// Set when this connection resumed a parked session: written before the queue.
+    pub resumed: Option<Resumed>,
+}
+
+/// What a resumed connection is told first: `resumed`, then what was queued for it.
+pub struct Resumed {
+    /// The room the session is in.
+    pub room: Option<Arc<str>>,
+    /// Everyone else in that room now.
+    pub peers: Vec<String>,
+    /// Frames queued while the session was parked (including one whose write failed when
+    /// the connection dropped), written before anything newer.
+    pub queued: Vec<Utf8Bytes>,
+}
+
+/// What a sender is told when its message could not be handed to the recipient's node.
+pub const REMOTE_RELAY_FAILED: &str =
+    "Relaying to that peer's node failed or timed out; it may not have arrived.";
+
+/// Rooms and peers of one node.
+pub struct Hub {
+    node: Arc<str>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    capacity: usize,
+    queue: usize,
+    metrics: Arc<Metrics>,
+    /// Read on every relay, written on membership changes; never held across `.await`.
+    table: RwLock<RoomTable>,
+    /// Serialise changes for one peer across store and bus round trips.
+    peer_gates: Gates,
+    /// Serialise changes to one room across store and bus round trips.
+    room_gates: Gates,
+    /// Taken exclusively by changes that rewrite many rooms at once (see the module doc).
+    recovery: tokio::sync::RwLock<()>,
+    /// Whether the last heartbeat reached the store.
+    store_healthy: AtomicBool,
+    /// Set once the node shuts down: dropped connections are no longer parked.
+    shutting: AtomicBool,
+    /// Reconnects waiting for another node to hand their session over, by peer and epoch.
+    handovers: std::sync::Mutex<HashMap<(String, Epoch), oneshot::Sender<bool>>>,
+    /// When this node last handed a session over or forwarded a message after one.
+    last_move: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+/// The gate of one peer, left when dropped.
+struct PeerPass<'a> {
+    hub: &'a Hub,
+    peer: Arc<str>,
+}
+
+impl Drop for PeerPass<'_> {
+    fn drop(&mut self) {
+        // Nothing is ever left with a peer's gate.
+        let _ = self.hub.peer_gates.leave(&self.peer);
+    }
+}
+
+/// The gates of some rooms, left when dropped, after applying what the bus consumer left
+/// with them.
+struct RoomPass<'a> {
+    hub: &'a Hub,
+    rooms: Vec<Arc<str>>,
+}
+
+impl Drop for RoomPass<'_> {
+    fn drop(&mut self) {
+        for room in &self.rooms {
+            while let Some(deferred) = self.hub.room_gates.leave(room) {
+                for message in deferred {
+                    self.hub.apply_deferred(message);
+                }
+            }
+        }
+    }
+}
+
+// === impl Hub ===
+
+impl Hub {
+    /// A hub for `node` with rooms of at most `capacity` and per-peer queues of `queue` frames.
+    pub fn new(
+        node: &str,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        capacity: usize,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            node: Arc::from(node),
+            store,
+            bus,
+            capacity,
+            queue,
+            metrics,
+            table: RwLock::default(),
+            peer_gates: Gates::default(),
+            room_gates: Gates::default(),
+            recovery: tokio::sync::RwLock::new(()),
+            store_healthy: AtomicBool::new(true),
+            shutting: AtomicBool::new(false),
+            handovers: std::sync::Mutex::default(),
+            last_move: std::sync::Mutex::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Whether the store answered the last heartbeat.
+    pub fn store_healthy(&self) -> bool {
+        self.store_healthy.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the store answered the last heartbeat.
+    pub fn set_store_healthy(&self, healthy: bool) {
+        self.store_healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// This node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store this hub records state in.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, RoomTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, RoomTable> {
+        self.table.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for the gate of `peer`.
+    async fn enter_peer(&self, peer: &str) -> PeerPass<'_> {
+        self.peer_gates.enter(peer).await;
+        PeerPass {
+            hub: self,
+            peer: Arc::from(peer),
+        }
+    }
+
+    /// Waits for the gates of `rooms`, in name order.
+    async fn enter_rooms(&self, rooms: &[&str]) -> RoomPass<'_> {
+        let mut sorted: Vec<&str> = rooms.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut pass = RoomPass {
+            hub: self,
+            rooms: Vec::with_capacity(sorted.len()),
+        };
+        for room in sorted {
+            self.room_gates.enter(room).await;
+            pass.rooms.push(Arc::from(room));
+        }
+        pass
+    }
+
+    /// Publishes to another node; a failure is logged (the store keeps the truth).
+    async fn publish(&self, node: &str, message: &BusMessage) {
+        if let Err(e) = self.bus.publish(node, message).await {
+            tracing::warn!(error = %e, to = node, "could not notify another node");
+        }
+    }
+
+    /// Like [`Hub::publish`], from code that cannot wait (a gate being left).
+    fn publish_later(&self, node: Arc<str>, message: BusMessage) {
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish(&node, &message).await {
+                tracing::warn!(error = %e, to = %node, "could not notify another node");
+            }
+        });
+    }
+
+    /// Where a message from `from` to `to` goes, if they share a room; no store round trip.
+    pub fn route(&self, from: &str, to: &str) -> Result<Route, RelayError> {
+        self.read().route(from, to)
+    }
+
+    /// Hands a frame to a peer on another node. A frame held back (the peer is moving
+    /// between nodes) that later cannot be sent on gets its sender, `sender`, an error
+    /// naming `reference`, as a failure returned here would.
+    pub async fn send_remote(
+        &self,
+        node: &str,
+        to: &str,
+        frame: Utf8Bytes,
+        sender: &Outbox,
+        reference: Option<&RawValue>,
+    ) -> Result<(), StoreError> {
+        // Read first: holding is rare, and the relay path should not take the write lock.
+        let holding = !self.read().holding.is_empty();
+        if holding && let Some(held) = self.write().holding.get_mut(to) {
+            let failure = Outgoing::Error {
+                code: ErrorCode::Unavailable,
+                message: REMOTE_RELAY_FAILED,
+                reference,
+            };
+            held.frames.push(HeldFrame {
+                frame,
+                sender: sender.clone(),
+                failure: failure.to_frame(),
+            });
+            return Ok(());
+        }
+        let message = BusMessage::Deliver {
+            to: to.to_string(),
+            frame,
+        };
+        self.bus.publish(node, &message).await
+    }
+
+    /// The room `peer_id` is in and its session, or `Replaced` when `epoch` lost the peer.
+    fn owned(
+        &self,
+        peer_id: &str,
+        epoch: Epoch,
+    ) -> Result<(Option<Arc<str>>, Arc<str>), MembershipError> {
+        match self.read().owned(peer_id, epoch) {
+            Some(slot) => Ok((slot.room.clone(), slot.session_id.clone())),
+            None => Err(MembershipError::Replaced),
+        }
+    }
+
+    /// Number of connected peers on this node.
+    pub fn peer_count(&self) -> usize {
+        self.read().peers.len()
+    }
+
+    /// Number of rooms with at least one peer on this node.
+    pub fn room_count(&self) -> usize {
+        self.read().room_count()
+    }
+}
+
+/// The distinct nodes other than `me` holding members.
+fn other_nodes(members: &[Member], me: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = members
+        .iter()
+        .filter(|m| m.node != me)
+        .map(|m| m.node.clone())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
+}
+
+#[cfg(test)]
+mod tests;

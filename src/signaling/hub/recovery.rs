@@ -1,0 +1,158 @@
+//! Recovery: writing this node's state back after a store outage, and cleaning up after
+//! nodes that died (or an earlier process of this one).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Hub, ROOM_TTL, other_nodes};
+use crate::bus::BusMessage;
+use crate::signaling::protocol::{LeaveReason, close};
+use crate::store::{Epoch, SessionRecord, StoreError};
+
+impl Hub {
+    /// Writes this node's sessions and memberships back to the store after an outage (or
+    /// after the store lost them), reconciles each room with what the store says, and
+    /// tells the other nodes about this node's members.
+    pub async fn reregister(&self) -> Result<(), StoreError> {
+        let _recovery = self.recovery.write().await;
+        let now = tokio::time::Instant::now();
+        let (sessions, rooms) = {
+            let table = self.read();
+            let sessions: Vec<(SessionRecord, Epoch, Option<Arc<str>>, Duration)> = table
+                .peers
+                .iter()
+                .map(|(peer, s)| {
+                    let record = SessionRecord {
+                        session_id: s.session_id.to_string(),
+                        user: s.user(peer).to_string(),
+                        peer_id: peer.to_string(),
+                        node: self.node.to_string(),
+                    };
+                    (
+                        record,
+                        s.epoch,
+                        s.room.clone(),
+                        s.expires.saturating_duration_since(now),
+                    )
+                })
+                .collect();
+            (sessions, table.local_members(&self.node))
+        };
+        for (record, epoch, room, ttl) in &sessions {
+            self.store
+                .restore_session(
+                    record,
+                    *epoch,
+                    room.as_deref(),
+                    (*ttl).max(Duration::from_secs(1)),
+                )
+                .await?;
+        }
+        for (room, members) in rooms {
+            let _room = self.enter_rooms(&[&room]).await;
+            for member in &members {
+                // Never refused: these peers are in the room already.
+                self.store
+                    .join_room(&room, member, usize::MAX, ROOM_TTL)
+                    .await?;
+            }
+            let truth = self.store.room_members(&room).await?;
+            {
+                let mut table = self.write();
+                let notices = table.reconcile(&room, &truth, &self.node);
+                table.deliver(notices);
+            }
+            for node in other_nodes(&truth, &self.node) {
+                for member in &members {
+                    let joined = BusMessage::PeerJoined {
+                        room: room.to_string(),
+                        peer: member.peer_id.clone(),
+                        node: self.node.to_string(),
+                        epoch: member.epoch,
+                    };
+                    self.publish(&node, &joined).await;
+                }
+            }
+        }
+        tracing::info!(
+            sessions = sessions.len(),
+            "re-registered this node's sessions and rooms"
+        );
+        Ok(())
+    }
+
+    /// Cleans up after dead nodes: exactly one survivor removes each dead node's members
+    /// and tells every room's remaining members (`peer_left`, reason `node_lost`).
+    pub async fn reap_dead_nodes(&self, lock_ttl: Duration) -> Result<usize, StoreError> {
+        let dead = self.store.dead_nodes(&self.node).await?;
+        let mut reaped = 0;
+        for node in dead {
+            if !self
+                .store
+                .claim_cleanup(&node, &self.node, lock_ttl)
+                .await?
+            {
+                continue;
+            }
+            let removed = self.evict(&node).await?;
+            tracing::warn!(dead = %node, peers = removed, "a node died; its peers were removed");
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+
+    /// At start-up, removes what an earlier process with this node id left behind (a crash
+    /// followed by a restart under the same `NODE_ID`, faster than the survivors noticed).
+    pub async fn evict_previous_incarnation(&self) -> Result<(), StoreError> {
+        let removed = self.evict(&self.node).await?;
+        if removed > 0 {
+            tracing::warn!(
+                peers = removed,
+                "removed peers left behind by an earlier process with this node id"
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes `node`'s members from every room and announces `node_lost`; returns how many.
+    async fn evict(&self, node: &str) -> Result<usize, StoreError> {
+        let _recovery = self.recovery.write().await;
+        let evictions = self.store.evict_node(node).await?;
+        let mut removed = 0;
+        for eviction in evictions {
+            let _room = self.enter_rooms(&[&eviction.room]).await;
+            for gone in &eviction.removed {
+                removed += 1;
+                {
+                    let mut table = self.write();
+                    let notices = table.lost(&eviction.room, &gone.peer_id);
+                    table.deliver(notices);
+                }
+                let left = BusMessage::PeerLeft {
+                    room: eviction.room.clone(),
+                    peer: gone.peer_id.clone(),
+                    epoch: gone.epoch,
+                    reason: LeaveReason::NodeLost,
+                };
+                for other in other_nodes(&eviction.remaining, &self.node) {
+                    self.publish(&other, &left).await;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Closes every local peer with 4003 so its client reconnects and the state is rebuilt:
+    /// used when this node's registration vanished (it was declared dead while alive, or
+    /// Redis lost its data).
+    pub fn resync_all(&self, why: &'static str) {
+        let table = self.read();
+        for slot in table.peers.values() {
+            slot.outbox.close(Some(close::SLOW_CONSUMER), why);
+        }
+        tracing::warn!(
+            peers = table.peers.len(),
+            "{why}: asked every peer to reconnect"
+        );
+    }
+}

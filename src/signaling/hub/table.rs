@@ -1,0 +1,557 @@
+//! The local routing table: this node's peers and its view of the rooms they are in.
+//!
+//! Plain synchronous data: every change returns the [`Notice`]s it calls for, and the hub
+//! hands them to [`RoomTable::deliver`] under the same lock, so notices leave in the order
+//! the changes were made. No store, bus or runtime is involved, which keeps it testable.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::{RelayError, Route};
+use crate::identifier;
+use crate::signaling::outbox::{Inbox, Outbox};
+use crate::signaling::protocol::{LeaveReason, Outgoing};
+use crate::store::{Epoch, Member};
+
+/// A local session. One per connection, kept small: the user id is the peer id without
+/// its `-<session_id>` suffix, and the room id is the room view's key.
+pub(super) struct PeerSlot {
+    pub epoch: Epoch,
+    pub session_id: Arc<str>,
+    /// When the session's store record should lapse (token expiry plus margin).
+    pub expires: tokio::time::Instant,
+    pub outbox: Outbox,
+    pub room: Option<Arc<str>>,
+    /// Set while the connection is gone but the session waits for a resume: the queue its
+    /// messages collect in, and frames whose write failed when the connection dropped.
+    pub parked: Option<Box<(Inbox, Vec<Utf8Bytes>)>>,
+}
+
+impl PeerSlot {
+    /// The user of the session whose peer id is `peer`.
+    pub fn user<'a>(&self, peer: &'a str) -> &'a str {
+        peer.strip_suffix(&*self.session_id)
+            .and_then(|p| p.strip_suffix('-'))
+            .unwrap_or(peer)
+    }
+}
+
+/// A member on another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RemoteMember {
+    node: Arc<str>,
+    epoch: Epoch,
+}
+
+/// This node's view of a room that has at least one local member.
+#[derive(Default)]
+struct RoomView {
+    local: HashSet<Arc<str>>,
+    remote: HashMap<Arc<str>, RemoteMember>,
+}
+
+/// Messages held for a remote peer that moved, until its old node is flushed.
+pub(super) struct Holding {
+    /// The peer's new node.
+    pub node: Arc<str>,
+    pub frames: Vec<HeldFrame>,
+    /// A release is sending the held messages; new ones still queue behind them.
+    pub releasing: bool,
+}
+
+/// A message held for a moved peer: its sender was told nothing yet, so it gets `failure`
+/// if the message cannot be sent on.
+pub(super) struct HeldFrame {
+    pub frame: Utf8Bytes,
+    pub sender: Outbox,
+    pub failure: Utf8Bytes,
+}
+
+/// A frame for some of this node's peers, called for by a change to the table.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a notice does nothing until it is delivered"]
+pub(super) struct Notice {
+    /// Local peers to tell.
+    pub to: Vec<Arc<str>>,
+    /// What to tell them.
+    pub frame: Utf8Bytes,
+}
+
+/// This node's peers and rooms.
+#[derive(Default)]
+pub(super) struct RoomTable {
+    pub peers: HashMap<Arc<str>, PeerSlot>,
+    rooms: HashMap<Arc<str>, RoomView>,
+    /// Sessions handed over to another node: where late messages for them are forwarded,
+    /// and since when.
+    pub moved: HashMap<Arc<str>, (Arc<str>, tokio::time::Instant)>,
+    /// Remote peers that moved between two other nodes: what this node's members send them
+    /// waits here until the old node has forwarded everything sent to it before (see
+    /// [`crate::bus::BusMessage::Flush`]), so nothing sent directly to the new node
+    /// overtakes it.
+    pub holding: HashMap<Arc<str>, Holding>,
+}
+
+// === impl RoomTable ===
+
+impl RoomTable {
+    /// The one copy of a local peer's id (its slot's key), for its room view to share.
+    fn peer_key(&self, peer_id: &str) -> Arc<str> {
+        identifier::shared(&self.peers, peer_id)
+    }
+
+    /// A room's view, created when missing, and the one copy of its id, for the
+    /// members' slots to share.
+    fn room_view(&mut self, room: &str) -> (Arc<str>, &mut RoomView) {
+        let key = identifier::shared(&self.rooms, room);
+        let view = self.rooms.entry(key.clone()).or_default();
+        (key, view)
+    }
+
+    /// Hands each notice's frame to the peers it names that are still here.
+    pub fn deliver(&self, notices: Vec<Notice>) {
+        for notice in notices {
+            for peer in &notice.to {
+                if let Some(slot) = self.peers.get(peer) {
+                    slot.outbox.deliver(notice.frame.clone());
+                }
+            }
+        }
+    }
+
+    /// Whether this node has a peer in `room`.
+    pub fn has_room(&self, room: &str) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Number of rooms with at least one peer on this node.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The session of `peer_id` if `epoch` still owns it.
+    pub fn owned(&self, peer_id: &str, epoch: Epoch) -> Option<&PeerSlot> {
+        self.peers.get(peer_id).filter(|s| s.epoch == epoch)
+    }
+
+    /// Members of `room` this node knows of, local and remote.
+    pub fn known_members(&self, room: &str) -> usize {
+        self.rooms
+            .get(room)
+            .map_or(0, |v| v.local.len() + v.remote.len())
+    }
+
+    /// Everyone in `room` but `peer_id`, as this node knows them.
+    pub fn room_peers(&self, room: &str, peer_id: &str) -> Vec<String> {
+        self.rooms
+            .get(room)
+            .map(|v| {
+                v.local
+                    .iter()
+                    .filter(|p| ***p != *peer_id)
+                    .chain(v.remote.keys())
+                    .map(|p| p.to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The local members of each room and their epochs, for writing back to the store.
+    pub fn local_members(&self, node: &str) -> Vec<(Arc<str>, Vec<Member>)> {
+        self.rooms
+            .iter()
+            .map(|(room, view)| {
+                let members = view
+                    .local
+                    .iter()
+                    .filter_map(|p| self.peers.get(p).map(|s| (p, s.epoch)))
+                    .map(|(p, epoch)| Member {
+                        peer_id: p.to_string(),
+                        node: node.to_string(),
+                        epoch,
+                    })
+                    .collect();
+                (room.clone(), members)
+            })
+            .collect()
+    }
+
+    /// Local peers sharing a room with a peer on another node: they may have missed
+    /// messages when the bus lost some.
+    pub fn talking_across_nodes(&self) -> Vec<&Outbox> {
+        self.rooms
+            .values()
+            .filter(|v| !v.remote.is_empty())
+            .flat_map(|v| v.local.iter())
+            .filter_map(|p| self.peers.get(p).map(|s| &s.outbox))
+            .collect()
+    }
+
+    /// `peer_id` joins `room` on this node, whose store entry listed `before` as the
+    /// members already there: the local members hear of members on other nodes they did
+    /// not know yet, then of the newcomer.
+    pub fn join(&mut self, room: &str, peer_id: &str, before: &[Member], me: &str) -> Vec<Notice> {
+        let peer = self.peer_key(peer_id);
+        let (room, view) = self.room_view(room);
+        let learned = learn_remote(view, before, me);
+        let to: Vec<Arc<str>> = view.local.iter().cloned().collect();
+        let mut notices: Vec<Notice> = learned
+            .iter()
+            .map(|p| Notice {
+                to: to.clone(),
+                frame: Outgoing::PeerJoined { peer_id: p }.to_frame(),
+            })
+            .collect();
+        notices.push(Notice {
+            to,
+            frame: Outgoing::PeerJoined { peer_id }.to_frame(),
+        });
+        view.local.insert(peer);
+        self.set_room(peer_id, Some(room));
+        notices
+    }
+
+    /// `peer_id`, taking its session over from another node, takes its place in `room`
+    /// here: messages for it from this node's members come here from now on.
+    pub fn take_place(&mut self, room: &str, peer_id: &str) {
+        let peer = self.peer_key(peer_id);
+        let (_, view) = self.room_view(room);
+        view.remote.remove(peer_id);
+        view.local.insert(peer);
+    }
+
+    /// `peer_id` joins `room` as this node alone knows it (the store is unavailable);
+    /// returns the members it found there and what the local members are told.
+    pub fn join_alone(&mut self, room: &str, peer_id: &str) -> (Vec<String>, Vec<Notice>) {
+        let peer = self.peer_key(peer_id);
+        let (room, view) = self.room_view(room);
+        let peers: Vec<String> = view
+            .local
+            .iter()
+            .chain(view.remote.keys())
+            .map(|p| p.to_string())
+            .collect();
+        let notice = Notice {
+            to: view.local.iter().cloned().collect(),
+            frame: Outgoing::PeerJoined { peer_id }.to_frame(),
+        };
+        view.local.insert(peer);
+        self.set_room(peer_id, Some(room));
+        (peers, vec![notice])
+    }
+
+    /// A resumed `peer_id` takes its membership of `room` here, quietly: only members on
+    /// other nodes the local members had not heard of are announced (`others` is the
+    /// store's list).
+    pub fn move_in(
+        &mut self,
+        room: &str,
+        peer_id: &str,
+        others: &[Member],
+        me: &str,
+    ) -> Vec<Notice> {
+        let peer = self.peer_key(peer_id);
+        let (room, view) = self.room_view(room);
+        view.local.insert(peer);
+        let learned = learn_remote(view, others, me);
+        let to: Vec<Arc<str>> = view
+            .local
+            .iter()
+            .filter(|m| ***m != *peer_id)
+            .cloned()
+            .collect();
+        let notices = learned
+            .iter()
+            .map(|p| Notice {
+                to: to.clone(),
+                frame: Outgoing::PeerJoined { peer_id: p }.to_frame(),
+            })
+            .collect();
+        self.set_room(peer_id, Some(room));
+        notices
+    }
+
+    /// A parked `peer_id` (of `epoch`) moves to node `to`, taking `new_epoch` there: its
+    /// slot leaves the table, its place in the room view becomes a remote member, and late
+    /// messages for it are forwarded for a while. Returns the slot and its queued frames.
+    pub fn move_out(
+        &mut self,
+        peer_id: &str,
+        to: &str,
+        new_epoch: Epoch,
+        forward_for: std::time::Duration,
+    ) -> Option<(PeerSlot, Vec<String>)> {
+        if self.peers.get(peer_id).is_none_or(|s| s.parked.is_none()) {
+            return None;
+        }
+        let mut slot = self.peers.remove(peer_id).expect("checked above");
+        let (inbox, unsent) = *slot.parked.take().expect("checked above");
+        // From here on a sender gets its frame back and routes it again (to `to`).
+        inbox.close();
+        let mut frames: Vec<String> = unsent.iter().map(|f| f.as_str().to_owned()).collect();
+        while let Some(queued) = inbox.try_recv() {
+            frames.push(queued.frame.as_str().to_owned());
+        }
+        if let Some(room) = &slot.room
+            && let Some(view) = self.rooms.get_mut(room)
+        {
+            view.local.remove(peer_id);
+            if view.local.is_empty() {
+                self.rooms.remove(room);
+            } else {
+                let remote = RemoteMember {
+                    node: Arc::from(to),
+                    epoch: new_epoch,
+                };
+                view.remote.insert(Arc::from(peer_id), remote);
+            }
+        }
+        let now = tokio::time::Instant::now();
+        self.moved
+            .retain(|_, (_, since)| now - *since < forward_for);
+        self.moved.insert(Arc::from(peer_id), (Arc::from(to), now));
+        Some((slot, frames))
+    }
+
+    /// `peer_id`'s membership of `epoch` ends in `room`: its slot (if still that epoch)
+    /// forgets the room, and the local members hear why. Returns whether this node no
+    /// longer has anyone in the room.
+    pub fn depart(
+        &mut self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        reason: LeaveReason,
+    ) -> (bool, Vec<Notice>) {
+        if let Some(slot) = self.peers.get_mut(peer_id)
+            && slot.epoch == epoch
+        {
+            slot.room = None;
+        }
+        self.remove_member(room, peer_id, reason)
+    }
+
+    /// Another node says `peer` (of `epoch`) left `room`; applied only if that is the
+    /// membership this node knows.
+    pub fn left_elsewhere(
+        &mut self,
+        room: &str,
+        peer: &str,
+        epoch: Epoch,
+        reason: LeaveReason,
+    ) -> Vec<Notice> {
+        let known = self
+            .rooms
+            .get(room)
+            .is_some_and(|v| v.remote.get(peer).is_some_and(|r| r.epoch == epoch))
+            || self
+                .peers
+                .get(peer)
+                .is_some_and(|s| s.epoch == epoch && s.room.as_deref() == Some(room));
+        if !known {
+            return Vec::new();
+        }
+        let (_, notices) = self.remove_member(room, peer, reason);
+        if let Some(slot) = self.peers.get_mut(peer)
+            && slot.epoch == epoch
+        {
+            slot.room = None;
+        }
+        notices
+    }
+
+    /// A dead node's member `peer` is gone from `room` (if this node knew it there).
+    pub fn lost(&mut self, room: &str, peer: &str) -> Vec<Notice> {
+        let known = self
+            .rooms
+            .get(room)
+            .is_some_and(|v| v.remote.contains_key(peer));
+        if !known {
+            return Vec::new();
+        }
+        self.remove_member(room, peer, LeaveReason::NodeLost).1
+    }
+
+    /// Records a member on another node in this node's view of `room` (when this node has
+    /// members there) and tells the local members if it is news to them: a peer they never
+    /// heard of or, unless it merely `moved` between nodes, one back with another epoch.
+    /// Returns, for a peer that moved between two other nodes, its old node: what this
+    /// node sent through it may still be on its way, so what follows is held until that
+    /// node is flushed.
+    pub fn learn(
+        &mut self,
+        room: &str,
+        peer: &str,
+        node: &str,
+        epoch: Epoch,
+        moved: bool,
+    ) -> (Vec<Notice>, Option<Arc<str>>) {
+        let Some(view) = self.rooms.get_mut(room) else {
+            return (Vec::new(), None);
+        };
+        if view.local.contains(peer) {
+            return (Vec::new(), None);
+        }
+        let remote = RemoteMember {
+            node: Arc::from(node),
+            epoch,
+        };
+        let previous = view.remote.insert(Arc::from(peer), remote.clone());
+        let news = match &previous {
+            None => true,
+            Some(known) => !moved && *known != remote,
+        };
+        let mut notices = Vec::new();
+        if news {
+            notices.push(Notice {
+                to: view.local.iter().cloned().collect(),
+                frame: Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+            });
+        }
+        let flush_at = match previous {
+            Some(known) if moved && *known.node != *node => {
+                let held = self.holding.entry(Arc::from(peer)).or_insert(Holding {
+                    node: remote.node.clone(),
+                    frames: Vec::new(),
+                    releasing: false,
+                });
+                held.node = remote.node;
+                Some(known.node)
+            }
+            _ => None,
+        };
+        (notices, flush_at)
+    }
+
+    /// Makes this node's view of `room` match the store's `truth`: remote members that
+    /// left during an outage are announced as gone, ones that came as joined.
+    pub fn reconcile(&mut self, room: &str, truth: &[Member], me: &str) -> Vec<Notice> {
+        let Some(view) = self.rooms.get_mut(room) else {
+            return Vec::new();
+        };
+        let remote_truth: HashMap<Arc<str>, RemoteMember> = truth
+            .iter()
+            .filter(|m| *m.node != *me)
+            .map(|m| {
+                (
+                    Arc::from(m.peer_id.as_str()),
+                    RemoteMember {
+                        node: Arc::from(m.node.as_str()),
+                        epoch: m.epoch,
+                    },
+                )
+            })
+            .collect();
+        let gone: Vec<Arc<str>> = view
+            .remote
+            .keys()
+            .filter(|p| !remote_truth.contains_key(*p))
+            .cloned()
+            .collect();
+        let came: Vec<Arc<str>> = remote_truth
+            .iter()
+            .filter(|(p, r)| view.remote.get(*p) != Some(r))
+            .map(|(p, _)| p.clone())
+            .collect();
+        view.remote = remote_truth;
+        let to: Vec<Arc<str>> = view.local.iter().cloned().collect();
+        let left = gone.iter().map(|peer| Outgoing::PeerLeft {
+            peer_id: peer,
+            reason: LeaveReason::Disconnected,
+        });
+        let joined = came
+            .iter()
+            .map(|peer| Outgoing::PeerJoined { peer_id: peer });
+        left.chain(joined)
+            .map(|message| Notice {
+                to: to.clone(),
+                frame: message.to_frame(),
+            })
+            .collect()
+    }
+
+    /// Where a message from `from` to `to` goes, if they share a room.
+    pub fn route(&self, from: &str, to: &str) -> Result<Route, RelayError> {
+        let room = self
+            .peers
+            .get(from)
+            .and_then(|s| s.room.as_ref())
+            .ok_or(RelayError::NotInRoom)?;
+        if from == to {
+            return Err(RelayError::PeerNotFound);
+        }
+        let view = self.rooms.get(room).ok_or(RelayError::PeerNotFound)?;
+        if view.local.contains(to) {
+            return self
+                .peers
+                .get(to)
+                .map(|s| Route::Local(s.outbox.clone()))
+                .ok_or(RelayError::PeerNotFound);
+        }
+        view.remote
+            .get(to)
+            .map(|r| Route::Remote(r.node.clone()))
+            .ok_or(RelayError::PeerNotFound)
+    }
+
+    /// Records the room of `peer_id`'s slot.
+    fn set_room(&mut self, peer_id: &str, room: Option<Arc<str>>) {
+        if let Some(slot) = self.peers.get_mut(peer_id) {
+            slot.room = room;
+        }
+    }
+
+    /// Removes `peer` (local or remote) from this node's view of `room` and tells the
+    /// local members why; a view without local members is dropped. Returns true when this
+    /// node no longer has anyone in the room.
+    fn remove_member(
+        &mut self,
+        room: &str,
+        peer: &str,
+        reason: LeaveReason,
+    ) -> (bool, Vec<Notice>) {
+        let Some(view) = self.rooms.get_mut(room) else {
+            return (false, Vec::new());
+        };
+        let was_local = view.local.remove(peer);
+        let was_remote = view.remote.remove(peer).is_some();
+        if view.local.is_empty() {
+            self.rooms.remove(room);
+            return (was_local, Vec::new());
+        }
+        if !(was_local || was_remote) {
+            return (false, Vec::new());
+        }
+        let notice = Notice {
+            to: view.local.iter().cloned().collect(),
+            frame: Outgoing::PeerLeft {
+                peer_id: peer,
+                reason,
+            }
+            .to_frame(),
+        };
+        (false, vec![notice])
+    }
+}
+
+/// Records the members on other nodes in `view`; returns those it did not know as they are.
+fn learn_remote(view: &mut RoomView, members: &[Member], me: &str) -> Vec<Arc<str>> {
+    let mut learned = Vec::new();
+    for m in members.iter().filter(|m| m.node != me) {
+        let peer: Arc<str> = Arc::from(m.peer_id.as_str());
+        let remote = RemoteMember {
+            node: Arc::from(m.node.as_str()),
+            epoch: m.epoch,
+        };
+        if view.remote.insert(peer.clone(), remote.clone()) != Some(remote) {
+            learned.push(peer);
+        }
+    }
+    learned
+}
+
+#[cfg(test)]
+#[path = "table_tests.rs"]
+mod tests;

@@ -1,0 +1,175 @@
+//! The hub with a real embedded store and bus: messages for a peer moving between nodes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::*;
+use crate::bus::MemoryBus;
+use crate::store::MemoryStore;
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn deliver(frame: &str) -> BusMessage {
+    BusMessage::Deliver {
+        to: "alice-1".into(),
+        frame: frame.into(),
+    }
+}
+
+/// A hub for node n1 where Bob shares room `r` with Alice, who is on n0.
+async fn bob_on_n1_with_alice_on_n0(bus: Arc<dyn Bus>) -> (Hub, Registration) {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let alice = Member {
+        peer_id: "alice-1".into(),
+        node: "n0".into(),
+        epoch: 1,
+    };
+    store.join_room("r", &alice, 6, TTL).await.unwrap();
+    let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
+    let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
+    hub.join("bob-1", bob.epoch, "r").await.unwrap();
+    (hub, bob)
+}
+
+/// What n1 hears when Alice's session moves from n0 to n2.
+fn alice_moved_to_n2() -> BusMessage {
+    BusMessage::PeerMoved {
+        room: "r".into(),
+        peer: "alice-1".into(),
+        node: "n2".into(),
+        epoch: 2,
+    }
+}
+
+/// Bob (here, on n1) talks to Alice, who moves from n0 to n2: what Bob sends after
+/// the move waits until n0 says it forwarded what Bob sent it before.
+#[tokio::test]
+async fn messages_for_a_peer_that_moved_wait_for_its_old_node_to_flush() {
+    let bus = Arc::new(MemoryBus::new());
+    let mut old_node = bus.subscribe("n0").await.unwrap();
+    let mut new_node = bus.subscribe("n2").await.unwrap();
+    let (hub, bob) = bob_on_n1_with_alice_on_n0(bus).await;
+    assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n0"));
+
+    hub.on_bus(alice_moved_to_n2()).await;
+    let flush = BusMessage::Flush {
+        peer: "alice-1".into(),
+        reply_to: "n1".into(),
+    };
+    // n0 also heard of Bob's join; the flush request comes after.
+    loop {
+        match old_node.try_recv() {
+            Ok(message) if message == flush => break,
+            Ok(_) => {}
+            Err(e) => panic!("n0 was not asked to flush: {e}"),
+        }
+    }
+    assert!(matches!(hub.route("bob-1", "alice-1"), Ok(Route::Remote(n)) if &*n == "n2"));
+    hub.send_remote("n2", "alice-1", "one".into(), &bob.outbox, None)
+        .await
+        .unwrap();
+    hub.send_remote("n2", "alice-1", "two".into(), &bob.outbox, None)
+        .await
+        .unwrap();
+    assert!(new_node.try_recv().is_err(), "held until n0 is flushed");
+
+    hub.on_bus(BusMessage::Flushed {
+        peer: "alice-1".into(),
+    })
+    .await;
+    assert_eq!(new_node.try_recv().unwrap(), deliver("one"));
+    assert_eq!(new_node.try_recv().unwrap(), deliver("two"));
+    hub.send_remote("n2", "alice-1", "three".into(), &bob.outbox, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        new_node.try_recv().unwrap(),
+        deliver("three"),
+        "direct from now on"
+    );
+    // A late timeout finds nothing left to release.
+    hub.release("alice-1").await;
+    assert!(new_node.try_recv().is_err());
+}
+
+/// A bus whose publishes to one node fail, as they do while Redis is unreachable.
+struct Unreachable {
+    bus: MemoryBus,
+    node: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Bus for Unreachable {
+    async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError> {
+        if node == self.node {
+            return Err(StoreError("Redis is unreachable".into()));
+        }
+        self.bus.publish(node, message).await
+    }
+
+    async fn subscribe(&self, node: &str) -> Result<crate::bus::Inbox, StoreError> {
+        self.bus.subscribe(node).await
+    }
+}
+
+/// A message held for a moved peer is not lost silently when it cannot be sent on:
+/// its sender gets the error a failed relay gets, with the message's reference.
+#[tokio::test]
+async fn a_held_message_that_cannot_be_sent_on_is_reported_to_its_sender() {
+    let bus = Arc::new(Unreachable {
+        bus: MemoryBus::new(),
+        node: "n2",
+    });
+    let (hub, bob) = bob_on_n1_with_alice_on_n0(bus).await;
+    hub.on_bus(alice_moved_to_n2()).await;
+    while bob.inbox.try_recv().is_some() {}
+
+    let reference = RawValue::from_string("7".into()).unwrap();
+    let held = hub.send_remote("n2", "alice-1", "one".into(), &bob.outbox, Some(&reference));
+    held.await.unwrap();
+    assert!(
+        bob.inbox.try_recv().is_none(),
+        "held: nothing to report yet"
+    );
+    hub.on_bus(BusMessage::Flushed {
+        peer: "alice-1".into(),
+    })
+    .await;
+    let told = bob
+        .inbox
+        .try_recv()
+        .expect("the sender hears of the failure");
+    let told: serde_json::Value = serde_json::from_str(told.frame.as_str()).unwrap();
+    assert_eq!(told["type"], "error");
+    assert_eq!(told["code"], "unavailable");
+    assert_eq!(told["message"], REMOTE_RELAY_FAILED);
+    assert_eq!(told["ref"], 7);
+}
+
+/// The old node answers a flush to the node that asked for it.
+#[tokio::test]
+async fn a_flush_is_answered_to_the_node_that_asked() {
+    let bus = Arc::new(MemoryBus::new());
+    let mut asker = bus.subscribe("n1").await.unwrap();
+    let hub = Hub::new(
+        "n0",
+        Arc::new(MemoryStore::new()),
+        bus,
+        6,
+        16,
+        Metrics::new(),
+    );
+    hub.on_bus(BusMessage::Flush {
+        peer: "alice-1".into(),
+        reply_to: "n1".into(),
+    })
+    .await;
+    assert_eq!(
+        asker.try_recv().unwrap(),
+        BusMessage::Flushed {
+            peer: "alice-1".into()
+        }
+    );
+}
