@@ -1,6 +1,8 @@
 //! `switchboard-bench` against real `switchboard serve` processes (and a real redis-server
 //! for the multi-node scenario): each scenario runs small and bounded, and its JSON report
 //! must show the traffic it generated, nothing lost, and the server figures it measured.
+//! The server is the binary built beside the generator: `cargo test --workspace` (what
+//! scripts/test.sh runs) builds both.
 
 mod fixtures;
 
@@ -29,6 +31,7 @@ const LOAD: [(&str, &str); 3] = [
     ("MESSAGE_BURST", "100000"),
 ];
 
+/// A node under load: the process, its `ws://` URL and its pid.
 fn server() -> (Node, String, String) {
     let (node, address) = Node::start(&LOAD);
     let pid = node.pid().to_string();
