@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduces the figures in docs/BENCHMARKS.md on a machine with 2+ cores: every server
-# process (and redis-server) is pinned to core 0 with taskset, `switchboard bench` to core 1.
+# process (and redis-server) is pinned to core 0 with taskset, `switchboard-bench` to core 1.
 # JSON reports go to $OUT (default target/bench); the latency-vs-rate plot is drawn from
 # the sweep. Takes about four minutes. Usage: scripts/bench.sh [scenario ...]
 # (scenarios: relay rate sweep idle storm multi; default: all).
@@ -16,8 +16,9 @@ mkdir -p "$OUT"
 for tool in taskset redis-server python3; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing" >&2; exit 1; }
 done
-cargo build --release --locked
+cargo build --release --locked --workspace
 BIN=target/release/switchboard
+BENCH_BIN=target/release/switchboard-bench
 
 # A node under load: no per-connection message limit, no shedding, room for 19,000+
 # connections, warnings only in the log.
@@ -48,8 +49,8 @@ start_node() {
 # bench NAME ARGS...: runs the generator on core $BENCH_CORE, keeps the JSON, shows the table.
 bench() {
   local name=$1; shift
-  echo "== $name: switchboard bench $*"
-  taskset -c "$BENCH_CORE" "$BIN" bench --out "$OUT/$name.json" "$@"
+  echo "== $name: switchboard-bench $*"
+  taskset -c "$BENCH_CORE" "$BENCH_BIN" --out "$OUT/$name.json" "$@"
 }
 
 scenarios=("$@")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plot relay latency against achieved rate from `switchboard bench relay --sweep --json`.
+"""Plot relay latency against achieved rate from `switchboard-bench relay --sweep --json`.
 
 Reads one or more sweep reports and writes a self-contained SVG: one-way latency
 (p50 solid, p99 dashed, p99.9 dotted; logarithmic, in ms) against achieved rate
@@ -47,7 +47,7 @@ def load(path):
         fail(f"{path} is not valid JSON: {e}")
     runs = doc.get("runs") if isinstance(doc, dict) else None
     if not isinstance(runs, list) or not runs:
-        fail(f"{path} has no runs (expected output of `switchboard bench relay --sweep --json`)")
+        fail(f"{path} has no runs (expected output of `switchboard-bench relay --sweep --json`)")
     series = {}
     for key, _, _ in PERCENTILES:
         pts = []

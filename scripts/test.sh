@@ -38,4 +38,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
-cargo test --locked "$@"
+cargo test --workspace --locked "$@"

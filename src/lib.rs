@@ -16,7 +16,6 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod bench;
 pub mod bus;
 pub mod config;
 pub mod error;

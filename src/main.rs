@@ -38,21 +38,15 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
     },
-    /// Load generator: drive a deployment over the real protocol and report figures.
-    Bench(Box<switchboard::bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = cli.command {
-        return bench(*args, &cli.settings);
-    }
     let role = match &cli.command {
         None | Some(Command::Serve) => Role::Serve,
         Some(Command::Auth) => Role::Auth,
         Some(Command::Signal) => Role::Signal,
         Some(Command::Token { .. }) => Role::Token,
-        Some(Command::Bench(_)) => unreachable!("handled above"),
     };
     let config = match Config::from_settings(&cli.settings, role) {
         Ok(c) => c,
@@ -116,25 +110,4 @@ fn mint(config: &Config, user: &str, room: Option<&str>, ttl: Option<Duration>) 
     );
     println!("{}", issuer.issue(user, room, ttl).token);
     ExitCode::SUCCESS
-}
-
-fn bench(args: switchboard::bench::BenchArgs, settings: &Settings) -> ExitCode {
-    let claims = switchboard::bench::Claims {
-        issuer: settings.token_issuer.clone(),
-        audience: settings.token_audience.clone(),
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("switchboard bench: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(switchboard::bench::run(args, claims)) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("switchboard bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

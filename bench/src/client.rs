@@ -16,8 +16,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{BenchArgs, BenchError, Claims};
-use crate::auth::{SigningSecret, TokenIssuer};
+use super::{BenchArgs, BenchError};
+use switchboard::auth::{SigningSecret, TokenIssuer};
 
 /// A bench connection.
 pub type Socket = WebSocketStream<TcpStream>;
@@ -88,7 +88,7 @@ pub struct Target {
 
 impl Target {
     /// Checks the arguments and resolves the endpoints.
-    pub fn new(args: &BenchArgs, claims: Claims) -> Result<Self, BenchError> {
+    pub fn new(args: &BenchArgs) -> Result<Self, BenchError> {
         let mut addrs = Vec::new();
         for url in &args.urls {
             let rest = url
@@ -108,8 +108,8 @@ impl Target {
                 let secret = SigningSecret::new(secret.as_bytes().to_vec());
                 TokenSource::Mint(TokenIssuer::new(
                     &secret,
-                    &claims.issuer,
-                    &claims.audience,
+                    &args.token_issuer,
+                    &args.token_audience,
                     Duration::from_secs(3600),
                 ))
             }

@@ -560,7 +560,7 @@ pub async fn run(
             "--rate must be above 0 and --sweep-factor above 1",
         ));
     }
-    crate::fd_limit::raise();
+    switchboard::fd_limit::raise();
     let mut pairs = set_up(target, args, cross).await?;
     let size = match args.message {
         MessageKind::Offer => format!("{} B SDP", args.sdp_bytes),

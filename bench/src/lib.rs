@@ -1,5 +1,10 @@
-//! `switchboard bench`: a load generator that drives any Switchboard deployment over the
+//! `switchboard-bench`: a load generator that drives any Switchboard deployment over the
 //! real protocol (tokens, WebSockets, rooms) and reports what an operator needs.
+//!
+//! It stands apart from the server so that the server's binary and dependency tree hold
+//! only what a node runs; it shares with the server only token minting
+//! ([`switchboard::auth::TokenIssuer`]) and the open-file limit ([`switchboard::fd_limit`]).
+#![forbid(unsafe_code)]
 
 mod client;
 mod idle;
@@ -13,7 +18,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 pub use client::TokenSource;
 pub use report::Report;
@@ -29,8 +34,10 @@ impl BenchError {
     }
 }
 
-/// `switchboard bench` arguments.
-#[derive(Debug, Clone, Args)]
+/// Load generator for Switchboard: drives a deployment over the real protocol and reports
+/// latency, throughput, CPU and memory figures.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "switchboard-bench", version)]
 pub struct BenchArgs {
     /// Signaling endpoint(s), e.g. `ws://127.0.0.1:8080`; repeat for several nodes.
     #[arg(long = "url", default_value = "ws://127.0.0.1:8080", global = true)]
@@ -54,6 +61,22 @@ pub struct BenchArgs {
     /// Also write the JSON results to this file.
     #[arg(long, global = true)]
     pub out: Option<PathBuf>,
+    /// `iss` claim of minted tokens; must match the server's TOKEN_ISSUER.
+    #[arg(
+        long,
+        env = "TOKEN_ISSUER",
+        default_value = "switchboard",
+        global = true
+    )]
+    pub token_issuer: String,
+    /// `aud` claim of minted tokens; must match the server's TOKEN_AUDIENCE.
+    #[arg(
+        long,
+        env = "TOKEN_AUDIENCE",
+        default_value = "switchboard",
+        global = true
+    )]
+    pub token_audience: String,
     /// What to measure.
     #[command(subcommand)]
     pub scenario: Scenario,
@@ -154,16 +177,8 @@ pub struct StormArgs {
     pub timeout: Duration,
 }
 
-/// Identity claims the bench mints tokens with (the server's TOKEN_ISSUER/TOKEN_AUDIENCE).
-pub struct Claims {
-    /// `iss`.
-    pub issuer: String,
-    /// `aud`.
-    pub audience: String,
-}
-
 /// Runs the chosen scenario and prints its report.
-pub async fn run(mut args: BenchArgs, claims: Claims) -> Result<Report, BenchError> {
+pub async fn run(mut args: BenchArgs) -> Result<Report, BenchError> {
     // One source address reaches ~28,000 connections to one port: spread bigger idle runs
     // against a loopback server over 127.0.0.x by themselves.
     if let Scenario::Idle(idle) = &args.scenario
@@ -176,7 +191,7 @@ pub async fn run(mut args: BenchArgs, claims: Claims) -> Result<Report, BenchErr
     {
         args.sources = idle::loopback_sources(idle.connections);
     }
-    let target = std::sync::Arc::new(client::Target::new(&args, claims)?);
+    let target = std::sync::Arc::new(client::Target::new(&args)?);
     let report = match &args.scenario {
         Scenario::Relay(r) => relay::run(&target, r, false).await?,
         Scenario::MultiNode(r) => {

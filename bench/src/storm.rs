@@ -13,7 +13,7 @@ use super::{BenchError, StormArgs, process, progress};
 
 /// Runs the scenario.
 pub async fn run(target: &Arc<Target>, args: &StormArgs) -> Result<Report, BenchError> {
-    let fd_limit = crate::fd_limit::raise();
+    let fd_limit = switchboard::fd_limit::raise();
     let concurrency = args
         .concurrency
         .clamp(1, fd_limit.saturating_sub(64).max(1) as usize);

@@ -27,7 +27,7 @@ pub fn loopback_sources(connections: usize) -> Vec<IpAddr> {
 
 /// Runs the scenario.
 pub async fn run(target: &Arc<Target>, args: &IdleArgs) -> Result<Report, BenchError> {
-    let fd_limit = crate::fd_limit::raise();
+    let fd_limit = switchboard::fd_limit::raise();
     if args.connections as u64 + 64 > fd_limit {
         return Err(BenchError::new(format!(
             "{} connections need more open files than this process may have ({fd_limit}); \

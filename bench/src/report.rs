@@ -114,7 +114,7 @@ pub struct StormFigures {
     pub server_cpu_us_per_join: Option<f64>,
 }
 
-/// Everything one `switchboard bench` run measured.
+/// Everything one `switchboard-bench` run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// `relay`, `multi-node`, `idle` or `join-storm`.
