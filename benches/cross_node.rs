@@ -1,7 +1,10 @@
 //! Same-node versus cross-node relay latency on a real Redis, and Redis commands per
 //! relayed message. Needs `redis-server` and `redis-cli` (scripts/test.sh installs them).
 //!
-//! Run: `cargo bench --bench cross_node` (optional args: pairs, rate per second, seconds).
+//! Run: `cargo bench --bench cross_node` (optional args: pairs, rate per second, seconds,
+//! churners). With churners, a third case measures cross-node latency again while that
+//! many clients per node keep joining and leaving rooms shared with the other node (a join
+//! storm whose membership news crosses the bus beside the relays).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -98,6 +101,53 @@ async fn pairs(
     out
 }
 
+/// Clients that join and leave, until `stop`, rooms where a peer of the other node sits:
+/// every join and leave is a store round trip on one node and bus news for the other.
+/// Returns how many joins they made.
+async fn churn(
+    server: &common::TestServer,
+    per_node: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<usize> {
+    let mut tasks = Vec::new();
+    for i in 0..per_node * 2 {
+        let (here, there) = (i % 2, (i + 1) % 2);
+        let room = format!("churn{i}");
+        let mut anchor = server
+            .connect_to(there, &server.token(&format!("anchor{i}"), None))
+            .await;
+        anchor.join(&room).await;
+        let mut churner = server
+            .connect_to(here, &server.token(&format!("churner{i}"), None))
+            .await;
+        let stop_anchor = stop.clone();
+        // The anchor reads what it is told, so its queue never fills.
+        tasks.push(tokio::spawn(async move {
+            while !*stop_anchor.borrow() {
+                let _ = anchor.recv_within(Duration::from_millis(50)).await;
+            }
+            0
+        }));
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut joins = 0;
+            while !*stop.borrow() {
+                churner.join(&room).await;
+                churner.send(json!({"type": "leave", "roomId": room})).await;
+                joins += 1;
+            }
+            joins
+        }));
+    }
+    tokio::spawn(async move {
+        let mut joins = 0;
+        for t in tasks {
+            joins += t.await.expect("churn task");
+        }
+        joins
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<u64> = std::env::args()
@@ -107,6 +157,7 @@ async fn main() {
     let pair_count = *args.first().unwrap_or(&20) as usize;
     let rate = *args.get(1).unwrap_or(&1000);
     let seconds = *args.get(2).unwrap_or(&5);
+    let churners = *args.get(3).unwrap_or(&0) as usize;
     let per_pair = (rate * seconds / pair_count as u64) as usize;
     let interval = Duration::from_secs_f64(pair_count as f64 / rate as f64);
 
@@ -115,6 +166,11 @@ async fn main() {
     let mut server = start_on(Backend::Redis(2), s).await;
     let same = pairs(&server, pair_count, (0, 0), "same").await;
     let cross = pairs(&server, pair_count, (0, 1), "cross").await;
+    let storm = if churners > 0 {
+        Some(pairs(&server, pair_count, (0, 1), "storm").await)
+    } else {
+        None
+    };
 
     println!("{pair_count} pairs, {rate} offers/s of ~2 KB for {seconds} s per case");
     println!(
@@ -126,7 +182,22 @@ async fn main() {
     let mid = redis_calls(server.redis_mut::<RedisServer>()).await;
     let cross_lat = run(cross, per_pair, interval).await;
     let after = redis_calls(server.redis_mut::<RedisServer>()).await;
-    for (name, lat) in [("same-node", &same_lat), ("cross-node", &cross_lat)] {
+    let mut cases = vec![("same-node", same_lat.clone()), ("cross-node", cross_lat.clone())];
+    if let Some(storm) = storm {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let joining = churn(&server, churners, stopped).await;
+        let started = Instant::now();
+        let lat = run(storm, per_pair, interval).await;
+        let elapsed = started.elapsed();
+        let _ = stop.send(true);
+        let joins = joining.await.expect("churn");
+        println!(
+            "join storm: {churners} clients per node made {:.0} joins/s (and as many leaves)",
+            joins as f64 / elapsed.as_secs_f64()
+        );
+        cases.push(("cross, storm", lat));
+    }
+    for (name, lat) in &cases {
         println!(
             "{name:<12} {:>10} {:>10.0} {:>10.0} {:>10.0}",
             lat.len(),
