@@ -111,7 +111,7 @@ async fn main() {
     let interval = Duration::from_secs_f64(pair_count as f64 / rate as f64);
 
     let mut s = settings();
-    s.outbound_queue = 4096;
+    s.limits.outbound_queue = 4096;
     let mut server = start_on(Backend::Redis(2), s).await;
     let same = pairs(&server, pair_count, (0, 0), "same").await;
     let cross = pairs(&server, pair_count, (0, 1), "cross").await;
