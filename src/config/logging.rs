@@ -1,15 +1,8 @@
 //! Logging: the line format and the filter.
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines (coloured when stderr is a terminal).
-    Pretty,
-    /// One JSON object per line, for log shippers.
-    Json,
-}
+use crate::telemetry::LogFormat;
 
 /// Flags of the log format and filter.
 #[derive(Debug, Clone, PartialEq, Args)]

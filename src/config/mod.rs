@@ -24,7 +24,7 @@ use crate::auth::IceServers;
 pub use auth::{AuthConfig, AuthSettings, MAX_TOKEN_TTL};
 pub use ice::IceSettings;
 pub use limits::{LimitsConfig, LimitsSettings};
-pub use logging::{LogConfig, LogFormat, LogSettings};
+pub use logging::{LogConfig, LogSettings};
 pub use node::{NodeConfig, NodeSettings};
 pub use redis::{RedisConfig, RedisSettings};
 pub use timing::{TimingConfig, TimingSettings};

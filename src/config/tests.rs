@@ -6,6 +6,7 @@ use clap::{CommandFactory, FromArgMatches, Parser};
 
 use super::*;
 use crate::auth::{Issuance, PUBLISHED_DEFAULT_SECRET};
+use crate::telemetry::LogFormat;
 
 fn prod() -> Settings {
     let mut s = Settings {
