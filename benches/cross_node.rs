@@ -162,7 +162,7 @@ async fn main() {
     let interval = Duration::from_secs_f64(pair_count as f64 / rate as f64);
 
     let mut s = settings();
-    s.outbound_queue = 4096;
+    s.limits.outbound_queue = 4096;
     let mut server = start_on(Backend::Redis(2), s).await;
     let same = pairs(&server, pair_count, (0, 0), "same").await;
     let cross = pairs(&server, pair_count, (0, 1), "cross").await;
@@ -182,7 +182,10 @@ async fn main() {
     let mid = redis_calls(server.redis_mut::<RedisServer>()).await;
     let cross_lat = run(cross, per_pair, interval).await;
     let after = redis_calls(server.redis_mut::<RedisServer>()).await;
-    let mut cases = vec![("same-node", same_lat.clone()), ("cross-node", cross_lat.clone())];
+    let mut cases = vec![
+        ("same-node", same_lat.clone()),
+        ("cross-node", cross_lat.clone()),
+    ];
     if let Some(storm) = storm {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let joining = churn(&server, churners, stopped).await;

@@ -1,6 +1,5 @@
 //! The `switchboard` binary: parses the command line and starts the chosen role.
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -58,20 +57,14 @@ fn main() -> ExitCode {
     if let Some(Command::Token { user, room, ttl }) = cli.command {
         return mint(&config, &user, room.as_deref(), ttl);
     }
-    let _guard =
-        match switchboard::telemetry::init(cli.settings.log_format, &cli.settings.log_level) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("switchboard: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    let port = if role == Role::Auth {
-        cli.settings.auth_port
-    } else {
-        cli.settings.port
+    let _guard = match switchboard::telemetry::init(config.logging.format, &config.logging.level) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            return ExitCode::from(2);
+        }
     };
-    let bind = SocketAddr::new(cli.settings.bind, port);
+    let bind = config.node.listen;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -103,10 +96,10 @@ fn mint(config: &Config, user: &str, room: Option<&str>, ttl: Option<Duration>) 
         return ExitCode::from(2);
     }
     let issuer = TokenIssuer::new(
-        &config.secret,
-        &config.issuer,
-        &config.audience,
-        config.token_ttl,
+        &config.auth.secret,
+        &config.auth.issuer,
+        &config.auth.audience,
+        config.auth.token_ttl,
     );
     println!("{}", issuer.issue(user, room, ttl).token);
     ExitCode::SUCCESS

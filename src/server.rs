@@ -108,26 +108,30 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, StoreError> {
         let issuer = TokenIssuer::new(
-            &config.secret,
-            &config.issuer,
-            &config.audience,
-            config.token_ttl,
+            &config.auth.secret,
+            &config.auth.issuer,
+            &config.auth.audience,
+            config.auth.token_ttl,
         );
-        let verifier = TokenVerifier::new(&config.secret, &config.issuer, &config.audience);
+        let verifier = TokenVerifier::new(
+            &config.auth.secret,
+            &config.auth.issuer,
+            &config.auth.audience,
+        );
         let hub = Arc::new(Hub::new(
-            &config.node_id,
+            &config.node.id,
             store,
             bus.clone(),
-            config.max_room_peers,
-            config.outbound_queue,
+            config.limits.max_room_peers,
+            config.limits.outbound_queue,
             metrics.clone(),
         ));
         let mut tasks = Vec::new();
         if role != Role::Auth {
             hub.evict_previous_incarnation().await?;
-            let inbox = bus.subscribe(&config.node_id).await?;
+            let inbox = bus.subscribe(&config.node.id).await?;
             hub.store()
-                .heartbeat(&config.node_id, config.heartbeat * 2)
+                .heartbeat(&config.node.id, config.timing.heartbeat * 2)
                 .await?;
             tasks.push(tokio::spawn(crate::signaling::hub::consume(
                 hub.clone(),
@@ -135,10 +139,10 @@ impl AppState {
             )));
             // Others may need two heartbeats plus a timed-out call or two to recover.
             let redis_timeout = config.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout);
-            let grace = config.heartbeat * 2 + redis_timeout * 2;
+            let grace = config.timing.heartbeat * 2 + redis_timeout * 2;
             tasks.push(tokio::spawn(liveness::heartbeat(
                 hub.clone(),
-                config.heartbeat,
+                config.timing.heartbeat,
                 grace,
             )));
         }
@@ -147,12 +151,12 @@ impl AppState {
             config.limits.max_connections_per_ip,
         );
         let connection_limits = Arc::new(Limits {
-            ping_interval: config.ping_interval,
-            idle_timeout: config.idle_timeout,
-            refresh_before: config.token_refresh_before,
+            ping_interval: config.timing.ping_interval,
+            idle_timeout: config.timing.idle_timeout,
+            refresh_before: config.auth.token_refresh_before,
             message_rate: config.limits.message_rate,
             message_burst: config.limits.message_burst,
-            resume_grace: config.resume_grace,
+            resume_grace: config.timing.resume_grace,
         });
         Ok(Arc::new(Self {
             connection_limits,
@@ -175,7 +179,7 @@ impl AppState {
     /// with a jittered reconnect hint and is closed with 1012 when that hint comes due.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-        let spread = (self.config.drain_timeout / 2).min(MAX_RECONNECT_SPREAD);
+        let spread = (self.config.timing.drain_timeout / 2).min(MAX_RECONNECT_SPREAD);
         self.hub.drain(spread);
     }
 
@@ -297,7 +301,7 @@ pub async fn serve(
     // timeout passed).
     let drained = async move {
         shutdown.await;
-        let timeout = draining.config.drain_timeout;
+        let timeout = draining.config.timing.drain_timeout;
         tracing::info!(timeout_ms = timeout.as_millis() as u64, "draining");
         draining.start_draining();
         let deadline = tokio::time::Instant::now() + timeout;

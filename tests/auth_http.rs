@@ -5,7 +5,8 @@ mod common;
 use common::{settings, start, start_role};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use switchboard::config::{Issuance, Role};
+use switchboard::auth::Issuance;
+use switchboard::config::Role;
 
 const API_KEY: &str = "app-backend-key-0123456789";
 
@@ -30,9 +31,9 @@ async fn post_token(
 #[tokio::test]
 async fn tokens_and_joins_carry_ice_servers_with_turn_credentials() {
     let mut s = settings();
-    s.stun_urls = Some("stun:127.0.0.1:3478".into());
-    s.turn_urls = Some("turn:127.0.0.1:3478?transport=udp".into());
-    s.turn_secret = Some("turn-shared-secret".into());
+    s.ice.stun_urls = Some("stun:127.0.0.1:3478".into());
+    s.ice.turn_urls = Some("turn:127.0.0.1:3478?transport=udp".into());
+    s.ice.turn_secret = Some("turn-shared-secret".into());
     let server = start(s).await;
     let (status, body) = post_token(
         &server.http(""),
@@ -229,8 +230,8 @@ async fn bad_requests_get_clear_errors() {
 #[tokio::test]
 async fn api_key_mode_requires_a_valid_key() {
     let mut s = settings();
-    s.token_issuance = Some(Issuance::ApiKey);
-    s.api_keys = Some(format!("other-key-abcdefghijklmnop, {API_KEY}"));
+    s.auth.token_issuance = Some(Issuance::ApiKey);
+    s.auth.api_keys = Some(format!("other-key-abcdefghijklmnop, {API_KEY}"));
     let server = start_role(s, Role::Auth).await;
     let base = server.http("");
     let body = r#"{"userId":"alice"}"#;

@@ -18,8 +18,8 @@ async fn client(addr: &str, user: &str) -> Client {
 /// Settings under which a Redis failure is noticed within about a second.
 fn fast_failing_settings() -> Settings {
     let mut s = settings();
-    s.heartbeat_interval = Duration::from_millis(500);
-    s.redis_timeout = Duration::from_millis(200);
+    s.timing.heartbeat_interval = Duration::from_millis(500);
+    s.redis.redis_timeout = Duration::from_millis(200);
     s
 }
 
@@ -276,7 +276,7 @@ async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leave
 #[tokio::test]
 async fn a_hundred_simultaneous_joins_over_three_nodes_fill_a_room_exactly() {
     let mut s = settings();
-    s.max_room_peers = 10;
+    s.limits.max_room_peers = 10;
     let server = start_on(Backend::Redis(3), s).await;
     let mut clients = Vec::new();
     for i in 0..100 {

@@ -29,7 +29,7 @@ async fn refused_with_retry(url: String) -> (u16, serde_json::Value, Option<Stri
 #[tokio::test]
 async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
     let mut s = settings();
-    s.max_connections = 4;
+    s.limits.max_connections = 4;
     let server = start(s).await;
     let (mut a, mut b) = server.pair("a", "b", "r1").await;
     let _calls = server.pair("c", "d", "r2").await;
@@ -67,7 +67,7 @@ async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
 #[tokio::test]
 async fn the_per_ip_rate_applies_to_upgrades_and_token_requests() {
     let mut s = settings();
-    s.rate_per_ip_per_minute = 5;
+    s.limits.rate_per_ip_per_minute = 5;
     let server = start(s).await;
     let token = server.token("a", None);
     let mut clients = Vec::new();
@@ -97,7 +97,7 @@ async fn the_per_ip_rate_applies_to_upgrades_and_token_requests() {
 #[tokio::test]
 async fn the_per_ip_connection_cap_refuses_the_excess() {
     let mut s = settings();
-    s.max_connections_per_ip = 2;
+    s.limits.max_connections_per_ip = 2;
     let server = start(s).await;
     let _a = server.connect("a").await;
     let _b = server.connect("b").await;
@@ -116,7 +116,7 @@ async fn the_per_ip_connection_cap_refuses_the_excess() {
 async fn memory_above_the_threshold_sheds_new_upgrades() {
     let mut s = settings();
     // Any real process is above this share of its memory limit.
-    s.shed_memory_percent = 0.000_001;
+    s.limits.shed_memory_percent = 0.000_001;
     let server = start(s).await;
     let token = server.token("a", None);
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
@@ -148,8 +148,8 @@ async fn memory_above_the_threshold_sheds_new_upgrades() {
 #[tokio::test]
 async fn a_message_flood_is_refused_then_closed_while_other_rooms_relay() {
     let mut s = settings();
-    s.message_rate = 10.0;
-    s.message_burst = 20.0;
+    s.limits.message_rate = 10.0;
+    s.limits.message_burst = 20.0;
     let server = start(s).await;
     let (mut flooder, mut victim) = server.pair("flooder", "victim", "noisy").await;
     let (mut c, mut d) = server.pair("c", "d", "quiet").await;

@@ -240,7 +240,7 @@ async fn malformed_input_gets_errors_and_harms_nothing_else(backend: Backend) {
 
 async fn an_oversized_frame_closes_with_1009_and_others_keep_working(backend: Backend) {
     let mut s = settings();
-    s.max_message_bytes = 4096;
+    s.limits.max_message_bytes = 4096;
     let server = start_on(backend, s).await;
     let (mut alice, _) = server.join("alice", "r").await;
     let (mut bob, _) = server.join("bob", "r").await;
@@ -259,7 +259,7 @@ async fn an_oversized_frame_closes_with_1009_and_others_keep_working(backend: Ba
 
 async fn a_client_that_stops_reading_is_closed_with_4003_while_others_relay(backend: Backend) {
     let mut s = settings();
-    s.outbound_queue = 16;
+    s.limits.outbound_queue = 16;
     let server = start_on(backend, s).await;
     let (mut stalled, _) = server.join("stalled", "slow").await;
     let (mut flooder, _) = server.join("flooder", "slow").await;
@@ -327,7 +327,7 @@ async fn a_second_connection_of_a_session_replaces_the_first(backend: Backend) {
 
 async fn room_capacity_and_room_restricted_tokens_are_enforced(backend: Backend) {
     let mut s = settings();
-    s.max_room_peers = 2;
+    s.limits.max_room_peers = 2;
     let server = start_on(backend, s).await;
     let _a = server.join("a", "small").await;
     let _b = server.join("b", "small").await;
@@ -346,7 +346,7 @@ async fn room_capacity_and_room_restricted_tokens_are_enforced(backend: Backend)
 
 async fn a_fresh_token_arrives_before_expiry(backend: Backend) {
     let mut s = settings();
-    s.token_refresh_before = Duration::from_secs(2);
+    s.auth.token_refresh_before = Duration::from_secs(2);
     let server = start_on(backend, s).await;
     let short = common::issuer(Duration::from_secs(4)).issue("alice", Some("r"), None);
     let mut alice = server.connect_with(&short.token).await;
@@ -370,7 +370,7 @@ async fn a_fresh_token_arrives_before_expiry(backend: Backend) {
 
 async fn a_refresh_lead_longer_than_the_token_life_does_not_loop(backend: Backend) {
     let mut s = settings();
-    s.token_refresh_before = Duration::from_secs(3600);
+    s.auth.token_refresh_before = Duration::from_secs(3600);
     let server = start_on(backend, s).await;
     let short = common::issuer(Duration::from_secs(2)).issue("alice", None, None);
     let mut alice = server.connect_with(&short.token).await;
@@ -391,7 +391,7 @@ async fn a_refresh_lead_longer_than_the_token_life_does_not_loop(backend: Backen
 
 async fn an_expired_token_closes_the_connection_with_4001(backend: Backend) {
     let mut s = settings();
-    s.token_refresh_before = Duration::ZERO;
+    s.auth.token_refresh_before = Duration::ZERO;
     let server = start_on(backend, s).await;
     let (mut bob, _) = server.join("bob", "r").await;
     let short = common::issuer(Duration::from_secs(2)).issue("alice", None, None);
@@ -408,8 +408,8 @@ async fn an_expired_token_closes_the_connection_with_4001(backend: Backend) {
 
 async fn a_silent_connection_times_out(backend: Backend) {
     let mut s = settings();
-    s.ping_interval = Duration::from_millis(200);
-    s.idle_timeout = Duration::from_millis(800);
+    s.timing.ping_interval = Duration::from_millis(200);
+    s.timing.idle_timeout = Duration::from_millis(800);
     let server = start_on(backend, s).await;
     let (mut bob, _) = server.join("bob", "r").await;
     let (silent, _) = server.join("silent", "r").await;

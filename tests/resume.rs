@@ -92,7 +92,7 @@ async fn resume_moves_the_session_between_nodes_of_the_embedded_store() {
 #[tokio::test]
 async fn without_a_resume_the_room_hears_timeout_after_the_grace() {
     let mut s = settings();
-    s.resume_grace = Duration::from_millis(500);
+    s.timing.resume_grace = Duration::from_millis(500);
     let server = start_on(Backend::Memory, s).await;
     let (mut a, b) = server.pair("a", "b", "r").await;
     let b_id = b.peer_id.clone();
@@ -115,7 +115,7 @@ async fn without_a_resume_the_room_hears_timeout_after_the_grace() {
 #[tokio::test]
 async fn an_overflowing_queue_ends_the_session_early() {
     let mut s = settings();
-    s.outbound_queue = 8;
+    s.limits.outbound_queue = 8;
     let server = start_on(Backend::Memory, s).await;
     let (mut a, b) = server.pair("a", "b", "r").await;
     let b_id = b.peer_id.clone();

@@ -24,7 +24,7 @@ async fn revoke(base: &str, session: &Value, key: Option<&str>) -> (u16, Value) 
 
 async fn revocation_closes_the_live_connection_on_any_node(backend: Backend) {
     let mut s = settings();
-    s.api_keys = Some(API_KEY.into());
+    s.auth.api_keys = Some(API_KEY.into());
     let server = start_on(backend, s).await;
     let (mut watcher, _) = server.join("watcher", "r").await;
     let issued = server.state.issuer.issue("mallory", None, None);
@@ -83,7 +83,7 @@ async fn revocation_needs_a_valid_api_key_and_a_session_id() {
     );
 
     let mut s = settings();
-    s.api_keys = Some(API_KEY.into());
+    s.auth.api_keys = Some(API_KEY.into());
     let server = start_on(Backend::Memory, s).await;
     let base = server.http("");
     assert_eq!(revoke(&base, &json!("abc"), None).await.0, 401);

@@ -139,7 +139,7 @@ async fn oversized_token_is_refused_unread() {
 #[tokio::test]
 async fn foreign_origin_gets_403_and_allowed_or_absent_origin_passes() {
     let mut s = settings();
-    s.allowed_origins = Some("https://app.example.com".into());
+    s.auth.allowed_origins = Some("https://app.example.com".into());
     let server = start(s).await;
     let token = server.token("a", None);
 

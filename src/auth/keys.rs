@@ -4,6 +4,28 @@ use std::fmt;
 
 use subtle::ConstantTimeEq;
 
+/// The original project's published default secret; accepting it would let anyone mint tokens.
+pub const PUBLISHED_DEFAULT_SECRET: &str = "carrier-grade-webrtc-secret-change-in-production";
+/// Secrets too well known to be secret, refused in production and warned about elsewhere.
+const WEAK_SECRETS: &[&str] = &[
+    PUBLISHED_DEFAULT_SECRET,
+    "secret",
+    "changeme",
+    "change-me",
+    "your-256-bit-secret",
+];
+/// Minimum secret length required by the security policy.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// Why production refuses a signing secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weakness {
+    /// A published or well-known value: anyone could mint tokens with it.
+    WellKnown,
+    /// Shorter than [`MIN_SECRET_BYTES`].
+    TooShort,
+}
+
 /// The HS256 signing secret. Its `Debug` never shows the bytes.
 #[derive(Clone)]
 pub struct SigningSecret(Vec<u8>);
@@ -26,9 +48,21 @@ impl SigningSecret {
         &self.0
     }
 
+    /// Why production would refuse this secret, if it would; a well-known value is named
+    /// before its length, since no length makes it secret.
+    pub fn weakness(&self) -> Option<Weakness> {
+        if WEAK_SECRETS.iter().any(|w| w.as_bytes() == self.0) {
+            Some(Weakness::WellKnown)
+        } else if self.0.len() < MIN_SECRET_BYTES {
+            Some(Weakness::TooShort)
+        } else {
+            None
+        }
+    }
+
     /// True when production would refuse this secret.
     pub fn is_weak(&self) -> bool {
-        crate::config::secret_is_weak(&self.0)
+        self.weakness().is_some()
     }
 }
 
@@ -36,6 +70,15 @@ impl fmt::Debug for SigningSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SigningSecret(<{} bytes redacted>)", self.0.len())
     }
+}
+
+/// Who may call `POST /auth/token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Issuance {
+    /// Anyone may obtain a token for any user id (demo mode).
+    Open,
+    /// Callers must present one of the configured API keys as a bearer token.
+    ApiKey,
 }
 
 /// API keys accepted by `POST /auth/token` in api-key mode. `Debug` hides them.
@@ -79,6 +122,19 @@ mod tests {
         assert!(keys.accepts(&"b".repeat(20)));
         assert!(!keys.accepts(&"b".repeat(19)));
         assert!(!keys.accepts(""));
+    }
+
+    #[test]
+    fn well_known_and_short_secrets_are_weak() {
+        let weakness = |s: &str| SigningSecret::new(s.as_bytes().to_vec()).weakness();
+        assert_eq!(
+            weakness(PUBLISHED_DEFAULT_SECRET),
+            Some(Weakness::WellKnown)
+        );
+        assert_eq!(weakness("changeme"), Some(Weakness::WellKnown));
+        assert_eq!(weakness(&"x".repeat(31)), Some(Weakness::TooShort));
+        assert_eq!(weakness(&"x".repeat(32)), None);
+        assert!(!SigningSecret::generate().is_weak());
     }
 
     #[test]

@@ -13,8 +13,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::IceServer;
-use crate::config::Issuance;
+use super::{IceServer, Issuance};
 use crate::error::ApiError;
 use crate::identifier;
 use crate::server::AppState;
@@ -54,7 +53,7 @@ fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError
     let key = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("An API key is required: send Authorization: Bearer <api key>.")
     })?;
-    if !state.config.api_keys.accepts(key) {
+    if !state.config.auth.api_keys.accepts(key) {
         return Err(ApiError::unauthorized("The API key is not valid."));
     }
     Ok(())
@@ -113,7 +112,7 @@ async fn issue(
         e.retry_after = Some(wait.as_secs().max(1));
         return Err(e);
     }
-    if state.config.issuance == Issuance::ApiKey {
+    if state.config.auth.issuance == Issuance::ApiKey {
         require_api_key(&state, &headers)?;
     }
     let request: TokenRequest =
@@ -173,7 +172,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    if state.config.api_keys.is_empty() {
+    if state.config.auth.api_keys.is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "revocation_disabled",
@@ -200,7 +199,7 @@ async fn revoke(
     // Long enough for any token this service issued for the session to expire.
     let connected = state
         .hub
-        .revoke(&session_id, state.config.token_ttl)
+        .revoke(&session_id, state.config.auth.token_ttl)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "revocation failed");

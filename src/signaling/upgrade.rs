@@ -165,8 +165,8 @@ async fn accept(
         // flush and frees it after: tungstenite's own buffer would keep the size of the
         // largest batch for the connection's life.
         .write_buffer_size(0)
-        .max_message_size(config.max_message_bytes)
-        .max_frame_size(config.max_message_bytes)
+        .max_message_size(config.limits.max_message_bytes)
+        .max_frame_size(config.limits.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         // A task of its own rather than axum's upgrade task: that one keeps the upgrade's
         // settings beside the connection's state for the connection's whole life.
@@ -184,9 +184,10 @@ fn overloaded(message: &str, secs: u64) -> ApiError {
 }
 
 fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let (Some(allowed), Some(origin)) =
-        (&state.config.allowed_origins, headers.get(header::ORIGIN))
-    else {
+    let (Some(allowed), Some(origin)) = (
+        &state.config.auth.allowed_origins,
+        headers.get(header::ORIGIN),
+    ) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');

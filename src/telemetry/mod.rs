@@ -9,7 +9,14 @@ use tracing_subscriber::EnvFilter;
 pub use access::{access_log, query_token, redact_query};
 pub use metrics::Metrics;
 
-use crate::config::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured when stderr is a terminal).
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
 
 /// Installs the global subscriber writing to stderr through a non-blocking writer, so a slow
 /// log sink never stalls signaling. Keep the guard alive for the life of the process.

@@ -31,19 +31,18 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Development settings with a fixed secret.
 pub fn settings() -> Settings {
-    Settings {
-        auth_secret: Some(SECRET.into()),
-        // Reconnect hints of a drain spread over one second, not ten.
-        drain_timeout: Duration::from_secs(2),
-        // Every test client comes from 127.0.0.1 and the machine is busy running tests:
-        // the per-IP rate and CPU shedding are tested on their own (tests/overload.rs).
-        rate_per_ip_per_minute: 0,
-        shed_cpu_percent: 0.0,
-        // Floods are tested on their own; ordering and slow-consumer tests send fast.
-        message_rate: 1_000_000.0,
-        message_burst: 1_000_000.0,
-        ..Settings::default()
-    }
+    let mut s = Settings::default();
+    s.auth.auth_secret = Some(SECRET.into());
+    // Reconnect hints of a drain spread over one second, not ten.
+    s.timing.drain_timeout = Duration::from_secs(2);
+    // Every test client comes from 127.0.0.1 and the machine is busy running tests:
+    // the per-IP rate and CPU shedding are tested on their own (tests/overload.rs).
+    s.limits.rate_per_ip_per_minute = 0;
+    s.limits.shed_cpu_percent = 0.0;
+    // Floods are tested on their own; ordering and slow-consumer tests send fast.
+    s.limits.message_rate = 1_000_000.0;
+    s.limits.message_burst = 1_000_000.0;
+    s
 }
 
 /// One node of a deployment.
@@ -131,11 +130,11 @@ pub async fn start(settings: Settings) -> TestServer {
 
 /// Starts a deployment of `serve` nodes on `backend`.
 pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
-    settings.heartbeat_interval = Duration::from_millis(500);
+    settings.timing.heartbeat_interval = Duration::from_millis(500);
     // Generous unless a test chose its own: many Redis processes share two cores while the
     // suite runs in parallel.
-    if settings.redis_timeout == Settings::default().redis_timeout {
-        settings.redis_timeout = Duration::from_secs(3);
+    if settings.redis.redis_timeout == Settings::default().redis.redis_timeout {
+        settings.redis.redis_timeout = Duration::from_secs(3);
     }
     let mut nodes = Vec::new();
     match backend {
@@ -152,8 +151,8 @@ pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
         }
         Backend::Redis(n) => {
             let server = redis::RedisServer::start().await;
-            settings.redis_url = Some(server.url());
-            settings.key_prefix = unique_prefix();
+            settings.redis.redis_url = Some(server.url());
+            settings.redis.key_prefix = unique_prefix();
             for _ in 0..n {
                 nodes.push(start_node(&settings, Role::Serve, None).await);
             }
@@ -161,9 +160,9 @@ pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
         }
         Backend::Sentinel(n) => {
             let group = redis::SentinelGroup::start().await;
-            settings.redis_sentinels = Some(group.sentinel_addr());
-            settings.redis_sentinel_master = group.master_name.clone();
-            settings.key_prefix = unique_prefix();
+            settings.redis.redis_sentinels = Some(group.sentinel_addr());
+            settings.redis.redis_sentinel_master = group.master_name.clone();
+            settings.redis.key_prefix = unique_prefix();
             for _ in 0..n {
                 nodes.push(start_node(&settings, Role::Serve, None).await);
             }
@@ -171,8 +170,8 @@ pub async fn start_on(backend: Backend, mut settings: Settings) -> TestServer {
         }
         Backend::Cluster(n) => {
             let cluster = redis::RedisCluster::start().await;
-            settings.redis_cluster_nodes = Some(cluster.seeds().join(","));
-            settings.key_prefix = unique_prefix();
+            settings.redis.redis_cluster_nodes = Some(cluster.seeds().join(","));
+            settings.redis.key_prefix = unique_prefix();
             for _ in 0..n {
                 nodes.push(start_node(&settings, Role::Serve, None).await);
             }

@@ -1,0 +1,167 @@
+//! Checks of the resolved configuration: production refusals name the setting to change.
+
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use super::*;
+use crate::auth::{Issuance, PUBLISHED_DEFAULT_SECRET};
+use crate::telemetry::LogFormat;
+
+fn prod() -> Settings {
+    let mut s = Settings {
+        environment: Environment::Production,
+        ..Settings::default()
+    };
+    s.auth.auth_secret = Some("x".repeat(48));
+    s.auth.token_issuance = Some(Issuance::ApiKey);
+    s.auth.api_keys = Some("k".repeat(32));
+    s.auth.allowed_origins = Some("https://app.example.com".into());
+    s
+}
+
+fn err(s: &Settings, role: Role) -> String {
+    Config::from_settings(s, role).unwrap_err().0
+}
+
+/// The settings as the binary's command line declares them.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[test]
+fn default_is_what_clap_parses_from_an_empty_command_line() {
+    // Names this process happens to export are not read, so the comparison is with the
+    // declared defaults rather than with the machine running the tests.
+    let command = Cli::command().mut_args(|arg| match arg.get_env() {
+        Some(name) if std::env::var_os(name).is_some() => arg.env(None::<&'static str>),
+        _ => arg,
+    });
+    let matches = command.try_get_matches_from(["switchboard"]).unwrap();
+    let parsed = Cli::from_arg_matches(&matches).unwrap().settings;
+    assert_eq!(Settings::default(), parsed);
+    // A few declared values, so a default that lost its attribute shows up here too.
+    let d = Settings::default();
+    assert_eq!(d.environment, Environment::Development);
+    assert_eq!((d.node.port, d.node.auth_port), (8080, 8081));
+    assert_eq!(d.auth.token_ttl, Duration::from_secs(3600));
+    assert_eq!(d.limits.max_message_bytes, 64 * 1024);
+    assert_eq!(d.redis.redis_timeout, Duration::from_millis(500));
+    assert_eq!(d.logging.log_format, LogFormat::Pretty);
+}
+
+#[test]
+fn every_setting_keeps_an_environment_name() {
+    let command = Cli::command();
+    let unnamed: Vec<_> = command
+        .get_arguments()
+        .filter(|a| a.get_id() != "help" && a.get_env().is_none())
+        .map(|a| a.get_id().to_string())
+        .collect();
+    assert!(unnamed.is_empty(), "no environment fallback: {unnamed:?}");
+}
+
+#[test]
+fn turn_needs_urls_and_secret_together_and_urls_need_their_scheme() {
+    let mut s = prod();
+    s.ice.turn_urls = Some("turn:127.0.0.1:3478".into());
+    assert!(err(&s, Role::Serve).contains("TURN_SECRET"));
+    s.ice.turn_urls = None;
+    s.ice.turn_secret = Some("s3cret".into());
+    assert!(err(&s, Role::Serve).contains("TURN_URLS"));
+    s.ice.turn_urls = Some("turn:a:3478, http://b".into());
+    let e = err(&s, Role::Serve);
+    assert!(e.contains("TURN_URLS") && e.contains("http://b"), "{e}");
+    assert!(!e.contains("s3cret"));
+    s.ice.turn_urls = Some("turn:a:3478,turns:b:5349".into());
+    s.ice.stun_urls = Some("stun:a:3478".into());
+    let config = Config::from_settings(&s, Role::Serve).unwrap();
+    let servers = config.ice_servers.for_session("x", u64::MAX);
+    assert_eq!(servers[0].urls, ["stun:a:3478"]);
+    assert_eq!(servers[1].urls, ["turn:a:3478", "turns:b:5349"]);
+    s.ice.stun_urls = Some("turn:a".into());
+    assert!(err(&s, Role::Serve).contains("STUN_URLS"));
+}
+
+#[test]
+fn production_baseline_starts() {
+    Config::from_settings(&prod(), Role::Serve).unwrap();
+}
+
+#[test]
+fn production_refuses_missing_short_and_published_secret() {
+    let mut s = prod();
+    s.auth.auth_secret = None;
+    assert!(err(&s, Role::Serve).contains("AUTH_SECRET"));
+    s.auth.auth_secret = Some("short-secret".into());
+    assert!(err(&s, Role::Serve).contains("at least 32"));
+    s.auth.auth_secret = Some(PUBLISHED_DEFAULT_SECRET.into());
+    assert!(err(&s, Role::Serve).contains("well-known"));
+}
+
+#[test]
+fn production_refuses_open_issuance_without_opt_in() {
+    let mut s = prod();
+    s.auth.token_issuance = Some(Issuance::Open);
+    assert!(err(&s, Role::Serve).contains("ALLOW_OPEN_ISSUANCE"));
+    s.auth.allow_open_issuance = true;
+    Config::from_settings(&s, Role::Serve).unwrap();
+    // The default issuance mode in production is api-key, which needs keys.
+    let mut s = prod();
+    s.auth.token_issuance = None;
+    s.auth.api_keys = None;
+    assert!(err(&s, Role::Auth).contains("AUTH_API_KEYS"));
+}
+
+#[test]
+fn ttl_above_a_day_is_refused() {
+    let mut s = prod();
+    s.auth.token_ttl = Duration::from_secs(25 * 3600);
+    assert!(err(&s, Role::Serve).contains("TOKEN_TTL"));
+    let mut dev = Settings::default();
+    dev.auth.token_ttl = Duration::from_secs(25 * 3600);
+    assert!(err(&dev, Role::Serve).contains("TOKEN_TTL"));
+}
+
+#[test]
+fn production_requires_origin_allowlist_for_signaling() {
+    let mut s = prod();
+    s.auth.allowed_origins = None;
+    assert!(err(&s, Role::Signal).contains("ALLOWED_ORIGINS"));
+    // The auth role opens no WebSocket, so it needs no allowlist.
+    Config::from_settings(&s, Role::Auth).unwrap();
+    s.auth.allowed_origins = Some("https://a.example.com,*".into());
+    assert!(err(&s, Role::Serve).contains("ALLOWED_ORIGINS=*"));
+}
+
+#[test]
+fn development_generates_a_secret_but_signal_role_refuses() {
+    let c = Config::from_settings(&Settings::default(), Role::Serve).unwrap();
+    assert!(c.auth.secret_generated);
+    assert!(c.warnings()[0].contains("will not survive a restart"));
+    assert!(err(&Settings::default(), Role::Signal).contains("AUTH_SECRET"));
+    assert!(err(&Settings::default(), Role::Token).contains("AUTH_SECRET"));
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let dir = std::env::temp_dir().join(format!("sb-secret-{}", std::process::id()));
+    std::fs::write(&dir, format!("{}\n", "s".repeat(40))).unwrap();
+    let mut s = prod();
+    s.auth.auth_secret_file = Some(dir.clone());
+    s.auth.auth_secret = None;
+    let c = Config::from_settings(&s, Role::Serve).unwrap();
+    assert!(!c.auth.secret.is_weak());
+    std::fs::remove_file(dir).unwrap();
+}
+
+#[test]
+fn the_auth_role_listens_on_its_own_port() {
+    let s = Settings::default();
+    let auth = Config::from_settings(&s, Role::Auth).unwrap();
+    let serve = Config::from_settings(&s, Role::Serve).unwrap();
+    assert_eq!(auth.node.listen.port(), s.node.auth_port);
+    assert_eq!(serve.node.listen.port(), s.node.port);
+}
