@@ -26,6 +26,7 @@ pub mod identifier;
 pub mod net;
 pub mod redis;
 pub mod resilience;
+pub mod room;
 pub mod server;
 pub mod signaling;
 pub mod store;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{Bus, BusMessage, Inbox};
-use crate::store::StoreError;
+use crate::error::StoreError;
 
 /// Inbox capacity; the memory bus never makes a publisher wait, see `publish`.
 const CAPACITY: usize = 65_536;

@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 pub use memory::MemoryBus;
 pub use redis::RedisBus;
 
-use crate::signaling::protocol::LeaveReason;
-use crate::store::{Epoch, StoreError};
+use crate::error::StoreError;
+use crate::room::LeaveReason;
+use crate::store::Epoch;
 
 /// A message between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]

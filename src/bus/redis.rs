@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use super::{Bus, BusMessage, Inbox};
+use crate::error::StoreError;
 use crate::redis::{Keys, Redis};
-use crate::store::StoreError;
 
 /// Entries kept per inbox (about 20 MB of 2 KB offers): far more than a node reads between
 /// two polls, and seconds of traffic for a reader that reconnects. Entries trimmed before

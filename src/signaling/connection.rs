@@ -21,8 +21,7 @@ use super::outbox::{CloseReason, Inbox, Outbound, Outbox};
 use super::protocol::{self, Command, ErrorCode, Outgoing, close};
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
-use crate::resilience::IpPermit;
-use crate::server::ConnectionSlot;
+use crate::resilience::{ConnectionSlot, IpPermit};
 use crate::telemetry::Metrics;
 
 /// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.

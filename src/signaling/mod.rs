@@ -7,7 +7,8 @@ mod link;
 pub mod liveness;
 pub mod outbox;
 pub mod protocol;
+mod revocation;
 mod upgrade;
 
 pub use hub::Hub;
-pub use upgrade::router;
+pub use upgrade::{SignalingState, router};
