@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod bench;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod fd_limit;

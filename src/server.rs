@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthState, Revocation, TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
-use crate::config::{Config, Role};
+use crate::config::{Config, Issuance, Role};
 use crate::error::StoreError;
 use crate::health::HealthState;
 use crate::net::ElasticListener;
 use crate::redis::{Keys, Redis};
 use crate::resilience::{Breaker, BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
-use crate::signaling::connection::Limits;
+use crate::signaling::connection::ConnectionLimits;
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, SignalingState, liveness};
 use crate::store::{MemoryStore, RedisStore, Store};
@@ -143,7 +143,7 @@ impl AppState {
             config.limits.rate_per_ip_per_minute,
             config.limits.max_connections_per_ip,
         );
-        let connection_limits = Arc::new(Limits {
+        let connection_limits = Arc::new(ConnectionLimits {
             ping_interval: config.ping_interval,
             idle_timeout: config.idle_timeout,
             refresh_before: config.token_refresh_before,
@@ -157,7 +157,7 @@ impl AppState {
         let auth = Arc::new(AuthState {
             issuer: issuer.clone(),
             verifier: verifier.clone(),
-            issuance: config.issuance,
+            api_key_required: config.issuance == Issuance::ApiKey,
             api_keys: config.api_keys.clone(),
             token_ttl: config.token_ttl,
             ice_servers: config.ice_servers.clone(),

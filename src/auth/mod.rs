@@ -9,10 +9,12 @@ mod turn;
 
 pub use credentials::{bearer, query_token};
 
+/// Re-exported: token times are wall-clock times.
+pub use crate::clock::unix_now;
 pub use keys::{ApiKeys, SigningSecret};
 pub use revocation::Revocation;
 pub use routes::AuthState;
 pub use token::{
-    Claims, Grant, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier, unix_now,
+    Claims, Grant, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier,
 };
 pub use turn::{IceServer, IceServers};

@@ -14,7 +14,6 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::{IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token};
-use crate::config::Issuance;
 use crate::error::{ApiError, sentence};
 use crate::identifier;
 use crate::resilience::{IpLimiter, TrustedNet, request_ip};
@@ -29,8 +28,8 @@ pub struct AuthState {
     pub issuer: Arc<TokenIssuer>,
     /// Verifies tokens for `GET /auth/validate`.
     pub verifier: TokenVerifier,
-    /// Who may call `POST /auth/token`.
-    pub issuance: Issuance,
+    /// Whether `POST /auth/token` needs an API key (else anyone may call it).
+    pub api_key_required: bool,
     /// Accepted API keys.
     pub api_keys: super::ApiKeys,
     /// Lifetime of issued tokens; a revocation lasts at least this long.
@@ -142,7 +141,7 @@ async fn issue(
         e.retry_after = Some(wait.as_secs().max(1));
         return Err(e);
     }
-    if state.issuance == Issuance::ApiKey {
+    if state.api_key_required {
         require_api_key(&state, &headers)?;
     }
     let request: TokenRequest =

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusMessage, Inbox};
+use super::{Bus, BusMessage, Subscription};
 use crate::error::StoreError;
 
 /// Inbox capacity; the memory bus never makes a publisher wait, see `publish`.
@@ -48,7 +48,7 @@ impl Bus for MemoryBus {
         }
     }
 
-    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError> {
+    async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError> {
         let (tx, rx) = mpsc::channel(CAPACITY);
         self.inboxes
             .lock()

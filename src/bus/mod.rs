@@ -108,7 +108,11 @@ pub enum BusMessage {
 }
 
 /// What a node reads its messages from, in publish order.
-pub type Inbox = mpsc::Receiver<BusMessage>;
+pub type Subscription = mpsc::Receiver<BusMessage>;
+
+/// Old name of [`Subscription`] (it collided with the outbox's `Inbox`); goes once the
+/// hub and the bus consumer use `Subscription`.
+pub type Inbox = Subscription;
 
 /// Hands messages to other nodes.
 #[async_trait]
@@ -117,7 +121,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError>;
 
     /// Starts reading this node's inbox from now on.
-    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError>;
+    async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError>;
 }
 
 impl BusMessage {

@@ -10,7 +10,7 @@ use ::redis::{FromRedisValue, cmd, pipe};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusMessage, Inbox};
+use super::{Bus, BusMessage, Subscription};
 use crate::error::StoreError;
 use crate::redis::{Keys, Redis};
 
@@ -63,7 +63,7 @@ impl Bus for RedisBus {
         self.redis.pipe::<()>(&p).await
     }
 
-    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError> {
+    async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError> {
         // Create the inbox (empty) so that, from now on, its absence means lost data.
         let key = self.keys.inbox(node);
         self.redis

@@ -1,6 +1,7 @@
 //! The Signaling service: the `/ws/signal` upgrade, the wire protocol, one task per
 //! connection, and the hub that routes between peers.
 
+mod commands;
 pub mod connection;
 pub mod hub;
 mod link;

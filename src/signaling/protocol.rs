@@ -26,8 +26,11 @@ pub mod close {
     pub const RESTART: u16 = 1012;
     /// The token expired.
     pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The client did not read fast enough; resync.
-    pub const SLOW_CONSUMER: u16 = 4003;
+    /// The client missed messages (it read too slowly, or the room's shared state was
+    /// lost); it reconnects and resyncs.
+    pub const RESYNC: u16 = 4003;
+    /// Old name of [`RESYNC`]; goes once the hub uses `RESYNC`.
+    pub const SLOW_CONSUMER: u16 = RESYNC;
     /// A newer connection of the same session took over.
     pub const REPLACED: u16 = 4004;
 }

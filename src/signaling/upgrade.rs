@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::Hub;
-use super::connection::{self, Connection, Limits};
+use super::connection::{self, Connection, ConnectionLimits};
 use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
 use crate::error::{ApiError, sentence};
 use crate::resilience::{ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip};
@@ -38,7 +38,7 @@ pub struct SignalingState {
     /// STUN/TURN servers told to clients.
     pub ice_servers: Arc<IceServers>,
     /// Timers and rates of every connection.
-    pub connection_limits: Arc<Limits>,
+    pub connection_limits: Arc<ConnectionLimits>,
     /// Set once shutdown starts: upgrades are refused.
     pub draining: Arc<AtomicBool>,
     /// The node's connection cap.
