@@ -83,10 +83,11 @@ impl AppState {
                 )
             }
         };
-        if let Some(b) = &breaker {
-            watch_breaker(b, metrics.clone());
+        let state = Self::assemble(config, role, store, bus, metrics, breaker.clone()).await?;
+        if let Some(b) = breaker {
+            watch_breaker(&b, state.metrics.clone());
         }
-        Self::assemble(config, role, store, bus, metrics, breaker).await
+        Ok(state)
     }
 
     /// State for `role` on the given store and bus (tests share one between several nodes).
