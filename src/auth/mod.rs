@@ -1,4 +1,4 @@
-//! The Auth service: signing keys, token minting and verification, HTTP routes.
+//! The Auth service: signing keys, token minting and verification, revocation, HTTP routes.
 
 mod credentials;
 mod keys;
