@@ -2,18 +2,49 @@
 //! `/health` (each dependency, for people and dashboards).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::server::AppState;
+use crate::resilience::{Breaker, BreakerState};
+use crate::signaling::Hub;
 
-/// Health routes, present on every role.
-pub fn router() -> Router<Arc<AppState>> {
+/// What the health routes read, and nothing else.
+pub struct HealthState {
+    /// This node's rooms and peers, and whether its store answers.
+    pub hub: Arc<Hub>,
+    /// Set once shutdown starts: readiness fails.
+    pub draining: Arc<AtomicBool>,
+    /// The Redis circuit breaker, when Redis is configured.
+    pub breaker: Option<Arc<Breaker>>,
+    /// Whether Redis is configured at all.
+    pub redis_configured: bool,
+}
+
+impl HealthState {
+    /// True once shutdown started.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The Redis circuit breaker's state, when Redis is configured.
+    pub fn breaker_state(&self) -> Option<BreakerState> {
+        self.breaker.as_ref().map(|b| b.state())
+    }
+}
+
+/// Health routes, present on every role, on any router state that can lend a
+/// [`HealthState`].
+pub fn router<S>() -> Router<S>
+where
+    Arc<HealthState>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
@@ -24,7 +55,7 @@ async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+async fn ready(State(state): State<Arc<HealthState>>) -> (StatusCode, Json<Value>) {
     if state.draining() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -33,7 +64,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) 
     }
     let breaker_open = state
         .breaker_state()
-        .is_some_and(|b| b != crate::resilience::BreakerState::Closed);
+        .is_some_and(|b| b != BreakerState::Closed);
     if !state.hub.store_healthy() || breaker_open {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -43,15 +74,16 @@ async fn ready(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) 
     (StatusCode::OK, Json(json!({ "status": "ready" })))
 }
 
-async fn detail(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+async fn detail(State(state): State<Arc<HealthState>>) -> (StatusCode, Json<Value>) {
     let (status, _) = ready(State(state.clone())).await;
-    let redis = match &state.config.redis {
-        None => json!({ "configured": false }),
-        Some(_) => json!({
+    let redis = if state.redis_configured {
+        json!({
             "configured": true,
             "healthy": state.hub.store_healthy(),
             "breaker": state.breaker_state().map(|b| b.as_str()),
-        }),
+        })
+    } else {
+        json!({ "configured": false })
     };
     let body = json!({
         "status": if status == StatusCode::OK { "ready" } else { "unavailable" },

@@ -3,22 +3,26 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::FromRef;
 use tokio::net::TcpListener;
 
-use crate::auth::{TokenIssuer, TokenVerifier};
+use crate::auth::Issuance;
+use crate::auth::{AuthState, Revocation, TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Role};
+use crate::error::StoreError;
+use crate::health::HealthState;
 use crate::net::ElasticListener;
 use crate::redis::{Keys, Redis};
-use crate::resilience::{Breaker, BreakerState, IpLimiter, LoadGuard, client_ip};
-use crate::signaling::connection::Limits;
+use crate::resilience::{Breaker, BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
+use crate::signaling::connection::ConnectionLimits;
 use crate::signaling::protocol::close;
-use crate::signaling::{Hub, liveness};
-use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use crate::signaling::{Hub, SignalingState, liveness};
+use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Metrics;
 
 /// How long shutdown waits for connections to close after telling them to.
@@ -30,7 +34,8 @@ const FORWARD_LINGER: Duration = Duration::from_secs(1);
 /// drained node do not all land on the others in the same instant.
 const MAX_RECONNECT_SPREAD: Duration = Duration::from_secs(10);
 
-/// Everything the HTTP handlers share.
+/// The node: its configuration, hub and background tasks, and the state each HTTP
+/// service is lent (each service sees only its own).
 pub struct AppState {
     /// Validated configuration.
     pub config: Config,
@@ -42,20 +47,16 @@ pub struct AppState {
     pub verifier: TokenVerifier,
     /// This node's rooms and peers.
     pub hub: Arc<Hub>,
-    /// Timers and rates of every WebSocket connection.
-    pub connection_limits: Arc<Limits>,
-    /// Set once shutdown starts: readiness fails and upgrades are refused.
-    draining: AtomicBool,
     /// This node's metrics.
     pub metrics: Arc<Metrics>,
-    /// Per-IP request rate and connection cap.
-    pub ip_limiter: Arc<IpLimiter>,
-    /// The process's CPU and memory use, for load shedding.
-    pub load: Arc<LoadGuard>,
-    /// WebSocket connections open (or being opened) on this node.
-    open: Arc<AtomicUsize>,
-    /// The Redis circuit breaker, when Redis is configured.
-    breaker: std::sync::OnceLock<Arc<Breaker>>,
+    /// The Auth service's state.
+    pub auth: Arc<AuthState>,
+    /// The Signaling service's state.
+    pub signaling: Arc<SignalingState>,
+    /// The health routes' state.
+    pub health: Arc<HealthState>,
+    /// Set once shutdown starts: readiness fails and upgrades are refused.
+    draining: Arc<AtomicBool>,
     /// Heartbeat and bus reader, stopped with the state.
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -83,9 +84,9 @@ impl AppState {
                 )
             }
         };
-        let state = Self::assemble(config, role, store, bus, metrics).await?;
+        let state = Self::assemble(config, role, store, bus, metrics, breaker.clone()).await?;
         if let Some(b) = breaker {
-            state.watch_breaker(b);
+            watch_breaker(&b, state.metrics.clone());
         }
         Ok(state)
     }
@@ -97,7 +98,7 @@ impl AppState {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
     ) -> Result<Arc<Self>, StoreError> {
-        Self::assemble(config, role, store, bus, Metrics::new()).await
+        Self::assemble(config, role, store, bus, Metrics::new(), None).await
     }
 
     async fn assemble(
@@ -106,6 +107,7 @@ impl AppState {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
+        breaker: Option<Arc<Breaker>>,
     ) -> Result<Arc<Self>, StoreError> {
         let issuer = TokenIssuer::new(
             &config.auth.secret,
@@ -150,7 +152,7 @@ impl AppState {
             config.limits.rate_per_ip_per_minute,
             config.limits.max_connections_per_ip,
         );
-        let connection_limits = Arc::new(Limits {
+        let connection_limits = Arc::new(ConnectionLimits {
             ping_interval: config.timing.ping_interval,
             idle_timeout: config.timing.idle_timeout,
             refresh_before: config.auth.token_refresh_before,
@@ -158,20 +160,55 @@ impl AppState {
             message_burst: config.limits.message_burst,
             resume_grace: config.timing.resume_grace,
         });
-        Ok(Arc::new(Self {
+        let issuer = Arc::new(issuer);
+        let draining = Arc::new(AtomicBool::new(false));
+        let trusted_proxies: Arc<[_]> = config.limits.trusted_proxies.clone().into();
+        let auth = Arc::new(AuthState {
+            issuer: issuer.clone(),
+            verifier: verifier.clone(),
+            api_key_required: config.auth.issuance == Issuance::ApiKey,
+            api_keys: config.auth.api_keys.clone(),
+            token_ttl: config.auth.token_ttl,
+            ice_servers: config.ice_servers.clone(),
+            ip_limiter: ip_limiter.clone(),
+            trusted_proxies: trusted_proxies.clone(),
+            sessions: hub.store().clone(),
+            revocation: hub.clone() as Arc<dyn Revocation>,
+        });
+        let signaling = Arc::new(SignalingState {
+            hub: hub.clone(),
+            issuer: issuer.clone(),
+            verifier: verifier.clone(),
+            ice_servers: config.ice_servers.clone(),
             connection_limits,
+            draining: draining.clone(),
+            slots: ConnectionSlots::new(config.limits.max_connections),
+            load: LoadGuard::spawn(Duration::from_secs(1)),
+            shed_cpu: config.limits.shed_cpu,
+            shed_memory: config.limits.shed_memory,
+            ip_limiter,
+            trusted_proxies,
+            allowed_origins: config.auth.allowed_origins.clone(),
+            max_message_bytes: config.limits.max_message_bytes,
+        });
+        let health = Arc::new(HealthState {
+            hub: hub.clone(),
+            draining: draining.clone(),
+            breaker,
+            redis_configured: config.redis.is_some(),
+        });
+        Ok(Arc::new(Self {
             config,
             role,
-            issuer: Arc::new(issuer),
+            issuer,
             verifier,
             hub,
-            draining: AtomicBool::new(false),
-            tasks,
             metrics,
-            ip_limiter,
-            load: LoadGuard::spawn(Duration::from_secs(1)),
-            open: Arc::new(AtomicUsize::new(0)),
-            breaker: std::sync::OnceLock::new(),
+            auth,
+            signaling,
+            health,
+            draining,
+            tasks,
         }))
     }
 
@@ -183,43 +220,9 @@ impl AppState {
         self.hub.drain(spread);
     }
 
-    /// Keeps the breaker's state in the metrics and in readiness.
-    fn watch_breaker(self: &Arc<Self>, breaker: Arc<Breaker>) {
-        let mut changes = breaker.subscribe();
-        let metrics = self.metrics.clone();
-        let _ = self.breaker.set(breaker);
-        tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                let state = *changes.borrow_and_update();
-                metrics.breaker_state.set(state.as_gauge());
-                tracing::warn!(
-                    state = state.as_str(),
-                    "Redis circuit breaker changed state"
-                );
-            }
-        });
-    }
-
     /// The Redis circuit breaker's state, when Redis is configured.
     pub fn breaker_state(&self) -> Option<BreakerState> {
-        self.breaker.get().map(|b| b.state())
-    }
-
-    /// Takes a connection slot, or `None` when the node is at `MAX_CONNECTIONS`.
-    pub fn open_connection(&self) -> Option<ConnectionSlot> {
-        let max = self.config.limits.max_connections;
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()?;
-        Some(ConnectionSlot(self.open.clone()))
-    }
-
-    /// The client's address (`X-Forwarded-For` only from `TRUSTED_PROXIES`).
-    pub fn client_ip(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> std::net::IpAddr {
-        let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
-        client_ip(peer, forwarded, &self.config.limits.trusted_proxies)
+        self.health.breaker_state()
     }
 
     /// True once shutdown started.
@@ -236,19 +239,57 @@ impl AppState {
     }
 }
 
-/// One of the node's `MAX_CONNECTIONS` slots, released when the connection ends.
-#[derive(Debug)]
-pub struct ConnectionSlot(Arc<AtomicUsize>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+/// Keeps the breaker's state in the metrics (readiness reads it from the breaker).
+fn watch_breaker(breaker: &Breaker, metrics: Arc<Metrics>) {
+    let mut changes = breaker.subscribe();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let state = *changes.borrow_and_update();
+            metrics.breaker_state.set(state.as_gauge());
+            tracing::warn!(
+                state = state.as_str(),
+                "Redis circuit breaker changed state"
+            );
+        }
+    });
 }
 
 impl Drop for AppState {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// The router's state: the node, and what it lends each service through [`FromRef`].
+#[derive(Clone)]
+struct Services {
+    node: Arc<AppState>,
+    auth: Arc<AuthState>,
+    signaling: Arc<SignalingState>,
+    health: Arc<HealthState>,
+}
+
+impl FromRef<Services> for Arc<AuthState> {
+    fn from_ref(services: &Services) -> Self {
+        services.auth.clone()
+    }
+}
+
+impl FromRef<Services> for Arc<SignalingState> {
+    fn from_ref(services: &Services) -> Self {
+        services.signaling.clone()
+    }
+}
+
+impl FromRef<Services> for Arc<HealthState> {
+    fn from_ref(services: &Services) -> Self {
+        services.health.clone()
+    }
+}
+
+impl FromRef<Services> for Arc<AppState> {
+    fn from_ref(services: &Services) -> Self {
+        services.node.clone()
     }
 }
 
@@ -263,12 +304,18 @@ pub fn app(state: Arc<AppState>) -> Router {
             .merge(crate::signaling::router())
             .merge(crate::web::router());
     }
+    let services = Services {
+        auth: state.auth.clone(),
+        signaling: state.signaling.clone(),
+        health: state.health.clone(),
+        node: state,
+    };
     router
         .route("/metrics", axum::routing::get(metrics))
         .fallback(crate::error::not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
-        .with_state(state)
+        .with_state(services)
 }
 
 /// `GET /metrics`: Prometheus text format.

@@ -1,13 +1,9 @@
 //! The browser client, embedded in the binary so one file deploys everything.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
-
-use crate::server::AppState;
 
 const JS: &str = "text/javascript; charset=utf-8";
 
@@ -47,8 +43,8 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
-/// Routes serving the web client at `/`.
-pub fn router() -> Router<Arc<AppState>> {
+/// Routes serving the web client at `/`; they need no state, so fit any router.
+pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     ASSETS
         .iter()
         .fold(Router::new(), |router, &(path, content_type, body)| {

@@ -1,28 +1,57 @@
 //! HTTP routes of the Auth service: `POST /auth/token` and `GET /auth/validate`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::{IceServer, Issuance};
-use crate::error::ApiError;
+use super::{IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token};
+use crate::error::{ApiError, sentence};
 use crate::identifier;
-use crate::server::AppState;
+use crate::resilience::{IpLimiter, TrustedNet, request_ip};
+use crate::store::Store;
 
 /// Largest accepted body for `POST /auth/token`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// The Auth service's routes.
-pub fn router() -> Router<Arc<AppState>> {
+/// What the Auth service's handlers need, and nothing else.
+pub struct AuthState {
+    /// Signs tokens.
+    pub issuer: Arc<TokenIssuer>,
+    /// Verifies tokens for `GET /auth/validate`.
+    pub verifier: TokenVerifier,
+    /// Whether `POST /auth/token` needs an API key (else anyone may call it).
+    pub api_key_required: bool,
+    /// Accepted API keys.
+    pub api_keys: super::ApiKeys,
+    /// Lifetime of issued tokens; a revocation lasts at least this long.
+    pub token_ttl: Duration,
+    /// STUN/TURN servers handed out with each token.
+    pub ice_servers: Arc<IceServers>,
+    /// Per-IP request rate.
+    pub ip_limiter: Arc<IpLimiter>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[TrustedNet]>,
+    /// Where revocations are recorded, for `GET /auth/validate`.
+    pub sessions: Arc<dyn Store>,
+    /// Revokes a session and closes its live connection.
+    pub revocation: Arc<dyn Revocation>,
+}
+
+/// The Auth service's routes, on any router state that can lend an [`AuthState`].
+pub fn router<S>() -> Router<S>
+where
+    Arc<AuthState>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/auth/token", post(issue))
         .route("/auth/revoke", post(revoke))
@@ -49,11 +78,11 @@ struct TokenResponse {
 }
 
 /// Checks `Authorization: Bearer <api key>` against the configured keys.
-fn require_api_key(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+fn require_api_key(state: &AuthState, headers: &HeaderMap) -> Result<(), ApiError> {
     let key = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("An API key is required: send Authorization: Bearer <api key>.")
     })?;
-    if !state.config.auth.api_keys.accepts(key) {
+    if !state.api_keys.accepts(key) {
         return Err(ApiError::unauthorized("The API key is not valid."));
     }
     Ok(())
@@ -97,12 +126,12 @@ fn json_body<T: serde::de::DeserializeOwned>(
 }
 
 async fn issue(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<AuthState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let ip = state.client_ip(remote, &headers);
+    let ip = request_ip(remote, &headers, &state.trusted_proxies);
     if let Err(wait) = state.ip_limiter.allow(ip, tokio::time::Instant::now()) {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -112,7 +141,7 @@ async fn issue(
         e.retry_after = Some(wait.as_secs().max(1));
         return Err(e);
     }
-    if state.config.auth.issuance == Issuance::ApiKey {
+    if state.api_key_required {
         require_api_key(&state, &headers)?;
     }
     let request: TokenRequest =
@@ -124,7 +153,6 @@ async fn issue(
     Ok(Json(TokenResponse {
         peer_id: issued.claims.peer_id(),
         ice_servers: state
-            .config
             .ice_servers
             .for_session(&issued.claims.session_id, issued.claims.exp),
         expires_at: issued.claims.exp,
@@ -168,11 +196,11 @@ struct RevokeResponse {
 
 /// `POST /auth/revoke`: refuse a session's new upgrades and close its live connection.
 async fn revoke(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<AuthState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    if state.config.auth.api_keys.is_empty() {
+    if state.api_keys.is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "revocation_disabled",
@@ -198,8 +226,8 @@ async fn revoke(
     };
     // Long enough for any token this service issued for the session to expire.
     let connected = state
-        .hub
-        .revoke(&session_id, state.config.auth.token_ttl)
+        .revocation
+        .revoke(&session_id, state.token_ttl)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "revocation failed");
@@ -228,21 +256,20 @@ struct Validation {
 }
 
 async fn validate(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<AuthState>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Validation>, ApiError> {
     let token = bearer(&headers)
         .map(str::to_string)
-        .or_else(|| query.as_deref().and_then(crate::telemetry::query_token))
+        .or_else(|| query.as_deref().and_then(query_token))
         .unwrap_or_default();
     let claims = state
         .verifier
         .verify(&token)
         .map_err(|e| ApiError::unauthorized(sentence(&e)))?;
     let revoked = state
-        .hub
-        .store()
+        .sessions
         .is_revoked(&claims.session_id)
         .await
         .map_err(|_| {
@@ -262,24 +289,4 @@ async fn validate(
         expires_at: claims.exp,
         room: claims.room,
     }))
-}
-
-/// Capitalised sentence form of an error, for JSON bodies.
-pub fn sentence(e: &impl std::fmt::Display) -> String {
-    let text = e.to_string();
-    let mut chars = text.chars();
-    match chars.next() {
-        Some(first) => format!("{}{}.", first.to_uppercase(), chars.as_str()),
-        None => String::new(),
-    }
-}
-
-/// The value of `Authorization: Bearer <value>`, if present.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, rest) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| rest.trim())
-        .filter(|v| !v.is_empty())
 }

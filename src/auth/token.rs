@@ -1,12 +1,13 @@
 //! JWT minting and verification: HS256 only, with the claims Switchboard relies on.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use super::SigningSecret;
+use crate::clock::unix_now;
 use crate::identifier;
 
 /// Tokens longer than this are rejected before any parsing.
@@ -293,14 +294,6 @@ fn claim_name(text: &str) -> &'static str {
         .find(|c| text == **c || text.contains(&format!("`{c}`")))
         .copied()
         .unwrap_or("required")
-}
-
-/// Seconds since the Unix epoch, from the wall clock (JWT times are wall-clock times).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// 128 bits from the operating system's CSPRNG, hex-encoded.

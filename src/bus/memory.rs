@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusMessage, Inbox};
-use crate::store::StoreError;
+use super::{Bus, BusMessage, Received, Subscription};
+use crate::error::StoreError;
 
 /// Inbox capacity; the memory bus never makes a publisher wait, see `publish`.
 const CAPACITY: usize = 65_536;
@@ -15,7 +15,7 @@ const CAPACITY: usize = 65_536;
 /// In-process [`Bus`]; hubs sharing one instance behave like nodes sharing Redis.
 #[derive(Default)]
 pub struct MemoryBus {
-    inboxes: Mutex<HashMap<String, mpsc::Sender<BusMessage>>>,
+    inboxes: Mutex<HashMap<String, mpsc::Sender<Received>>>,
 }
 
 impl MemoryBus {
@@ -40,7 +40,7 @@ impl Bus for MemoryBus {
         };
         // Never wait on another node's consumer (two hubs publishing to each other while
         // each holds its own lock would deadlock); a full inbox is an error, not a loss.
-        match inbox.try_send(message.clone()) {
+        match inbox.try_send(Received::Message(message.clone())) {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 Err(StoreError(format!("the inbox of node {node} is full")))
@@ -48,7 +48,7 @@ impl Bus for MemoryBus {
         }
     }
 
-    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError> {
+    async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError> {
         let (tx, rx) = mpsc::channel(CAPACITY);
         self.inboxes
             .lock()

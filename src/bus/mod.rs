@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 pub use memory::MemoryBus;
 pub use redis::RedisBus;
 
-use crate::signaling::protocol::LeaveReason;
-use crate::store::{Epoch, StoreError};
+use crate::error::StoreError;
+use crate::room::LeaveReason;
+use crate::store::Epoch;
 
 /// A message between nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,13 +102,20 @@ pub enum BusMessage {
         /// Epoch of the connection to close.
         epoch: Epoch,
     },
-    /// Not sent between nodes: this node's reader found that messages addressed to it were
-    /// lost (trimmed before it read them, or Redis lost its data).
+}
+
+/// What a node's reader hands it: a message, or the news that some were lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// The next message, in publish order.
+    Message(BusMessage),
+    /// Messages addressed to this node were lost (trimmed before it read them, or Redis
+    /// lost its data); never sent between nodes.
     Gap,
 }
 
 /// What a node reads its messages from, in publish order.
-pub type Inbox = mpsc::Receiver<BusMessage>;
+pub type Subscription = mpsc::Receiver<Received>;
 
 /// Hands messages to other nodes.
 #[async_trait]
@@ -116,7 +124,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError>;
 
     /// Starts reading this node's inbox from now on.
-    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError>;
+    async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError>;
 }
 
 impl BusMessage {
@@ -199,7 +207,6 @@ impl BusMessage {
                 ("peer", peer.clone()),
                 ("epoch", epoch.to_string()),
             ],
-            BusMessage::Gap => vec![("k", "g".into())],
         }
     }
 

@@ -10,13 +10,13 @@ use ::redis::{FromRedisValue, cmd, pipe};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusMessage, Inbox};
+use super::{Bus, BusMessage, Received, Subscription};
+use crate::error::StoreError;
 use crate::redis::{Keys, Redis};
-use crate::store::StoreError;
 
 /// Entries kept per inbox (about 20 MB of 2 KB offers): far more than a node reads between
 /// two polls, and seconds of traffic for a reader that reconnects. Entries trimmed before
-/// they were read are detected and reported as a [`BusMessage::Gap`].
+/// they were read are detected and reported as a [`Received::Gap`].
 const MAX_LEN: usize = 10_000;
 /// An inbox nobody reads (its node died) disappears after this long.
 const INBOX_TTL: Duration = Duration::from_secs(600);
@@ -63,7 +63,7 @@ impl Bus for RedisBus {
         self.redis.pipe::<()>(&p).await
     }
 
-    async fn subscribe(&self, node: &str) -> Result<Inbox, StoreError> {
+    async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError> {
         // Create the inbox (empty) so that, from now on, its absence means lost data.
         let key = self.keys.inbox(node);
         self.redis
@@ -94,7 +94,7 @@ impl Bus for RedisBus {
 }
 
 /// Reads the inbox until the receiver is dropped; on errors retries from the last id seen.
-async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Sender<BusMessage>) {
+async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Sender<Received>) {
     let mut failures = 0u32;
     loop {
         let mut xread = cmd("XREAD");
@@ -111,7 +111,7 @@ async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Send
                 if failures > 0 {
                     tracing::info!("bus reader reconnected to Redis");
                     if lost_since(&reader, &key, &last).await
-                        && tx.send(BusMessage::Gap).await.is_err()
+                        && tx.send(Received::Gap).await.is_err()
                     {
                         return;
                     }
@@ -139,7 +139,7 @@ async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Send
         // A full batch means this reader is behind: check nothing was trimmed under it.
         if entries.len() == BATCH
             && lost_since(&reader, &key, &last).await
-            && tx.send(BusMessage::Gap).await.is_err()
+            && tx.send(Received::Gap).await.is_err()
         {
             return;
         }
@@ -152,7 +152,7 @@ async fn read_inbox(reader: Redis, key: String, mut last: String, tx: mpsc::Send
                 .collect();
             match BusMessage::from_fields(fields) {
                 Some(message) => {
-                    if tx.send(message).await.is_err() {
+                    if tx.send(Received::Message(message)).await.is_err() {
                         return;
                     }
                 }

@@ -13,8 +13,8 @@ use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, ScriptInvoc
 use tokio::sync::Mutex;
 
 use super::Topology;
+use crate::error::StoreError;
 use crate::resilience::Breaker;
-use crate::store::StoreError;
 use crate::telemetry::Metrics;
 
 /// A cheap-to-clone Redis handle; every call is bounded by the configured timeout.

@@ -84,6 +84,17 @@ pub fn client_ip(peer: SocketAddr, forwarded_for: Option<&str>, trusted: &[Trust
     last
 }
 
+/// The client address of an HTTP request, from its socket peer and `X-Forwarded-For`
+/// (believed only from `trusted` proxies).
+pub fn request_ip(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[TrustedNet],
+) -> IpAddr {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    client_ip(peer, forwarded, trusted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,17 +69,42 @@ impl LoadGuard {
         *self.latest.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `Some("cpu")` or `Some("memory")` when the latest reading is above a threshold
-    /// (fractions; 0 or above 1 disables that check).
-    pub fn overloaded(&self, max_cpu: f64, max_memory: f64) -> Option<&'static str> {
+    /// The resource above its threshold in the latest reading, if any (fractions; 0 or
+    /// above 1 disables that check).
+    pub fn overloaded(&self, max_cpu: f64, max_memory: f64) -> Option<Overload> {
         let s = self.sample();
         if max_cpu > 0.0 && max_cpu <= 1.0 && s.cpu > max_cpu {
-            return Some("cpu");
+            return Some(Overload::Cpu);
         }
         if max_memory > 0.0 && max_memory <= 1.0 && s.memory > max_memory {
-            return Some("memory");
+            return Some(Overload::Memory);
         }
         None
+    }
+}
+
+/// The resource a node is short of when it sheds load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// CPU use above `SHED_CPU_PERCENT`.
+    Cpu,
+    /// Memory use above `SHED_MEMORY_PERCENT`.
+    Memory,
+}
+
+impl Overload {
+    /// The name in metrics labels and error messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overload::Cpu => "cpu",
+            Overload::Memory => "memory",
+        }
+    }
+}
+
+impl std::fmt::Display for Overload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -164,6 +189,6 @@ mod tests {
         let s = guard.sample();
         assert!(s.rss_bytes > 0 && s.memory > 0.0 && s.memory < 1.0, "{s:?}");
         assert_eq!(guard.overloaded(0.0, 0.0), None, "zero disables the checks");
-        assert_eq!(guard.overloaded(1.0, 1e-12), Some("memory"));
+        assert_eq!(guard.overloaded(1.0, 1e-12), Some(Overload::Memory));
     }
 }

@@ -6,8 +6,10 @@ mod breaker;
 mod client_ip;
 mod load;
 mod rate_limit;
+mod slots;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use client_ip::{TrustedNet, client_ip};
-pub use load::{LoadGuard, LoadSample};
+pub use client_ip::{TrustedNet, client_ip, request_ip};
+pub use load::{LoadGuard, LoadSample, Overload};
 pub use rate_limit::{IpLimiter, IpPermit, MessageLimiter, TokenBucket, Verdict};
+pub use slots::{ConnectionSlot, ConnectionSlots};

@@ -14,9 +14,8 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::connection::{
-    Connection, Deferred, STRIKE_WINDOW, STRIKES_TO_CLOSE, Session, deadline_of, is_too_big,
-    send_error,
+use super::commands::{
+    Connection, Deferred, STRIKE_WINDOW, STRIKES_TO_CLOSE, Session, deadline_of, send_error,
 };
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
@@ -396,4 +395,13 @@ impl Future for Link<'_> {
             }
         }
     }
+}
+
+/// True when the read failed because a message exceeded the size limit.
+fn is_too_big(e: axum::Error) -> bool {
+    let inner = e.into_inner();
+    matches!(
+        inner.downcast_ref::<tungstenite::Error>(),
+        Some(tungstenite::Error::Capacity(_))
+    )
 }

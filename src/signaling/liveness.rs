@@ -29,7 +29,7 @@ pub async fn heartbeat(hub: Arc<Hub>, every: Duration, grace: Duration) {
                 // writes its sessions and rooms back (if even that fails, every client
                 // rejoins).
                 tracing::warn!("this node's registration was lost; re-registering");
-                hub.on_bus(crate::bus::BusMessage::Gap).await;
+                hub.resync_cross_node();
                 if let Err(e) = hub.reregister().await {
                     tracing::warn!(error = %e, "re-registration failed");
                     hub.resync_all("this node's registration was lost");

@@ -1,13 +1,15 @@
 //! The Signaling service: the `/ws/signal` upgrade, the wire protocol, one task per
 //! connection, and the hub that routes between peers.
 
+mod commands;
 pub mod connection;
 pub mod hub;
 mod link;
 pub mod liveness;
 pub mod outbox;
 pub mod protocol;
+mod revocation;
 mod upgrade;
 
 pub use hub::Hub;
-pub use upgrade::router;
+pub use upgrade::{SignalingState, router};

@@ -186,7 +186,7 @@ impl Outbox {
                 return Ok(true);
             }
         }
-        self.close(Some(close::SLOW_CONSUMER), "slow consumer");
+        self.close(Some(close::RESYNC), "slow consumer");
         Ok(false)
     }
 
@@ -332,9 +332,9 @@ mod tests {
         let (outbox, _inbox) = channel(1);
         assert!(outbox.deliver("a".into()));
         assert!(!outbox.deliver("b".into()));
-        assert_eq!(outbox.closing().unwrap().code, Some(close::SLOW_CONSUMER));
+        assert_eq!(outbox.closing().unwrap().code, Some(close::RESYNC));
         outbox.close(Some(close::REPLACED), "replaced");
-        assert_eq!(outbox.closing().unwrap().code, Some(close::SLOW_CONSUMER));
+        assert_eq!(outbox.closing().unwrap().code, Some(close::RESYNC));
     }
 
     #[test]

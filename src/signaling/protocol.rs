@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::IceServer;
+/// Re-exported: the protocol tells it to clients in `peer_left`; the bus carries it too.
+pub use crate::room::LeaveReason;
 
 /// WebSocket close codes used by the server.
 pub mod close {
@@ -24,8 +26,9 @@ pub mod close {
     pub const RESTART: u16 = 1012;
     /// The token expired.
     pub const TOKEN_EXPIRED: u16 = 4001;
-    /// The client did not read fast enough; resync.
-    pub const SLOW_CONSUMER: u16 = 4003;
+    /// The client missed messages (it read too slowly, or the room's shared state was
+    /// lost); it reconnects and resyncs.
+    pub const RESYNC: u16 = 4003;
     /// A newer connection of the same session took over.
     pub const REPLACED: u16 = 4004;
 }
@@ -54,48 +57,6 @@ pub enum ErrorCode {
     Unavailable,
     /// A server bug.
     Internal,
-}
-
-/// Why a peer left a room, as told to the others in `peer_left`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaveReason {
-    /// It sent `leave` or joined another room.
-    Left,
-    /// Its connection closed.
-    Disconnected,
-    /// It stopped answering.
-    Timeout,
-    /// A newer connection of its session took over.
-    Replaced,
-    /// The node holding its connection died.
-    NodeLost,
-}
-
-impl LeaveReason {
-    /// The wire name, for logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaveReason::Left => "left",
-            LeaveReason::Disconnected => "disconnected",
-            LeaveReason::Timeout => "timeout",
-            LeaveReason::Replaced => "replaced",
-            LeaveReason::NodeLost => "node_lost",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(name: &str) -> Option<Self> {
-        [
-            LeaveReason::Left,
-            LeaveReason::Disconnected,
-            LeaveReason::Timeout,
-            LeaveReason::Replaced,
-            LeaveReason::NodeLost,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == name)
-    }
 }
 
 /// The three relayed message kinds.

@@ -2,20 +2,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, RawQuery, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRef, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::connection::{self, Connection};
-use crate::auth::Grant;
-use crate::auth::routes::sentence;
-use crate::error::ApiError;
-use crate::server::AppState;
-use crate::telemetry::query_token;
+use super::Hub;
+use super::connection::{self, Connection, ConnectionLimits};
+use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
+use crate::error::{ApiError, sentence};
+use crate::resilience::{ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip};
 
 /// The subprotocol the server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
@@ -27,13 +27,49 @@ const READ_BUFFER_BYTES: usize = 128;
 /// Prefix of the subprotocol entry that carries the token.
 const BEARER_PREFIX: &str = "bearer.";
 
-/// The signaling route.
-pub fn router() -> Router<Arc<AppState>> {
+/// What the upgrade and the connections it starts need, and nothing else.
+pub struct SignalingState {
+    /// This node's rooms and peers.
+    pub hub: Arc<Hub>,
+    /// Mints refreshed tokens.
+    pub issuer: Arc<TokenIssuer>,
+    /// Verifies the upgrade's token.
+    pub verifier: TokenVerifier,
+    /// STUN/TURN servers told to clients.
+    pub ice_servers: Arc<IceServers>,
+    /// Timers and rates of every connection.
+    pub connection_limits: Arc<ConnectionLimits>,
+    /// Set once shutdown starts: upgrades are refused.
+    pub draining: Arc<AtomicBool>,
+    /// The node's connection cap.
+    pub slots: ConnectionSlots,
+    /// The process's CPU and memory use, for load shedding.
+    pub load: Arc<LoadGuard>,
+    /// CPU share above which upgrades are refused (0 = off).
+    pub shed_cpu: f64,
+    /// Memory share above which upgrades are refused (0 = off).
+    pub shed_memory: f64,
+    /// Per-IP upgrade rate and connection cap.
+    pub ip_limiter: Arc<IpLimiter>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[TrustedNet]>,
+    /// Allowed browser origins; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Largest accepted WebSocket message.
+    pub max_message_bytes: usize,
+}
+
+/// The signaling route, on any router state that can lend a [`SignalingState`].
+pub fn router<S>() -> Router<S>
+where
+    Arc<SignalingState>: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     Router::new().route("/ws/signal", get(upgrade))
 }
 
 async fn upgrade(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<SignalingState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -42,20 +78,20 @@ async fn upgrade(
     match accept(&state, remote, &headers, query.as_deref(), ws).await {
         Ok(response) => response,
         Err((reason, e)) => {
-            state.metrics.refused(reason);
+            state.hub.metrics().refused(reason);
             e.into_response()
         }
     }
 }
 
 async fn accept(
-    state: &Arc<AppState>,
+    state: &SignalingState,
     remote: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, (&'static str, ApiError)> {
-    if state.draining() {
+    if state.draining.load(Ordering::Relaxed) {
         return Err((
             "draining",
             ApiError::new(
@@ -66,7 +102,7 @@ async fn accept(
         ));
     }
     // Shedding first: under overload, refuse before spending anything on the request.
-    let slot = state.open_connection().ok_or_else(|| {
+    let slot = state.slots.take().ok_or_else(|| {
         (
             "max_connections",
             overloaded(
@@ -75,18 +111,16 @@ async fn accept(
             ),
         )
     })?;
-    let limits = &state.config.limits;
-    if let Some(resource) = state.load.overloaded(limits.shed_cpu, limits.shed_memory) {
-        let reason = if resource == "cpu" { "cpu" } else { "memory" };
+    if let Some(resource) = state.load.overloaded(state.shed_cpu, state.shed_memory) {
         return Err((
-            reason,
+            resource.as_str(),
             overloaded(
                 &format!("This node is overloaded ({resource}); retry later or elsewhere."),
                 5,
             ),
         ));
     }
-    let ip = state.client_ip(remote, headers);
+    let ip = request_ip(remote, headers, &state.trusted_proxies);
     let now = tokio::time::Instant::now();
     state.ip_limiter.allow(ip, now).map_err(|wait| {
         (
@@ -143,12 +177,11 @@ async fn accept(
             ),
         )
     })?;
-    let config = &state.config;
     // Boxed: the connection's task keeps what it is given for the connection's life.
     let connection = Box::new(Connection {
         hub: state.hub.clone(),
         issuer: state.issuer.clone(),
-        ice_servers: config.ice_servers.clone(),
+        ice_servers: state.ice_servers.clone(),
         limits: state.connection_limits.clone(),
         remote,
         held: (slot, ip_permit),
@@ -165,8 +198,8 @@ async fn accept(
         // flush and frees it after: tungstenite's own buffer would keep the size of the
         // largest batch for the connection's life.
         .write_buffer_size(0)
-        .max_message_size(config.limits.max_message_bytes)
-        .max_frame_size(config.limits.max_message_bytes)
+        .max_message_size(state.max_message_bytes)
+        .max_frame_size(state.max_message_bytes)
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
         // A task of its own rather than axum's upgrade task: that one keeps the upgrade's
         // settings beside the connection's state for the connection's whole life.
@@ -183,11 +216,9 @@ fn overloaded(message: &str, secs: u64) -> ApiError {
     e
 }
 
-fn check_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let (Some(allowed), Some(origin)) = (
-        &state.config.auth.allowed_origins,
-        headers.get(header::ORIGIN),
-    ) else {
+fn check_origin(state: &SignalingState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (Some(allowed), Some(origin)) = (&state.allowed_origins, headers.get(header::ORIGIN))
+    else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+/// Re-exported: store callers name it here, while Redis and the bus take it from the leaf.
+pub use crate::error::StoreError;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -83,11 +85,6 @@ pub struct Eviction {
     /// Who is still in the room and must be told.
     pub remaining: Vec<Member>,
 }
-
-/// A store operation that failed; the hub turns it into `error` `unavailable`.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the state store is unavailable: {0}")]
-pub struct StoreError(pub String);
 
 /// Sessions, rooms and nodes. Every write carries a TTL; nothing lives longer than 24 h.
 #[async_trait]

@@ -363,7 +363,7 @@ impl Store for RedisStore {
     }
 
     async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let now = crate::auth::unix_now();
+        let now = crate::clock::unix_now();
         self.redis
             .query::<()>(
                 cmd("SET")

@@ -83,7 +83,7 @@ impl Hub {
         if lost {
             registration
                 .outbox
-                .close(Some(close::SLOW_CONSUMER), "messages lost; resync");
+                .close(Some(close::RESYNC), "messages lost; resync");
         }
         registration.resumed = Some(Resumed {
             room: room.map(Arc::from),

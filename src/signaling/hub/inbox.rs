@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Hub, RoomPass};
-use crate::bus::{BusMessage, Inbox};
+use crate::bus::{BusMessage, Received, Subscription};
 use crate::signaling::protocol::close;
 
 /// Longest wait for a moved peer's old node to confirm it forwarded what it was sent.
@@ -16,8 +16,15 @@ const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// and waiting here would delay the messages this node forwards for sessions it already
 /// handed over (their senders wait for `Flushed`, which comes only after them). A handover
 /// is serialised with other membership changes by the hub itself.
-pub async fn consume(hub: Arc<Hub>, mut inbox: Inbox) {
-    while let Some(message) = inbox.recv().await {
+pub async fn consume(hub: Arc<Hub>, mut inbox: Subscription) {
+    while let Some(received) = inbox.recv().await {
+        let message = match received {
+            Received::Message(message) => message,
+            Received::Gap => {
+                hub.resync_cross_node();
+                continue;
+            }
+        };
         match message {
             BusMessage::Handover { .. } => {
                 let hub = hub.clone();
@@ -101,20 +108,21 @@ impl Hub {
             }
             BusMessage::Flushed { peer } => self.release(&peer).await,
             BusMessage::Revoke { peer, epoch } => self.close_revoked(&peer, epoch),
-            BusMessage::Gap => {
-                // Messages from other nodes may be missing: every local peer that talks
-                // across nodes must resync, which 4003 tells its client to do.
-                let table = self.read();
-                let peers = table.talking_across_nodes();
-                for outbox in &peers {
-                    outbox.close(Some(close::SLOW_CONSUMER), "messages lost; resync");
-                }
-                tracing::warn!(
-                    closed = peers.len(),
-                    "closed peers that may have missed messages from other nodes"
-                );
-            }
         }
+    }
+
+    /// Messages from other nodes may be missing: every local peer that talks across nodes
+    /// must resync, which 4003 tells its client to do.
+    pub fn resync_cross_node(&self) {
+        let table = self.read();
+        let peers = table.talking_across_nodes();
+        for outbox in &peers {
+            outbox.close(Some(close::RESYNC), "messages lost; resync");
+        }
+        tracing::warn!(
+            closed = peers.len(),
+            "closed peers that may have missed messages from other nodes"
+        );
     }
 
     /// Applies a message left with a room's gate, when its holder leaves it.

@@ -148,7 +148,7 @@ impl Hub {
     pub fn resync_all(&self, why: &'static str) {
         let table = self.read();
         for slot in table.peers.values() {
-            slot.outbox.close(Some(close::SLOW_CONSUMER), why);
+            slot.outbox.close(Some(close::RESYNC), why);
         }
         tracing::warn!(
             peers = table.peers.len(),

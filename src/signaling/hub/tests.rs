@@ -6,16 +6,16 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use super::*;
-use crate::bus::MemoryBus;
+use crate::bus::{MemoryBus, Received};
 use crate::store::MemoryStore;
 
 const TTL: Duration = Duration::from_secs(60);
 
-fn deliver(frame: &str) -> BusMessage {
-    BusMessage::Deliver {
+fn deliver(frame: &str) -> Received {
+    Received::Message(BusMessage::Deliver {
         to: "alice-1".into(),
         frame: frame.into(),
-    }
+    })
 }
 
 /// A hub for node n1 where Bob shares room `r` with Alice, who is on n0.
@@ -61,7 +61,7 @@ async fn messages_for_a_peer_that_moved_wait_for_its_old_node_to_flush() {
     // n0 also heard of Bob's join; the flush request comes after.
     loop {
         match old_node.try_recv() {
-            Ok(message) if message == flush => break,
+            Ok(Received::Message(message)) if message == flush => break,
             Ok(_) => {}
             Err(e) => panic!("n0 was not asked to flush: {e}"),
         }
@@ -109,7 +109,7 @@ impl Bus for Unreachable {
         self.bus.publish(node, message).await
     }
 
-    async fn subscribe(&self, node: &str) -> Result<crate::bus::Inbox, StoreError> {
+    async fn subscribe(&self, node: &str) -> Result<crate::bus::Subscription, StoreError> {
         self.bus.subscribe(node).await
     }
 }
@@ -168,8 +168,8 @@ async fn a_flush_is_answered_to_the_node_that_asked() {
     .await;
     assert_eq!(
         asker.try_recv().unwrap(),
-        BusMessage::Flushed {
+        Received::Message(BusMessage::Flushed {
             peer: "alice-1".into()
-        }
+        })
     );
 }

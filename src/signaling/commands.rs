@@ -1,0 +1,377 @@
+//! What a connection does with each client command: at once when it needs nothing but
+//! this node (a local relay, a ping, a refusal), else as a [`Deferred`] step that waits on
+//! the store or another node. Also the connection's shared parts ([`Connection`],
+//! [`Session`]), which the link and the connection task both drive.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, Utf8Bytes};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use super::hub::{Hub, MembershipError, REMOTE_RELAY_FAILED, RelayError, Route};
+use super::outbox::Outbox;
+use super::protocol::{self, Command, ErrorCode, Outgoing, close};
+use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
+use crate::identifier;
+use crate::resilience::{ConnectionSlot, IpPermit};
+
+/// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
+pub(super) const STRIKES_TO_CLOSE: u32 = 50;
+/// Window in which refused messages count towards closing the connection.
+pub(super) const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Per-connection limits and timers (the node-wide ones are `config::Limits`).
+#[derive(Debug, Clone)]
+pub struct ConnectionLimits {
+    /// Server ping interval.
+    pub ping_interval: Duration,
+    /// Silence after which the connection is closed.
+    pub idle_timeout: Duration,
+    /// Lead time for pushing a fresh token; zero disables refresh.
+    pub refresh_before: Duration,
+    /// Sustained messages per second.
+    pub message_rate: f64,
+    /// Message burst.
+    pub message_burst: f64,
+    /// How long a dropped connection's session waits for a resume (zero: no resume).
+    pub resume_grace: Duration,
+}
+
+/// Everything a connection task needs.
+pub struct Connection {
+    /// The node's hub.
+    pub hub: Arc<Hub>,
+    /// Mints refreshed tokens.
+    pub issuer: Arc<TokenIssuer>,
+    /// STUN/TURN servers told to the client in `joined` and `resumed`.
+    pub ice_servers: Arc<IceServers>,
+    /// Timers and rates, shared by the node's connections.
+    pub limits: Arc<ConnectionLimits>,
+    /// Client address, for logs.
+    pub remote: SocketAddr,
+    /// The node's connection slot and the client IP's, released when the connection ends.
+    pub held: (ConnectionSlot, IpPermit),
+}
+
+/// Mutable state of a live connection.
+pub(super) struct Session {
+    pub(super) peer_id: String,
+    pub(super) epoch: u64,
+    pub(super) outbox: Outbox,
+    pub(super) grant: Grant,
+    pub(super) room: Option<String>,
+    /// The close code the client sent, if it closed first.
+    pub(super) client_close: Option<u16>,
+    /// The connection dropped without a close frame (network loss): resumable.
+    pub(super) dropped: bool,
+}
+
+/// What a command still waits for after [`Connection::dispatch`]; it owns what it needs,
+/// as the frame it came from is gone by then.
+pub(super) enum Deferred {
+    Join {
+        room: String,
+        reference: Option<Box<RawValue>>,
+        received: Instant,
+    },
+    Leave {
+        room: Option<String>,
+        reference: Option<Box<RawValue>>,
+    },
+    /// A relay to a peer on another node.
+    SendRemote {
+        node: Arc<str>,
+        to: String,
+        frame: Utf8Bytes,
+        reference: Option<Box<RawValue>>,
+    },
+    /// Extends the session's store TTL after a token refresh.
+    KeepAlive,
+}
+
+impl Connection {
+    /// Tells the sender its message was not relayed because of the rate limit.
+    pub(super) fn refuse_over_limit(
+        &self,
+        session: &Session,
+        frame: Option<&Result<Message, axum::Error>>,
+    ) {
+        self.hub.metrics().rate_limited.inc();
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t.as_str(),
+            _ => "",
+        };
+        let (reference, parsed) = protocol::parse(text);
+        let kind = parsed.map(|c| c.kind()).unwrap_or("message");
+        let message = format!(
+            "Rate limit exceeded ({} messages per second, bursts of {}): this {kind} was not delivered; slow down.",
+            self.limits.message_rate, self.limits.message_burst
+        );
+        send_error(session, ErrorCode::RateLimited, &message, reference);
+    }
+
+    /// STUN/TURN servers for this session, TURN credentials expiring with its token.
+    pub(super) fn ice_servers_for(&self, grant: &Grant) -> Vec<IceServer> {
+        self.ice_servers.for_session(&grant.session_id, grant.exp)
+    }
+
+    /// Extends the session's store TTL to the (possibly refreshed) token's life.
+    async fn keep_alive(&self, session: &Session) {
+        let ttl = session_ttl(&session.grant);
+        match self
+            .hub
+            .refresh(
+                &session.grant.session_id,
+                &session.peer_id,
+                session.epoch,
+                ttl,
+            )
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => session
+                .outbox
+                .close(Some(close::REPLACED), "replaced by a newer connection"),
+            Err(e) => tracing::warn!(error = %e, "could not refresh the session"),
+        }
+    }
+
+    /// When to push a fresh token, if refresh is on.
+    pub(super) fn refresh_at(&self, grant: &Grant) -> Option<Instant> {
+        if self.limits.refresh_before.is_zero() {
+            return None;
+        }
+        // Never sooner than half the remaining life, so a lead longer than a token's lifetime
+        // cannot turn into a refresh loop.
+        let remaining = grant.remaining();
+        let wait = remaining
+            .saturating_sub(self.limits.refresh_before)
+            .max(remaining / 2);
+        Some(Instant::now() + wait)
+    }
+
+    /// Handles one text frame: at once when it needs nothing but this node (a relay to a
+    /// local peer, a ping, a refusal), else returns what is left to wait for.
+    pub(super) fn dispatch(
+        &self,
+        session: &mut Session,
+        text: &str,
+        received: Instant,
+    ) -> Option<Deferred> {
+        let metrics = self.hub.metrics();
+        let (reference, parsed) = protocol::parse(text);
+        let command = match parsed {
+            Ok(c) => c,
+            Err(r) => {
+                metrics.inbound("invalid");
+                send_error(session, r.code, &r.message, r.reference);
+                return None;
+            }
+        };
+        metrics.inbound(command.kind());
+        let reference = || reference.map(ToOwned::to_owned);
+        match command {
+            Command::Ping => {
+                session.outbox.deliver(Outgoing::Pong.to_frame());
+                None
+            }
+            Command::Join { room } => Some(Deferred::Join {
+                room: room.into_owned(),
+                reference: reference(),
+                received,
+            }),
+            Command::Leave { room } => Some(Deferred::Leave {
+                room: room.map(Cow::into_owned),
+                reference: reference(),
+            }),
+            Command::Relay { kind, to, payload } => {
+                let (node, frame) = match self.hub.route(&session.peer_id, &to) {
+                    Ok(Route::Local(outbox)) => {
+                        let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                        match outbox.relay(frame, Some(received)) {
+                            Ok(_) => return None,
+                            // Its connection ended a moment ago, or its session just moved
+                            // to another node: route once more.
+                            Err(frame) => match self.hub.route(&session.peer_id, &to) {
+                                Ok(Route::Remote(node)) => (node, frame),
+                                Ok(Route::Local(outbox)) => {
+                                    outbox.deliver_relayed(frame, Some(received));
+                                    return None;
+                                }
+                                Err(e) => {
+                                    relay_error(session, e, reference().as_deref());
+                                    return None;
+                                }
+                            },
+                        }
+                    }
+                    Ok(Route::Remote(node)) => {
+                        let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                        (node, frame)
+                    }
+                    Err(e) => {
+                        relay_error(session, e, reference().as_deref());
+                        return None;
+                    }
+                };
+                Some(Deferred::SendRemote {
+                    node,
+                    to: to.into_owned(),
+                    frame,
+                    reference: reference(),
+                })
+            }
+        }
+    }
+
+    /// Finishes what [`Connection::dispatch`] left to wait for.
+    pub(super) async fn settle(&self, session: &mut Session, command: Deferred) {
+        match command {
+            Deferred::Join {
+                room,
+                reference,
+                received,
+            } => {
+                Box::pin(self.join(session, &room, reference.as_deref())).await;
+                self.hub
+                    .metrics()
+                    .join_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
+            Deferred::Leave { room, reference } => {
+                match Box::pin(
+                    self.hub
+                        .leave(&session.peer_id, session.epoch, room.as_deref()),
+                )
+                .await
+                {
+                    Ok(()) => session.room = None,
+                    Err(e) => membership_error(session, e, reference.as_deref()),
+                }
+            }
+            Deferred::SendRemote {
+                node,
+                to,
+                frame,
+                reference,
+            } => {
+                let sent =
+                    self.hub
+                        .send_remote(&node, &to, frame, &session.outbox, reference.as_deref());
+                if let Err(e) = Box::pin(sent).await {
+                    tracing::warn!(error = %e, "cross-node relay failed");
+                    send_error(
+                        session,
+                        ErrorCode::Unavailable,
+                        REMOTE_RELAY_FAILED,
+                        reference.as_deref(),
+                    );
+                }
+            }
+            Deferred::KeepAlive => Box::pin(self.keep_alive(session)).await,
+        }
+    }
+
+    /// Handles one text frame to the end.
+    pub(super) async fn handle_text(&self, session: &mut Session, text: &str) {
+        if let Some(command) = self.dispatch(session, text, Instant::now()) {
+            self.settle(session, command).await;
+        }
+    }
+
+    async fn join(&self, session: &mut Session, room: &str, reference: Option<&RawValue>) {
+        if let Err(why) = identifier::check(room) {
+            return send_error(
+                session,
+                ErrorCode::InvalidMessage,
+                &format!("roomId {why}."),
+                reference,
+            );
+        }
+        if session
+            .grant
+            .room
+            .as_deref()
+            .is_some_and(|allowed| allowed != room)
+        {
+            return send_error(
+                session,
+                ErrorCode::ForbiddenRoom,
+                "Your token does not allow joining this room.",
+                reference,
+            );
+        }
+        match self.hub.join(&session.peer_id, session.epoch, room).await {
+            Ok(peers) => {
+                session.room = Some(room.to_string());
+                let ice_servers = self.ice_servers_for(&session.grant);
+                let frame = Outgoing::Joined {
+                    room_id: room,
+                    peer_id: &session.peer_id,
+                    peers: &peers,
+                    ice_servers: &ice_servers,
+                }
+                .to_frame();
+                session.outbox.deliver(frame);
+            }
+            Err(e) => membership_error(session, e, reference),
+        }
+    }
+}
+
+fn membership_error(session: &Session, e: MembershipError, reference: Option<&RawValue>) {
+    let (code, message) = match e {
+        MembershipError::RoomFull => (ErrorCode::RoomFull, "The room is full."),
+        MembershipError::NotInRoom => (ErrorCode::NotInRoom, "You are not in that room."),
+        MembershipError::Replaced => return,
+        MembershipError::Store(e) => {
+            tracing::warn!(error = %e, "membership change failed");
+            (
+                ErrorCode::Unavailable,
+                "Room state is unavailable right now; retry shortly.",
+            )
+        }
+    };
+    send_error(session, code, message, reference);
+}
+
+fn relay_error(session: &Session, e: RelayError, reference: Option<&RawValue>) {
+    let (code, message) = match e {
+        RelayError::NotInRoom => (
+            ErrorCode::NotInRoom,
+            "Join a room before sending offers, answers or candidates.",
+        ),
+        RelayError::PeerNotFound => (ErrorCode::PeerNotFound, "That peer is not in your room."),
+    };
+    send_error(session, code, message, reference);
+}
+
+pub(super) fn send_error(
+    session: &Session,
+    code: ErrorCode,
+    message: &str,
+    reference: Option<&RawValue>,
+) {
+    let frame = Outgoing::Error {
+        code,
+        message,
+        reference,
+    }
+    .to_frame();
+    session.outbox.deliver(frame);
+}
+
+/// Store TTL of a session: the token's remaining life plus a margin covering the verifier's
+/// clock-skew leeway, so a just-expired token's session is not gone before it is closed.
+pub(super) fn session_ttl(grant: &Grant) -> Duration {
+    grant.remaining() + Duration::from_secs(60)
+}
+
+/// When the token expires.
+pub(super) fn deadline_of(grant: &Grant) -> Instant {
+    Instant::now() + grant.remaining()
+}
