@@ -254,6 +254,14 @@ async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leave
     let nodes: Vec<String> = (0..server.node_count())
         .map(|i| server.node(i).hub.node().to_string())
         .collect();
+    // The scan sees the deployment's keys: each live node's heartbeat is among them.
+    for n in &nodes {
+        let heartbeat = format!("{prefix}node:{n}");
+        assert!(
+            after.iter().any(|(k, _)| *k == heartbeat),
+            "{heartbeat} missing from {after:?}"
+        );
+    }
     for (key, _) in &after {
         let rest = key.strip_prefix(&prefix).unwrap();
         let liveness = rest == "nodes"

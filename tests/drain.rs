@@ -204,6 +204,8 @@ async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
     // The drained node handed every session over and left on its own.
     assert!(drained.wait_exit().success());
     let logs = drained.logs();
+    // The logs cover the drain, and it raised no error.
+    assert!(logs.iter().any(|l| l.contains("draining")), "{logs:?}");
     assert!(
         !logs.iter().any(|l| l.contains("\"level\":\"ERROR\"")),
         "{logs:?}"

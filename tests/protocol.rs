@@ -138,6 +138,11 @@ async fn a_forged_sender_is_ignored(backend: Backend) {
     let offer = bob.expect_skipping("offer").await;
     assert_eq!(offer["peerId"], alice.peer_id.as_str());
     assert!(offer.get("from").is_none() && offer.get("sender").is_none());
+    // None of the forged fields is passed on, whatever its name.
+    assert_eq!(
+        offer,
+        json!({"type": "offer", "peerId": alice.peer_id, "sdp": "x"})
+    );
 }
 
 async fn relay_among_three_reaches_only_the_addressed_peer(backend: Backend) {
