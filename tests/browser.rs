@@ -11,9 +11,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::SECRET;
 use common::process::Running;
 use common::redis::free_port;
+use common::{SECRET, eventually, eventually_blocking, patient};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -47,14 +47,9 @@ fn spawn_listening(program: &str, args: &[String], port: u16) -> Process {
             panic!("{program} could not start ({e}); scripts/test.sh installs it with apt-get")
         });
     let process = Process(child);
-    let deadline = std::time::Instant::now() + common::DEADLINE;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{program} did not listen"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually_blocking(format!("{program} to listen"), common::DEADLINE, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     process
 }
 
@@ -104,7 +99,7 @@ async fn join(browser: &Client, base: &str, room: &str, name: &str, extra: &str)
         .unwrap();
     browser
         .wait()
-        .at_most(common::DEADLINE)
+        .at_most(patient(common::DEADLINE))
         .for_element(Locator::Css("#join"))
         .await
         .unwrap()
@@ -150,30 +145,26 @@ async fn status(browser: &Client) -> String {
 /// Waits until `browser` has exactly `count` peer connections, all connected, each
 /// decoding video frames that keep coming; returns the peers.
 async fn wait_for_call(browser: &Client, count: usize) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
-    let first = loop {
+    let what = format!("a call with {count} peer(s) up");
+    let first = eventually(what, CALL_DEADLINE, async || {
         let list = peers(browser).await;
         let up = list.len() == count
             && list.iter().all(|p| {
                 p["connectionState"] == "connected" && p["framesDecoded"].as_u64() > Some(0)
             });
         if up {
-            break list;
+            return Ok(list);
         }
-        if tokio::time::Instant::now() > deadline {
-            let errors = browser
-                .execute("return window.switchboardCall.negotiationErrors", vec![])
-                .await
-                .unwrap();
-            panic!(
-                "no call with {count} peer(s) up: {list:?}; status: {}; errors: {errors}",
-                status(browser).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        let errors = browser
+            .execute("return window.switchboardCall.negotiationErrors", vec![])
+            .await
+            .unwrap();
+        let shown = status(browser).await;
+        Err(format!("{list:?}; status: {shown}; errors: {errors}"))
+    })
+    .await;
     // Frames keep being decoded: the media flows, it did not just start.
-    loop {
+    eventually("the video to keep flowing", CALL_DEADLINE, async || {
         let list = peers(browser).await;
         let growing = list.len() == count
             && list.iter().all(|p| {
@@ -185,14 +176,11 @@ async fn wait_for_call(browser: &Client, count: usize) -> Vec<Value> {
                 p["connectionState"] == "connected" && p["framesDecoded"].as_u64() > Some(before)
             });
         if growing {
-            return list;
+            return Ok(list);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "video stopped: {first:?} then {list:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Err(format!("{first:?} then {list:?}"))
+    })
+    .await
 }
 
 /// Switchboard with the app, as a real process, on `port` (0: any).
@@ -273,22 +261,19 @@ async fn a_restarted_node_does_not_end_the_call() {
     let (_server, _) = switchboard(port, &[]);
     // Both pages reconnect by themselves (nobody reloads), join again, and the call is up.
     for b in [&alice, &bob] {
-        let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
-        let reconnected = || async {
-            b.execute("return window.switchboardCall.reconnects", vec![])
+        eventually("the page to reconnect", CALL_DEADLINE, async || {
+            let reconnects = b
+                .execute("return window.switchboardCall.reconnects", vec![])
                 .await
                 .unwrap()
                 .as_u64()
-                .unwrap()
-        };
-        while reconnected().await == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no reconnect: {}",
-                status(b).await
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+                .unwrap();
+            if reconnects > 0 {
+                return Ok(());
+            }
+            Err(format!("status: {}", status(b).await))
+        })
+        .await;
     }
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
@@ -356,26 +341,24 @@ async fn relay_only_calls_fail_when_the_turn_secret_differs() {
     let call = relay_call("not-the-turn-secret", "shared-turn-secret").await;
     // coturn refuses the allocation (401): no relay candidate, so no connection.
     for b in [&call.alice, &call.bob] {
-        let deadline = tokio::time::Instant::now() + CALL_DEADLINE;
-        loop {
-            let errors: Value = b
-                .execute("return window.switchboardCall.iceErrors", vec![])
-                .await
-                .unwrap();
-            let refused = errors
-                .as_array()
-                .is_some_and(|e| e.iter().any(|e| e["errorCode"] == 401));
-            if refused {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "no TURN refusal seen: {errors}; peers: {:?}",
-                    peers(b).await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        eventually(
+            "coturn to refuse the allocation",
+            CALL_DEADLINE,
+            async || {
+                let errors: Value = b
+                    .execute("return window.switchboardCall.iceErrors", vec![])
+                    .await
+                    .unwrap();
+                let refused = errors
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["errorCode"] == 401));
+                if refused {
+                    return Ok(());
+                }
+                Err(format!("ICE errors {errors}; peers: {:?}", peers(b).await))
+            },
+        )
+        .await;
         let list = peers(b).await;
         assert!(
             list.iter().all(|p| p["connectionState"] != "connected"),
@@ -502,8 +485,14 @@ async fn a_call_fits_a_phone_screen() {
     for tile in tiles {
         assert!(within(tile), "tile off screen: {layout}");
     }
+    let top = |t: &Value| {
+        t["top"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no top: {layout}"))
+    };
     assert_eq!(
-        tiles[0]["top"], tiles[1]["top"],
+        top(&tiles[0]),
+        top(&tiles[1]),
         "two tiles side by side on a phone: {layout}"
     );
     for b in [alice, bob] {

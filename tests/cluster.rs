@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use common::process::Running;
 use common::redis::{RedisServer, SentinelGroup};
-use common::{Backend, Client, SECRET, settings, start_on, unique_prefix};
+use common::{Backend, Client, SECRET, eventually, settings, start_on, unique_prefix};
 use serde_json::{Value, json};
 use switchboard::config::Settings;
 
@@ -123,9 +123,9 @@ async fn signaling_recovers_after_a_sentinel_failover_without_restarting_nodes()
 
     // New peers can connect, join and relay across the two nodes again; while the nodes'
     // connections find the new master, a client is refused (1011 or `unavailable`) and retries.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut c = join_when_ready(&server.node_addr(0).to_string(), "c", "after", deadline).await;
-    let mut d = join_when_ready(&server.node_addr(1).to_string(), "d", "after", deadline).await;
+    let within = Duration::from_secs(30);
+    let mut c = join_when_ready(&server.node_addr(0).to_string(), "c", "after", within).await;
+    let mut d = join_when_ready(&server.node_addr(1).to_string(), "d", "after", within).await;
     let joined = json!({"peers": [c.peer_id]});
     assert_eq!(d.joined_peers, joined["peers"]);
     assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
@@ -193,18 +193,10 @@ async fn try_join(addr: &str, user: &str, room: &str) -> Option<Joined> {
     }
 }
 
-/// Retries [`try_join`] until it succeeds; fails the test at `deadline`.
-async fn join_when_ready(addr: &str, user: &str, room: &str, deadline: Instant) -> Joined {
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "signaling on {addr} never recovered"
-        );
-        if let Some(joined) = try_join(addr, user, room).await {
-            return joined;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Retries [`try_join`] until it succeeds; fails the test after `within`.
+async fn join_when_ready(addr: &str, user: &str, room: &str, within: Duration) -> Joined {
+    let what = format!("signaling on {addr} to recover");
+    eventually(what, within, async || try_join(addr, user, room).await).await
 }
 
 /// Every key under `prefix` with its PTTL in milliseconds.
@@ -253,16 +245,23 @@ async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leave
     for c in clients {
         c.close().await;
     }
-    let deadline = Instant::now() + common::DEADLINE;
-    while server.peer_count() > 0 {
-        assert!(Instant::now() < deadline, "peers never detached");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("every peer to detach", common::DEADLINE, async || {
+        server.peer_count() == 0
+    })
+    .await;
     let after = keys_with_ttl(server.redis_mut::<RedisServer>(), &prefix).await;
     assert_all_expire_within_a_day(&after);
     let nodes: Vec<String> = (0..server.node_count())
         .map(|i| server.node(i).hub.node().to_string())
         .collect();
+    // The scan sees the deployment's keys: each live node's heartbeat is among them.
+    for n in &nodes {
+        let heartbeat = format!("{prefix}node:{n}");
+        assert!(
+            after.iter().any(|(k, _)| *k == heartbeat),
+            "{heartbeat} missing from {after:?}"
+        );
+    }
     for (key, _) in &after {
         let rest = key.strip_prefix(&prefix).unwrap();
         let liveness = rest == "nodes"
@@ -344,9 +343,9 @@ async fn peers_talking_across_nodes_are_told_to_resync_when_redis_loses_its_data
     assert_eq!(b.expect_close().await, Some(4003));
 
     // Clients that reconnect rebuild the state and talk across nodes again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut c = join_when_ready(&server.node_addr(0).to_string(), "a", "r", deadline).await;
-    let mut d = join_when_ready(&server.node_addr(1).to_string(), "b", "r", deadline).await;
+    let within = Duration::from_secs(20);
+    let mut c = join_when_ready(&server.node_addr(0).to_string(), "a", "r", within).await;
+    let mut d = join_when_ready(&server.node_addr(1).to_string(), "b", "r", within).await;
     assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
     d.offer(&c.peer_id, "after").await;
     assert_eq!(c.expect("offer").await["sdp"], "after");
@@ -372,11 +371,10 @@ async fn a_node_declared_dead_while_alive_writes_its_state_back() {
     store.evict_node(&node0).await.unwrap();
     assert!(store.room_members("s").await.unwrap().is_empty());
     // Node 0 notices at its next heartbeat and writes its sessions and memberships back.
-    let deadline = Instant::now() + common::DEADLINE;
-    while store.room_members("s").await.unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "node 0 never re-registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("node 0 to re-register", common::DEADLINE, async || {
+        store.room_members("s").await.unwrap().len() >= 2
+    })
+    .await;
     // Its inbox went with the eviction: a talks across nodes and is told to resync...
     assert_eq!(a.expect_close().await, Some(4003));
     // ...while the call held on node 0 alone never noticed.
@@ -463,15 +461,16 @@ async fn a_node_restarted_under_the_same_id_clears_what_it_left_behind() {
 
 /// Polls `/health/ready` of the first node until it answers `status`.
 async fn wait_ready_status(server: &common::TestServer, status: u16) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("readiness to become {status}");
+    eventually(what, Duration::from_secs(20), async || {
         let response = reqwest::get(server.http("/health/ready")).await.unwrap();
-        if response.status().as_u16() == status {
-            return response.json().await.unwrap();
+        let now = response.status().as_u16();
+        if now != status {
+            return Err(now);
         }
-        assert!(Instant::now() < deadline, "readiness never became {status}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Ok(response.json().await.unwrap())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -484,8 +483,7 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
     let body = wait_ready_status(&server, 503).await;
     assert_eq!(body["status"], "redis unavailable");
     // Failed heartbeats open the breaker: from then on Redis calls fail at once.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually("the breaker to open", Duration::from_secs(20), async || {
         let detail: Value = reqwest::get(server.http("/health"))
             .await
             .unwrap()
@@ -493,15 +491,11 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
             .await
             .unwrap();
         assert_eq!(detail["redis"]["healthy"], false);
-        if detail["redis"]["breaker"] == "open" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the breaker never opened: {detail}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (detail["redis"]["breaker"] == "open")
+            .then_some(())
+            .ok_or(detail)
+    })
+    .await;
     let metrics = server.metrics().await;
     assert!(
         metrics.contains("switchboard_redis_breaker_state 1"),
@@ -579,23 +573,23 @@ async fn redis_killed_under_active_calls_loses_nothing_silently_and_recovers() {
     assert_eq!(b.expect("offer").await["sdp"], "after");
     // The local call's state was written back, and every key has a TTL again.
     let prefix = server.key_prefix();
-    let deadline = Instant::now() + common::DEADLINE;
-    loop {
-        let keys = keys_with_ttl(server.redis_mut::<RedisServer>(), &prefix).await;
-        if keys.iter().any(|(k, _)| k.contains("room:{local}")) {
+    eventually(
+        "the state to be re-registered",
+        common::DEADLINE,
+        async || {
+            let keys = keys_with_ttl(server.redis_mut::<RedisServer>(), &prefix).await;
+            if !keys.iter().any(|(k, _)| k.contains("room:{local}")) {
+                return Err(format!("{keys:?}"));
+            }
             assert_all_expire_within_a_day(&keys);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "state never re-registered: {keys:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            Ok(())
+        },
+    )
+    .await;
     // Cross-node signaling works again for clients that reconnect.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut x = join_when_ready(&server.node_addr(0).to_string(), "x2", "wide", deadline).await;
-    let mut y = join_when_ready(&server.node_addr(1).to_string(), "y2", "wide", deadline).await;
+    let within = Duration::from_secs(20);
+    let mut x = join_when_ready(&server.node_addr(0).to_string(), "x2", "wide", within).await;
+    let mut y = join_when_ready(&server.node_addr(1).to_string(), "y2", "wide", within).await;
     assert_eq!(x.expect("peer_joined").await["peerId"], y.peer_id.as_str());
     y.offer(&x.peer_id, "across again").await;
     assert_eq!(x.expect("offer").await["sdp"], "across again");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{settings, start};
+use common::{DEADLINE, eventually, settings, start};
 
 #[tokio::test]
 async fn metrics_count_connections_messages_closes_and_refusals() {
@@ -33,18 +33,11 @@ async fn metrics_count_connections_messages_closes_and_refusals() {
     b.close().await;
     a.expect("peer_left").await;
     // The close is counted as the connection task finishes, just after peer_left.
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    loop {
+    eventually("the close to be counted", DEADLINE, async || {
         let text = server.metrics().await;
-        if text.contains(r#"switchboard_closes_total{code="1000"} 1"#)
-            && text.contains("switchboard_connections 1")
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "close never counted:\n{text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        let counted = text.contains(r#"switchboard_closes_total{code="1000"} 1"#)
+            && text.contains("switchboard_connections 1");
+        counted.then_some(()).ok_or(text)
+    })
+    .await;
 }

@@ -3,9 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::{settings, start};
+use common::{DEADLINE, eventually, settings, start};
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
@@ -39,7 +37,11 @@ async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
         let (status, body, retry) = refused_with_retry(server.ws_url(&token)).await;
         assert_eq!(status, 503);
         assert_eq!(body["error"], "overloaded");
-        assert!(retry.is_some(), "a refused upgrade says when to retry");
+        let retry: u64 = retry
+            .expect("a refused upgrade says when to retry")
+            .parse()
+            .expect("Retry-After in whole seconds");
+        assert!(retry >= 1, "Retry-After: {retry}");
     }
     a.offer(&b.peer_id, "still relaying").await;
     assert_eq!(b.expect("offer").await["sdp"], "still relaying");
@@ -47,21 +49,13 @@ async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
     // A slot frees when a call ends.
     a.close().await;
     b.expect("peer_left").await;
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    loop {
+    eventually("the slot to be released", DEADLINE, async || {
         let token = server.token("later", None);
-        if tokio_tungstenite::connect_async(server.ws_url(&token))
+        tokio_tungstenite::connect_async(server.ws_url(&token))
             .await
             .is_ok()
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the slot was never released"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -119,24 +113,21 @@ async fn memory_above_the_threshold_sheds_new_upgrades() {
     s.limits.shed_memory_percent = 0.000_001;
     let server = start(s).await;
     let token = server.token("a", None);
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    let body = loop {
+    let body = eventually("memory to be measured", DEADLINE, async || {
         match tokio_tungstenite::connect_async(server.ws_url(&token)).await {
             // The first reading may not have been taken yet.
-            Ok(_) => {}
+            Ok(_) => None,
             Err(tungstenite::Error::Http(r)) => {
                 assert_eq!(r.status().as_u16(), 503);
-                break serde_json::from_slice::<serde_json::Value>(r.body().as_deref().unwrap())
-                    .unwrap();
+                Some(
+                    serde_json::from_slice::<serde_json::Value>(r.body().as_deref().unwrap())
+                        .unwrap(),
+                )
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "memory was never measured"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert!(
         body["message"].as_str().unwrap().contains("memory"),
         "{body}"
@@ -160,20 +151,24 @@ async fn a_message_flood_is_refused_then_closed_while_other_rooms_relay() {
             .await;
     }
     // The first burst arrives; then the sender hears why the rest does not.
-    let mut limited = 0;
+    let mut refused = Vec::new();
     let code = loop {
         match flooder.next_event().await {
             common::Event::Message(m) => {
                 assert_eq!(m["code"], "rate_limited", "{m}");
                 assert!(m["message"].as_str().unwrap().contains("offer"), "{m}");
-                assert!(m["ref"].is_number());
-                limited += 1;
+                // The refusal names the offer it refused by its `id`: one that was sent,
+                // after the ones refused before it.
+                let id = m["ref"].as_u64().unwrap_or_else(|| panic!("no id: {m}"));
+                assert!(id < 200, "{m}");
+                assert!(refused.last().is_none_or(|&last| id > last), "{m}");
+                refused.push(id);
             }
             common::Event::Closed(code) => break code,
             common::Event::Binary => panic!("binary"),
         }
     };
-    assert!(limited > 0);
+    assert!(!refused.is_empty());
     assert_eq!(code, Some(1008));
     let mut delivered = 0;
     loop {
@@ -192,6 +187,11 @@ async fn a_message_flood_is_refused_then_closed_while_other_rooms_relay() {
     assert!(
         (15..100).contains(&delivered),
         "{delivered} offers got through"
+    );
+    // Every refused offer is one that was not delivered.
+    assert!(
+        refused[0] >= delivered,
+        "{refused:?} refused, {delivered} delivered"
     );
     c.offer(&d.peer_id, "unaffected").await;
     assert_eq!(d.expect("offer").await["sdp"], "unaffected");

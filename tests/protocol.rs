@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, Client, settings, start_on};
+use common::{Backend, Client, eventually, settings, start_on};
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -138,6 +138,11 @@ async fn a_forged_sender_is_ignored(backend: Backend) {
     let offer = bob.expect_skipping("offer").await;
     assert_eq!(offer["peerId"], alice.peer_id.as_str());
     assert!(offer.get("from").is_none() && offer.get("sender").is_none());
+    // None of the forged fields is passed on, whatever its name.
+    assert_eq!(
+        offer,
+        json!({"type": "offer", "peerId": alice.peer_id, "sdp": "x"})
+    );
 }
 
 async fn relay_among_three_reaches_only_the_addressed_peer(backend: Backend) {
@@ -361,10 +366,15 @@ async fn a_fresh_token_arrives_before_expiry(backend: Backend) {
     assert_eq!(refresh["expiresAt"], claims.exp);
     // It arrived before the old token expired, and the connection lives on past that time.
     assert!(switchboard::auth::unix_now() < short.claims.exp);
-    while switchboard::auth::unix_now() <= short.claims.exp {
-        alice.expect_nothing_pending().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the old token's expiry to pass",
+        common::DEADLINE,
+        async || {
+            alice.expect_nothing_pending().await;
+            switchboard::auth::unix_now() > short.claims.exp
+        },
+    )
+    .await;
     alice.expect_nothing_pending().await;
 }
 
@@ -415,14 +425,16 @@ async fn a_silent_connection_times_out(backend: Backend) {
     let (silent, _) = server.join("silent", "r").await;
     bob.expect("peer_joined").await;
     // `silent` neither reads nor writes, so it answers no ping; bob keeps talking.
-    let left = loop {
-        bob.send(json!({"type": "ping"})).await;
-        let m = bob.recv().await;
-        if m["type"] == "peer_left" {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let left = eventually(
+        "the silent peer to time out",
+        common::DEADLINE,
+        async || {
+            bob.send(json!({"type": "ping"})).await;
+            let m = bob.recv().await;
+            (m["type"] == "peer_left").then_some(m)
+        },
+    )
+    .await;
     assert_eq!(left["peerId"], silent.peer_id.as_str());
     assert_eq!(left["reason"], "timeout");
     drop(silent);
@@ -436,14 +448,10 @@ async fn state_is_cleaned_up_when_everyone_leaves(backend: Backend) {
     assert_eq!(server.room_count(), server.node_count().min(2));
     a.close().await;
     b.close().await;
-    let deadline = tokio::time::Instant::now() + common::DEADLINE;
-    while server.peer_count() > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "peers never detached"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("every peer to detach", common::DEADLINE, async || {
+        server.peer_count() == 0
+    })
+    .await;
     assert_eq!(server.room_count(), 0);
 }
 
@@ -527,7 +535,7 @@ impl Client {
     async fn next_raw_text(&mut self) -> String {
         use futures_util::StreamExt;
         loop {
-            let frame = tokio::time::timeout(common::DEADLINE, self.ws.next())
+            let frame = tokio::time::timeout(common::patient(common::DEADLINE), self.ws.next())
                 .await
                 .expect("frame before deadline")
                 .expect("open")

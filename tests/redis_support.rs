@@ -1,10 +1,12 @@
-//! Self-tests of the Redis fixtures in `tests/common/redis.rs`: real processes on free
-//! ports that can be killed, paused, restarted and failed over.
+//! Self-tests of the fixtures in `tests/common`: the Redis processes of `redis.rs`, real
+//! processes on free ports that can be killed, paused, restarted and failed over, and the
+//! waits of `eventually.rs`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::eventually::{Pacing, eventually};
 use common::redis::{RedisCluster, RedisServer, SentinelGroup, free_port};
 
 #[test]
@@ -113,4 +115,43 @@ async fn a_three_master_cluster_is_ok_and_routes_keys() {
         .map(|s| s.trim().parse::<usize>().unwrap())
         .sum();
     assert_eq!(sizes, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn eventually_returns_the_value_once_the_check_holds() {
+    let mut calls = 0;
+    let value = eventually("the third call", Duration::from_secs(1), async || {
+        calls += 1;
+        (calls == 3).then_some(calls)
+    })
+    .await;
+    assert_eq!(value, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn eventually_fails_naming_what_was_awaited_and_what_was_seen() {
+    let waiting = eventually("the impossible", Duration::from_secs(1), async || {
+        Err::<(), _>("still 7")
+    });
+    let failed = tokio::spawn(waiting).await.unwrap_err().into_panic();
+    let message = failed.downcast::<String>().unwrap();
+    assert!(
+        message.starts_with("gave up waiting for the impossible after "),
+        "{message}"
+    );
+    assert!(message.ends_with("; last seen: still 7"), "{message}");
+}
+
+#[test]
+fn eventually_pauses_double_up_to_a_share_of_the_window_and_stop_at_the_deadline() {
+    let mut pacing = Pacing::new(Duration::from_secs(10));
+    let pauses: Vec<u128> = (0..6)
+        .map(|_| pacing.next(Duration::ZERO).unwrap().as_millis())
+        .collect();
+    assert_eq!(pauses, [5, 10, 20, 25, 25, 25]);
+    assert_eq!(
+        pacing.next(Duration::from_millis(9_990)),
+        Some(Duration::from_millis(10))
+    );
+    assert_eq!(pacing.next(Duration::from_secs(10)), None);
 }

@@ -130,10 +130,16 @@ async fn missing_or_wrong_claims_are_refused() {
 #[tokio::test]
 async fn oversized_token_is_refused_unread() {
     let server = start(settings()).await;
+    // Signed with the server's own secret: read, it would be accepted.
     let mut big = claims("a");
     big["pad"] = json!("p".repeat(5000));
     let token = forge(&Header::new(Algorithm::HS256), &big, SECRET.as_bytes());
+    assert!(token.len() > 4096);
     assert_401(&server, &token, "longer than 4096").await;
+    // Not a token at all: refused for its length, not as malformed, so it was never parsed.
+    assert_401(&server, &"x".repeat(4097), "longer than 4096").await;
+    // At the limit it is read, and found malformed.
+    assert_401(&server, &"x".repeat(4096), "malformed").await;
 }
 
 #[tokio::test]

@@ -1,9 +1,15 @@
 //! Test support: an in-process server on 127.0.0.1:0 and a WebSocket client that speaks
 //! the protocol with deadlines instead of sleeps.
+//!
+//! Every deadline is multiplied by `SWITCHBOARD_TEST_PATIENCE` (default 1; e.g. 3 on a slow
+//! CI machine); background conditions are awaited with [`eventually`], never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod eventually;
 pub mod process;
 pub mod redis;
+
+pub use eventually::{eventually, eventually_blocking, patient};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -410,7 +416,7 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(DEADLINE, fut)
+        tokio::time::timeout(patient(DEADLINE), fut)
             .await
             .expect("no event before the deadline")
     }

@@ -81,7 +81,7 @@ impl Running {
         if let Some(l) = self.seen.iter().find(|l| pred(l)) {
             return l.clone();
         }
-        let deadline = Instant::now() + super::DEADLINE;
+        let deadline = Instant::now() + super::patient(super::DEADLINE);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = self
@@ -105,14 +105,9 @@ impl Running {
                 .unwrap()
                 .success()
         );
-        let deadline = Instant::now() + super::DEADLINE;
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the server did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::eventually_blocking("the server to exit after SIGTERM", super::DEADLINE, || {
+            self.child.try_wait().unwrap().is_some()
+        });
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
         }
@@ -133,14 +128,9 @@ impl Running {
 
     /// Waits (bounded) for the process to exit and returns its status.
     pub fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + super::DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::eventually_blocking("the server to exit", super::DEADLINE, || {
+            self.child.try_wait().unwrap()
+        })
     }
 
     /// Every log line, once the process has exited.

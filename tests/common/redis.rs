@@ -6,7 +6,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::time::{Instant, sleep};
+use super::eventually;
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
@@ -38,14 +38,6 @@ pub async fn cli(port: u16, args: &[&str]) -> String {
         .await
         .expect("redis-cli runs (scripts/test.sh installs redis-tools)");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One redis-server process.
@@ -90,15 +82,19 @@ impl RedisServer {
             .expect("redis-server runs (scripts/test.sh installs it)");
         self.child = Some(child);
         let port = self.port;
-        let ready = async || cli(port, &["PING"]).await.trim() == "PONG";
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !ready().await {
-            if Instant::now() >= deadline {
-                let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                panic!("redis-server on {port} did not start:\n{log}");
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
+        let log = self.dir.join("redis.log");
+        eventually(
+            format!("redis-server on {port} to start"),
+            Duration::from_secs(10),
+            async || {
+                if cli(port, &["PING"]).await.trim() == "PONG" {
+                    return Ok(());
+                }
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                Err(format!("no PONG; its log:\n{log}"))
+            },
+        )
+        .await;
     }
 
     /// `redis://127.0.0.1:port`.
@@ -180,14 +176,14 @@ impl SentinelGroup {
         let replica_of = master.port.to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]).await;
         let port = replica.port;
-        wait_until(
-            "replication",
+        eventually(
+            "the replica's link to its master",
+            Duration::from_secs(15),
             async || {
                 cli(port, &["INFO", "replication"])
                     .await
                     .contains("master_link_status:up")
             },
-            Duration::from_secs(15),
         )
         .await;
 
@@ -223,8 +219,9 @@ impl SentinelGroup {
             child: Some(child),
         };
         let expected = master.port.to_string();
-        wait_until(
-            "sentinel",
+        eventually(
+            "Sentinel to watch the master",
+            Duration::from_secs(15),
             async || {
                 cli(
                     sentinel_port,
@@ -233,19 +230,18 @@ impl SentinelGroup {
                 .await
                 .contains(&expected)
             },
-            Duration::from_secs(15),
         )
         .await;
         // A failover right away needs Sentinel to know the replica already.
         let replica_port = format!("\n{}\n", replica.port);
-        wait_until(
+        eventually(
             "sentinel to discover the replica",
+            Duration::from_secs(15),
             async || {
                 cli(sentinel_port, &["SENTINEL", "replicas", "mymaster"])
                     .await
                     .contains(&replica_port)
             },
-            Duration::from_secs(15),
         )
         .await;
         SentinelGroup {
@@ -266,8 +262,9 @@ impl SentinelGroup {
         self.master.kill();
         let sentinel = self.sentinel.port;
         let replica = self.replica.port.to_string();
-        wait_until(
-            "failover",
+        eventually(
+            "Sentinel to fail over to the replica",
+            Duration::from_secs(30),
             async || {
                 cli(
                     sentinel,
@@ -276,14 +273,13 @@ impl SentinelGroup {
                 .await
                 .contains(&replica)
             },
-            Duration::from_secs(30),
         )
         .await;
         let port = self.replica.port;
-        wait_until(
-            "promotion",
-            async || cli(port, &["ROLE"]).await.starts_with("master"),
+        eventually(
+            "the replica to take the master role",
             Duration::from_secs(15),
+            async || cli(port, &["ROLE"]).await.starts_with("master"),
         )
         .await;
         port
@@ -328,14 +324,14 @@ impl RedisCluster {
         );
         for node in &nodes {
             let port = node.port;
-            wait_until(
-                "cluster_state:ok",
+            eventually(
+                format!("cluster_state:ok on node {port}"),
+                Duration::from_secs(20),
                 async || {
                     cli(port, &["CLUSTER", "INFO"])
                         .await
                         .contains("cluster_state:ok")
                 },
-                Duration::from_secs(20),
             )
             .await;
         }
