@@ -4,23 +4,23 @@
 //! service (`signaling`), join rooms, and exchange SDP offers/answers and ICE candidates
 //! that the server relays between members of the same room. Media never passes through.
 //!
-//! Layers; a module uses only the ones below it (`tests/layering.rs` fails on a cycle):
+//! Layers; a module uses only the ones below it (`tests/layering.rs` fails on a cycle or
+//! on anything reaching up into `server`):
 //!
 //! ```text
 //! main                       the binary: flags, logging, runtime
-//! server                     the node: composes each service's state, serves a role
+//! server  config             the node: each service's state from the resolved settings
 //! health  web  auth::routes  signaling::upgrade      HTTP edges, each on its own state
 //! auth    signaling::{hub, commands, link, connection, outbox, protocol}
 //! store   bus   redis        shared state, cross-node delivery, the Redis client
-//! error  clock  identifier  room  config  resilience  telemetry::metrics  net  fd_limit
+//! error  clock  identifier  room  resilience  telemetry  net  fd_limit
 //! ```
 //!
-//! Not there yet: `config` still names types of `auth`, `redis` and `resilience`, and
-//! `auth::keys` and the log set-up read `config`; `tests/layering.rs` allows those edges
-//! by name until each settings group resolves into its owner's config.
+//! `config` sits beside `server`, its only user: it resolves each settings group into the
+//! config of the module that owns it (auth, Redis, limits, ICE, logging, timing).
+//! docs/ARCHITECTURE.md follows a join and a relayed message through these modules.
 //!
 //! Modules:
-//! - [`config`]: settings, flags and environment, production checks.
 //! - [`error`]: the HTTP error body and the state store's failure.
 //! - [`clock`]: wall-clock seconds for token claims and heartbeats.
 //! - [`identifier`]: user and room id rules, and the shared copy of an id.
@@ -33,11 +33,14 @@
 //! - [`store`]: the state trait (sessions, rooms, TTLs), embedded and on Redis.
 //! - [`bus`]: each node's ordered inbox of messages from other nodes.
 //! - [`auth`]: signing secret, token issue/verify, revocation, HTTP routes.
-//! - [`signaling`]: wire protocol, one task per connection, the hub that routes.
+//! - [`signaling`]: wire protocol, one task per connection, the hub (a folder of
+//!   concerns around one routing table) that routes.
 //! - [`health`]: liveness, readiness and dependency health routes.
 //! - [`web`]: the embedded browser client.
+//! - [`config`]: settings by owner, flags and environment, production checks.
 //! - [`server`]: the node's state, a role's routes, and the HTTP server.
-//! - `bench`: the load generator.
+//!
+//! The load generator is a binary of its own, `switchboard-bench` (`bench/`).
 #![forbid(unsafe_code)]
 
 pub mod auth;

@@ -21,7 +21,7 @@ use crate::redis::{Keys, Redis};
 use crate::resilience::{Breaker, BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
 use crate::signaling::connection::ConnectionLimits;
 use crate::signaling::protocol::close;
-use crate::signaling::{Hub, SignalingState, liveness};
+use crate::signaling::{Hub, SignalingState, heartbeat};
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::Metrics;
 
@@ -142,7 +142,7 @@ impl AppState {
             // Others may need two heartbeats plus a timed-out call or two to recover.
             let redis_timeout = config.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout);
             let grace = config.timing.heartbeat * 2 + redis_timeout * 2;
-            tasks.push(tokio::spawn(liveness::heartbeat(
+            tasks.push(tokio::spawn(heartbeat::run(
                 hub.clone(),
                 config.timing.heartbeat,
                 grace,

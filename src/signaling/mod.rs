@@ -3,9 +3,9 @@
 
 mod commands;
 pub mod connection;
+pub mod heartbeat;
 pub mod hub;
 mod link;
-pub mod liveness;
 pub mod outbox;
 pub mod protocol;
 mod revocation;

@@ -13,7 +13,7 @@ use super::Hub;
 /// After starting, and after this node itself could not reach Redis, it waits `grace`
 /// before judging others: their heartbeats may have lapsed for the same reason (a Redis
 /// restart or failover), and they need the time to reconnect and renew them.
-pub async fn heartbeat(hub: Arc<Hub>, every: Duration, grace: Duration) {
+pub async fn run(hub: Arc<Hub>, every: Duration, grace: Duration) {
     let mut tick = tokio::time::interval(every / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
