@@ -508,12 +508,32 @@ suite!(
     a_client_that_stops_reading_is_closed_with_4003_while_others_relay,
     a_second_connection_of_a_session_replaces_the_first,
     room_capacity_and_room_restricted_tokens_are_enforced,
+    state_is_cleaned_up_when_everyone_leaves,
+    shutdown_closes_connections_with_1012,
+);
+
+/// The connection's timers (pings, the idle timeout, the token's refresh and expiry) are
+/// the connection's own, wherever its room lives; their logic has paused-clock unit tests
+/// (`src/signaling/timers.rs`). On real sockets they run once per kind of store: the
+/// embedded one and Redis (a refresh also renews the session's TTL there).
+macro_rules! timer_suite {
+    ($($name:ident),* $(,)?) => {
+        mod timers_memory {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Memory).await } )*
+        }
+        mod timers_redis_one_node {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(1)).await } )*
+        }
+    };
+}
+
+timer_suite!(
     a_fresh_token_arrives_before_expiry,
     a_refresh_lead_longer_than_the_token_life_does_not_loop,
     an_expired_token_closes_the_connection_with_4001,
     a_silent_connection_times_out,
-    state_is_cleaned_up_when_everyone_leaves,
-    shutdown_closes_connections_with_1012,
 );
 
 impl Client {

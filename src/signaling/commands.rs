@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::hub::{Hub, MembershipError, REMOTE_RELAY_FAILED, RelayError, Route};
 use super::outbox::Outbox;
 use super::protocol::{self, Command, ErrorCode, Outgoing, close};
+use super::timers::refresh_wait;
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
 use crate::resilience::{ConnectionSlot, IpPermit};
@@ -142,16 +143,7 @@ impl Connection {
 
     /// When to push a fresh token, if refresh is on.
     pub(super) fn refresh_at(&self, grant: &Grant) -> Option<Instant> {
-        if self.limits.refresh_before.is_zero() {
-            return None;
-        }
-        // Never sooner than half the remaining life, so a lead longer than a token's lifetime
-        // cannot turn into a refresh loop.
-        let remaining = grant.remaining();
-        let wait = remaining
-            .saturating_sub(self.limits.refresh_before)
-            .max(remaining / 2);
-        Some(Instant::now() + wait)
+        refresh_wait(grant.remaining(), self.limits.refresh_before).map(|w| Instant::now() + w)
     }
 
     /// Handles one text frame: at once when it needs nothing but this node (a relay to a

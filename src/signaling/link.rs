@@ -19,6 +19,7 @@ use super::commands::{
 };
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
+use super::timers::{Due, Timers};
 use crate::resilience::{MessageLimiter, Verdict};
 
 /// Most queued frames written to the socket's buffer before it is flushed.
@@ -50,10 +51,7 @@ pub(super) struct Link<'c> {
     /// Boxed so the link can be moved apart once it is done.
     timer: Pin<Box<Sleep>>,
     limiter: MessageLimiter,
-    last_frame: Instant,
-    next_ping: Instant,
-    expiry: Instant,
-    refresh: Option<Instant>,
+    timers: Timers,
 }
 
 /// Where the writing side stands.
@@ -102,8 +100,12 @@ impl<'c> Link<'c> {
         prelude.reverse();
         let mut link = Self {
             conn,
-            expiry: deadline_of(&session.grant),
-            refresh: conn.refresh_at(&session.grant),
+            timers: Timers::new(
+                now,
+                limits.ping_interval,
+                deadline_of(&session.grant),
+                conn.refresh_at(&session.grant),
+            ),
             session: Some(session),
             busy: None,
             ws,
@@ -121,8 +123,6 @@ impl<'c> Link<'c> {
                 STRIKE_WINDOW,
                 now,
             ),
-            last_frame: now,
-            next_ping: now + limits.ping_interval,
         };
         link.rearm();
         link
@@ -155,14 +155,9 @@ impl<'c> Link<'c> {
     /// deadline follows the last frame only when the timer fires: resetting a timer per
     /// frame was a measurable share of the relay's CPU.
     fn rearm(&mut self) {
-        let mut due = self.next_ping;
-        if self.session.is_some() {
-            let idle = self.last_frame + self.conn.limits.idle_timeout;
-            due = due.min(idle).min(self.expiry);
-            if let Some(at) = self.refresh {
-                due = due.min(at);
-            }
-        }
+        let due = self
+            .timers
+            .next(self.conn.limits.idle_timeout, self.session.is_some());
         self.timer.as_mut().reset(due);
     }
 
@@ -181,7 +176,7 @@ impl<'c> Link<'c> {
     /// Handles one read result; `Some` ends reading.
     fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Option<LeaveReason> {
         let now = Instant::now();
-        self.last_frame = now;
+        self.timers.heard(now);
         let conn = self.conn;
         let session = self.session.as_mut()?;
         if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
@@ -236,26 +231,31 @@ impl<'c> Link<'c> {
     /// The timer fired: a ping falls due, or (when the session is free) the token expired,
     /// the client went silent or the token is due for a refresh.
     fn on_timer(&mut self) -> Option<LeaveReason> {
-        let now = Instant::now();
         let limits = &self.conn.limits;
-        if now >= self.next_ping {
-            self.ping_due = true;
-            self.next_ping = now + limits.ping_interval;
-        }
+        let fired = self.timers.fire(
+            Instant::now(),
+            limits.ping_interval,
+            limits.idle_timeout,
+            self.session.is_some(),
+        );
+        self.ping_due |= fired.ping;
         if let Some(session) = self.session.as_mut() {
-            if now >= self.expiry {
-                session
-                    .outbox
-                    .close(Some(close::TOKEN_EXPIRED), "token expired");
-                return Some(LeaveReason::Disconnected);
+            match fired.due {
+                Some(Due::Expired) => {
+                    session
+                        .outbox
+                        .close(Some(close::TOKEN_EXPIRED), "token expired");
+                    return Some(LeaveReason::Disconnected);
+                }
+                Some(Due::Idle) => {
+                    session
+                        .outbox
+                        .close(Some(close::GOING_AWAY), "idle timeout");
+                    return Some(LeaveReason::Timeout);
+                }
+                Some(Due::Refresh) | None => {}
             }
-            if now >= self.last_frame + limits.idle_timeout {
-                session
-                    .outbox
-                    .close(Some(close::GOING_AWAY), "idle timeout");
-                return Some(LeaveReason::Timeout);
-            }
-            if self.refresh.is_some_and(|at| now >= at) {
+            if fired.due == Some(Due::Refresh) {
                 let fresh = self.conn.issuer.reissue(&session.grant);
                 let frame = Outgoing::Token {
                     token: &fresh.token,
@@ -264,8 +264,10 @@ impl<'c> Link<'c> {
                 .to_frame();
                 session.outbox.deliver(frame);
                 session.grant = fresh.claims.into();
-                self.expiry = deadline_of(&session.grant);
-                self.refresh = self.conn.refresh_at(&session.grant);
+                self.timers.renewed(
+                    deadline_of(&session.grant),
+                    self.conn.refresh_at(&session.grant),
+                );
                 self.defer(Deferred::KeepAlive);
             }
         }

@@ -9,6 +9,7 @@ mod link;
 pub mod outbox;
 pub mod protocol;
 mod revocation;
+mod timers;
 mod upgrade;
 
 pub use hub::Hub;

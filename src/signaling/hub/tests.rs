@@ -173,3 +173,52 @@ async fn a_flush_is_answered_to_the_node_that_asked() {
         })
     );
 }
+
+/// A parked session nobody resumes ends when its grace runs out, not before: the room
+/// hears `peer_left` with reason `timeout`, and the session's place is gone.
+#[tokio::test(start_paused = true)]
+async fn a_parked_session_ends_when_its_grace_runs_out() {
+    const GRACE: Duration = Duration::from_secs(30);
+    let bus = Arc::new(MemoryBus::new());
+    let hub = Arc::new(Hub::new(
+        "n1",
+        Arc::new(MemoryStore::new()),
+        bus,
+        6,
+        16,
+        Metrics::new(),
+    ));
+    let ann = hub.attach("s-ann", "ann", "ann-1", TTL).await.unwrap();
+    hub.join("ann-1", ann.epoch, "r").await.unwrap();
+    let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
+    hub.join("bob-1", bob.epoch, "r").await.unwrap();
+    while ann.inbox.try_recv().is_some() {}
+
+    assert!(
+        hub.park("bob-1", bob.epoch, (bob.inbox, Vec::new()), GRACE)
+            .await
+    );
+    // Lets the parking timer start before the clock moves.
+    tokio::task::yield_now().await;
+    tokio::time::advance(GRACE - Duration::from_millis(1)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(ann.inbox.try_recv().is_none(), "still within the grace");
+    assert_eq!(hub.peer_count(), 2);
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let told = tokio::time::timeout(Duration::from_secs(1), ann.inbox.recv())
+        .await
+        .expect("the room hears of the expiry")
+        .expect("ann's queue is open");
+    let told: serde_json::Value = serde_json::from_str(told.frame.as_str()).unwrap();
+    assert_eq!(told["type"], "peer_left");
+    assert_eq!(told["peerId"], "bob-1");
+    assert_eq!(told["reason"], "timeout");
+    assert_eq!(hub.peer_count(), 1);
+    assert!(matches!(
+        hub.route("ann-1", "bob-1"),
+        Err(RelayError::PeerNotFound)
+    ));
+}
