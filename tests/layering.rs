@@ -145,7 +145,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The module a file defines (`src/signaling/hub.rs` → `signaling::hub`); `None` for the
+/// The module a file defines (`src/signaling/hub/mod.rs` → `signaling::hub`); `None` for the
 /// crate roots and binaries.
 fn module_path(src: &Path, path: &Path) -> Option<Vec<String>> {
     let relative = path.strip_prefix(src).ok()?;

@@ -108,8 +108,8 @@ impl Target {
                 let secret = SigningSecret::new(secret.as_bytes().to_vec());
                 TokenSource::Mint(TokenIssuer::new(
                     &secret,
-                    &args.token_issuer,
-                    &args.token_audience,
+                    &args.claims.token_issuer,
+                    &args.claims.token_audience,
                     Duration::from_secs(3600),
                 ))
             }

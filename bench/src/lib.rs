@@ -61,22 +61,9 @@ pub struct BenchArgs {
     /// Also write the JSON results to this file.
     #[arg(long, global = true)]
     pub out: Option<PathBuf>,
-    /// `iss` claim of minted tokens; must match the server's TOKEN_ISSUER.
-    #[arg(
-        long,
-        env = "TOKEN_ISSUER",
-        default_value = "switchboard",
-        global = true
-    )]
-    pub token_issuer: String,
-    /// `aud` claim of minted tokens; must match the server's TOKEN_AUDIENCE.
-    #[arg(
-        long,
-        env = "TOKEN_AUDIENCE",
-        default_value = "switchboard",
-        global = true
-    )]
-    pub token_audience: String,
+    /// Claims of minted tokens; they must match the server's.
+    #[command(flatten)]
+    pub claims: switchboard::config::ClaimSettings,
     /// What to measure.
     #[command(subcommand)]
     pub scenario: Scenario,

@@ -12,6 +12,29 @@ use crate::auth::{ApiKeys, Issuance, MIN_SECRET_BYTES, SigningSecret, Weakness};
 /// Longest token lifetime the policy allows.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// The claims naming who issued a token and for whom: written and required by the
+/// server, and used by the load generator (`switchboard-bench`) to mint tokens it accepts.
+#[derive(Debug, Clone, PartialEq, Args)]
+pub struct ClaimSettings {
+    /// `iss` claim written and required in tokens.
+    #[arg(
+        long,
+        env = "TOKEN_ISSUER",
+        default_value = "switchboard",
+        global = true
+    )]
+    pub token_issuer: String,
+
+    /// `aud` claim written and required in tokens.
+    #[arg(
+        long,
+        env = "TOKEN_AUDIENCE",
+        default_value = "switchboard",
+        global = true
+    )]
+    pub token_audience: String,
+}
+
 /// Flags of the signing secret, token issuance and allowed origins.
 #[derive(Debug, Clone, PartialEq, Args)]
 #[command(next_help_heading = "Auth")]
@@ -49,23 +72,9 @@ pub struct AuthSettings {
     #[arg(long, env = "TOKEN_TTL", value_parser = humantime::parse_duration, default_value = "1h", global = true)]
     pub token_ttl: Duration,
 
-    /// `iss` claim written and required in tokens.
-    #[arg(
-        long,
-        env = "TOKEN_ISSUER",
-        default_value = "switchboard",
-        global = true
-    )]
-    pub token_issuer: String,
-
-    /// `aud` claim written and required in tokens.
-    #[arg(
-        long,
-        env = "TOKEN_AUDIENCE",
-        default_value = "switchboard",
-        global = true
-    )]
-    pub token_audience: String,
+    /// Who issues tokens, and for whom.
+    #[command(flatten)]
+    pub claims: ClaimSettings,
 
     /// How long before a token expires the server pushes a fresh one; `0s` disables refresh.
     #[arg(long, env = "TOKEN_REFRESH_BEFORE", value_parser = humantime::parse_duration, default_value = "5m", global = true)]
@@ -166,8 +175,8 @@ impl AuthSettings {
             issuance,
             api_keys,
             token_ttl: self.token_ttl,
-            issuer: self.token_issuer.clone(),
-            audience: self.token_audience.clone(),
+            issuer: self.claims.token_issuer.clone(),
+            audience: self.claims.token_audience.clone(),
             token_refresh_before: self.token_refresh_before,
             allowed_origins,
         })

@@ -25,7 +25,7 @@ pub(super) const STRIKES_TO_CLOSE: u32 = 50;
 /// Window in which refused messages count towards closing the connection.
 pub(super) const STRIKE_WINDOW: Duration = Duration::from_secs(10);
 
-/// Per-connection limits and timers (the node-wide ones are `config::Limits`).
+/// Per-connection limits and timers (the node-wide ones are `config::LimitsConfig`).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Server ping interval.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::oneshot;
 
-use super::{Hub, ROOM_TTL, Registration, Resumed, other_nodes};
+use super::{Hub, ROOM_TTL, Registration, Resumed};
 use crate::bus::BusMessage;
 use crate::signaling::protocol::{LeaveReason, close};
 use crate::store::{Epoch, JoinOutcome, Member, Previous, StoreError};
@@ -117,13 +117,7 @@ impl Hub {
             JoinOutcome::Joined(others) => others,
             JoinOutcome::Full => Vec::new(),
         };
-        if let Err(e) = self
-            .store
-            .set_session_room(session_id, epoch, Some(room))
-            .await
-        {
-            tracing::warn!(error = %e, "could not record the session's room");
-        }
+        self.record_room(session_id, epoch, Some(room)).await;
         {
             let mut table = self.write();
             let notices = table.move_in(room, peer_id, &others, &self.node);
@@ -135,9 +129,7 @@ impl Hub {
             node: self.node.to_string(),
             epoch,
         };
-        for node in other_nodes(&others, &self.node) {
-            self.publish(&node, &moved).await;
-        }
+        self.tell_other_nodes(&others, &moved).await;
         Ok(others.into_iter().map(|m| m.peer_id).collect())
     }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Hub, MembershipError, ROOM_TTL, other_nodes};
+use super::{Hub, MembershipError, ROOM_TTL};
 use crate::bus::BusMessage;
 use crate::signaling::protocol::LeaveReason;
 use crate::store::{Epoch, JoinOutcome, Member};
@@ -59,14 +59,7 @@ impl Hub {
         if let Some(old) = &current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
         }
-        // Bookkeeping for a later takeover; the membership itself is already recorded.
-        if let Err(e) = self
-            .store
-            .set_session_room(&session_id, epoch, Some(room))
-            .await
-        {
-            tracing::warn!(error = %e, "could not record the session's room");
-        }
+        self.record_room(&session_id, epoch, Some(room)).await;
         {
             let mut table = self.write();
             let notices = table.join(room, peer_id, &before, &self.node);
@@ -78,9 +71,7 @@ impl Hub {
             node: self.node.to_string(),
             epoch,
         };
-        for node in other_nodes(&before, &self.node) {
-            self.publish(&node, &joined).await;
-        }
+        self.tell_other_nodes(&before, &joined).await;
         Ok(before.into_iter().map(|m| m.peer_id).collect())
     }
 
@@ -123,9 +114,7 @@ impl Hub {
         let _room = self.enter_rooms(&[&current]).await;
         self.depart(&current, peer_id, epoch, LeaveReason::Left)
             .await;
-        if let Err(e) = self.store.set_session_room(&session_id, epoch, None).await {
-            tracing::warn!(error = %e, "could not record that the session left its room");
-        }
+        self.record_room(&session_id, epoch, None).await;
         Ok(())
     }
 
@@ -164,8 +153,6 @@ impl Hub {
             epoch,
             reason,
         };
-        for node in other_nodes(&remaining, &self.node) {
-            self.publish(&node, &left).await;
-        }
+        self.tell_other_nodes(&remaining, &left).await;
     }
 }

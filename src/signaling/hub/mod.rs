@@ -271,6 +271,21 @@ impl Hub {
         }
     }
 
+    /// Publishes `message` once to each node other than this one that holds `members`.
+    async fn tell_other_nodes(&self, members: &[Member], message: &BusMessage) {
+        for node in other_nodes(members, &self.node) {
+            self.publish(&node, message).await;
+        }
+    }
+
+    /// Records the room a session is in, as bookkeeping for a later takeover (the
+    /// membership itself is recorded already); a failure is logged.
+    async fn record_room(&self, session_id: &str, epoch: Epoch, room: Option<&str>) {
+        if let Err(e) = self.store.set_session_room(session_id, epoch, room).await {
+            tracing::warn!(error = %e, "could not record the session's room");
+        }
+    }
+
     /// Like [`Hub::publish`], from code that cannot wait (a gate being left).
     fn publish_later(&self, node: Arc<str>, message: BusMessage) {
         let bus = self.bus.clone();

@@ -134,9 +134,7 @@ impl Hub {
                     epoch: gone.epoch,
                     reason: LeaveReason::NodeLost,
                 };
-                for other in other_nodes(&eviction.remaining, &self.node) {
-                    self.publish(&other, &left).await;
-                }
+                self.tell_other_nodes(&eviction.remaining, &left).await;
             }
         }
         Ok(removed)
