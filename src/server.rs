@@ -115,10 +115,13 @@ impl AppState {
             &config.auth.audience,
             config.auth.token_ttl,
         );
+        // Lifetimes are checked against the policy cap rather than TOKEN_TTL, so tokens
+        // minted before a TOKEN_TTL change (or by `switchboard token --ttl`) still verify.
         let verifier = TokenVerifier::new(
             &config.auth.secret,
             &config.auth.issuer,
             &config.auth.audience,
+            crate::config::MAX_TOKEN_TTL,
         );
         let hub = Arc::new(Hub::new(
             &config.node.id,

@@ -333,3 +333,148 @@ async fn draining_fails_readiness_refuses_upgrades_and_closes_with_1012() {
             .is_err()
     );
 }
+
+/// Asserts `token` is refused with 401 both at the upgrade and at `GET /auth/validate`, with
+/// a message mentioning `needle` and never the token.
+async fn refused_everywhere(server: &common::TestServer, token: &str, needle: &str) {
+    let (status, body) = common::refused(server.ws_url(token)).await;
+    assert_eq!(status, 401, "upgrade, {needle:?}: {body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    assert!(!message.contains(token));
+
+    let response = reqwest::Client::new()
+        .get(server.http("/auth/validate"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401, "validate, {needle:?}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+    assert!(!message.contains(token));
+}
+
+#[tokio::test]
+async fn tokens_signed_with_the_right_key_but_unsafe_claims_or_headers_are_refused() {
+    use common::{SECRET, claims, forge};
+    use jsonwebtoken::{Algorithm, Header};
+    let server = start(settings()).await;
+    let hs256 = Header::new(Algorithm::HS256);
+    let sign = |header: &Header, c: &Value| forge(header, c, SECRET.as_bytes());
+    let now = switchboard::auth::unix_now();
+
+    // The same forging, with nothing unsafe, is accepted: each refusal below is for its one change.
+    let honest = sign(&hs256, &claims("a"));
+    server.connect_with(&honest).await;
+    let response = reqwest::Client::new()
+        .get(server.http("/auth/validate"))
+        .bearer_auth(&honest)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let mut crit = hs256.clone();
+    crit.crit = Some(vec!["exp".into()]);
+    refused_everywhere(&server, &sign(&crit, &claims("a")), "crit").await;
+
+    let mut future_iat = claims("a");
+    future_iat["iat"] = json!(now + 3600);
+    refused_everywhere(&server, &sign(&hs256, &future_iat), "iat").await;
+
+    let mut future_nbf = claims("a");
+    future_nbf["nbf"] = json!(now + 3600);
+    refused_everywhere(&server, &sign(&hs256, &future_nbf), "not valid yet").await;
+
+    // 1 January 3000.
+    let mut forever = claims("a");
+    forever["exp"] = json!(32_503_680_000u64);
+    refused_everywhere(&server, &sign(&hs256, &forever), "86400 s maximum").await;
+
+    let mut no_iat = claims("a");
+    no_iat.as_object_mut().unwrap().remove("iat");
+    refused_everywhere(&server, &sign(&hs256, &no_iat), "iat").await;
+
+    let mut bidi_sub = claims("a");
+    bidi_sub["sub"] = json!("admin\u{202E}txt.exe");
+    refused_everywhere(&server, &sign(&hs256, &bidi_sub), "sub").await;
+}
+
+#[tokio::test]
+async fn ids_with_bidi_controls_or_line_separators_are_refused_at_issuance() {
+    let server = start(settings()).await;
+    let base = server.http("");
+    let cases = [
+        (
+            json!({"userId": "admin\u{202E}gpj.exe"}),
+            "userId",
+            "bidirectional",
+        ),
+        (
+            json!({"userId": "\u{2066}alice"}),
+            "userId",
+            "bidirectional",
+        ),
+        (json!({"userId": "a\u{200F}"}), "userId", "bidirectional"),
+        (json!({"userId": "a\u{061C}"}), "userId", "bidirectional"),
+        (
+            json!({"userId": "line\u{2028}break"}),
+            "userId",
+            "separator",
+        ),
+        (json!({"userId": "para\u{2029}"}), "userId", "separator"),
+        (
+            json!({"userId": "alice", "roomId": "r\u{202D}"}),
+            "roomId",
+            "bidirectional",
+        ),
+    ];
+    for (body, field, needle) in cases {
+        let (status, json) = post_token(&base, &body.to_string(), "application/json", None).await;
+        assert_eq!(status, 400, "{body}: {json}");
+        assert_eq!(json["error"], "invalid_request", "{body}: {json}");
+        let message = json["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(field) && message.contains(needle),
+            "{body}: {message}"
+        );
+    }
+    // Right-to-left scripts and joiners are names, not attacks.
+    let body = json!({"userId": "שלום", "roomId": "👩\u{200D}💻"}).to_string();
+    let (status, json) = post_token(&base, &body, "application/json", None).await;
+    assert_eq!(status, 200, "{json}");
+}
+
+#[tokio::test]
+async fn room_ids_with_bidi_controls_or_line_separators_get_invalid_message_on_the_socket() {
+    let server = start(settings()).await;
+    let (mut bob, _) = server.join("bob", "r").await;
+    let mut alice = server.connect("alice").await;
+    for (id, room, needle) in [
+        (1, "r\u{202E}", "bidirectional"),
+        (2, "\u{2067}r", "bidirectional"),
+        (3, "r\u{2028}", "separator"),
+        (4, "r\u{2029}", "separator"),
+    ] {
+        alice
+            .send(json!({"type": "join", "roomId": room, "id": id}))
+            .await;
+        let error = alice.expect_error("invalid_message").await;
+        assert_eq!(error["ref"], id);
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.contains("roomId") && message.contains(needle),
+            "{message}"
+        );
+    }
+    // The refusals cost nothing: alice still joins, and bob hears only that join.
+    alice.join("r").await;
+    assert_eq!(
+        bob.expect("peer_joined").await["peerId"],
+        alice.peer_id.as_str()
+    );
+    bob.expect_nothing_pending().await;
+}

@@ -88,6 +88,7 @@ fn token_command_mints_a_verifiable_token() {
         &switchboard::auth::SigningSecret::new(SECRET.as_bytes().to_vec()),
         "switchboard",
         "switchboard",
+        switchboard::config::MAX_TOKEN_TTL,
     );
     let claims = verifier.verify(token.trim()).unwrap();
     assert_eq!(claims.sub, "alice");

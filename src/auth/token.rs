@@ -1,4 +1,10 @@
 //! JWT minting and verification: HS256 only, with the claims Switchboard relies on.
+//!
+//! Verification follows the JWT best current practice (RFC 8725): the algorithm is pinned,
+//! a header naming critical extensions (`crit`) is refused since we understand none, and
+//! the times must be plausible: `iat` and `nbf` not in the future beyond a small leeway,
+//! and `exp - iat` no longer than the lifetime the policy allows, so a token signed with
+//! the right key but an `exp` in the year 3000 is still refused.
 
 use std::time::Duration;
 
@@ -12,7 +18,7 @@ use crate::identifier;
 
 /// Tokens longer than this are rejected before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 4096;
-/// Clock skew tolerated on `exp` and `nbf`.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 30;
 
 /// The claims of a Switchboard token.
@@ -113,6 +119,17 @@ pub enum TokenError {
     /// Before its `nbf`.
     #[error("the token is not valid yet (nbf is in the future)")]
     NotYetValid,
+    /// `iat` in the future beyond the leeway: the issuer's clock is wrong or the token forged.
+    #[error("the token's iat (issued at) is in the future; check the issuer's clock")]
+    IssuedInFuture,
+    /// `exp - iat` above the policy's maximum lifetime.
+    #[error(
+        "the token lives longer than the {0} s maximum (exp - iat); issue shorter-lived tokens"
+    )]
+    LifetimeTooLong(u64),
+    /// The header names critical extensions (`crit`), none of which this server implements.
+    #[error("the token header lists critical extensions (crit) this server does not understand")]
+    UnknownCritical,
     /// Signed with another algorithm than HS256 (including `none`).
     #[error("the token is not signed with HS256")]
     WrongAlgorithm,
@@ -192,11 +209,19 @@ impl TokenIssuer {
 pub struct TokenVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// Longest `exp - iat` accepted, in seconds: the issuance policy's cap.
+    max_lifetime: u64,
 }
 
 impl TokenVerifier {
-    /// A verifier pinned to HS256 with exact `iss`/`aud`.
-    pub fn new(secret: &SigningSecret, issuer: &str, audience: &str) -> Self {
+    /// A verifier pinned to HS256 with exact `iss`/`aud`, accepting lifetimes (`exp - iat`)
+    /// up to `max_lifetime`.
+    pub fn new(
+        secret: &SigningSecret,
+        issuer: &str,
+        audience: &str,
+        max_lifetime: Duration,
+    ) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = LEEWAY_SECS;
@@ -204,10 +229,13 @@ impl TokenVerifier {
         validation.validate_nbf = true;
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
+        // The library cannot require `iat`; `Claims` has no default for it, so a token
+        // without one is refused as a bad `iat` claim (the lifetime check needs it).
         validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
         Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            max_lifetime: max_lifetime.as_secs(),
         }
     }
 
@@ -223,6 +251,7 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| map_error(e.kind()))?;
         let claims = data.claims;
+        self.check_times(&claims)?;
         if identifier::check(&claims.sub).is_err() {
             return Err(TokenError::BadClaim("sub"));
         }
@@ -241,25 +270,45 @@ impl TokenVerifier {
         }
         Ok(claims)
     }
+
+    /// The checks the JWT library leaves to us (it validates only `exp` and `nbf`): `iat`
+    /// not in the future and a lifetime within the policy. Both are read after the
+    /// signature, so they speak about what the key holder wrote.
+    fn check_times(&self, claims: &Claims) -> Result<(), TokenError> {
+        if claims.iat > unix_now() + LEEWAY_SECS {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime {
+            return Err(TokenError::LifetimeTooLong(self.max_lifetime));
+        }
+        Ok(())
+    }
 }
 
 /// Reads the header's `alg` before anything else, so `none` or an algorithm the JWT library
-/// does not even know is reported as what it is rather than as a parse failure.
+/// does not even know is reported as what it is rather than as a parse failure; and refuses
+/// any `crit` (RFC 7515 §4.1.11: an extension the recipient does not understand makes the
+/// token invalid, and we understand none).
 fn check_header(token: &str) -> Result<(), TokenError> {
     use base64::Engine;
     #[derive(Deserialize)]
     struct JoseHeader {
         alg: Option<String>,
+        /// Any value, even an empty list (which RFC 7515 forbids), is refused.
+        crit: Option<serde_json::Value>,
     }
     let first = token.split('.').next().unwrap_or_default();
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(first)
         .map_err(|_| TokenError::Malformed)?;
     let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-    match header.alg.as_deref() {
-        Some("HS256") => Ok(()),
-        _ => Err(TokenError::WrongAlgorithm),
+    if header.alg.as_deref() != Some("HS256") {
+        return Err(TokenError::WrongAlgorithm);
     }
+    if header.crit.is_some() {
+        return Err(TokenError::UnknownCritical);
+    }
+    Ok(())
 }
 
 fn map_error(kind: &ErrorKind) -> TokenError {
@@ -270,7 +319,9 @@ fn map_error(kind: &ErrorKind) -> TokenError {
         ErrorKind::InvalidSignature => TokenError::BadSignature,
         ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
         ErrorKind::InvalidAudience => TokenError::WrongAudience,
-        ErrorKind::MissingRequiredClaim(c) => TokenError::BadClaim(claim_name(c)),
+        ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
+            TokenError::BadClaim(claim_name(c))
+        }
         ErrorKind::Json(e) => TokenError::BadClaim(claim_name(&e.to_string())),
         _ => TokenError::Malformed,
     }
@@ -316,8 +367,105 @@ mod tests {
                 "switchboard",
                 Duration::from_secs(60),
             ),
-            TokenVerifier::new(&secret, "switchboard", "switchboard"),
+            TokenVerifier::new(&secret, "switchboard", "switchboard", MAX_LIFETIME),
         )
+    }
+
+    const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+    /// Valid claims for `alice`, issued now and living ten minutes.
+    fn claims() -> Claims {
+        let now = unix_now();
+        Claims {
+            iss: "switchboard".into(),
+            aud: "switchboard".into(),
+            sub: "alice".into(),
+            session_id: "s1".into(),
+            jti: "j1".into(),
+            iat: now,
+            nbf: now,
+            exp: now + 600,
+            room: None,
+        }
+    }
+
+    /// Signs `claims` under `header` with the verifier's own key, as a key holder could.
+    fn sign(header: &Header, claims: &impl Serialize) -> String {
+        jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(&[7u8; 32])).unwrap()
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused_even_when_signed() {
+        let (_, verifier) = pair();
+        let plain = Header::new(Algorithm::HS256);
+        assert!(verifier.verify(&sign(&plain, &claims())).is_ok());
+        let mut crit = plain.clone();
+        crit.crit = Some(vec!["exp".into()]);
+        assert_eq!(
+            verifier.verify(&sign(&crit, &claims())),
+            Err(TokenError::UnknownCritical)
+        );
+        // An empty list is invalid JOSE as well.
+        crit.crit = Some(Vec::new());
+        assert_eq!(
+            verifier.verify(&sign(&crit, &claims())),
+            Err(TokenError::UnknownCritical)
+        );
+    }
+
+    #[test]
+    fn iat_and_nbf_in_the_future_are_refused_beyond_the_leeway() {
+        let (_, verifier) = pair();
+        let header = Header::new(Algorithm::HS256);
+        let now = unix_now();
+        let mut skewed = claims();
+        skewed.iat = now + LEEWAY_SECS / 2;
+        assert!(verifier.verify(&sign(&header, &skewed)).is_ok());
+        let mut future = claims();
+        future.iat = now + 300;
+        assert_eq!(
+            verifier.verify(&sign(&header, &future)),
+            Err(TokenError::IssuedInFuture)
+        );
+        let mut not_yet = claims();
+        not_yet.nbf = now + 300;
+        assert_eq!(
+            verifier.verify(&sign(&header, &not_yet)),
+            Err(TokenError::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn lifetimes_above_the_policy_cap_are_refused() {
+        let (_, verifier) = pair();
+        let header = Header::new(Algorithm::HS256);
+        let mut longest = claims();
+        longest.exp = longest.iat + MAX_LIFETIME.as_secs();
+        assert!(verifier.verify(&sign(&header, &longest)).is_ok());
+        let mut longer = claims();
+        longer.exp = longer.iat + MAX_LIFETIME.as_secs() + 1;
+        let refused = verifier.verify(&sign(&header, &longer));
+        assert_eq!(refused, Err(TokenError::LifetimeTooLong(86_400)));
+        assert!(refused.unwrap_err().to_string().contains("86400 s maximum"));
+        // The year 3000, with an old `iat` that would otherwise make it look short-lived.
+        let mut forever = claims();
+        forever.iat = 0;
+        forever.exp = 32_503_680_000;
+        assert_eq!(
+            verifier.verify(&sign(&header, &forever)),
+            Err(TokenError::LifetimeTooLong(86_400))
+        );
+    }
+
+    #[test]
+    fn a_token_without_iat_is_refused_naming_the_claim() {
+        let (_, verifier) = pair();
+        let mut value = serde_json::to_value(claims()).unwrap();
+        value.as_object_mut().unwrap().remove("iat");
+        assert_eq!(
+            verifier.verify(&sign(&Header::new(Algorithm::HS256), &value)),
+            Err(TokenError::BadClaim("iat"))
+        );
     }
 
     #[test]
