@@ -338,4 +338,6 @@ async fn missing_host_gets_400() {
     assert_eq!(status, 400);
     assert_eq!(body["error"], "invalid_handshake");
     assert!(body["message"].as_str().unwrap().contains("Host"));
+    let metrics = server.metrics().await;
+    assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="bad_handshake"} 1"#));
 }
