@@ -478,3 +478,87 @@ async fn room_ids_with_bidi_controls_or_line_separators_get_invalid_message_on_t
     );
     bob.expect_nothing_pending().await;
 }
+
+// ---- Oversized bodies are refused with 413 before they are read ----
+// Raw TCP: the attacker declares or streams more than the limit and never finishes.
+
+/// Sends `request` on a fresh socket and returns the answer's head and body, read within
+/// a short deadline and without ever sending more than `request`.
+async fn raw_answer(addr: std::net::SocketAddr, request: &[u8]) -> (String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The server may answer and close before all of it is written.
+        let _ = socket.write_all(request).await;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            answer.extend_from_slice(&buf[..n]);
+            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&answer[..end]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().unwrap())
+                    })
+                    .expect("a content length");
+                if answer.len() >= end + 4 + length {
+                    let body = serde_json::from_slice(&answer[end + 4..end + 4 + length])
+                        .expect("a JSON body");
+                    return (head, body);
+                }
+            }
+            assert!(n > 0, "connection closed before a full answer");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), exchange)
+        .await
+        .expect("an answer within 2 s")
+}
+
+#[tokio::test]
+async fn declared_huge_body_gets_413_before_it_is_sent() {
+    let server = start(settings()).await;
+    for path in ["/auth/token", "/auth/revoke"] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000000000\r\n\r\n",
+            server.addr
+        );
+        let (head, body) = raw_answer(server.addr, request.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 413"), "{path}: {head}");
+        assert_eq!(body["error"], "payload_too_large");
+        assert!(body["message"].as_str().unwrap().contains("16384 bytes"));
+    }
+    // At the limit, a declared length is read as usual.
+    let (status, body) = post_token(
+        &server.http(""),
+        &format!(r#"{{"userId": "a", "pad": "{}"}}"#, "x".repeat(16_000)),
+        "application/json",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn chunked_body_above_the_limit_gets_413() {
+    let server = start(settings()).await;
+    let mut request = format!(
+        "POST /auth/token HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    let chunk = "x".repeat(4096);
+    for _ in 0..5 {
+        request.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+    }
+    // No last chunk: the server must not wait for the end of a body it will refuse.
+    let (head, body) = raw_answer(server.addr, &request).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert_eq!(body["error"], "payload_too_large");
+}

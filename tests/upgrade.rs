@@ -216,3 +216,128 @@ async fn plain_http_with_a_valid_token_gets_426() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "upgrade_required");
 }
+
+// ---- Malformed handshakes are refused with 400 before any upgrade ----
+// Raw TCP: a WebSocket library will not send these bytes.
+
+/// Sends `request` on a fresh socket and reads the answer's status and JSON body, within
+/// a deadline.
+async fn raw_handshake(addr: std::net::SocketAddr, request: String) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let exchange = async {
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buf).await.unwrap();
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let head = &text[..end];
+                let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+                if status == 101 {
+                    return (status, serde_json::Value::Null);
+                }
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().unwrap())
+                    })
+                    .expect("a content length");
+                if answer.len() >= end + 4 + length {
+                    let body = serde_json::from_slice(&answer[end + 4..end + 4 + length])
+                        .expect("a JSON body");
+                    return (status, body);
+                }
+            }
+            assert!(n > 0, "connection closed before a full answer: {text}");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .expect("an answer within 5 s")
+}
+
+/// An upgrade request for `token` with `headers` (each line ending in CRLF) added.
+fn upgrade_request(token: &str, headers: &str) -> String {
+    format!(
+        "GET /ws/signal?token={token} HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: switchboard.v1\r\n{headers}\r\n"
+    )
+}
+
+const GOOD_KEY: &str = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+
+#[tokio::test]
+async fn well_formed_raw_upgrade_gets_101() {
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let request = upgrade_request(&token, &format!("Host: {}\r\n{GOOD_KEY}", server.addr));
+    assert_eq!(raw_handshake(server.addr, request).await.0, 101);
+}
+
+#[tokio::test]
+async fn websocket_key_that_is_not_16_bytes_of_base64_gets_400() {
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let host = format!("Host: {}\r\n", server.addr);
+    for key in [
+        "AAAAAAAAAAA=",                     // 8 bytes
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", // 23 bytes
+        "not base64 at all!!!!!!!",
+    ] {
+        let request = upgrade_request(&token, &format!("{host}Sec-WebSocket-Key: {key}\r\n"));
+        let (status, body) = raw_handshake(server.addr, request).await;
+        assert_eq!(status, 400, "key {key}");
+        assert_eq!(body["error"], "invalid_handshake");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("Sec-WebSocket-Key")
+        );
+    }
+    // Two keys, each well formed, are refused too.
+    let request = upgrade_request(&token, &format!("{host}{GOOD_KEY}{GOOD_KEY}"));
+    assert_eq!(raw_handshake(server.addr, request).await.0, 400);
+}
+
+#[tokio::test]
+async fn duplicate_origin_gets_400_whatever_the_order() {
+    let mut s = settings();
+    s.auth.allowed_origins = Some("https://app.example.com".into());
+    let server = start(s).await;
+    let token = server.token("a", None);
+    let base = format!("Host: {}\r\n{GOOD_KEY}", server.addr);
+    let allowed = "Origin: https://app.example.com\r\n";
+    let foreign = "Origin: https://evil.example.net\r\n";
+    for origins in [
+        format!("{allowed}{foreign}"),
+        format!("{foreign}{allowed}"),
+        format!("{allowed}{allowed}"),
+    ] {
+        let request = upgrade_request(&token, &format!("{base}{origins}"));
+        let (status, body) = raw_handshake(server.addr, request).await;
+        assert_eq!(status, 400, "{origins}");
+        assert_eq!(body["error"], "invalid_handshake");
+        assert!(body["message"].as_str().unwrap().contains("Origin"));
+    }
+    // The allowed origin, once, still upgrades.
+    let request = upgrade_request(&token, &format!("{base}{allowed}"));
+    assert_eq!(raw_handshake(server.addr, request).await.0, 101);
+}
+
+#[tokio::test]
+async fn missing_host_gets_400() {
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let (status, body) = raw_handshake(server.addr, upgrade_request(&token, GOOD_KEY)).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"], "invalid_handshake");
+    assert!(body["message"].as_str().unwrap().contains("Host"));
+    let metrics = server.metrics().await;
+    assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="bad_handshake"} 1"#));
+}

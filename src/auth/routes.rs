@@ -8,8 +8,10 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +21,7 @@ use crate::identifier;
 use crate::resilience::{IpLimiter, TrustedNet, request_ip};
 use crate::store::Store;
 
-/// Largest accepted body for `POST /auth/token`.
+/// Largest accepted body for `POST /auth/token` and `POST /auth/revoke`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What the Auth service's handlers need, and nothing else.
@@ -56,7 +58,33 @@ where
         .route("/auth/token", post(issue))
         .route("/auth/revoke", post(revoke))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost on the body routes: a declared length above the limit is refused
+        // before any byte of the body is read (the extractor's limit only trips on
+        // bytes that have arrived, so a huge declared body would be waited for).
+        .layer(middleware::from_fn(refuse_declared_oversize))
         .route("/auth/validate", get(validate))
+}
+
+/// Answers 413 at once when `Content-Length` declares more than [`MAX_BODY_BYTES`].
+async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES as u64 => too_large().into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// The 413 for a body above [`MAX_BODY_BYTES`], declared or streamed.
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("The request body is larger than {MAX_BODY_BYTES} bytes; send a smaller one."),
+    )
 }
 
 #[derive(Deserialize)]
@@ -108,11 +136,7 @@ fn json_body<T: serde::de::DeserializeOwned>(
     }
     let body = body.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("The request body is larger than {MAX_BODY_BYTES} bytes."),
-            )
+            too_large()
         } else {
             ApiError::bad_request("invalid_request", "The request body could not be read.")
         }

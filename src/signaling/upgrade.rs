@@ -10,6 +10,8 @@ use axum::extract::{ConnectInfo, FromRef, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 
 use super::Hub;
 use super::connection::{self, Connection, ConnectionLimits};
@@ -23,6 +25,9 @@ pub const SUBPROTOCOL: &str = "switchboard.v1";
 /// Small, because an idle connection keeps it; the socket below it takes each burst from
 /// the kernel at once, so a larger frame costs copies, not system calls.
 const READ_BUFFER_BYTES: usize = 128;
+
+/// Length of a decoded `Sec-WebSocket-Key` (RFC 6455 §4.1).
+const KEY_BYTES: usize = 16;
 
 /// Prefix of the subprotocol entry that carries the token.
 const BEARER_PREFIX: &str = "bearer.";
@@ -91,6 +96,8 @@ async fn accept(
     query: Option<&str>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, (&'static str, ApiError)> {
+    // Malformed requests first: they cost nothing to spot and never become connections.
+    check_handshake(headers).map_err(|e| ("bad_handshake", e))?;
     if state.draining.load(Ordering::Relaxed) {
         return Err((
             "draining",
@@ -214,6 +221,36 @@ fn overloaded(message: &str, secs: u64) -> ApiError {
     let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message);
     e.retry_after = Some(secs);
     e
+}
+
+/// Refuses what a conforming client never sends (RFC 6455 §4.1): a missing `Host`, an
+/// `Origin` given twice (a proxy or filter may read the other one), and a
+/// `Sec-WebSocket-Key` that is not 16 bytes in base64.
+fn check_handshake(headers: &HeaderMap) -> Result<(), ApiError> {
+    if headers.get(header::HOST).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_handshake",
+            "The Host header is missing; send Host with the server's name.",
+        ));
+    }
+    if headers.get_all(header::ORIGIN).iter().nth(1).is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_handshake",
+            "The Origin header is given more than once; send it once.",
+        ));
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    // An absent key is a plain HTTP request, answered 426 further on.
+    if let Some(key) = keys.next() {
+        let decoded_len = STANDARD.decode(key.as_bytes()).map(|k| k.len());
+        if keys.next().is_some() || decoded_len != Ok(KEY_BYTES) {
+            return Err(ApiError::bad_request(
+                "invalid_handshake",
+                "The Sec-WebSocket-Key header must be one value of 16 random bytes in base64.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_origin(state: &SignalingState, headers: &HeaderMap) -> Result<(), ApiError> {
