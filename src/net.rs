@@ -94,6 +94,17 @@ impl ElasticStream {
     }
 }
 
+/// Hands what is still gathered to the kernel, without waiting: tungstenite ends a close
+/// handshake the client began by writing its close reply and dropping the socket without
+/// a flush, and the reply must not be lost with the buffer.
+impl Drop for ElasticStream {
+    fn drop(&mut self) {
+        if !self.gathered.is_empty() {
+            let _ = self.tcp.try_write(&self.gathered);
+        }
+    }
+}
+
 impl AsyncRead for ElasticStream {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -243,6 +254,16 @@ mod tests {
         let ((), read) = tokio::join!(writing, reading);
         read.unwrap();
         assert_eq!(got, sent);
+    }
+
+    #[tokio::test]
+    async fn dropping_writes_what_was_gathered() {
+        let (mut server, mut client) = pair().await;
+        server.write_all(b"bye").await.unwrap();
+        drop(server);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
     }
 
     #[tokio::test]

@@ -243,6 +243,63 @@ async fn malformed_input_gets_errors_and_harms_nothing_else(backend: Backend) {
     assert_eq!(alice.expect("offer").await["sdp"], "back");
 }
 
+async fn relayed_values_of_the_wrong_type_are_refused_and_not_delivered(backend: Backend) {
+    let server = start_on(backend, settings()).await;
+    let (mut alice, _) = server.join("alice", "r").await;
+    let (mut bob, _) = server.join("bob", "r").await;
+    alice.expect("peer_joined").await;
+    let to = bob.peer_id.clone();
+
+    let oversized = json!({"candidate": "x".repeat(5000), "sdpMid": "0"});
+    for (id, message) in [
+        (
+            "sdp-object",
+            json!({"type": "offer", "peerId": to, "sdp": {"v": 0}}),
+        ),
+        (
+            "sdp-number",
+            json!({"type": "offer", "peerId": to, "sdp": 0}),
+        ),
+        (
+            "answer-array",
+            json!({"type": "answer", "peerId": to, "sdp": ["v=0"]}),
+        ),
+        (
+            "candidate-string",
+            json!({"type": "ice-candidate", "peerId": to, "candidate": "candidate:1 1 udp 1 192.0.2.1 9 typ host"}),
+        ),
+        (
+            "candidate-number",
+            json!({"type": "ice-candidate", "peerId": to, "candidate": 1}),
+        ),
+        (
+            "candidate-oversized",
+            json!({"type": "ice-candidate", "peerId": to, "candidate": oversized}),
+        ),
+    ] {
+        let mut message = message;
+        message["id"] = json!(id);
+        alice.send(message).await;
+        let error = alice.expect_error("invalid_message").await;
+        assert_eq!(error["ref"], id, "{error}");
+    }
+    // Each refusal was decided before its error was queued: anything relayed to bob would
+    // come before this pong.
+    bob.expect_nothing_pending().await;
+
+    // Still relaying: a valid offer, and a null candidate (the end of candidates).
+    alice.offer(&to, "v=0 after").await;
+    assert_eq!(bob.expect("offer").await["sdp"], "v=0 after");
+    alice
+        .send(json!({"type": "ice-candidate", "peerId": to, "candidate": null}))
+        .await;
+    let end = bob.expect("ice-candidate").await;
+    assert_eq!(
+        end,
+        json!({"type": "ice-candidate", "peerId": alice.peer_id, "candidate": null})
+    );
+}
+
 async fn an_oversized_frame_closes_with_1009_and_others_keep_working(backend: Backend) {
     let mut s = settings();
     s.limits.max_message_bytes = 4096;
@@ -504,6 +561,7 @@ suite!(
     relay_among_three_reaches_only_the_addressed_peer,
     a_large_non_ascii_sdp_arrives_byte_exact,
     malformed_input_gets_errors_and_harms_nothing_else,
+    relayed_values_of_the_wrong_type_are_refused_and_not_delivered,
     an_oversized_frame_closes_with_1009_and_others_keep_working,
     a_client_that_stops_reading_is_closed_with_4003_while_others_relay,
     a_second_connection_of_a_session_replaces_the_first,
@@ -535,6 +593,48 @@ timer_suite!(
     an_expired_token_closes_the_connection_with_4001,
     a_silent_connection_times_out,
 );
+
+/// The closing handshake (RFC 6455 section 5.5.1): whatever code a client closes with,
+/// or none, the server answers with its own close frame before it closes TCP, so the
+/// client sees a clean close (its code echoed) rather than a reset. It is the socket's
+/// own, whatever the store; the embedded one is enough.
+#[tokio::test]
+async fn the_server_answers_every_client_close_with_its_own() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let server = start_on(Backend::Memory, settings()).await;
+    let (mut bob, _) = server.join("bob", "r").await;
+    for code in [Some(1000), Some(1001), Some(3000), Some(4000), None] {
+        let (mut alice, _) = server.join("alice", "r").await;
+        bob.expect("peer_joined").await;
+        let frame = code.map(|code| CloseFrame {
+            code: code.into(),
+            reason: "bye".into(),
+        });
+        alice.ws.close(frame).await.expect("close frame sent");
+        let reply = tokio::time::timeout(common::patient(common::DEADLINE), async {
+            loop {
+                match alice.ws.next().await {
+                    Some(Ok(Message::Close(reply))) => return Ok(reply),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("closed without a close frame".to_string()),
+                }
+            }
+        })
+        .await
+        .expect("an answer before the deadline");
+        let reply = reply.unwrap_or_else(|e| panic!("close {code:?}: no close frame back: {e}"));
+        assert_eq!(reply.map(|f| u16::from(f.code)), code, "close {code:?}");
+        // After the handshake the stream ends cleanly.
+        assert!(
+            matches!(alice.ws.next().await, None | Some(Ok(_))),
+            "close {code:?}: the connection ended with an error after the close"
+        );
+        let left = bob.expect("peer_left").await;
+        assert_eq!(left["reason"], "disconnected");
+    }
+}
 
 impl Client {
     /// Like `expect`, skipping membership events.

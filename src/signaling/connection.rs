@@ -141,6 +141,7 @@ impl Connection {
         let (sink, mut stream) = (*ws).split();
         let writer = maybe_done(finish_writing(
             sink,
+            session.client_close.is_some(),
             inbox,
             failed,
             unflushed,
@@ -254,10 +255,11 @@ impl Connection {
 
 /// The writing side's end, once reading stopped and the close reason is set: the frames
 /// whose write failed, or (for a close frame) what is left flushed and the close frame
-/// sent. Returns the queue, and the frames that may not have arrived, so a parked session
+/// sent, or (when the client closed first) the reply to its close frame sent. Returns the queue, and the frames that may not have arrived, so a parked session
 /// keeps both for its resume.
 async fn finish_writing(
     mut sink: SplitSink<WebSocket, Message>,
+    client_closed: bool,
     inbox: Inbox,
     failed: Option<Vec<Utf8Bytes>>,
     unflushed: Vec<Utf8Bytes>,
@@ -278,6 +280,13 @@ async fn finish_writing(
                 .map(|frame| Outbound { frame, since: None })
                 .collect();
             Box::pin(say_goodbye(&mut sink, &inbox, unsent, code, text, &metrics)).await;
+            (inbox, Vec::new())
+        }
+        // The client closed: the socket queued the reply to its close frame (RFC 6455
+        // section 5.5.1: the same code, or none) behind what was already written, and
+        // only a write or flush sends it. Without it the client sees a reset (1006).
+        _ if client_closed => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.flush()).await;
             (inbox, Vec::new())
         }
         // The client is gone: nothing not confirmed written can be vouched for.
@@ -301,10 +310,12 @@ async fn say_goodbye(
             for Outbound { frame, .. } in unsent.into_iter().chain(queued) {
                 metrics.outbound(&frame);
                 if sink.feed(Message::Text(frame)).await.is_err() {
-                    return;
+                    break;
                 }
             }
         }
+        // Sent even when a frame failed: once a client's own close arrived, messages are
+        // refused, and this sends the reply to its close instead.
         let _ = sink.send(close_message(code, text)).await;
     })
     .await;

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::IceServer;
@@ -140,10 +140,16 @@ struct Frame<'a> {
     room_id: Option<Cow<'a, str>>,
     #[serde(rename = "peerId", borrow)]
     peer_id: Option<Cow<'a, str>>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     sdp: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "present")]
     candidate: Option<&'a RawValue>,
+}
+
+/// Keeps an explicit `null` as the raw value `null` (serde's `Option` would read it as
+/// absent): a `null` candidate means "end of candidates" and is relayed.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -154,6 +160,14 @@ struct IdOnly<'a> {
 
 /// Longest client `id` echoed back; longer ones are not echoed.
 const MAX_REF_BYTES: usize = 128;
+
+/// Largest `candidate` object relayed, as JSON text. A browser's candidate (the
+/// `candidate` line, `sdpMid`, `sdpMLineIndex`, `usernameFragment`) is a few hundred
+/// bytes; the cap keeps a client from passing bulk data through the trickle channel at
+/// the candidate rate. SDP needs no cap of its own: a session description with many
+/// media sections runs to tens of kilobytes, and the frame limit (`MAX_MESSAGE_BYTES`)
+/// already bounds it.
+pub const MAX_CANDIDATE_BYTES: usize = 4096;
 
 /// Parses one text frame into a command, the client's `id` (for replies) and any rejection.
 pub fn parse(text: &str) -> (Option<&RawValue>, Result<Command<'_>, Rejected<'_>>) {
@@ -206,11 +220,10 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
             reference,
         ));
     };
-    let relay = |kind: RelayKind, name: &str, payload: Option<&'a RawValue>, field: &str| {
+    let relay = |kind: RelayKind, name: &str, payload: Option<&'a RawValue>| {
         let to = f.peer_id.clone().ok_or_else(|| missing("peerId", name))?;
-        let payload = payload
-            .filter(|p| p.get() != "null")
-            .ok_or_else(|| missing(field, name))?;
+        let payload = checked_payload(kind, name, payload)
+            .map_err(|message| reject(ErrorCode::InvalidMessage, message, reference))?;
         Ok(Command::Relay { kind, to, payload })
     };
     match kind.as_ref() {
@@ -220,14 +233,9 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
         "leave" => Ok(Command::Leave {
             room: f.room_id.clone(),
         }),
-        "offer" => relay(RelayKind::Offer, "offer", f.sdp, "sdp"),
-        "answer" => relay(RelayKind::Answer, "answer", f.sdp, "sdp"),
-        "ice-candidate" => relay(
-            RelayKind::IceCandidate,
-            "ice-candidate",
-            f.candidate,
-            "candidate",
-        ),
+        "offer" => relay(RelayKind::Offer, "offer", f.sdp),
+        "answer" => relay(RelayKind::Answer, "answer", f.sdp),
+        "ice-candidate" => relay(RelayKind::IceCandidate, "ice-candidate", f.candidate),
         "ping" => Ok(Command::Ping),
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -236,6 +244,66 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
                 format!("Unknown message type {shown:?}."),
                 reference,
             ))
+        }
+    }
+}
+
+/// The kind of JSON value `raw` holds, read from its first byte: the relay passes the
+/// value on verbatim, so its type is checked without parsing it a second time.
+fn json_kind(raw: &RawValue) -> JsonKind {
+    // A raw value starts at its first significant byte; trimming costs nothing if so.
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'"') => JsonKind::String,
+        Some(b'{') => JsonKind::Object,
+        Some(b'n') => JsonKind::Null,
+        _ => JsonKind::Other,
+    }
+}
+
+/// What [`json_kind`] tells apart.
+#[derive(Debug, PartialEq, Eq)]
+enum JsonKind {
+    String,
+    Object,
+    Null,
+    Other,
+}
+
+/// The relayed value if it has the type its message requires (`sdp` a string;
+/// `candidate` an object of at most [`MAX_CANDIDATE_BYTES`], or `null` for the end of
+/// candidates), else the sentence telling the client what to send.
+fn checked_payload<'a>(
+    kind: RelayKind,
+    name: &str,
+    payload: Option<&'a RawValue>,
+) -> Result<&'a RawValue, String> {
+    match kind {
+        RelayKind::Offer | RelayKind::Answer => match payload.map(json_kind) {
+            Some(JsonKind::String) => Ok(payload.expect("checked above")),
+            None | Some(JsonKind::Null) => {
+                Err(format!("The {name} message needs a \"sdp\" field."))
+            }
+            Some(_) => Err(format!(
+                "The {name} message's \"sdp\" must be a JSON string (the session description text)."
+            )),
+        },
+        RelayKind::IceCandidate => {
+            let Some(raw) = payload else {
+                return Err(format!(
+                    "The {name} message needs a \"candidate\" field (an object, or null for the end of candidates)."
+                ));
+            };
+            match json_kind(raw) {
+                JsonKind::Object if raw.get().len() > MAX_CANDIDATE_BYTES => Err(format!(
+                    "The \"candidate\" object is {} bytes; the limit is {MAX_CANDIDATE_BYTES}.",
+                    raw.get().len()
+                )),
+                JsonKind::Object | JsonKind::Null => Ok(raw),
+                _ => Err(
+                    "The \"candidate\" must be a JSON object (RTCIceCandidateInit), or null for the end of candidates."
+                        .to_string(),
+                ),
+            }
         }
     }
 }
@@ -454,6 +522,103 @@ mod tests {
         assert_eq!(r.unwrap_err().code, ErrorCode::InvalidMessage);
         let (_, r) = parse(r#"{"type":"ice-candidate","peerId":"x"}"#);
         assert!(r.unwrap_err().message.contains("candidate"));
+    }
+
+    /// The relayed payload of `text`, or the rejection's code, message and `ref`.
+    fn relayed(text: &str) -> Result<String, (ErrorCode, String, Option<String>)> {
+        match parse(text).1 {
+            Ok(Command::Relay { payload, .. }) => Ok(payload.get().to_string()),
+            Ok(other) => panic!("not a relay: {}", other.kind()),
+            Err(r) => Err((r.code, r.message, r.reference.map(|r| r.get().to_string()))),
+        }
+    }
+
+    #[test]
+    fn sdp_must_be_a_string() {
+        assert_eq!(
+            relayed(r#"{"type":"offer","peerId":"b","sdp": "v=0"}"#).unwrap(),
+            r#""v=0""#
+        );
+        assert_eq!(
+            relayed(r#"{"type":"answer","peerId":"b","sdp":"v=0"}"#).unwrap(),
+            r#""v=0""#
+        );
+        for sdp in [r#"{"v":0}"#, "7", "[\"v=0\"]", "true", "false", "-1.5e3"] {
+            for kind in ["offer", "answer"] {
+                let text = format!(r#"{{"type":"{kind}","peerId":"b","id":"q","sdp":{sdp}}}"#);
+                let (code, message, reference) = relayed(&text).unwrap_err();
+                assert_eq!(code, ErrorCode::InvalidMessage, "{text}");
+                assert!(message.contains("must be a JSON string"), "{message}");
+                assert_eq!(reference.as_deref(), Some("\"q\""));
+            }
+        }
+        // Absent and null are both "missing".
+        for text in [
+            r#"{"type":"offer","peerId":"b","id":1}"#,
+            r#"{"type":"offer","peerId":"b","id":1,"sdp":null}"#,
+        ] {
+            let (code, message, reference) = relayed(text).unwrap_err();
+            assert_eq!(code, ErrorCode::InvalidMessage);
+            assert!(message.contains("needs a \"sdp\" field"), "{message}");
+            assert_eq!(reference.as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn candidate_must_be_a_bounded_object_or_null() {
+        let ok = r#"{"candidate":"candidate:1 1 udp 1 192.0.2.1 9 typ host","sdpMid":"0"}"#;
+        let text = format!(r#"{{"type":"ice-candidate","peerId":"b","candidate": {ok}}}"#);
+        assert_eq!(relayed(&text).unwrap(), ok);
+        // null is the end of candidates, relayed as such.
+        assert_eq!(
+            relayed(r#"{"type":"ice-candidate","peerId":"b","candidate":null}"#).unwrap(),
+            "null"
+        );
+        for candidate in [r#""candidate:1 1 udp""#, "0", "[]", "true"] {
+            let text = format!(
+                r#"{{"type":"ice-candidate","peerId":"b","id":3,"candidate":{candidate}}}"#
+            );
+            let (code, message, reference) = relayed(&text).unwrap_err();
+            assert_eq!(code, ErrorCode::InvalidMessage, "{text}");
+            assert!(message.contains("must be a JSON object"), "{message}");
+            assert_eq!(reference.as_deref(), Some("3"));
+        }
+        // Exactly at the cap passes; one byte over does not.
+        let padded = |len: usize| format!(r#"{{"x":"{}"}}"#, "a".repeat(len - 8));
+        assert_eq!(padded(MAX_CANDIDATE_BYTES).len(), MAX_CANDIDATE_BYTES);
+        for (len, passes) in [
+            (MAX_CANDIDATE_BYTES, true),
+            (MAX_CANDIDATE_BYTES + 1, false),
+        ] {
+            let text = format!(
+                r#"{{"type":"ice-candidate","peerId":"b","id":4,"candidate":{}}}"#,
+                padded(len)
+            );
+            match relayed(&text) {
+                Ok(payload) => assert!(passes && payload.len() == len),
+                Err((code, message, reference)) => {
+                    assert!(!passes, "{message}");
+                    assert_eq!(code, ErrorCode::InvalidMessage);
+                    assert!(message.contains("limit is 4096"), "{message}");
+                    assert_eq!(reference.as_deref(), Some("4"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn json_kind_reads_the_first_byte() {
+        for (raw, kind) in [
+            ("\"x\"", JsonKind::String),
+            ("{}", JsonKind::Object),
+            ("null", JsonKind::Null),
+            ("[]", JsonKind::Other),
+            ("12", JsonKind::Other),
+            ("false", JsonKind::Other),
+        ] {
+            let raw = RawValue::from_string(raw.to_string()).unwrap();
+            assert_eq!(json_kind(&raw), kind);
+        }
     }
 
     #[test]
