@@ -6,7 +6,7 @@ pub mod metrics;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-pub use access::{access_log, redact_query};
+pub use access::{access_log, mask, redact_query};
 pub use metrics::Metrics;
 
 /// Log line format.
