@@ -137,6 +137,7 @@ fn help_documents_every_environment_name_and_hides_secret_values() {
         "OUTBOUND_QUEUE",
         "PING_INTERVAL",
         "IDLE_TIMEOUT",
+        "METRICS_ADDR",
         "LOG_FORMAT",
         "LOG_LEVEL",
     ] {

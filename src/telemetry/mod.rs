@@ -1,4 +1,4 @@
-//! Logs, the redacting access log, and Prometheus metrics.
+//! Logs (with every JWT masked), the redacting access log, and Prometheus metrics.
 
 mod access;
 pub mod metrics;
