@@ -296,8 +296,10 @@ impl FromRef<Services> for Arc<AppState> {
     }
 }
 
-/// The router of a role: its services, health, and the access log around them.
+/// The router of a role: its services, health, `/metrics` unless it has a listener of its
+/// own (METRICS_ADDR), and the access log around them.
 pub fn app(state: Arc<AppState>) -> Router {
+    let metrics_here = state.config.node.metrics.is_none();
     let mut router = Router::new().merge(crate::health::router());
     if matches!(state.role, Role::Serve | Role::Auth) {
         router = router.merge(crate::auth::routes::router());
@@ -313,12 +315,23 @@ pub fn app(state: Arc<AppState>) -> Router {
         health: state.health.clone(),
         node: state,
     };
+    if metrics_here {
+        router = router.route("/metrics", axum::routing::get(metrics));
+    }
     router
-        .route("/metrics", axum::routing::get(metrics))
         .fallback(crate::error::not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
         .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .with_state(services)
+}
+
+/// The operators' router: `/metrics` alone, for the METRICS_ADDR listener.
+pub fn metrics_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics))
+        .fallback(crate::error::not_found)
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
+        .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -387,6 +400,17 @@ pub async fn serve(
     Ok(())
 }
 
+/// Serves `/metrics` on its own `listener` (METRICS_ADDR) until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, metrics_app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Resolves on the first SIGTERM or SIGINT; a second one ends the process at once.
 pub async fn shutdown_signal() {
     one_signal().await;
@@ -432,11 +456,37 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
         format!("cannot listen on {bind}: {e} (is the port in use? set the port flag)")
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_listener = match config.node.metrics {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            format!("cannot listen on {addr} for /metrics: {e} (set METRICS_ADDR)")
+        })?),
+        None => None,
+    };
     let state = AppState::build(config, role).await.map_err(|e| {
         format!("{e}; check the Redis settings (REDIS_URL, REDIS_SENTINELS, REDIS_CLUSTER_NODES)")
     })?;
+    // The metrics listener outlives the drain (operators watch it) and stops with the node.
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            let address = listener.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(address = %address, "serving /metrics");
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            Some(tokio::spawn(serve_metrics(
+                listener,
+                state.clone(),
+                stopped,
+            )))
+        }
+        None => None,
+    };
     tracing::info!(address = %local, role = ?role, node = state.hub.node(), open_files, "listening");
-    serve(listener, state, shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))
+    let served = serve(listener, state, shutdown_signal()).await;
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    served.map_err(|e| format!("server failed: {e}"))
 }

@@ -138,6 +138,7 @@ fn help_documents_every_environment_name_and_hides_secret_values() {
         "OUTBOUND_QUEUE",
         "PING_INTERVAL",
         "IDLE_TIMEOUT",
+        "METRICS_ADDR",
         "LOG_FORMAT",
         "LOG_LEVEL",
     ] {
@@ -256,6 +257,46 @@ async fn logs_of_a_whole_run_contain_no_token() {
     for line in &lines {
         serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
     }
+}
+
+#[tokio::test]
+async fn access_log_keeps_no_credential_wherever_a_client_puts_it() {
+    let (mut server, address) = Running::start(&[("AUTH_SECRET", SECRET)]);
+    let jwt = common::issuer(Duration::from_secs(600))
+        .issue("mallory", None, None)
+        .token;
+    let key = "sk_live_0123456789abcdefGHIJKLMN";
+    let http = reqwest::Client::new();
+    let mut paths = Vec::new();
+    for name in ["jwt", "auth", "t", "token[]", "api_key", "access_token"] {
+        for value in [jwt.as_str(), key] {
+            paths.push(format!("/auth/validate?room=r1&{name}={value}"));
+        }
+    }
+    paths.push(format!("/auth/validate/{jwt}"));
+    paths.push(format!("/{key}/health"));
+    paths.push("/health/live?last=1".into());
+    for path in &paths {
+        http.get(format!("http://{address}{path}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    server.wait_for(|l| l.contains("\"http request\"") && l.contains("last=REDACTED"));
+
+    let lines = server.terminate();
+    let access: Vec<_> = lines
+        .iter()
+        .filter(|l| l.contains("\"http request\""))
+        .collect();
+    assert!(access.len() >= paths.len(), "{access:?}");
+    let all = lines.join("\n");
+    for secret in jwt.split('.').chain([key]) {
+        assert!(!all.contains(secret), "{secret} reached the logs:\n{all}");
+    }
+    // What an operator needs stays: the route and the names of the parameters.
+    assert!(all.contains("room=REDACTED&api_key=REDACTED"));
+    assert!(all.contains("/auth/validate/[masked]"));
 }
 
 #[tokio::test]

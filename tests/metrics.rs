@@ -41,3 +41,67 @@ async fn metrics_count_connections_messages_closes_and_refusals() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn metrics_addr_moves_metrics_off_the_client_port() {
+    let mut s = settings();
+    s.node.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let server = start(s).await;
+    let metrics_addr = server.metrics_addr.expect("a metrics listener");
+    assert_ne!(metrics_addr, server.addr);
+    let (mut a, mut b) = server.pair("a", "b", "r").await;
+    a.offer(&b.peer_id, "v=0").await;
+    b.expect("offer").await;
+
+    let public = reqwest::get(server.http("/metrics")).await.unwrap();
+    assert_eq!(
+        public.status(),
+        404,
+        "the client-facing port serves no metrics"
+    );
+    let private = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(private.status(), 200);
+    let content_type = private.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = private.text().await.unwrap();
+    for line in ["switchboard_peers 2", "# EOF"] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // The metrics listener serves nothing else, and the main port still does.
+    let other = reqwest::get(format!("http://{metrics_addr}/health/live"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+    let live = reqwest::get(server.http("/health/live")).await.unwrap();
+    assert_eq!(live.status(), 200);
+
+    // The metrics listener closes with the node.
+    server.stop().await;
+    eventually("the metrics listener to close", DEADLINE, async || {
+        tokio::net::TcpStream::connect(metrics_addr).await.is_err()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn development_serves_metrics_on_the_main_port_by_default() {
+    let server = start(settings()).await;
+    assert_eq!(server.metrics_addr, None);
+    let response = reqwest::get(server.http("/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("switchboard_connections")
+    );
+}

@@ -25,7 +25,7 @@ pub use auth::{AuthConfig, AuthSettings, ClaimSettings, MAX_TOKEN_TTL};
 pub use ice::IceSettings;
 pub use limits::{LimitsConfig, LimitsSettings};
 pub use logging::{LogConfig, LogSettings};
-pub use node::{NodeConfig, NodeSettings};
+pub use node::{NodeConfig, NodeSettings, PRODUCTION_METRICS_ADDR};
 pub use redis::{RedisConfig, RedisSettings};
 pub use timing::{TimingConfig, TimingSettings};
 
@@ -166,7 +166,7 @@ impl Config {
             limits: s.limits.resolve()?,
             timing: s.timing.resolve()?,
             redis: s.redis.resolve()?,
-            node: s.node.resolve(role)?,
+            node: s.node.resolve(role, environment)?,
             ice_servers: Arc::new(s.ice.resolve()?),
             logging: s.logging.resolve(),
         })

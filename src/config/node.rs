@@ -1,10 +1,15 @@
-//! The node: the address it listens on and the id other nodes know it by.
+//! The node: the addresses it listens on and the id other nodes know it by.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::Args;
 
-use super::{ConfigError, Role, refuse};
+use super::{ConfigError, Environment, Role, refuse};
+
+/// Where `/metrics` listens in production when METRICS_ADDR is unset: loopback, so
+/// the client-facing port never serves it; 9464 is Prometheus' customary exporter port.
+pub const PRODUCTION_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464);
 
 /// Flags of the listener and the node's identity.
 #[derive(Debug, Clone, PartialEq, Args)]
@@ -25,6 +30,11 @@ pub struct NodeSettings {
     /// This node's id (letters, digits, `.`, `_`, `-`) [default: generated at start].
     #[arg(long, env = "NODE_ID", global = true)]
     pub node_id: Option<String>,
+
+    /// Address of a separate listener for `/metrics`, which then leaves the client-facing
+    /// port [default: the client-facing port in development, 127.0.0.1:9464 in production].
+    #[arg(long, env = "METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// The node's resolved identity and listening address.
@@ -34,19 +44,33 @@ pub struct NodeConfig {
     pub id: String,
     /// Where the role's HTTP server listens: AUTH_PORT for `auth`, SIGNALING_PORT otherwise.
     pub listen: SocketAddr,
+    /// Where `/metrics` has its own listener; `None` serves it on `listen` (development only).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeSettings {
-    /// Resolves the node's id (generating one when unset) and the listening address of `role`.
-    pub fn resolve(&self, role: Role) -> Result<NodeConfig, ConfigError> {
+    /// Resolves the node's id (generating one when unset), the listening address of `role`
+    /// and where `/metrics` is served.
+    pub fn resolve(&self, role: Role, environment: Environment) -> Result<NodeConfig, ConfigError> {
         let port = if role == Role::Auth {
             self.auth_port
         } else {
             self.port
         };
+        let listen = SocketAddr::new(self.bind, port);
+        // Production never serves metrics to the clients' port.
+        let metrics = self.metrics_addr.or(environment
+            .is_production()
+            .then_some(PRODUCTION_METRICS_ADDR));
+        if metrics.is_some_and(|m| m.port() == port && port != 0) {
+            return Err(refuse(format!(
+                "METRICS_ADDR uses port {port}, the client-facing port; give /metrics a port of its own."
+            )));
+        }
         Ok(NodeConfig {
             id: self.resolve_id()?,
-            listen: SocketAddr::new(self.bind, port),
+            listen,
+            metrics,
         })
     }
 

@@ -165,3 +165,24 @@ fn the_auth_role_listens_on_its_own_port() {
     assert_eq!(auth.node.listen.port(), s.node.auth_port);
     assert_eq!(serve.node.listen.port(), s.node.port);
 }
+
+#[test]
+fn metrics_leave_the_client_port_in_production_and_when_given_an_address() {
+    let dev = Config::from_settings(&Settings::default(), Role::Serve).unwrap();
+    assert_eq!(
+        dev.node.metrics, None,
+        "development keeps /metrics on the main port"
+    );
+    let production = Config::from_settings(&prod(), Role::Serve).unwrap();
+    assert_eq!(
+        production.node.metrics,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
+    for mut s in [Settings::default(), prod()] {
+        s.node.metrics_addr = Some("10.0.0.5:9100".parse().unwrap());
+        let c = Config::from_settings(&s, Role::Serve).unwrap();
+        assert_eq!(c.node.metrics, Some("10.0.0.5:9100".parse().unwrap()));
+        s.node.metrics_addr = Some(format!("127.0.0.1:{}", s.node.port).parse().unwrap());
+        assert!(err(&s, Role::Serve).contains("METRICS_ADDR"));
+    }
+}

@@ -1,4 +1,10 @@
-//! The access log: one line per HTTP request, with token values redacted.
+//! The access log: one line per HTTP request, carrying no credential.
+//!
+//! The rule, so that no way of passing a token or key can leak it:
+//! - every query value is replaced by `REDACTED` (only the keys are kept), whatever the key
+//!   is called: `?jwt=`, `?t=`, `?token[]=` and `?api_key=` are all treated like `?token=`;
+//! - anywhere in the path and the query keys, a JWT or a long opaque key is replaced by
+//!   `[masked]` (the rule is in [`super::redact`], which also masks JWTs in every log line).
 
 use std::time::Instant;
 
@@ -6,24 +12,31 @@ use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 
-/// Query parameters whose values never reach a log line.
-const SECRET_PARAMS: &[&str] = &["token", "access_token"];
+use super::redact::mask;
 
-/// The query string with secret parameter values replaced by `REDACTED`.
+/// What a query value is logged as.
+const REDACTED: &str = "REDACTED";
+
+/// The query string with every value replaced by `REDACTED` and token-shaped keys masked.
 pub fn redact_query(query: &str) -> String {
-    let mut out = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        let secret = SECRET_PARAMS.iter().any(|s| k.eq_ignore_ascii_case(s));
-        out.append_pair(&k, if secret { "REDACTED" } else { &v });
-    }
-    out.finish()
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !value.is_empty() => format!("{}={REDACTED}", mask(key)),
+            Some((key, _)) => format!("{}=", mask(key)),
+            None => mask(pair),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
-/// One log line per HTTP request: method, path, redacted query, status, duration, remote.
+/// One log line per HTTP request: method, masked path, redacted query, status, duration,
+/// remote.
 pub async fn access_log(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    let path = mask(request.uri().path());
     let query = request.uri().query().map(redact_query).unwrap_or_default();
     let remote = request
         .extensions()
@@ -48,12 +61,44 @@ pub async fn access_log(request: Request, next: Next) -> Response {
 mod tests {
     use super::*;
 
+    const JWT: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXZhbHVl";
+    const KEY: &str = "sk_live_0123456789abcdefGHIJKLMN";
+
     #[test]
-    fn token_values_are_redacted_and_other_params_kept() {
-        let q = "room=r1&token=eyJhbGciOi.abc.def&Access_Token=x";
-        let r = redact_query(q);
-        assert!(!r.contains("eyJ"));
-        assert!(r.contains("room=r1"));
-        assert!(!r.contains("=x"));
+    fn every_query_value_is_redacted_whatever_its_key() {
+        for key in [
+            "token",
+            "Access_Token",
+            "jwt",
+            "auth",
+            "t",
+            "token[]",
+            "token%5B%5D",
+            "api_key",
+        ] {
+            for value in [JWT, KEY, "short"] {
+                let logged = redact_query(&format!("room=r1&{key}={value}"));
+                assert_eq!(logged, format!("room=REDACTED&{key}=REDACTED"));
+            }
+        }
+    }
+
+    #[test]
+    fn keys_without_values_are_kept_and_token_shaped_keys_masked() {
+        assert_eq!(redact_query("debug&x="), "debug&x=");
+        assert_eq!(redact_query(JWT), "[masked]");
+        assert_eq!(redact_query(&format!("{KEY}=1")), "[masked]=REDACTED");
+    }
+
+    #[test]
+    fn a_secret_never_survives_in_any_part() {
+        let logged = format!(
+            "{} {}",
+            mask(&format!("/x/{JWT}")),
+            redact_query(&format!("a={JWT}&{JWT}&b={KEY}"))
+        );
+        for part in JWT.split('.').chain([KEY]) {
+            assert!(!logged.contains(part), "{part} in {logged}");
+        }
     }
 }

@@ -1,13 +1,15 @@
-//! Logs, the redacting access log, and Prometheus metrics.
+//! Logs (with every JWT masked), the redacting access log, and Prometheus metrics.
 
 mod access;
 pub mod metrics;
+mod redact;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 pub use access::{access_log, redact_query};
 pub use metrics::Metrics;
+pub use redact::{Masking, mask, mask_jwts};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -19,14 +21,15 @@ pub enum LogFormat {
 }
 
 /// Installs the global subscriber writing to stderr through a non-blocking writer, so a slow
-/// log sink never stalls signaling. Keep the guard alive for the life of the process.
+/// log sink never stalls signaling, with every JWT masked on the way. Keep the guard alive
+/// for the life of the process.
 pub fn init(format: LogFormat, level: &str) -> Result<WorkerGuard, String> {
     let filter = EnvFilter::try_new(level)
         .map_err(|e| format!("LOG_LEVEL {level:?} is not a valid filter: {e}"))?;
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(Masking(writer));
     let installed = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use switchboard::auth::{SigningSecret, TokenIssuer};
 use switchboard::bus::{Bus, MemoryBus};
 use switchboard::config::{Config, Role, Settings};
-use switchboard::server::{AppState, serve};
+use switchboard::server::{AppState, serve, serve_metrics};
 use switchboard::store::{MemoryStore, Store};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -54,6 +54,10 @@ pub fn settings() -> Settings {
 /// One node of a deployment.
 struct Node {
     addr: SocketAddr,
+    /// Where `/metrics` has its own listener (METRICS_ADDR), if it has one.
+    metrics_addr: Option<SocketAddr>,
+    /// Dropped with the node, which stops the metrics listener.
+    _metrics_stop: Option<oneshot::Sender<()>>,
     state: Arc<AppState>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -79,6 +83,8 @@ pub enum Backend {
 pub struct TestServer {
     /// The first node's address.
     pub addr: SocketAddr,
+    /// The first node's own `/metrics` listener, when METRICS_ADDR is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// The first node's state (issuer and verifier are the same on every node).
     pub state: Arc<AppState>,
     nodes: Vec<Node>,
@@ -112,11 +118,24 @@ async fn start_node(
     }
     .expect("backend reachable");
     let (stop, stopped) = oneshot::channel::<()>();
+    let mut metrics_addr = None;
+    let mut metrics_stop = None;
+    if let Some(at) = state.config.node.metrics {
+        let listener = TcpListener::bind(at).await.unwrap();
+        metrics_addr = Some(listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        metrics_stop = Some(stop);
+        tokio::spawn(serve_metrics(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+    }
     let task = tokio::spawn(serve(listener, state.clone(), async {
         let _ = stopped.await;
     }));
     Node {
         addr,
+        metrics_addr,
+        _metrics_stop: metrics_stop,
         state,
         stop: Some(stop),
         task,
@@ -190,6 +209,7 @@ impl TestServer {
     fn from_nodes(nodes: Vec<Node>, redis: Option<Box<dyn std::any::Any + Send + Sync>>) -> Self {
         TestServer {
             addr: nodes[0].addr,
+            metrics_addr: nodes[0].metrics_addr,
             state: nodes[0].state.clone(),
             nodes,
             next: AtomicUsize::new(0),
@@ -296,9 +316,10 @@ impl TestServer {
         (a, b)
     }
 
-    /// The first node's `/metrics` text.
+    /// The first node's `/metrics` text (from its own listener when it has one).
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.http("/metrics"))
+        let at = self.metrics_addr.unwrap_or(self.addr);
+        reqwest::get(format!("http://{at}/metrics"))
             .await
             .expect("metrics answer")
             .text()
