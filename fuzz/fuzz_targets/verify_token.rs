@@ -11,7 +11,12 @@ fn verifier() -> &'static TokenVerifier {
     static VERIFIER: OnceLock<TokenVerifier> = OnceLock::new();
     VERIFIER.get_or_init(|| {
         let secret = SigningSecret::new(b"fuzz-secret-0123456789-0123456789-abcdef".to_vec());
-        TokenVerifier::new(&secret, "switchboard", "switchboard")
+        TokenVerifier::new(
+            &secret,
+            "switchboard",
+            "switchboard",
+            std::time::Duration::from_secs(24 * 3600),
+        )
     })
 }
 
