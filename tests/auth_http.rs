@@ -482,41 +482,9 @@ async fn room_ids_with_bidi_controls_or_line_separators_get_invalid_message_on_t
 // ---- Oversized bodies are refused with 413 before they are read ----
 // Raw TCP: the attacker declares or streams more than the limit and never finishes.
 
-/// Sends `request` on a fresh socket and returns the answer's head and body, read within
-/// a short deadline and without ever sending more than `request`.
+/// Sends `request` raw and returns the answer's head and body, within 2 s.
 async fn raw_answer(addr: std::net::SocketAddr, request: &[u8]) -> (String, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // The server may answer and close before all of it is written.
-        let _ = socket.write_all(request).await;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = socket.read(&mut buf).await.unwrap_or(0);
-            answer.extend_from_slice(&buf[..n]);
-            if let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&answer[..end]).into_owned();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().unwrap())
-                    })
-                    .expect("a content length");
-                if answer.len() >= end + 4 + length {
-                    let body = serde_json::from_slice(&answer[end + 4..end + 4 + length])
-                        .expect("a JSON body");
-                    return (head, body);
-                }
-            }
-            assert!(n > 0, "connection closed before a full answer");
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(2), exchange)
-        .await
-        .expect("an answer within 2 s")
+    common::raw::exchange(addr, request, std::time::Duration::from_secs(2)).await
 }
 
 #[tokio::test]

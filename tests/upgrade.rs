@@ -220,45 +220,11 @@ async fn plain_http_with_a_valid_token_gets_426() {
 // ---- Malformed handshakes are refused with 400 before any upgrade ----
 // Raw TCP: a WebSocket library will not send these bytes.
 
-/// Sends `request` on a fresh socket and reads the answer's status and JSON body, within
-/// a deadline.
+/// Sends `request` raw and reads the answer's status and JSON body, within 5 s.
 async fn raw_handshake(addr: std::net::SocketAddr, request: String) -> (u16, serde_json::Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let exchange = async {
-        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-        socket.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            answer.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&answer).into_owned();
-            if let Some(end) = text.find("\r\n\r\n") {
-                let head = &text[..end];
-                let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-                if status == 101 {
-                    return (status, serde_json::Value::Null);
-                }
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("content-length")
-                            .then(|| value.trim().parse().unwrap())
-                    })
-                    .expect("a content length");
-                if answer.len() >= end + 4 + length {
-                    let body = serde_json::from_slice(&answer[end + 4..end + 4 + length])
-                        .expect("a JSON body");
-                    return (status, body);
-                }
-            }
-            assert!(n > 0, "connection closed before a full answer: {text}");
-        }
-    };
-    tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
-        .await
-        .expect("an answer within 5 s")
+    let (head, body) =
+        common::raw::exchange(addr, request.as_bytes(), std::time::Duration::from_secs(5)).await;
+    (common::raw::status(&head), body)
 }
 
 /// An upgrade request for `token` with `headers` (each line ending in CRLF) added.

@@ -7,6 +7,7 @@
 
 pub mod eventually;
 pub mod process;
+pub mod raw;
 pub mod redis;
 
 pub use eventually::{eventually, eventually_blocking, patient};
