@@ -7,6 +7,7 @@
 //! gate applies those messages, in order, before letting the next one in.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -29,6 +30,9 @@ struct Gate {
 #[derive(Default)]
 pub(super) struct Gates {
     gates: Mutex<HashMap<Arc<str>, Gate>>,
+    /// Gates holding messages (left with them, or being applied): while none does, a
+    /// relay need not look at the gates at all (see [`Gates::holding`]).
+    holding: AtomicUsize,
 }
 
 /// Decrements a gate's waiter count when a waiting task stops waiting, even if it was
@@ -53,12 +57,20 @@ impl Gates {
         self.gates.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The gate of `key`, created free when missing (the key is copied only then).
+    fn gate<'m>(map: &'m mut HashMap<Arc<str>, Gate>, key: &str) -> &'m mut Gate {
+        if !map.contains_key(key) {
+            map.insert(Arc::from(key), Gate::default());
+        }
+        map.get_mut(key).expect("inserted above")
+    }
+
     /// Waits until the gate of `key` is free and takes it; [`Gates::leave`] gives it back.
     pub async fn enter(&self, key: &str) {
         loop {
             let notify = {
                 let mut map = self.map();
-                let gate = map.entry(Arc::from(key)).or_default();
+                let gate = Self::gate(&mut map, key);
                 if !gate.busy {
                     gate.busy = true;
                     return;
@@ -80,13 +92,23 @@ impl Gates {
         message: crate::bus::BusMessage,
     ) -> Option<crate::bus::BusMessage> {
         let mut map = self.map();
-        let gate = map.entry(Arc::from(key)).or_default();
+        let gate = Self::gate(&mut map, key);
         if gate.busy {
+            if gate.deferred.is_empty() && !gate.draining {
+                self.holding.fetch_add(1, Ordering::Relaxed);
+            }
             gate.deferred.push(message);
             return None;
         }
         gate.busy = true;
         Some(message)
+    }
+
+    /// Whether any gate holds messages; a relay checks this before looking up its room.
+    pub fn holding(&self) -> bool {
+        // Only the bus consumer leaves messages, so it never misses its own; a gate that
+        // stops holding has applied its messages before this drops to zero.
+        self.holding.load(Ordering::Acquire) > 0
     }
 
     /// Leaves `message` with the gate of `key` when messages left there earlier are still
@@ -116,7 +138,9 @@ impl Gates {
             return Some(std::mem::take(&mut gate.deferred));
         }
         gate.busy = false;
-        gate.draining = false;
+        if std::mem::take(&mut gate.draining) {
+            self.holding.fetch_sub(1, Ordering::Release);
+        }
         if gate.waiters > 0 {
             gate.notify.notify_one();
         } else {
@@ -145,7 +169,9 @@ mod tests {
     async fn a_taken_gate_keeps_messages_for_its_holder_in_order() {
         let gates = Gates::default();
         gates.enter("r").await;
+        assert!(!gates.holding());
         assert_eq!(gates.enter_or_defer("r", flushed("a")), None);
+        assert!(gates.holding());
         assert_eq!(
             gates.defer_behind("r", flushed("b")),
             None,
@@ -156,7 +182,9 @@ mod tests {
         // While the holder applies them, later messages still queue behind.
         assert_eq!(gates.defer_behind("r", flushed("d")), None);
         assert_eq!(gates.leave("r"), Some(vec![flushed("d")]));
+        assert!(gates.holding(), "still applying");
         assert_eq!(gates.leave("r"), None);
+        assert!(!gates.holding());
         assert_eq!(gates.in_use(), 0, "a free gate nobody waits for is dropped");
         assert_eq!(gates.enter_or_defer("r", flushed("e")), Some(flushed("e")));
         assert_eq!(gates.defer_behind("r", flushed("f")), Some(flushed("f")));

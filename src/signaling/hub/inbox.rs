@@ -52,11 +52,15 @@ impl Hub {
     pub async fn on_bus(&self, message: BusMessage) {
         match message {
             BusMessage::Deliver { ref to, .. } => {
-                let room = self
-                    .read()
-                    .peers
-                    .get(to.as_str())
-                    .and_then(|s| s.room.clone());
+                // The common case, no room news waiting anywhere, costs one atomic load.
+                let room = match self.room_gates.holding() {
+                    true => self
+                        .read()
+                        .peers
+                        .get(to.as_str())
+                        .and_then(|s| s.room.clone()),
+                    false => None,
+                };
                 let message = match room {
                     Some(room) => match self.room_gates.defer_behind(&room, message) {
                         Some(message) => message,

@@ -147,13 +147,13 @@ pub struct Hub {
 /// The gate of one peer, left when dropped.
 struct PeerPass<'a> {
     hub: &'a Hub,
-    peer: Arc<str>,
+    peer: &'a str,
 }
 
 impl Drop for PeerPass<'_> {
     fn drop(&mut self) {
         // Nothing is ever left with a peer's gate.
-        let _ = self.hub.peer_gates.leave(&self.peer);
+        let _ = self.hub.peer_gates.leave(self.peer);
     }
 }
 
@@ -240,12 +240,9 @@ impl Hub {
     }
 
     /// Waits for the gate of `peer`.
-    async fn enter_peer(&self, peer: &str) -> PeerPass<'_> {
+    async fn enter_peer<'a>(&'a self, peer: &'a str) -> PeerPass<'a> {
         self.peer_gates.enter(peer).await;
-        PeerPass {
-            hub: self,
-            peer: Arc::from(peer),
-        }
+        PeerPass { hub: self, peer }
     }
 
     /// Waits for the gates of `rooms`, in name order.

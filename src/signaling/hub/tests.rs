@@ -222,3 +222,41 @@ async fn a_parked_session_ends_when_its_grace_runs_out() {
         Err(RelayError::PeerNotFound)
     ));
 }
+
+/// News of a room whose gate is taken (a change there waits on the store) does not hold
+/// up the bus reader: it is left with the gate's holder, and a relay to that room queues
+/// behind it, so Bob still hears of Carol before her offer. Once the gate is left, both
+/// arrive in order, and relays go straight through again.
+#[tokio::test]
+async fn room_news_waits_for_a_busy_gate_and_relays_queue_behind_it() {
+    let (hub, bob) = bob_on_n1_with_alice_on_n0(Arc::new(MemoryBus::new())).await;
+    while bob.inbox.try_recv().is_some() {}
+    let carol_joined = BusMessage::PeerJoined {
+        room: "r".into(),
+        peer: "carol-1".into(),
+        node: "n2".into(),
+        epoch: 1,
+    };
+    let offer = |text: &str| BusMessage::Deliver {
+        to: "bob-1".into(),
+        frame: text.into(),
+    };
+    let next = |bob: &Registration| bob.inbox.try_recv().map(|o| o.frame.to_string());
+
+    let pass = hub.enter_rooms(&["r"]).await;
+    // Returns at once although the gate is taken.
+    hub.on_bus(carol_joined).await;
+    hub.on_bus(offer("carol's offer")).await;
+    assert_eq!(next(&bob), None, "both wait for the gate's holder");
+    drop(pass);
+    let joined = next(&bob).expect("Bob hears of Carol");
+    assert!(
+        joined.contains("peer_joined") && joined.contains("carol-1"),
+        "{joined}"
+    );
+    assert_eq!(next(&bob).as_deref(), Some("carol's offer"));
+    assert!(!hub.room_gates.holding());
+
+    hub.on_bus(offer("straight")).await;
+    assert_eq!(next(&bob).as_deref(), Some("straight"));
+}
