@@ -10,3 +10,20 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+/// Microseconds since the Unix epoch: the unit of session epochs, which the store draws
+/// from its own clock; a node draws one itself only while the store is away.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// 64 random bits from the operating system, for names that must not repeat between
+/// processes (inbox generations, message origins).
+pub fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
+    u64::from_le_bytes(bytes)
+}

@@ -24,6 +24,8 @@ pub struct HealthState {
     pub breaker: Option<Arc<Breaker>>,
     /// Whether Redis is configured at all.
     pub redis_configured: bool,
+    /// How long this node may be without Redis before it reports unready.
+    pub outage_grace: std::time::Duration,
 }
 
 impl HealthState {
@@ -62,10 +64,14 @@ async fn ready(State(state): State<Arc<HealthState>>) -> (StatusCode, Json<Value
             Json(json!({ "status": "draining" })),
         );
     }
-    let breaker_open = state
-        .breaker_state()
-        .is_some_and(|b| b != BreakerState::Closed);
-    if !state.hub.store_healthy() || breaker_open {
+    // A shared dependency's blip must not take every node out of the load balancer at
+    // once: through a failover or a short outage this node keeps serving (relays on the
+    // node, held writes and messages); only a long outage of its own makes it unready.
+    if state
+        .hub
+        .store_outage()
+        .is_some_and(|down| down >= state.outage_grace)
+    {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "redis unavailable" })),
@@ -80,6 +86,7 @@ async fn detail(State(state): State<Arc<HealthState>>) -> (StatusCode, Json<Valu
         json!({
             "configured": true,
             "healthy": state.hub.store_healthy(),
+            "outage_seconds": state.hub.store_outage().map(|d| d.as_secs_f64()),
             "breaker": state.breaker_state().map(|b| b.as_str()),
         })
     } else {

@@ -74,13 +74,22 @@ impl AppState {
                 breaker = Some(b.clone());
                 let redis = Redis::connect(&r.topology, r.timeout)
                     .await?
-                    .with_metrics(metrics.clone())
-                    .with_breaker(b);
+                    .with_metrics(metrics.clone());
                 let reader = Redis::connect(&r.topology, r.timeout).await?;
                 let keys = Keys::new(&r.prefix);
+                // The bus's lanes hold and retry by themselves, one call in flight per
+                // destination: no breaker in front of them.
+                let bus = RedisBus::new(
+                    redis.clone(),
+                    reader,
+                    keys.clone(),
+                    r.topology.replicated(),
+                    r.hold,
+                    Some(metrics.clone()),
+                );
                 (
-                    Arc::new(RedisStore::new(redis.clone(), keys.clone())),
-                    Arc::new(RedisBus::new(redis, reader, keys)),
+                    Arc::new(RedisStore::new(redis.with_breaker(b), keys)),
+                    Arc::new(bus),
                 )
             }
         };
@@ -199,6 +208,10 @@ impl AppState {
             draining: draining.clone(),
             breaker,
             redis_configured: config.redis.is_some(),
+            outage_grace: config
+                .redis
+                .as_ref()
+                .map_or(Duration::MAX, |r| r.outage_grace),
         });
         Ok(Arc::new(Self {
             config,

@@ -6,16 +6,16 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::{Bus, BusMessage, Received, Subscription};
+use super::{Bus, BusMessage, OnLost, Subscription, Undelivered};
 use crate::error::StoreError;
 
-/// Inbox capacity; the memory bus never makes a publisher wait, see `publish`.
+/// Inbox capacity; the memory bus never makes a sender wait, see `send`.
 const CAPACITY: usize = 65_536;
 
 /// In-process [`Bus`]; hubs sharing one instance behave like nodes sharing Redis.
 #[derive(Default)]
 pub struct MemoryBus {
-    inboxes: Mutex<HashMap<String, mpsc::Sender<Received>>>,
+    inboxes: Mutex<HashMap<String, mpsc::Sender<BusMessage>>>,
 }
 
 impl MemoryBus {
@@ -27,25 +27,35 @@ impl MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError> {
+    fn send(&self, node: &str, message: BusMessage, lost: Option<OnLost>) {
         let inbox = self
             .inboxes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node)
             .cloned();
-        let Some(inbox) = inbox else {
-            // Like a stream nobody reads any more: the node is gone.
-            return Ok(());
+        // Never wait on another node's consumer (two hubs sending to each other while
+        // each holds its own lock would deadlock): a full inbox reports the message.
+        let why = match inbox.map(|inbox| inbox.try_send(message)) {
+            Some(Ok(())) => return,
+            Some(Err(mpsc::error::TrySendError::Full(_))) => Undelivered::Full,
+            Some(Err(mpsc::error::TrySendError::Closed(_))) | None => Undelivered::NodeLost,
         };
-        // Never wait on another node's consumer (two hubs publishing to each other while
-        // each holds its own lock would deadlock); a full inbox is an error, not a loss.
-        match inbox.try_send(Received::Message(message.clone())) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                Err(StoreError(format!("the inbox of node {node} is full")))
-            }
+        if let Some(lost) = lost {
+            lost(why);
         }
+    }
+
+    async fn flushed(&self) {}
+
+    fn abandon(&self, _node: &str) {}
+
+    async fn close(&self, node: &str) -> Result<(), StoreError> {
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node);
+        Ok(())
     }
 
     async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError> {

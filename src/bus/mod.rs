@@ -1,6 +1,7 @@
 //! Cross-node delivery: each node reads its own ordered, durable inbox, so a message for a
 //! peer on another node is handed to that node without being lost while it reconnects.
 
+mod courier;
 mod memory;
 mod redis;
 
@@ -8,6 +9,7 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
+pub use courier::{AppendError, Courier, EntryId, HoldLimits, Outgoing, Progress, Transport};
 pub use memory::MemoryBus;
 pub use redis::RedisBus;
 
@@ -104,24 +106,50 @@ pub enum BusMessage {
     },
 }
 
-/// What a node's reader hands it: a message, or the news that some were lost.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Received {
-    /// The next message, in publish order.
-    Message(BusMessage),
-    /// Messages addressed to this node were lost (trimmed before it read them, or Redis
-    /// lost its data); never sent between nodes.
-    Gap,
+/// What a node reads its messages from, in publish order, each once.
+pub type Subscription = mpsc::Receiver<BusMessage>;
+
+/// Why a message was given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undelivered {
+    /// Its node could not be reached within the hold (`FAILOVER_HOLD`).
+    Expired,
+    /// Its node was declared lost before reading it.
+    NodeLost,
+    /// Too much is already held for its node.
+    Full,
 }
 
-/// What a node reads its messages from, in publish order.
-pub type Subscription = mpsc::Receiver<Received>;
+impl Undelivered {
+    /// Label for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Undelivered::Expired => "expired",
+            Undelivered::NodeLost => "node_lost",
+            Undelivered::Full => "full",
+        }
+    }
+}
+
+/// Runs once if a message cannot be delivered, so its sender can be told.
+pub type OnLost = Box<dyn FnOnce(Undelivered) + Send + Sync>;
 
 /// Hands messages to other nodes.
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Appends `message` to `node`'s inbox.
-    async fn publish(&self, node: &str, message: &BusMessage) -> Result<(), StoreError>;
+    /// Queues `message` for `node`, behind what was queued for it before, and returns at
+    /// once. It is delivered once, or `lost` runs (once).
+    fn send(&self, node: &str, message: BusMessage, lost: Option<OnLost>);
+
+    /// Resolves once everything queued before the call was handed to its node's inbox or
+    /// given up on.
+    async fn flushed(&self);
+
+    /// `node` was declared lost: what it has not read is withdrawn and reported now.
+    fn abandon(&self, node: &str);
+
+    /// Closes a lost node's inbox: later sends to it are reported at once.
+    async fn close(&self, node: &str) -> Result<(), StoreError>;
 
     /// Starts reading this node's inbox from now on.
     async fn subscribe(&self, node: &str) -> Result<Subscription, StoreError>;

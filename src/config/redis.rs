@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{ConfigError, items, refuse};
+use crate::bus::HoldLimits;
 use crate::redis::Topology;
 use crate::resilience::BreakerConfig;
 
@@ -57,6 +58,23 @@ pub struct RedisSettings {
     /// How long the breaker stays open before a probe call.
     #[arg(long, env = "BREAKER_OPEN_FOR", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
     pub breaker_open_for: Duration,
+
+    /// How long a message for another node is held and retried while Redis fails over
+    /// before its sender gets `unavailable`.
+    #[arg(long, env = "FAILOVER_HOLD", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    pub failover_hold: Duration,
+
+    /// Messages held per destination node (waiting for Redis or not yet read).
+    #[arg(long, env = "HOLD_MAX_MESSAGES", default_value_t = 20_000, global = true)]
+    pub hold_max_messages: usize,
+
+    /// Bytes held per destination node.
+    #[arg(long, env = "HOLD_MAX_BYTES", default_value_t = 64 << 20, global = true)]
+    pub hold_max_bytes: usize,
+
+    /// How long this node may be without Redis before `/health/ready` turns 503.
+    #[arg(long, env = "REDIS_OUTAGE_GRACE", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
+    pub redis_outage_grace: Duration,
 }
 
 /// Where and how to reach Redis.
@@ -70,6 +88,10 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Circuit breaker settings.
     pub breaker: BreakerConfig,
+    /// Holding of messages for other nodes.
+    pub hold: HoldLimits,
+    /// How long an outage may last before this node reports unready.
+    pub outage_grace: Duration,
 }
 
 impl RedisSettings {
@@ -113,6 +135,9 @@ impl RedisSettings {
         } else {
             return Ok(None);
         };
+        if self.failover_hold < Duration::from_millis(100) {
+            return Err(refuse("FAILOVER_HOLD must be at least 100ms."));
+        }
         if self.redis_timeout < Duration::from_millis(10) {
             return Err(refuse("REDIS_TIMEOUT must be at least 10ms."));
         }
@@ -124,6 +149,12 @@ impl RedisSettings {
                 failure_threshold: self.breaker_failures.max(1),
                 open_for: self.breaker_open_for,
             },
+            hold: HoldLimits {
+                hold: self.failover_hold,
+                max_messages: self.hold_max_messages.max(1),
+                max_bytes: self.hold_max_bytes.max(64 << 10),
+            },
+            outage_grace: self.redis_outage_grace,
         }))
     }
 }

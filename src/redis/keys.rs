@@ -55,6 +55,12 @@ impl Keys {
         format!("{}node:{{{node}}}:inbox", self.prefix)
     }
 
+    /// The read marker of a node's inbox: `generation|last read id`, with `|closed` once
+    /// the node was declared lost. Same hash tag as the inbox, so scripts touch both.
+    pub fn inbox_read(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:read", self.prefix)
+    }
+
     /// Resume queue of a session moving between nodes.
     pub fn spool(&self, session: &str) -> String {
         format!("{}queue:{session}", self.prefix)
@@ -63,6 +69,11 @@ impl Keys {
     /// Revocation marker of a session.
     pub fn revoked(&self, session: &str) -> String {
         format!("{}revoked:{session}", self.prefix)
+    }
+
+    /// Notice left for a node evicted while it may still be alive (cut off from Redis).
+    pub fn evicted(&self, node: &str) -> String {
+        format!("{}evicted:{node}", self.prefix)
     }
 
     /// Lock taken by the survivor cleaning up a dead node.

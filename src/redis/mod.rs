@@ -34,3 +34,10 @@ pub enum Topology {
         seeds: Vec<String>,
     },
 }
+
+impl Topology {
+    /// True where writes have replicas that can take over (Sentinel, Cluster).
+    pub fn replicated(&self) -> bool {
+        !matches!(self, Topology::Standalone { .. })
+    }
+}

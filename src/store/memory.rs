@@ -41,6 +41,8 @@ struct Inner {
     revoked: HashMap<String, Instant>,
     /// Resume queues of sessions moving between nodes, and when each lapses.
     spools: HashMap<String, (Vec<String>, Instant)>,
+    /// Nodes evicted while they may still be alive, until they ask.
+    evicted: HashSet<String>,
 }
 
 /// A live session, kept compact (one per connection of every node): the session id is
@@ -413,6 +415,7 @@ impl Store for MemoryStore {
         let mut inner = self.lock();
         let index = inner.nodes.remove(dead).unwrap_or_default();
         inner.alive.remove(dead);
+        inner.evicted.insert(dead.to_string());
         let mut evictions = Vec::new();
         for room in index.rooms {
             let Some(entry) = inner.live_room(&room) else {
@@ -444,6 +447,10 @@ impl Store for MemoryStore {
             }
         }
         Ok(evictions)
+    }
+
+    async fn take_eviction_notice(&self, node: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().evicted.remove(node))
     }
 
     async fn forget_node(&self, node: &str) -> Result<(), StoreError> {

@@ -174,6 +174,10 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a dead node's members from every room and its sessions, then forgets it.
     async fn evict_node(&self, dead: &str) -> Result<Vec<Eviction>, StoreError>;
 
+    /// Whether `node` was evicted (declared dead) since it last asked; clears the notice.
+    /// A node that finds its registration gone tells eviction from lost data this way.
+    async fn take_eviction_notice(&self, node: &str) -> Result<bool, StoreError>;
+
     /// Removes a node's heartbeat and registration (clean shutdown).
     async fn forget_node(&self, node: &str) -> Result<(), StoreError>;
 

@@ -393,6 +393,7 @@ impl Store for RedisStore {
             self.keys.node_rooms(node),
             self.keys.node_sessions(node),
             self.keys.inbox(node),
+            self.keys.inbox_read(node),
         ] {
             self.redis
                 .query::<()>(cmd("PEXPIRE").arg(key).arg(ms(INDEX_TTL)))
@@ -480,15 +481,33 @@ impl Store for RedisStore {
                 .await?;
         }
         self.forget_node(dead).await?;
+        self.redis
+            .query::<()>(
+                cmd("SET")
+                    .arg(self.keys.evicted(dead))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ms(INDEX_TTL)),
+            )
+            .await?;
         Ok(evictions)
     }
 
+    async fn take_eviction_notice(&self, node: &str) -> Result<bool, StoreError> {
+        let notice: Option<String> = self
+            .redis
+            .query(cmd("GETDEL").arg(self.keys.evicted(node)))
+            .await?;
+        Ok(notice.is_some())
+    }
+
     async fn forget_node(&self, node: &str) -> Result<(), StoreError> {
+        // The inbox stays (it expires by itself): senders withdraw from it what the node
+        // never read, and report it, instead of taking its absence for delivery.
         for key in [
             self.keys.node(node),
             self.keys.node_rooms(node),
             self.keys.node_sessions(node),
-            self.keys.inbox(node),
         ] {
             self.redis.query::<()>(cmd("DEL").arg(key)).await?;
         }

@@ -87,6 +87,15 @@ pub struct Metrics {
     pub redis_errors: Counter,
     /// Redis circuit breaker: 0 closed, 1 open, 2 half-open.
     pub breaker_state: Gauge,
+    /// Messages held for other nodes (waiting for Redis or not yet read).
+    pub bus_held_messages: Gauge,
+    /// Bytes held for other nodes.
+    pub bus_held_bytes: Gauge,
+    /// Appends to another node's inbox that failed and were retried.
+    pub bus_retries: Counter,
+    /// Messages appended again because an inbox was lost before its node read them.
+    pub bus_resent: Counter,
+    undelivered: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -186,6 +195,36 @@ impl Metrics {
             "Redis circuit breaker: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
+        let bus_held_messages = Gauge::default();
+        registry.register(
+            "bus_held_messages",
+            "Messages held for other nodes: waiting for Redis or not yet read",
+            bus_held_messages.clone(),
+        );
+        let bus_held_bytes = Gauge::default();
+        registry.register(
+            "bus_held_bytes",
+            "Bytes held for other nodes",
+            bus_held_bytes.clone(),
+        );
+        let bus_retries = Counter::default();
+        registry.register(
+            "bus_retries",
+            "Failed appends to another node's inbox, retried",
+            bus_retries.clone(),
+        );
+        let bus_resent = Counter::default();
+        registry.register(
+            "bus_resent",
+            "Messages appended again after an inbox was lost unread",
+            bus_resent.clone(),
+        );
+        let undelivered = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "bus_undelivered",
+            "Messages for other nodes given up on (their senders were told), by reason",
+            undelivered.clone(),
+        );
         Arc::new(Self {
             registry,
             connections,
@@ -203,6 +242,11 @@ impl Metrics {
             redis_latency,
             redis_errors,
             breaker_state,
+            bus_held_messages,
+            bus_held_bytes,
+            bus_retries,
+            bus_resent,
+            undelivered,
         })
     }
 
@@ -240,6 +284,11 @@ impl Metrics {
     /// Counts a resume attempt's outcome (`succeeded` or `expired`).
     pub fn resumed(&self, outcome: &'static str) {
         self.resumes.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts a message for another node given up on, by reason.
+    pub fn undelivered(&self, reason: &'static str) {
+        self.undelivered.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Records one Redis call.

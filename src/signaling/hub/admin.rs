@@ -28,7 +28,7 @@ impl Hub {
                 peer: owner.peer_id,
                 epoch: owner.epoch,
             };
-            self.bus.publish(&owner.node, &message).await?;
+            self.publish(&owner.node, &message);
         }
         Ok(true)
     }

@@ -10,7 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use tokio::sync::oneshot;
 
 use super::{Hub, ROOM_TTL, Registration, Resumed};
-use crate::bus::BusMessage;
+use crate::bus::{BusMessage, OnLost};
 use crate::signaling::protocol::{LeaveReason, close};
 use crate::store::{Epoch, JoinOutcome, Member, Previous, StoreError};
 
@@ -129,7 +129,7 @@ impl Hub {
             node: self.node.to_string(),
             epoch,
         };
-        self.tell_other_nodes(&others, &moved).await;
+        self.tell_other_nodes(&others, &moved);
         Ok(others.into_iter().map(|m| m.peer_id).collect())
     }
 
@@ -164,7 +164,7 @@ impl Hub {
             epoch: new_epoch,
             resumed,
         };
-        self.publish(to, &reply).await;
+        self.publish(to, &reply);
     }
 
     /// Moves a parked session away: its queue into the store, its place in this node's
@@ -263,10 +263,11 @@ impl Hub {
                     to: peer.to_string(),
                     frame: held.frame,
                 };
-                if let Err(e) = self.bus.publish(&node, &message).await {
-                    tracing::warn!(error = %e, "could not relay a held message to a moved peer");
-                    held.sender.deliver(held.failure);
-                }
+                let (sender, failure) = (held.sender, held.failure);
+                let lost: OnLost = Box::new(move |_| {
+                    sender.deliver(failure);
+                });
+                self.bus.send(&node, message, Some(lost));
             }
         }
     }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Hub, RoomPass};
-use crate::bus::{BusMessage, Received, Subscription};
-use crate::signaling::protocol::close;
+use crate::bus::{BusMessage, Subscription};
+use crate::room::LeaveReason;
 
 /// Longest wait for a moved peer's old node to confirm it forwarded what it was sent.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
@@ -17,14 +17,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(1);
 /// handed over (their senders wait for `Flushed`, which comes only after them). A handover
 /// is serialised with other membership changes by the hub itself.
 pub async fn consume(hub: Arc<Hub>, mut inbox: Subscription) {
-    while let Some(received) = inbox.recv().await {
-        let message = match received {
-            Received::Message(message) => message,
-            Received::Gap => {
-                hub.resync_cross_node();
-                continue;
-            }
-        };
+    while let Some(message) = inbox.recv().await {
         match message {
             BusMessage::Handover { .. } => {
                 let hub = hub.clone();
@@ -69,7 +62,7 @@ impl Hub {
                     None => message,
                 };
                 if let Some((node, forward)) = self.apply_room_event(message) {
-                    self.publish(&node, &forward).await;
+                    self.forward(&node, forward);
                 }
             }
             BusMessage::PeerJoined { ref room, .. }
@@ -87,7 +80,7 @@ impl Hub {
                     self.apply_room_event(message)
                 };
                 if let Some((node, message)) = publish {
-                    self.publish(&node, &message).await;
+                    self.forward(&node, message);
                 }
             }
             BusMessage::Handover {
@@ -105,34 +98,24 @@ impl Hub {
                     let _ = waiter.send(resumed);
                 }
             }
-            // Everything received before this was forwarded already: messages are
-            // applied in order, and a forward is published before the next is read.
+            // Everything received before this was queued for forwarding already
+            // (messages are applied in order): answer once the bus has handed it on.
             BusMessage::Flush { peer, reply_to } => {
-                self.publish(&reply_to, &BusMessage::Flushed { peer }).await
+                let bus = self.bus.clone();
+                tokio::spawn(async move {
+                    bus.flushed().await;
+                    bus.send(&reply_to, BusMessage::Flushed { peer }, None);
+                });
             }
             BusMessage::Flushed { peer } => self.release(&peer).await,
             BusMessage::Revoke { peer, epoch } => self.close_revoked(&peer, epoch),
         }
     }
 
-    /// Messages from other nodes may be missing: every local peer that talks across nodes
-    /// must resync, which 4003 tells its client to do.
-    pub fn resync_cross_node(&self) {
-        let table = self.read();
-        let peers = table.talking_across_nodes();
-        for outbox in &peers {
-            outbox.close(Some(close::RESYNC), "messages lost; resync");
-        }
-        tracing::warn!(
-            closed = peers.len(),
-            "closed peers that may have missed messages from other nodes"
-        );
-    }
-
     /// Applies a message left with a room's gate, when its holder leaves it.
     pub(super) fn apply_deferred(&self, message: BusMessage) {
         if let Some((node, message)) = self.apply_room_event(message) {
-            self.publish_later(node, message);
+            self.forward(&node, message);
         }
     }
 
@@ -177,6 +160,12 @@ impl Hub {
                 reason,
             } => {
                 let mut table = self.write();
+                if reason == LeaveReason::NodeLost
+                    && let Some(node) = table.member_node(&room, &peer)
+                {
+                    // What this node sent there and it never read goes back to its senders.
+                    self.bus.abandon(&node);
+                }
                 let notices = table.left_elsewhere(&room, &peer, epoch, reason);
                 table.deliver(notices);
                 None
@@ -186,6 +175,13 @@ impl Hub {
                 None
             }
         }
+    }
+
+    /// Queues a forward or a flush request worked out while applying a room event. (A
+    /// relay forwarded after its peer moved is no longer tied to its sender's socket: if
+    /// the bus gives up on it, the log and `bus_undelivered_total` show it.)
+    fn forward(&self, node: &str, message: BusMessage) {
+        self.publish(node, &message);
     }
 
     /// Records a member on another node (see [`super::table::RoomTable::learn`]); returns

@@ -71,7 +71,7 @@ impl Hub {
             node: self.node.to_string(),
             epoch,
         };
-        self.tell_other_nodes(&before, &joined).await;
+        self.tell_other_nodes(&before, &joined);
         Ok(before.into_iter().map(|m| m.peer_id).collect())
     }
 
@@ -88,6 +88,7 @@ impl Hub {
         if self.read().known_members(room) >= self.capacity {
             return Err(MembershipError::RoomFull);
         }
+        self.unwritten();
         if let Some(old) = &current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
         }
@@ -118,6 +119,40 @@ impl Hub {
         Ok(())
     }
 
+    fn departures_lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<str>, Epoch, LeaveReason)>> {
+        self.departures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the departures the store missed and tells the other nodes involved.
+    pub(super) async fn retry_departures(&self) -> Result<(), crate::store::StoreError> {
+        let pending = std::mem::take(&mut *self.departures_lock());
+        let mut pending = pending.into_iter();
+        while let Some((room, peer, epoch, reason)) = pending.next() {
+            let remaining = match self.store.leave_room(&room, &peer, epoch).await {
+                Ok(remaining) => remaining.unwrap_or_default(),
+                Err(e) => {
+                    let mut left = self.departures_lock();
+                    left.push((room, peer, epoch, reason));
+                    left.extend(pending);
+                    return Err(e);
+                }
+            };
+            if !self.read().has_room(&room) {
+                let _ = self.store.unindex_room(&self.node, &room).await;
+            }
+            let left = BusMessage::PeerLeft {
+                room: room.to_string(),
+                peer: peer.to_string(),
+                epoch,
+                reason,
+            };
+            self.tell_other_nodes(&remaining, &left);
+        }
+        Ok(())
+    }
+
     /// Takes `peer_id` (membership `epoch`) out of `room`: tells this node's members now,
     /// and the other nodes that still have members there through the bus. The caller
     /// holds the room's gate.
@@ -138,8 +173,12 @@ impl Hub {
             Ok(Some(remaining)) => remaining,
             Ok(None) => Vec::new(),
             Err(e) => {
-                // The index entry stays, so a cleanup after this node's death still finds it.
-                tracing::warn!(error = %e, "could not record a departure in the store");
+                // Held and retried when the store answers; the index entry stays, so a
+                // cleanup after this node's death still finds it.
+                tracing::warn!(error = %e, "could not record a departure in the store yet");
+                self.departures_lock()
+                    .push((Arc::from(room), Arc::from(peer_id), epoch, reason));
+                self.unwritten();
                 return;
             }
         };
@@ -153,6 +192,6 @@ impl Hub {
             epoch,
             reason,
         };
-        self.tell_other_nodes(&remaining, &left).await;
+        self.tell_other_nodes(&remaining, &left);
     }
 }

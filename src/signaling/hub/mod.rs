@@ -46,13 +46,15 @@ use tokio::sync::oneshot;
 
 use super::outbox::{Inbox, Outbox};
 use super::protocol::{ErrorCode, Outgoing};
-use crate::bus::{Bus, BusMessage};
+use crate::bus::{Bus, BusMessage, OnLost, Undelivered};
+use crate::room::LeaveReason;
 use crate::store::{Epoch, Member, Store, StoreError};
 use crate::telemetry::Metrics;
 use gate::Gates;
 use table::{HeldFrame, RoomTable};
 
 pub use inbox::consume;
+pub use recovery::Rewrite;
 
 /// TTL of room entries in the store; refreshed while members are active.
 const ROOM_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -118,6 +120,33 @@ pub struct Resumed {
 pub const REMOTE_RELAY_FAILED: &str =
     "Relaying to that peer's node failed or timed out; it may not have arrived.";
 
+/// The error a sender gets for a relay given up on, by reason.
+fn undelivered_sentence(why: Undelivered) -> &'static str {
+    match why {
+        Undelivered::Expired => {
+            "That peer's node could not be reached within FAILOVER_HOLD; the message was not delivered."
+        }
+        Undelivered::NodeLost => {
+            "That peer's node was lost before the message reached it; it was not delivered."
+        }
+        Undelivered::Full => {
+            "Too many messages are waiting for that peer's node; this one was not delivered."
+        }
+    }
+}
+
+/// A callback that tells `sender` its message (named by `reference`) was not delivered.
+fn report_to(sender: Outbox, reference: Option<Box<RawValue>>) -> OnLost {
+    Box::new(move |why| {
+        let error = Outgoing::Error {
+            code: ErrorCode::Unavailable,
+            message: undelivered_sentence(why),
+            reference: reference.as_deref(),
+        };
+        sender.deliver(error.to_frame());
+    })
+}
+
 /// Rooms and peers of one node.
 pub struct Hub {
     node: Arc<str>,
@@ -136,6 +165,13 @@ pub struct Hub {
     recovery: tokio::sync::RwLock<()>,
     /// Whether the last heartbeat reached the store.
     store_healthy: AtomicBool,
+    /// Since when the store has not answered heartbeats, if it does not now.
+    store_down_since: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Set when a session or membership was recorded only here (the store failed): the
+    /// heartbeat writes this node's state back as soon as the store answers.
+    unwritten: AtomicBool,
+    /// Departures the store has not recorded yet (room, peer, epoch, reason).
+    departures: std::sync::Mutex<Vec<(Arc<str>, Arc<str>, Epoch, LeaveReason)>>,
     /// Set once the node shuts down: dropped connections are no longer parked.
     shutting: AtomicBool,
     /// Reconnects waiting for another node to hand their session over, by peer and epoch.
@@ -200,6 +236,9 @@ impl Hub {
             room_gates: Gates::default(),
             recovery: tokio::sync::RwLock::new(()),
             store_healthy: AtomicBool::new(true),
+            store_down_since: std::sync::Mutex::default(),
+            unwritten: AtomicBool::new(false),
+            departures: std::sync::Mutex::default(),
             shutting: AtomicBool::new(false),
             handovers: std::sync::Mutex::default(),
             last_move: std::sync::Mutex::default(),
@@ -219,6 +258,33 @@ impl Hub {
     /// Records whether the store answered the last heartbeat.
     pub fn set_store_healthy(&self, healthy: bool) {
         self.store_healthy.store(healthy, Ordering::Relaxed);
+        let mut since = self
+            .store_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (healthy, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(tokio::time::Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// How long the store has been failing this node's heartbeats; `None` while it answers.
+    pub fn store_outage(&self) -> Option<Duration> {
+        self.store_down_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|since| since.elapsed())
+    }
+
+    /// Whether something was recorded only on this node and awaits the store.
+    pub fn has_unwritten(&self) -> bool {
+        self.unwritten.load(Ordering::Relaxed)
+    }
+
+    /// Notes that something was recorded only on this node (the store failed).
+    fn unwritten(&self) {
+        self.unwritten.store(true, Ordering::Relaxed);
     }
 
     /// This node's metrics.
@@ -261,17 +327,16 @@ impl Hub {
         pass
     }
 
-    /// Publishes to another node; a failure is logged (the store keeps the truth).
-    async fn publish(&self, node: &str, message: &BusMessage) {
-        if let Err(e) = self.bus.publish(node, message).await {
-            tracing::warn!(error = %e, to = node, "could not notify another node");
-        }
+    /// Queues a message for another node; the bus holds and retries it across Redis
+    /// failovers, and what never arrives is logged (the store keeps the truth).
+    fn publish(&self, node: &str, message: &BusMessage) {
+        self.bus.send(node, message.clone(), None);
     }
 
-    /// Publishes `message` once to each node other than this one that holds `members`.
-    async fn tell_other_nodes(&self, members: &[Member], message: &BusMessage) {
+    /// Queues `message` once for each node other than this one that holds `members`.
+    fn tell_other_nodes(&self, members: &[Member], message: &BusMessage) {
         for node in other_nodes(members, &self.node) {
-            self.publish(&node, message).await;
+            self.publish(&node, message);
         }
     }
 
@@ -283,24 +348,15 @@ impl Hub {
         }
     }
 
-    /// Like [`Hub::publish`], from code that cannot wait (a gate being left).
-    fn publish_later(&self, node: Arc<str>, message: BusMessage) {
-        let bus = self.bus.clone();
-        tokio::spawn(async move {
-            if let Err(e) = bus.publish(&node, &message).await {
-                tracing::warn!(error = %e, to = %node, "could not notify another node");
-            }
-        });
-    }
-
     /// Where a message from `from` to `to` goes, if they share a room; no store round trip.
     pub fn route(&self, from: &str, to: &str) -> Result<Route, RelayError> {
         self.read().route(from, to)
     }
 
-    /// Hands a frame to a peer on another node. A frame held back (the peer is moving
-    /// between nodes) that later cannot be sent on gets its sender, `sender`, an error
-    /// naming `reference`, as a failure returned here would.
+    /// Hands a frame to a peer on another node. It is held and retried across Redis
+    /// failovers; if it cannot be delivered, its sender, `sender`, gets an error naming
+    /// `reference` and saying why. A frame held back (the peer is moving between nodes)
+    /// is handled the same way once it can be sent on.
     pub async fn send_remote(
         &self,
         node: &str,
@@ -328,7 +384,9 @@ impl Hub {
             to: to.to_string(),
             frame,
         };
-        self.bus.publish(node, &message).await
+        let lost = report_to(sender.clone(), reference.map(|r| r.to_owned()));
+        self.bus.send(node, message, Some(lost));
+        Ok(())
     }
 
     /// The room `peer_id` is in and its session, or `Replaced` when `epoch` lost the peer.

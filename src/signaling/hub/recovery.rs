@@ -2,6 +2,7 @@
 //! nodes that died (or an earlier process of this one).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Hub, ROOM_TTL, other_nodes};
@@ -9,12 +10,35 @@ use crate::bus::BusMessage;
 use crate::signaling::protocol::{LeaveReason, close};
 use crate::store::{Epoch, SessionRecord, StoreError};
 
+/// Why a node writes its state back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rewrite {
+    /// The store was unreachable or missed writes: its view of other nodes' members holds.
+    Outage,
+    /// Redis lost its data: every node is writing its own members back, so members missing
+    /// from the store are kept until [`Hub::reconcile_rooms`] runs.
+    DataLost,
+    /// The other nodes declared this node lost and told their peers its peers left: its
+    /// own peers hear of every remote member again, so both sides renegotiate.
+    Evicted,
+}
+
 impl Hub {
     /// Writes this node's sessions and memberships back to the store after an outage (or
     /// after the store lost them), reconciles each room with what the store says, and
-    /// tells the other nodes about this node's members.
-    pub async fn reregister(&self) -> Result<(), StoreError> {
+    /// tells the other nodes about this node's members (see [`Rewrite`] for the cases).
+    pub async fn reregister(&self, why: Rewrite) -> Result<(), StoreError> {
         let _recovery = self.recovery.write().await;
+        self.unwritten.store(false, Ordering::Relaxed);
+        let written = self.rewrite(why).await;
+        if written.is_err() {
+            self.unwritten();
+        }
+        written
+    }
+
+    async fn rewrite(&self, why: Rewrite) -> Result<(), StoreError> {
+        self.retry_departures().await?;
         let now = tokio::time::Instant::now();
         let (sessions, rooms) = {
             let table = self.read();
@@ -39,7 +63,8 @@ impl Hub {
             (sessions, table.local_members(&self.node))
         };
         for (record, epoch, room, ttl) in &sessions {
-            self.store
+            let kept = self
+                .store
                 .restore_session(
                     record,
                     *epoch,
@@ -47,6 +72,11 @@ impl Hub {
                     (*ttl).max(Duration::from_secs(1)),
                 )
                 .await?;
+            if !kept && let Some(slot) = self.read().owned(&record.peer_id, *epoch) {
+                // A newer connection of this session took it elsewhere meanwhile.
+                slot.outbox
+                    .close(Some(close::REPLACED), "replaced by a newer connection");
+            }
         }
         for (room, members) in rooms {
             let _room = self.enter_rooms(&[&room]).await;
@@ -59,7 +89,13 @@ impl Hub {
             let truth = self.store.room_members(&room).await?;
             {
                 let mut table = self.write();
-                let notices = table.reconcile(&room, &truth, &self.node);
+                let notices = table.reconcile(
+                    &room,
+                    &truth,
+                    &self.node,
+                    why == Rewrite::Evicted,
+                    why != Rewrite::DataLost,
+                );
                 table.deliver(notices);
             }
             for node in other_nodes(&truth, &self.node) {
@@ -70,7 +106,7 @@ impl Hub {
                         node: self.node.to_string(),
                         epoch: member.epoch,
                     };
-                    self.publish(&node, &joined).await;
+                    self.publish(&node, &joined);
                 }
             }
         }
@@ -78,6 +114,27 @@ impl Hub {
             sessions = sessions.len(),
             "re-registered this node's sessions and rooms"
         );
+        Ok(())
+    }
+
+    /// Makes this node's view of each of its rooms match the store, members missing from
+    /// it included: run once the other nodes had time to write their state back after
+    /// Redis lost its data.
+    pub async fn reconcile_rooms(&self) -> Result<(), StoreError> {
+        let _recovery = self.recovery.read().await;
+        let rooms: Vec<Arc<str>> = self
+            .read()
+            .local_members(&self.node)
+            .into_iter()
+            .map(|(room, _)| room)
+            .collect();
+        for room in rooms {
+            let _room = self.enter_rooms(&[&room]).await;
+            let truth = self.store.room_members(&room).await?;
+            let mut table = self.write();
+            let notices = table.reconcile(&room, &truth, &self.node, false, true);
+            table.deliver(notices);
+        }
         Ok(())
     }
 
@@ -105,6 +162,8 @@ impl Hub {
     /// followed by a restart under the same `NODE_ID`, faster than the survivors noticed).
     pub async fn evict_previous_incarnation(&self) -> Result<(), StoreError> {
         let removed = self.evict(&self.node).await?;
+        // This node is alive: the eviction notice is for a node that comes back.
+        self.store.take_eviction_notice(&self.node).await?;
         if removed > 0 {
             tracing::warn!(
                 peers = removed,
@@ -118,6 +177,14 @@ impl Hub {
     async fn evict(&self, node: &str) -> Result<usize, StoreError> {
         let _recovery = self.recovery.write().await;
         let evictions = self.store.evict_node(node).await?;
+        if node != &*self.node {
+            // Later sends to it fail at once; what this node sent it and it never read
+            // goes back to the senders (other nodes do the same on hearing `node_lost`).
+            if let Err(e) = self.bus.close(node).await {
+                tracing::warn!(error = %e, "could not close a lost node's inbox");
+            }
+            self.bus.abandon(node);
+        }
         let mut removed = 0;
         for eviction in evictions {
             let _room = self.enter_rooms(&[&eviction.room]).await;
@@ -134,7 +201,7 @@ impl Hub {
                     epoch: gone.epoch,
                     reason: LeaveReason::NodeLost,
                 };
-                self.tell_other_nodes(&eviction.remaining, &left).await;
+                self.tell_other_nodes(&eviction.remaining, &left);
             }
         }
         Ok(removed)

@@ -13,7 +13,7 @@ use super::{Hub, ROOM_TTL, Registration, Resumed};
 use crate::bus::BusMessage;
 use crate::signaling::outbox::{self, Inbox};
 use crate::signaling::protocol::{LeaveReason, close};
-use crate::store::{Epoch, Previous, SessionRecord, StoreError};
+use crate::store::{Claim, Epoch, Previous, SessionRecord, StoreError};
 
 /// How long a reconnect waits for the node that held its session to hand it over; past
 /// that, the old connection is taken to be gone and the session starts afresh.
@@ -72,7 +72,19 @@ impl Hub {
             peer_id: peer_id.to_string(),
             node: self.node.to_string(),
         };
-        let claim = self.store.claim_session(&record, ttl).await?;
+        let claim = match self.store.claim_session(&record, ttl).await {
+            Ok(claim) => claim,
+            // Readiness promises new clients are taken while Redis fails over or is
+            // briefly away: hold the session here and write it when the store answers.
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable: holding a new session on this node");
+                self.unwritten();
+                Claim {
+                    epoch: crate::clock::unix_micros(),
+                    previous: None,
+                }
+            }
+        };
         let (outbox, inbox) = outbox::channel(self.queue);
         let old = self.write().peers.insert(
             Arc::from(peer_id),
@@ -108,7 +120,7 @@ impl Hub {
                     node: self.node.to_string(),
                     new_epoch: claim.epoch,
                 };
-                self.publish(&previous.node, &ask).await;
+                self.publish(&previous.node, &ask);
                 handover = Some((previous, rx));
             }
             Some(previous) => {
@@ -155,8 +167,15 @@ impl Hub {
         else {
             return Ok(None);
         };
-        if !self.store.refresh_session(session_id, epoch, ttl).await? {
-            return Ok(None);
+        match self.store.refresh_session(session_id, epoch, ttl).await {
+            Ok(true) => {}
+            Ok(false) => return Ok(None),
+            // The session is parked here: resume it, and write it back once the store
+            // answers (a newer owner found then closes this connection as replaced).
+            Err(e) => {
+                tracing::warn!(error = %e, "store unavailable: resuming from this node's copy");
+                self.unwritten();
+            }
         }
         let mut table = self.write();
         let Some(slot) = table.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {

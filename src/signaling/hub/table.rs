@@ -178,17 +178,6 @@ impl RoomTable {
             .collect()
     }
 
-    /// Local peers sharing a room with a peer on another node: they may have missed
-    /// messages when the bus lost some.
-    pub fn talking_across_nodes(&self) -> Vec<&Outbox> {
-        self.rooms
-            .values()
-            .filter(|v| !v.remote.is_empty())
-            .flat_map(|v| v.local.iter())
-            .filter_map(|p| self.peers.get(p).map(|s| &s.outbox))
-            .collect()
-    }
-
     /// `peer_id` joins `room` on this node, whose store entry listed `before` as the
     /// members already there: the local members hear of members on other nodes they did
     /// not know yet, then of the newcomer.
@@ -362,6 +351,11 @@ impl RoomTable {
         notices
     }
 
+    /// The node holding remote member `peer` of `room`, as this node knows it.
+    pub fn member_node(&self, room: &str, peer: &str) -> Option<Arc<str>> {
+        Some(self.rooms.get(room)?.remote.get(peer)?.node.clone())
+    }
+
     /// A dead node's member `peer` is gone from `room` (if this node knew it there).
     pub fn lost(&mut self, room: &str, peer: &str) -> Vec<Notice> {
         let known = self
@@ -426,8 +420,19 @@ impl RoomTable {
     }
 
     /// Makes this node's view of `room` match the store's `truth`: remote members that
-    /// left during an outage are announced as gone, ones that came as joined.
-    pub fn reconcile(&mut self, room: &str, truth: &[Member], me: &str) -> Vec<Notice> {
+    /// left during an outage are announced as gone, ones that came as joined. With
+    /// `reintroduce` (this node was declared lost while it was cut off, so the other side
+    /// saw its peers leave) every remote member is announced as joined, so both sides
+    /// renegotiate. Without `prune`, members missing from the store are kept: after Redis
+    /// lost its data, their nodes are writing them back.
+    pub fn reconcile(
+        &mut self,
+        room: &str,
+        truth: &[Member],
+        me: &str,
+        reintroduce: bool,
+        prune: bool,
+    ) -> Vec<Notice> {
         let Some(view) = self.rooms.get_mut(room) else {
             return Vec::new();
         };
@@ -447,15 +452,21 @@ impl RoomTable {
         let gone: Vec<Arc<str>> = view
             .remote
             .keys()
-            .filter(|p| !remote_truth.contains_key(*p))
+            .filter(|p| prune && !remote_truth.contains_key(*p))
             .cloned()
             .collect();
         let came: Vec<Arc<str>> = remote_truth
             .iter()
-            .filter(|(p, r)| view.remote.get(*p) != Some(r))
+            .filter(|(p, r)| reintroduce || view.remote.get(*p) != Some(r))
             .map(|(p, _)| p.clone())
             .collect();
+        let kept: Vec<(Arc<str>, RemoteMember)> = view
+            .remote
+            .drain()
+            .filter(|(p, _)| !prune && !remote_truth.contains_key(p))
+            .collect();
         view.remote = remote_truth;
+        view.remote.extend(kept);
         let to: Vec<Arc<str>> = view.local.iter().cloned().collect();
         let left = gone.iter().map(|peer| Outgoing::PeerLeft {
             peer_id: peer,

@@ -224,7 +224,7 @@ fn reconcile_announces_the_difference_with_the_store() {
     let (mut table, _inboxes) = table_with(&[("ann", 1)]);
     let _ = table.join("r", "ann", &[member("cy", "n0", 1)], "n1");
     let truth = [member("ann", "n1", 1), member("dee", "n2", 1)];
-    let notices = table.reconcile("r", &truth, "n1");
+    let notices = table.reconcile("r", &truth, "n1", false, true);
     assert_eq!(
         notices,
         vec![
@@ -234,7 +234,7 @@ fn reconcile_announces_the_difference_with_the_store() {
     );
     assert_eq!(remote_node(&table, "ann", "cy"), None);
     assert_eq!(remote_node(&table, "ann", "dee").as_deref(), Some("n2"));
-    assert!(table.reconcile("other", &truth, "n1").is_empty());
+    assert!(table.reconcile("other", &truth, "n1", false, true).is_empty());
 }
 
 /// A parked session moving to another node leaves the table with its queue; the room
@@ -289,11 +289,42 @@ fn moving_in_announces_only_what_the_room_did_not_know() {
     assert_eq!(local, vec![("ann".to_string(), 1), ("bob".to_string(), 2)]);
 }
 
-/// Peers sharing a room with another node's peers are the ones a bus gap affects.
+/// After this node was declared lost while cut off, the other side saw its peers leave:
+/// its own peers hear of every remote member again, known or not, and of nobody twice.
 #[test]
-fn only_peers_talking_across_nodes_are_affected_by_a_gap() {
-    let (mut table, _inboxes) = table_with(&[("ann", 1), ("bob", 1)]);
+fn reconcile_after_an_eviction_reintroduces_every_remote_member() {
+    let (mut table, _inboxes) = table_with(&[("ann", 1)]);
+    let _ = table.join(
+        "r",
+        "ann",
+        &[member("cy", "n0", 1), member("eve", "n2", 1)],
+        "n1",
+    );
+    let truth = [
+        member("ann", "n1", 1),
+        member("cy", "n0", 1),
+        member("dee", "n2", 1),
+    ];
+    let mut notices = table.reconcile("r", &truth, "n1", true, true);
+    notices.sort_by(|a, b| a.frame.as_str().cmp(b.frame.as_str()));
+    let mut expected = vec![
+        left(&["ann"], "eve", LeaveReason::Disconnected),
+        joined(&["ann"], "cy"),
+        joined(&["ann"], "dee"),
+    ];
+    expected.sort_by(|a, b| a.frame.as_str().cmp(b.frame.as_str()));
+    assert_eq!(notices, expected);
+}
+
+/// After Redis lost its data, members missing from the store are kept (their nodes are
+/// writing them back): nobody hears they left.
+#[test]
+fn reconcile_without_pruning_keeps_members_missing_from_the_store() {
+    let (mut table, _inboxes) = table_with(&[("ann", 1)]);
     let _ = table.join("r", "ann", &[member("cy", "n0", 1)], "n1");
-    let _ = table.join("s", "bob", &[], "n1");
-    assert_eq!(table.talking_across_nodes().len(), 1);
+    let truth = [member("ann", "n1", 1), member("dee", "n2", 1)];
+    let notices = table.reconcile("r", &truth, "n1", false, false);
+    assert_eq!(notices, vec![joined(&["ann"], "dee")]);
+    assert_eq!(remote_node(&table, "ann", "cy").as_deref(), Some("n0"));
+    assert_eq!(remote_node(&table, "ann", "dee").as_deref(), Some("n2"));
 }
