@@ -14,11 +14,11 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::eventually::{Pacing, patient};
+use common::eventually::patient;
 use common::fleet::{Fleet, HEARTBEAT, RESUME_GRACE, RedisAccess, Unready};
 use common::proxy::{Cut, Proxy};
 use common::redis::{RedisCluster, RedisServer, SentinelGroup};
-use common::traffic::{Plan, Report, Traffic};
+use common::traffic::{Plan, Report, Traffic, holds_within};
 use tokio::time::Instant;
 
 /// How long a sender may wait for a held message before it is refused (FAILOVER_HOLD's
@@ -43,22 +43,6 @@ fn seconds_from_env(name: &str, default: f64) -> Duration {
 /// Traffic kept up after the fault is over, so late and held messages show.
 fn after() -> Duration {
     seconds_from_env("FAULT_AFTER_SECONDS", 3.0)
-}
-
-/// Polls `check` until it holds or `within` (times the patience) passed; unlike
-/// `eventually` it reports instead of failing, so a scenario can list every failure.
-async fn holds_within(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let started = Instant::now();
-    let mut pacing = Pacing::new(patient(within));
-    loop {
-        if check().await {
-            return true;
-        }
-        match pacing.next(started.elapsed()) {
-            Some(pause) => tokio::time::sleep(pause).await,
-            None => return false,
-        }
-    }
 }
 
 /// Waits until traffic flows on every call: a few offers delivered per direction.

@@ -125,7 +125,8 @@ impl Traffic {
         assert!(addrs.len() >= 2, "calls need two nodes");
         let mut clients = Vec::new();
         let mut sides = Vec::new();
-        let placeholder = Instant::now();
+        // The schedule starts once every call is connected (set below).
+        let unscheduled = Instant::now();
         for i in 0..plan.pairs {
             let room = format!("call-{i}");
             let (na, nb) = (i % addrs.len(), (i + 1) % addrs.len());
@@ -142,7 +143,7 @@ impl Traffic {
                     peer_id: client.peer_id.clone(),
                     room: room.clone(),
                     partner,
-                    first_due: placeholder,
+                    first_due: unscheduled,
                 });
             }
             clients.push(a);
@@ -217,7 +218,7 @@ impl Traffic {
     /// still sends and whose receiver is connected has delivered or refused an offer due
     /// at or after `instant`; returns whether that happened.
     pub async fn wait_past(&self, instant: Instant, within: Duration) -> bool {
-        self.poll(within, || {
+        holds_within(within, async || {
             (0..self.sides.len()).all(|s| {
                 let receiver = self.sides[s].partner;
                 let sender_log = self.logs[s].lock().unwrap();
@@ -238,36 +239,20 @@ impl Traffic {
         self.sides[s].first_due + self.plan.interval().mul_f64(seq as f64)
     }
 
-    /// Polls `done` until it holds or `within` (times the patience) passed.
-    async fn poll(&self, within: Duration, mut done: impl FnMut() -> bool) -> bool {
-        let started = Instant::now();
-        let mut pacing = Pacing::new(patient(within));
-        loop {
-            if done() {
-                return true;
-            }
-            match pacing.next(started.elapsed()) {
-                Some(pause) => tokio::time::sleep(pause).await,
-                None => return false,
-            }
-        }
-    }
-
     /// Stops sending, waits (up to `settle_within`) until every offer sent is delivered
     /// or refused, stops the clients and accounts for every message.
     pub async fn finish(self, scenario: &str, settle_within: Duration) -> Report {
         self.stage.send_replace(Stage::Draining);
-        let settled = self
-            .poll(settle_within, || {
-                (0..self.sides.len()).all(|s| {
-                    let receiver = self.sides[s].partner;
-                    let sender = self.logs[s].lock().unwrap();
-                    let receiver_log = self.logs[receiver].lock().unwrap();
-                    let answered = receiver_log.received.len() + sender.refused.len();
-                    receiver_log.closed.is_some() || answered as u64 >= sender.sent
-                })
+        let settled = holds_within(settle_within, async || {
+            (0..self.sides.len()).all(|s| {
+                let receiver = self.sides[s].partner;
+                let sender = self.logs[s].lock().unwrap();
+                let receiver_log = self.logs[receiver].lock().unwrap();
+                let answered = receiver_log.received.len() + sender.refused.len();
+                receiver_log.closed.is_some() || answered as u64 >= sender.sent
             })
-            .await;
+        })
+        .await;
         self.stage.send_replace(Stage::Stopped);
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
@@ -282,6 +267,22 @@ impl Traffic {
             });
         }
         report
+    }
+}
+
+/// Polls `check` until it holds or `within` (times the patience) passed; unlike
+/// `eventually` it reports instead of failing, so a scenario can list every failure.
+pub async fn holds_within(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let started = Instant::now();
+    let mut pacing = Pacing::new(patient(within));
+    loop {
+        if check().await {
+            return true;
+        }
+        match pacing.next(started.elapsed()) {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => return false,
+        }
     }
 }
 
