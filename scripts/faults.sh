@@ -3,8 +3,9 @@
 # split over 3 nodes, 2,000 cross-node offers/s, a 12 s partition) and prints each one's
 # report: offers sent, delivered, refused by code, lost, duplicated, reordered, clients
 # closed, longest stall, and every span a node answered /health/ready with other than 200.
-# Takes about three minutes after the build (each scenario starts its own Redis
-# deployment and three nodes, then runs 15 to 40 s). Needs redis-server and redis-cli.
+# Takes about a minute after the build (each scenario starts its own Redis deployment and
+# three nodes, then runs 5 to 25 s; up to 15 s more when offers go missing, as the checker
+# waits out the failover hold for them). Needs redis-server and redis-cli.
 # Usage: scripts/faults.sh [name filter ...]  (e.g. `cluster`, `sentinel`, `restarted`,
 # `cut_off`; default: all four). FAULT_PROFILE=dev skips the release build (slower
 # nodes, so longer stalls). Exit status: non-zero if any scenario broke its promise.
@@ -28,7 +29,8 @@ for filter in "${filters[@]}"; do
   # One at a time: each scenario runs its own Redis and nodes on the same cores.
   cargo test "${profile[@]}" --locked --test failover -- --ignored --nocapture \
     --test-threads=1 "$filter" >"$out" 2>&1 || status=1
-  # The report line, the unready spans, and what broke the promise.
-  grep -E '^[a-z ]+: [0-9]+ pairs|^  node-|^  - |^test .* \.\.\. |^error' "$out" || cat "$out"
+  # The report line, the unready spans, and what broke the promise (or why setup failed).
+  grep -E "^[a-z ]+: [0-9]+ pairs|^  node-|^  - |^test .* \.\.\. |^thread '|^gave up|^error" \
+    "$out" || cat "$out"
 done
 exit $status

@@ -45,9 +45,9 @@ fn after() -> Duration {
     seconds_from_env("FAULT_AFTER_SECONDS", 3.0)
 }
 
-/// Waits until traffic flows on every call: a few offers delivered per direction.
+/// Waits until traffic flows on every call: about a second of offers per direction.
 async fn warm_up(traffic: &Traffic) {
-    let enough = traffic.sides().len() * 3;
+    let enough = traffic.sides().len() * 10;
     common::eventually(
         "every call to get under way",
         Duration::from_secs(20),
