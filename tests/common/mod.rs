@@ -6,9 +6,12 @@
 #![allow(dead_code)]
 
 pub mod eventually;
+pub mod fleet;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod traffic;
 
 pub use eventually::{eventually, eventually_blocking, patient};
 

@@ -1,10 +1,11 @@
-//! Real Redis processes for tests: a standalone server, a Sentinel group and a three-master
-//! Cluster, each on free ports in its own directory, killed when dropped.
+//! Real Redis processes for tests: a standalone server, a Sentinel group (one Sentinel, or a
+//! set of three with a quorum) and a Cluster (three masters, optionally each with a replica),
+//! each on free ports in its own directory, killed when dropped.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::eventually;
 
@@ -155,106 +156,80 @@ impl Drop for RedisServer {
     }
 }
 
-/// A master, a replica and one Sentinel watching them.
+/// A master, a replica and the Sentinels watching them.
 pub struct SentinelGroup {
     /// The initial master.
     pub master: RedisServer,
     /// Its replica.
     pub replica: RedisServer,
-    /// The Sentinel process.
+    /// The first Sentinel process.
     pub sentinel: RedisServer,
+    /// The other Sentinels of a set (empty for a group of one).
+    pub more_sentinels: Vec<RedisServer>,
     /// Name of the monitored master.
     pub master_name: String,
 }
 
 impl SentinelGroup {
-    /// Starts the group and waits until replication and Sentinel are up.
+    /// One Sentinel (quorum 1): starts the group and waits until replication and Sentinel
+    /// are up.
     pub async fn start() -> SentinelGroup {
+        Self::start_set(1, 1).await
+    }
+
+    /// `count` Sentinels agreeing by `quorum`, as production runs them (three, quorum two):
+    /// a failover needs them to agree, which is what makes its timing realistic.
+    pub async fn start_set(count: usize, quorum: usize) -> SentinelGroup {
         // Disk-based full sync: with diskless sync and no delay, Redis 7.0 was seen to
         // report the replica online while never streaming writes to it.
         let master = RedisServer::start_with(&["--repl-diskless-sync", "no"]).await;
         let replica_of = master.port.to_string();
         let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &replica_of]).await;
-        let port = replica.port;
-        eventually(
-            "the replica's link to its master",
-            Duration::from_secs(15),
-            async || {
-                cli(port, &["INFO", "replication"])
-                    .await
-                    .contains("master_link_status:up")
-            },
-        )
-        .await;
+        wait_replica_link(replica.port).await;
 
-        let sentinel_port = free_port();
-        let dir = scratch_dir(sentinel_port);
-        let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {sentinel_port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
-                 sentinel resolve-hostnames no\n\
-                 sentinel monitor mymaster 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds mymaster 1000\n\
-                 sentinel failover-timeout mymaster 5000\n\
-                 sentinel parallel-syncs mymaster 1\n",
-                dir.display(),
-                master.port
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.join("sentinel.log")).unwrap();
-        let child = Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("redis-server --sentinel runs");
-        let sentinel = RedisServer {
-            port: sentinel_port,
-            dir,
-            extra: Vec::new(),
-            child: Some(child),
-        };
-        let expected = master.port.to_string();
-        eventually(
-            "Sentinel to watch the master",
-            Duration::from_secs(15),
-            async || {
-                cli(
-                    sentinel_port,
-                    &["SENTINEL", "get-master-addr-by-name", "mymaster"],
-                )
-                .await
-                .contains(&expected)
-            },
-        )
-        .await;
-        // A failover right away needs Sentinel to know the replica already.
+        let mut sentinels = Vec::new();
+        for _ in 0..count {
+            sentinels.push(start_sentinel(master.port, quorum).await);
+        }
         let replica_port = format!("\n{}\n", replica.port);
-        eventually(
-            "sentinel to discover the replica",
-            Duration::from_secs(15),
-            async || {
-                cli(sentinel_port, &["SENTINEL", "replicas", "mymaster"])
-                    .await
-                    .contains(&replica_port)
-            },
-        )
-        .await;
+        let others = format!("num-other-sentinels\n{}\n", count - 1);
+        for sentinel in &sentinels {
+            let port = sentinel.port;
+            // A failover right away needs each Sentinel to know the replica already, and
+            // (in a set) the other Sentinels, whose votes it needs.
+            eventually(
+                format!("Sentinel {port} to discover the replica and its peers"),
+                Duration::from_secs(20),
+                async || {
+                    let replicas = cli(port, &["SENTINEL", "replicas", "mymaster"]).await;
+                    let master = cli(port, &["SENTINEL", "master", "mymaster"]).await;
+                    replicas.contains(&replica_port) && master.contains(&others)
+                },
+            )
+            .await;
+        }
+        let sentinel = sentinels.remove(0);
         SentinelGroup {
             master,
             replica,
             sentinel,
+            more_sentinels: sentinels,
             master_name: "mymaster".into(),
         }
     }
 
-    /// `127.0.0.1:port` of the Sentinel.
+    /// `127.0.0.1:port` of the first Sentinel.
     pub fn sentinel_addr(&self) -> String {
         self.sentinel.addr()
+    }
+
+    /// Every Sentinel's `127.0.0.1:port`, comma-separated (REDIS_SENTINELS).
+    pub fn sentinel_addrs(&self) -> String {
+        std::iter::once(&self.sentinel)
+            .chain(&self.more_sentinels)
+            .map(RedisServer::addr)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Kills the master and waits until Sentinel promoted the replica; returns its port.
@@ -286,17 +261,84 @@ impl SentinelGroup {
     }
 }
 
-/// Three Redis Cluster masters without replicas.
+/// Waits until the replica on `port` has a live link to its master.
+async fn wait_replica_link(port: u16) {
+    eventually(
+        format!("the replica on {port} to link to its master"),
+        Duration::from_secs(15),
+        async || {
+            cli(port, &["INFO", "replication"])
+                .await
+                .contains("master_link_status:up")
+        },
+    )
+    .await;
+}
+
+/// One Sentinel process monitoring the master on `master_port` as `mymaster`.
+async fn start_sentinel(master_port: u16, quorum: usize) -> RedisServer {
+    let port = free_port();
+    let dir = scratch_dir(port);
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\n\
+             sentinel resolve-hostnames no\n\
+             sentinel monitor mymaster 127.0.0.1 {master_port} {quorum}\n\
+             sentinel down-after-milliseconds mymaster 1000\n\
+             sentinel failover-timeout mymaster 5000\n\
+             sentinel parallel-syncs mymaster 1\n",
+            dir.display(),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("sentinel.log")).unwrap();
+    let child = Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("redis-server --sentinel runs");
+    let sentinel = RedisServer {
+        port,
+        dir,
+        extra: Vec::new(),
+        child: Some(child),
+    };
+    let expected = master_port.to_string();
+    eventually(
+        format!("Sentinel {port} to watch the master"),
+        Duration::from_secs(15),
+        async || {
+            cli(port, &["SENTINEL", "get-master-addr-by-name", "mymaster"])
+                .await
+                .contains(&expected)
+        },
+    )
+    .await;
+    sentinel
+}
+
+/// A Redis Cluster: three masters, each with one replica or none.
 pub struct RedisCluster {
-    /// The masters.
+    /// Every node, masters and replicas as `redis-cli --cluster create` assigned them.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
-    /// Starts the nodes, creates the cluster and waits for `cluster_state:ok` everywhere.
+    /// Three masters without replicas; waits for `cluster_state:ok` everywhere.
     pub async fn start() -> RedisCluster {
+        Self::start_with_replicas(0).await
+    }
+
+    /// Three masters with `replicas` replicas each (`cluster-node-timeout` 2 s, so a dead
+    /// master's replica takes over within a few seconds); waits for `cluster_state:ok`
+    /// everywhere and every replica's link to its master.
+    pub async fn start_with_replicas(replicas: usize) -> RedisCluster {
         let mut nodes = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             nodes.push(
                 RedisServer::start_with(&[
                     "--cluster-enabled",
@@ -305,13 +347,17 @@ impl RedisCluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    // As for Sentinel: disk-based full sync streams reliably on Redis 7.0.
+                    "--repl-diskless-sync",
+                    "no",
                 ])
                 .await,
             );
         }
         let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
         args.extend(nodes.iter().map(RedisServer::addr));
-        args.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+        args.extend(["--cluster-replicas".into(), replicas.to_string()]);
+        args.push("--cluster-yes".into());
         let out = tokio::process::Command::new("redis-cli")
             .args(&args)
             .output()
@@ -334,6 +380,10 @@ impl RedisCluster {
                 },
             )
             .await;
+            // A replica that never synced is not allowed to take over.
+            if cli(port, &["ROLE"]).await.starts_with("slave") {
+                wait_replica_link(port).await;
+            }
         }
         RedisCluster { nodes }
     }
@@ -350,5 +400,91 @@ impl RedisCluster {
             out.push(node.cli(args).await);
         }
         out
+    }
+
+    /// A node still running, to ask about the cluster.
+    fn live_port(&self) -> u16 {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a node still runs")
+            .port
+    }
+
+    /// The port of the live master serving `key`'s slot, as `port` sees the cluster.
+    async fn owner_seen_by(port: u16, slot: u16) -> Option<u16> {
+        let nodes = cli(port, &["CLUSTER", "NODES"]).await;
+        nodes.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            if !flags.contains("master") || flags.contains("fail") {
+                return None;
+            }
+            let serves = fields.iter().skip(8).any(|range| {
+                let mut ends = range.split('-').map(|n| n.parse::<u16>());
+                match (ends.next(), ends.next()) {
+                    (Some(Ok(lo)), Some(Ok(hi))) => (lo..=hi).contains(&slot),
+                    (Some(Ok(only)), None) => only == slot,
+                    _ => false,
+                }
+            });
+            let address = fields.get(1)?.split('@').next()?;
+            serves.then(|| address.rsplit(':').next()?.parse().ok())?
+        })
+    }
+
+    /// The slot of `key`.
+    pub async fn slot_of(&self, key: &str) -> u16 {
+        let slot = cli(self.live_port(), &["CLUSTER", "KEYSLOT", key]).await;
+        slot.trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a number")
+    }
+
+    /// The port of the master currently serving `key`.
+    pub async fn master_of(&self, key: &str) -> u16 {
+        let slot = self.slot_of(key).await;
+        Self::owner_seen_by(self.live_port(), slot)
+            .await
+            .expect("a live master serves every slot")
+    }
+
+    /// SIGKILLs the master serving `key`, waits until a replica took its slots over and
+    /// every surviving node reports `cluster_state:ok`; returns the new master's port and
+    /// how long the failover took from the kill.
+    pub async fn kill_master_of_and_wait_failover(&mut self, key: &str) -> (u16, Duration) {
+        let slot = self.slot_of(key).await;
+        let old = self.master_of(key).await;
+        let killed = Instant::now();
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port == old)
+            .expect("the master is one of the nodes")
+            .kill();
+        let survivors: Vec<u16> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.port)
+            .collect();
+        let mut promoted = 0;
+        for port in survivors {
+            promoted = eventually(
+                format!("node {port} to see slot {slot} served by a promoted replica of {old}"),
+                Duration::from_secs(30),
+                async || {
+                    let ok = cli(port, &["CLUSTER", "INFO"])
+                        .await
+                        .contains("cluster_state:ok");
+                    let owner = Self::owner_seen_by(port, slot).await;
+                    match owner {
+                        Some(owner) if ok && owner != old => Ok(owner),
+                        _ => Err(format!("owner {owner:?}, state ok: {ok}")),
+                    }
+                },
+            )
+            .await;
+        }
+        (promoted, killed.elapsed())
     }
 }
