@@ -132,7 +132,6 @@ fn no_refusals(report: &Report) -> Vec<String> {
 
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Redis failover work: per-shard health, hold and retry"]
 async fn a_cluster_master_killed_mid_call_loses_refuses_and_closes_nothing() {
     let mut cluster = RedisCluster::start_with_replicas(1).await;
     let seeds = RedisAccess::Cluster(cluster.seeds().join(","));
@@ -155,7 +154,6 @@ async fn a_cluster_master_killed_mid_call_loses_refuses_and_closes_nothing() {
 
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Redis failover work: hold and retry across a Sentinel failover"]
 async fn a_sentinel_master_killed_mid_call_loses_refuses_and_closes_nothing() {
     let mut group = SentinelGroup::start_set(3, 2).await;
     let access = RedisAccess::Sentinel {
@@ -181,7 +179,6 @@ async fn a_sentinel_master_killed_mid_call_loses_refuses_and_closes_nothing() {
 
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Redis failover work: a node rewrites what it owns into an empty Redis"]
 async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
     let mut redis = RedisServer::start().await;
     let url = RedisAccess::Url(redis.url());
@@ -231,7 +228,6 @@ async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
 
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the Redis failover work: a partitioned node re-registers without closing clients"]
 async fn a_node_cut_off_from_redis_and_healed_keeps_its_clients_and_loses_nothing() {
     let cut_for = seconds_from_env("FAULT_CUT_SECONDS", 4.0);
     assert!(

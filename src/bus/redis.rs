@@ -2,11 +2,15 @@
 //! (`generation|last read id`).
 //!
 //! Senders append through their [`Courier`] lanes, which hold and retry across failovers.
-//! The node reads with a blocking XREAD, drops repeats by (origin, sequence number), and
-//! after each batch moves its marker and trims what it read: an inbox holds only what is
-//! still undelivered. When the marker is missing (Redis lost its data) or closed (the node
-//! was declared lost while alive) the node opens a new generation and reads its inbox
-//! from the start; senders see the new generation and append again what was not read.
+//! The node reads with a blocking XREAD and commits each batch before delivering it: one
+//! script moves the marker past the batch, trims it and says which of its entries were
+//! still there (a sender may have withdrawn one it gave up on). Only those are delivered,
+//! repeats dropped by (origin, sequence number). So each message is either delivered or
+//! reported to its sender, never both: a node cut off after reading cannot deliver what
+//! the others already reported. When the marker is missing (Redis lost its data) or
+//! closed (the node was declared lost while alive) the node opens a new generation and
+//! reads its inbox from the start; senders see the new generation and append again what
+//! was not read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +20,6 @@ use ::redis::streams::StreamReadReply;
 use ::redis::{FromRedisValue, Script, Value, cmd, pipe};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::courier::{AppendError, Courier, EntryId, HoldLimits, Outgoing, Progress, Transport};
 use super::{Bus, BusMessage, OnLost, Subscription};
@@ -26,10 +29,8 @@ use crate::telemetry::Metrics;
 
 /// An inbox (and its marker) nobody keeps alive (its node died) disappears after this long.
 const INBOX_TTL: Duration = Duration::from_secs(600);
-/// How long one XREAD waits for new entries when everything read is marked.
+/// How long one XREAD waits for new entries; an idle reader re-checks its marker this often.
 const BLOCK: Duration = Duration::from_millis(1000);
-/// How long the marker may lag behind what was read: senders learn delivery this late.
-const MARK_EVERY: Duration = Duration::from_millis(20);
 /// Entries fetched per XREAD.
 const BATCH: usize = 512;
 /// How long an append waits for a replica to confirm it, where there are replicas: an
@@ -58,16 +59,22 @@ redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return {gen, ids}
 ";
 
-/// Moves the marker of generation ARGV[1] to ARGV[2] and trims entries below ARGV[3]
-/// (none when empty); 0 when the marker is gone, closed or of another generation.
+/// Commits a batch read under generation ARGV[1]: moves the marker to ARGV[2], trims
+/// entries below ARGV[3] (none when empty) and returns {1, present} with 1/0 per entry id
+/// ARGV[5..] still in the inbox; {0} when the marker is gone, closed or of another
+/// generation. Atomic with WITHDRAW, so an entry is delivered or withdrawn, not both.
 const MARK: &str = r"
 local m = redis.call('GET', KEYS[1])
-if not m then return 0 end
-if string.match(m, '^([^|]*)') ~= ARGV[1] or string.find(m, '|closed', 1, true) then return 0 end
+if not m then return {0} end
+if string.match(m, '^([^|]*)') ~= ARGV[1] or string.find(m, '|closed', 1, true) then return {0} end
+local present = {}
+for i = 5, #ARGV do
+  present[#present + 1] = #redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i], 'COUNT', 1)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[4])
 if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3]) end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+return {1, present}
 ";
 
 /// Deletes entries ARGV[..]; returns the marker ('' when none) and 1/0 per entry.
@@ -174,7 +181,6 @@ impl Bus for RedisBus {
             mark: self.mark.clone(),
             generation: String::new(),
             last: format!("{}-0", secs * 1000 + micros / 1000),
-            marked: String::new(),
             seen: HashMap::new(),
         };
         let mut reader = reader;
@@ -193,10 +199,8 @@ struct Reader {
     inbox: String,
     mark: Script,
     generation: String,
-    /// Last entry read.
+    /// Last entry read and committed.
     last: String,
-    /// Last entry the marker shows.
-    marked: String,
     /// Highest sequence number seen per origin: repeats are dropped.
     seen: HashMap<String, u64>,
 }
@@ -215,55 +219,86 @@ impl Reader {
             )
             .await?;
         self.generation = generation;
-        self.marked = self.last.clone();
         Ok(())
     }
 
-    /// Moves the marker to what was read (trimming it) or, with nothing new, keeps the
-    /// marker and inbox alive; re-opens the inbox if the marker is gone or closed.
-    async fn mark(&mut self) -> Result<(), StoreError> {
-        let trim = if self.last == self.marked {
-            String::new()
-        } else {
-            parse_id(&self.last).map_or(String::new(), |(ms, seq)| format!("{ms}-{}", seq + 1))
+    /// Commits a batch (`ids`, in order; none to keep the marker and inbox alive): moves
+    /// the marker past it and trims it. Returns which entries were still there, or `None`
+    /// when the marker was gone or closed and a new generation was opened, read from the
+    /// start: the batch is then dropped and read again if it is still there.
+    async fn commit(&mut self, ids: &[String]) -> Result<Option<Vec<bool>>, StoreError> {
+        let (last, trim) = match ids.last() {
+            Some(last) => (
+                last.clone(),
+                parse_id(last).map_or(String::new(), |(ms, seq)| format!("{ms}-{}", seq + 1)),
+            ),
+            None => (self.last.clone(), String::new()),
         };
-        let kept: i64 = self
-            .redis
-            .script(
-                self.mark
-                    .key(&self.marker)
-                    .key(&self.inbox)
-                    .arg(&self.generation)
-                    .arg(&self.last)
-                    .arg(trim)
-                    .arg(INBOX_TTL.as_millis() as u64),
-            )
-            .await?;
-        if kept == 1 {
-            self.marked = self.last.clone();
-            return Ok(());
+        let mut invocation = self.mark.key(&self.marker);
+        invocation
+            .key(&self.inbox)
+            .arg(&self.generation)
+            .arg(&last)
+            .arg(trim)
+            .arg(INBOX_TTL.as_millis() as u64);
+        for id in ids {
+            invocation.arg(id);
+        }
+        let reply: (i64, Vec<i64>) = match self.redis.script::<Value>(&invocation).await? {
+            Value::Array(parts) if parts.len() == 1 => (0, Vec::new()),
+            other => FromRedisValue::from_redis_value(other).map_err(|e| {
+                StoreError(format!("Redis returned a malformed inbox commit: {e}"))
+            })?,
+        };
+        if reply.0 == 1 {
+            self.last = last;
+            return Ok(Some(reply.1.into_iter().map(|p| p == 1).collect()));
         }
         // Redis lost the marker, or other nodes declared this one lost: read the inbox
         // from its start (repeats are dropped) under a new generation, so senders append
         // again whatever this node did not read.
         tracing::warn!("this node's inbox marker was lost or closed; opening a new generation");
         self.last = "0-0".into();
-        self.open().await
+        self.open().await?;
+        Ok(None)
     }
 
-    /// Reads until the receiver is dropped; on errors retries from the last id read.
+    /// Commits `ids` until Redis answers; `None` when the batch must be dropped (a new
+    /// generation was opened, or the receiver is gone).
+    async fn commit_patiently(
+        &mut self,
+        ids: &[String],
+        tx: &mpsc::Sender<BusMessage>,
+    ) -> Option<Vec<bool>> {
+        let mut failures = 0u32;
+        loop {
+            match self.commit(ids).await {
+                Ok(present) => return present,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "could not commit what this node read; retrying");
+                    }
+                    if tx.is_closed() {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(10))))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Reads until the receiver is dropped; on errors retries from the last id committed.
     async fn run(mut self, tx: mpsc::Sender<BusMessage>) {
         let mut failures = 0u32;
-        let mut last_mark = Instant::now();
         loop {
-            let behind = self.last != self.marked;
-            let block = if behind { MARK_EVERY } else { BLOCK };
             let mut xread = cmd("XREAD");
             xread
                 .arg("COUNT")
                 .arg(BATCH)
                 .arg("BLOCK")
-                .arg(block.as_millis() as u64)
+                .arg(BLOCK.as_millis() as u64)
                 .arg("STREAMS")
                 .arg(&self.inbox)
                 .arg(&self.last);
@@ -293,9 +328,18 @@ impl Reader {
                 .flat_map(|r| r.keys)
                 .flat_map(|k| k.ids)
                 .collect();
-            let idle = entries.is_empty();
-            for entry in entries {
-                self.last = entry.id;
+            // With nothing new, the commit checks the marker is still there and ours.
+            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
+            let Some(present) = self.commit_patiently(&ids, &tx).await else {
+                if tx.is_closed() {
+                    return;
+                }
+                continue;
+            };
+            for (entry, present) in entries.into_iter().zip(present) {
+                if !present {
+                    continue;
+                }
                 let mut fields: HashMap<String, String> = entry
                     .map
                     .into_iter()
@@ -310,18 +354,11 @@ impl Reader {
                             return;
                         }
                     }
-                    None => tracing::warn!(id = %self.last, "skipped a malformed bus entry"),
+                    None => tracing::warn!(id = %entry.id, "skipped a malformed bus entry"),
                 }
             }
             if tx.is_closed() {
                 return;
-            }
-            // With nothing new, this also checks the marker is still there and ours.
-            if idle || last_mark.elapsed() >= MARK_EVERY {
-                if let Err(e) = self.mark().await {
-                    tracing::debug!(error = %e, "could not move the inbox marker");
-                }
-                last_mark = Instant::now();
             }
         }
     }
