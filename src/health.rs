@@ -11,7 +11,8 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use crate::resilience::{Breaker, BreakerState};
+use crate::redis::RedisNodes;
+use crate::resilience::BreakerState;
 use crate::signaling::Hub;
 
 /// What the health routes read, and nothing else.
@@ -20,8 +21,8 @@ pub struct HealthState {
     pub hub: Arc<Hub>,
     /// Set once shutdown starts: readiness fails.
     pub draining: Arc<AtomicBool>,
-    /// The Redis circuit breaker, when Redis is configured.
-    pub breaker: Option<Arc<Breaker>>,
+    /// The Redis masters and their circuit breakers, when Redis is configured.
+    pub redis_nodes: Option<Arc<RedisNodes>>,
     /// Whether Redis is configured at all.
     pub redis_configured: bool,
     /// How long this node may be without Redis before it reports unready.
@@ -34,9 +35,9 @@ impl HealthState {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// The Redis circuit breaker's state, when Redis is configured.
+    /// The worst state among the breakers of the Redis masters, when Redis is configured.
     pub fn breaker_state(&self) -> Option<BreakerState> {
-        self.breaker.as_ref().map(|b| b.state())
+        self.redis_nodes.as_ref().map(|n| n.worst())
     }
 }
 
@@ -88,6 +89,13 @@ async fn detail(State(state): State<Arc<HealthState>>) -> (StatusCode, Json<Valu
             "healthy": state.hub.store_healthy(),
             "outage_seconds": state.hub.store_outage().map(|d| d.as_secs_f64()),
             "breaker": state.breaker_state().map(|b| b.as_str()),
+            "nodes": state.redis_nodes.as_ref().map(|nodes| {
+                nodes
+                    .health()
+                    .into_iter()
+                    .map(|n| json!({ "address": n.address, "breaker": n.breaker.as_str(), "slots": n.slots }))
+                    .collect::<Vec<_>>()
+            }),
         })
     } else {
         json!({ "configured": false })

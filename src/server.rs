@@ -17,8 +17,8 @@ use crate::config::{Config, Role};
 use crate::error::StoreError;
 use crate::health::HealthState;
 use crate::net::ElasticListener;
-use crate::redis::{Keys, Redis};
-use crate::resilience::{Breaker, BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
+use crate::redis::{Keys, Redis, RedisNodes};
+use crate::resilience::{BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
 use crate::signaling::connection::ConnectionLimits;
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, SignalingState, heartbeat};
@@ -66,12 +66,10 @@ impl AppState {
     /// (connecting to it), the embedded store otherwise.
     pub async fn build(config: Config, role: Role) -> Result<Arc<Self>, StoreError> {
         let metrics = Metrics::new();
-        let mut breaker = None;
+        let mut nodes = None;
         let (store, bus): (Arc<dyn Store>, Arc<dyn Bus>) = match &config.redis {
             None => (Arc::new(MemoryStore::new()), Arc::new(MemoryBus::new())),
             Some(r) => {
-                let b = Arc::new(Breaker::new(r.breaker));
-                breaker = Some(b.clone());
                 let redis = Redis::connect(&r.topology, r.timeout)
                     .await?
                     .with_metrics(metrics.clone());
@@ -87,17 +85,12 @@ impl AppState {
                     r.hold,
                     Some(metrics.clone()),
                 );
-                (
-                    Arc::new(RedisStore::new(redis.with_breaker(b), keys)),
-                    Arc::new(bus),
-                )
+                let guarded = redis.with_breakers(r.breaker);
+                nodes = guarded.nodes();
+                (Arc::new(RedisStore::new(guarded, keys)), Arc::new(bus))
             }
         };
-        let state = Self::assemble(config, role, store, bus, metrics, breaker.clone()).await?;
-        if let Some(b) = breaker {
-            watch_breaker(&b, state.metrics.clone());
-        }
-        Ok(state)
+        Self::assemble(config, role, store, bus, metrics, nodes).await
     }
 
     /// State for `role` on the given store and bus (tests share one between several nodes).
@@ -116,7 +109,7 @@ impl AppState {
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
-        breaker: Option<Arc<Breaker>>,
+        redis_nodes: Option<Arc<RedisNodes>>,
     ) -> Result<Arc<Self>, StoreError> {
         let issuer = TokenIssuer::new(
             &config.auth.secret,
@@ -206,7 +199,7 @@ impl AppState {
         let health = Arc::new(HealthState {
             hub: hub.clone(),
             draining: draining.clone(),
-            breaker,
+            redis_nodes,
             redis_configured: config.redis.is_some(),
             outage_grace: config
                 .redis
@@ -236,7 +229,7 @@ impl AppState {
         self.hub.drain(spread);
     }
 
-    /// The Redis circuit breaker's state, when Redis is configured.
+    /// The worst state among the breakers of the Redis masters, when Redis is configured.
     pub fn breaker_state(&self) -> Option<BreakerState> {
         self.health.breaker_state()
     }
@@ -253,21 +246,6 @@ impl AppState {
             task.abort();
         }
     }
-}
-
-/// Keeps the breaker's state in the metrics (readiness reads it from the breaker).
-fn watch_breaker(breaker: &Breaker, metrics: Arc<Metrics>) {
-    let mut changes = breaker.subscribe();
-    tokio::spawn(async move {
-        while changes.changed().await.is_ok() {
-            let state = *changes.borrow_and_update();
-            metrics.breaker_state.set(state.as_gauge());
-            tracing::warn!(
-                state = state.as_str(),
-                "Redis circuit breaker changed state"
-            );
-        }
-    });
 }
 
 impl Drop for AppState {

@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::Running;
-use common::redis::{RedisServer, SentinelGroup};
+use common::redis::{RedisCluster, RedisServer, SentinelGroup};
 use common::{Backend, Client, SECRET, eventually, settings, start_on, unique_prefix};
 use serde_json::{Value, json};
 use switchboard::config::Settings;
@@ -124,14 +124,17 @@ async fn signaling_recovers_after_a_sentinel_failover_without_restarting_nodes()
         .await;
     assert_ne!(new_master, 0);
 
-    // New peers can connect, join and relay across the two nodes again; while the nodes'
-    // connections find the new master, a client is refused (1011 or `unavailable`) and retries.
+    // New peers connect and join at once: a node that cannot write to Redis yet admits
+    // them on its own view and writes them when the new master answers, so each learns of
+    // the other (in `joined` or a later `peer_joined`) within a few heartbeats.
     let within = Duration::from_secs(30);
     let mut c = join_when_ready(&server.node_addr(0).to_string(), "c", "after", within).await;
     let mut d = join_when_ready(&server.node_addr(1).to_string(), "d", "after", within).await;
-    let joined = json!({"peers": [c.peer_id]});
-    assert_eq!(d.joined_peers, joined["peers"]);
-    assert_eq!(c.expect("peer_joined").await["peerId"], d.peer_id.as_str());
+    let (c_id, d_id) = (c.peer_id.clone(), d.peer_id.clone());
+    let c_peers = c.joined_peers.clone();
+    let d_peers = d.joined_peers.clone();
+    meets(&mut c, &c_peers, &d_id).await;
+    meets(&mut d, &d_peers, &c_id).await;
     d.offer(&c.peer_id, "after failover").await;
     assert_eq!(c.expect("offer").await["sdp"], "after failover");
     // The peers that were connected during the failover still reach each other. If the
@@ -145,6 +148,25 @@ async fn signaling_recovers_after_a_sentinel_failover_without_restarting_nodes()
         assert_eq!(m["code"], "unavailable", "{m}");
     };
     assert_eq!(m["sdp"], "still here");
+}
+
+/// Waits until `client` knows `other`: listed in its `joined` peers or announced later.
+async fn meets(client: &mut Client, joined_peers: &Value, other: &str) {
+    if joined_peers
+        .as_array()
+        .is_some_and(|p| p.iter().any(|p| p == other))
+    {
+        return;
+    }
+    loop {
+        let m = client
+            .recv_within(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{other} never announced"));
+        if m["type"] == "peer_joined" && m["peerId"] == other {
+            return;
+        }
+    }
 }
 
 /// A client that joined a room, with the `peers` it was told about.
@@ -268,13 +290,11 @@ async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leave
     for (key, _) in &after {
         let rest = key.strip_prefix(&prefix).unwrap();
         let liveness = rest == "nodes"
-            || nodes
-                .iter()
-                .any(|n| {
-                    rest == format!("node:{n}")
-                        || rest == format!("node:{{{n}}}:inbox")
-                        || rest == format!("node:{{{n}}}:read")
-                });
+            || nodes.iter().any(|n| {
+                rest == format!("node:{n}")
+                    || rest == format!("node:{{{n}}}:inbox")
+                    || rest == format!("node:{{{n}}}:read")
+            });
         assert!(liveness, "{key} outlived every session and room");
     }
 }
@@ -357,17 +377,21 @@ async fn a_redis_restarted_empty_is_healed_without_closing_anyone() {
     assert_eq!(a.expect("offer").await["sdp"], "back");
     let expected = [a.peer_id.clone(), b.peer_id.clone()];
     let store = server.node(0).hub.store().clone();
-    eventually("room r to be complete in Redis again", common::DEADLINE, async || {
-        let mut members: Vec<String> = store
-            .room_members("r")
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.peer_id)
-            .collect();
-        members.sort();
-        members == expected
-    })
+    eventually(
+        "room r to be complete in Redis again",
+        common::DEADLINE,
+        async || {
+            let mut members: Vec<String> = store
+                .room_members("r")
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| m.peer_id)
+                .collect();
+            members.sort();
+            members == expected
+        },
+    )
     .await;
     a.expect_nothing_pending().await;
     b.expect_nothing_pending().await;
@@ -518,14 +542,17 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
             .await
             .unwrap();
         assert_eq!(detail["redis"]["healthy"], false);
-        (detail["redis"]["breaker"] == "open")
+        (detail["redis"]["breaker"] == "open" && detail["redis"]["nodes"][0]["breaker"] == "open")
             .then_some(())
             .ok_or(detail)
     })
     .await;
     let metrics = server.metrics().await;
+    let address = server.redis_mut::<RedisServer>().addr();
     assert!(
-        metrics.contains("switchboard_redis_breaker_state 1"),
+        metrics.contains(&format!(
+            "switchboard_redis_breaker_state{{node=\"{address}\"}} 1"
+        )),
         "{metrics}"
     );
     // A join does not wait for Redis: the open breaker fails the call at once and the
@@ -621,4 +648,123 @@ async fn redis_killed_under_active_calls_loses_nothing_silently_and_recovers() {
     .await;
     x.expect_nothing_pending().await;
     y.expect_nothing_pending().await;
+}
+
+#[tokio::test]
+async fn a_dead_cluster_shard_fails_fast_alone_while_rooms_on_other_shards_go_on() {
+    let mut server = start_on(Backend::Cluster(1), fast_failing_settings()).await;
+    let prefix = server.key_prefix();
+    let node = server.state.hub.node().to_string();
+    let cluster = server.redis_mut::<RedisCluster>();
+    // Kill a master that does not hold this node's own keys (`{node}`): a room on it is
+    // "doomed", a room on another master is "healthy".
+    let own = cluster.master_of(&format!("{{{node}}}")).await;
+    let (mut doomed_room, mut healthy) = (None, None);
+    let mut doomed_port = None;
+    for i in 0..200 {
+        let room = format!("r{i}");
+        let port = cluster.master_of(&format!("{{{room}}}")).await;
+        if port != own && doomed_port.is_none_or(|d| d == port) && doomed_room.is_none() {
+            doomed_port = Some(port);
+            doomed_room = Some(room);
+        } else if doomed_port.is_some_and(|d| d != port) && healthy.is_none() {
+            healthy = Some(room);
+        }
+        if doomed_room.is_some() && healthy.is_some() {
+            break;
+        }
+    }
+    let (doomed_room, healthy) = (doomed_room.unwrap(), healthy.unwrap());
+    let doomed_port = doomed_port.unwrap();
+    let doomed = cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.addr().ends_with(&format!(":{doomed_port}")))
+        .expect("the doomed master is one of ours");
+    let doomed_addr = doomed.addr();
+    doomed.kill();
+
+    // Joins to the dead shard fail there (the peer is admitted on the node's own view)
+    // until that master's breaker opens; the others stay closed.
+    let mut probe = client(&server.addr.to_string(), "prober").await;
+    eventually(
+        "the dead shard's breaker to open alone",
+        Duration::from_secs(20),
+        async || {
+            probe
+                .send(json!({"type": "join", "roomId": doomed_room}))
+                .await;
+            probe.expect("joined").await;
+            probe.send(json!({"type": "leave"})).await;
+            let detail: Value = reqwest::get(server.http("/health"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let nodes = detail["redis"]["nodes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let open: Vec<&str> = nodes
+                .iter()
+                .filter(|n| n["breaker"] != "closed")
+                .filter_map(|n| n["address"].as_str())
+                .collect();
+            (nodes.len() == 3 && open == [doomed_addr.as_str()])
+                .then_some(())
+                .ok_or(detail)
+        },
+    )
+    .await;
+
+    // A room on a healthy shard is written to Redis at once, not held behind the dead one.
+    let (a, b) = server.pair("a", "b", &healthy).await;
+    let members = format!("{prefix}room:{{{healthy}}}:members");
+    let cluster = server.redis_mut::<RedisCluster>();
+    let live = cluster
+        .nodes
+        .iter()
+        .find(|n| n.addr() != doomed_addr)
+        .expect("a live node")
+        .url();
+    let conn = redis::cluster::ClusterClient::new(vec![live]).unwrap();
+    let mut conn = conn.get_async_connection().await.unwrap();
+    let written: Vec<String> = redis::cmd("HKEYS")
+        .arg(&members)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut expected = vec![a.peer_id.clone(), b.peer_id.clone()];
+    expected.sort();
+    let mut written = written;
+    written.sort();
+    assert_eq!(written, expected, "the healthy room's members are in Redis");
+}
+
+#[tokio::test]
+async fn a_revoked_session_admitted_while_redis_hangs_is_closed_once_it_answers() {
+    let mut server = start_on(Backend::Redis(1), fast_failing_settings()).await;
+    let issued = common::issuer(Duration::from_secs(600)).issue("mallory", None, None);
+    server
+        .state
+        .hub
+        .revoke(&issued.claims.session_id, Duration::from_secs(600))
+        .await
+        .expect("Redis answers before it hangs");
+
+    // While Redis hangs the revocation cannot be read: the node admits the session
+    // rather than refuse every new client through an outage...
+    server.redis_mut::<RedisServer>().pause();
+    let mut mallory = common::connect_at(&server.addr.to_string(), &issued.token).await;
+    // ...and closes it with 1008 as soon as Redis answers again.
+    server.redis_mut::<RedisServer>().resume();
+    assert_eq!(mallory.expect_close().await, Some(1008));
+    // Once Redis answers, the revoked token is refused at the door again.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{}/ws/signal?token={}",
+        server.addr, issued.token
+    ))
+    .await;
+    assert!(refused.is_err(), "a revoked session was let in again");
 }

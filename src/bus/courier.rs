@@ -221,9 +221,7 @@ impl Courier {
             Some(lane) => lane,
             None => lanes.entry(Arc::from(node)).or_default(),
         };
-        if lane.count() >= self.limits.max_messages
-            || lane.bytes + bytes > self.limits.max_bytes
-        {
+        if lane.count() >= self.limits.max_messages || lane.bytes + bytes > self.limits.max_bytes {
             drop(lanes);
             tracing::warn!(
                 to = node,

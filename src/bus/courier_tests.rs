@@ -174,7 +174,10 @@ async fn a_message_held_past_the_hold_is_reported_once() {
     assert_eq!(*reports.lock().unwrap(), vec![(1, Undelivered::Expired)]);
     fake.lock().failing = false;
     pass(Duration::from_secs(1)).await;
-    assert!(fake.unread().is_empty(), "a reported message is never appended");
+    assert!(
+        fake.unread().is_empty(),
+        "a reported message is never appended"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,7 +221,10 @@ async fn what_stays_unread_past_the_hold_is_withdrawn_then_reported() {
     }
     pass(HOLD + Duration::from_secs(1)).await;
     assert_eq!(*reports.lock().unwrap(), vec![(2, Undelivered::Expired)]);
-    assert!(fake.unread().is_empty(), "withdrawn: the node can no longer read it");
+    assert!(
+        fake.unread().is_empty(),
+        "withdrawn: the node can no longer read it"
+    );
     assert_eq!(c.held(), (0, 0));
 }
 

@@ -246,9 +246,8 @@ impl Reader {
         }
         let reply: (i64, Vec<i64>) = match self.redis.script::<Value>(&invocation).await? {
             Value::Array(parts) if parts.len() == 1 => (0, Vec::new()),
-            other => FromRedisValue::from_redis_value(other).map_err(|e| {
-                StoreError(format!("Redis returned a malformed inbox commit: {e}"))
-            })?,
+            other => FromRedisValue::from_redis_value(other)
+                .map_err(|e| StoreError(format!("Redis returned a malformed inbox commit: {e}")))?,
         };
         if reply.0 == 1 {
             self.last = last;
@@ -419,7 +418,8 @@ impl Transport for Streams {
                 _ => AppendError::Closed,
             });
         }
-        let malformed = || AppendError::Store(StoreError("Redis returned a malformed append".into()));
+        let malformed =
+            || AppendError::Store(StoreError("Redis returned a malformed append".into()));
         let mut parts = parts.into_iter();
         let generation = parts
             .next()
@@ -430,7 +430,9 @@ impl Transport for Streams {
             .and_then(|v| Vec::<String>::from_redis_value(v).ok())
             .ok_or_else(malformed)?;
         let ids: Option<Vec<EntryId>> = ids.iter().map(|id| parse_id(id)).collect();
-        let ids = ids.filter(|ids| ids.len() == entries.len()).ok_or_else(malformed)?;
+        let ids = ids
+            .filter(|ids| ids.len() == entries.len())
+            .ok_or_else(malformed)?;
         Ok((Arc::from(generation.as_str()), ids))
     }
 
@@ -492,7 +494,10 @@ mod tests {
     #[test]
     fn markers_parse_with_and_without_closing() {
         let open = parse_marker("ab12|1700-3").unwrap();
-        assert_eq!((&*open.generation, open.read, open.closed), ("ab12", (1700, 3), false));
+        assert_eq!(
+            (&*open.generation, open.read, open.closed),
+            ("ab12", (1700, 3), false)
+        );
         assert!(parse_marker("ab12|1700-3|closed").unwrap().closed);
         assert_eq!(parse_marker(""), None);
         assert_eq!(parse_marker("ab12|junk"), None);

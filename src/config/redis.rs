@@ -65,7 +65,12 @@ pub struct RedisSettings {
     pub failover_hold: Duration,
 
     /// Messages held per destination node (waiting for Redis or not yet read).
-    #[arg(long, env = "HOLD_MAX_MESSAGES", default_value_t = 20_000, global = true)]
+    #[arg(
+        long,
+        env = "HOLD_MAX_MESSAGES",
+        default_value_t = 20_000,
+        global = true
+    )]
     pub hold_max_messages: usize,
 
     /// Bytes held per destination node.

@@ -1,5 +1,5 @@
 //! Redis access shared by the store and the bus: topology (standalone, Sentinel, Cluster),
-//! per-call timeouts, and key names.
+//! per-call timeouts, a circuit breaker per Redis master, and key names.
 //!
 //! The client is `redis` (redis-rs): the most used Rust client, maintained, with an async
 //! connection manager that reconnects by itself, Cluster routing with MOVED/ASK handling,
@@ -7,9 +7,12 @@
 
 mod connection;
 mod keys;
+mod nodes;
+mod slots;
 
 pub use connection::Redis;
 pub use keys::Keys;
+pub use nodes::{NodeHealth, RedisNodes};
 
 /// How to reach Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]

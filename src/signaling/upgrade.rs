@@ -153,7 +153,9 @@ async fn accept(
         .verifier
         .verify(&token)
         .map_err(|e| ("token", ApiError::unauthorized(sentence(&e))))?;
-    // Fail closed: a revocation that cannot be checked does not let the session in.
+    // A revoked session is refused. When the store cannot answer (a Redis failover or a
+    // short outage) the session is admitted rather than every new client refused while
+    // the node reports ready, and checked again as soon as the store answers.
     match state.hub.store().is_revoked(&claims.session_id).await {
         Ok(false) => {}
         Ok(true) => {
@@ -163,15 +165,13 @@ async fn accept(
             ));
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not check revocation");
-            return Err((
-                "store_unavailable",
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "Session state is unavailable right now; retry shortly.",
-                ),
-            ));
+            tracing::warn!(
+                error = %e,
+                "could not check revocation; admitting the session and checking again when the store answers"
+            );
+            state
+                .hub
+                .recheck_revocation(&claims.session_id, &claims.peer_id(), claims.exp);
         }
     }
     let ws = ws.map_err(|_| {

@@ -50,6 +50,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CodeLabels {
     code: u16,
 }
@@ -85,8 +90,8 @@ pub struct Metrics {
     pub redis_latency: Histogram,
     /// Redis calls that failed or timed out.
     pub redis_errors: Counter,
-    /// Redis circuit breaker: 0 closed, 1 open, 2 half-open.
-    pub breaker_state: Gauge,
+    /// Redis circuit breaker per Redis master: 0 closed, 1 open, 2 half-open.
+    breaker_state: Family<NodeLabels, Gauge>,
     /// Messages held for other nodes (waiting for Redis or not yet read).
     pub bus_held_messages: Gauge,
     /// Bytes held for other nodes.
@@ -189,10 +194,10 @@ impl Metrics {
             "Redis calls that failed or timed out",
             redis_errors.clone(),
         );
-        let breaker_state = Gauge::default();
+        let breaker_state = Family::<NodeLabels, Gauge>::default();
         registry.register(
             "redis_breaker_state",
-            "Redis circuit breaker: 0 closed, 1 open, 2 half-open",
+            "Circuit breaker per Redis master (node label): 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
         let bus_held_messages = Gauge::default();
@@ -288,7 +293,19 @@ impl Metrics {
 
     /// Counts a message for another node given up on, by reason.
     pub fn undelivered(&self, reason: &'static str) {
-        self.undelivered.get_or_create(&ReasonLabels { reason }).inc();
+        self.undelivered
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Records the state (0 closed, 1 open, 2 half-open) of the breaker in front of the
+    /// Redis master at `node`.
+    pub fn breaker(&self, node: &str, state: i64) {
+        self.breaker_state
+            .get_or_create(&NodeLabels {
+                node: node.to_owned(),
+            })
+            .set(state);
     }
 
     /// Records one Redis call.

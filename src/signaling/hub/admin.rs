@@ -40,6 +40,37 @@ impl Hub {
         }
     }
 
+    /// Checks `session_id`'s revocation again until the store answers (at most until the
+    /// token expires at `expires`, unix seconds): it was admitted while the store could not
+    /// say. A revoked session's connection here is closed with 1008.
+    pub fn recheck_revocation(self: &Arc<Self>, session_id: &str, peer: &str, expires: u64) {
+        let (hub, session_id, peer) = (self.clone(), session_id.to_owned(), peer.to_owned());
+        tokio::spawn(async move {
+            let mut pause = Duration::from_millis(250);
+            while crate::clock::unix_now() < expires {
+                tokio::time::sleep(pause).await;
+                match hub.store.is_revoked(&session_id).await {
+                    Ok(false) => return,
+                    Ok(true) => {
+                        let table = hub.read();
+                        if let Some(slot) = table
+                            .peers
+                            .get(peer.as_str())
+                            .filter(|s| *s.session_id == *session_id)
+                        {
+                            tracing::info!(
+                                "a session admitted during a store outage was revoked; closing it"
+                            );
+                            slot.outbox.close(Some(close::POLICY), "session revoked");
+                        }
+                        return;
+                    }
+                    Err(_) => pause = (pause * 2).min(Duration::from_secs(2)),
+                }
+            }
+        });
+    }
+
     /// Tells every client to go (`goaway` with a reconnect hint spread over `spread`) and
     /// closes each connection with 1012 when its hint comes due. Sessions stay resumable:
     /// a client reconnecting elsewhere takes its session and queue with it.

@@ -234,7 +234,11 @@ fn reconcile_announces_the_difference_with_the_store() {
     );
     assert_eq!(remote_node(&table, "ann", "cy"), None);
     assert_eq!(remote_node(&table, "ann", "dee").as_deref(), Some("n2"));
-    assert!(table.reconcile("other", &truth, "n1", false, true).is_empty());
+    assert!(
+        table
+            .reconcile("other", &truth, "n1", false, true)
+            .is_empty()
+    );
 }
 
 /// A parked session moving to another node leaves the table with its queue; the room
