@@ -92,6 +92,30 @@ async fn incomplete_rooms(url: &str, prefix: &str, rooms: &[(String, Vec<String>
         .collect()
 }
 
+/// Entries and bytes (`MEMORY USAGE`) left in the nodes' inboxes under `prefix`.
+async fn retained(url: &str, prefix: &str) -> Option<(u64, u64)> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}node:{{*}}:inbox"))
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    let (mut entries, mut bytes) = (0, 0);
+    for key in keys {
+        let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await.ok()?;
+        let size: Option<u64> = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
+        entries += len;
+        bytes += size.unwrap_or(0);
+    }
+    Some((entries, bytes))
+}
+
 /// Prints the scenario's report and fails listing everything that broke its promise.
 fn conclude(report: &Report, unready: &[Unready], mut failures: Vec<String>, note: &str) {
     println!("{report}; {note}");
@@ -217,10 +241,24 @@ async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
         ));
     }
     let report = run_out(traffic, "redis restarted empty", back).await;
+    // Relayed data leaves Redis once delivered: every inbox is trimmed as it is read.
+    let emptied = holds_within(HEARTBEAT * 2, async || {
+        retained(&redis_url, &prefix)
+            .await
+            .is_some_and(|(entries, _)| entries == 0)
+    })
+    .await;
+    let left = retained(&redis_url, &prefix).await;
+    if !emptied {
+        failures.push(format!(
+            "the inboxes still hold {left:?} (entries, bytes) after every message was answered"
+        ));
+    }
 
     failures.extend(no_refusals(&report));
     let note = format!(
-        "Redis down {:.1} s, rooms whole within two heartbeats: {healed}",
+        "Redis down {:.1} s, rooms whole within two heartbeats: {healed}; inboxes after the \
+         run (entries, bytes): {left:?}",
         (back - down).as_secs_f64()
     );
     conclude(&report, &readiness.stop(), failures, &note);

@@ -193,6 +193,28 @@ fn config() -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(8 * 1024)
 }
 
+/// Waits until `peer_joined` announces `peer`: a client learns of peers who join after it
+/// this way, and may address them only once it has (before that, `peer_not_found`).
+pub async fn await_peer(socket: &mut Socket, peer: &str) -> Result<(), BenchError> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .map_err(|_| BenchError::new("the other peer was never announced"))?;
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                if value["type"] == "peer_joined" && value["peerId"] == peer {
+                    return Ok(());
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(BenchError::new(format!("connection failed: {e}"))),
+            None => return Err(BenchError::new("connection closed before the peer joined")),
+        }
+    }
+}
+
 /// Joins `room`; returns this connection's peer id once `joined` arrives.
 pub async fn join(socket: &mut Socket, room: &str) -> Result<String, BenchError> {
     let frame = serde_json::json!({ "type": "join", "roomId": room }).to_string();

@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::client::{Socket, Target, join};
+use super::client::{Socket, Target, await_peer, join};
 use super::process::Meter;
 use super::report::{Latency, RelayRun, Report, histogram};
 use super::{BenchError, MessageKind, RelayArgs, progress};
@@ -197,6 +197,7 @@ async fn set_up(
             let mut b = target.connect(node_b, &format!("bench-b{i}")).await?;
             let a_id = join(&mut a, &room).await?;
             let b_id = join(&mut b, &room).await?;
+            await_peer(&mut a, &b_id).await?;
             let (to_b, to_a) = match args.message {
                 MessageKind::Offer => ("offer", "answer"),
                 MessageKind::Candidate => ("ice-candidate", "ice-candidate"),
