@@ -383,10 +383,13 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     state.halt();
-    if state.role != Role::Auth
-        && let Err(e) = state.hub.store().forget_node(state.hub.node()).await
-    {
-        tracing::warn!(error = %e, "could not remove this node's registration");
+    if state.role != Role::Auth {
+        if let Err(e) = state.hub.close_inbox().await {
+            tracing::warn!(error = %e, "could not close this node's inbox");
+        }
+        if let Err(e) = state.hub.store().forget_node(state.hub.node()).await {
+            tracing::warn!(error = %e, "could not remove this node's registration");
+        }
     }
     Ok(())
 }

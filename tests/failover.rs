@@ -103,7 +103,11 @@ async fn retained(url: &str, prefix: &str) -> Option<(u64, u64)> {
         .ok()?;
     let (mut entries, mut bytes) = (0, 0);
     for key in keys {
-        let len: u64 = redis::cmd("XLEN").arg(&key).query_async(&mut conn).await.ok()?;
+        let len: u64 = redis::cmd("XLEN")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
         let size: Option<u64> = redis::cmd("MEMORY")
             .arg("USAGE")
             .arg(&key)

@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn one_master_gets_every_call_and_its_own_breaker() {
         let nodes = RedisNodes::single(BreakerConfig::default(), None);
-        assert_eq!(nodes.node_for(&redis::cmd("GET").arg("k")), None);
+        assert_eq!(nodes.node_for(redis::cmd("GET").arg("k")), None);
         nodes.set_master("10.0.0.1:6379".into());
         assert_eq!(
             nodes.node_for(&redis::cmd("TIME")).as_deref(),
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn a_cluster_routes_each_key_to_its_shard_master() {
         let nodes = RedisNodes::cluster(BreakerConfig::default(), None);
-        assert_eq!(nodes.node_for(&redis::cmd("GET").arg("k")), None);
+        assert_eq!(nodes.node_for(redis::cmd("GET").arg("k")), None);
         let node = |host: &str| {
             redis::Value::Array(vec![
                 redis::Value::BulkString(host.into()),
@@ -272,12 +272,12 @@ mod tests {
         ])));
         // "foo" hashes to 12182, "{user1000}" to a slot below 8192.
         assert_eq!(
-            nodes.node_for(&redis::cmd("GET").arg("foo")).as_deref(),
+            nodes.node_for(redis::cmd("GET").arg("foo")).as_deref(),
             Some("b:7000")
         );
         assert_eq!(slot_of(b"bar"), 5061);
         assert_eq!(
-            nodes.node_for(&redis::cmd("GET").arg("bar")).as_deref(),
+            nodes.node_for(redis::cmd("GET").arg("bar")).as_deref(),
             Some("a:7000")
         );
         assert_eq!(nodes.node_for(&redis::cmd("TIME")), None);

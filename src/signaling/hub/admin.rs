@@ -71,6 +71,12 @@ impl Hub {
         });
     }
 
+    /// Closes this node's inbox on the way out: whatever other nodes sent it and it will
+    /// not read is reported to their senders at once, not after `FAILOVER_HOLD`.
+    pub async fn close_inbox(&self) -> Result<(), StoreError> {
+        self.bus.close(&self.node).await
+    }
+
     /// Tells every client to go (`goaway` with a reconnect hint spread over `spread`) and
     /// closes each connection with 1012 when its hint comes due. Sessions stay resumable:
     /// a client reconnecting elsewhere takes its session and queue with it.

@@ -119,9 +119,7 @@ impl Hub {
         Ok(())
     }
 
-    fn departures_lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, Vec<(Arc<str>, Arc<str>, Epoch, LeaveReason)>> {
+    fn departures_lock(&self) -> std::sync::MutexGuard<'_, Vec<super::Departure>> {
         self.departures.lock().unwrap_or_else(|p| p.into_inner())
     }
 

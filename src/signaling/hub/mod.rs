@@ -147,6 +147,9 @@ fn report_to(sender: Outbox, reference: Option<Box<RawValue>>) -> OnLost {
     })
 }
 
+/// A departure the store has not recorded yet: room, peer, membership epoch, reason.
+type Departure = (Arc<str>, Arc<str>, Epoch, LeaveReason);
+
 /// Rooms and peers of one node.
 pub struct Hub {
     node: Arc<str>,
@@ -171,7 +174,7 @@ pub struct Hub {
     /// heartbeat writes this node's state back as soon as the store answers.
     unwritten: AtomicBool,
     /// Departures the store has not recorded yet (room, peer, epoch, reason).
-    departures: std::sync::Mutex<Vec<(Arc<str>, Arc<str>, Epoch, LeaveReason)>>,
+    departures: std::sync::Mutex<Vec<Departure>>,
     /// Set once the node shuts down: dropped connections are no longer parked.
     shutting: AtomicBool,
     /// Reconnects waiting for another node to hand their session over, by peer and epoch.
