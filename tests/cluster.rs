@@ -511,6 +511,16 @@ async fn a_node_restarted_under_the_same_id_clears_what_it_left_behind() {
 }
 
 /// Polls `/health/ready` of the first node until it answers `status`.
+/// The node's `/health` details.
+async fn health(server: &common::TestServer) -> Value {
+    reqwest::get(server.http("/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 async fn wait_ready_status(server: &common::TestServer, status: u16) -> Value {
     let what = format!("readiness to become {status}");
     eventually(what, Duration::from_secs(20), async || {
@@ -535,12 +545,7 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
     assert_eq!(body["status"], "redis unavailable");
     // Failed heartbeats open the breaker: from then on Redis calls fail at once.
     eventually("the breaker to open", Duration::from_secs(20), async || {
-        let detail: Value = reqwest::get(server.http("/health"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let detail: Value = health(&server).await;
         assert_eq!(detail["redis"]["healthy"], false);
         (detail["redis"]["breaker"] == "open" && detail["redis"]["nodes"][0]["breaker"] == "open")
             .then_some(())
@@ -578,12 +583,7 @@ async fn same_node_relay_survives_a_hung_redis_and_readiness_follows_it() {
 
     server.redis_mut::<RedisServer>().resume();
     wait_ready_status(&server, 200).await;
-    let detail: Value = reqwest::get(server.http("/health"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = health(&server).await;
     assert_eq!(detail["redis"]["breaker"], "closed");
     b.offer(&a.peer_id, "after").await;
     assert_eq!(a.expect("offer").await["sdp"], "after");
@@ -696,12 +696,7 @@ async fn a_dead_cluster_shard_fails_fast_alone_while_rooms_on_other_shards_go_on
                 .await;
             probe.expect("joined").await;
             probe.send(json!({"type": "leave"})).await;
-            let detail: Value = reqwest::get(server.http("/health"))
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let detail: Value = health(&server).await;
             let nodes = detail["redis"]["nodes"]
                 .as_array()
                 .cloned()

@@ -27,6 +27,14 @@ struct Inbox {
 struct Fake(Mutex<Inbox>);
 
 impl Fake {
+    /// The node reads (and trims) the oldest entry.
+    fn read_first(&self) {
+        let mut inbox = self.lock();
+        let first = *inbox.entries.keys().next().unwrap();
+        inbox.entries.remove(&first);
+        inbox.read = first;
+    }
+
     fn open() -> Arc<Fake> {
         let fake = Arc::new(Fake::default());
         fake.lock().generation = "g1".into();
@@ -213,12 +221,7 @@ async fn what_stays_unread_past_the_hold_is_withdrawn_then_reported() {
     send(&c, 2, &reports);
     pass(Duration::from_millis(10)).await;
     // The node reads the first, then hangs.
-    {
-        let mut inbox = fake.lock();
-        let first = *inbox.entries.keys().next().unwrap();
-        inbox.entries.remove(&first);
-        inbox.read = first;
-    }
+    fake.read_first();
     pass(HOLD + Duration::from_secs(1)).await;
     assert_eq!(*reports.lock().unwrap(), vec![(2, Undelivered::Expired)]);
     assert!(
@@ -256,12 +259,7 @@ async fn abandoning_a_node_withdraws_what_it_did_not_read() {
     send(&c, 2, &reports);
     pass(Duration::from_millis(10)).await;
     // It read the first before it was cut off.
-    {
-        let mut inbox = fake.lock();
-        let first = *inbox.entries.keys().next().unwrap();
-        inbox.entries.remove(&first);
-        inbox.read = first;
-    }
+    fake.read_first();
     c.abandon("n2");
     pass(Duration::from_millis(100)).await;
     assert_eq!(*reports.lock().unwrap(), vec![(2, Undelivered::NodeLost)]);
