@@ -10,6 +10,11 @@
 //! lost, so a message ends either read by its node or reported to its sender, never both
 //! and never neither.
 //!
+//! An append whose answer never came (a timeout, a cut link) may still run later, when its
+//! bytes reach Redis. So every append carries a deadline, a little before the sender would
+//! be told, and Redis refuses it after that; a message whose append was uncertain is
+//! reported only once the deadline has passed and Redis has said whether it landed.
+//!
 //! Hand-written: no crate offers an ordered, bounded, retrying outbox over Redis streams.
 
 use std::collections::{HashMap, VecDeque};
@@ -34,6 +39,29 @@ const RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// A stream entry id, `ms-seq`, ordered numerically.
 pub type EntryId = (u64, u64);
+
+/// What a sender asks the destination's inbox to keep for it: every entry from an id on
+/// (read or not) until it knows what became of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin {
+    /// Keep entries from this id on.
+    Keep(EntryId),
+    /// Nothing is outstanding: let the reader trim.
+    Release,
+    /// Do not move the pin (an append of unknown place may have landed).
+    Leave,
+}
+
+/// What became of a message its sender gives up on, as Redis tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Its node read it: nothing to report.
+    Delivered,
+    /// It was still unread and is now deleted: report it.
+    Withdrawn,
+    /// It never reached the inbox: report it.
+    Absent,
+}
 
 /// Bounds and timing of held messages.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +89,9 @@ impl Default for HoldLimits {
 pub struct Outgoing {
     /// Sequence number, unique per (origin, destination); the receiver drops repeats.
     pub seq: u64,
+    /// Redis refuses to append it after this (unix milliseconds): the hold less a margin
+    /// for clock skew, so no delayed append lands after its sender was told.
+    pub deadline: u64,
     /// Field/value pairs of the message.
     pub fields: Vec<(&'static str, String)>,
 }
@@ -87,31 +118,36 @@ pub enum AppendError {
     /// The inbox is of another generation than the unconfirmed messages appended before:
     /// those go first, again, so the node reads each sender's messages in order.
     Generation,
-    /// Redis failed.
+    /// Redis failed; the append may or may not have happened.
     Store(StoreError),
+    /// Redis could not be reached: the append surely did not happen.
+    Unsent(StoreError),
 }
 
 /// What the lanes need from the medium: Redis streams in production.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Appends `entries` to `node`'s inbox in order, if its generation is `expected`
-    /// (any when `None`); returns the inbox's generation and each entry's id.
+    /// (any when `None`); returns the inbox's generation and each entry's id, `None` for an
+    /// entry Redis skipped because its deadline had passed.
     async fn append(
         &self,
         node: &str,
         expected: Option<&str>,
         entries: &[Outgoing],
-    ) -> Result<(Arc<str>, Vec<EntryId>), AppendError>;
+    ) -> Result<(Arc<str>, Vec<Option<EntryId>>), AppendError>;
 
-    /// The inbox's read marker; `None` when the node has no inbox.
-    async fn progress(&self, node: &str) -> Result<Option<Progress>, StoreError>;
+    /// The inbox's read marker, `None` when the node has no inbox; moves this sender's
+    /// pin as `pin` says.
+    async fn progress(&self, node: &str, pin: Pin) -> Result<Option<Progress>, StoreError>;
 
-    /// Deletes unread entries; for each, whether it was still there, and the marker after.
+    /// Gives up on this process's messages `seqs`: deletes every unread copy of each and
+    /// says what became of it; also returns the marker after.
     async fn withdraw(
         &self,
         node: &str,
-        ids: &[EntryId],
-    ) -> Result<(Vec<bool>, Option<Progress>), StoreError>;
+        seqs: &[u64],
+    ) -> Result<(Vec<Fate>, Option<Progress>), StoreError>;
 }
 
 /// A message waiting for its node.
@@ -119,6 +155,11 @@ struct Held {
     out: Outgoing,
     bytes: usize,
     since: Instant,
+    /// An append of it may have happened without an answer.
+    uncertain: bool,
+    /// When uncertain: the newest inbox entry known before that append, so any copy of
+    /// it lies after this.
+    floor: Option<EntryId>,
     lost: Option<OnLost>,
 }
 
@@ -133,6 +174,10 @@ struct Sent {
 struct Lane {
     queue: VecDeque<Held>,
     sent: VecDeque<Sent>,
+    /// Given up on, but an earlier append may have landed: reported once Redis says.
+    unresolved: Vec<(Held, Undelivered)>,
+    /// The newest inbox entry id this lane knows of.
+    known: Option<EntryId>,
     bytes: usize,
     next_seq: u64,
     running: bool,
@@ -144,7 +189,41 @@ struct Lane {
 
 impl Lane {
     fn count(&self) -> usize {
-        self.queue.len() + self.sent.len()
+        self.queue.len() + self.sent.len() + self.unresolved.len()
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.sent.is_empty() && self.unresolved.is_empty()
+    }
+
+    fn learn(&mut self, id: EntryId) {
+        if self.known.is_none_or(|k| k < id) {
+            self.known = Some(id);
+        }
+    }
+
+    /// What this lane still needs kept in the inbox: from its oldest unread message, or
+    /// from before its oldest uncertain append.
+    fn pin(&self) -> Pin {
+        let uncertain = self
+            .queue
+            .iter()
+            .chain(self.unresolved.iter().map(|(h, _)| h))
+            .filter(|h| h.uncertain);
+        let mut oldest = self.sent.iter().map(|s| s.id).min();
+        let mut any = oldest.is_some();
+        for held in uncertain {
+            any = true;
+            match held.floor {
+                Some(floor) => oldest = Some(oldest.map_or(floor, |o| o.min(floor))),
+                None => return Pin::Leave,
+            }
+        }
+        match oldest {
+            Some(id) => Pin::Keep(id),
+            None if !any => Pin::Release,
+            None => Pin::Leave,
+        }
     }
 
     fn settled(&mut self) -> &watch::Sender<u64> {
@@ -208,6 +287,14 @@ impl Courier {
         &self.origin
     }
 
+    /// How long after queuing a message Redis may still append it (milliseconds): the
+    /// hold less a margin for clock skew between this node and Redis, so no late append
+    /// lands after the sender was told.
+    fn append_window(&self) -> u64 {
+        let hold = self.limits.hold;
+        (hold - (hold / 5).min(Duration::from_secs(1))).as_millis() as u64
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Lane>> {
         self.lanes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -237,10 +324,13 @@ impl Courier {
         lane.queue.push_back(Held {
             out: Outgoing {
                 seq: lane.next_seq,
+                deadline: crate::clock::unix_micros() / 1000 + self.append_window(),
                 fields,
             },
             bytes,
             since: Instant::now(),
+            uncertain: false,
+            floor: None,
             lost,
         });
         self.held_changed(bytes as i64, 1);
@@ -299,15 +389,16 @@ impl Courier {
         let mut failures = 0u32;
         let mut next_poll = Instant::now() + POLL;
         loop {
-            let (batch, wake, abandoned, poll_due, expected) = {
+            let (batch, wake, abandoned, poll_due, expected, known) = {
                 let mut lanes = self.lock();
                 let Some(lane) = lanes.get_mut(&node) else {
                     return;
                 };
                 let mut losses = Losses::new();
                 self.expire_queued(lane, &mut losses);
+                self.expire_unresolved(lane, &mut losses);
                 lane.mark_settled();
-                if lane.queue.is_empty() && lane.sent.is_empty() {
+                if lane.idle() {
                     lane.running = false;
                     lane.abandoned = false;
                     drop(lanes);
@@ -315,7 +406,8 @@ impl Courier {
                     return;
                 }
                 let abandoned = std::mem::take(&mut lane.abandoned);
-                let poll_due = !lane.sent.is_empty() && Instant::now() >= next_poll;
+                let poll_due = (!lane.sent.is_empty() || !lane.unresolved.is_empty())
+                    && Instant::now() >= next_poll;
                 let batch: Vec<Held> = if abandoned {
                     Vec::new()
                 } else {
@@ -324,9 +416,10 @@ impl Courier {
                 };
                 let wake = lane.wake.clone();
                 let expected = lane.sent.back().map(|s| s.generation.clone());
+                let known = lane.known;
                 drop(lanes);
                 report(losses, self.metrics.as_deref());
-                (batch, wake, abandoned, poll_due, expected)
+                (batch, wake, abandoned, poll_due, expected, known)
             };
             if abandoned {
                 self.give_up(&node).await;
@@ -349,17 +442,29 @@ impl Courier {
             {
                 Ok((generation, ids)) => {
                     failures = 0;
+                    let mut losses = Losses::new();
                     let mut lanes = self.lock();
                     if let Some(lane) = lanes.get_mut(&node) {
                         for (held, id) in batch.into_iter().zip(ids) {
-                            lane.sent.push_back(Sent {
-                                held,
-                                generation: generation.clone(),
-                                id,
-                            });
+                            if let Some(id) = id {
+                                lane.learn(id);
+                            }
+                            match id {
+                                Some(id) => lane.sent.push_back(Sent {
+                                    held,
+                                    generation: generation.clone(),
+                                    id,
+                                }),
+                                // Past its deadline by Redis's clock: its time is up.
+                                None => {
+                                    self.give_up_on(lane, held, Undelivered::Expired, &mut losses)
+                                }
+                            }
                         }
                         lane.mark_settled();
                     }
+                    drop(lanes);
+                    report(losses, self.metrics.as_deref());
                 }
                 Err(AppendError::Closed) => {
                     self.requeue_front(&node, batch);
@@ -373,10 +478,19 @@ impl Courier {
                     }
                 }
                 Err(e) => {
+                    let mut batch = batch;
+                    if matches!(e, AppendError::Store(_)) {
+                        for held in &mut batch {
+                            if !held.uncertain {
+                                held.uncertain = true;
+                                held.floor = known;
+                            }
+                        }
+                    }
                     failures += 1;
                     if failures == 1 {
                         match &e {
-                            AppendError::Store(e) => {
+                            AppendError::Store(e) | AppendError::Unsent(e) => {
                                 tracing::warn!(error = %e, to = %node, "holding messages for another node until Redis answers")
                             }
                             _ => {
@@ -404,24 +518,55 @@ impl Courier {
         }
     }
 
-    /// Reports queued messages older than the hold as lost.
+    /// Reports queued messages older than the hold as lost (or, when an append of one
+    /// may have landed, keeps it until Redis says).
     fn expire_queued(&self, lane: &mut Lane, losses: &mut Losses) {
         let now = Instant::now();
         while let Some(front) = lane.queue.front()
             && now.duration_since(front.since) >= self.limits.hold
         {
             let held = lane.queue.pop_front().expect("front exists");
+            self.give_up_on(lane, held, Undelivered::Expired, losses);
+        }
+    }
+
+    /// Reports what could not be resolved within twice the hold (Redis stayed out of
+    /// reach): a last resort, as its append may have landed before its deadline.
+    fn expire_unresolved(&self, lane: &mut Lane, losses: &mut Losses) {
+        let now = Instant::now();
+        let limit = self.limits.hold * 2;
+        for (held, why) in std::mem::take(&mut lane.unresolved) {
+            if now.duration_since(held.since) < limit {
+                lane.unresolved.push((held, why));
+                continue;
+            }
             self.forget(lane, &held);
             if let Some(lost) = held.lost {
-                losses.push((lost, Undelivered::Expired));
+                losses.push((lost, why));
             }
+        }
+    }
+
+    /// Reports `held` as lost for `why`, unless an append of it may have landed.
+    fn give_up_on(&self, lane: &mut Lane, held: Held, why: Undelivered, losses: &mut Losses) {
+        if held.uncertain {
+            lane.unresolved.push((held, why));
+            return;
+        }
+        self.forget(lane, &held);
+        if let Some(lost) = held.lost {
+            losses.push((lost, why));
         }
     }
 
     /// Reads the destination's marker: drops what it read, re-queues what a lost inbox
     /// took with it, and withdraws what waited too long.
     async fn confirm(&self, node: &str) {
-        let progress = match self.transport.progress(node).await {
+        let pin = match self.lock().get(node) {
+            Some(lane) => lane.pin(),
+            None => return,
+        };
+        let progress = match self.transport.progress(node, pin).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, to = node, "could not read another node's progress");
@@ -434,18 +579,37 @@ impl Courier {
                 return;
             };
             self.settle_sent(lane, progress.as_ref());
+            if let Some(p) = &progress {
+                lane.learn(p.read);
+            }
             let now = Instant::now();
             let closed = progress.as_ref().is_some_and(|p| p.closed);
-            let overdue: Vec<EntryId> = lane
+            let mut overdue: Vec<u64> = lane
                 .sent
                 .iter()
                 .filter(|s| closed || now.duration_since(s.held.since) >= self.limits.hold)
-                .map(|s| s.id)
+                .map(|s| s.held.out.seq)
                 .collect();
+            // Past the hold, an uncertain append can no longer land: ask what happened.
+            overdue.extend(
+                lane.unresolved
+                    .iter()
+                    .filter(|(h, _)| now.duration_since(h.since) >= self.limits.hold)
+                    .map(|(h, _)| h.out.seq),
+            );
             overdue
         };
         if !overdue.is_empty() {
             self.withdraw(node, &overdue, Undelivered::Expired).await;
+        }
+        // Everything is settled: let the reader trim what this lane kept pinned.
+        let release = pin != Pin::Release
+            && self
+                .lock()
+                .get(node)
+                .is_some_and(|lane| lane.pin() == Pin::Release);
+        if release && let Err(e) = self.transport.progress(node, Pin::Release).await {
+            tracing::debug!(error = %e, to = node, "could not release a pin; it expires by itself");
         }
     }
 
@@ -481,40 +645,46 @@ impl Courier {
         }
     }
 
-    /// Withdraws appended messages from the inbox: those still there are reported lost
-    /// with `why`; the others were read (or go back to the queue if their inbox is gone).
-    async fn withdraw(&self, node: &str, ids: &[EntryId], why: Undelivered) {
-        let (removed, progress) = match self.transport.withdraw(node, ids).await {
+    /// Gives up on messages `seqs` (appended, or uncertain): Redis deletes their unread
+    /// copies and says which were read; the others are reported lost (with `why`, or the
+    /// reason they were given up for).
+    async fn withdraw(&self, node: &str, seqs: &[u64], why: Undelivered) {
+        let (fates, progress) = match self.transport.withdraw(node, seqs).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(error = %e, to = node, "could not withdraw messages; will retry");
                 return;
             }
         };
+        let fate: HashMap<u64, Fate> = seqs.iter().copied().zip(fates).collect();
         let mut losses = Losses::new();
         {
             let mut lanes = self.lock();
             let Some(lane) = lanes.get_mut(node) else {
                 return;
             };
-            let gone: Vec<EntryId> = ids
-                .iter()
-                .zip(&removed)
-                .filter(|(_, r)| **r)
-                .map(|(id, _)| *id)
-                .collect();
+            let mut settle = |lane: &mut Lane, held: Held, fate: Fate, why: Undelivered| {
+                self.forget(lane, &held);
+                if fate != Fate::Delivered
+                    && let Some(lost) = held.lost
+                {
+                    losses.push((lost, why));
+                }
+            };
             let mut kept = VecDeque::with_capacity(lane.sent.len());
             for sent in std::mem::take(&mut lane.sent) {
-                if gone.contains(&sent.id) {
-                    self.forget(lane, &sent.held);
-                    if let Some(lost) = sent.held.lost {
-                        losses.push((lost, why));
-                    }
-                } else {
-                    kept.push_back(sent);
+                match fate.get(&sent.held.out.seq) {
+                    Some(&f) => settle(lane, sent.held, f, why),
+                    None => kept.push_back(sent),
                 }
             }
             lane.sent = kept;
+            for (held, reason) in std::mem::take(&mut lane.unresolved) {
+                match fate.get(&held.out.seq) {
+                    Some(&f) => settle(lane, held, f, reason),
+                    None => lane.unresolved.push((held, reason)),
+                }
+            }
             self.settle_sent(lane, progress.as_ref());
         }
         report(losses, self.metrics.as_deref());
@@ -524,19 +694,16 @@ impl Courier {
     /// is withdrawn and reported.
     async fn give_up(&self, node: &str) {
         let mut losses = Losses::new();
-        let unread: Vec<EntryId> = {
+        let unread: Vec<u64> = {
             let mut lanes = self.lock();
             let Some(lane) = lanes.get_mut(node) else {
                 return;
             };
             for held in std::mem::take(&mut lane.queue) {
-                self.forget(lane, &held);
-                if let Some(lost) = held.lost {
-                    losses.push((lost, Undelivered::NodeLost));
-                }
+                self.give_up_on(lane, held, Undelivered::NodeLost, &mut losses);
             }
             lane.mark_settled();
-            lane.sent.iter().map(|s| s.id).collect()
+            lane.sent.iter().map(|s| s.held.out.seq).collect()
         };
         report(losses, self.metrics.as_deref());
         if !unread.is_empty() {

@@ -21,17 +21,22 @@ struct Inbox {
     read: EntryId,
     next_id: u64,
     appends: usize,
+    /// Appends happen but their answers are lost (a link cut after the request left).
+    lose_answers: bool,
+    /// Every pin the sender asked for, in order.
+    pins: Vec<Pin>,
 }
 
 #[derive(Default)]
 struct Fake(Mutex<Inbox>);
 
 impl Fake {
-    /// The node reads (and trims) the oldest entry.
+    /// The node reads the oldest unread entry. Read entries stay: senders' pins keep them
+    /// until each sender knows their fate.
     fn read_first(&self) {
         let mut inbox = self.lock();
-        let first = *inbox.entries.keys().next().unwrap();
-        inbox.entries.remove(&first);
+        let read = inbox.read;
+        let first = *inbox.entries.keys().find(|id| **id > read).unwrap();
         inbox.read = first;
     }
 
@@ -48,16 +53,27 @@ impl Fake {
     /// The node reads everything; returns the sequence numbers read.
     fn read_all(&self) -> Vec<u64> {
         let mut inbox = self.lock();
-        let read: Vec<(EntryId, u64)> = inbox.entries.iter().map(|(k, v)| (*k, *v)).collect();
-        if let Some((last, _)) = read.last() {
+        let read = inbox.read;
+        let new: Vec<(EntryId, u64)> = inbox
+            .entries
+            .iter()
+            .filter(|(id, _)| **id > read)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        if let Some((last, _)) = new.last() {
             inbox.read = *last;
         }
-        inbox.entries.clear();
-        read.into_iter().map(|(_, seq)| seq).collect()
+        new.into_iter().map(|(_, seq)| seq).collect()
     }
 
     fn unread(&self) -> Vec<u64> {
-        self.lock().entries.values().copied().collect()
+        let inbox = self.lock();
+        inbox
+            .entries
+            .iter()
+            .filter(|(id, _)| **id > inbox.read)
+            .map(|(_, seq)| *seq)
+            .collect()
     }
 }
 
@@ -68,13 +84,13 @@ impl Transport for Fake {
         _node: &str,
         expected: Option<&str>,
         entries: &[Outgoing],
-    ) -> Result<(Arc<str>, Vec<EntryId>), AppendError> {
+    ) -> Result<(Arc<str>, Vec<Option<EntryId>>), AppendError> {
         let mut inbox = self.lock();
         if expected.is_some_and(|g| g != inbox.generation) && !inbox.generation.is_empty() {
             return Err(AppendError::Generation);
         }
         if inbox.failing {
-            return Err(AppendError::Store(StoreError("Redis is failing".into())));
+            return Err(AppendError::Unsent(StoreError("Redis is failing".into())));
         }
         if inbox.closed {
             return Err(AppendError::Closed);
@@ -88,13 +104,19 @@ impl Transport for Fake {
             inbox.next_id += 1;
             let id = (inbox.next_id, 0);
             inbox.entries.insert(id, entry.seq);
-            ids.push(id);
+            ids.push(Some(id));
+        }
+        if inbox.lose_answers {
+            return Err(AppendError::Store(StoreError("no answer".into())));
         }
         Ok((Arc::from(inbox.generation.as_str()), ids))
     }
 
-    async fn progress(&self, _node: &str) -> Result<Option<Progress>, StoreError> {
-        let inbox = self.lock();
+    async fn progress(&self, _node: &str, pin: Pin) -> Result<Option<Progress>, StoreError> {
+        let mut inbox = self.lock();
+        if !inbox.failing {
+            inbox.pins.push(pin);
+        }
         if inbox.failing {
             return Err(StoreError("Redis is failing".into()));
         }
@@ -104,17 +126,32 @@ impl Transport for Fake {
     async fn withdraw(
         &self,
         _node: &str,
-        ids: &[EntryId],
-    ) -> Result<(Vec<bool>, Option<Progress>), StoreError> {
+        seqs: &[u64],
+    ) -> Result<(Vec<Fate>, Option<Progress>), StoreError> {
         let mut inbox = self.lock();
         if inbox.failing {
             return Err(StoreError("Redis is failing".into()));
         }
-        let removed = ids
-            .iter()
-            .map(|id| inbox.entries.remove(id).is_some())
-            .collect();
-        Ok((removed, marker(&inbox)))
+        let mut fates = Vec::new();
+        for seq in seqs {
+            let copies: Vec<EntryId> = inbox
+                .entries
+                .iter()
+                .filter(|(_, s)| *s == seq)
+                .map(|(id, _)| *id)
+                .collect();
+            fates.push(if copies.iter().any(|id| *id <= inbox.read) {
+                Fate::Delivered
+            } else if !copies.is_empty() {
+                for id in copies {
+                    inbox.entries.remove(&id);
+                }
+                Fate::Withdrawn
+            } else {
+                Fate::Absent
+            });
+        }
+        Ok((fates, marker(&inbox)))
     }
 }
 
@@ -300,4 +337,73 @@ async fn flushed_waits_until_everything_queued_is_appended() {
     pass(Duration::from_secs(1)).await;
     assert!(flushed.is_finished());
     assert_eq!(fake.unread(), vec![1]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_append_whose_answer_was_lost_is_withdrawn_before_it_is_reported() {
+    let fake = Fake::open();
+    fake.lock().lose_answers = true;
+    let c = courier(&fake, HoldLimits::default());
+    let reports = Reports::default();
+    send(&c, 1, &reports);
+    send(&c, 2, &reports);
+    pass(Duration::from_millis(100)).await;
+    // The appends landed (and were retried, landing again) though no answer came back.
+    assert!(fake.unread().len() >= 2);
+    fake.lock().failing = true;
+    pass(HOLD + Duration::from_secs(1)).await;
+    assert!(
+        reports.lock().unwrap().is_empty(),
+        "not reported while Redis cannot say whether it landed"
+    );
+    fake.lock().failing = false;
+    pass(Duration::from_secs(1)).await;
+    let mut got = reports.lock().unwrap().clone();
+    got.sort_by_key(|(n, _)| *n);
+    assert_eq!(
+        got,
+        vec![(1, Undelivered::Expired), (2, Undelivered::Expired)]
+    );
+    assert!(fake.unread().is_empty(), "every copy was withdrawn first");
+    assert_eq!(c.held(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_append_whose_answer_was_lost_but_was_read_is_not_reported() {
+    let fake = Fake::open();
+    fake.lock().lose_answers = true;
+    let c = courier(&fake, HoldLimits::default());
+    let reports = Reports::default();
+    send(&c, 1, &reports);
+    pass(Duration::from_millis(100)).await;
+    fake.lock().failing = true;
+    // The node reads it (every copy) while its sender still waits for an answer.
+    assert!(fake.read_all().contains(&1));
+    pass(HOLD + Duration::from_secs(1)).await;
+    fake.lock().failing = false;
+    pass(Duration::from_secs(1)).await;
+    assert!(
+        reports.lock().unwrap().is_empty(),
+        "delivered, so its sender hears nothing"
+    );
+    assert_eq!(c.held(), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lane_keeps_its_unread_messages_pinned_and_lets_go_once_read() {
+    let fake = Fake::open();
+    let c = courier(&fake, HoldLimits::default());
+    let reports = Reports::default();
+    send(&c, 1, &reports);
+    pass(Duration::from_millis(100)).await;
+    let first = *fake.lock().entries.keys().next().unwrap();
+    assert_eq!(fake.lock().pins.last(), Some(&Pin::Keep(first)));
+    fake.read_all();
+    pass(Duration::from_millis(100)).await;
+    assert_eq!(
+        fake.lock().pins.last(),
+        Some(&Pin::Release),
+        "read: the reader may trim it"
+    );
+    assert_eq!(c.held(), (0, 0));
 }

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
-pub use courier::{AppendError, Courier, EntryId, HoldLimits, Outgoing, Progress, Transport};
+pub use courier::{
+    AppendError, Courier, EntryId, Fate, HoldLimits, Outgoing, Pin, Progress, Transport,
+};
 pub use memory::MemoryBus;
 pub use redis::RedisBus;
 

@@ -3,11 +3,14 @@
 //!
 //! Senders append through their [`Courier`] lanes, which hold and retry across failovers.
 //! The node reads with a blocking XREAD and commits each batch before delivering it: one
-//! script moves the marker past the batch, trims it and says which of its entries were
-//! still there (a sender may have withdrawn one it gave up on). Only those are delivered,
-//! repeats dropped by (origin, sequence number). So each message is either delivered or
-//! reported to its sender, never both: a node cut off after reading cannot deliver what
-//! the others already reported. When the marker is missing (Redis lost its data) or
+//! script moves the marker past the batch, trims what earlier commits covered, and says
+//! which of the batch's entries are still there (a sender may have withdrawn one it gave
+//! up on). Only those are delivered, repeats dropped by (origin, sequence number). So each
+//! message is either delivered or reported to its sender, never both: a node cut off
+//! after reading cannot deliver what the others already reported, and a commit repeated
+//! because its answer was lost finds the same entries. Senders give up on a message by
+//! origin and sequence number (every unread copy goes), and Redis refuses an append past
+//! its deadline, so a delayed append cannot land after its sender was told. When the marker is missing (Redis lost its data) or
 //! closed (the node was declared lost while alive) the node opens a new generation and
 //! reads its inbox from the start; senders see the new generation and append again what
 //! was not read.
@@ -21,7 +24,9 @@ use ::redis::{FromRedisValue, Script, Value, cmd, pipe};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use super::courier::{AppendError, Courier, EntryId, HoldLimits, Outgoing, Progress, Transport};
+use super::courier::{
+    AppendError, Courier, EntryId, Fate, HoldLimits, Outgoing, Pin, Progress, Transport,
+};
 use super::{Bus, BusMessage, OnLost, Subscription};
 use crate::error::StoreError;
 use crate::redis::{Keys, Redis};
@@ -37,32 +42,69 @@ const BATCH: usize = 512;
 /// entry a master acknowledged and lost in a failover would otherwise look delivered.
 const REPLICA_WAIT_MS: u64 = 50;
 
-/// Appends entries if the inbox is open and of the expected generation. KEYS: marker,
-/// inbox. ARGV: TTL, expected generation ('' for any), then per entry its field count and
-/// fields. Returns nil (no inbox), {'closed'}, {'generation'}, or {generation, ids}.
+/// Appends entries if the inbox is open and of the expected generation, skipping those
+/// whose deadline Redis's clock has passed (a delayed append must not land after its
+/// sender was told), and pins the first entry appended for its origin when it has no
+/// pin, so no copy is trimmed before the sender knows its fate. KEYS: marker, inbox, pins.
+/// ARGV: TTL, expected generation ('' for any), origin, pin lifetime (ms), then per entry
+/// its field count, deadline (unix ms) and fields. Returns nil (no inbox), {'closed'},
+/// {'generation'}, or {generation, ids} with '' for a skipped entry.
 const APPEND: &str = r"
 local m = redis.call('GET', KEYS[1])
 if not m then return false end
 if string.find(m, '|closed', 1, true) then return {'closed'} end
 local gen = string.match(m, '^([^|]*)')
 if ARGV[2] ~= '' and ARGV[2] ~= gen then return {'generation'} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ids = {}
-local i = 3
+local first
+local i = 5
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  local args = {}
-  for j = 1, n do args[j] = ARGV[i + j] end
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], '*', unpack(args))
-  i = i + n + 1
+  if tonumber(ARGV[i + 1]) < now then
+    ids[#ids + 1] = ''
+  else
+    local args = {}
+    for j = 1, n do args[j] = ARGV[i + 1 + j] end
+    local id = redis.call('XADD', KEYS[2], '*', unpack(args))
+    ids[#ids + 1] = id
+    first = first or id
+  end
+  i = i + n + 2
+end
+if first then
+  local pin = redis.call('HGET', KEYS[3], ARGV[3])
+  local expiry = pin and tonumber(string.match(pin, '|(%d+)$'))
+  if not expiry or expiry < now then
+    redis.call('HSET', KEYS[3], ARGV[3], first .. '|' .. (now + tonumber(ARGV[4])))
+  end
+  redis.call('PEXPIRE', KEYS[3], ARGV[1])
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return {gen, ids}
 ";
 
+/// Reads the marker and moves this origin's pin: ARGV[2] an entry id to keep from for
+/// ARGV[3] ms, or '' to release it. KEYS: marker, pins. ARGV[1]: origin, ARGV[4]: the
+/// pins' TTL.
+const PROGRESS: &str = r"
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+else
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. '|' .. (now + tonumber(ARGV[3])))
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+return redis.call('GET', KEYS[1]) or ''
+";
+
 /// Commits a batch read under generation ARGV[1]: moves the marker to ARGV[2], trims
-/// entries below ARGV[3] (none when empty) and returns {1, present} with 1/0 per entry id
-/// ARGV[5..] still in the inbox; {0} when the marker is gone, closed or of another
-/// generation. Atomic with WITHDRAW, so an entry is delivered or withdrawn, not both.
+/// entries below ARGV[3], those earlier commits covered (none when empty), but none that
+/// a live pin keeps, and returns {1, present} with 1/0 per entry id ARGV[5..] still in
+/// the inbox; {0} when the marker is gone, closed or of another generation. KEYS: marker,
+/// inbox, pins. Atomic with WITHDRAW, so an entry is delivered or withdrawn, not both.
 const MARK: &str = r"
 local m = redis.call('GET', KEYS[1])
 if not m then return {0} end
@@ -72,16 +114,63 @@ for i = 5, #ARGV do
   present[#present + 1] = #redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i], 'COUNT', 1)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[4])
-if ARGV[3] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[3]) end
+if ARGV[3] ~= '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local bms, bseq = string.match(ARGV[3], '^(%d+)-(%d+)$')
+  bms, bseq = tonumber(bms), tonumber(bseq)
+  local pins = redis.call('HGETALL', KEYS[3])
+  for i = 1, #pins, 2 do
+    local pms, pseq, expiry = string.match(pins[i + 1], '^(%d+)-(%d+)|(%d+)$')
+    if not expiry or tonumber(expiry) < now then
+      redis.call('HDEL', KEYS[3], pins[i])
+    elseif tonumber(pms) < bms or (tonumber(pms) == bms and tonumber(pseq) < bseq) then
+      bms, bseq = tonumber(pms), tonumber(pseq)
+    end
+  end
+  redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', bms, bseq))
+end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 return {1, present}
 ";
 
-/// Deletes entries ARGV[..]; returns the marker ('' when none) and 1/0 per entry.
+/// Gives up on messages of origin ARGV[1] with sequence numbers ARGV[2..]: a copy at or
+/// below the marker was read (2, delivered); otherwise every unread copy is deleted (1,
+/// withdrawn); with no copy left it never landed (0): the origin's pin keeps every copy
+/// until it asks. KEYS: marker, inbox. Returns the marker ('' when none) and the fates. Atomic with the reader's commit, which checks the
+/// presence of what it delivers: a message is delivered or withdrawn, never both.
 const WITHDRAW: &str = r"
+local m = redis.call('GET', KEYS[1]) or ''
+local rms, rseq = string.match(m, '^[^|]*|(%d+)-(%d+)')
+rms = tonumber(rms or '0')
+rseq = tonumber(rseq or '0')
+local state = {}
+for i = 2, #ARGV do state[ARGV[i]] = 0 end
+local unread = {}
+for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+  local f = e[2]
+  local o, q
+  for j = 1, #f, 2 do
+    if f[j] == 'o' then o = f[j + 1] elseif f[j] == 'q' then q = f[j + 1] end
+  end
+  if o == ARGV[1] and q and state[q] then
+    local ms, sq = string.match(e[1], '^(%d+)-(%d+)$')
+    ms = tonumber(ms)
+    sq = tonumber(sq)
+    if ms < rms or (ms == rms and sq <= rseq) then
+      state[q] = 2
+    else
+      if state[q] == 0 then state[q] = 1 end
+      unread[#unread + 1] = {e[1], q}
+    end
+  end
+end
+for _, u in ipairs(unread) do
+  if state[u[2]] == 1 then redis.call('XDEL', KEYS[2], u[1]) end
+end
 local out = {}
-for i = 1, #ARGV do out[i] = redis.call('XDEL', KEYS[2], ARGV[i]) end
-return {redis.call('GET', KEYS[1]) or '', out}
+for i = 2, #ARGV do out[#out + 1] = state[ARGV[i]] end
+return {m, out}
 ";
 
 /// Closes the marker of a node declared lost.
@@ -111,7 +200,11 @@ struct Streams {
     origin: Arc<str>,
     /// Wait for a replica to confirm appends (Sentinel and Cluster deployments).
     replicated: bool,
+    /// How long a pin outlives its last renewal: past twice the hold, by when a sender
+    /// has given up on asking.
+    pin_ttl: u64,
     withdraw: Script,
+    progress: Script,
 }
 
 impl RedisBus {
@@ -131,7 +224,9 @@ impl RedisBus {
             keys: keys.clone(),
             origin: Arc::from(origin.as_str()),
             replicated,
+            pin_ttl: (limits.hold * 3).as_millis() as u64,
             withdraw: Script::new(WITHDRAW),
+            progress: Script::new(PROGRESS),
         };
         Self {
             redis,
@@ -178,6 +273,7 @@ impl Bus for RedisBus {
             reader: self.reader.clone(),
             marker: self.keys.inbox_read(node),
             inbox: self.keys.inbox(node),
+            pins: self.keys.inbox_pins(node),
             mark: self.mark.clone(),
             generation: String::new(),
             last: format!("{}-0", secs * 1000 + micros / 1000),
@@ -197,6 +293,7 @@ struct Reader {
     reader: Redis,
     marker: String,
     inbox: String,
+    pins: String,
     mark: Script,
     generation: String,
     /// Last entry read and committed.
@@ -227,16 +324,18 @@ impl Reader {
     /// when the marker was gone or closed and a new generation was opened, read from the
     /// start: the batch is then dropped and read again if it is still there.
     async fn commit(&mut self, ids: &[String]) -> Result<Option<Vec<bool>>, StoreError> {
-        let (last, trim) = match ids.last() {
-            Some(last) => (
-                last.clone(),
-                parse_id(last).map_or(String::new(), |(ms, seq)| format!("{ms}-{}", seq + 1)),
-            ),
-            None => (self.last.clone(), String::new()),
+        // Trim what earlier commits covered, not this batch: should this commit's answer
+        // be lost and the commit repeated, the batch is still there to be checked again
+        // (and senders never withdraw entries at or below the marker).
+        let last = ids.last().unwrap_or(&self.last).clone();
+        let trim = match parse_id(&self.last) {
+            Some((ms, seq)) if (ms, seq) != (0, 0) => format!("{ms}-{}", seq + 1),
+            _ => String::new(),
         };
         let mut invocation = self.mark.key(&self.marker);
         invocation
             .key(&self.inbox)
+            .key(&self.pins)
             .arg(&self.generation)
             .arg(&last)
             .arg(trim)
@@ -386,16 +485,19 @@ impl Transport for Streams {
         node: &str,
         expected: Option<&str>,
         entries: &[Outgoing],
-    ) -> Result<(Arc<str>, Vec<EntryId>), AppendError> {
+    ) -> Result<(Arc<str>, Vec<Option<EntryId>>), AppendError> {
         let mut eval = cmd("EVAL");
         eval.arg(APPEND)
-            .arg(2)
+            .arg(3)
             .arg(self.keys.inbox_read(node))
             .arg(self.keys.inbox(node))
+            .arg(self.keys.inbox_pins(node))
             .arg(INBOX_TTL.as_millis() as u64)
-            .arg(expected.unwrap_or_default());
+            .arg(expected.unwrap_or_default())
+            .arg(&*self.origin)
+            .arg(self.pin_ttl);
         for entry in entries {
-            eval.arg((entry.fields.len() + 2) * 2);
+            eval.arg((entry.fields.len() + 2) * 2).arg(entry.deadline);
             eval.arg("o").arg(&*self.origin);
             eval.arg("q").arg(entry.seq);
             for (field, value) in &entry.fields {
@@ -407,7 +509,12 @@ impl Transport for Streams {
         if self.replicated {
             p.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS).ignore();
         }
-        let (reply,): (Value,) = self.redis.pipe(&p).await.map_err(AppendError::Store)?;
+        let (reply,): (Value,) = self.redis.pipe_or_unsent(&p).await.map_err(
+            |(e, may_have_run)| match may_have_run {
+                true => AppendError::Store(e),
+                false => AppendError::Unsent(e),
+            },
+        )?;
         let Value::Array(parts) = reply else {
             return Err(AppendError::NoInbox);
         };
@@ -429,36 +536,64 @@ impl Transport for Streams {
             .next()
             .and_then(|v| Vec::<String>::from_redis_value(v).ok())
             .ok_or_else(malformed)?;
-        let ids: Option<Vec<EntryId>> = ids.iter().map(|id| parse_id(id)).collect();
-        let ids = ids
-            .filter(|ids| ids.len() == entries.len())
-            .ok_or_else(malformed)?;
+        if ids.len() != entries.len()
+            || ids
+                .iter()
+                .any(|id| !id.is_empty() && parse_id(id).is_none())
+        {
+            return Err(malformed());
+        }
+        let ids = ids.iter().map(|id| parse_id(id)).collect();
         Ok((Arc::from(generation.as_str()), ids))
     }
 
-    async fn progress(&self, node: &str) -> Result<Option<Progress>, StoreError> {
-        let marker: Option<String> = self
-            .redis
-            .query(cmd("GET").arg(self.keys.inbox_read(node)))
-            .await?;
-        Ok(marker.as_deref().and_then(parse_marker))
+    async fn progress(&self, node: &str, pin: Pin) -> Result<Option<Progress>, StoreError> {
+        let marker: String = match pin {
+            Pin::Leave => {
+                let marker: Option<String> = self
+                    .redis
+                    .query(cmd("GET").arg(self.keys.inbox_read(node)))
+                    .await?;
+                marker.unwrap_or_default()
+            }
+            Pin::Keep(_) | Pin::Release => {
+                let from = match pin {
+                    Pin::Keep((ms, seq)) => format!("{ms}-{seq}"),
+                    _ => String::new(),
+                };
+                let mut invocation = self.progress.key(self.keys.inbox_read(node));
+                invocation
+                    .key(self.keys.inbox_pins(node))
+                    .arg(&*self.origin)
+                    .arg(from)
+                    .arg(self.pin_ttl)
+                    .arg(INBOX_TTL.as_millis() as u64);
+                self.redis.script(&invocation).await?
+            }
+        };
+        Ok(parse_marker(&marker))
     }
 
     async fn withdraw(
         &self,
         node: &str,
-        ids: &[EntryId],
-    ) -> Result<(Vec<bool>, Option<Progress>), StoreError> {
+        seqs: &[u64],
+    ) -> Result<(Vec<Fate>, Option<Progress>), StoreError> {
         let mut invocation = self.withdraw.key(self.keys.inbox_read(node));
-        invocation.key(self.keys.inbox(node));
-        for (ms, seq) in ids {
-            invocation.arg(format!("{ms}-{seq}"));
+        invocation.key(self.keys.inbox(node)).arg(&*self.origin);
+        for seq in seqs {
+            invocation.arg(seq);
         }
-        let (marker, removed): (String, Vec<i64>) = self.redis.script(&invocation).await?;
-        Ok((
-            removed.into_iter().map(|r| r == 1).collect(),
-            parse_marker(&marker),
-        ))
+        let (marker, fates): (String, Vec<i64>) = self.redis.script(&invocation).await?;
+        let fates = fates
+            .into_iter()
+            .map(|f| match f {
+                2 => Fate::Delivered,
+                1 => Fate::Withdrawn,
+                _ => Fate::Absent,
+            })
+            .collect();
+        Ok((fates, parse_marker(&marker)))
     }
 }
 

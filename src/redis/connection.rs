@@ -134,10 +134,34 @@ impl Redis {
         self.bounded(invocation.invoke_async(&mut conn)).await
     }
 
+    /// Runs a pipeline; a failure also says whether Redis may still have run it (no
+    /// answer in time, a connection lost mid-call) or surely did not (the connection was
+    /// refused, so the request never left).
+    pub async fn pipe_or_unsent<T: FromRedisValue>(
+        &self,
+        pipe: &Pipeline,
+    ) -> Result<T, (StoreError, bool)> {
+        let mut conn = self.routed();
+        match self.timed(pipe.query_async(&mut conn)).await {
+            Ok(v) => Ok(v),
+            Err(failure) => {
+                let may_have_run = match &failure {
+                    Failure::TimedOut => true,
+                    Failure::Redis(e) => !e.is_connection_refusal(),
+                };
+                Err((self.sentence(failure), may_have_run))
+            }
+        }
+    }
+
     async fn bounded<T>(
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, StoreError> {
+        self.timed(call).await.map_err(|f| self.sentence(f))
+    }
+
+    async fn timed<T>(&self, call: impl Future<Output = RedisResult<T>>) -> Result<T, Failure> {
         let started = tokio::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, call).await;
         let ok = matches!(result, Ok(Ok(_)));
@@ -146,13 +170,26 @@ impl Redis {
         }
         match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(StoreError(format!("Redis error: {e}"))),
-            Err(_) => Err(StoreError(format!(
-                "Redis did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
+            Ok(Err(e)) => Err(Failure::Redis(e)),
+            Err(_) => Err(Failure::TimedOut),
         }
     }
+
+    fn sentence(&self, failure: Failure) -> StoreError {
+        match failure {
+            Failure::Redis(e) => StoreError(format!("Redis error: {e}")),
+            Failure::TimedOut => StoreError(format!(
+                "Redis did not answer within {} ms",
+                self.timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// How a call failed.
+enum Failure {
+    TimedOut,
+    Redis(redis::RedisError),
 }
 
 /// No Nagle delay: a bus message written while the previous one is unacknowledged

@@ -61,6 +61,12 @@ impl Keys {
         format!("{}node:{{{node}}}:read", self.prefix)
     }
 
+    /// Per sending process, the oldest entry of `node`'s inbox it still needs kept (read or
+    /// not) until it knows what became of it: `id|expiry ms`.
+    pub fn inbox_pins(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:pins", self.prefix)
+    }
+
     /// Resume queue of a session moving between nodes.
     pub fn spool(&self, session: &str) -> String {
         format!("{}queue:{session}", self.prefix)

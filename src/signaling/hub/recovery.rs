@@ -37,8 +37,10 @@ impl Hub {
         written
     }
 
+    /// Writes what it can: a key on a failing shard does not hold back the others (its
+    /// failure is returned at the end, and the next heartbeat tries again).
     async fn rewrite(&self, why: Rewrite) -> Result<(), StoreError> {
-        self.retry_departures().await?;
+        let mut failed = self.retry_departures().await.err();
         let now = tokio::time::Instant::now();
         let (sessions, rooms) = {
             let table = self.read();
@@ -63,7 +65,7 @@ impl Hub {
             (sessions, table.local_members(&self.node))
         };
         for (record, epoch, room, ttl) in &sessions {
-            let kept = self
+            let restored = self
                 .store
                 .restore_session(
                     record,
@@ -71,7 +73,14 @@ impl Hub {
                     room.as_deref(),
                     (*ttl).max(Duration::from_secs(1)),
                 )
-                .await?;
+                .await;
+            let kept = match restored {
+                Ok(kept) => kept,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             if !kept && let Some(slot) = self.read().owned(&record.peer_id, *epoch) {
                 // A newer connection of this session took it elsewhere meanwhile.
                 slot.outbox
@@ -80,13 +89,27 @@ impl Hub {
         }
         for (room, members) in rooms {
             let _room = self.enter_rooms(&[&room]).await;
+            let mut written = Ok(());
             for member in &members {
                 // Never refused: these peers are in the room already.
-                self.store
-                    .join_room(&room, member, usize::MAX, ROOM_TTL)
-                    .await?;
+                written = written.and(
+                    self.store
+                        .join_room(&room, member, usize::MAX, ROOM_TTL)
+                        .await
+                        .map(|_| ()),
+                );
             }
-            let truth = self.store.room_members(&room).await?;
+            let truth = match written {
+                Ok(()) => self.store.room_members(&room).await,
+                Err(e) => Err(e),
+            };
+            let truth = match truth {
+                Ok(truth) => truth,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
             {
                 let mut table = self.write();
                 let notices = table.reconcile(
@@ -109,6 +132,9 @@ impl Hub {
                     self.publish(&node, &joined);
                 }
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         tracing::info!(
             sessions = sessions.len(),
