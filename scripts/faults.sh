@@ -3,7 +3,7 @@
 # split over 3 nodes, 2,000 cross-node offers/s, a 12 s partition) and prints each one's
 # report: offers sent, delivered, refused by code, lost, duplicated, reordered, clients
 # closed, longest stall, and every span a node answered /health/ready with other than 200.
-# Takes about a minute after the build (each scenario starts its own Redis deployment and
+# Takes about two minutes after the build (each scenario starts its own Redis deployment and
 # three nodes, then runs 5 to 25 s; up to 15 s more when offers go missing, as the checker
 # waits out the failover hold for them). Needs redis-server and redis-cli.
 # Usage: scripts/faults.sh [name filter ...]  (e.g. `cluster`, `sentinel`, `restarted`,
