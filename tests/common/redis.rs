@@ -338,6 +338,10 @@ impl RedisCluster {
     /// everywhere and every replica's link to its master.
     pub async fn start_with_replicas(replicas: usize) -> RedisCluster {
         let mut nodes = Vec::new();
+        // Without replicas a dead master's slots stay unserved: the other masters keep
+        // serving theirs (as SCALING.md advises) instead of refusing every key with
+        // CLUSTERDOWN once they mark it failed.
+        let coverage = if replicas == 0 { "no" } else { "yes" };
         for _ in 0..3 * (1 + replicas) {
             nodes.push(
                 RedisServer::start_with(&[
@@ -347,6 +351,8 @@ impl RedisCluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "2000",
+                    "--cluster-require-full-coverage",
+                    coverage,
                     // As for Sentinel: disk-based full sync streams reliably on Redis 7.0.
                     "--repl-diskless-sync",
                     "no",
