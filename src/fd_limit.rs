@@ -27,15 +27,19 @@ pub fn raise() -> u64 {
     }
 }
 
-/// A warning when `limit` descriptors cannot hold `max_connections` connections.
-pub fn shortfall(limit: u64, max_connections: usize) -> Option<String> {
-    let needed = (max_connections as u64).saturating_add(RESERVED);
+/// A warning when `limit` descriptors cannot hold `max_connections` WebSockets and
+/// `max_pending` connections not yet upgraded.
+pub fn shortfall(limit: u64, max_connections: usize, max_pending: usize) -> Option<String> {
+    let needed = (max_connections as u64)
+        .saturating_add(max_pending as u64)
+        .saturating_add(RESERVED);
     (limit < needed).then(|| {
         format!(
             "this process may hold {limit} open files, fewer than MAX_CONNECTIONS \
-             ({max_connections}) plus {RESERVED} need: connections beyond about {} will fail; \
-             raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn, or the \
-             container's nofile ulimit) or lower MAX_CONNECTIONS",
+             ({max_connections}) plus MAX_PENDING_CONNECTIONS ({max_pending}) plus {RESERVED} \
+             need: connections beyond about {} will fail (the oldest pending ones are then \
+             closed to make room); raise the hard limit (LimitNOFILE= in a systemd unit, \
+             ulimit -Hn, or the container's nofile ulimit) or lower MAX_CONNECTIONS",
             limit.saturating_sub(RESERVED)
         )
     })
@@ -47,8 +51,12 @@ mod tests {
 
     #[test]
     fn a_limit_below_the_connection_cap_is_named_with_what_to_change() {
-        assert_eq!(shortfall(10_256, 10_000), None);
-        let warning = shortfall(1024, 10_000).expect("1,024 cannot hold 10,000");
+        assert_eq!(shortfall(11_256, 10_000, 1_000), None);
+        assert!(
+            shortfall(10_256, 10_000, 1_000).is_some(),
+            "pending count too"
+        );
+        let warning = shortfall(1024, 10_000, 1_000).expect("1,024 cannot hold 10,000");
         assert!(warning.contains("1024 open files"), "{warning}");
         assert!(warning.contains("about 768"), "{warning}");
         assert!(warning.contains("LimitNOFILE"), "{warning}");

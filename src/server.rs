@@ -16,7 +16,7 @@ use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Role};
 use crate::error::StoreError;
 use crate::health::HealthState;
-use crate::net::ElasticListener;
+use crate::net::{Deadlines, Pending};
 use crate::redis::{Keys, Redis, RedisNodes};
 use crate::resilience::{BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
 use crate::signaling::connection::ConnectionLimits;
@@ -164,6 +164,7 @@ impl AppState {
             message_rate: config.limits.message_rate,
             message_burst: config.limits.message_burst,
             resume_grace: config.timing.resume_grace,
+            join_timeout: config.timing.join_timeout,
         });
         let issuer = Arc::new(issuer);
         let draining = Arc::new(AtomicBool::new(false));
@@ -293,7 +294,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     let metrics_here = state.config.node.metrics.is_none();
     let mut router = Router::new().merge(crate::health::router());
     if matches!(state.role, Role::Serve | Role::Auth) {
-        router = router.merge(crate::auth::routes::router());
+        router = router.merge(crate::auth::routes::router(
+            state.config.timing.body_timeout,
+            state.metrics.clone(),
+        ));
     }
     if matches!(state.role, Role::Serve | Role::Signal) {
         router = router
@@ -367,16 +371,25 @@ pub async fn serve(
         // Whoever is left is told to go now.
         draining.hub.close_all(close::RESTART, "server restarting");
     };
-    // No Nagle delay on client sockets: a relayed message must not wait for the ACK of
-    // the one before it (a 40 ms stall at the tail otherwise).
-    let listener = axum::serve::ListenerExt::tap_io(ElasticListener::new(listener), |io| {
-        let _ = io.tcp().set_nodelay(true);
-    });
-    axum::serve(
+    let config = &state.config;
+    let pending = Pending::new(
+        config.limits.max_pending,
+        config.limits.max_pending_per_ip,
+        config.limits.trusted_proxies.clone().into(),
+        state.metrics.clone(),
+    );
+    let deadlines = Deadlines {
+        head: config.timing.head_timeout,
+        upgrade: config.timing.upgrade_timeout,
+    };
+    crate::net::serve(
         listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
+        router,
+        pending,
+        deadlines,
+        state.metrics.clone(),
+        drained,
     )
-    .with_graceful_shutdown(drained)
     .await?;
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while state.hub.peer_count() > 0 && tokio::time::Instant::now() < deadline {
@@ -443,7 +456,10 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
         tracing::warn!("{warning}");
     }
     let open_files = crate::fd_limit::raise();
-    if let Some(warning) = crate::fd_limit::shortfall(open_files, config.limits.max_connections) {
+    let limits = &config.limits;
+    if let Some(warning) =
+        crate::fd_limit::shortfall(open_files, limits.max_connections, limits.max_pending)
+    {
         tracing::warn!("{warning}");
     }
     let listener = TcpListener::bind(bind).await.map_err(|e| {

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, RawQuery, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::LengthLimitError;
 use serde::{Deserialize, Serialize};
 
 use super::{IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token};
@@ -20,6 +21,7 @@ use crate::error::{ApiError, sentence};
 use crate::identifier;
 use crate::resilience::{IpLimiter, TrustedNet, request_ip};
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// Largest accepted body for `POST /auth/token` and `POST /auth/revoke`.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -48,8 +50,10 @@ pub struct AuthState {
     pub revocation: Arc<dyn Revocation>,
 }
 
-/// The Auth service's routes, on any router state that can lend an [`AuthState`].
-pub fn router<S>() -> Router<S>
+/// The Auth service's routes, on any router state that can lend an [`AuthState`]; a
+/// request body must arrive within `body_timeout` (BODY_TIMEOUT), else 408 counted in
+/// `metrics`.
+pub fn router<S>(body_timeout: Duration, metrics: Arc<Metrics>) -> Router<S>
 where
     Arc<AuthState>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
@@ -58,6 +62,9 @@ where
         .route("/auth/token", post(issue))
         .route("/auth/revoke", post(revoke))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |request, next| {
+            read_body_in_time(body_timeout, metrics.clone(), request, next)
+        }))
         // Outermost on the body routes: a declared length above the limit is refused
         // before any byte of the body is read (the extractor's limit only trips on
         // bytes that have arrived, so a huge declared body would be waited for).
@@ -75,6 +82,46 @@ async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
     match declared {
         Some(length) if length > MAX_BODY_BYTES as u64 => too_large().into_response(),
         _ => next.run(request).await,
+    }
+}
+
+/// Reads the whole body within `timeout`: a body that trickles in or never comes gets 408
+/// and the connection is closed, instead of holding it for as long as the client likes.
+async fn read_body_in_time(
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<LengthLimitError>()) => {
+            too_large().into_response()
+        }
+        Ok(Err(_)) => {
+            ApiError::bad_request("invalid_request", "The request body could not be read.")
+                .into_response()
+        }
+        Err(_) => {
+            metrics.cut("body_timeout");
+            let mut response = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "The request body did not arrive within {}; send it together with the headers.",
+                    humantime::format_duration(timeout)
+                ),
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
     }
 }
 

@@ -23,6 +23,21 @@ pub struct LimitsSettings {
     )]
     pub max_connections_per_ip: usize,
 
+    /// Most connections not yet upgraded to a WebSocket per node; beyond it the oldest
+    /// pending connection is closed to make room.
+    #[arg(
+        long,
+        env = "MAX_PENDING_CONNECTIONS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub max_pending_connections: usize,
+
+    /// Most connections not yet upgraded per client IP (0 = no cap; TRUSTED_PROXIES are
+    /// exempt); beyond it that IP's oldest pending connection is closed.
+    #[arg(long, env = "MAX_PENDING_PER_IP", default_value_t = 64, global = true)]
+    pub max_pending_per_ip: usize,
+
     /// Upgrades and token requests allowed per client IP per minute (0 = no limit).
     #[arg(
         long,
@@ -78,6 +93,10 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Most connections per client IP (0 = no cap).
     pub max_connections_per_ip: usize,
+    /// Most connections not yet upgraded, per node.
+    pub max_pending: usize,
+    /// Most connections not yet upgraded, per client IP (0 = no cap).
+    pub max_pending_per_ip: usize,
     /// Upgrades and token requests per IP per minute (0 = no limit).
     pub rate_per_ip_per_minute: u32,
     /// Proxies whose X-Forwarded-For is believed.
@@ -119,6 +138,11 @@ impl LimitsSettings {
         if self.max_connections == 0 {
             return Err(refuse("MAX_CONNECTIONS must be at least 1."));
         }
+        if self.max_pending_connections == 0 {
+            return Err(refuse(
+                "MAX_PENDING_CONNECTIONS must be at least 1 (every client is pending until its upgrade).",
+            ));
+        }
         for (name, v) in [
             ("SHED_CPU_PERCENT", self.shed_cpu_percent),
             ("SHED_MEMORY_PERCENT", self.shed_memory_percent),
@@ -135,6 +159,8 @@ impl LimitsSettings {
         Ok(LimitsConfig {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            max_pending: self.max_pending_connections,
+            max_pending_per_ip: self.max_pending_per_ip,
             rate_per_ip_per_minute: self.rate_per_ip_per_minute,
             trusted_proxies,
             shed_cpu: self.shed_cpu_percent / 100.0,

@@ -186,3 +186,18 @@ fn metrics_leave_the_client_port_in_production_and_when_given_an_address() {
         assert!(err(&s, Role::Serve).contains("METRICS_ADDR"));
     }
 }
+
+#[test]
+fn connection_phase_deadlines_have_defaults_and_cannot_be_zero() {
+    let config = Config::from_settings(&Settings::default(), Role::Serve).unwrap();
+    assert_eq!(config.timing.head_timeout, Duration::from_secs(10));
+    assert_eq!(config.timing.join_timeout, Duration::from_secs(10));
+    assert_eq!(config.limits.max_pending, 1_000);
+    assert_eq!(config.limits.max_pending_per_ip, 64);
+    let mut s = Settings::default();
+    s.timing.upgrade_timeout = Duration::ZERO;
+    assert!(err(&s, Role::Serve).contains("UPGRADE_TIMEOUT must be at least 100ms"));
+    let mut s = Settings::default();
+    s.limits.max_pending_connections = 0;
+    assert!(err(&s, Role::Serve).contains("MAX_PENDING_CONNECTIONS"));
+}

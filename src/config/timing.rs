@@ -1,4 +1,5 @@
-//! Timers: server pings and idle closes, node heartbeats, drains and session resumes.
+//! Timers: the deadlines of a connection's phases (request head and body, upgrade, first
+//! join), server pings and idle closes, node heartbeats, drains and session resumes.
 
 use std::time::Duration;
 
@@ -32,6 +33,24 @@ pub struct TimingSettings {
     /// Longest a drain (SIGTERM/SIGINT) may take before the process exits.
     #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
     pub drain_timeout: Duration,
+
+    /// An HTTP request head (request line and headers) must arrive within this, counted
+    /// from its first byte or, on a fresh or kept-alive connection, from when one is awaited.
+    #[arg(long, env = "HEAD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    pub head_timeout: Duration,
+
+    /// A request body must arrive in full within this after its head; else 408 and close.
+    #[arg(long, env = "BODY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    pub body_timeout: Duration,
+
+    /// Longest a connection may stay short of a WebSocket (from accept to a completed
+    /// upgrade); a plain HTTP connection is closed after its response in flight.
+    #[arg(long, env = "UPGRADE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s", global = true)]
+    pub upgrade_timeout: Duration,
+
+    /// A WebSocket that is in no room this long after connecting (no `join`) is closed with 1008.
+    #[arg(long, env = "JOIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    pub join_timeout: Duration,
 }
 
 /// Resolved connection, heartbeat and drain timers.
@@ -47,6 +66,14 @@ pub struct TimingConfig {
     pub resume_grace: Duration,
     /// Longest a drain may take.
     pub drain_timeout: Duration,
+    /// Longest wait for an HTTP request head.
+    pub head_timeout: Duration,
+    /// Longest wait for a request body.
+    pub body_timeout: Duration,
+    /// Longest a connection may stay short of a WebSocket.
+    pub upgrade_timeout: Duration,
+    /// Longest a WebSocket may stay out of any room after connecting.
+    pub join_timeout: Duration,
 }
 
 impl TimingSettings {
@@ -60,12 +87,29 @@ impl TimingSettings {
                 "IDLE_TIMEOUT must be longer than PING_INTERVAL, and PING_INTERVAL above zero.",
             ));
         }
+        for (name, value) in [
+            ("HEAD_TIMEOUT", self.head_timeout),
+            ("BODY_TIMEOUT", self.body_timeout),
+            ("UPGRADE_TIMEOUT", self.upgrade_timeout),
+            ("JOIN_TIMEOUT", self.join_timeout),
+        ] {
+            // Zero would close every connection at once; there is no "off".
+            if value < Duration::from_millis(100) {
+                return Err(refuse(format!(
+                    "{name} must be at least 100ms (it bounds how long a client may take)."
+                )));
+            }
+        }
         Ok(TimingConfig {
             ping_interval: self.ping_interval,
             idle_timeout: self.idle_timeout,
             heartbeat: self.heartbeat_interval,
             resume_grace: self.resume_grace.min(MAX_RESUME_GRACE),
             drain_timeout: self.drain_timeout,
+            head_timeout: self.head_timeout,
+            body_timeout: self.body_timeout,
+            upgrade_timeout: self.upgrade_timeout,
+            join_timeout: self.join_timeout,
         })
     }
 }

@@ -40,6 +40,8 @@ pub struct ConnectionLimits {
     pub message_burst: f64,
     /// How long a dropped connection's session waits for a resume (zero: no resume).
     pub resume_grace: Duration,
+    /// How long a new connection may stay out of any room (JOIN_TIMEOUT).
+    pub join_timeout: Duration,
 }
 
 /// Everything a connection task needs.

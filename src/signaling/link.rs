@@ -105,6 +105,8 @@ impl<'c> Link<'c> {
                 limits.ping_interval,
                 deadline_of(&session.grant),
                 conn.refresh_at(&session.grant),
+                // A resume into a room has joined already.
+                session.room.is_none().then(|| now + limits.join_timeout),
             ),
             session: Some(session),
             busy: None,
@@ -247,6 +249,13 @@ impl<'c> Link<'c> {
                         .close(Some(close::TOKEN_EXPIRED), "token expired");
                     return Some(LeaveReason::Disconnected);
                 }
+                Some(Due::NoJoin) => {
+                    self.conn.hub.metrics().cut("join_timeout");
+                    session
+                        .outbox
+                        .close(Some(close::POLICY), "no join within JOIN_TIMEOUT");
+                    return Some(LeaveReason::Timeout);
+                }
                 Some(Due::Idle) => {
                     session
                         .outbox
@@ -359,6 +368,9 @@ impl Future for Link<'_> {
                 && let Poll::Ready(session) = busy.as_mut().poll(cx)
             {
                 this.busy = None;
+                if session.room.is_some() {
+                    this.timers.joined();
+                }
                 this.session = Some(session);
                 this.rearm();
             }

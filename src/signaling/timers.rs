@@ -1,5 +1,5 @@
-//! A connection's deadlines: when to ping, when silence means the client is gone, and
-//! when its token is due for a refresh or has expired.
+//! A connection's deadlines: when to ping, when silence means the client is gone, when
+//! it must be in a room, and when its token is due for a refresh or has expired.
 //!
 //! Plain arithmetic on tokio's clock, kept apart from the socket so paused-clock tests
 //! check it exactly; the link keeps one timer set to [`Timers::next`]. The settings
@@ -21,6 +21,8 @@ pub(super) struct Timers {
     expiry: Instant,
     /// When to push a fresh token, if refresh is on.
     refresh: Option<Instant>,
+    /// By when the connection must be in a room; `None` once it was.
+    join_by: Option<Instant>,
 }
 
 /// What falls due, besides a ping, when the timer fires with the session free.
@@ -28,6 +30,8 @@ pub(super) struct Timers {
 pub(super) enum Due {
     /// The token expired: close with 4001.
     Expired,
+    /// The connection joined no room within the join timeout: close with 1008.
+    NoJoin,
     /// The client has been silent for the idle timeout: close.
     Idle,
     /// Push a fresh token.
@@ -54,19 +58,27 @@ pub(super) fn refresh_wait(remaining: Duration, before: Duration) -> Option<Dura
 }
 
 impl Timers {
-    /// Deadlines for a connection opened `now`, whose token expires at `expiry`.
+    /// Deadlines for a connection opened `now`, whose token expires at `expiry`, and
+    /// which must be in a room by `join_by` (`None`: it is in one already).
     pub fn new(
         now: Instant,
         ping_interval: Duration,
         expiry: Instant,
         refresh: Option<Instant>,
+        join_by: Option<Instant>,
     ) -> Self {
         Self {
             last_frame: now,
             next_ping: now + ping_interval,
             expiry,
             refresh,
+            join_by,
         }
+    }
+
+    /// The connection is in a room: the join deadline is met for good.
+    pub fn joined(&mut self) {
+        self.join_by = None;
     }
 
     /// The client sent a frame at `now`.
@@ -86,7 +98,7 @@ impl Timers {
         let mut due = self.next_ping;
         if session_free {
             due = due.min(self.last_frame + idle_timeout).min(self.expiry);
-            if let Some(at) = self.refresh {
+            for at in [self.refresh, self.join_by].into_iter().flatten() {
                 due = due.min(at);
             }
         }
@@ -110,6 +122,8 @@ impl Timers {
             None
         } else if now >= self.expiry {
             Some(Due::Expired)
+        } else if self.join_by.is_some_and(|at| now >= at) {
+            Some(Due::NoJoin)
         } else if now >= self.last_frame + idle_timeout {
             Some(Due::Idle)
         } else if self.refresh.is_some_and(|at| now >= at) {
@@ -133,7 +147,7 @@ mod tests {
     fn opened(life: Duration, before: Duration) -> Timers {
         let now = Instant::now();
         let refresh = refresh_wait(life, before).map(|w| now + w);
-        Timers::new(now, PING, now + life, refresh)
+        Timers::new(now, PING, now + life, refresh, None)
     }
 
     /// Fires the timer where it is set, as the link does, and says what was due.
@@ -239,6 +253,30 @@ mod tests {
                 due: Some(Due::Expired)
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_in_no_room_is_closed_at_the_join_deadline_unless_it_joined() {
+        let join = Duration::from_secs(10);
+        let start = Instant::now();
+        let mut late = Timers::new(start, PING, start + IDLE * 10, None, Some(start + join));
+        let mut joined = Timers::new(start, PING, start + IDLE * 10, None, Some(start + join));
+        joined.joined();
+        assert_eq!(
+            late.next(IDLE, true),
+            start + join,
+            "the join deadline comes first"
+        );
+        assert_eq!(joined.next(IDLE, true), start + PING);
+        advance(join).await;
+        assert_eq!(
+            late.fire(Instant::now(), PING, IDLE, true).due,
+            Some(Due::NoJoin)
+        );
+        assert_eq!(joined.fire(Instant::now(), PING, IDLE, true).due, None);
+        // A join still waiting on the store holds the session: it is not cut short.
+        let mut busy = Timers::new(start, PING, start + IDLE * 10, None, Some(start));
+        assert_eq!(busy.fire(Instant::now(), PING, IDLE, false).due, None);
     }
 
     #[test]

@@ -38,6 +38,17 @@ pub const OUTBOUND: [&str; 11] = [
     "resumed",
 ];
 
+/// Reasons of `switchboard_deadline_closes_total`, one per deadline and cap.
+pub const DEADLINE_REASONS: [&str; 7] = [
+    "head_timeout",
+    "body_timeout",
+    "upgrade_timeout",
+    "join_timeout",
+    "pending_per_ip",
+    "pending_node",
+    "out_of_files",
+];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MessageLabels {
     r#type: &'static str,
@@ -69,6 +80,9 @@ pub struct Metrics {
     registry: Registry,
     /// Open WebSocket connections.
     pub connections: Gauge,
+    /// Connections accepted and not yet upgraded to a WebSocket.
+    pub pending: Gauge,
+    cut: Family<ReasonLabels, Counter>,
     /// Rooms with at least one peer on this node.
     pub rooms: Gauge,
     /// Peers connected to this node.
@@ -113,6 +127,22 @@ impl Metrics {
             "Open WebSocket connections",
             connections.clone(),
         );
+        let pending = Gauge::default();
+        registry.register(
+            "pending_connections",
+            "Connections accepted and not yet upgraded to a WebSocket",
+            pending.clone(),
+        );
+        let cut = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "deadline_closes",
+            "Connections closed by a phase deadline or a pending-connection cap, by reason",
+            cut.clone(),
+        );
+        // Shown at zero from the start, so an alert on their rate has a series to watch.
+        for reason in DEADLINE_REASONS {
+            let _ = cut.get_or_create(&ReasonLabels { reason });
+        }
         let rooms = Gauge::default();
         registry.register("rooms", "Rooms with a peer on this node", rooms.clone());
         let peers = Gauge::default();
@@ -233,6 +263,8 @@ impl Metrics {
         Arc::new(Self {
             registry,
             connections,
+            pending,
+            cut,
             rooms,
             peers,
             nodes,
@@ -279,6 +311,11 @@ impl Metrics {
     /// Counts a refused upgrade.
     pub fn refused(&self, reason: &'static str) {
         self.refused.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a connection closed by a deadline or a cap (see [`DEADLINE_REASONS`]).
+    pub fn cut(&self, reason: &'static str) {
+        self.cut.get_or_create(&ReasonLabels { reason }).inc();
     }
 
     /// Counts a close by code.

@@ -11,6 +11,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod sockets;
 pub mod traffic;
 
 pub use eventually::{eventually, eventually_blocking, patient};

@@ -13,42 +13,16 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use axum::serve::Listener;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// Most bytes taken from the kernel in one read: a whole 2 KB offer with room to spare.
 const BURST_BYTES: usize = 16 * 1024;
 /// Most bytes gathered before a write waits for them to reach the kernel.
 const GATHER_BYTES: usize = 64 * 1024;
-
-/// A TCP listener handing out [`ElasticStream`]s.
-pub struct ElasticListener(TcpListener);
-
-impl ElasticListener {
-    /// Wraps a bound listener.
-    pub fn new(listener: TcpListener) -> Self {
-        Self(listener)
-    }
-}
-
-impl Listener for ElasticListener {
-    type Io = ElasticStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (tcp, addr) = Listener::accept(&mut self.0).await;
-        (ElasticStream::new(tcp), addr)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
 
 /// A TCP stream that buffers only the unread rest of the last burst it received, and
 /// what was written since the last flush.
@@ -187,6 +161,8 @@ impl AsyncWrite for ElasticStream {
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use tokio::net::TcpListener;
 
     use super::*;
 

@@ -1,0 +1,234 @@
+//! The accept loop: every TCP connection gets HTTP/1.1 with a deadline for each request
+//! head (`HEAD_TIMEOUT`) and one for becoming a WebSocket (`UPGRADE_TIMEOUT`), counts as
+//! pending until it upgrades ([`Pending`]), and running out of file descriptors sheds the
+//! oldest pending connections instead of stopping the node.
+//!
+//! Our own loop rather than `axum::serve`, which exposes no HTTP settings (so no head
+//! timeout) and pauses a whole second on every failed accept. Modelled on it: one task per
+//! connection, graceful shutdown by a watch channel, the client address handed to handlers
+//! as axum's `ConnectInfo<SocketAddr>`.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::elastic::ElasticStream;
+use super::pending::{Pending, Shed, Ticket};
+use crate::telemetry::Metrics;
+
+/// How long a response in flight when `UPGRADE_TIMEOUT` passes may take to finish.
+const FINISH_GRACE: Duration = Duration::from_secs(1);
+/// Oldest pending connections closed each time an accept finds no file descriptor left:
+/// enough that the next accepts (a health check among them) go through at full speed.
+const SHED_WHEN_OUT_OF_FILES: usize = 32;
+/// Pause after shedding for lack of descriptors, so the shed connections' tasks run and
+/// give their descriptors back before the next accept.
+const OUT_OF_FILES_PAUSE: Duration = Duration::from_millis(10);
+/// Pause after any other failed accept, so a persistent failure does not spin a core.
+const ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// At most one warning per this long about failing accepts.
+const WARN_EVERY: Duration = Duration::from_secs(1);
+
+/// The deadlines of a connection's HTTP phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// Longest wait for a request head.
+    pub head: Duration,
+    /// Longest from accept to a completed WebSocket upgrade.
+    pub upgrade: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then closes idle connections,
+/// lets requests in flight finish, and returns once every connection not yet upgraded is
+/// gone (upgraded WebSockets are the router's to close).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    pending: Arc<Pending>,
+    deadlines: Deadlines,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stopping, stop_signal) = watch::channel(false);
+    let (all_done, done) = watch::channel(());
+    let mut failing = Failing::default();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let ticket = pending.admit(remote.ip());
+                let connection = Connection {
+                    remote,
+                    accepted: Instant::now(),
+                    ticket,
+                    router: router.clone(),
+                    deadlines,
+                    metrics: metrics.clone(),
+                    stopping: stop_signal.clone(),
+                    _done: done.clone(),
+                };
+                tokio::spawn(connection.serve(tcp));
+            }
+            // The client gave up between its SYN and our accept: nothing to do.
+            Err(e) if is_connection_error(&e) => {}
+            Err(e) if is_out_of_files(&e) => {
+                let shed = pending.shed_oldest(SHED_WHEN_OUT_OF_FILES, Shed::OutOfFiles);
+                failing.warn(&e, shed, pending.len());
+                let pause = if shed > 0 {
+                    OUT_OF_FILES_PAUSE
+                } else {
+                    ERROR_PAUSE
+                };
+                tokio::time::sleep(pause).await;
+            }
+            Err(e) => {
+                failing.warn(&e, 0, pending.len());
+                tokio::time::sleep(ERROR_PAUSE).await;
+            }
+        }
+    }
+    // No new connections from here; those in progress end gracefully.
+    drop(listener);
+    let _ = stopping.send(true);
+    drop(done);
+    all_done.closed().await;
+    Ok(())
+}
+
+/// One accepted connection, until it upgrades or closes.
+struct Connection {
+    remote: SocketAddr,
+    accepted: Instant,
+    /// Its place among the pending connections, freed when this ends.
+    ticket: Ticket,
+    router: Router,
+    deadlines: Deadlines,
+    metrics: Arc<Metrics>,
+    /// Turns true when the server stops.
+    stopping: watch::Receiver<bool>,
+    /// Dropped when this ends; the server waits for every one.
+    _done: watch::Receiver<()>,
+}
+
+impl Connection {
+    async fn serve(mut self, tcp: TcpStream) {
+        // No Nagle delay on client sockets: a relayed message must not wait for the ACK of
+        // the one before it (a 40 ms stall at the tail otherwise).
+        let _ = tcp.set_nodelay(true);
+        let io = TokioIo::new(ElasticStream::new(tcp));
+        let remote = self.remote;
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(remote));
+            // A router is always ready, and its clone is a reference count.
+            router.clone().call(request)
+        });
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(self.deadlines.head);
+        let conn = http.serve_connection(io, service).with_upgrades();
+        tokio::pin!(conn);
+        let deadline = tokio::time::sleep_until(self.accepted + self.deadlines.upgrade);
+        tokio::pin!(deadline);
+        let mut overdue = false;
+        let mut stopping = *self.stopping.borrow();
+        if stopping {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                served = conn.as_mut() => {
+                    if let Err(e) = served && e.is_timeout() {
+                        self.metrics.cut("head_timeout");
+                    }
+                    return;
+                }
+                // Counted where it was shed; dropping the connection closes the socket.
+                _ = &mut self.ticket.shed => return,
+                () = &mut deadline => {
+                    if overdue {
+                        return;
+                    }
+                    overdue = true;
+                    self.metrics.cut("upgrade_timeout");
+                    // Closes an idle connection now, or once the response in flight is out.
+                    conn.as_mut().graceful_shutdown();
+                    deadline.as_mut().reset(Instant::now() + FINISH_GRACE);
+                }
+                _ = self.stopping.changed(), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Accept failures of one connection that the next accept does not share.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+/// The process or the system has no file descriptor (or socket buffer) left for a new
+/// connection.
+fn is_out_of_files(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        Errno::from_io_error(e),
+        Some(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM)
+    )
+}
+
+/// Failing accepts, logged at most once per [`WARN_EVERY`].
+#[derive(Default)]
+struct Failing {
+    last_warned: Option<Instant>,
+    /// Failures since the last warning.
+    unreported: u64,
+}
+
+impl Failing {
+    fn warn(&mut self, e: &io::Error, shed: usize, pending: usize) {
+        self.unreported += 1;
+        let now = Instant::now();
+        if self.last_warned.is_some_and(|at| now - at < WARN_EVERY) {
+            return;
+        }
+        self.last_warned = Some(now);
+        let failures = std::mem::take(&mut self.unreported);
+        if is_out_of_files(e) {
+            tracing::warn!(
+                error = %e,
+                failures,
+                shed,
+                pending,
+                "out of file descriptors: closing the oldest pending connections and accepting on; \
+                 raise the open-file limit or lower MAX_PENDING_CONNECTIONS if this persists"
+            );
+        } else {
+            tracing::warn!(error = %e, failures, "accepting a connection failed; retrying");
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The node's client sockets: accepting them with a deadline for every phase before the
+//! WebSocket, capping those still pending, and buffering each only while bytes move.
+
+pub mod accept;
+mod elastic;
+mod pending;
+
+pub use accept::{Deadlines, serve};
+pub use elastic::ElasticStream;
+pub use pending::{Pending, Shed, Ticket};
