@@ -138,6 +138,11 @@ impl Target {
         })
     }
 
+    /// The address of node `node`.
+    pub fn addr(&self, node: usize) -> SocketAddr {
+        self.addrs[node % self.addrs.len()]
+    }
+
     /// How many nodes there are.
     pub fn nodes(&self) -> usize {
         self.addrs.len()

@@ -131,6 +131,7 @@ pub async fn run(target: &Arc<Target>, args: &IdleArgs) -> Result<Report, BenchE
             fd_limit,
         }),
         storm: None,
+        soak: None,
         first_error,
     })
 }

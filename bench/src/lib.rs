@@ -7,12 +7,16 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod hostile;
 mod idle;
+mod node;
 mod process;
 mod progress;
 mod relay;
 mod report;
+mod soak;
 mod storm;
+mod wire;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,6 +25,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 pub use client::TokenSource;
+pub use hostile::Kind as HostileKind;
 pub use report::Report;
 
 /// Why a benchmark could not run; the sentence says what to change.
@@ -80,6 +85,9 @@ pub enum Scenario {
     Idle(IdleArgs),
     /// Token + connect + join handshakes per second.
     JoinStorm(StormArgs),
+    /// Hostile clients of every kind next to honest pairs, against a node it starts with
+    /// production settings (or `--attach`es to); memory, latency and what was closed.
+    Soak(SoakArgs),
 }
 
 /// What the relayed messages are.
@@ -164,6 +172,61 @@ pub struct StormArgs {
     pub timeout: Duration,
 }
 
+/// `soak` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// Length of the run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub duration: Duration,
+    /// Hostile clients of each kind.
+    #[arg(long, default_value_t = 50)]
+    pub hostile: usize,
+    /// Only these hostile kinds (comma-separated; default: all).
+    #[arg(long = "kind", value_enum, value_delimiter = ',')]
+    pub kinds: Vec<HostileKind>,
+    /// Honest pairs, each exchanging offers and answers.
+    #[arg(long, default_value_t = 20)]
+    pub pairs: usize,
+    /// Honest messages per second over all pairs, both directions (open loop).
+    #[arg(long, default_value_t = 400.0)]
+    pub rate: f64,
+    /// Size of an honest or fed SDP in bytes.
+    #[arg(long, default_value_t = 2048)]
+    pub sdp_bytes: usize,
+    /// Frames per second each ping or empty-frame flooder sends.
+    #[arg(long, default_value_t = 1000.0)]
+    pub flood_rate: f64,
+    /// Offers per second sent to each slow consumer (the server's default per-connection
+    /// limit is 50/s).
+    #[arg(long, default_value_t = 40.0)]
+    pub feed_rate: f64,
+    /// How long after every connection of the soak closed the server's memory is read
+    /// last (sessions wait RESUME_GRACE, 30 s by default, for a resume).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    pub settle: Duration,
+    /// Use the deployment at --url instead of starting a node (memory needs --server-pid).
+    #[arg(long)]
+    pub attach: bool,
+    /// Server binary to start [default: `switchboard` beside this binary].
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Environment of the started node, KEY=VALUE, over the soak's production settings
+    /// (it inherits this process's environment too); repeat for several.
+    #[arg(long = "server-env", value_parser = key_value)]
+    pub server_env: Vec<(String, String)>,
+    /// Keep the started node's log in this file.
+    #[arg(long)]
+    pub server_log: Option<PathBuf>,
+}
+
+/// Parses `KEY=VALUE`.
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+}
+
 /// Runs the chosen scenario and prints its report.
 pub async fn run(mut args: BenchArgs) -> Result<Report, BenchError> {
     // One source address reaches ~28,000 connections to one port: spread bigger idle runs
@@ -178,20 +241,7 @@ pub async fn run(mut args: BenchArgs) -> Result<Report, BenchError> {
     {
         args.sources = idle::loopback_sources(idle.connections);
     }
-    let target = std::sync::Arc::new(client::Target::new(&args)?);
-    let report = match &args.scenario {
-        Scenario::Relay(r) => relay::run(&target, r, false).await?,
-        Scenario::MultiNode(r) => {
-            if args.urls.len() < 2 {
-                return Err(BenchError::new(
-                    "multi-node needs at least two --url values, one per node.",
-                ));
-            }
-            relay::run(&target, r, true).await?
-        }
-        Scenario::Idle(i) => idle::run(&target, i).await?,
-        Scenario::JoinStorm(s) => storm::run(&target, s).await?,
-    };
+    let report = measure(&args).await?;
     let json = serde_json::to_string_pretty(&report).expect("reports serialise");
     if let Some(path) = &args.out {
         std::fs::write(path, format!("{json}\n"))
@@ -203,4 +253,24 @@ pub async fn run(mut args: BenchArgs) -> Result<Report, BenchError> {
         print!("{}", report.table());
     }
     Ok(report)
+}
+
+/// Runs the chosen scenario.
+async fn measure(args: &BenchArgs) -> Result<Report, BenchError> {
+    let target = || client::Target::new(args).map(std::sync::Arc::new);
+    match &args.scenario {
+        Scenario::Relay(r) => relay::run(&target()?, r, false).await,
+        Scenario::MultiNode(r) => {
+            if args.urls.len() < 2 {
+                return Err(BenchError::new(
+                    "multi-node needs at least two --url values, one per node.",
+                ));
+            }
+            relay::run(&target()?, r, true).await
+        }
+        Scenario::Idle(i) => idle::run(&target()?, i).await,
+        Scenario::JoinStorm(s) => storm::run(&target()?, s).await,
+        // A soak may start its own node, so it makes its own target.
+        Scenario::Soak(s) => soak::run(args, s).await,
+    }
 }

@@ -27,8 +27,24 @@ const SWEEP_START: f64 = 1000.0;
 
 /// Nanoseconds since the bench started: senders and receivers share one process clock.
 fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `at` on the clock of [`now_ns`].
+fn ns_at(at: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    at.saturating_duration_since(*BASE.get_or_init(Instant::now))
+        .as_nanos() as u64
+}
+
+/// Which time an open-loop sender writes into a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stamp {
+    /// When it was actually sent: the latency of the relay alone.
+    Sent,
+    /// When the schedule meant it to be sent: a sender held up (by the generator or by
+    /// backpressure) counts its delay too, so the tail is not hidden.
+    Intended,
 }
 
 /// Frames of one kind from one peer to another, each stamped `#<seq>.<send ns>#` at the
@@ -69,7 +85,12 @@ impl Frames {
     }
 
     fn frame(&self, seq: u64) -> Message {
-        Message::text(format!("{}#{seq}.{}#{}", self.head, now_ns(), self.tail))
+        self.frame_at(seq, now_ns())
+    }
+
+    /// A frame stamped with `sent_ns` (on the clock of [`now_ns`]).
+    fn frame_at(&self, seq: u64, sent_ns: u64) -> Message {
+        Message::text(format!("{}#{seq}.{sent_ns}#{}", self.head, self.tail))
     }
 }
 
@@ -109,6 +130,8 @@ struct Track {
     duplicated: u64,
     reordered: u64,
     errors: u64,
+    /// `error` replies: messages the server refused (counted in `errors` too).
+    refused: u64,
     first_error: Option<String>,
     latency: Histogram<u64>,
 }
@@ -122,6 +145,7 @@ impl Track {
             duplicated: 0,
             reordered: 0,
             errors: 0,
+            refused: 0,
             first_error: None,
             latency: histogram(),
         }
@@ -152,11 +176,18 @@ impl Track {
             .get_or_insert_with(|| what.chars().take(300).collect());
     }
 
+    /// Counts an `error` reply: a refusal, and an error.
+    fn refusal(&mut self, text: &str) {
+        self.refused += 1;
+        self.error(text);
+    }
+
     fn merge(&mut self, other: Track) {
         self.received += other.received;
         self.duplicated += other.duplicated;
         self.reordered += other.reordered;
         self.errors += other.errors;
+        self.refused += other.refused;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
@@ -165,7 +196,7 @@ impl Track {
 }
 
 /// One pair: `a` and `b` in a room of their own.
-struct Pair {
+pub(super) struct Pair {
     a: Socket,
     b: Socket,
     a_to_b: Frames,
@@ -173,7 +204,7 @@ struct Pair {
 }
 
 /// Connects and joins every pair; a pair's peers go to one node, or two nodes if `cross`.
-async fn set_up(
+pub(super) async fn set_up(
     target: &Arc<Target>,
     args: &RelayArgs,
     cross: bool,
@@ -237,6 +268,7 @@ fn summarise(
         duplicated: track.duplicated,
         reordered: track.reordered,
         errors: track.errors,
+        refused: track.refused,
         latency_us: Latency::of(&track.latency),
         server_cpu_us_per_msg: used
             .server_cpu
@@ -262,7 +294,7 @@ async fn receive_one(
                     track.record(seq, sent_ns);
                     return Some(seq);
                 }
-                Received::Error => track.error(&text),
+                Received::Error => track.refusal(&text),
                 Received::Other => {}
             },
             Some(Ok(_)) => {}
@@ -387,10 +419,12 @@ type Half = (SplitSink<Socket, Message>, SplitStream<Socket>);
 /// What a side's task hands back: its sink, the stream it read, and its frames.
 type Returned = (SplitSink<Socket, Message>, SplitStream<Socket>, Arc<Frames>);
 
-/// Open loop at `rate` messages/s over every connection; returns the run and the sockets.
-async fn open_loop(
+/// Open loop at `rate` messages/s over every connection, each message stamped as `stamp`
+/// says; returns the run and the sockets.
+pub(super) async fn open_loop(
     pairs: Vec<Pair>,
     rate: f64,
+    stamp: Stamp,
     args: &RelayArgs,
     pids: &[u32],
 ) -> Result<(RelayRun, Vec<Pair>), BenchError> {
@@ -424,7 +458,14 @@ async fn open_loop(
             let first = start + period.mul_f64((2 * i + side) as f64 / senders as f64);
             let drain = args.drain;
             tasks.spawn(async move {
-                let send = send_at_rate(out, &frames, &flow, first, period, deadline, per_sender);
+                let schedule = Schedule {
+                    first,
+                    period,
+                    deadline,
+                    most: per_sender,
+                    stamp,
+                };
+                let send = send_at_rate(out, &frames, &flow, schedule);
                 let receive = receive_flow(incoming, &peer_flow, drain);
                 let ((out, send_errors), (incoming, mut track)) = tokio::join!(send, receive);
                 track.errors += send_errors;
@@ -474,23 +515,33 @@ async fn open_loop(
     Ok((run, pairs))
 }
 
-async fn send_at_rate(
-    mut out: SplitSink<Socket, Message>,
-    frames: &Frames,
-    flow: &Flow,
+/// When one open-loop sender sends, and what it stamps.
+struct Schedule {
     first: tokio::time::Instant,
     period: Duration,
     deadline: tokio::time::Instant,
     most: u64,
+    stamp: Stamp,
+}
+
+async fn send_at_rate(
+    mut out: SplitSink<Socket, Message>,
+    frames: &Frames,
+    flow: &Flow,
+    schedule: Schedule,
 ) -> (SplitSink<Socket, Message>, u64) {
-    let mut ticks = tokio::time::interval_at(first, period);
+    let mut ticks = tokio::time::interval_at(schedule.first, schedule.period);
     let mut errors = 0;
-    for seq in 0..most {
+    for seq in 0..schedule.most {
         let at = ticks.tick().await;
-        if at >= deadline {
+        if at >= schedule.deadline {
             break;
         }
-        if out.send(frames.frame(seq)).await.is_err() {
+        let frame = match schedule.stamp {
+            Stamp::Sent => frames.frame(seq),
+            Stamp::Intended => frames.frame_at(seq, ns_at(at.into_std())),
+        };
+        if out.send(frame).await.is_err() {
             errors += 1;
             break;
         }
@@ -521,7 +572,7 @@ async fn receive_flow(
             Err(_) => continue,
             Ok(Some(Ok(Message::Text(text)))) => match classify(&text) {
                 Received::Relayed { seq, sent_ns } => track.record(seq, sent_ns),
-                Received::Error => track.error(&text),
+                Received::Error => track.refusal(&text),
                 Received::Other => {}
             },
             Ok(Some(Ok(_))) => {}
@@ -585,6 +636,7 @@ pub async fn run(
         max_sustained_rate: None,
         idle: None,
         storm: None,
+        soak: None,
         first_error: None,
     };
     let pids = &target.server_pids;
@@ -594,7 +646,7 @@ pub async fn run(
             report.mode = "open-loop";
             report
                 .runs
-                .push(open_loop(pairs, rate, args, pids).await?.0);
+                .push(open_loop(pairs, rate, Stamp::Sent, args, pids).await?.0);
         }
         (start, true) => {
             report.mode = "sweep";
@@ -604,7 +656,7 @@ pub async fn run(
                 if rate > most * 1.0001 {
                     break;
                 }
-                let (run, back) = open_loop(pairs, rate, args, pids).await?;
+                let (run, back) = open_loop(pairs, rate, Stamp::Sent, args, pids).await?;
                 pairs = back;
                 let ok = sustained(&run, args.p99_bound);
                 eprintln!(

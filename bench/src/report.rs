@@ -63,6 +63,8 @@ pub struct RelayRun {
     pub reordered: u64,
     /// Send failures, error replies and closed connections.
     pub errors: u64,
+    /// Error replies: messages the server refused (also counted in `lost` and `errors`).
+    pub refused: u64,
     /// One-way latency, send to receipt.
     pub latency_us: Latency,
     /// Server CPU time per received message (needs --server-pid).
@@ -114,10 +116,104 @@ pub struct StormFigures {
     pub server_cpu_us_per_join: Option<f64>,
 }
 
+/// Smallest, median and largest of a set of durations, in seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `seconds` (`None` when empty).
+    pub fn of(mut seconds: Vec<f64>) -> Option<Self> {
+        seconds.sort_by(f64::total_cmp);
+        Some(Spread {
+            min: *seconds.first()?,
+            p50: seconds[seconds.len() / 2],
+            max: *seconds.last()?,
+        })
+    }
+}
+
+/// What became of one kind of hostile client in a soak.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostileFigures {
+    /// The kind (`ping-flood`, `slowloris`, ...).
+    pub kind: &'static str,
+    /// Clients started.
+    pub clients: usize,
+    /// TCP connections per client (2 for a slow consumer and its feeder).
+    pub connections_per_client: usize,
+    /// Clients that got as far as their attack needs (upgraded, for WebSocket kinds).
+    pub connected: usize,
+    /// Clients that did not, with the first reason.
+    pub refused: usize,
+    /// Why the first refused client was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_refusal: Option<String>,
+    /// HTTP answers (and feeder endings) the clients got, by kind: `http 413` -> count.
+    pub answers: std::collections::BTreeMap<String, usize>,
+    /// How the server ended clients: `close 1008`, `eof`, `reset` -> count.
+    pub closed: std::collections::BTreeMap<String, usize>,
+    /// Seconds from connecting to being ended, over the ended clients.
+    pub closed_after_s: Option<Spread>,
+    /// Connected clients the server had not ended when the run stopped.
+    pub open_at_end: usize,
+    /// Of those, clients whose write was stuck at the end (the server stopped reading).
+    pub blocked_at_end: usize,
+    /// Server RSS growth while this kind's clients were being opened (before the next
+    /// kind started), per connection it held open then; bytes.
+    pub rss_per_connection: Option<f64>,
+}
+
+/// Server memory over a soak, bytes (needs a started node or --server-pid).
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakMemory {
+    /// Before any connection.
+    pub start: u64,
+    /// With the honest pairs running, before the first hostile client.
+    pub baseline: u64,
+    /// Highest sample (every 100 ms) while hostile clients ran.
+    pub peak: u64,
+    /// When the run stopped, every client still connected.
+    pub end: u64,
+    /// `--settle` after every client of the soak was gone.
+    pub after: u64,
+    /// That wait, seconds.
+    pub settle_s: f64,
+    /// Hostile connections that were established.
+    pub hostile_connections: usize,
+    /// (peak - baseline) / hostile connections.
+    pub peak_per_hostile_connection: Option<f64>,
+}
+
+/// Figures of a `soak` run; the honest pairs' relay run is the report's first run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakFigures {
+    /// Seconds the run lasted.
+    pub duration_s: f64,
+    /// Honest pairs, exchanging offers and answers.
+    pub pairs: usize,
+    /// Their total rate, messages/s.
+    pub rate: f64,
+    /// Seconds between the starts of two hostile kinds.
+    pub stagger_s: f64,
+    /// Each kind's clients.
+    pub hostile: Vec<HostileFigures>,
+    /// Server memory.
+    pub memory: Option<SoakMemory>,
+    /// The started node's settings, or `attached`.
+    pub server: String,
+}
+
 /// Everything one `switchboard-bench` run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `relay`, `multi-node`, `idle` or `join-storm`.
+    /// `relay`, `multi-node`, `idle`, `join-storm` or `soak`.
     pub scenario: &'static str,
     /// `closed-loop`, `open-loop` or `sweep` for relays.
     pub mode: &'static str,
@@ -135,6 +231,9 @@ pub struct Report {
     /// Join-storm figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storm: Option<StormFigures>,
+    /// Soak figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<SoakFigures>,
     /// The first error seen, to act on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_error: Option<String>,
@@ -224,9 +323,93 @@ impl Report {
                 opt(s.server_cpu_us_per_join, 1)
             );
         }
+        if let Some(s) = &self.soak {
+            soak_table(&mut out, s, self.runs.first());
+        }
         if let Some(e) = &self.first_error {
             let _ = writeln!(out, "first error: {e}");
         }
         out
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// The soak's part of the table: honest traffic, memory, then one line per hostile kind.
+fn soak_table(out: &mut String, s: &SoakFigures, honest: Option<&RelayRun>) {
+    if let Some(r) = honest {
+        let _ = writeln!(
+            out,
+            "honest: {} pairs at {:.0}/s for {:.0} s: sent {}, delivered {}, refused {}, lost {} \
+             (refused included); latency from intended send time p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            s.pairs,
+            s.rate,
+            s.duration_s,
+            r.sent,
+            r.received,
+            r.refused,
+            r.lost,
+            r.latency_us.p50 / 1000.0,
+            r.latency_us.p99 / 1000.0,
+            r.latency_us.max / 1000.0,
+        );
+    }
+    if let Some(m) = &s.memory {
+        let _ = writeln!(
+            out,
+            "server RSS: start {}, baseline {}, peak {}, end {}, {:.0} s after {}: {} bytes per \
+             hostile connection at the peak ({} connections)",
+            mib(m.start),
+            mib(m.baseline),
+            mib(m.peak),
+            mib(m.end),
+            m.settle_s,
+            mib(m.after),
+            opt(m.peak_per_hostile_connection, 0),
+            m.hostile_connections,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:>7} {:>9} {:>7} {:>10} {:>8} {:>12}  closed by the server / answers",
+        "hostile kind", "clients", "connected", "refused", "open@end", "blocked", "B/conn"
+    );
+    for h in &s.hostile {
+        let counts = |m: &std::collections::BTreeMap<String, usize>| {
+            m.iter()
+                .map(|(k, v)| format!("{v}x {k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut what = counts(&h.closed);
+        if let Some(after) = &h.closed_after_s {
+            let _ = write!(
+                what,
+                " after {:.1}/{:.1}/{:.1} s (min/p50/max)",
+                after.min, after.p50, after.max
+            );
+        }
+        if what.is_empty() {
+            what.push_str("none");
+        }
+        if !h.answers.is_empty() {
+            let _ = write!(what, "; answers: {}", counts(&h.answers));
+        }
+        if let Some(r) = &h.first_refusal {
+            let _ = write!(what, "; first refusal: {r}");
+        }
+        let _ = writeln!(
+            out,
+            "{:<16} {:>7} {:>9} {:>7} {:>10} {:>8} {:>12}  {what}",
+            h.kind,
+            h.clients,
+            h.connected,
+            h.refused,
+            h.open_at_end,
+            h.blocked_at_end,
+            opt(h.rss_per_connection, 0),
+        );
     }
 }

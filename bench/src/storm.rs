@@ -85,6 +85,7 @@ pub async fn run(target: &Arc<Target>, args: &StormArgs) -> Result<Report, Bench
             latency_us: Latency::of(&latency),
             server_cpu_us_per_join: cpu.map(|c| c.as_secs_f64() * 1e6 / completed.max(1) as f64),
         }),
+        soak: None,
         first_error,
     })
 }

@@ -6,7 +6,7 @@
 
 mod fixtures;
 
-use fixtures::{Node, Redis, SECRET, bench_command};
+use fixtures::{Node, Redis, SECRET, bench_command, server_binary};
 use serde_json::Value;
 
 /// The arguments of `switchboard-bench`, written as on a command line.
@@ -177,6 +177,49 @@ fn messages_the_server_refuses_are_reported_with_the_reason() {
     assert!(run["errors"].as_u64() > Some(0), "{run}");
     let first = report["first_error"].as_str().unwrap_or_default();
     assert!(first.contains("rate_limited"), "{report}");
+}
+
+#[test]
+fn a_short_soak_delivers_honest_traffic_and_accounts_for_every_hostile_client() {
+    // The soak starts its own node (production settings) from the binary given.
+    let server = server_binary();
+    let report = bench(&format!(
+        "soak --duration 4s --hostile 2 --pairs 2 --rate 40 --flood-rate 200 --server-bin {}",
+        server.display()
+    ));
+    assert_eq!(report["scenario"], "soak");
+    let honest = &report["runs"][0];
+    assert!(honest["received"].as_u64() > Some(0), "{honest}");
+    assert_eq!(honest["lost"], 0, "{honest}");
+    let soak = &report["soak"];
+    let kinds = soak["hostile"].as_array().unwrap();
+    assert_eq!(kinds.len(), 8, "{soak}");
+    for kind in kinds {
+        // Every client connected or was refused; every connected one was ended or is
+        // counted as open at the end, whatever the server did.
+        let count = |field: &str| kind[field].as_u64().unwrap();
+        assert_eq!(count("clients"), 2, "{kind}");
+        assert_eq!(count("connected") + count("refused"), 2, "{kind}");
+        let closed: u64 = kind["closed"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(closed + count("open_at_end"), count("connected"), "{kind}");
+    }
+    let memory = &soak["memory"];
+    assert!(
+        figure(&memory["peak"]) >= figure(&memory["baseline"]),
+        "{memory}"
+    );
+    assert!(
+        soak["server"]
+            .as_str()
+            .unwrap()
+            .contains("SWITCHBOARD_ENV=production"),
+        "{soak}"
+    );
 }
 
 #[test]
