@@ -20,6 +20,7 @@ use super::commands::{
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use super::timers::{Due, Timers};
+use crate::net::FrameViolation;
 use crate::resilience::{MessageLimiter, Verdict};
 
 /// Most queued frames written to the socket's buffer before it is flushed.
@@ -46,6 +47,13 @@ pub(super) struct Link<'c> {
     unflushed: Vec<Outbound>,
     /// The socket's buffer holds something to flush.
     dirty: bool,
+    /// Pongs tungstenite queued (it answers every ping by itself) since the socket last
+    /// confirmed a flush. They count against the outbound queue's room, so a client that
+    /// pings without reading is closed as a slow consumer. Counted here rather than
+    /// bounded by tungstenite's `max_write_buffer_size`: past that bound it keeps only the
+    /// latest pong, silently, so the client is never closed, and the bound would also
+    /// refuse the server's own largest frames (a `joined` listing a large room).
+    owed: u32,
     writer: Writer,
     ping_due: bool,
     /// Boxed so the link can be moved apart once it is done.
@@ -115,6 +123,7 @@ impl<'c> Link<'c> {
             prelude,
             unflushed: Vec::new(),
             dirty: false,
+            owed: 0,
             writer: Writer::Open,
             ping_due: false,
             timer: Box::pin(sleep_until(now)),
@@ -181,12 +190,21 @@ impl<'c> Link<'c> {
         self.timers.heard(now);
         let conn = self.conn;
         let session = self.session.as_mut()?;
-        if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+        // Every frame tungstenite hands up counts, control frames and empty ones alike; a
+        // fragmented message counts once, and `net::FrameViolation` bounds its fragments.
+        if let Some(Ok(message)) = &frame
+            && !matches!(message, Message::Close(_))
+        {
             match self.limiter.check(now) {
                 Verdict::Allowed => {}
-                Verdict::Limited => {
+                Verdict::Limited if matches!(message, Message::Text(_) | Message::Binary(_)) => {
                     conn.refuse_over_limit(session, frame.as_ref());
                     return None;
+                }
+                // A control frame names nothing to refuse: the strike is the refusal, and
+                // the pong a ping is owed still counts below.
+                Verdict::Limited => {
+                    conn.hub.metrics().rate_limited.inc();
                 }
                 Verdict::Abuse => {
                     conn.hub.metrics().rate_limited.inc();
@@ -207,7 +225,16 @@ impl<'c> Link<'c> {
                 "Binary frames are not supported; send JSON text frames.",
                 None,
             ),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Ping(_))) => {
+                // The pong goes out with the next flush; until then it is owed.
+                self.owed = self.owed.saturating_add(1);
+                self.dirty = true;
+                if self.owed as usize > self.inbox.room() {
+                    session.outbox.close(Some(close::RESYNC), "slow consumer");
+                    return Some(LeaveReason::Disconnected);
+                }
+            }
+            Some(Ok(Message::Pong(_))) => {}
             Some(Ok(Message::Close(frame))) => {
                 session.client_close = Some(frame.map_or(1005, |f| f.code));
                 return Some(LeaveReason::Disconnected);
@@ -217,12 +244,9 @@ impl<'c> Link<'c> {
                 return Some(LeaveReason::Disconnected);
             }
             Some(Err(e)) => {
-                if is_too_big(e) {
-                    session
-                        .outbox
-                        .close(Some(close::TOO_BIG), "message too big");
-                } else {
-                    session.dropped = true;
+                match refusal(e) {
+                    Some((code, text)) => session.outbox.close(Some(code), text),
+                    None => session.dropped = true,
                 }
                 return Some(LeaveReason::Disconnected);
             }
@@ -323,6 +347,7 @@ impl<'c> Link<'c> {
             match self.ws.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     self.dirty = false;
+                    self.owed = 0;
                     let metrics = self.conn.hub.metrics();
                     // Taken rather than drained: an idle connection keeps no batch space
                     // (one small allocation per flush is the price under load).
@@ -411,11 +436,20 @@ impl Future for Link<'_> {
     }
 }
 
-/// True when the read failed because a message exceeded the size limit.
-fn is_too_big(e: axum::Error) -> bool {
+/// The close code and reason for a read that failed because of what the client sent;
+/// `None` when the connection itself failed (a network loss, resumable).
+fn refusal(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tungstenite::error::ProtocolError;
     let inner = e.into_inner();
-    matches!(
-        inner.downcast_ref::<tungstenite::Error>(),
-        Some(tungstenite::Error::Capacity(_))
-    )
+    match inner.downcast_ref::<tungstenite::Error>()? {
+        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "message too big")),
+        tungstenite::Error::Utf8(_) => Some((close::INVALID_DATA, "text is not UTF-8")),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL, "malformed frame")),
+        tungstenite::Error::Io(io) => match io.get_ref()?.downcast_ref::<FrameViolation>()? {
+            FrameViolation::TooManyFragments => Some((close::TOO_BIG, "too many fragments")),
+            FrameViolation::EarlyData => Some((close::PROTOCOL, "data before the handshake")),
+        },
+        _ => None,
+    }
 }

@@ -293,6 +293,12 @@ impl Inbox {
         Poll::Pending
     }
 
+    /// How many more frames the queue takes before it is full.
+    pub fn room(&self) -> usize {
+        let state = self.shared.lock();
+        state.capacity.saturating_sub(state.frames.len())
+    }
+
     /// Stops taking frames: from now on senders get theirs back (queued ones stay to be
     /// read).
     pub fn close(&self) {

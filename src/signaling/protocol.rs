@@ -16,9 +16,13 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The connection was idle past the timeout.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke the WebSocket protocol (RFC 6455).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (revoked, abuse).
     pub const POLICY: u16 = 1008;
-    /// A message larger than the limit.
+    /// A message larger than the limit, or in too many fragments.
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;

@@ -7,6 +7,7 @@
 
 pub mod eventually;
 pub mod fleet;
+pub mod hostile;
 pub mod process;
 pub mod proxy;
 pub mod raw;
