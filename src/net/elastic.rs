@@ -11,12 +11,8 @@
 //! (`tokio::io::BufReader`, `BufWriter` and the like) keep their buffer for the stream's
 //! life.
 //!
-//! It also meters the client's WebSocket frames ([`frame_meter`]), since it is the one layer
+//! It also meters the client's WebSocket frames ([`super::frame_meter`]), since it is the one layer
 //! that sees each of them: tungstenite above it assembles fragments out of sight.
-
-mod frame_meter;
-
-pub use frame_meter::{FrameViolation, MAX_FRAGMENTS};
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -26,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use frame_meter::Meter;
+use super::frame_meter::{FrameViolation, Meter};
 
 /// Most bytes taken from the kernel in one read: a whole 2 KB offer with room to spare.
 const BURST_BYTES: usize = 16 * 1024;

@@ -3,8 +3,10 @@
 
 pub mod accept;
 mod elastic;
+mod frame_meter;
 mod pending;
 
 pub use accept::{Deadlines, serve};
 pub use elastic::ElasticStream;
+pub use frame_meter::{FrameViolation, MAX_FRAGMENTS};
 pub use pending::{Pending, Shed, Ticket};
