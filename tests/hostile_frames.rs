@@ -11,8 +11,8 @@ mod common;
 use std::time::Duration;
 
 use common::hostile::{
-    Attacker, BINARY, Bystanders, CONTINUATION, FloodEnd, PING, PONG, Received, TEXT, close_code,
-    close_frame, closes, frame,
+    Attacker, BINARY, Bystanders, CONTINUATION, FloodEnd, PING, PONG, Received, TEXT, close_frame,
+    closes, frame, unmasked,
 };
 use common::process::Running;
 use common::{DEADLINE, SECRET, eventually};
@@ -143,14 +143,12 @@ async fn every_client_close_is_answered_with_a_close_frame_before_tcp_closes() {
     for (sent, expected) in cases {
         let mut attacker = Attacker::connect(&addr, "closer").await;
         attacker.send(&close_frame(sent)).await;
-        let answer = loop {
-            match attacker.receive().await {
-                Received::Frame(0x8, payload) => break close_code(&payload),
-                Received::Frame(..) => continue,
-                other => panic!("client close {sent:?}: no close frame came back: {other:?}"),
-            }
-        };
-        assert_eq!(answer, expected, "the answer to a client close {sent:?}");
+        let answer = attacker.close_code().await;
+        assert_eq!(
+            answer,
+            Some(expected),
+            "the answer to a client close {sent:?}"
+        );
         assert_eq!(
             attacker.receive().await,
             Received::End,
@@ -163,6 +161,48 @@ async fn every_client_close_is_answered_with_a_close_frame_before_tcp_closes() {
         cases.len(),
         watched.growth() as f64 / f64::from(1 << 20)
     );
+    assert!(watched.growth() < RSS_BOUND, "{watched:?}");
+    assert!(watched.relays >= 2 && watched.live >= 2, "{watched:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_are_closed_with_the_matching_code() {
+    let (server, addr) = server(&[]);
+    let bystanders = Bystanders::start(&addr, server.pid()).await;
+    let mut too_many = frame(TEXT, false, b"");
+    for _ in 0..64 {
+        too_many.extend(frame(CONTINUATION, false, b""));
+    }
+    let mut reserved_bit = frame(TEXT, true, b"{}");
+    reserved_bit[0] |= 0x40;
+    let cases: [(&str, Vec<u8>, u16); 6] = [
+        ("a reserved opcode", frame(0x3, true, b""), 1002),
+        ("a reserved bit", reserved_bit, 1002),
+        ("an unmasked frame", unmasked(TEXT, b"{}"), 1002),
+        ("a fragmented ping", frame(PING, false, b""), 1002),
+        (
+            "text that is not UTF-8",
+            frame(TEXT, true, &[0xC3, 0x28]),
+            1007,
+        ),
+        ("a message in 65 fragments", too_many, 1009),
+    ];
+    for (what, bytes, code) in cases {
+        let mut attacker = Attacker::connect(&addr, "malformed").await;
+        attacker.send(&bytes).await;
+        assert_eq!(attacker.close_code().await, Some(Some(code)), "{what}");
+        assert_eq!(attacker.receive().await, Received::End, "{what}");
+    }
+    // The meter cannot tell where the frames of a client that did not wait for the 101
+    // begin: it is closed once the bytes sent early are handled.
+    let ping = frame(TEXT, true, br#"{"type":"ping"}"#);
+    let mut early = Attacker::connect_sending(&addr, "early", &ping).await;
+    assert_eq!(
+        early.close_code().await,
+        Some(Some(1002)),
+        "data before the 101"
+    );
+    let watched = bystanders.finish().await;
     assert!(watched.growth() < RSS_BOUND, "{watched:?}");
     assert!(watched.relays >= 2 && watched.live >= 2, "{watched:?}");
 }

@@ -8,7 +8,9 @@
 //! complete message still counts once against the connection's message rate, so a client
 //! makes the server parse at most `MAX_FRAGMENTS` frames per counted message.
 //!
-//! It keeps a few dozen bytes of state per connection and allocates nothing.
+//! It keeps a few dozen bytes of state per connection and allocates nothing. It knows
+//! HTTP/1.1 upgrades only: the server is built without axum's `http2` feature, and a
+//! WebSocket over HTTP/2 (RFC 8441) would pass it unmetered.
 
 /// Most frames one message may arrive in; the next one closes the connection (1009).
 pub const MAX_FRAGMENTS: u16 = 64;

@@ -100,6 +100,12 @@ pub struct Attacker {
 impl Attacker {
     /// Upgrades a raw socket to `/ws/signal` on `addr` with a fresh token for `user`.
     pub async fn connect(addr: &str, user: &str) -> Attacker {
+        Self::connect_sending(addr, user, &[]).await
+    }
+
+    /// Like [`Attacker::connect`], writing `early` right behind the upgrade request, before
+    /// the server's answer (RFC 6455 §4.1 forbids it).
+    pub async fn connect_sending(addr: &str, user: &str, early: &[u8]) -> Attacker {
         let token = issuer(Duration::from_secs(600))
             .issue(user, None, None)
             .token;
@@ -111,7 +117,9 @@ impl Attacker {
              Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
-        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut request = request.into_bytes();
+        request.extend_from_slice(early);
+        socket.write_all(&request).await.unwrap();
         let mut received = Vec::new();
         let head_end = tokio::time::timeout(patient(DEADLINE), async {
             let mut buf = [0u8; 1024];
@@ -172,6 +180,18 @@ impl Attacker {
         }
     }
 
+    /// The code of the server's close frame, skipping the frames before it; `None` when
+    /// the stream ended without one.
+    pub async fn close_code(&mut self) -> Option<Option<u16>> {
+        loop {
+            match self.receive().await {
+                Received::Frame(CLOSE, payload) => return Some(close_code(&payload)),
+                Received::Frame(..) => continue,
+                _ => return None,
+            }
+        }
+    }
+
     /// The next frame from the server, the end of the stream, or a failure; fails the test
     /// when nothing comes within the deadline.
     pub async fn receive(&mut self) -> Received {
@@ -213,6 +233,13 @@ fn parse(bytes: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     };
     let payload = bytes.get(start..start + length)?.to_vec();
     Some((first & 0x0F, payload, start + length))
+}
+
+/// The unmasked frame a client must never send (RFC 6455 §5.1).
+pub fn unmasked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode, payload.len() as u8];
+    out.extend_from_slice(payload);
+    out
 }
 
 /// The close code a close frame's payload carries, if any.
