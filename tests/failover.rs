@@ -40,6 +40,10 @@ fn seconds_from_env(name: &str, default: f64) -> Duration {
     Duration::from_secs_f64(seconds)
 }
 
+/// One scenario at a time: each runs three nodes, a Redis deployment and its traffic, and
+/// four at once on a small machine measure CPU starvation, not the fault.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Traffic kept up after the fault is over, so late and held messages show.
 fn after() -> Duration {
     seconds_from_env("FAULT_AFTER_SECONDS", 3.0)
@@ -161,6 +165,7 @@ fn no_refusals(report: &Report) -> Vec<String> {
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_killed_mid_call_loses_refuses_and_closes_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut cluster = RedisCluster::start_with_replicas(1).await;
     let seeds = RedisAccess::Cluster(cluster.seeds().join(","));
     let fleet = Fleet::start(&[seeds.clone(), seeds.clone(), seeds], &[]).await;
@@ -183,6 +188,7 @@ async fn a_cluster_master_killed_mid_call_loses_refuses_and_closes_nothing() {
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sentinel_master_killed_mid_call_loses_refuses_and_closes_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut group = SentinelGroup::start_set(3, 2).await;
     let access = RedisAccess::Sentinel {
         sentinels: group.sentinel_addrs(),
@@ -208,6 +214,7 @@ async fn a_sentinel_master_killed_mid_call_loses_refuses_and_closes_nothing() {
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisServer::start().await;
     let url = RedisAccess::Url(redis.url());
     let fleet = Fleet::start(&[url.clone(), url.clone(), url], &[]).await;
@@ -271,6 +278,7 @@ async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_redis_and_healed_keeps_its_clients_and_loses_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let cut_for = seconds_from_env("FAULT_CUT_SECONDS", 4.0);
     assert!(
         cut_for > HEARTBEAT * 2 && cut_for < RESUME_GRACE,
