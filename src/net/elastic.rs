@@ -11,8 +11,8 @@
 //! (`tokio::io::BufReader`, `BufWriter` and the like) keep their buffer for the stream's
 //! life.
 //!
-//! It also meters the client's WebSocket frames ([`super::frame_meter`]), since it is the one layer
-//! that sees each of them: tungstenite above it assembles fragments out of sight.
+//! It also meters the client's WebSocket frames ([`super::frame_meter`]), since it is the
+//! one layer that sees each of them: tungstenite above it assembles fragments out of sight.
 
 use std::io;
 use std::mem::MaybeUninit;
