@@ -323,10 +323,11 @@ impl Bystanders {
                 relays: 0,
                 live: 0,
             };
-            // One last round after the stop, so a server that stopped relaying fails here.
+            // One last round after the stop, so a server that stopped relaying fails here,
+            // and one before it however fast the attack ended.
             let mut last = false;
             while !last {
-                last = stopping.load(Ordering::Acquire);
+                last = watched.relays > 0 && stopping.load(Ordering::Acquire);
                 let sdp = format!("v=0 honest {}", watched.relays);
                 alice.offer(&bob.peer_id, &sdp).await;
                 let offer = bob.expect("offer").await;
