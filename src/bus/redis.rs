@@ -41,6 +41,10 @@ const BATCH: usize = 512;
 /// How long an append waits for a replica to confirm it, where there are replicas: an
 /// entry a master acknowledged and lost in a failover would otherwise look delivered.
 const REPLICA_WAIT_MS: u64 = 50;
+/// How long appends skip the replica wait after one found no replica to confirm: WAIT
+/// blocks the connection it runs on, so while a master has no replica (its own was
+/// promoted away in a failover) every call sharing that connection would stall for it.
+const REPLICA_RECHECK: Duration = Duration::from_secs(2);
 
 /// Appends entries if the inbox is open and of the expected generation, skipping those
 /// whose deadline Redis's clock has passed (a delayed append must not land after its
@@ -182,6 +186,39 @@ end
 return 1
 ";
 
+/// Whether an append waits (briefly) for a replica to confirm it: on replicated
+/// deployments, except for a while after a wait found none.
+struct ReplicaWait {
+    replicated: bool,
+    /// Until when appends skip the wait.
+    skip_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl ReplicaWait {
+    fn new(replicated: bool) -> Self {
+        Self {
+            replicated,
+            skip_until: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Whether the next append waits.
+    fn due(&self) -> bool {
+        self.replicated
+            && self
+                .skip_until
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|until| tokio::time::Instant::now() >= until)
+    }
+
+    /// Records whether a wait saw a replica confirm.
+    fn confirmed(&self, any: bool) {
+        let until = (!any).then(|| tokio::time::Instant::now() + REPLICA_RECHECK);
+        *self.skip_until.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+}
+
 /// [`Bus`] over Redis streams.
 pub struct RedisBus {
     redis: Redis,
@@ -198,8 +235,8 @@ struct Streams {
     redis: Redis,
     keys: Keys,
     origin: Arc<str>,
-    /// Wait for a replica to confirm appends (Sentinel and Cluster deployments).
-    replicated: bool,
+    /// Whether appends wait for a replica to confirm them.
+    replicas: ReplicaWait,
     /// How long a pin outlives its last renewal: past twice the hold, by when a sender
     /// has given up on asking.
     pin_ttl: u64,
@@ -223,7 +260,7 @@ impl RedisBus {
             redis: redis.clone(),
             keys: keys.clone(),
             origin: Arc::from(origin.as_str()),
-            replicated,
+            replicas: ReplicaWait::new(replicated),
             pin_ttl: (limits.hold * 3).as_millis() as u64,
             withdraw: Script::new(WITHDRAW),
             progress: Script::new(PROGRESS),
@@ -506,15 +543,21 @@ impl Transport for Streams {
         }
         let mut p = pipe();
         p.add_command(eval);
-        if self.replicated {
-            p.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS).ignore();
+        let waits = self.replicas.due();
+        if waits {
+            p.cmd("WAIT").arg(1).arg(REPLICA_WAIT_MS);
         }
-        let (reply,): (Value,) = self.redis.pipe_or_unsent(&p).await.map_err(
+        let replies: Vec<Value> = self.redis.pipe_or_unsent(&p).await.map_err(
             |(e, may_have_run)| match may_have_run {
                 true => AppendError::Store(e),
                 false => AppendError::Unsent(e),
             },
         )?;
+        let mut replies = replies.into_iter();
+        let reply = replies.next().unwrap_or(Value::Nil);
+        if waits && let Some(Value::Int(confirmed)) = replies.next() {
+            self.replicas.confirmed(confirmed > 0);
+        }
         let Value::Array(parts) = reply else {
             return Err(AppendError::NoInbox);
         };
@@ -636,5 +679,20 @@ mod tests {
         assert!(parse_marker("ab12|1700-3|closed").unwrap().closed);
         assert_eq!(parse_marker(""), None);
         assert_eq!(parse_marker("ab12|junk"), None);
+    }
+
+    /// A master left without a replica (its own was promoted away) is not waited for on
+    /// every append, only re-checked now and then; unreplicated deployments never wait.
+    #[tokio::test(start_paused = true)]
+    async fn appends_stop_waiting_for_a_missing_replica_until_the_recheck() {
+        let wait = ReplicaWait::new(true);
+        assert!(wait.due());
+        wait.confirmed(true);
+        assert!(wait.due(), "a replica answered: keep waiting for it");
+        wait.confirmed(false);
+        assert!(!wait.due(), "no replica answered: appends skip the wait");
+        tokio::time::advance(REPLICA_RECHECK).await;
+        assert!(wait.due(), "the recheck waits once more");
+        assert!(!ReplicaWait::new(false).due());
     }
 }

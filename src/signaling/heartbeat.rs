@@ -2,12 +2,15 @@
 //! and cleaning up after nodes that died.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::Hub;
 use super::hub::Rewrite;
+use crate::store::StoreError;
 
 /// Refreshes this node's heartbeat (TTL two intervals) and reaps dead nodes, twice per
 /// interval, so a dead node is cleaned up within about two and a half intervals.
@@ -20,19 +23,72 @@ use super::hub::Rewrite;
 /// others declared this node lost while it was cut off), the node writes everything it
 /// owns back and carries on: no client is closed. Only if that fails does every client
 /// rejoin.
+///
+/// The heartbeat itself runs beside that work, never behind it: writing a node's state
+/// back after a failover can take longer than the heartbeat's TTL, and a node whose
+/// heartbeat lapsed meanwhile would be declared dead by the others while it is healing.
 pub async fn run(hub: Arc<Hub>, every: Duration, grace: Duration) {
+    let pulse = Pulse::default();
+    tokio::join!(
+        beat(&hub, every, &pulse),
+        maintain(&hub, every, grace, &pulse)
+    );
+}
+
+/// What the heartbeat saw, for the maintenance work that follows it.
+#[derive(Default)]
+struct Pulse {
+    /// The last heartbeat's failure, or `None` when it succeeded.
+    failing: std::sync::Mutex<Option<StoreError>>,
+    /// A heartbeat failed since the maintenance work last looked.
+    interrupted: AtomicBool,
+    /// A heartbeat found this node's registration missing (and wrote it again) since the
+    /// maintenance work last looked.
+    lost: AtomicBool,
+    /// Rung after every heartbeat.
+    beaten: Notify,
+}
+
+/// Renews this node's heartbeat twice per interval, whatever else the node is doing.
+async fn beat(hub: &Hub, every: Duration, pulse: &Pulse) {
     let mut tick = tokio::time::interval(every / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let result = hub.store().heartbeat(hub.node(), every * 2).await;
+        match &result {
+            Ok(false) => pulse.lost.store(true, Ordering::Relaxed),
+            Err(_) => pulse.interrupted.store(true, Ordering::Relaxed),
+            Ok(true) => {}
+        }
+        *pulse.failing.lock().unwrap_or_else(|p| p.into_inner()) = result.err();
+        pulse.beaten.notify_one();
+    }
+}
+
+/// After each heartbeat: writes this node's state back when Redis lost it or missed
+/// writes, reconciles rooms after a data loss, and reaps dead nodes.
+async fn maintain(hub: &Hub, every: Duration, grace: Duration, pulse: &Pulse) {
     let mut healthy = true;
     let mut judge_after = Instant::now() + grace;
     let mut reconcile_at = None;
     loop {
-        tick.tick().await;
-        let mut result = hub
-            .store()
-            .heartbeat(hub.node(), every * 2)
-            .await
-            .map(|registered| (registered, !healthy));
+        pulse.beaten.notified().await;
+        let failing = pulse
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // The flags are taken only once Redis answers, so a lost registration seen just
+        // before another failure still gets its rewrite.
+        let mut result = match failing {
+            Some(e) => Err(e),
+            None => {
+                let lost = pulse.lost.swap(false, Ordering::Relaxed);
+                let interrupted = pulse.interrupted.swap(false, Ordering::Relaxed);
+                Ok((!lost, !healthy || interrupted))
+            }
+        };
         if let Ok((registered, returning)) = result {
             if !registered {
                 tracing::warn!("this node's registration was lost; writing its state back");

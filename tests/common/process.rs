@@ -149,8 +149,17 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// Kills the process; with `TEST_LOG_DIR` set, keeps its logs there as `<pid>.log`
+    /// (what a failed scenario needs to be explained).
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = std::env::var_os("TEST_LOG_DIR") {
+            while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                self.seen.push(line);
+            }
+            let path = std::path::Path::new(&dir).join(format!("{}.log", self.child.id()));
+            let _ = std::fs::write(path, self.seen.join("\n"));
+        }
     }
 }

@@ -138,6 +138,7 @@ impl Hub {
         }
         tracing::info!(
             sessions = sessions.len(),
+            duration_ms = now.elapsed().as_millis() as u64,
             "re-registered this node's sessions and rooms"
         );
         Ok(())

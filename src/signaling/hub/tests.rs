@@ -275,3 +275,29 @@ async fn room_news_waits_for_a_busy_gate_and_relays_queue_behind_it() {
     hub.on_bus(offer("straight")).await;
     assert_eq!(next(&bob).as_deref(), Some("straight"));
 }
+
+/// Writing a node's state back can take longer than its heartbeat's TTL (Redis slow
+/// after a failover): the heartbeat goes on meanwhile, so no other node declares this one
+/// dead while it heals.
+#[tokio::test(start_paused = true)]
+async fn a_slow_rewrite_does_not_let_the_heartbeat_lapse() {
+    let (hub, _bob) = bob_on_n1_with_alice_on_n0(Arc::new(MemoryBus::new())).await;
+    let hub = Arc::new(hub);
+    let store = hub.store().clone();
+    // The heartbeat's follow-up work (the rewrite after n1's first heartbeat, the reaping
+    // of dead nodes) waits for this hold on recovery as it would for a slow store.
+    let hold = hub.recovery.read().await;
+    let every = Duration::from_millis(500);
+    let heartbeat = tokio::spawn(crate::signaling::heartbeat::run(hub.clone(), every, every));
+    tokio::time::sleep(every * 10).await;
+    assert!(
+        !store
+            .dead_nodes("n0")
+            .await
+            .unwrap()
+            .contains(&"n1".to_string()),
+        "n1's heartbeat lapsed behind its rewrite"
+    );
+    drop(hold);
+    heartbeat.abort();
+}
