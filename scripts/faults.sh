@@ -27,7 +27,7 @@ out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 for filter in "${filters[@]}"; do
   # One at a time: each scenario runs its own Redis and nodes on the same cores.
-  cargo test "${profile[@]}" --locked --test failover -- --include-ignored --nocapture \
+  cargo test "${profile[@]}" --locked --test failover -- --nocapture \
     --test-threads=1 "$filter" >"$out" 2>&1 || status=1
   # The report line, the unready spans, and what broke the promise (or why setup failed).
   grep -E "^[a-z ]+: [0-9]+ pairs|^  node-|^  - |^test .* \.\.\. |^thread '|^gave up|^error" \

@@ -213,7 +213,6 @@ async fn a_sentinel_master_killed_mid_call_loses_refuses_and_closes_nothing() {
 
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about one run in four loses one offer silently (left unread in an inbox); run with --ignored while that is fixed"]
 async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let mut redis = RedisServer::start().await;
@@ -253,8 +252,9 @@ async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
         ));
     }
     let report = run_out(traffic, "redis restarted empty", back).await;
-    // Relayed data leaves Redis once delivered: every inbox is trimmed as it is read.
-    let emptied = holds_within(HEARTBEAT * 2, async || {
+    // Relayed data leaves Redis once delivered: every inbox is trimmed by the commit after
+    // the one that read it, which an idle reader makes once per blocking read (1 s).
+    let emptied = holds_within(HEARTBEAT * 2 + Duration::from_secs(1), async || {
         retained(&redis_url, &prefix)
             .await
             .is_some_and(|(entries, _)| entries == 0)
@@ -278,7 +278,6 @@ async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
 
 // Several threads: a few hundred clients, the readiness probes and a proxy share the runtime.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about one run in four loses one offer silently (left unread in an inbox); run with --ignored while that is fixed"]
 async fn a_node_cut_off_from_redis_and_healed_keeps_its_clients_and_loses_nothing() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let cut_for = seconds_from_env("FAULT_CUT_SECONDS", 4.0);

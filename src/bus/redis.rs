@@ -359,8 +359,13 @@ impl Reader {
     /// Commits a batch (`ids`, in order; none to keep the marker and inbox alive): moves
     /// the marker past it and trims it. Returns which entries were still there, or `None`
     /// when the marker was gone or closed and a new generation was opened, read from the
-    /// start: the batch is then dropped and read again if it is still there.
-    async fn commit(&mut self, ids: &[String]) -> Result<Option<Vec<bool>>, StoreError> {
+    /// start: the batch is then dropped and read again if it is still there. `in_doubt`
+    /// says an earlier attempt at this commit may have run (its answer was lost).
+    async fn commit(
+        &mut self,
+        ids: &[String],
+        in_doubt: bool,
+    ) -> Result<Option<Vec<bool>>, StoreError> {
         // Trim what earlier commits covered, not this batch: should this commit's answer
         // be lost and the commit repeated, the batch is still there to be checked again
         // (and senders never withdraw entries at or below the marker).
@@ -392,10 +397,50 @@ impl Reader {
         // Redis lost the marker, or other nodes declared this one lost: read the inbox
         // from its start (repeats are dropped) under a new generation, so senders append
         // again whatever this node did not read.
+        let ran = if in_doubt {
+            self.committed_before(ids).await?
+        } else {
+            None
+        };
         tracing::warn!("this node's inbox marker was lost or closed; opening a new generation");
         self.last = "0-0".into();
         self.open().await?;
-        Ok(None)
+        Ok(ran)
+    }
+
+    /// After a commit whose answer was lost found the marker gone or closed: whether that
+    /// commit ran, and then which entries of its batch to deliver. Senders that saw the
+    /// marker past the batch count it read and never send it again, so dropping it would
+    /// lose it silently.
+    async fn committed_before(&self, ids: &[String]) -> Result<Option<Vec<bool>>, StoreError> {
+        let Some(last) = ids.last() else {
+            return Ok(None);
+        };
+        let marker: Option<String> = self.redis.query(cmd("GET").arg(&self.marker)).await?;
+        let Some(marker) = marker else {
+            // Redis lost its data, maybe after the commit ran: deliver the whole batch.
+            // What senders had not seen read they append again, and repeats are dropped.
+            return Ok(Some(vec![true; ids.len()]));
+        };
+        let ran = parse_marker(&marker).is_some_and(|m| {
+            *m.generation == *self.generation && parse_id(last).is_some_and(|l| m.read >= l)
+        });
+        if !ran {
+            return Ok(None);
+        }
+        // Closed after the commit ran: what a sender withdrew before it is gone from the
+        // stream (a commit trims only earlier batches), so presence is checked again.
+        let mut p = pipe();
+        for id in ids {
+            p.cmd("XRANGE")
+                .arg(&self.inbox)
+                .arg(id)
+                .arg(id)
+                .arg("COUNT")
+                .arg(1);
+        }
+        let found: Vec<Vec<Value>> = self.redis.pipe(&p).await?;
+        Ok(Some(found.iter().map(|f| !f.is_empty()).collect()))
     }
 
     /// Commits `ids` until Redis answers; `None` when the batch must be dropped (a new
@@ -407,7 +452,7 @@ impl Reader {
     ) -> Option<Vec<bool>> {
         let mut failures = 0u32;
         loop {
-            match self.commit(ids).await {
+            match self.commit(ids, failures > 0).await {
                 Ok(present) => return present,
                 Err(e) => {
                     failures += 1;

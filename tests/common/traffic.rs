@@ -346,11 +346,14 @@ async fn converse(c: Conversation) {
             _ = tokio::time::sleep_until(due), if sending => {
                 let offer = json!({"type": "offer", "peerId": partner_id,
                     "sdp": sdp(seq, sdp_bytes), "id": seq});
+                // Counted before the send: `finish` may stop sending while this one is on
+                // its way, and must then wait for its answer too.
+                log.lock().unwrap().sent = seq + 1;
                 if ws.send(Message::text(offer.to_string())).await.is_err() {
+                    log.lock().unwrap().sent = seq;
                     broken = true;
                     continue;
                 }
-                log.lock().unwrap().sent = seq + 1;
                 seq += 1;
             }
             message = ws.next() => {
