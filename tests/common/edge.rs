@@ -234,8 +234,11 @@ fn spawn_nginx(dir: &Scratch, port: u16, vars: &[(&str, String)]) -> Child {
     );
     std::fs::write(dir.join("switchboard.conf"), conf).unwrap();
     let d = dir.path().display();
+    // One process, no workers: killing it (Drop, or a panicking test) leaves nothing
+    // behind. A master killed with SIGKILL would orphan its workers and their sockets.
     let main = format!(
-        "pid {d}/nginx.pid;\n\
+        "master_process off;\n\
+         pid {d}/nginx.pid;\n\
          error_log {d}/error.log info;\n\
          events {{ worker_connections 256; }}\n\
          http {{\n\
