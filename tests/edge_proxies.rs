@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use common::edge::{Edge, EdgeClient, Layout, Proxy, TestCa};
 use common::process::Running;
 use common::tools::available;
-use common::{Client, SECRET};
+use common::{Client, DEADLINE, SECRET, eventually};
 use serde_json::json;
 
 /// Token requests plus upgrades each client address may make per minute on the node: low,
@@ -115,13 +115,23 @@ async fn edge_carries_calls_and_client_addresses(proxy: Proxy) {
 
     node_limits_the_forwarded_client(&ca, &edge).await;
 
-    // Tokens travelled in ?token=: the edge's access log must not keep them.
-    let log = edge.log();
-    assert!(!log.contains("eyJ"), "a token in {proxy:?}'s log:\n{log}");
+    // Tokens travelled in ?token=: the edge's access log must not keep them. An upgraded
+    // request is logged when its connection ends, so close them and wait for those lines.
     for (a, b) in held {
         a.close().await;
         b.close().await;
     }
+    let log = eventually(
+        format!("{proxy:?} to log the closed WebSocket requests"),
+        DEADLINE,
+        async || {
+            let log = edge.log();
+            let upgrades = log.matches("/signal/ws/signal").count();
+            (upgrades >= 2).then_some(log)
+        },
+    )
+    .await;
+    assert!(!log.contains("eyJ"), "a token in {proxy:?}'s log:\n{log}");
 }
 
 #[tokio::test]
