@@ -33,6 +33,31 @@ require chromium chromium
 require chromedriver chromium-driver
 require turnserver coturn
 
+# The deploy/ files, each checked by the tool that runs it (tests/edge_proxies.rs and
+# tests/deploy_*.rs): TLS edges, Prometheus rules, systemd's verifier, the test certificates.
+require nginx nginx
+require caddy caddy
+require promtool prometheus
+require systemd-analyze systemd
+require openssl openssl
+require python3 python3
+# Kubernetes schema validation is a PyPI package, not a Debian one.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  for pip in pip3 pip; do
+    command -v "$pip" >/dev/null 2>&1 || continue
+    echo "test.sh: installing kubernetes-validate with $pip"
+    "$pip" install -q kubernetes-validate >/dev/null 2>&1 \
+      || "$pip" install -q --break-system-packages kubernetes-validate >/dev/null 2>&1 || true
+    break
+  done
+  if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+    require pip3 python3-pip
+    pip3 install -q --break-system-packages kubernetes-validate >/dev/null 2>&1 || true
+  fi
+  command -v kubernetes-validate >/dev/null 2>&1 \
+    || missing+=("kubernetes-validate (PyPI package kubernetes-validate)")
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: cannot run the tests, missing: ${missing[*]}" >&2
   exit 1

@@ -133,7 +133,12 @@ async fn memory_above_the_threshold_sheds_new_upgrades() {
         "{body}"
     );
     let metrics = server.metrics().await;
-    assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="memory"}"#));
+    // The series exists at zero from the start: the refusal must have counted.
+    let refused = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"switchboard_refused_upgrades_total{reason="memory"} "#))
+        .map(|v| v.trim().parse::<u64>().unwrap());
+    assert!(refused >= Some(1), "memory refusals: {refused:?}");
 }
 
 #[tokio::test]

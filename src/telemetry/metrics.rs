@@ -49,6 +49,32 @@ pub const DEADLINE_REASONS: [&str; 7] = [
     "out_of_files",
 ];
 
+/// Reasons of `switchboard_refused_upgrades_total` (docs/OPERATIONS.md lists each).
+pub const REFUSAL_REASONS: [&str; 11] = [
+    "max_connections",
+    "cpu",
+    "memory",
+    "ip_rate",
+    "ip_connections",
+    "origin",
+    "token",
+    "revoked",
+    "draining",
+    "not_websocket",
+    "bad_handshake",
+];
+
+/// Close codes of `switchboard_closes_total` that docs/OPERATIONS.md explains.
+pub const CLOSE_CODES: [u16; 11] = [
+    1000, 1001, 1002, 1006, 1007, 1008, 1009, 1012, 4001, 4003, 4004,
+];
+
+/// Outcomes of `switchboard_resumes_total`.
+pub const RESUME_OUTCOMES: [&str; 2] = ["succeeded", "expired"];
+
+/// Reasons of `switchboard_bus_undelivered_total`.
+pub const UNDELIVERED_REASONS: [&str; 3] = ["expired", "node_lost", "full"];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MessageLabels {
     r#type: &'static str,
@@ -202,6 +228,12 @@ impl Metrics {
             "Refused WebSocket upgrades by reason",
             refused.clone(),
         );
+        // Like the deadline reasons, every series the alerts watch (deploy/prometheus) exists
+        // at zero from the start: a series born at 1 has no earlier sample, so `rate` misses
+        // its first increase.
+        for reason in REFUSAL_REASONS {
+            let _ = refused.get_or_create(&ReasonLabels { reason });
+        }
         let rate_limited = Counter::default();
         registry.register(
             "rate_limited_messages",
@@ -210,8 +242,14 @@ impl Metrics {
         );
         let closes = Family::<CodeLabels, Counter>::default();
         registry.register("closes", "WebSocket closes by close code", closes.clone());
+        for code in CLOSE_CODES {
+            let _ = closes.get_or_create(&CodeLabels { code });
+        }
         let resumes = Family::<OutcomeLabels, Counter>::default();
         registry.register("resumes", "Session resumes by outcome", resumes.clone());
+        for outcome in RESUME_OUTCOMES {
+            let _ = resumes.get_or_create(&OutcomeLabels { outcome });
+        }
         let redis_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
             "redis_latency_seconds",
@@ -260,6 +298,9 @@ impl Metrics {
             "Messages for other nodes given up on (their senders were told), by reason",
             undelivered.clone(),
         );
+        for reason in UNDELIVERED_REASONS {
+            let _ = undelivered.get_or_create(&ReasonLabels { reason });
+        }
         Arc::new(Self {
             registry,
             connections,
@@ -386,5 +427,18 @@ mod tests {
         );
         assert!(text.contains(r#"switchboard_refused_upgrades_total{reason="max_connections"} 1"#));
         assert!(text.contains(r#"switchboard_closes_total{code="4003"} 1"#));
+    }
+
+    #[test]
+    fn alerted_series_exist_at_zero_before_anything_happens() {
+        let text = Metrics::new().encode();
+        for line in [
+            r#"switchboard_refused_upgrades_total{reason="cpu"} 0"#,
+            r#"switchboard_closes_total{code="4003"} 0"#,
+            r#"switchboard_resumes_total{outcome="succeeded"} 0"#,
+            r#"switchboard_bus_undelivered_total{reason="node_lost"} 0"#,
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
     }
 }

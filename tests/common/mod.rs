@@ -5,6 +5,7 @@
 //! CI machine); background conditions are awaited with [`eventually`], never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod edge;
 pub mod eventually;
 pub mod fleet;
 pub mod hostile;
@@ -13,6 +14,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod sockets;
+pub mod tools;
 pub mod traffic;
 
 pub use eventually::{eventually, eventually_blocking, patient};
