@@ -13,7 +13,8 @@ use tokio::net::TcpListener;
 use crate::auth::Issuance;
 use crate::auth::{AuthState, Revocation, TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
-use crate::config::{Config, Role};
+use crate::config::{Config, Environment, Role};
+use crate::cors::CrossOrigin;
 use crate::error::StoreError;
 use crate::health::HealthState;
 use crate::net::{Deadlines, Pending};
@@ -292,17 +293,23 @@ impl FromRef<Services> for Arc<AppState> {
 /// own (METRICS_ADDR), and the access log around them.
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics_here = state.config.node.metrics.is_none();
+    let cors = CrossOrigin::from_allowed(
+        state.config.auth.allowed_origins.as_deref(),
+        state.config.environment == Environment::Production,
+    )
+    .layer();
     let mut router = Router::new().merge(crate::health::router());
     if matches!(state.role, Role::Serve | Role::Auth) {
         router = router.merge(crate::auth::routes::router(
             state.config.timing.body_timeout,
             state.metrics.clone(),
+            cors.clone(),
         ));
     }
     if matches!(state.role, Role::Serve | Role::Signal) {
         router = router
             .merge(crate::signaling::router())
-            .merge(crate::web::router());
+            .merge(crate::web::router(cors));
     }
     let services = Services {
         auth: state.auth.clone(),
