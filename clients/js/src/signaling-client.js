@@ -190,14 +190,24 @@ export class SignalingClient extends EventTarget {
         resolve();
       };
       ws.onmessage = (e) => this.#receive(e.data);
-      ws.onclose = (e) => {
+      let refused = false;
+      // A failed upgrade ends in `error` then `close` in browsers, but only in `error` in
+      // Node 20's WebSocket: handle whichever comes first, once.
+      const refuse = () => {
+        if (opened || refused) return;
+        refused = true;
         if (this.#ws === ws) this.#ws = null;
-        if (opened) return this.#closed(e.code, e.reason);
         this.#whyRefused().then((error) => {
           if (this.#attempt === 0) return reject(error);
           if (error.code === 'token_refused') return this.#closed(4001, error.message);
           this.#closed(1006, error.message);
         });
+      };
+      ws.onerror = refuse;
+      ws.onclose = (e) => {
+        if (!opened) return refuse();
+        if (this.#ws === ws) this.#ws = null;
+        this.#closed(e.code, e.reason);
       };
     });
   }
