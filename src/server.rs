@@ -19,7 +19,7 @@ use crate::error::StoreError;
 use crate::health::HealthState;
 use crate::net::{Deadlines, Pending};
 use crate::redis::{Keys, Redis, RedisNodes};
-use crate::resilience::{BreakerState, ConnectionSlots, IpLimiter, LoadGuard};
+use crate::resilience::{BreakerState, ConnectionSlots, IpLimiter, LoadGuard, TrustedNet};
 use crate::signaling::connection::ConnectionLimits;
 use crate::signaling::protocol::close;
 use crate::signaling::{Hub, SignalingState, heartbeat};
@@ -154,10 +154,17 @@ impl AppState {
                 grace,
             )));
         }
-        let ip_limiter = IpLimiter::new(
+        let (rate, cap) = (
             config.limits.rate_per_ip_per_minute,
             config.limits.max_connections_per_ip,
         );
+        // In development `cargo run` and the benchmark from the README share a machine: the
+        // per-IP rate would refuse the bench's tokens and upgrades (all from 127.0.0.1).
+        let ip_limiter = if config.environment == Environment::Production {
+            IpLimiter::new(rate, cap)
+        } else {
+            IpLimiter::sparing_loopback(rate, cap)
+        };
         let connection_limits = Arc::new(ConnectionLimits {
             ping_interval: config.timing.ping_interval,
             idle_timeout: config.timing.idle_timeout,
@@ -379,10 +386,19 @@ pub async fn serve(
         draining.hub.close_all(close::RESTART, "server restarting");
     };
     let config = &state.config;
+    let mut pending_exempt = config.limits.trusted_proxies.clone();
+    // In development the README's benchmark opens hundreds of connections at once from
+    // this machine; the per-address cap on pending ones would cut its token requests.
+    if config.environment != Environment::Production {
+        pending_exempt.extend(
+            ["127.0.0.0/8", "::1"]
+                .map(|net| net.parse::<TrustedNet>().expect("a loopback network")),
+        );
+    }
     let pending = Pending::new(
         config.limits.max_pending,
         config.limits.max_pending_per_ip,
-        config.limits.trusted_proxies.clone().into(),
+        pending_exempt.into(),
         state.metrics.clone(),
     );
     let deadlines = Deadlines {

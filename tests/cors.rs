@@ -180,6 +180,7 @@ async fn production_admits_only_the_listed_origins() {
         ("TOKEN_ISSUANCE", "open"),
         ("ALLOW_OPEN_ISSUANCE", "true"),
         ("ALLOWED_ORIGINS", APP),
+        ("METRICS_ADDR", "127.0.0.1:0"),
     ]);
     let response = preflight(&address, "/auth/token", APP, "content-type").await;
     assert_eq!(allow_origin(response.headers()), Some(APP));
