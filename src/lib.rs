@@ -11,6 +11,7 @@
 //! main                       the binary: flags, logging, runtime
 //! server  config             the node: each service's state from the resolved settings
 //! health  web  auth::routes  signaling::upgrade      HTTP edges, each on its own state
+//! cors                                               which other origins' pages they admit
 //! auth    signaling::{hub, commands, link, connection, outbox, protocol}
 //! store   bus   redis        shared state, cross-node delivery, the Redis client
 //! error  clock  identifier  room  resilience  telemetry  net  fd_limit
@@ -38,6 +39,7 @@
 //!   concerns around one routing table) that routes.
 //! - [`health`]: liveness, readiness and dependency health routes.
 //! - [`web`]: the embedded browser client.
+//! - [`cors`]: which other origins' pages may fetch tokens and import the client module.
 //! - [`config`]: settings by owner, flags and environment, production checks.
 //! - [`server`]: the node's state, a role's routes, and the HTTP server.
 //!
@@ -48,6 +50,7 @@ pub mod auth;
 pub mod bus;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod fd_limit;
 pub mod health;

@@ -4,6 +4,7 @@ use axum::Router;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use tower_http::cors::CorsLayer;
 
 const JS: &str = "text/javascript; charset=utf-8";
 
@@ -16,11 +17,6 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/index.html"),
     ),
     ("/app.js", JS, include_bytes!("../web/app.js")),
-    (
-        "/signaling-client.js",
-        JS,
-        include_bytes!("../web/signaling-client.js"),
-    ),
     (
         "/manifest.webmanifest",
         "application/manifest+json",
@@ -43,13 +39,27 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
     ),
 ];
 
-/// Routes serving the web client at `/`; they need no state, so fit any router.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// The signaling client module: pages of other origins may `import` it (with CORS), so it
+/// is served apart from the app's own files.
+const CLIENT_MODULE: (&str, &[u8]) = (
+    "/signaling-client.js",
+    include_bytes!("../clients/js/src/signaling-client.js"),
+);
+
+/// Routes serving the web client at `/`; they need no state, so fit any router. `cors`
+/// admits pages of other origins to the signaling client module (and to nothing else:
+/// the app itself is for its own origin).
+pub fn router<S: Clone + Send + Sync + 'static>(cors: CorsLayer) -> Router<S> {
+    let (path, body) = CLIENT_MODULE;
     ASSETS
         .iter()
         .fold(Router::new(), |router, &(path, content_type, body)| {
             router.route(path, get(move || async move { asset(content_type, body) }))
         })
+        .route(
+            path,
+            get(move || async move { asset(JS, body) }).layer(cors),
+        )
 }
 
 fn asset(content_type: &'static str, body: &'static [u8]) -> impl IntoResponse {

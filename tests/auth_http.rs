@@ -530,3 +530,78 @@ async fn chunked_body_above_the_limit_gets_413() {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert_eq!(body["error"], "payload_too_large");
 }
+
+/// `count` token requests from this machine, optionally claiming to forward `client`;
+/// returns how many got 200 and the first refusal's status.
+async fn issue_many(base: &str, count: usize, client: Option<&str>) -> (usize, Option<u16>) {
+    let http = reqwest::Client::new();
+    let (mut issued, mut refused) = (0, None);
+    for _ in 0..count {
+        let mut request = http
+            .post(format!("{base}/auth/token"))
+            .json(&json!({"userId": "bench"}));
+        if let Some(client) = client {
+            request = request.header("x-forwarded-for", client);
+        }
+        match request.send().await.unwrap().status().as_u16() {
+            200 => issued += 1,
+            status => refused = refused.or(Some(status)),
+        }
+    }
+    (issued, refused)
+}
+
+#[tokio::test]
+async fn development_spares_loopback_clients_the_per_ip_issuance_rate() {
+    let mut s = settings();
+    s.limits.rate_per_ip_per_minute = 5;
+    // 127.0.0.1 forwards for others here, so a forwarded client is a remote one.
+    s.limits.trusted_proxies = Some("127.0.0.1".into());
+    let server = start(s).await;
+    let base = server.http("");
+    // The README's benchmark asks for hundreds of tokens from the machine the node runs on.
+    assert_eq!(issue_many(&base, 60, None).await, (60, None));
+    // Upgrades from loopback are spared too (the bench connects after each token).
+    for user in ["a", "b", "c", "d", "e", "f", "g"] {
+        server.connect(user).await;
+    }
+    // A client elsewhere is held to the rate, in development as well.
+    assert_eq!(
+        issue_many(&base, 6, Some("192.0.2.7")).await,
+        (5, Some(429))
+    );
+}
+
+#[tokio::test]
+async fn development_lets_loopback_hold_more_pending_connections_than_the_per_ip_cap() {
+    // No TRUSTED_PROXIES: that list is exempt from the cap in every mode.
+    let server = start(settings()).await;
+    // The bench opens more connections at once than MAX_PENDING_PER_IP (64): none of
+    // them is cut as the oldest pending one, each gets its token.
+    let mut sockets = Vec::new();
+    for _ in 0..80 {
+        sockets.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let body = r#"{"userId":"bench"}"#;
+    let request = format!(
+        "POST /auth/token HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    for mut socket in sockets {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        socket.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
+
+#[tokio::test]
+async fn production_holds_loopback_clients_to_the_per_ip_issuance_rate() {
+    let mut s = common::production_settings();
+    s.limits.rate_per_ip_per_minute = 5;
+    let server = start(s).await;
+    assert_eq!(issue_many(&server.http(""), 6, None).await, (5, Some(429)));
+}

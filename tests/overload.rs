@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{DEADLINE, eventually, settings, start};
+use common::{DEADLINE, eventually, production_settings, settings, start};
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
 
@@ -60,7 +60,8 @@ async fn upgrades_past_max_connections_get_503_while_existing_calls_go_on() {
 
 #[tokio::test]
 async fn the_per_ip_rate_applies_to_upgrades_and_token_requests() {
-    let mut s = settings();
+    // Production: development spares loopback clients the rate (tests/auth_http.rs).
+    let mut s = production_settings();
     s.limits.rate_per_ip_per_minute = 5;
     let server = start(s).await;
     let token = server.token("a", None);

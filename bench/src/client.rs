@@ -35,6 +35,8 @@ pub enum TokenSource {
         client: HttpClient<HttpConnector, Full<Bytes>>,
         /// The token endpoint.
         url: hyper::Uri,
+        /// Sent as `Authorization: Bearer` when the server issues only with a key.
+        api_key: Option<String>,
     },
 }
 
@@ -43,10 +45,18 @@ impl TokenSource {
     pub async fn token(&self, user: &str) -> Result<String, BenchError> {
         match self {
             TokenSource::Mint(issuer) => Ok(issuer.issue(user, None, None).token),
-            TokenSource::Http { client, url } => {
+            TokenSource::Http {
+                client,
+                url,
+                api_key,
+            } => {
                 let body = serde_json::json!({ "userId": user }).to_string();
-                let request = hyper::Request::post(url.clone())
-                    .header("content-type", "application/json")
+                let mut request =
+                    hyper::Request::post(url.clone()).header("content-type", "application/json");
+                if let Some(key) = api_key {
+                    request = request.header("authorization", format!("Bearer {key}"));
+                }
+                let request = request
                     .body(Full::new(Bytes::from(body)))
                     .expect("a valid request");
                 let response = tokio::time::timeout(STEP_TIMEOUT, client.request(request))
@@ -64,13 +74,31 @@ impl TokenSource {
                 match value["token"].as_str() {
                     Some(token) if status.is_success() => Ok(token.to_string()),
                     _ => Err(BenchError::new(format!(
-                        "the token endpoint answered {status}: {}; for open issuance run the \
-                         server with ALLOW_OPEN_ISSUANCE, or pass --secret to mint tokens",
-                        value["message"].as_str().unwrap_or("no message")
+                        "the token endpoint answered {status}: {}; {}",
+                        value["message"].as_str().unwrap_or("no message"),
+                        token_hint(status)
                     ))),
                 }
             }
         }
+    }
+}
+
+/// What to change when the token endpoint refuses, by its status.
+fn token_hint(status: hyper::StatusCode) -> &'static str {
+    match status.as_u16() {
+        429 => {
+            "the server limits token requests per client address: run it with \
+             RATE_PER_IP_PER_MINUTE=0 (a development node spares 127.0.0.1 and ::1 already, \
+             so run the bench on the node's machine), or pass --secret with the server's \
+             AUTH_SECRET to mint tokens here"
+        }
+        401 | 403 => {
+            "the server issues tokens only with an API key (TOKEN_ISSUANCE=api-key): pass \
+             --api-key with one of its AUTH_API_KEYS, or --secret with its AUTH_SECRET to \
+             mint tokens here"
+        }
+        _ => "pass --secret with the server's AUTH_SECRET to mint tokens here instead",
     }
 }
 
@@ -126,7 +154,11 @@ impl Target {
                 let client = HttpClient::builder(TokioExecutor::new())
                     .pool_max_idle_per_host(1024)
                     .build(connector);
-                TokenSource::Http { client, url }
+                TokenSource::Http {
+                    client,
+                    url,
+                    api_key: args.api_key.clone(),
+                }
             }
         };
         Ok(Target {

@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Token endpoint (default: `/auth/token` on the first URL's host).
     #[arg(long, global = true)]
     pub auth_url: Option<String>,
+    /// API key for the token endpoint, when the server issues only with one
+    /// (TOKEN_ISSUANCE=api-key, the production default).
+    #[arg(long, hide_env_values = true, env = "BENCH_API_KEY", global = true)]
+    pub api_key: Option<String>,
     /// Mint tokens locally with this signing secret instead of calling the token endpoint.
     #[arg(long, hide_env_values = true, env = "BENCH_SECRET", global = true)]
     pub secret: Option<String>,

@@ -1,4 +1,5 @@
-//! HTTP routes of the Auth service: `POST /auth/token` and `GET /auth/validate`.
+//! HTTP routes of the Auth service: `POST /auth/token`, `GET /auth/validate` and
+//! `POST /auth/revoke`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,9 +16,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::LengthLimitError;
 use serde::{Deserialize, Serialize};
+use tower_http::cors::CorsLayer;
 
 use super::{IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token};
-use crate::error::{ApiError, sentence};
+use crate::error::{ApiError, method_not_allowed, sentence};
 use crate::identifier;
 use crate::resilience::{IpLimiter, TrustedNet, request_ip};
 use crate::store::Store;
@@ -52,15 +54,43 @@ pub struct AuthState {
 
 /// The Auth service's routes, on any router state that can lend an [`AuthState`]; a
 /// request body must arrive within `body_timeout` (BODY_TIMEOUT), else 408 counted in
-/// `metrics`.
-pub fn router<S>(body_timeout: Duration, metrics: Arc<Metrics>) -> Router<S>
+/// `metrics`. `cors` admits pages of other origins to the routes a browser calls
+/// (`/auth/token`, `/auth/validate`); revocation is for backends and gets no CORS.
+pub fn router<S>(body_timeout: Duration, metrics: Arc<Metrics>, cors: CorsLayer) -> Router<S>
 where
     Arc<AuthState>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
-    Router::new()
-        .route("/auth/token", post(issue))
-        .route("/auth/revoke", post(revoke))
+    // The routes' own 405 sits inside the CORS layer: the server-wide one that
+    // `method_not_allowed_fallback` installs would replace it outside every layer, and a
+    // preflight (`OPTIONS`) would get 405 instead of reaching the CORS layer.
+    let browser = with_body_limits(
+        Router::new().route("/auth/token", post(issue).fallback(method_not_allowed)),
+        body_timeout,
+        metrics.clone(),
+    )
+    .route("/auth/validate", get(validate).fallback(method_not_allowed))
+    // Outermost, so every refusal (413, 408, 429) carries the headers a page needs to
+    // read it.
+    .layer(cors);
+    let backend = with_body_limits(
+        Router::new().route("/auth/revoke", post(revoke)),
+        body_timeout,
+        metrics,
+    );
+    browser.merge(backend)
+}
+
+/// The size and time limits of the routes that read a body.
+fn with_body_limits<S>(
+    router: Router<S>,
+    body_timeout: Duration,
+    metrics: Arc<Metrics>,
+) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(move |request, next| {
             read_body_in_time(body_timeout, metrics.clone(), request, next)
@@ -69,7 +99,6 @@ where
         // before any byte of the body is read (the extractor's limit only trips on
         // bytes that have arrived, so a huge declared body would be waited for).
         .layer(middleware::from_fn(refuse_declared_oversize))
-        .route("/auth/validate", get(validate))
 }
 
 /// Answers 413 at once when `Content-Length` declares more than [`MAX_BODY_BYTES`].

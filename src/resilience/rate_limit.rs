@@ -124,6 +124,8 @@ struct IpEntry {
 pub struct IpLimiter {
     per_minute: f64,
     max_connections: usize,
+    /// Loopback clients are not held to the rate (development only; see [`Self::sparing_loopback`]).
+    spare_loopback: bool,
     shards: Vec<Mutex<HashMap<IpAddr, IpEntry>>>,
 }
 
@@ -138,9 +140,23 @@ impl IpLimiter {
     /// `per_minute` requests per IP (0 = unlimited) and at most `max_connections` open
     /// connections per IP (0 = unlimited).
     pub fn new(per_minute: u32, max_connections: usize) -> Arc<Self> {
+        Self::build(per_minute, max_connections, false)
+    }
+
+    /// Like [`Self::new`], but a client on this machine (a loopback address) is not held
+    /// to the rate: in development the load generator and scripts run beside the node,
+    /// and hundreds of token requests and upgrades from 127.0.0.1 are the developer, not
+    /// an attack. A client behind a proxy in `TRUSTED_PROXIES` has its own address and
+    /// stays limited. The connection cap still applies: it is set explicitly.
+    pub fn sparing_loopback(per_minute: u32, max_connections: usize) -> Arc<Self> {
+        Self::build(per_minute, max_connections, true)
+    }
+
+    fn build(per_minute: u32, max_connections: usize, spare_loopback: bool) -> Arc<Self> {
         Arc::new(Self {
             per_minute: f64::from(per_minute),
             max_connections,
+            spare_loopback,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         })
     }
@@ -181,7 +197,7 @@ impl IpLimiter {
 
     /// Counts one request from `ip`; `Err(retry_after)` when over the rate.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        if self.per_minute <= 0.0 {
+        if self.per_minute <= 0.0 || (self.spare_loopback && ip.to_canonical().is_loopback()) {
             return Ok(());
         }
         let mut shard = self.shard(&ip);
@@ -235,6 +251,28 @@ mod tests {
         let verdicts: Vec<Verdict> = (0..19).map(|_| limiter.check(later)).collect();
         assert_eq!(verdicts[17], Verdict::Limited);
         assert_eq!(verdicts[18], Verdict::Abuse);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sparing_loopback_spares_only_loopback_and_only_the_rate() {
+        let limiter = IpLimiter::sparing_loopback(1, 1);
+        let now = Instant::now();
+        for local in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let ip: IpAddr = local.parse().unwrap();
+            assert!((0..100).all(|_| limiter.allow(ip, now).is_ok()), "{local}");
+        }
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(limiter.allow(remote, now).is_ok());
+        assert!(limiter.allow(remote, now).is_err());
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let _held = limiter.connect(local, now).unwrap();
+        assert!(
+            limiter.connect(local, now).is_none(),
+            "the cap still applies"
+        );
+        let strict = IpLimiter::new(1, 0);
+        assert!(strict.allow(local, now).is_ok());
+        assert!(strict.allow(local, now).is_err());
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,6 +59,18 @@ pub fn settings() -> Settings {
     s
 }
 
+/// [`settings`] in production mode, with what production requires: open issuance opted in
+/// (tests fetch tokens without a key), an origin list, and `/metrics` on a port of its own.
+pub fn production_settings() -> Settings {
+    let mut s = settings();
+    s.environment = switchboard::config::Environment::Production;
+    s.auth.token_issuance = Some(switchboard::auth::Issuance::Open);
+    s.auth.allow_open_issuance = true;
+    s.auth.allowed_origins = Some("https://app.example".into());
+    s.node.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    s
+}
+
 /// One node of a deployment.
 struct Node {
     addr: SocketAddr,

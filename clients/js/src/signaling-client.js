@@ -1,7 +1,11 @@
 // Switchboard signaling client: one WebSocket, JSON text frames, events named after message
 // types, and automatic reconnect with session resume. No dependencies, no build step.
+// Runs in browsers and in Node (20 with --experimental-websocket, 22 and later as is, or any
+// version given a WebSocket implementation in `options.WebSocket`).
 
 const SUBPROTOCOL = 'switchboard.v1';
+// WebSocket.OPEN, the same in every implementation (browsers, undici, ws).
+const OPEN = 1;
 const failure = (code, message, extra = {}) => Object.assign(new Error(message), { code, ...extra });
 
 // Close codes after which reconnecting can help. 4001 (expired token) needs a fresh token.
@@ -48,6 +52,7 @@ export class SignalingClient extends EventTarget {
   #stopped = false;
   #hint = null;
   #awaitingFirst = false;
+  #WebSocket;
 
   /**
    * @param {string} token Bearer token, e.g. from {@link SignalingClient.fetchToken}.
@@ -56,9 +61,26 @@ export class SignalingClient extends EventTarget {
    * @param {boolean} [options.reconnect] Reconnect and resume after drops (default true).
    * @param {() => Promise<string>} [options.renewToken] Gets a new token when the old one
    *   expired while disconnected (close 4001); without it such a close is final.
+   * @param {typeof WebSocket} [options.WebSocket] WebSocket implementation; the global one by
+   *   default (Node 20 has it only with --experimental-websocket; or pass e.g. `ws`'s).
+   * @throws {Error} with `code` `invalid_options` when there is no base URL (outside a page)
+   *   or no WebSocket implementation.
    */
-  constructor(token, { baseUrl = location.origin, reconnect = true, renewToken = null } = {}) {
+  constructor(
+    token,
+    { baseUrl = globalThis.location?.origin, reconnect = true, renewToken = null, WebSocket = globalThis.WebSocket } = {},
+  ) {
     super();
+    if (!baseUrl) {
+      throw failure('invalid_options', 'Pass options.baseUrl, the http(s) origin of the Switchboard server: there is no page origin here.');
+    }
+    if (typeof WebSocket !== 'function') {
+      throw failure(
+        'invalid_options',
+        'No WebSocket implementation: on Node 20 run node with --experimental-websocket (Node 22 and later have one), or pass options.WebSocket.',
+      );
+    }
+    this.#WebSocket = WebSocket;
     /** The current token; replaced when the server pushes a refreshed one. */
     this.token = token;
     this.baseUrl = baseUrl;
@@ -149,13 +171,13 @@ export class SignalingClient extends EventTarget {
 
   /** True while the WebSocket is open. */
   get connected() {
-    return this.#ws?.readyState === WebSocket.OPEN;
+    return this.#ws?.readyState === OPEN;
   }
 
   #open() {
     const url = new URL('/ws/signal', this.baseUrl);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-    const ws = new WebSocket(url, [SUBPROTOCOL, 'bearer.' + this.token]);
+    const ws = new this.#WebSocket(url.href, [SUBPROTOCOL, 'bearer.' + this.token]);
     this.#ws = ws;
     return new Promise((resolve, reject) => {
       let opened = false;
@@ -168,14 +190,24 @@ export class SignalingClient extends EventTarget {
         resolve();
       };
       ws.onmessage = (e) => this.#receive(e.data);
-      ws.onclose = (e) => {
+      let refused = false;
+      // A failed upgrade ends in `error` then `close` in browsers, but only in `error` in
+      // Node 20's WebSocket: handle whichever comes first, once.
+      const refuse = () => {
+        if (opened || refused) return;
+        refused = true;
         if (this.#ws === ws) this.#ws = null;
-        if (opened) return this.#closed(e.code, e.reason);
         this.#whyRefused().then((error) => {
           if (this.#attempt === 0) return reject(error);
           if (error.code === 'token_refused') return this.#closed(4001, error.message);
           this.#closed(1006, error.message);
         });
+      };
+      ws.onerror = refuse;
+      ws.onclose = (e) => {
+        if (!opened) return refuse();
+        if (this.#ws === ws) this.#ws = null;
+        this.#closed(e.code, e.reason);
       };
     });
   }
