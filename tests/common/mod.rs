@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod sockets;
+pub mod tls;
 pub mod traffic;
 
 pub use eventually::{eventually, eventually_blocking, patient};
