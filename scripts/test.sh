@@ -32,6 +32,8 @@ require redis-sentinel redis-sentinel
 require chromium chromium
 require chromedriver chromium-driver
 require turnserver coturn
+# The JS client package, tested with Node's own test runner (tests/js_client.rs).
+require node nodejs
 
 # The deploy/ files, each checked by the tool that runs it (tests/edge_proxies.rs and
 # tests/deploy_*.rs): TLS edges, Prometheus rules, systemd's verifier, the test certificates.

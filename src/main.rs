@@ -1,15 +1,18 @@
 //! The `switchboard` binary: parses the command line and starts the chosen role.
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use switchboard::auth::TokenIssuer;
-use switchboard::config::{Config, Role, Settings};
+use switchboard::config::{Config, Role, Settings, TokenSettings};
 
 /// Carrier-grade WebRTC signaling: JWT auth, rooms, and SDP/ICE relay over WebSocket.
 #[derive(Parser)]
-#[command(name = "switchboard", version, about)]
+#[command(name = "switchboard", version = env!("SWITCHBOARD_VERSION"), about)]
+// The top-level settings are those of the bare `switchboard` run; a subcommand has its own.
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -20,43 +23,57 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Auth + signaling + web client on one port (the default).
-    Serve,
+    Serve(Server),
     /// The Auth service alone, on AUTH_PORT.
-    Auth,
+    Auth(Server),
     /// The Signaling service (and web client) alone; needs AUTH_SECRET.
-    Signal,
+    Signal(Server),
     /// Mint a token offline with the configured secret and print it.
-    Token {
-        /// User id (`sub`).
-        #[arg(long)]
-        user: String,
-        /// Restrict the token to this room.
-        #[arg(long)]
-        room: Option<String>,
-        /// Lifetime, e.g. `1h` (default: TOKEN_TTL).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        ttl: Option<Duration>,
-    },
+    Token(Token),
+}
+
+/// Every server setting.
+#[derive(Args)]
+struct Server {
+    #[command(flatten)]
+    settings: Settings,
+}
+
+/// What minting a token reads: its own flags and the secret and claims.
+#[derive(Args)]
+struct Token {
+    /// User id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Restrict the token to this room.
+    #[arg(long)]
+    room: Option<String>,
+    /// Lifetime, e.g. `1h` (default: TOKEN_TTL).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    ttl: Option<Duration>,
+    #[command(flatten)]
+    settings: TokenSettings,
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let role = match &cli.command {
-        None | Some(Command::Serve) => Role::Serve,
-        Some(Command::Auth) => Role::Auth,
-        Some(Command::Signal) => Role::Signal,
-        Some(Command::Token { .. }) => Role::Token,
-    };
-    let config = match Config::from_settings(&cli.settings, role) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("switchboard: refusing to start: {e}");
-            return ExitCode::from(2);
+    let cli = Cli::parse_from(subcommand_first(std::env::args_os().collect()));
+    let (role, settings) = match cli.command {
+        None => (Role::Serve, cli.settings),
+        Some(Command::Serve(s)) => (Role::Serve, s.settings),
+        Some(Command::Auth(s)) => (Role::Auth, s.settings),
+        Some(Command::Signal(s)) => (Role::Signal, s.settings),
+        Some(Command::Token(token)) => {
+            let settings = token.settings.into_settings();
+            return match Config::from_settings(&settings, Role::Token) {
+                Ok(config) => mint(&config, &token.user, token.room.as_deref(), token.ttl),
+                Err(e) => refused(&e),
+            };
         }
     };
-    if let Some(Command::Token { user, room, ttl }) = cli.command {
-        return mint(&config, &user, room.as_deref(), ttl);
-    }
+    let config = match Config::from_settings(&settings, role) {
+        Ok(c) => c,
+        Err(e) => return refused(&e),
+    };
     let _guard = match switchboard::telemetry::init(config.logging.format, &config.logging.level) {
         Ok(g) => g,
         Err(e) => {
@@ -80,6 +97,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn refused(e: &switchboard::config::ConfigError) -> ExitCode {
+    eprintln!("switchboard: refusing to start: {e}");
+    ExitCode::from(2)
+}
+
+/// `args` with the subcommand moved in front of the flags, so settings written before it
+/// (`switchboard --port 9000 serve`, which worked when they were global) still reach it.
+fn subcommand_first(mut args: Vec<OsString>) -> Vec<OsString> {
+    let command = Cli::command();
+    let takes_value = |long: &str| {
+        command
+            .get_arguments()
+            .any(|a| a.get_long() == Some(long) && a.get_action().takes_values())
+    };
+    let mut i = 1;
+    while i < args.len() {
+        let Some(arg) = args[i].to_str() else {
+            return args;
+        };
+        if arg == "--" {
+            return args;
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            if !long.contains('=') && takes_value(long) {
+                i += 1;
+            }
+        } else if !arg.starts_with('-') {
+            if command.find_subcommand(arg).is_some() {
+                let name = args.remove(i);
+                args.insert(1, name);
+            }
+            return args;
+        }
+        i += 1;
+    }
+    args
 }
 
 fn mint(config: &Config, user: &str, room: Option<&str>, ttl: Option<Duration>) -> ExitCode {

@@ -17,7 +17,7 @@ use crate::config::{Config, Environment, Role};
 use crate::cors::CrossOrigin;
 use crate::error::StoreError;
 use crate::health::HealthState;
-use crate::net::{Deadlines, Pending};
+use crate::net::{Deadlines, Pending, Reloader, TlsAcceptor, TlsError};
 use crate::redis::{Keys, Redis, RedisNodes};
 use crate::resilience::{BreakerState, ConnectionSlots, IpLimiter, LoadGuard, TrustedNet};
 use crate::signaling::connection::ConnectionLimits;
@@ -359,13 +359,35 @@ async fn metrics(
     )
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then closes every WebSocket with
-/// 1012 and waits (bounded) for them to go.
+/// Serves `state` on `listener` (over TLS when its configuration names certificate files)
+/// until `shutdown` resolves, then closes every WebSocket with 1012 and waits (bounded) for
+/// them to go.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = load_tls(&state.config).map_err(std::io::Error::other)?;
+    serve_with(listener, state, tls, shutdown).await
+}
+
+/// The listener's certificate, when TLS is configured, and what keeps it current.
+pub fn load_tls(config: &Config) -> Result<Option<(TlsAcceptor, Reloader)>, TlsError> {
+    config.tls.as_ref().map(TlsAcceptor::load).transpose()
+}
+
+/// [`serve`] with the certificate already loaded (`None`: plain HTTP).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Option<(TlsAcceptor, Reloader)>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    // The reloader ends by itself once the last acceptor (this server's) is gone.
+    let tls = tls.map(|(acceptor, reloader)| {
+        tokio::spawn(reloader.run(state.metrics.clone()));
+        acceptor
+    });
     let router = app(state.clone());
     let draining = state.clone();
     // The listener stays open while draining, so readiness can answer 503 and late
@@ -408,6 +430,7 @@ pub async fn serve(
     crate::net::serve(
         listener,
         router,
+        tls,
         pending,
         deadlines,
         state.metrics.clone(),
@@ -485,6 +508,9 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
     {
         tracing::warn!("{warning}");
     }
+    // Before anything listens: a certificate that cannot be served is a start-up error.
+    let tls = load_tls(&config).map_err(|e| e.to_string())?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let listener = TcpListener::bind(bind).await.map_err(|e| {
         format!("cannot listen on {bind}: {e} (is the port in use? set the port flag)")
     })?;
@@ -515,8 +541,8 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
         }
         None => None,
     };
-    tracing::info!(address = %local, role = ?role, node = state.hub.node(), open_files, "listening");
-    let served = serve(listener, state, shutdown_signal()).await;
+    tracing::info!(address = %local, scheme, role = ?role, node = state.hub.node(), open_files, "listening");
+    let served = serve_with(listener, state, tls, shutdown_signal()).await;
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;

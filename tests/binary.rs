@@ -377,3 +377,89 @@ fn serve_raises_its_open_file_limit_and_warns_when_it_cannot_hold_the_cap() {
     let warning = server.wait_for(|l| l.contains("open files"));
     assert!(warning.contains("LimitNOFILE"), "{warning}");
 }
+
+#[test]
+fn version_names_the_crate_version_and_the_git_revision() {
+    let out = switchboard(&["--version"], &[]).output().unwrap();
+    assert!(out.status.success());
+    let version = String::from_utf8(out.stdout).unwrap();
+    let expected = format!("switchboard {}", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&expected), "{version}");
+    // Built from a git checkout (as tests are), the short revision follows in brackets.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8(o.stdout).unwrap().trim().to_string());
+    if let Some(head) = head {
+        assert_eq!(version.trim(), format!("{expected} ({head})"));
+    }
+}
+
+#[test]
+fn token_help_lists_only_what_minting_reads() {
+    let out = switchboard(&["token", "--help"], &[]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for own in [
+        "--user",
+        "--room",
+        "--ttl",
+        "AUTH_SECRET",
+        "AUTH_SECRET_FILE",
+        "TOKEN_ISSUER",
+    ] {
+        assert!(help.contains(own), "token --help lacks {own}:\n{help}");
+    }
+    for server in [
+        "REDIS_URL",
+        "SIGNALING_PORT",
+        "MAX_CONNECTIONS",
+        "TLS_CERT_FILE",
+        "LOG_FORMAT",
+    ] {
+        assert!(
+            !help.contains(server),
+            "token --help lists {server}:\n{help}"
+        );
+    }
+    // The server's roles keep every setting, given after the role or before it.
+    let out = switchboard(&["serve", "--help"], &[]).output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.contains("REDIS_URL") && help.contains("TLS_CERT_FILE"),
+        "{help}"
+    );
+    let out = switchboard(
+        &["--bind", "127.0.0.1", "--port", "1", "serve", "--help"],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Settings written before the role still reach it, as when they were global flags.
+#[test]
+fn settings_before_the_role_still_apply() {
+    let (server, address) = Running::spawn(switchboard(
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port=0",
+            "--node-id",
+            "before-role",
+            "serve",
+        ],
+        &[("AUTH_SECRET", SECRET)],
+    ));
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
+    let lines = server.terminate();
+    assert!(lines.iter().any(|l| l.contains("before-role")), "{lines:?}");
+}

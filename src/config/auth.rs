@@ -40,36 +40,31 @@ pub struct ClaimSettings {
 #[command(next_help_heading = "Auth")]
 pub struct AuthSettings {
     /// JWT signing secret (at least 32 bytes). Prefer AUTH_SECRET_FILE in production.
-    #[arg(long, env = "AUTH_SECRET", hide_env_values = true, global = true)]
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
     /// File holding the JWT signing secret (trailing newline ignored).
-    #[arg(
-        long,
-        env = "AUTH_SECRET_FILE",
-        global = true,
-        conflicts_with = "auth_secret"
-    )]
+    #[arg(long, env = "AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
     pub auth_secret_file: Option<PathBuf>,
 
     /// Who may call POST /auth/token [default: open in development, api-key in production].
-    #[arg(long, env = "TOKEN_ISSUANCE", value_enum, global = true)]
+    #[arg(long, env = "TOKEN_ISSUANCE", value_enum)]
     pub token_issuance: Option<Issuance>,
 
     /// Explicit opt-in to open token issuance in production.
-    #[arg(long, env = "ALLOW_OPEN_ISSUANCE", global = true)]
+    #[arg(long, env = "ALLOW_OPEN_ISSUANCE")]
     pub allow_open_issuance: bool,
 
     /// Comma-separated API keys accepted by POST /auth/token in api-key mode.
-    #[arg(long, env = "AUTH_API_KEYS", hide_env_values = true, global = true)]
+    #[arg(long, env = "AUTH_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
 
     /// File with one API key per line (blank lines and `#` comments ignored).
-    #[arg(long, env = "AUTH_API_KEYS_FILE", global = true)]
+    #[arg(long, env = "AUTH_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
     /// Lifetime of issued tokens (at most 24h), e.g. `1h`, `15m`.
-    #[arg(long, env = "TOKEN_TTL", value_parser = humantime::parse_duration, default_value = "1h", global = true)]
+    #[arg(long, env = "TOKEN_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub token_ttl: Duration,
 
     /// Who issues tokens, and for whom.
@@ -77,11 +72,11 @@ pub struct AuthSettings {
     pub claims: ClaimSettings,
 
     /// How long before a token expires the server pushes a fresh one; `0s` disables refresh.
-    #[arg(long, env = "TOKEN_REFRESH_BEFORE", value_parser = humantime::parse_duration, default_value = "5m", global = true)]
+    #[arg(long, env = "TOKEN_REFRESH_BEFORE", value_parser = humantime::parse_duration, default_value = "5m")]
     pub token_refresh_before: Duration,
 
     /// Comma-separated browser origins allowed to open /ws/signal (required in production).
-    #[arg(long, env = "ALLOWED_ORIGINS", global = true)]
+    #[arg(long, env = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
 }
 

@@ -12,19 +12,19 @@ use crate::auth::IceServers;
 #[command(next_help_heading = "ICE servers")]
 pub struct IceSettings {
     /// Comma-separated STUN URLs handed to clients, e.g. `stun:stun.example.net:3478`.
-    #[arg(long, env = "STUN_URLS", global = true)]
+    #[arg(long, env = "STUN_URLS")]
     pub stun_urls: Option<String>,
 
     /// Comma-separated TURN URLs handed to clients with credentials (needs TURN_SECRET).
-    #[arg(long, env = "TURN_URLS", global = true)]
+    #[arg(long, env = "TURN_URLS")]
     pub turn_urls: Option<String>,
 
     /// Shared secret of the TURN server (coturn `static-auth-secret`).
-    #[arg(long, env = "TURN_SECRET", hide_env_values = true, global = true)]
+    #[arg(long, env = "TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
 
     /// Lifetime of TURN credentials (never beyond the token's expiry).
-    #[arg(long, env = "TURN_TTL", value_parser = humantime::parse_duration, default_value = "1h", global = true)]
+    #[arg(long, env = "TURN_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub turn_ttl: Duration,
 }
 

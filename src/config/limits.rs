@@ -11,77 +11,57 @@ use crate::resilience::TrustedNet;
 #[command(next_help_heading = "Limits")]
 pub struct LimitsSettings {
     /// Most WebSocket connections this node accepts; further upgrades get 503.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000, global = true)]
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
     /// Most concurrent WebSocket connections per client IP (0 = no cap).
-    #[arg(
-        long,
-        env = "MAX_CONNECTIONS_PER_IP",
-        default_value_t = 0,
-        global = true
-    )]
+    #[arg(long, env = "MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
 
     /// Most connections not yet upgraded to a WebSocket per node; beyond it the oldest
     /// pending connection is closed to make room.
-    #[arg(
-        long,
-        env = "MAX_PENDING_CONNECTIONS",
-        default_value_t = 1_000,
-        global = true
-    )]
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1_000)]
     pub max_pending_connections: usize,
 
     /// Most connections not yet upgraded per client IP (0 = no cap; TRUSTED_PROXIES are
     /// exempt); beyond it that IP's oldest pending connection is closed.
-    #[arg(long, env = "MAX_PENDING_PER_IP", default_value_t = 64, global = true)]
+    #[arg(long, env = "MAX_PENDING_PER_IP", default_value_t = 64)]
     pub max_pending_per_ip: usize,
 
     /// Upgrades and token requests allowed per client IP per minute (0 = no limit).
-    #[arg(
-        long,
-        env = "RATE_PER_IP_PER_MINUTE",
-        default_value_t = 300,
-        global = true
-    )]
+    #[arg(long, env = "RATE_PER_IP_PER_MINUTE", default_value_t = 300)]
     pub rate_per_ip_per_minute: u32,
 
     /// Comma-separated proxies (IPs or CIDRs) whose X-Forwarded-For is believed.
-    #[arg(long, env = "TRUSTED_PROXIES", global = true)]
+    #[arg(long, env = "TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
 
     /// Refuse upgrades while the process uses more than this share of its CPUs (0 = off).
-    #[arg(long, env = "SHED_CPU_PERCENT", default_value_t = 90.0, global = true)]
+    #[arg(long, env = "SHED_CPU_PERCENT", default_value_t = 90.0)]
     pub shed_cpu_percent: f64,
 
     /// Refuse upgrades while resident memory is above this share of the limit (0 = off).
-    #[arg(
-        long,
-        env = "SHED_MEMORY_PERCENT",
-        default_value_t = 90.0,
-        global = true
-    )]
+    #[arg(long, env = "SHED_MEMORY_PERCENT", default_value_t = 90.0)]
     pub shed_memory_percent: f64,
 
     /// Messages per second one connection may send, sustained.
-    #[arg(long, env = "MESSAGE_RATE", default_value_t = 50.0, global = true)]
+    #[arg(long, env = "MESSAGE_RATE", default_value_t = 50.0)]
     pub message_rate: f64,
 
     /// Messages one connection may send at once (an ICE trickle burst).
-    #[arg(long, env = "MESSAGE_BURST", default_value_t = 200.0, global = true)]
+    #[arg(long, env = "MESSAGE_BURST", default_value_t = 200.0)]
     pub message_burst: f64,
 
     /// Largest accepted WebSocket message, in bytes; larger ones close the connection with 1009.
-    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024, global = true)]
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub max_message_bytes: usize,
 
     /// Most peers one room may hold.
-    #[arg(long, env = "MAX_ROOM_PEERS", default_value_t = 50, global = true)]
+    #[arg(long, env = "MAX_ROOM_PEERS", default_value_t = 50)]
     pub max_room_peers: usize,
 
     /// Messages that may wait for one slow client before it is closed with 4003.
-    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 256, global = true)]
+    #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
 }
 

@@ -9,17 +9,11 @@ use crate::telemetry::LogFormat;
 #[command(next_help_heading = "Logging")]
 pub struct LogSettings {
     /// Log format.
-    #[arg(
-        long,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "pretty",
-        global = true
-    )]
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
     pub log_format: LogFormat,
 
     /// Log filter, e.g. `info` or `switchboard=debug,info`.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 

@@ -11,6 +11,8 @@ mod logging;
 mod node;
 mod redis;
 mod timing;
+mod tls;
+mod token;
 
 #[cfg(test)]
 mod tests;
@@ -28,6 +30,8 @@ pub use logging::{LogConfig, LogSettings};
 pub use node::{NodeConfig, NodeSettings, PRODUCTION_METRICS_ADDR};
 pub use redis::{RedisConfig, RedisSettings};
 pub use timing::{TimingConfig, TimingSettings};
+pub use tls::{TlsFiles, TlsSettings};
+pub use token::TokenSettings;
 
 /// Deployment mode; production turns unsafe defaults into start-up errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -75,8 +79,7 @@ pub struct Settings {
         long = "env",
         env = "SWITCHBOARD_ENV",
         value_enum,
-        default_value = "development",
-        global = true
+        default_value = "development"
     )]
     pub environment: Environment,
 
@@ -107,6 +110,10 @@ pub struct Settings {
     /// Log format and filter.
     #[command(flatten)]
     pub logging: LogSettings,
+
+    /// The listener's certificate, when it serves https itself.
+    #[command(flatten)]
+    pub tls: TlsSettings,
 }
 
 impl Default for Settings {
@@ -154,6 +161,8 @@ pub struct Config {
     pub ice_servers: Arc<IceServers>,
     /// Log format and filter.
     pub logging: LogConfig,
+    /// The listener's certificate files; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -169,11 +178,27 @@ impl Config {
             node: s.node.resolve(role, environment)?,
             ice_servers: Arc::new(s.ice.resolve()?),
             logging: s.logging.resolve(),
+            tls: s.tls.resolve()?,
         })
     }
 
     /// Warnings worth printing at start-up (weak but tolerated outside production).
     pub fn warnings(&self) -> Vec<String> {
-        self.auth.warnings(self.environment)
+        let mut out = self.auth.warnings(self.environment);
+        // Without https a browser grants no camera or microphone, so a production node
+        // needs TLS here or at a proxy in front.
+        if self.environment.is_production()
+            && self.tls.is_none()
+            && self.limits.trusted_proxies.is_empty()
+        {
+            out.push(
+                "neither TLS_CERT_FILE/TLS_KEY_FILE nor TRUSTED_PROXIES is set: browsers grant \
+                 camera and microphone only to pages served over https, so set TLS_CERT_FILE and \
+                 TLS_KEY_FILE to serve https here, or terminate TLS at a proxy and set \
+                 TRUSTED_PROXIES to its address"
+                    .to_string(),
+            );
+        }
+        out
     }
 }

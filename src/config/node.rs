@@ -16,24 +16,24 @@ pub const PRODUCTION_METRICS_ADDR: SocketAddr =
 #[command(next_help_heading = "Node")]
 pub struct NodeSettings {
     /// Address to bind the HTTP/WebSocket listener to.
-    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0", global = true)]
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
     pub bind: IpAddr,
 
     /// Port of the `serve` and `signal` roles.
-    #[arg(long, env = "SIGNALING_PORT", default_value_t = 8080, global = true)]
+    #[arg(long, env = "SIGNALING_PORT", default_value_t = 8080)]
     pub port: u16,
 
     /// Port of the `auth` role.
-    #[arg(long, env = "AUTH_PORT", default_value_t = 8081, global = true)]
+    #[arg(long, env = "AUTH_PORT", default_value_t = 8081)]
     pub auth_port: u16,
 
     /// This node's id (letters, digits, `.`, `_`, `-`) [default: generated at start].
-    #[arg(long, env = "NODE_ID", global = true)]
+    #[arg(long, env = "NODE_ID")]
     pub node_id: Option<String>,
 
     /// Address of a separate listener for `/metrics`, which then leaves the client-facing
     /// port [default: the client-facing port in development, 127.0.0.1:9464 in production].
-    #[arg(long, env = "METRICS_ADDR", global = true)]
+    #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 }
 

@@ -15,70 +15,60 @@ use crate::resilience::BreakerConfig;
 #[command(next_help_heading = "Redis")]
 pub struct RedisSettings {
     /// Redis URL (`redis://` or `rediss://`, credentials allowed); enables multi-node mode.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
     /// Redis address as host:port (the original deployment's setting); like REDIS_URL.
-    #[arg(long, env = "REDIS_ADDR", global = true)]
+    #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
 
     /// Comma-separated Sentinel addresses (host:port or URLs); the master is found through them.
-    #[arg(long, env = "REDIS_SENTINELS", global = true)]
+    #[arg(long, env = "REDIS_SENTINELS")]
     pub redis_sentinels: Option<String>,
 
     /// Name of the master the Sentinels monitor.
-    #[arg(
-        long,
-        env = "REDIS_SENTINEL_MASTER",
-        default_value = "mymaster",
-        global = true
-    )]
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", default_value = "mymaster")]
     pub redis_sentinel_master: String,
 
     /// Password of the Redis master behind Sentinel.
-    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true, global = true)]
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
 
     /// Comma-separated Redis Cluster seed nodes (host:port or URLs).
-    #[arg(long, env = "REDIS_CLUSTER_NODES", global = true)]
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
     pub redis_cluster_nodes: Option<String>,
 
     /// Longest wait for any Redis call before it counts as failed.
-    #[arg(long, env = "REDIS_TIMEOUT", value_parser = humantime::parse_duration, default_value = "500ms", global = true)]
+    #[arg(long, env = "REDIS_TIMEOUT", value_parser = humantime::parse_duration, default_value = "500ms")]
     pub redis_timeout: Duration,
 
     /// Prefix of every Redis key this deployment writes.
-    #[arg(long, env = "KEY_PREFIX", default_value = "sb:", global = true)]
+    #[arg(long, env = "KEY_PREFIX", default_value = "sb:")]
     pub key_prefix: String,
 
     /// Consecutive failed Redis calls that open the circuit breaker.
-    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5, global = true)]
+    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
 
     /// How long the breaker stays open before a probe call.
-    #[arg(long, env = "BREAKER_OPEN_FOR", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
+    #[arg(long, env = "BREAKER_OPEN_FOR", value_parser = humantime::parse_duration, default_value = "2s")]
     pub breaker_open_for: Duration,
 
     /// How long a message for another node is held and retried while Redis fails over
     /// before its sender gets `unavailable`.
-    #[arg(long, env = "FAILOVER_HOLD", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    #[arg(long, env = "FAILOVER_HOLD", value_parser = humantime::parse_duration, default_value = "10s")]
     pub failover_hold: Duration,
 
     /// Messages held per destination node (waiting for Redis or not yet read).
-    #[arg(
-        long,
-        env = "HOLD_MAX_MESSAGES",
-        default_value_t = 20_000,
-        global = true
-    )]
+    #[arg(long, env = "HOLD_MAX_MESSAGES", default_value_t = 20_000)]
     pub hold_max_messages: usize,
 
     /// Bytes held per destination node.
-    #[arg(long, env = "HOLD_MAX_BYTES", default_value_t = 64 << 20, global = true)]
+    #[arg(long, env = "HOLD_MAX_BYTES", default_value_t = 64 << 20)]
     pub hold_max_bytes: usize,
 
     /// How long this node may be without Redis before `/health/ready` turns 503.
-    #[arg(long, env = "REDIS_OUTAGE_GRACE", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
+    #[arg(long, env = "REDIS_OUTAGE_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
     pub redis_outage_grace: Duration,
 }
 

@@ -201,3 +201,39 @@ fn connection_phase_deadlines_have_defaults_and_cannot_be_zero() {
     s.limits.max_pending_connections = 0;
     assert!(err(&s, Role::Serve).contains("MAX_PENDING_CONNECTIONS"));
 }
+
+#[test]
+fn tls_needs_both_files_and_production_without_it_or_a_proxy_warns() {
+    let mut s = prod();
+    s.tls.tls_cert_file = Some("cert.pem".into());
+    let e = err(&s, Role::Serve);
+    assert!(
+        e.contains("TLS_CERT_FILE") && e.contains("TLS_KEY_FILE"),
+        "{e}"
+    );
+    s.tls.tls_cert_file = None;
+    s.tls.tls_key_file = Some("key.pem".into());
+    assert!(err(&s, Role::Serve).contains("without TLS_CERT_FILE"));
+
+    let https = "browsers grant camera and microphone only to pages served over https";
+    s.tls.tls_key_file = None;
+    let warnings = Config::from_settings(&s, Role::Serve).unwrap().warnings();
+    assert!(warnings.iter().any(|w| w.contains(https)), "{warnings:?}");
+    s.limits.trusted_proxies = Some("10.0.0.0/8".into());
+    let warnings = Config::from_settings(&s, Role::Serve).unwrap().warnings();
+    assert!(!warnings.iter().any(|w| w.contains(https)), "{warnings:?}");
+    s.limits.trusted_proxies = None;
+    s.tls.tls_cert_file = Some("cert.pem".into());
+    s.tls.tls_key_file = Some("key.pem".into());
+    let config = Config::from_settings(&s, Role::Serve).unwrap();
+    assert!(!config.warnings().iter().any(|w| w.contains(https)));
+    assert_eq!(
+        config.tls.unwrap().cert,
+        std::path::PathBuf::from("cert.pem")
+    );
+    // Development stays quiet: a laptop serves http://localhost, which browsers trust.
+    let mut dev = Settings::default();
+    dev.auth.auth_secret = Some("x".repeat(48));
+    let config = Config::from_settings(&dev, Role::Serve).unwrap();
+    assert!(!config.warnings().iter().any(|w| w.contains(https)));
+}

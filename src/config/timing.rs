@@ -15,41 +15,41 @@ const MAX_RESUME_GRACE: Duration = Duration::from_secs(3600);
 #[command(next_help_heading = "Timing")]
 pub struct TimingSettings {
     /// Interval of server WebSocket pings.
-    #[arg(long, env = "PING_INTERVAL", value_parser = humantime::parse_duration, default_value = "20s", global = true)]
+    #[arg(long, env = "PING_INTERVAL", value_parser = humantime::parse_duration, default_value = "20s")]
     pub ping_interval: Duration,
 
     /// A connection silent for this long is closed (peers see `peer_left` reason `timeout`).
-    #[arg(long, env = "IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s", global = true)]
+    #[arg(long, env = "IDLE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "60s")]
     pub idle_timeout: Duration,
 
     /// Interval of node heartbeats; a node silent for two intervals is declared dead.
-    #[arg(long, env = "HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s", global = true)]
+    #[arg(long, env = "HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "2s")]
     pub heartbeat_interval: Duration,
 
     /// How long a dropped connection's session waits for a reconnect (0s: no resume).
-    #[arg(long, env = "RESUME_GRACE", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
+    #[arg(long, env = "RESUME_GRACE", value_parser = humantime::parse_duration, default_value = "30s")]
     pub resume_grace: Duration,
 
     /// Longest a drain (SIGTERM/SIGINT) may take before the process exits.
-    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s", global = true)]
+    #[arg(long, env = "DRAIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
     pub drain_timeout: Duration,
 
     /// An HTTP request head (request line and headers) must arrive within this, counted
     /// from its first byte or, on a fresh or kept-alive connection, from when one is awaited.
-    #[arg(long, env = "HEAD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    #[arg(long, env = "HEAD_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub head_timeout: Duration,
 
     /// A request body must arrive in full within this after its head; else 408 and close.
-    #[arg(long, env = "BODY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    #[arg(long, env = "BODY_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub body_timeout: Duration,
 
     /// Longest a connection may stay short of a WebSocket (from accept to a completed
     /// upgrade); a plain HTTP connection is closed after its response in flight.
-    #[arg(long, env = "UPGRADE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s", global = true)]
+    #[arg(long, env = "UPGRADE_TIMEOUT", value_parser = humantime::parse_duration, default_value = "20s")]
     pub upgrade_timeout: Duration,
 
     /// A WebSocket that is in no room this long after connecting (no `join`) is closed with 1008.
-    #[arg(long, env = "JOIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s", global = true)]
+    #[arg(long, env = "JOIN_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
     pub join_timeout: Duration,
 }
 

@@ -1,5 +1,6 @@
-//! The accept loop: every TCP connection gets HTTP/1.1 with a deadline for each request
-//! head (`HEAD_TIMEOUT`) and one for becoming a WebSocket (`UPGRADE_TIMEOUT`), counts as
+//! The accept loop: every TCP connection gets HTTP/1.1 (over TLS when configured, its
+//! handshake due within `HEAD_TIMEOUT`) with a deadline for each request head
+//! (`HEAD_TIMEOUT`) and one for becoming a WebSocket (`UPGRADE_TIMEOUT`), counts as
 //! pending until it upgrades ([`Pending`]), and running out of file descriptors sheds the
 //! oldest pending connections instead of stopping the node.
 //!
@@ -25,8 +26,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::elastic::ElasticStream;
+use super::elastic::{ElasticStream, Transport};
 use super::pending::{Pending, Shed, Ticket};
+use super::tls::TlsAcceptor;
 use crate::telemetry::Metrics;
 
 /// How long a response in flight when `UPGRADE_TIMEOUT` passes may take to finish.
@@ -51,12 +53,13 @@ pub struct Deadlines {
     pub upgrade: Duration,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then closes idle connections,
-/// lets requests in flight finish, and returns once every connection not yet upgraded is
-/// gone (upgraded WebSockets are the router's to close).
+/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown` resolves,
+/// then closes idle connections, lets requests in flight finish, and returns once every
+/// connection not yet upgraded is gone (upgraded WebSockets are the router's to close).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    tls: Option<TlsAcceptor>,
     pending: Arc<Pending>,
     deadlines: Deadlines,
     metrics: Arc<Metrics>,
@@ -84,7 +87,7 @@ pub async fn serve(
                     stopping: stop_signal.clone(),
                     _done: done.clone(),
                 };
-                tokio::spawn(connection.serve(tcp));
+                tokio::spawn(connection.serve(tcp, tls.clone()));
             }
             // The client gave up between its SYN and our accept: nothing to do.
             Err(e) if is_connection_error(&e) => {}
@@ -128,11 +131,37 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, tcp: TcpStream) {
+    async fn serve(mut self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         // No Nagle delay on client sockets: a relayed message must not wait for the ACK of
         // the one before it (a 40 ms stall at the tail otherwise).
         let _ = tcp.set_nodelay(true);
-        let io = TokioIo::new(ElasticStream::new(tcp));
+        let Some(tls) = tls else {
+            return self.http(tcp).await;
+        };
+        if *self.stopping.borrow() {
+            return;
+        }
+        // The handshake is the first thing a slowloris can stall: it counts as pending
+        // (the ticket is held) and is due within the request-head deadline.
+        let deadline = tokio::time::sleep_until(self.accepted + self.deadlines.head);
+        let handshake = tokio::select! {
+            done = tls.accept(tcp) => done,
+            () = deadline => {
+                self.metrics.cut("head_timeout");
+                return;
+            }
+            _ = &mut self.ticket.shed => return,
+            _ = self.stopping.changed() => return,
+        };
+        match handshake {
+            Ok(stream) => self.http(stream).await,
+            // Plain HTTP, a scanner, a client distrusting the certificate: nothing to serve.
+            Err(e) => tracing::debug!(remote = %self.remote, error = %e, "TLS handshake failed"),
+        }
+    }
+
+    async fn http<S: Transport + Send + 'static>(mut self, stream: S) {
+        let io = TokioIo::new(ElasticStream::new(stream));
         let remote = self.remote;
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {

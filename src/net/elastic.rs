@@ -29,10 +29,22 @@ const BURST_BYTES: usize = 16 * 1024;
 /// Most bytes gathered before a write waits for them to reach the kernel.
 const GATHER_BYTES: usize = 64 * 1024;
 
-/// A TCP stream that buffers only the unread rest of the last burst it received, and
+/// A byte stream to a client: TCP, or TLS over TCP.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Hands `buf` to the kernel without waiting, as far as it goes at once.
+    fn write_now(&mut self, buf: &[u8]);
+}
+
+impl Transport for TcpStream {
+    fn write_now(&mut self, buf: &[u8]) {
+        let _ = self.try_write(buf);
+    }
+}
+
+/// A client stream that buffers only the unread rest of the last burst it received, and
 /// what was written since the last flush.
-pub struct ElasticStream {
-    tcp: TcpStream,
+pub struct ElasticStream<S: Transport = TcpStream> {
+    tcp: S,
     /// Bytes received but not read yet; empty (unallocated) between bursts.
     rest: Vec<u8>,
     /// How much of `rest` was read.
@@ -43,9 +55,9 @@ pub struct ElasticStream {
     meter: Meter,
 }
 
-impl ElasticStream {
+impl<S: Transport> ElasticStream<S> {
     /// Wraps an accepted stream.
-    pub fn new(tcp: TcpStream) -> Self {
+    pub fn new(tcp: S) -> Self {
         Self {
             tcp,
             rest: Vec::new(),
@@ -70,8 +82,8 @@ impl ElasticStream {
         Poll::Ready(Ok(()))
     }
 
-    /// The underlying stream, for socket options.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
         &self.tcp
     }
 }
@@ -79,15 +91,15 @@ impl ElasticStream {
 /// Hands what is still gathered to the kernel, without waiting: tungstenite ends a close
 /// handshake the client began by writing its close reply and dropping the socket without
 /// a flush, and the reply must not be lost with the buffer.
-impl Drop for ElasticStream {
+impl<S: Transport> Drop for ElasticStream<S> {
     fn drop(&mut self) {
         if !self.gathered.is_empty() {
-            let _ = self.tcp.try_write(&self.gathered);
+            self.tcp.write_now(&self.gathered);
         }
     }
 }
 
-impl AsyncRead for ElasticStream {
+impl<S: Transport> AsyncRead for ElasticStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -110,7 +122,7 @@ impl AsyncRead for ElasticStream {
     }
 }
 
-impl ElasticStream {
+impl<S: Transport> ElasticStream<S> {
     /// Reads the rest of the last burst, or a new burst from the kernel.
     fn poll_read_unmetered(
         &mut self,
@@ -151,7 +163,7 @@ fn refused(violation: FrameViolation) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, violation)
 }
 
-impl AsyncWrite for ElasticStream {
+impl<S: Transport> AsyncWrite for ElasticStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

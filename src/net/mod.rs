@@ -1,12 +1,15 @@
 //! The node's client sockets: accepting them with a deadline for every phase before the
-//! WebSocket, capping those still pending, and buffering each only while bytes move.
+//! WebSocket, capping those still pending, buffering each only while bytes move, and
+//! serving TLS with a certificate reloaded when its files change.
 
 pub mod accept;
 mod elastic;
 mod frame_meter;
 mod pending;
+mod tls;
 
 pub use accept::{Deadlines, serve};
-pub use elastic::ElasticStream;
+pub use elastic::{ElasticStream, Transport};
 pub use frame_meter::{FrameViolation, MAX_FRAGMENTS};
 pub use pending::{Pending, Shed, Ticket};
+pub use tls::{Reloader, TlsAcceptor, TlsError};

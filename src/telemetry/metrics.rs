@@ -97,6 +97,11 @@ struct CodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -141,6 +146,7 @@ pub struct Metrics {
     /// Messages appended again because an inbox was lost before its node read them.
     pub bus_resent: Counter,
     undelivered: Family<ReasonLabels, Counter>,
+    tls_reloads: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -301,6 +307,12 @@ impl Metrics {
         for reason in UNDELIVERED_REASONS {
             let _ = undelivered.get_or_create(&ReasonLabels { reason });
         }
+        let tls_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reloads of the TLS certificate after its files changed, by result",
+            tls_reloads.clone(),
+        );
         Arc::new(Self {
             registry,
             connections,
@@ -325,6 +337,7 @@ impl Metrics {
             bus_retries,
             bus_resent,
             undelivered,
+            tls_reloads,
         })
     }
 
@@ -373,6 +386,13 @@ impl Metrics {
     pub fn undelivered(&self, reason: &'static str) {
         self.undelivered
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a reload of the TLS certificate (`success` or `failure`).
+    pub fn tls_reloaded(&self, result: &'static str) {
+        self.tls_reloads
+            .get_or_create(&ResultLabels { result })
             .inc();
     }
 

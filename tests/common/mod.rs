@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod sockets;
+pub mod tls;
 pub mod tools;
 pub mod traffic;
 
