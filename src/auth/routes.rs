@@ -21,7 +21,7 @@ use tower_http::cors::CorsLayer;
 use super::{IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token};
 use crate::error::{ApiError, method_not_allowed, sentence};
 use crate::identifier;
-use crate::resilience::{IpLimiter, TrustedNet, request_ip};
+use crate::resilience::{IpLimiter, TrustedNet, request_ip, via_trusted_proxy};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -232,7 +232,11 @@ async fn issue(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let ip = request_ip(remote, &headers, &state.trusted_proxies);
-    if let Err(wait) = state.ip_limiter.allow(ip, tokio::time::Instant::now()) {
+    let via_proxy = via_trusted_proxy(remote, &headers, &state.trusted_proxies);
+    if let Err(wait) = state
+        .ip_limiter
+        .allow_from(ip, via_proxy, tokio::time::Instant::now())
+    {
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",

@@ -95,6 +95,17 @@ pub fn request_ip(
     client_ip(peer, forwarded, trusted)
 }
 
+/// Whether a request from `peer` was forwarded by a proxy in `trusted` (it names its
+/// client in `X-Forwarded-For`).
+pub fn via_trusted_proxy(
+    peer: SocketAddr,
+    headers: &axum::http::HeaderMap,
+    trusted: &[TrustedNet],
+) -> bool {
+    let ip = peer.ip().to_canonical();
+    headers.contains_key("x-forwarded-for") && trusted.iter().any(|net| net.contains(ip))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod rate_limit;
 mod slots;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use client_ip::{TrustedNet, client_ip, request_ip};
+pub use client_ip::{TrustedNet, client_ip, request_ip, via_trusted_proxy};
 pub use load::{LoadGuard, LoadSample, Overload};
 pub use rate_limit::{IpLimiter, IpPermit, MessageLimiter, TokenBucket, Verdict};
 pub use slots::{ConnectionSlot, ConnectionSlots};

@@ -197,7 +197,15 @@ impl IpLimiter {
 
     /// Counts one request from `ip`; `Err(retry_after)` when over the rate.
     pub fn allow(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        if self.per_minute <= 0.0 || (self.spare_loopback && ip.to_canonical().is_loopback()) {
+        self.allow_from(ip, false, now)
+    }
+
+    /// Like [`Self::allow`], for a request that came through a trusted proxy when
+    /// `via_proxy`: its client is someone the proxy serves, not a tool beside the node,
+    /// so a loopback address it forwards is never spared.
+    pub fn allow_from(&self, ip: IpAddr, via_proxy: bool, now: Instant) -> Result<(), Duration> {
+        let spared = self.spare_loopback && !via_proxy && ip.to_canonical().is_loopback();
+        if self.per_minute <= 0.0 || spared {
             return Ok(());
         }
         let mut shard = self.shard(&ip);
@@ -270,6 +278,11 @@ mod tests {
             limiter.connect(local, now).is_none(),
             "the cap still applies"
         );
+        let mut forwarded = 0;
+        while limiter.allow_from(local, true, now).is_ok() {
+            forwarded += 1;
+            assert!(forwarded < 100, "a forwarded loopback client is not spared");
+        }
         let strict = IpLimiter::new(1, 0);
         assert!(strict.allow(local, now).is_ok());
         assert!(strict.allow(local, now).is_err());

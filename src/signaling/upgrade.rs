@@ -17,7 +17,9 @@ use super::Hub;
 use super::connection::{self, Connection, ConnectionLimits};
 use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
 use crate::error::{ApiError, sentence};
-use crate::resilience::{ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip};
+use crate::resilience::{
+    ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip, via_trusted_proxy,
+};
 
 /// The subprotocol the server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
@@ -129,15 +131,19 @@ async fn accept(
     }
     let ip = request_ip(remote, headers, &state.trusted_proxies);
     let now = tokio::time::Instant::now();
-    state.ip_limiter.allow(ip, now).map_err(|wait| {
-        (
-            "ip_rate",
-            overloaded(
-                "Too many connection attempts from your address; retry later.",
-                wait.as_secs().max(1),
-            ),
-        )
-    })?;
+    let via_proxy = via_trusted_proxy(remote, headers, &state.trusted_proxies);
+    state
+        .ip_limiter
+        .allow_from(ip, via_proxy, now)
+        .map_err(|wait| {
+            (
+                "ip_rate",
+                overloaded(
+                    "Too many connection attempts from your address; retry later.",
+                    wait.as_secs().max(1),
+                ),
+            )
+        })?;
     let ip_permit = state.ip_limiter.connect(ip, now).ok_or_else(|| {
         (
             "ip_connections",
