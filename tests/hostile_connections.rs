@@ -32,7 +32,11 @@ const NEVER: Duration = Duration::from_secs(120);
 /// Test settings with every deadline out of the way and no pending cap, for a test to
 /// set the one it is about.
 fn hostile_settings() -> Settings {
-    let mut s = settings();
+    hostile(settings())
+}
+
+/// `s` with every deadline and cap off (see [`hostile_settings`]).
+fn hostile(mut s: Settings) -> Settings {
     s.timing.head_timeout = NEVER;
     s.timing.body_timeout = NEVER;
     s.timing.upgrade_timeout = NEVER;
@@ -259,7 +263,8 @@ async fn a_body_that_never_arrives_gets_408_within_body_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_ip_pending_cap_leaves_room_for_honest_clients() {
     const CAP: usize = 20;
-    let mut s = hostile_settings();
+    // Production: a development node spares loopback (the benchmark beside `cargo run`).
+    let mut s = hostile(common::production_settings());
     s.limits.max_pending_per_ip = CAP;
     let server = start(s).await;
     // Far more than the cap, from the honest clients' own address, never closed by a

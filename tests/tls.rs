@@ -242,9 +242,18 @@ async fn a_handshake_never_finished_is_closed_at_the_head_deadline_and_counts_as
 
     // Handshakes in progress are pending connections: over the per-IP cap the oldest goes
     // long before its (here one-minute) deadline.
+    // Production: a development node spares loopback (the benchmark beside `cargo run`).
     let (_server, addr) = start(
         &files,
-        &[("HEAD_TIMEOUT", "60s"), ("MAX_PENDING_PER_IP", "2")],
+        &[
+            ("HEAD_TIMEOUT", "60s"),
+            ("MAX_PENDING_PER_IP", "2"),
+            ("SWITCHBOARD_ENV", "production"),
+            ("TOKEN_ISSUANCE", "api-key"),
+            ("AUTH_API_KEYS", "tls-test-key-0123456789"),
+            ("ALLOWED_ORIGINS", "https://app.example.com"),
+            ("METRICS_ADDR", "127.0.0.1:0"),
+        ],
     );
     let mut oldest = TcpStream::connect(&addr).await.unwrap();
     let _second = TcpStream::connect(&addr).await.unwrap();
