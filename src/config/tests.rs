@@ -153,7 +153,7 @@ fn secret_file_is_read_and_trimmed() {
     s.auth.auth_secret_file = Some(dir.clone());
     s.auth.auth_secret = None;
     let c = Config::from_settings(&s, Role::Serve).unwrap();
-    assert!(!c.auth.secret.is_weak());
+    assert!(!c.auth.weak_secret);
     std::fs::remove_file(dir).unwrap();
 }
 
