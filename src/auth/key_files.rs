@@ -129,6 +129,12 @@ impl KeySources {
                 keyring.sign_with_hmac(kid, secret);
             }
         }
+        if let Some(path) = &self.signing_key_file {
+            let pem = read(path, "AUTH_SIGNING_KEY_FILE")?;
+            keyring
+                .sign_with_pem(pem.as_bytes(), self.signing_kid.as_deref())
+                .map_err(|e| KeyError(format!("AUTH_SIGNING_KEY_FILE {}: {e}", path.display())))?;
+        }
         if let Some(path) = &self.public_keys_file {
             let text = read(path, "AUTH_PUBLIC_KEYS_FILE")?;
             let set: JwkSet = serde_json::from_str(&text).map_err(|_| {
@@ -137,17 +143,17 @@ impl KeySources {
                     path.display()
                 ))
             })?;
+            let signing = keyring.signer().and_then(|s| s.kid()).map(str::to_string);
             for jwk in &set.keys {
+                // The signing key's own public half may be listed (a rotation adds it
+                // before it signs): it is published already.
+                if signing.is_some() && jwk.common.key_id == signing {
+                    continue;
+                }
                 keyring.add_public(jwk).map_err(|e| {
                     KeyError(format!("AUTH_PUBLIC_KEYS_FILE {}: {e}", path.display()))
                 })?;
             }
-        }
-        if let Some(path) = &self.signing_key_file {
-            let pem = read(path, "AUTH_SIGNING_KEY_FILE")?;
-            keyring
-                .sign_with_pem(pem.as_bytes(), self.signing_kid.as_deref())
-                .map_err(|e| KeyError(format!("AUTH_SIGNING_KEY_FILE {}: {e}", path.display())))?;
         }
         let mut weak_secret = false;
         if let Some(source) = &self.secret {
@@ -280,5 +286,28 @@ mod tests {
         assert!(sources.load().unwrap().weak_secret);
         std::fs::remove_file(&path).unwrap();
         assert!(sources.load().unwrap_err().0.contains("AUTH_SECRET_FILE"));
+    }
+
+    #[test]
+    fn the_signing_keys_own_jwk_may_be_listed_among_the_public_keys() {
+        use crate::auth::keygen::{KeyAlg, generate};
+        let dir = std::env::temp_dir().join(format!("sb-keyfiles-jwk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (signing, other) = (
+            generate(KeyAlg::Ed25519, None).unwrap(),
+            generate(KeyAlg::Es256, Some("old")).unwrap(),
+        );
+        std::fs::write(dir.join("key.pem"), &signing.private_pem).unwrap();
+        let set = serde_json::json!({ "keys": [signing.public_jwk, other.public_jwk] });
+        std::fs::write(dir.join("public.json"), set.to_string()).unwrap();
+        let sources = KeySources {
+            signing_key_file: Some(dir.join("key.pem")),
+            public_keys_file: Some(dir.join("public.json")),
+            ..KeySources::default()
+        };
+        let ring = sources.load().unwrap().keyring;
+        assert_eq!(ring.kids().len(), 2);
+        assert_eq!(ring.published().keys.len(), 2);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
