@@ -13,8 +13,8 @@ use jsonwebtoken::jwk::JwkSet;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::fetch;
 use super::keyring::{Verifier, verifier_from_jwk};
-use crate::net::fetch;
 use crate::telemetry::Metrics;
 
 /// At most one fetch per this long, however many unknown `kid`s arrive.

@@ -3,6 +3,7 @@
 
 mod active;
 mod credentials;
+mod fetch;
 pub mod jwks;
 pub mod key_files;
 pub mod keygen;

@@ -1,11 +1,9 @@
 //! The node's client sockets: accepting them with a deadline for every phase before the
 //! WebSocket, capping those still pending, buffering each only while bytes move, and
-//! serving TLS with a certificate reloaded when its files change; and the one outbound
-//! request a node makes ([`fetch`]: key sets of other services).
+//! serving TLS with a certificate reloaded when its files change.
 
 pub mod accept;
 mod elastic;
-pub mod fetch;
 mod frame_meter;
 mod pending;
 mod tls;

@@ -1,4 +1,4 @@
-//! One bounded HTTP(S) GET, for the few documents a node reads from elsewhere (a JWKS, an
+//! One bounded HTTP(S) GET (kept in `auth`, its only user: `net` sits below `config`), for the few documents a node reads from elsewhere (a JWKS, an
 //! OpenID discovery document): a deadline over the whole exchange and a cap on the body,
 //! so an unreachable or slow server costs a bounded wait and never a hang.
 
