@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use switchboard::auth::TokenIssuer;
+use switchboard::auth::keygen::{self, KeyAlg};
+use switchboard::auth::{ActiveKeys, ApiKeys, TokenIssuer};
 use switchboard::config::{Config, Role, Settings, TokenSettings};
 
 /// Carrier-grade WebRTC signaling: JWT auth, rooms, and SDP/ICE relay over WebSocket.
@@ -26,10 +27,27 @@ enum Command {
     Serve(Server),
     /// The Auth service alone, on AUTH_PORT.
     Auth(Server),
-    /// The Signaling service (and web client) alone; needs AUTH_SECRET.
+    /// The Signaling service (and web client) alone; needs the Auth service's keys.
     Signal(Server),
-    /// Mint a token offline with the configured secret and print it.
+    /// Mint a token offline with the configured signing key and print it.
     Token(Token),
+    /// Signing keys: `keys generate` prints a new private key and its public JWK.
+    #[command(subcommand)]
+    Keys(Keys),
+}
+
+#[derive(Subcommand)]
+enum Keys {
+    /// Print a new private key (PKCS#8 PEM) for AUTH_SIGNING_KEY_FILE, then its public key
+    /// as a JWK (for AUTH_PUBLIC_KEYS_FILE); the private key never leaves stdout.
+    Generate {
+        /// Signature algorithm: ed25519 (EdDSA) or es256 (ECDSA P-256).
+        #[arg(long, value_enum, default_value = "ed25519")]
+        alg: KeyAlg,
+        /// Key id [default: the key's RFC 7638 thumbprint].
+        #[arg(long)]
+        kid: Option<String>,
+    },
 }
 
 /// Every server setting.
@@ -62,6 +80,7 @@ fn main() -> ExitCode {
         Some(Command::Serve(s)) => (Role::Serve, s.settings),
         Some(Command::Auth(s)) => (Role::Auth, s.settings),
         Some(Command::Signal(s)) => (Role::Signal, s.settings),
+        Some(Command::Keys(Keys::Generate { alg, kid })) => return generate(alg, kid.as_deref()),
         Some(Command::Token(token)) => {
             let settings = token.settings.into_settings();
             return match Config::from_settings(&settings, Role::Token) {
@@ -150,12 +169,33 @@ fn mint(config: &Config, user: &str, room: Option<&str>, ttl: Option<Duration>) 
         eprintln!("switchboard: --ttl must be between 1s and 24h");
         return ExitCode::from(2);
     }
-    let issuer = TokenIssuer::new(
-        &config.auth.secret,
+    let keys = ActiveKeys::new(config.auth.keyring.clone(), ApiKeys::default(), None);
+    let Some(issuer) = TokenIssuer::with_keys(
+        keys,
         &config.auth.issuer,
         &config.auth.audience,
         config.auth.token_ttl,
-    );
+    ) else {
+        eprintln!("switchboard: no signing key is configured");
+        return ExitCode::from(2);
+    };
     println!("{}", issuer.issue(user, room, ttl).token);
     ExitCode::SUCCESS
+}
+
+fn generate(alg: KeyAlg, kid: Option<&str>) -> ExitCode {
+    match keygen::generate(alg, kid) {
+        Ok(key) => {
+            print!("{}", key.private_pem);
+            println!(
+                "{}",
+                serde_json::to_string(&key.public_jwk).expect("a JWK serialises")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -11,7 +11,9 @@ use axum::extract::FromRef;
 use tokio::net::TcpListener;
 
 use crate::auth::Issuance;
-use crate::auth::{AuthState, Revocation, TokenIssuer, TokenVerifier};
+use crate::auth::jwks::RemoteJwks;
+use crate::auth::reload::KeyReloader;
+use crate::auth::{ActiveKeys, AuthState, Revocation, TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Environment, Role};
 use crate::cors::CrossOrigin;
@@ -42,8 +44,10 @@ pub struct AppState {
     pub config: Config,
     /// Which services this process runs.
     pub role: Role,
-    /// Signs tokens.
-    pub issuer: Arc<TokenIssuer>,
+    /// Signs tokens; `None` on a node that holds only public keys.
+    pub issuer: Option<Arc<TokenIssuer>>,
+    /// The keys in service, swapped by reloads.
+    pub keys: Arc<ActiveKeys>,
     /// Verifies tokens (shared by auth and signaling).
     pub verifier: TokenVerifier,
     /// This node's rooms and peers.
@@ -112,16 +116,43 @@ impl AppState {
         metrics: Arc<Metrics>,
         redis_nodes: Option<Arc<RedisNodes>>,
     ) -> Result<Arc<Self>, StoreError> {
-        let issuer = TokenIssuer::new(
-            &config.auth.secret,
+        let mut tasks = Vec::new();
+        let remote = match &config.auth.jwks_url {
+            Some(url) => {
+                let remote = RemoteJwks::new(url, metrics.clone());
+                // Fetched before the node listens; an Auth service still starting is no
+                // reason to refuse: the periodic and on-demand refetches catch up.
+                remote.refresh().await;
+                tasks.push(tokio::spawn(remote.clone().run(config.auth.jwks_refresh)));
+                Some(remote)
+            }
+            None => None,
+        };
+        let keys = ActiveKeys::new(
+            config.auth.keyring.clone(),
+            config.auth.api_keys.clone(),
+            remote,
+        );
+        tasks.push(tokio::spawn(
+            KeyReloader::new(
+                config.auth.sources.clone(),
+                keys.clone(),
+                config.auth.keys_reload_interval,
+                metrics.clone(),
+            )
+            .run(),
+        ));
+        let issuer = TokenIssuer::with_keys(
+            keys.clone(),
             &config.auth.issuer,
             &config.auth.audience,
             config.auth.token_ttl,
-        );
+        )
+        .map(Arc::new);
         // Lifetimes are checked against the policy cap rather than TOKEN_TTL, so tokens
         // minted before a TOKEN_TTL change (or by `switchboard token --ttl`) still verify.
-        let verifier = TokenVerifier::new(
-            &config.auth.secret,
+        let verifier = TokenVerifier::with_keys(
+            keys.clone(),
             &config.auth.issuer,
             &config.auth.audience,
             crate::config::MAX_TOKEN_TTL,
@@ -134,7 +165,6 @@ impl AppState {
             config.limits.outbound_queue,
             metrics.clone(),
         ));
-        let mut tasks = Vec::new();
         if role != Role::Auth {
             hub.evict_previous_incarnation().await?;
             let inbox = bus.subscribe(&config.node.id).await?;
@@ -174,14 +204,13 @@ impl AppState {
             resume_grace: config.timing.resume_grace,
             join_timeout: config.timing.join_timeout,
         });
-        let issuer = Arc::new(issuer);
         let draining = Arc::new(AtomicBool::new(false));
         let trusted_proxies: Arc<[_]> = config.limits.trusted_proxies.clone().into();
         let auth = Arc::new(AuthState {
             issuer: issuer.clone(),
             verifier: verifier.clone(),
             api_key_required: config.auth.issuance == Issuance::ApiKey,
-            api_keys: config.auth.api_keys.clone(),
+            keys: keys.clone(),
             token_ttl: config.auth.token_ttl,
             ice_servers: config.ice_servers.clone(),
             ip_limiter: ip_limiter.clone(),
@@ -219,6 +248,7 @@ impl AppState {
             config,
             role,
             issuer,
+            keys,
             verifier,
             hub,
             metrics,

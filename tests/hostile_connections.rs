@@ -173,7 +173,7 @@ async fn a_websocket_that_never_joins_is_closed_with_1008_within_join_timeout() 
     b.join("r").await;
     a.expect("peer_joined").await;
     // A session that dropped and resumed into its room has joined already.
-    let issued = server.state.issuer.issue("c", None, None);
+    let issued = server.state.issuer.as_ref().unwrap().issue("c", None, None);
     let mut c = common::connect_at(&addr, &issued.token).await;
     c.peer_id = issued.claims.peer_id();
     c.join("r").await;

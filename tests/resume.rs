@@ -28,7 +28,7 @@ async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(
 ) {
     let server = start_on(backend, settings()).await;
     let (mut a, _) = server.join("a", "r").await;
-    let issued = server.state.issuer.issue("b", None, None);
+    let issued = server.state.issuer.as_ref().unwrap().issue("b", None, None);
     let mut b = server.connect_to(first, &issued.token).await;
     b.join("r").await;
     a.expect("peer_joined").await;
@@ -46,7 +46,12 @@ async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(
     a.expect_nothing_pending().await;
 
     // b comes back with a refreshed token of the same session.
-    let refreshed = server.state.issuer.reissue(&issued.claims.clone().into());
+    let refreshed = server
+        .state
+        .issuer
+        .as_ref()
+        .unwrap()
+        .reissue(&issued.claims.clone().into());
     let mut b = raw(server.node_addr(back), &refreshed.token, &b_id).await;
     let resumed = b.expect("resumed").await;
     assert_eq!(resumed["roomId"], "r");

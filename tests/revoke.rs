@@ -27,7 +27,12 @@ async fn revocation_closes_the_live_connection_on_any_node(backend: Backend) {
     s.auth.api_keys = Some(API_KEY.into());
     let server = start_on(backend, s).await;
     let (mut watcher, _) = server.join("watcher", "r").await;
-    let issued = server.state.issuer.issue("mallory", None, None);
+    let issued = server
+        .state
+        .issuer
+        .as_ref()
+        .unwrap()
+        .issue("mallory", None, None);
     let mut victim = server.connect_with(&issued.token).await;
     victim.join("r").await;
     watcher.expect("peer_joined").await;
@@ -105,7 +110,12 @@ async fn revocation_needs_a_valid_api_key_and_a_session_id() {
         assert!(body["message"].as_str().unwrap().contains("sessionId"));
     }
     // A session with no live connection is still revoked for later upgrades.
-    let issued = server.state.issuer.issue("later", None, None);
+    let issued = server
+        .state
+        .issuer
+        .as_ref()
+        .unwrap()
+        .issue("later", None, None);
     let (status, body) = revoke(&base, &json!(issued.claims.session_id), Some(API_KEY)).await;
     assert_eq!((status, body["connected"].as_bool()), (200, Some(false)));
     assert_eq!(common::refused(server.ws_url(&issued.token)).await.0, 401);

@@ -1,13 +1,23 @@
-//! The Auth service: signing keys, token minting and verification, revocation, HTTP routes.
+//! The Auth service: signing and verifying keys (several, reloadable, local or fetched),
+//! token minting and verification, revocation, HTTP routes.
 
+mod active;
 mod credentials;
+mod fetch;
+pub mod jwks;
+pub mod key_files;
+pub mod keygen;
+mod keyring;
 mod keys;
+pub mod reload;
 mod revocation;
 pub mod routes;
 mod token;
 mod turn;
 
+pub use active::ActiveKeys;
 pub use credentials::{bearer, query_token};
+pub use keyring::{KeyError, Keyring};
 pub use keys::{
     ApiKeys, Issuance, MIN_SECRET_BYTES, PUBLISHED_DEFAULT_SECRET, SigningSecret, Weakness,
 };

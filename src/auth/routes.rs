@@ -1,5 +1,6 @@
-//! HTTP routes of the Auth service: `POST /auth/token`, `GET /auth/validate` and
-//! `POST /auth/revoke`.
+//! HTTP routes of the Auth service: `POST /auth/token`, `GET /auth/validate`,
+//! `POST /auth/revoke`, and the public keys at `GET /auth/jwks.json` (also
+//! `/.well-known/jwks.json`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +19,9 @@ use http_body_util::LengthLimitError;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::CorsLayer;
 
-use super::{IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token};
+use super::{
+    ActiveKeys, IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token,
+};
 use crate::error::{ApiError, method_not_allowed, sentence};
 use crate::identifier;
 use crate::resilience::{IpLimiter, TrustedNet, request_ip, via_trusted_proxy};
@@ -30,14 +33,14 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What the Auth service's handlers need, and nothing else.
 pub struct AuthState {
-    /// Signs tokens.
-    pub issuer: Arc<TokenIssuer>,
+    /// Signs tokens; `None` only on a node that holds no signing key (not an Auth role).
+    pub issuer: Option<Arc<TokenIssuer>>,
     /// Verifies tokens for `GET /auth/validate`.
     pub verifier: TokenVerifier,
     /// Whether `POST /auth/token` needs an API key (else anyone may call it).
     pub api_key_required: bool,
-    /// Accepted API keys.
-    pub api_keys: super::ApiKeys,
+    /// The keys in service: API keys, and the public keys published at the JWKS routes.
+    pub keys: Arc<ActiveKeys>,
     /// Lifetime of issued tokens; a revocation lasts at least this long.
     pub token_ttl: Duration,
     /// STUN/TURN servers handed out with each token.
@@ -70,6 +73,12 @@ where
         metrics.clone(),
     )
     .route("/auth/validate", get(validate).fallback(method_not_allowed))
+    // Public keys only, for anyone to verify with: signaling nodes, other services.
+    .route("/auth/jwks.json", get(jwks).fallback(method_not_allowed))
+    .route(
+        "/.well-known/jwks.json",
+        get(jwks).fallback(method_not_allowed),
+    )
     // Outermost, so every refusal (413, 408, 429) carries the headers a page needs to
     // read it.
     .layer(cors);
@@ -186,7 +195,7 @@ fn require_api_key(state: &AuthState, headers: &HeaderMap) -> Result<(), ApiErro
     let key = bearer(headers).ok_or_else(|| {
         ApiError::unauthorized("An API key is required: send Authorization: Bearer <api key>.")
     })?;
-    if !state.api_keys.accepts(key) {
+    if !state.keys.api_keys().accepts(key) {
         return Err(ApiError::unauthorized("The API key is not valid."));
     }
     Ok(())
@@ -253,7 +262,14 @@ async fn issue(
     let user = field("userId", request.user_id)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "userId is required."))?;
     let room = field("roomId", request.room_id)?;
-    let issued = state.issuer.issue(&user, room.as_deref(), None);
+    let issuer = state.issuer.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "This node holds no signing key; request tokens from the Auth service.",
+        )
+    })?;
+    let issued = issuer.issue(&user, room.as_deref(), None);
     Ok(Json(TokenResponse {
         peer_id: issued.claims.peer_id(),
         ice_servers: state
@@ -304,7 +320,7 @@ async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    if state.api_keys.is_empty() {
+    if state.keys.api_keys().is_empty() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "revocation_disabled",
@@ -370,7 +386,8 @@ async fn validate(
         .unwrap_or_default();
     let claims = state
         .verifier
-        .verify(&token)
+        .verify_fetching(&token)
+        .await
         .map_err(|e| ApiError::unauthorized(sentence(&e)))?;
     let revoked = state
         .sessions
@@ -393,4 +410,18 @@ async fn validate(
         expires_at: claims.exp,
         room: claims.room,
     }))
+}
+
+/// `GET /auth/jwks.json`: the public keys that verify this service's tokens (RFC 7517);
+/// never an HMAC secret. Cached briefly: a key is published before it signs.
+async fn jwks(State(state): State<Arc<AuthState>>) -> Response {
+    let keyring = state.keys.keyring();
+    (
+        [
+            (header::CONTENT_TYPE, "application/jwk-set+json"),
+            (header::CACHE_CONTROL, "public, max-age=60"),
+        ],
+        Json(keyring.published()),
+    )
+        .into_response()
 }

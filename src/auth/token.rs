@@ -1,4 +1,8 @@
-//! JWT minting and verification: HS256 only, with the claims Switchboard relies on.
+//! JWT minting and verification with the keys in service ([`ActiveKeys`]), with the claims
+//! Switchboard relies on.
+//!
+//! The header's `kid` picks the key and the key fixes the algorithm: a token is verified
+//! only with the algorithm of the key it names (HS256, EdDSA, ES256 or RS256).
 //!
 //! Verification follows the JWT best current practice (RFC 8725): the algorithm is pinned,
 //! a header naming critical extensions (`crit`) is refused since we understand none, and
@@ -6,13 +10,17 @@
 //! and `exp - iat` no longer than the lifetime the policy allows, so a token signed with
 //! the right key but an `exp` in the year 3000 is still refused.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use jsonwebtoken::Algorithm;
+use jsonwebtoken::Validation;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use super::SigningSecret;
+use super::active::{ActiveKeys, Lookup};
+use super::keyring::Keyring;
+use super::{ApiKeys, SigningSecret};
 use crate::clock::unix_now;
 use crate::identifier;
 
@@ -130,9 +138,15 @@ pub enum TokenError {
     /// The header names critical extensions (`crit`), none of which this server implements.
     #[error("the token header lists critical extensions (crit) this server does not understand")]
     UnknownCritical,
-    /// Signed with another algorithm than HS256 (including `none`).
-    #[error("the token is not signed with HS256")]
+    /// Signed with another algorithm than its key's (including `none`).
+    #[error("the token is not signed with the algorithm of its key")]
     WrongAlgorithm,
+    /// The header names no key (`kid`), and this server's keys all have ids.
+    #[error("the token names no signing key (kid); request a new token")]
+    MissingKeyId,
+    /// The header's `kid` names no key this server knows (retired, or never ours).
+    #[error("the token's signing key (kid) is not known here; request a new token")]
+    UnknownKey,
     /// Signature does not verify.
     #[error("the token signature is invalid")]
     BadSignature,
@@ -150,24 +164,38 @@ pub enum TokenError {
     Malformed,
 }
 
-/// Signs tokens with the configured secret and policy.
+/// Signs tokens with the signing key in service and the configured policy.
 #[derive(Clone)]
 pub struct TokenIssuer {
-    key: EncodingKey,
+    /// Always holds a signing key: see [`TokenIssuer::with_keys`].
+    keys: Arc<ActiveKeys>,
     issuer: String,
     audience: String,
     ttl: Duration,
 }
 
 impl TokenIssuer {
-    /// An issuer for `iss`/`aud` whose tokens live `ttl`.
+    /// An issuer signing with the single `secret` for `iss`/`aud`, whose tokens live `ttl`.
     pub fn new(secret: &SigningSecret, issuer: &str, audience: &str, ttl: Duration) -> Self {
-        Self {
-            key: EncodingKey::from_secret(secret.as_bytes()),
+        let keys = ActiveKeys::new(Keyring::from_secret(secret), ApiKeys::default(), None);
+        Self::with_keys(keys, issuer, audience, ttl).expect("a secret signs")
+    }
+
+    /// An issuer signing with whatever key is in service in `keys`; `None` when they hold
+    /// no signing key (a reload never takes the signing key away).
+    pub fn with_keys(
+        keys: Arc<ActiveKeys>,
+        issuer: &str,
+        audience: &str,
+        ttl: Duration,
+    ) -> Option<Self> {
+        keys.keyring().signer()?;
+        Some(Self {
+            keys,
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             ttl,
-        }
+        })
     }
 
     /// Mints a token for `user` with a new session, optionally restricted to `room`.
@@ -198,48 +226,81 @@ impl TokenIssuer {
             exp: now + ttl.as_secs().max(1),
             room: room.map(str::to_string),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
-            .expect("HS256 signing of a serialisable struct cannot fail");
+        let keyring = self.keys.keyring();
+        let signer = keyring
+            .signer()
+            .expect("an issuer's keys always hold a signing key");
+        let token = jsonwebtoken::encode(&signer.header(), &claims, signer.key())
+            .expect("a loaded key signs any serialisable struct");
         IssuedToken { token, claims }
     }
 }
 
+/// The algorithms a key may have; each gets its own pinned validation.
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::HS256,
+    Algorithm::EdDSA,
+    Algorithm::ES256,
+    Algorithm::RS256,
+];
+
 /// Verifies tokens; one instance is shared by the Auth and Signaling services.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: Arc<ActiveKeys>,
+    /// One validation per entry of [`ALGORITHMS`], each accepting that algorithm alone.
+    validations: Arc<[Validation]>,
     /// Longest `exp - iat` accepted, in seconds: the issuance policy's cap.
     max_lifetime: u64,
 }
 
 impl TokenVerifier {
-    /// A verifier pinned to HS256 with exact `iss`/`aud`, accepting lifetimes (`exp - iat`)
-    /// up to `max_lifetime`.
+    /// A verifier of the single HS256 `secret` with exact `iss`/`aud`, accepting lifetimes
+    /// (`exp - iat`) up to `max_lifetime`.
     pub fn new(
         secret: &SigningSecret,
         issuer: &str,
         audience: &str,
         max_lifetime: Duration,
     ) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
-        // The library cannot require `iat`; `Claims` has no default for it, so a token
-        // without one is refused as a bad `iat` claim (the lifetime check needs it).
-        validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
+        let keys = ActiveKeys::new(Keyring::from_secret(secret), ApiKeys::default(), None);
+        Self::with_keys(keys, issuer, audience, max_lifetime)
+    }
+
+    /// A verifier of the keys in service in `keys`, with exact `iss`/`aud`, accepting
+    /// lifetimes (`exp - iat`) up to `max_lifetime`.
+    pub fn with_keys(
+        keys: Arc<ActiveKeys>,
+        issuer: &str,
+        audience: &str,
+        max_lifetime: Duration,
+    ) -> Self {
+        let validations = ALGORITHMS
+            .iter()
+            .map(|alg| validation(*alg, issuer, audience))
+            .collect();
         Self {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+            keys,
+            validations,
             max_lifetime: max_lifetime.as_secs(),
         }
     }
 
     /// Checks signature, algorithm, times and claims; returns the claims when all hold.
+    /// A `kid` the cache of a remote key set lacks makes it refetch that set (rate
+    /// limited, with a deadline) before the token is refused.
+    pub async fn verify_fetching(&self, token: &str) -> Result<Claims, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKey) => match self.keys.remote() {
+                Some(remote) if remote.refresh().await => self.verify(token),
+                _ => Err(TokenError::UnknownKey),
+            },
+            other => other,
+        }
+    }
+
+    /// Checks signature, algorithm, times and claims with the keys at hand; returns the
+    /// claims when all hold.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
@@ -247,10 +308,30 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLong);
         }
-        check_header(token)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let header = check_header(token)?;
+        let key = self
+            .keys
+            .find(header.kid.as_deref())
+            .map_err(|missing| match missing {
+                Lookup::MissingKid => TokenError::MissingKeyId,
+                Lookup::UnknownKid => TokenError::UnknownKey,
+            })?;
+        // The key's algorithm, never the header's, decides how the token is checked.
+        if header.alg != key.alg {
+            return Err(TokenError::WrongAlgorithm);
+        }
+        let validation = ALGORITHMS
+            .iter()
+            .position(|a| *a == key.alg)
+            .map(|i| &self.validations[i])
+            .ok_or(TokenError::WrongAlgorithm)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, validation)
             .map_err(|e| map_error(e.kind()))?;
-        let claims = data.claims;
+        self.check_claims(data.claims)
+    }
+
+    /// The claims' own rules, once the signature holds.
+    fn check_claims(&self, claims: Claims) -> Result<Claims, TokenError> {
         self.check_times(&claims)?;
         if identifier::check(&claims.sub).is_err() {
             return Err(TokenError::BadClaim("sub"));
@@ -285,15 +366,37 @@ impl TokenVerifier {
     }
 }
 
-/// Reads the header's `alg` before anything else, so `none` or an algorithm the JWT library
-/// does not even know is reported as what it is rather than as a parse failure; and refuses
-/// any `crit` (RFC 7515 §4.1.11: an extension the recipient does not understand makes the
+/// The pinned validation of one algorithm, exact `iss`/`aud`, times with a small leeway.
+fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.leeway = LEEWAY_SECS;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    // The library cannot require `iat`; `Claims` has no default for it, so a token
+    // without one is refused as a bad `iat` claim (the lifetime check needs it).
+    validation.set_required_spec_claims(&["exp", "nbf", "sub", "iss", "aud"]);
+    validation
+}
+
+/// What the header says, read before any key is chosen.
+struct JoseHeader {
+    alg: Algorithm,
+    kid: Option<String>,
+}
+
+/// Reads the header's `alg` and `kid` before anything else, so `none` or an algorithm we
+/// do not accept is reported as what it is rather than as a parse failure; and refuses any
+/// `crit` (RFC 7515 §4.1.11: an extension the recipient does not understand makes the
 /// token invalid, and we understand none).
-fn check_header(token: &str) -> Result<(), TokenError> {
+fn check_header(token: &str) -> Result<JoseHeader, TokenError> {
     use base64::Engine;
     #[derive(Deserialize)]
-    struct JoseHeader {
+    struct Raw {
         alg: Option<String>,
+        kid: Option<String>,
         /// Any value, even an empty list (which RFC 7515 forbids), is refused.
         crit: Option<serde_json::Value>,
     }
@@ -301,14 +404,20 @@ fn check_header(token: &str) -> Result<(), TokenError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(first)
         .map_err(|_| TokenError::Malformed)?;
-    let header: JoseHeader = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
-    if header.alg.as_deref() != Some("HS256") {
-        return Err(TokenError::WrongAlgorithm);
-    }
+    let header: Raw = serde_json::from_slice(&bytes).map_err(|_| TokenError::Malformed)?;
+    let alg = header
+        .alg
+        .as_deref()
+        .and_then(|name| name.parse::<Algorithm>().ok())
+        .filter(|alg| ALGORITHMS.contains(alg))
+        .ok_or(TokenError::WrongAlgorithm)?;
     if header.crit.is_some() {
         return Err(TokenError::UnknownCritical);
     }
-    Ok(())
+    Ok(JoseHeader {
+        alg,
+        kid: header.kid,
+    })
 }
 
 fn map_error(kind: &ErrorKind) -> TokenError {
@@ -356,6 +465,8 @@ fn random_hex() -> String {
 
 #[cfg(test)]
 mod tests {
+    use jsonwebtoken::{EncodingKey, Header};
+
     use super::*;
 
     fn pair() -> (TokenIssuer, TokenVerifier) {
@@ -505,5 +616,93 @@ mod tests {
             verifier.verify("eyJhbGciOiJub25lIn0.e30."),
             Err(TokenError::WrongAlgorithm)
         );
+    }
+
+    /// A verifier over `keys` as a node would build it.
+    fn over(list: &str) -> (Arc<ActiveKeys>, TokenVerifier) {
+        let sources = crate::auth::key_files::KeySources {
+            hmac_keys: Some(crate::auth::key_files::Source::Value(list.into())),
+            ..Default::default()
+        };
+        let loaded = sources.load().unwrap();
+        let keys = ActiveKeys::new(loaded.keyring, loaded.api_keys, None);
+        let verifier =
+            TokenVerifier::with_keys(keys.clone(), "switchboard", "switchboard", MAX_LIFETIME);
+        (keys, verifier)
+    }
+
+    #[test]
+    fn named_keys_verify_their_own_tokens_and_refuse_missing_or_unknown_kids() {
+        let (old, new) = ("o".repeat(32), "n".repeat(32));
+        let (keys, verifier) = over(&format!("new={new},old={old}"));
+        let issuer =
+            TokenIssuer::with_keys(keys, "switchboard", "switchboard", Duration::from_secs(60))
+                .unwrap();
+        let issued = issuer.issue("alice", None, None);
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.kid.as_deref(), Some("new"));
+        assert!(verifier.verify(&issued.token).is_ok());
+        let signed = |kid: Option<&str>, secret: &str| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = kid.map(String::from);
+            jsonwebtoken::encode(
+                &header,
+                &claims(),
+                &EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        assert!(verifier.verify(&signed(Some("old"), &old)).is_ok());
+        assert_eq!(
+            verifier.verify(&signed(None, &old)),
+            Err(TokenError::MissingKeyId)
+        );
+        assert_eq!(
+            verifier.verify(&signed(Some("gone"), &old)),
+            Err(TokenError::UnknownKey)
+        );
+        // A kid naming one key does not let another key's signature through.
+        assert_eq!(
+            verifier.verify(&signed(Some("new"), &old)),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_key_verifies_only_its_own_algorithm() {
+        let key = crate::auth::keygen::generate(crate::auth::keygen::KeyAlg::Ed25519, Some("ed"))
+            .unwrap();
+        let mut ring = Keyring::default();
+        ring.sign_with_pem(key.private_pem.as_bytes(), Some("ed"))
+            .unwrap();
+        let keys = ActiveKeys::new(ring, ApiKeys::default(), None);
+        let verifier =
+            TokenVerifier::with_keys(keys.clone(), "switchboard", "switchboard", MAX_LIFETIME);
+        let issuer =
+            TokenIssuer::with_keys(keys, "switchboard", "switchboard", Duration::from_secs(60))
+                .unwrap();
+        assert!(
+            verifier
+                .verify(&issuer.issue("alice", None, None).token)
+                .is_ok()
+        );
+        // HS256 with the public key's bytes as the secret: the classic confusion.
+        let public = serde_json::to_vec(&key.public_jwk).unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("ed".into());
+        let confused =
+            jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(&public)).unwrap();
+        assert_eq!(verifier.verify(&confused), Err(TokenError::WrongAlgorithm));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","kid":"ed"}"#),
+            b64(&serde_json::to_string(&claims()).unwrap())
+        );
+        assert_eq!(verifier.verify(&none), Err(TokenError::WrongAlgorithm));
+    }
+
+    fn b64(text: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
     }
 }

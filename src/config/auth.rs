@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::Args;
 
 use super::{ConfigError, Environment, Role, refuse};
-use crate::auth::{ApiKeys, Issuance, MIN_SECRET_BYTES, SigningSecret, Weakness};
+use crate::auth::key_files::{KeySources, Source};
+use crate::auth::{ApiKeys, Issuance, Keyring, SigningSecret};
 
 /// Longest token lifetime the policy allows.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -43,9 +44,46 @@ pub struct AuthSettings {
     #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
-    /// File holding the JWT signing secret (trailing newline ignored).
+    /// File holding the JWT signing secret (trailing newline ignored; reloaded on change).
     #[arg(long, env = "AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
     pub auth_secret_file: Option<PathBuf>,
+
+    /// HS256 keys with ids, `kid=secret` separated by commas (each secret at least 32 bytes);
+    /// the first signs unless AUTH_SIGNING_KID names another. Prefer AUTH_KEYS_FILE.
+    #[arg(long, env = "AUTH_KEYS", hide_env_values = true, conflicts_with_all = ["auth_secret", "auth_secret_file"])]
+    pub auth_keys: Option<String>,
+
+    /// File of `kid=secret` lines (blank lines and `#` comments ignored; reloaded on change).
+    #[arg(long, env = "AUTH_KEYS_FILE", conflicts_with_all = ["auth_keys", "auth_secret", "auth_secret_file"])]
+    pub auth_keys_file: Option<PathBuf>,
+
+    /// Id of the key that signs new tokens [default: the first of AUTH_KEYS, or the
+    /// thumbprint of AUTH_SIGNING_KEY_FILE's key].
+    #[arg(long, env = "AUTH_SIGNING_KID")]
+    pub auth_signing_kid: Option<String>,
+
+    /// Ed25519 (EdDSA) or P-256 (ES256) private key, PKCS#8 PEM, that signs new tokens;
+    /// its public key is published at /auth/jwks.json (reloaded on change).
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
+    pub auth_signing_key_file: Option<PathBuf>,
+
+    /// JWKS file of public keys that verify tokens (signaling nodes need no secret then).
+    #[arg(long, env = "AUTH_PUBLIC_KEYS_FILE")]
+    pub auth_public_keys_file: Option<PathBuf>,
+
+    /// URL of the Auth service's public keys (e.g. https://auth.example.com/auth/jwks.json):
+    /// fetched at start, cached, refetched periodically and for an unknown kid.
+    #[arg(long, env = "AUTH_JWKS_URL")]
+    pub auth_jwks_url: Option<String>,
+
+    /// How often the keys at AUTH_JWKS_URL are refetched.
+    #[arg(long, env = "AUTH_JWKS_REFRESH", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub auth_jwks_refresh: Duration,
+
+    /// How often key files and AUTH_API_KEYS_FILE are checked for changes; `0s`: only
+    /// SIGHUP reloads them.
+    #[arg(long, env = "KEYS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub keys_reload_interval: Duration,
 
     /// Who may call POST /auth/token [default: open in development, api-key in production].
     #[arg(long, env = "TOKEN_ISSUANCE", value_enum)]
@@ -83,10 +121,20 @@ pub struct AuthSettings {
 /// The Auth service's resolved settings.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// Signing secret (possibly generated for development).
-    pub secret: SigningSecret,
+    /// Where keys and API keys come from, read again on every reload.
+    pub sources: KeySources,
+    /// The keys as read at start (the generated secret, in development without keys).
+    pub keyring: Keyring,
     /// True when the secret was generated at start and dies with the process.
     pub secret_generated: bool,
+    /// True when AUTH_SECRET is short or well known (tolerated outside production).
+    pub weak_secret: bool,
+    /// The Auth service's published keys, fetched by signaling nodes.
+    pub jwks_url: Option<String>,
+    /// How often those are refetched.
+    pub jwks_refresh: Duration,
+    /// How often key files are checked; zero: SIGHUP only.
+    pub keys_reload_interval: Duration,
     /// Who may call `POST /auth/token`.
     pub issuance: Issuance,
     /// Accepted API keys (api-key issuance).
@@ -107,7 +155,16 @@ impl AuthSettings {
     /// Resolves and checks the auth settings for `role`; in production unsafe values are errors.
     pub fn resolve(&self, role: Role, environment: Environment) -> Result<AuthConfig, ConfigError> {
         let production = environment.is_production();
-        let (secret, secret_generated) = self.resolve_secret(role, production)?;
+        let (sources, secret_generated) = self.key_sources(role, production)?;
+        let loaded = sources.load().map_err(|e| refuse(e.0))?;
+        if let Some(url) = &self.auth_jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(refuse(
+                "AUTH_JWKS_URL must be an http:// or https:// URL, e.g. \
+                 https://auth.example.com/auth/jwks.json.",
+            ));
+        }
 
         if self.token_ttl > MAX_TOKEN_TTL {
             return Err(refuse(format!(
@@ -134,7 +191,7 @@ impl AuthSettings {
                  or opt in explicitly with ALLOW_OPEN_ISSUANCE=true.",
             ));
         }
-        let api_keys = self.resolve_api_keys()?;
+        let api_keys = loaded.api_keys;
         if role.issues_tokens() && issuance == Issuance::ApiKey && api_keys.is_empty() {
             return Err(refuse(
                 "TOKEN_ISSUANCE=api-key needs at least one key in AUTH_API_KEYS or AUTH_API_KEYS_FILE.",
@@ -165,7 +222,12 @@ impl AuthSettings {
         }
 
         Ok(AuthConfig {
-            secret,
+            sources,
+            keyring: loaded.keyring,
+            weak_secret: loaded.weak_secret,
+            jwks_url: self.auth_jwks_url.clone(),
+            jwks_refresh: self.auth_jwks_refresh,
+            keys_reload_interval: self.keys_reload_interval,
             secret_generated,
             issuance,
             api_keys,
@@ -177,91 +239,47 @@ impl AuthSettings {
         })
     }
 
-    fn resolve_secret(
-        &self,
-        role: Role,
-        production: bool,
-    ) -> Result<(SigningSecret, bool), ConfigError> {
-        let given = match (&self.auth_secret, &self.auth_secret_file) {
-            (Some(v), _) => Some(v.clone()),
-            (None, Some(path)) => {
-                let raw = std::fs::read_to_string(path).map_err(|e| {
-                    refuse(format!(
-                        "AUTH_SECRET_FILE {} cannot be read: {e}.",
-                        path.display()
-                    ))
-                })?;
-                Some(raw.trim_end_matches(['\r', '\n']).to_string())
-            }
-            (None, None) => None,
+    /// Where the keys come from, checked against what `role` needs: a development
+    /// `serve` or `auth` without any key gets a generated secret.
+    fn key_sources(&self, role: Role, production: bool) -> Result<(KeySources, bool), ConfigError> {
+        let mut sources = KeySources {
+            secret: match (&self.auth_secret, &self.auth_secret_file) {
+                (Some(v), _) => Some(Source::Value(SigningSecret::new(v.clone().into_bytes()))),
+                (None, Some(path)) => Some(Source::File(path.clone())),
+                (None, None) => None,
+            },
+            hmac_keys: match (&self.auth_keys, &self.auth_keys_file) {
+                (Some(v), _) => Some(Source::Value(v.clone())),
+                (None, Some(path)) => Some(Source::File(path.clone())),
+                (None, None) => None,
+            },
+            signing_kid: self.auth_signing_kid.clone(),
+            signing_key_file: self.auth_signing_key_file.clone(),
+            public_keys_file: self.auth_public_keys_file.clone(),
+            api_keys: self.api_keys.clone(),
+            api_keys_file: self.api_keys_file.clone(),
+            production,
         };
-        let Some(secret) = given else {
-            if production {
+        let signs = matches!(role, Role::Serve | Role::Auth | Role::Token);
+        if signs && !sources.can_sign() {
+            if production || role == Role::Token {
                 return Err(refuse(
-                    "AUTH_SECRET (or AUTH_SECRET_FILE) is required in production: \
-                     set at least 32 random bytes, e.g. `openssl rand -base64 48`.",
+                    "AUTH_SECRET (or AUTH_SECRET_FILE) is required to sign tokens, or AUTH_KEYS / \
+                     AUTH_KEYS_FILE, or AUTH_SIGNING_KEY_FILE: set at least 32 random bytes, e.g. \
+                     `openssl rand -base64 48`, or create a key with `switchboard keys generate`.",
                 ));
             }
-            if matches!(role, Role::Signal | Role::Token) {
-                return Err(refuse(
-                    "AUTH_SECRET (or AUTH_SECRET_FILE) is required for this role: \
-                     without the auth service's secret no token can be verified or minted.",
-                ));
-            }
-            return Ok((SigningSecret::generate(), true));
-        };
-        if secret.is_empty() {
+            sources.secret = Some(Source::Value(SigningSecret::generate()));
+            return Ok((sources, true));
+        }
+        if role == Role::Signal && !sources.any() && self.auth_jwks_url.is_none() {
             return Err(refuse(
-                "AUTH_SECRET is empty; set at least 32 random bytes.",
+                "AUTH_SECRET (or AUTH_SECRET_FILE) is required for this role, or the Auth service's \
+                 public keys (AUTH_JWKS_URL or AUTH_PUBLIC_KEYS_FILE): without them no token can \
+                 be verified.",
             ));
         }
-        let secret = SigningSecret::new(secret.into_bytes());
-        if production {
-            match secret.weakness() {
-                Some(Weakness::WellKnown) => {
-                    return Err(refuse(
-                        "AUTH_SECRET is a published, well-known value; generate a new random secret.",
-                    ));
-                }
-                Some(Weakness::TooShort) => {
-                    return Err(refuse(format!(
-                        "AUTH_SECRET is {} bytes; production requires at least {MIN_SECRET_BYTES}.",
-                        secret.as_bytes().len()
-                    )));
-                }
-                None => {}
-            }
-        }
-        Ok((secret, false))
-    }
-
-    fn resolve_api_keys(&self) -> Result<ApiKeys, ConfigError> {
-        let mut keys: Vec<String> = Vec::new();
-        if let Some(list) = &self.api_keys {
-            keys.extend(list.split(',').map(str::trim).map(String::from));
-        }
-        if let Some(path) = &self.api_keys_file {
-            let raw = std::fs::read_to_string(path).map_err(|e| {
-                refuse(format!(
-                    "AUTH_API_KEYS_FILE {} cannot be read: {e}.",
-                    path.display()
-                ))
-            })?;
-            keys.extend(
-                raw.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.starts_with('#'))
-                    .map(String::from),
-            );
-        }
-        keys.retain(|k| !k.is_empty());
-        if let Some(short) = keys.iter().find(|k| k.len() < 16) {
-            return Err(refuse(format!(
-                "an API key of {} characters is too short to resist guessing; use at least 16.",
-                short.len()
-            )));
-        }
-        Ok(ApiKeys::new(keys))
+        Ok((sources, false))
     }
 }
 
@@ -275,7 +293,7 @@ impl AuthConfig {
                  survive a restart and other processes cannot verify them"
                     .to_string(),
             );
-        } else if self.secret.is_weak() {
+        } else if self.weak_secret {
             out.push(
                 "AUTH_SECRET is shorter than 32 bytes or a well-known value; production would refuse it"
                     .to_string(),

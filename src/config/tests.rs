@@ -153,7 +153,7 @@ fn secret_file_is_read_and_trimmed() {
     s.auth.auth_secret_file = Some(dir.clone());
     s.auth.auth_secret = None;
     let c = Config::from_settings(&s, Role::Serve).unwrap();
-    assert!(!c.auth.secret.is_weak());
+    assert!(!c.auth.weak_secret);
     std::fs::remove_file(dir).unwrap();
 }
 
@@ -236,4 +236,30 @@ fn tls_needs_both_files_and_production_without_it_or_a_proxy_warns() {
     dev.auth.auth_secret = Some("x".repeat(48));
     let config = Config::from_settings(&dev, Role::Serve).unwrap();
     assert!(!config.warnings().iter().any(|w| w.contains(https)));
+}
+
+#[test]
+fn production_accepts_a_signal_node_with_only_public_keys() {
+    let mut s = prod();
+    s.auth.auth_secret = None;
+    s.auth.api_keys = None;
+    s.auth.auth_jwks_url = Some("https://auth.example.com/auth/jwks.json".into());
+    let c = Config::from_settings(&s, Role::Signal).unwrap();
+    assert!(c.auth.keyring.signer().is_none());
+    // The roles that sign still need a signing key.
+    assert!(err(&s, Role::Auth).contains("AUTH_SIGNING_KEY_FILE"));
+    s.auth.auth_jwks_url = Some("ftp://auth.example.com/keys".into());
+    assert!(err(&s, Role::Signal).contains("AUTH_JWKS_URL"));
+}
+
+#[test]
+fn auth_keys_and_auth_secret_cannot_both_be_given() {
+    let parsed = Cli::try_parse_from([
+        "switchboard",
+        "--auth-secret",
+        &"x".repeat(40),
+        "--auth-keys",
+        &format!("a={}", "y".repeat(40)),
+    ]);
+    assert!(parsed.is_err());
 }

@@ -48,8 +48,9 @@ pub struct ConnectionLimits {
 pub struct Connection {
     /// The node's hub.
     pub hub: Arc<Hub>,
-    /// Mints refreshed tokens.
-    pub issuer: Arc<TokenIssuer>,
+    /// Mints refreshed tokens; `None` on a node that holds only public keys (its clients
+    /// fetch new tokens from the Auth service and reconnect).
+    pub issuer: Option<Arc<TokenIssuer>>,
     /// STUN/TURN servers told to the client in `joined` and `resumed`.
     pub ice_servers: Arc<IceServers>,
     /// Timers and rates, shared by the node's connections.
@@ -145,6 +146,7 @@ impl Connection {
 
     /// When to push a fresh token, if refresh is on.
     pub(super) fn refresh_at(&self, grant: &Grant) -> Option<Instant> {
+        self.issuer.as_ref()?;
         refresh_wait(grant.remaining(), self.limits.refresh_before).map(|w| Instant::now() + w)
     }
 

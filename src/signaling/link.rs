@@ -288,8 +288,12 @@ impl<'c> Link<'c> {
                 }
                 Some(Due::Refresh) | None => {}
             }
-            if fired.due == Some(Due::Refresh) {
-                let fresh = self.conn.issuer.reissue(&session.grant);
+            if fired.due == Some(Due::Refresh)
+                && let Some(issuer) = &self.conn.issuer
+            {
+                // Signed with the key in service now: a connection opened with a key
+                // since retired gets a token that verifies everywhere.
+                let fresh = issuer.reissue(&session.grant);
                 let frame = Outgoing::Token {
                     token: &fresh.token,
                     expires_at: fresh.claims.exp,

@@ -38,8 +38,8 @@ const BEARER_PREFIX: &str = "bearer.";
 pub struct SignalingState {
     /// This node's rooms and peers.
     pub hub: Arc<Hub>,
-    /// Mints refreshed tokens.
-    pub issuer: Arc<TokenIssuer>,
+    /// Mints refreshed tokens; `None` on a node that holds only public keys.
+    pub issuer: Option<Arc<TokenIssuer>>,
     /// Verifies the upgrade's token.
     pub verifier: TokenVerifier,
     /// STUN/TURN servers told to clients.
@@ -157,7 +157,8 @@ async fn accept(
         .unwrap_or_default();
     let claims = state
         .verifier
-        .verify(&token)
+        .verify_fetching(&token)
+        .await
         .map_err(|e| ("token", ApiError::unauthorized(sentence(&e))))?;
     // A revoked session is refused. When the store cannot answer (a Redis failover or a
     // short outage) the session is admitted rather than every new client refused while

@@ -147,6 +147,8 @@ pub struct Metrics {
     pub bus_resent: Counter,
     undelivered: Family<ReasonLabels, Counter>,
     tls_reloads: Family<ResultLabels, Counter>,
+    key_reloads: Family<ResultLabels, Counter>,
+    jwks_fetches: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -313,6 +315,18 @@ impl Metrics {
             "Reloads of the TLS certificate after its files changed, by result",
             tls_reloads.clone(),
         );
+        let key_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "key_reloads",
+            "Reloads of signing keys and API keys (SIGHUP or a changed file), by result",
+            key_reloads.clone(),
+        );
+        let jwks_fetches = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "Fetches of the Auth service's public keys (AUTH_JWKS_URL), by result",
+            jwks_fetches.clone(),
+        );
         Arc::new(Self {
             registry,
             connections,
@@ -338,6 +352,8 @@ impl Metrics {
             bus_resent,
             undelivered,
             tls_reloads,
+            key_reloads,
+            jwks_fetches,
         })
     }
 
@@ -392,6 +408,20 @@ impl Metrics {
     /// Counts a reload of the TLS certificate (`success` or `failure`).
     pub fn tls_reloaded(&self, result: &'static str) {
         self.tls_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a reload of the keys (`success` or `failure`).
+    pub fn keys_reloaded(&self, result: &'static str) {
+        self.key_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+
+    /// Counts a fetch of a remote key set (`success` or `failure`).
+    pub fn jwks_fetched(&self, result: &'static str) {
+        self.jwks_fetches
             .get_or_create(&ResultLabels { result })
             .inc();
     }

@@ -250,7 +250,12 @@ impl TestServer {
 
     /// Mints a token with the deployment's issuer.
     pub fn token(&self, user: &str, room: Option<&str>) -> String {
-        self.state.issuer.issue(user, room, None).token
+        self.state
+            .issuer
+            .as_ref()
+            .unwrap()
+            .issue(user, room, None)
+            .token
     }
 
     /// The Redis fixture the deployment runs on.

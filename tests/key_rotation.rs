@@ -1,0 +1,200 @@
+//! Rotating HS256 keys on a running `switchboard serve` through AUTH_KEYS_FILE: add the new
+//! key, switch signing to it, remove the old one; then a malformed file. Every step is a
+//! reload (a changed file or SIGHUP) confirmed on `/metrics` before it is checked, and
+//! the connections opened before the first step must outlive them all.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::process::{Running, switchboard};
+use common::tools::Scratch;
+use common::{DEADLINE, claims, connect_at, eventually, forge, refused};
+use serde_json::{Value, json};
+
+const OLD: &str = "old-secret-0123456789-0123456789-abcdef";
+const NEW: &str = "new-secret-0123456789-0123456789-abcdef";
+
+/// The `kid` in a token's header.
+fn kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).unwrap().kid
+}
+
+/// The peer id a token's session gets: `<sub>-<session_id>`.
+fn peer_of(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&bytes).unwrap();
+    format!(
+        "{}-{}",
+        claims["sub"].as_str().unwrap(),
+        claims["session_id"].as_str().unwrap()
+    )
+}
+
+/// The count of `switchboard_key_reloads_total` with `result`.
+async fn reloads(http: &reqwest::Client, addr: &str, result: &str) -> u64 {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("switchboard_key_reloads_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+async fn wait_reloads(http: &reqwest::Client, addr: &str, result: &str, count: u64) {
+    eventually(
+        format!("{count} key reloads with result {result}"),
+        DEADLINE,
+        async || reloads(http, addr, result).await >= count,
+    )
+    .await;
+}
+
+async fn token(http: &reqwest::Client, addr: &str, user: &str) -> String {
+    let body: Value = http
+        .post(format!("http://{addr}/auth/token"))
+        .json(&json!({ "userId": user }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+async fn validate(http: &reqwest::Client, addr: &str, token: &str) -> u16 {
+    http.get(format!("http://{addr}/auth/validate"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_without_dropping_a_connection() {
+    let scratch = Scratch::new("key-rotation");
+    let file = scratch.join("keys");
+    std::fs::write(&file, format!("old={OLD}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let (mut node, addr) = Running::spawn(switchboard(
+        &["serve", "--bind", "127.0.0.1", "--port", "0"],
+        &[
+            ("AUTH_KEYS_FILE", path),
+            ("KEYS_RELOAD_INTERVAL", "200ms"),
+            ("TOKEN_REFRESH_BEFORE", "15s"),
+        ],
+    ));
+    let http = reqwest::Client::new();
+
+    // Before any step: the old key signs.
+    let old_token = token(&http, &addr, "carol").await;
+    assert_eq!(kid(&old_token).as_deref(), Some("old"));
+    // A connection whose old-key token lives 20 s: its refresh comes 10 s in, after the
+    // steps below, and must carry the new key.
+    let mut short = claims("alice");
+    let now = switchboard::auth::unix_now();
+    short["exp"] = json!(now + 20);
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("old".into());
+    let refreshing = forge(&header, &short, OLD.as_bytes());
+    let connected_at = Instant::now();
+    let mut alice = connect_at(&addr, &refreshing).await;
+    alice.peer_id = peer_of(&refreshing);
+    let bob_token = token(&http, &addr, "bob").await;
+    let mut bob = connect_at(&addr, &bob_token).await;
+    bob.peer_id = peer_of(&bob_token);
+    alice.join("r").await;
+    let alice_peer = alice.peer_id.clone();
+    bob.join("r").await;
+
+    // 1. Add the new key (noticed by the file check): the old one still signs.
+    std::fs::write(&file, format!("old={OLD}\nnew={NEW}\n")).unwrap();
+    wait_reloads(&http, &addr, "success", 1).await;
+    assert_eq!(validate(&http, &addr, &old_token).await, 200);
+    assert_eq!(
+        kid(&token(&http, &addr, "dave").await).as_deref(),
+        Some("old")
+    );
+
+    // 2. Switch: the new key first, announced by SIGHUP. New tokens carry it; old ones
+    //    still verify, for validation and for new upgrades.
+    std::fs::write(&file, format!("new={NEW}\nold={OLD}\n")).unwrap();
+    node.signal("-HUP");
+    wait_reloads(&http, &addr, "success", 2).await;
+    let new_token = token(&http, &addr, "erin").await;
+    assert_eq!(kid(&new_token).as_deref(), Some("new"));
+    assert_eq!(validate(&http, &addr, &old_token).await, 200);
+    connect_at(&addr, &old_token).await.close().await;
+
+    // 3. Remove the old key: its tokens are refused, new ones are not.
+    std::fs::write(&file, format!("new={NEW}\n")).unwrap();
+    node.signal("-HUP");
+    wait_reloads(&http, &addr, "success", 3).await;
+    assert_eq!(validate(&http, &addr, &old_token).await, 401);
+    let (status, body) = refused(format!("ws://{addr}/ws/signal?token={old_token}")).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(validate(&http, &addr, &new_token).await, 200);
+
+    // 4. A malformed file changes nothing, and the warning holds no key material.
+    std::fs::write(&file, "new=tiny-secret-x\n").unwrap();
+    node.signal("-HUP");
+    wait_reloads(&http, &addr, "failure", 1).await;
+    assert_eq!(validate(&http, &addr, &new_token).await, 200);
+    assert_eq!(validate(&http, &addr, &old_token).await, 401);
+    assert_eq!(
+        kid(&token(&http, &addr, "frank").await).as_deref(),
+        Some("new")
+    );
+    let warning = node.wait_for(|l| l.contains("keys not reloaded"));
+    assert!(warning.contains("AUTH_KEYS_FILE"), "{warning}");
+    assert!(
+        !warning.contains("tiny-secret-x") && !warning.contains(NEW),
+        "{warning}"
+    );
+    assert!(
+        connected_at.elapsed() < Duration::from_secs(9),
+        "the steps took too long for the refresh to come after them"
+    );
+
+    // The connection opened with the old key still runs, and its refresh is signed with
+    // the new key (and verifies although the old key is gone).
+    let refreshed = loop {
+        let message = alice.recv().await;
+        if message["type"] == "token" {
+            break message["token"].as_str().unwrap().to_string();
+        }
+    };
+    assert_eq!(kid(&refreshed).as_deref(), Some("new"));
+    assert_eq!(validate(&http, &addr, &refreshed).await, 200);
+    // Neither connection was dropped: a relay still goes through.
+    bob.offer(&alice_peer, "v=0 rotation").await;
+    let offer = loop {
+        let message = alice.recv().await;
+        if message["type"] == "offer" {
+            break message;
+        }
+    };
+    assert_eq!(offer["sdp"], "v=0 rotation");
+    alice.close().await;
+    bob.close().await;
+    let logs = node.terminate();
+    for line in &logs {
+        assert!(
+            !line.contains(OLD) && !line.contains(NEW),
+            "a key reached the log: {line}"
+        );
+    }
+}
