@@ -139,7 +139,9 @@ pub enum TokenError {
     #[error("the token header lists critical extensions (crit) this server does not understand")]
     UnknownCritical,
     /// Signed with another algorithm than its key's (including `none`).
-    #[error("the token is not signed with the algorithm of its key")]
+    #[error(
+        "the token is not signed with the algorithm of its key (HS256 for a shared secret, EdDSA or ES256 for a public key)"
+    )]
     WrongAlgorithm,
     /// The header names no key (`kid`), and this server's keys all have ids.
     #[error("the token names no signing key (kid); request a new token")]
