@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::Issuance;
 use crate::auth::jwks::RemoteJwks;
+use crate::auth::oidc::IdentityProvider;
 use crate::auth::reload::KeyReloader;
 use crate::auth::{ActiveKeys, AuthState, Revocation, TokenIssuer, TokenVerifier};
 use crate::bus::{Bus, MemoryBus, RedisBus};
@@ -151,12 +152,26 @@ impl AppState {
         .map(Arc::new);
         // Lifetimes are checked against the policy cap rather than TOKEN_TTL, so tokens
         // minted before a TOKEN_TTL change (or by `switchboard token --ttl`) still verify.
-        let verifier = TokenVerifier::with_keys(
+        let mut verifier = TokenVerifier::with_keys(
             keys.clone(),
             &config.auth.issuer,
             &config.auth.audience,
             crate::config::MAX_TOKEN_TTL,
         );
+        if let Some(oidc) = &config.auth.oidc {
+            let remote = RemoteJwks::discovered(&oidc.issuer, metrics.clone());
+            // As with AUTH_JWKS_URL: a provider unreachable now is retried, its tokens
+            // refused with a 401 meanwhile, and the node starts all the same.
+            remote.refresh().await;
+            tasks.push(tokio::spawn(remote.clone().run(config.auth.jwks_refresh)));
+            verifier = verifier.with_identity_provider(Arc::new(IdentityProvider::new(
+                &oidc.issuer,
+                &oidc.audience,
+                &oidc.user_claim,
+                remote,
+                crate::config::MAX_TOKEN_TTL,
+            )));
+        }
         let hub = Arc::new(Hub::new(
             &config.node.id,
             store,

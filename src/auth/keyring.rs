@@ -268,7 +268,10 @@ pub fn verifier_from_jwk(jwk: &Jwk) -> Result<Verifier, KeyError> {
         AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
             Algorithm::EdDSA
         }
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::RSA(p) => {
+            check_rsa_size(&p.n)?;
+            Algorithm::RS256
+        }
         AlgorithmParameters::OctetKey(_) => {
             return Err(refuse(
                 "a key set holds a symmetric (oct) key; public key sets hold only EdDSA, ES256 \
@@ -307,6 +310,24 @@ pub fn verifier_from_jwk(jwk: &Jwk) -> Result<Verifier, KeyError> {
     let key =
         DecodingKey::from_jwk(jwk).map_err(|_| refuse("a public key's parameters are invalid"))?;
     Ok(Verifier { alg: implied, key })
+}
+
+/// Shortest RSA modulus accepted (NIST SP 800-131A: 1024-bit keys are broken or close).
+const MIN_RSA_BITS: usize = 2048;
+
+/// Refuses an RSA key whose modulus (`n`, base64url) is shorter than [`MIN_RSA_BITS`].
+fn check_rsa_size(n: &str) -> Result<(), KeyError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(n.trim_end_matches('='))
+        .map_err(|_| refuse("an RSA key's modulus (n) is not base64url"))?;
+    let significant = bytes.iter().skip_while(|b| **b == 0).count();
+    if significant * 8 < MIN_RSA_BITS {
+        return Err(refuse(format!(
+            "an RSA key is shorter than {MIN_RSA_BITS} bits; use 2048 bits or more"
+        )));
+    }
+    Ok(())
 }
 
 /// A PKCS#8 PEM private key: its algorithm, signing key and public JWK.

@@ -2,13 +2,16 @@
 //! token minting and verification, revocation, HTTP routes.
 
 mod active;
+mod claims;
 mod credentials;
+mod discovery;
 mod fetch;
 pub mod jwks;
 pub mod key_files;
 pub mod keygen;
 mod keyring;
 mod keys;
+pub mod oidc;
 pub mod reload;
 mod revocation;
 pub mod routes;
@@ -26,7 +29,6 @@ pub use routes::AuthState;
 
 /// Re-exported: token times are wall-clock times.
 pub use crate::clock::unix_now;
-pub use token::{
-    Claims, Grant, IssuedToken, MAX_TOKEN_BYTES, TokenError, TokenIssuer, TokenVerifier,
-};
+pub use claims::{Claims, Grant, MAX_TOKEN_BYTES, TokenError};
+pub use token::{IssuedToken, TokenIssuer, TokenVerifier};
 pub use turn::{IceServer, IceServers};

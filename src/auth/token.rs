@@ -1,5 +1,4 @@
-//! JWT minting and verification with the keys in service ([`ActiveKeys`]), with the claims
-//! Switchboard relies on.
+//! JWT minting and verification with the keys in service ([`ActiveKeys`]).
 //!
 //! The header's `kid` picks the key and the key fixes the algorithm: a token is verified
 //! only with the algorithm of the key it names (HS256, EdDSA, ES256 or RS256).
@@ -15,93 +14,17 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::Validation;
-use jsonwebtoken::errors::ErrorKind;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::active::{ActiveKeys, Lookup};
+use super::claims::{
+    Claims, Grant, LEEWAY_SECS, MAX_TOKEN_BYTES, TokenError, map_error, random_hex,
+};
 use super::keyring::Keyring;
+use super::oidc::IdentityProvider;
 use super::{ApiKeys, SigningSecret};
 use crate::clock::unix_now;
 use crate::identifier;
-
-/// Tokens longer than this are rejected before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 4096;
-/// Clock skew tolerated on `exp`, `nbf` and `iat`.
-const LEEWAY_SECS: u64 = 30;
-
-/// The claims of a Switchboard token.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    /// Issuer.
-    pub iss: String,
-    /// Audience.
-    pub aud: String,
-    /// The user id the app vouched for.
-    pub sub: String,
-    /// 128 random bits naming one signaling session.
-    pub session_id: String,
-    /// Unique token id.
-    pub jti: String,
-    /// Issued at (unix seconds).
-    pub iat: u64,
-    /// Not before (unix seconds).
-    pub nbf: u64,
-    /// Expiry (unix seconds).
-    pub exp: u64,
-    /// The only room this token may join, when restricted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub room: Option<String>,
-}
-
-impl Claims {
-    /// The peer id of this session: `<sub>-<session_id>`.
-    pub fn peer_id(&self) -> String {
-        peer_id(&self.sub, &self.session_id)
-    }
-}
-
-/// The peer id of a user's session: `<sub>-<session_id>`.
-fn peer_id(sub: &str, session_id: &str) -> String {
-    format!("{sub}-{session_id}")
-}
-
-/// What a live session keeps of its token's claims: whose it is, which session, the room
-/// it may join and its expiry. A connection holds it for its whole life, so issuer,
-/// audience and token id, never read again, are not kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Grant {
-    /// The user id.
-    pub sub: String,
-    /// The signaling session.
-    pub session_id: String,
-    /// The only room it may join, when restricted.
-    pub room: Option<String>,
-    /// Expiry (unix seconds).
-    pub exp: u64,
-}
-
-impl From<Claims> for Grant {
-    fn from(c: Claims) -> Self {
-        Self {
-            sub: c.sub,
-            session_id: c.session_id,
-            room: c.room,
-            exp: c.exp,
-        }
-    }
-}
-
-impl Grant {
-    /// The peer id of this session: `<sub>-<session_id>`.
-    pub fn peer_id(&self) -> String {
-        peer_id(&self.sub, &self.session_id)
-    }
-
-    /// Time left before the token expires (zero when already expired), capped at 24 h.
-    pub fn remaining(&self) -> Duration {
-        Duration::from_secs(self.exp.saturating_sub(unix_now()).min(24 * 3600))
-    }
-}
 
 /// A freshly signed token and its claims.
 #[derive(Debug, Clone)]
@@ -110,60 +33,6 @@ pub struct IssuedToken {
     pub token: String,
     /// What it says.
     pub claims: Claims,
-}
-
-/// Why a token was refused; the message never contains the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    /// No token in the request.
-    #[error("a token is required: pass ?token= or the bearer.<token> subprotocol")]
-    Missing,
-    /// Longer than [`MAX_TOKEN_BYTES`].
-    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
-    TooLong,
-    /// Past its `exp`.
-    #[error("the token has expired; request a new one")]
-    Expired,
-    /// Before its `nbf`.
-    #[error("the token is not valid yet (nbf is in the future)")]
-    NotYetValid,
-    /// `iat` in the future beyond the leeway: the issuer's clock is wrong or the token forged.
-    #[error("the token's iat (issued at) is in the future; check the issuer's clock")]
-    IssuedInFuture,
-    /// `exp - iat` above the policy's maximum lifetime.
-    #[error(
-        "the token lives longer than the {0} s maximum (exp - iat); issue shorter-lived tokens"
-    )]
-    LifetimeTooLong(u64),
-    /// The header names critical extensions (`crit`), none of which this server implements.
-    #[error("the token header lists critical extensions (crit) this server does not understand")]
-    UnknownCritical,
-    /// Signed with another algorithm than its key's (including `none`).
-    #[error(
-        "the token is not signed with the algorithm of its key (HS256 for a shared secret, EdDSA or ES256 for a public key)"
-    )]
-    WrongAlgorithm,
-    /// The header names no key (`kid`), and this server's keys all have ids.
-    #[error("the token names no signing key (kid); request a new token")]
-    MissingKeyId,
-    /// The header's `kid` names no key this server knows (retired, or never ours).
-    #[error("the token's signing key (kid) is not known here; request a new token")]
-    UnknownKey,
-    /// Signature does not verify.
-    #[error("the token signature is invalid")]
-    BadSignature,
-    /// `iss` differs.
-    #[error("the token was issued by another issuer")]
-    WrongIssuer,
-    /// `aud` differs.
-    #[error("the token is meant for another audience")]
-    WrongAudience,
-    /// A claim is missing or malformed.
-    #[error("the token's {0} claim is missing or invalid")]
-    BadClaim(&'static str),
-    /// Not a JWT at all.
-    #[error("the token is malformed")]
-    Malformed,
 }
 
 /// Signs tokens with the signing key in service and the configured policy.
@@ -227,6 +96,7 @@ impl TokenIssuer {
             nbf: now,
             exp: now + ttl.as_secs().max(1),
             room: room.map(str::to_string),
+            from_identity_provider: false,
         };
         let keyring = self.keys.keyring();
         let signer = keyring
@@ -254,6 +124,8 @@ pub struct TokenVerifier {
     validations: Arc<[Validation]>,
     /// Longest `exp - iat` accepted, in seconds: the issuance policy's cap.
     max_lifetime: u64,
+    /// The identity provider whose tokens are accepted beside ours (OIDC_ISSUER).
+    provider: Option<Arc<IdentityProvider>>,
 }
 
 impl TokenVerifier {
@@ -285,7 +157,14 @@ impl TokenVerifier {
             keys,
             validations,
             max_lifetime: max_lifetime.as_secs(),
+            provider: None,
         }
+    }
+
+    /// This verifier, accepting the tokens of `provider` too.
+    pub fn with_identity_provider(mut self, provider: Arc<IdentityProvider>) -> Self {
+        self.provider = Some(provider);
+        self
     }
 
     /// Checks signature, algorithm, times and claims; returns the claims when all hold.
@@ -293,10 +172,16 @@ impl TokenVerifier {
     /// limited, with a deadline) before the token is refused.
     pub async fn verify_fetching(&self, token: &str) -> Result<Claims, TokenError> {
         match self.verify(token) {
-            Err(TokenError::UnknownKey) => match self.keys.remote() {
-                Some(remote) if remote.refresh().await => self.verify(token),
-                _ => Err(TokenError::UnknownKey),
-            },
+            Err(TokenError::UnknownKey) => {
+                let remote = match self.provider_of(token) {
+                    Some(provider) => Some(provider.keys()),
+                    None => self.keys.remote(),
+                };
+                match remote {
+                    Some(remote) if remote.refresh().await => self.verify(token),
+                    _ => Err(TokenError::UnknownKey),
+                }
+            }
             other => other,
         }
     }
@@ -311,6 +196,9 @@ impl TokenVerifier {
             return Err(TokenError::TooLong);
         }
         let header = check_header(token)?;
+        if let Some(provider) = self.provider_of(token) {
+            return provider.verify(token, header.alg, header.kid.as_deref());
+        }
         let key = self
             .keys
             .find(header.kid.as_deref())
@@ -368,6 +256,30 @@ impl TokenVerifier {
     }
 }
 
+impl TokenVerifier {
+    /// The identity provider whose tokens say they come from it (`iss`, read before the
+    /// signature): that only picks whose keys and rules check the token, all of which it
+    /// must then pass. Our own issuer never equals the provider's (config refuses it).
+    fn provider_of(&self, token: &str) -> Option<&Arc<IdentityProvider>> {
+        let provider = self.provider.as_ref()?;
+        (unverified_issuer(token).as_deref() == Some(provider.issuer())).then_some(provider)
+    }
+}
+
+/// The payload's `iss`, unverified; `None` when the payload is unreadable.
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Payload {
+        iss: Option<String>,
+    }
+    let second = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(second)
+        .ok()?;
+    serde_json::from_slice::<Payload>(&bytes).ok()?.iss
+}
+
 /// The pinned validation of one algorithm, exact `iss`/`aud`, times with a small leeway.
 fn validation(alg: Algorithm, issuer: &str, audience: &str) -> Validation {
     let mut validation = Validation::new(alg);
@@ -422,52 +334,10 @@ fn check_header(token: &str) -> Result<JoseHeader, TokenError> {
     })
 }
 
-fn map_error(kind: &ErrorKind) -> TokenError {
-    match kind {
-        ErrorKind::ExpiredSignature => TokenError::Expired,
-        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::WrongAlgorithm,
-        ErrorKind::InvalidSignature => TokenError::BadSignature,
-        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-        ErrorKind::InvalidAudience => TokenError::WrongAudience,
-        ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
-            TokenError::BadClaim(claim_name(c))
-        }
-        ErrorKind::Json(e) => TokenError::BadClaim(claim_name(&e.to_string())),
-        _ => TokenError::Malformed,
-    }
-}
-
-/// The claim a decoding error is about, as a static name (never echoing token content).
-fn claim_name(text: &str) -> &'static str {
-    const CLAIMS: &[&str] = &[
-        "session_id",
-        "sub",
-        "exp",
-        "nbf",
-        "iat",
-        "jti",
-        "iss",
-        "aud",
-        "room",
-    ];
-    CLAIMS
-        .iter()
-        .find(|c| text == **c || text.contains(&format!("`{c}`")))
-        .copied()
-        .unwrap_or("required")
-}
-
-/// 128 bits from the operating system's CSPRNG, hex-encoded.
-fn random_hex() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
-    hex::encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use jsonwebtoken::{EncodingKey, Header};
+    use serde::Serialize;
 
     use super::*;
 
@@ -499,6 +369,7 @@ mod tests {
             nbf: now,
             exp: now + 600,
             room: None,
+            from_identity_provider: false,
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::oidc::{OidcConfig, OidcSettings};
 use super::{ConfigError, Environment, Role, refuse};
 use crate::auth::key_files::{KeySources, Source};
 use crate::auth::{ApiKeys, Issuance, Keyring, SigningSecret};
@@ -76,7 +77,11 @@ pub struct AuthSettings {
     #[arg(long, env = "AUTH_JWKS_URL")]
     pub auth_jwks_url: Option<String>,
 
-    /// How often the keys at AUTH_JWKS_URL are refetched.
+    /// An OpenID Connect identity provider whose tokens are accepted too.
+    #[command(flatten)]
+    pub oidc: OidcSettings,
+
+    /// How often the keys at AUTH_JWKS_URL (and OIDC_ISSUER's) are refetched.
     #[arg(long, env = "AUTH_JWKS_REFRESH", value_parser = humantime::parse_duration, default_value = "5m")]
     pub auth_jwks_refresh: Duration,
 
@@ -131,7 +136,9 @@ pub struct AuthConfig {
     pub weak_secret: bool,
     /// The Auth service's published keys, fetched by signaling nodes.
     pub jwks_url: Option<String>,
-    /// How often those are refetched.
+    /// The identity provider whose tokens are accepted too.
+    pub oidc: Option<OidcConfig>,
+    /// How often remote keys (Auth's, the identity provider's) are refetched.
     pub jwks_refresh: Duration,
     /// How often key files are checked; zero: SIGHUP only.
     pub keys_reload_interval: Duration,
@@ -226,6 +233,7 @@ impl AuthSettings {
             keyring: loaded.keyring,
             weak_secret: loaded.weak_secret,
             jwks_url: self.auth_jwks_url.clone(),
+            oidc: self.oidc.resolve(environment, &self.claims.token_issuer)?,
             jwks_refresh: self.auth_jwks_refresh,
             keys_reload_interval: self.keys_reload_interval,
             secret_generated,
@@ -272,11 +280,15 @@ impl AuthSettings {
             sources.secret = Some(Source::Value(SigningSecret::generate()));
             return Ok((sources, true));
         }
-        if role == Role::Signal && !sources.any() && self.auth_jwks_url.is_none() {
+        if role == Role::Signal
+            && !sources.any()
+            && self.auth_jwks_url.is_none()
+            && self.oidc.oidc_issuer.is_none()
+        {
             return Err(refuse(
                 "AUTH_SECRET (or AUTH_SECRET_FILE) is required for this role, or the Auth service's \
-                 public keys (AUTH_JWKS_URL or AUTH_PUBLIC_KEYS_FILE): without them no token can \
-                 be verified.",
+                 public keys (AUTH_JWKS_URL or AUTH_PUBLIC_KEYS_FILE), or an identity provider \
+                 (OIDC_ISSUER): without them no token can be verified.",
             ));
         }
         Ok((sources, false))

@@ -263,3 +263,45 @@ fn auth_keys_and_auth_secret_cannot_both_be_given() {
     ]);
     assert!(parsed.is_err());
 }
+
+#[test]
+fn an_identity_provider_needs_an_audience_and_https_in_production() {
+    const KEYCLOAK: &str = "https://sso.example.com/realms/app";
+    let mut s = prod();
+    s.auth.auth_secret = None;
+    s.auth.api_keys = None;
+    s.auth.oidc.oidc_issuer = Some(KEYCLOAK.into());
+    assert!(err(&s, Role::Signal).contains("OIDC_AUDIENCE"));
+    s.auth.oidc.oidc_audience = Some("switchboard-app".into());
+    // A signal node needs nothing else to verify the provider's tokens.
+    let oidc = Config::from_settings(&s, Role::Signal)
+        .unwrap()
+        .auth
+        .oidc
+        .unwrap();
+    assert_eq!(oidc.issuer, KEYCLOAK);
+    assert_eq!(oidc.user_claim, "sub");
+    s.auth.oidc.oidc_issuer = Some("http://sso.example.com/realms/app".into());
+    assert!(err(&s, Role::Signal).contains("https://"));
+    s.auth.oidc.oidc_issuer = Some("sso.example.com".into());
+    assert!(err(&s, Role::Signal).contains("issuer URL"));
+    // The issuer says whose rules check a token: it cannot be ours as well.
+    s.auth.oidc.oidc_issuer = Some(KEYCLOAK.into());
+    s.auth.claims.token_issuer = KEYCLOAK.into();
+    assert!(err(&s, Role::Signal).contains("TOKEN_ISSUER"));
+    s.auth.oidc.oidc_issuer = None;
+    s.auth.auth_jwks_url = Some("https://auth.example.com/auth/jwks.json".into());
+    assert!(err(&s, Role::Signal).contains("without OIDC_ISSUER"));
+    // Development accepts a plain-http provider (a local Keycloak, a test's).
+    let mut dev = Settings::default();
+    dev.auth.auth_secret = Some("x".repeat(48));
+    dev.auth.oidc.oidc_issuer = Some("http://127.0.0.1:8080/realms/app".into());
+    dev.auth.oidc.oidc_audience = Some("app".into());
+    dev.auth.oidc.oidc_user_claim = "email".into();
+    let oidc = Config::from_settings(&dev, Role::Serve)
+        .unwrap()
+        .auth
+        .oidc
+        .unwrap();
+    assert_eq!(oidc.user_claim, "email");
+}

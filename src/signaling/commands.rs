@@ -147,6 +147,9 @@ impl Connection {
     /// When to push a fresh token, if refresh is on.
     pub(super) fn refresh_at(&self, grant: &Grant) -> Option<Instant> {
         self.issuer.as_ref()?;
+        if grant.from_identity_provider {
+            return None;
+        }
         refresh_wait(grant.remaining(), self.limits.refresh_before).map(|w| Instant::now() + w)
     }
 

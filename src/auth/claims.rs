@@ -1,0 +1,203 @@
+//! The claims Switchboard relies on, what a live session keeps of them, and why a token
+//! is refused: shared by its own tokens ([`super::token`]) and an identity provider's
+//! ([`super::oidc`]).
+
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::unix_now;
+
+/// Tokens longer than this are rejected before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 4096;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub(super) const LEEWAY_SECS: u64 = 30;
+
+/// The claims of a Switchboard token.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Audience.
+    pub aud: String,
+    /// The user id the app vouched for.
+    pub sub: String,
+    /// 128 random bits naming one signaling session.
+    pub session_id: String,
+    /// Unique token id.
+    pub jti: String,
+    /// Issued at (unix seconds).
+    pub iat: u64,
+    /// Not before (unix seconds).
+    pub nbf: u64,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+    /// The only room this token may join, when restricted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// Admitted by an identity provider's token (OIDC), not one of ours: never written.
+    #[serde(skip)]
+    pub from_identity_provider: bool,
+}
+
+impl Claims {
+    /// The peer id of this session: `<sub>-<session_id>`.
+    pub fn peer_id(&self) -> String {
+        peer_id(&self.sub, &self.session_id)
+    }
+}
+
+/// The peer id of a user's session: `<sub>-<session_id>`.
+fn peer_id(sub: &str, session_id: &str) -> String {
+    format!("{sub}-{session_id}")
+}
+
+/// What a live session keeps of its token's claims: whose it is, which session, the room
+/// it may join and its expiry. A connection holds it for its whole life, so issuer,
+/// audience and token id, never read again, are not kept.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The user id.
+    pub sub: String,
+    /// The signaling session.
+    pub session_id: String,
+    /// The only room it may join, when restricted.
+    pub room: Option<String>,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+    /// Admitted by an identity provider's token: the provider, not this node, decides how
+    /// long the session lives, so no fresh token of ours extends it.
+    pub from_identity_provider: bool,
+}
+
+impl From<Claims> for Grant {
+    fn from(c: Claims) -> Self {
+        Self {
+            sub: c.sub,
+            session_id: c.session_id,
+            room: c.room,
+            exp: c.exp,
+            from_identity_provider: c.from_identity_provider,
+        }
+    }
+}
+
+impl Grant {
+    /// The peer id of this session: `<sub>-<session_id>`.
+    pub fn peer_id(&self) -> String {
+        peer_id(&self.sub, &self.session_id)
+    }
+
+    /// Time left before the token expires (zero when already expired), capped at 24 h.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_secs(self.exp.saturating_sub(unix_now()).min(24 * 3600))
+    }
+}
+
+/// Why a token was refused; the message never contains the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No token in the request.
+    #[error("a token is required: pass ?token= or the bearer.<token> subprotocol")]
+    Missing,
+    /// Longer than [`MAX_TOKEN_BYTES`].
+    #[error("the token is longer than {MAX_TOKEN_BYTES} bytes")]
+    TooLong,
+    /// Past its `exp`.
+    #[error("the token has expired; request a new one")]
+    Expired,
+    /// Before its `nbf`.
+    #[error("the token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    /// `iat` in the future beyond the leeway: the issuer's clock is wrong or the token forged.
+    #[error("the token's iat (issued at) is in the future; check the issuer's clock")]
+    IssuedInFuture,
+    /// `exp - iat` above the policy's maximum lifetime.
+    #[error(
+        "the token lives longer than the {0} s maximum (exp - iat); issue shorter-lived tokens"
+    )]
+    LifetimeTooLong(u64),
+    /// The header names critical extensions (`crit`), none of which this server implements.
+    #[error("the token header lists critical extensions (crit) this server does not understand")]
+    UnknownCritical,
+    /// Signed with another algorithm than its key's (including `none`).
+    #[error(
+        "the token is not signed with the algorithm of its key (HS256 for a shared secret, \
+         EdDSA, ES256 or RS256 for a public key)"
+    )]
+    WrongAlgorithm,
+    /// The header names no key (`kid`), and this server's keys all have ids.
+    #[error("the token names no signing key (kid); request a new token")]
+    MissingKeyId,
+    /// The header's `kid` names no key this server knows (retired, or never ours).
+    #[error("the token's signing key (kid) is not known here; request a new token")]
+    UnknownKey,
+    /// Signature does not verify.
+    #[error("the token signature is invalid")]
+    BadSignature,
+    /// `iss` differs.
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    /// `aud` differs.
+    #[error("the token is meant for another audience")]
+    WrongAudience,
+    /// The identity provider's user id claim is absent or breaks the rules of user ids.
+    #[error("the token's {claim} claim is not a usable user id: it {why}")]
+    BadUserId {
+        /// The claim (OIDC_USER_CLAIM), never its value.
+        claim: String,
+        /// Which rule it breaks.
+        why: &'static str,
+    },
+    /// A claim is missing or malformed.
+    #[error("the token's {0} claim is missing or invalid")]
+    BadClaim(&'static str),
+    /// Not a JWT at all.
+    #[error("the token is malformed")]
+    Malformed,
+}
+
+/// The refusal a decoding error of the JWT library stands for.
+pub(super) fn map_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => TokenError::WrongAlgorithm,
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
+            TokenError::BadClaim(claim_name(c))
+        }
+        ErrorKind::Json(e) => TokenError::BadClaim(claim_name(&e.to_string())),
+        _ => TokenError::Malformed,
+    }
+}
+
+/// The claim a decoding error is about, as a static name (never echoing token content).
+fn claim_name(text: &str) -> &'static str {
+    const CLAIMS: &[&str] = &[
+        "session_id",
+        "sub",
+        "exp",
+        "nbf",
+        "iat",
+        "jti",
+        "iss",
+        "aud",
+        "room",
+    ];
+    CLAIMS
+        .iter()
+        .find(|c| text == **c || text.contains(&format!("`{c}`")))
+        .copied()
+        .unwrap_or("required")
+}
+
+/// 128 bits from the operating system's CSPRNG, hex-encoded.
+pub(super) fn random_hex() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
+    hex::encode(bytes)
+}
