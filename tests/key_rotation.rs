@@ -1,5 +1,6 @@
-//! Rotating HS256 keys on a running `switchboard serve` through AUTH_KEYS_FILE: add the new
-//! key, switch signing to it, remove the old one; then a malformed file. Every step is a
+//! Rotating HS256 keys on running `switchboard serve` processes (one alone, and three on
+//! Redis with a call split over two) through AUTH_KEYS_FILE: add the new key, switch
+//! signing to it, remove the old one; then a malformed file. Every step is a
 //! reload (a changed file or SIGHUP) confirmed on `/metrics` before it is checked, and
 //! the connections opened before the first step must outlive them all.
 
@@ -8,6 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::process::{Running, switchboard};
+use common::redis::RedisServer;
 use common::tools::Scratch;
 use common::{DEADLINE, claims, connect_at, eventually, forge, refused};
 use serde_json::{Value, json};
@@ -95,6 +97,7 @@ async fn keys_rotate_without_dropping_a_connection() {
             ("AUTH_KEYS_FILE", path),
             ("KEYS_RELOAD_INTERVAL", "200ms"),
             ("TOKEN_REFRESH_BEFORE", "15s"),
+            ("DRAIN_TIMEOUT", "2s"),
         ],
     ));
     let http = reqwest::Client::new();
@@ -102,11 +105,11 @@ async fn keys_rotate_without_dropping_a_connection() {
     // Before any step: the old key signs.
     let old_token = token(&http, &addr, "carol").await;
     assert_eq!(kid(&old_token).as_deref(), Some("old"));
-    // A connection whose old-key token lives 20 s: its refresh comes 10 s in, after the
-    // steps below, and must carry the new key.
+    // A connection whose old-key token lives 40 s: its refresh comes 25 s in (15 s before
+    // expiry), after the steps below, and must carry the new key.
     let mut short = claims("alice");
     let now = switchboard::auth::unix_now();
-    short["exp"] = json!(now + 20);
+    short["exp"] = json!(now + 40);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some("old".into());
     let refreshing = forge(&header, &short, OLD.as_bytes());
@@ -165,14 +168,17 @@ async fn keys_rotate_without_dropping_a_connection() {
         "{warning}"
     );
     assert!(
-        connected_at.elapsed() < Duration::from_secs(9),
+        connected_at.elapsed() < Duration::from_secs(24),
         "the steps took too long for the refresh to come after them"
     );
 
     // The connection opened with the old key still runs, and its refresh is signed with
     // the new key (and verifies although the old key is gone).
     let refreshed = loop {
-        let message = alice.recv().await;
+        let message = alice
+            .recv_within(common::patient(Duration::from_secs(40)))
+            .await
+            .expect("the token refresh, 25 s after connecting");
         if message["type"] == "token" {
             break message["token"].as_str().unwrap().to_string();
         }
@@ -196,5 +202,130 @@ async fn keys_rotate_without_dropping_a_connection() {
             !line.contains(OLD) && !line.contains(NEW),
             "a key reached the log: {line}"
         );
+    }
+}
+
+/// Waits until `to` receives an offer carrying `sdp` (other messages, such as a token
+/// refresh or `peer_joined`, may come first).
+async fn offer_arrives(to: &mut common::Client, sdp: &str) {
+    loop {
+        let message = to.recv().await;
+        if message["type"] == "offer" {
+            assert_eq!(message["sdp"], sdp, "{message}");
+            return;
+        }
+    }
+}
+
+/// The same rotation on three nodes sharing Redis and one key file, with a call split
+/// over two of them: each step reaches every node (the file check, then SIGHUP), tokens
+/// minted on one node verify on the others, and the call relays after every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_across_three_nodes_on_redis_without_dropping_a_call() {
+    let redis = RedisServer::start().await;
+    let scratch = Scratch::new("key-rotation-fleet");
+    let file = scratch.join("keys");
+    std::fs::write(&file, format!("old={OLD}\n")).unwrap();
+    let path = file.to_str().unwrap().to_string();
+    let prefix = common::unique_prefix();
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let id = format!("node-{i}");
+        nodes.push(Running::spawn(switchboard(
+            &["serve", "--bind", "127.0.0.1", "--port", "0"],
+            &[
+                ("AUTH_KEYS_FILE", path.as_str()),
+                ("KEYS_RELOAD_INTERVAL", "200ms"),
+                ("REDIS_URL", url.as_str()),
+                ("NODE_ID", id.as_str()),
+                ("KEY_PREFIX", prefix.as_str()),
+                ("HEARTBEAT_INTERVAL", "500ms"),
+                ("SHED_CPU_PERCENT", "0"),
+            ],
+        )));
+    }
+    let addrs: Vec<String> = nodes.iter().map(|(_, a)| a.clone()).collect();
+    let http = reqwest::Client::new();
+    let everywhere = async |result: &str, count: u64| {
+        for addr in &addrs {
+            wait_reloads(&http, addr, result, count).await;
+        }
+    };
+
+    // A call split over nodes 0 and 1, with tokens minted on node 2.
+    let old_token = token(&http, &addrs[2], "carol").await;
+    assert_eq!(kid(&old_token).as_deref(), Some("old"));
+    let alice_token = token(&http, &addrs[2], "alice").await;
+    let bob_token = token(&http, &addrs[2], "bob").await;
+    let mut alice = connect_at(&addrs[0], &alice_token).await;
+    alice.peer_id = peer_of(&alice_token);
+    let mut bob = connect_at(&addrs[1], &bob_token).await;
+    bob.peer_id = peer_of(&bob_token);
+    alice.join("r").await;
+    bob.join("r").await;
+    let (alice_peer, bob_peer) = (alice.peer_id.clone(), bob.peer_id.clone());
+
+    // 1. Add the new key on every node: the old one still signs everywhere.
+    std::fs::write(&file, format!("old={OLD}\nnew={NEW}\n")).unwrap();
+    everywhere("success", 1).await;
+    for addr in &addrs {
+        assert_eq!(validate(&http, addr, &old_token).await, 200);
+        assert_eq!(
+            kid(&token(&http, addr, "dave").await).as_deref(),
+            Some("old")
+        );
+    }
+    bob.offer(&alice_peer, "v=0 added").await;
+    offer_arrives(&mut alice, "v=0 added").await;
+
+    // 2. Switch signing on every node. A new token minted on one node verifies on the
+    //    others, and old tokens still open connections anywhere.
+    std::fs::write(&file, format!("new={NEW}\nold={OLD}\n")).unwrap();
+    for (node, _) in &nodes {
+        node.signal("-HUP");
+    }
+    everywhere("success", 2).await;
+    let new_token = token(&http, &addrs[0], "erin").await;
+    assert_eq!(kid(&new_token).as_deref(), Some("new"));
+    for addr in &addrs {
+        assert_eq!(validate(&http, addr, &new_token).await, 200);
+        assert_eq!(validate(&http, addr, &old_token).await, 200);
+    }
+    connect_at(&addrs[1], &old_token).await.close().await;
+    alice.offer(&bob_peer, "v=0 switched").await;
+    offer_arrives(&mut bob, "v=0 switched").await;
+
+    // 3. Remove the old key everywhere: old tokens are refused by every node, while the
+    //    call opened with old-key tokens goes on across nodes.
+    std::fs::write(&file, format!("new={NEW}\n")).unwrap();
+    for (node, _) in &nodes {
+        node.signal("-HUP");
+    }
+    everywhere("success", 3).await;
+    for addr in &addrs {
+        assert_eq!(validate(&http, addr, &old_token).await, 401);
+        let (status, body) = refused(format!("ws://{addr}/ws/signal?token={old_token}")).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(validate(&http, addr, &new_token).await, 200);
+    }
+    let mut erin = connect_at(&addrs[2], &new_token).await;
+    erin.peer_id = peer_of(&new_token);
+    erin.join("r").await;
+    bob.offer(&alice_peer, "v=0 removed").await;
+    offer_arrives(&mut alice, "v=0 removed").await;
+    alice.offer(&bob_peer, "v=0 still here").await;
+    offer_arrives(&mut bob, "v=0 still here").await;
+
+    for client in [alice, bob, erin] {
+        client.close().await;
+    }
+    for (node, _) in nodes {
+        for line in node.terminate() {
+            assert!(
+                !line.contains(OLD) && !line.contains(NEW),
+                "a key reached the log: {line}"
+            );
+        }
     }
 }
