@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{Running, switchboard};
 use common::tools::Scratch;
-use common::{claims, connect_at, refused};
+use common::{claims, connect_at, issued_token, metric_sum, refused};
 use serde_json::{Value, json};
 
 /// `switchboard keys generate --alg <alg>`: the private PEM and the public JWK.
@@ -31,18 +31,12 @@ fn generate(alg: &str) -> (String, Value) {
 
 /// The sum of `switchboard_jwks_fetches_total` over results.
 async fn fetches(http: &reqwest::Client, addr: &str) -> u64 {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("switchboard_jwks_fetches_total{"))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    metric_sum(
+        http,
+        &format!("http://{addr}"),
+        "switchboard_jwks_fetches_total{",
+    )
+    .await
 }
 
 async fn scenario(alg: &str, jws_alg: &str) {
@@ -79,18 +73,8 @@ async fn scenario(alg: &str, jws_alg: &str) {
         &["signal", "--bind", "127.0.0.1", "--port", "0"],
         &[("AUTH_JWKS_URL", jwks_url.as_str())],
     ));
-    let mint = async |user: &str| -> String {
-        let body: Value = http
-            .post(format!("http://{auth_addr}/auth/token"))
-            .json(&json!({ "userId": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["token"].as_str().unwrap().to_string()
-    };
+    let auth_base = format!("http://{auth_addr}");
+    let mint = async |user: &str| issued_token(&http, &auth_base, user).await;
     let token = mint("alice").await;
     let later = mint("bob").await;
     let header = jsonwebtoken::decode_header(&token).unwrap();

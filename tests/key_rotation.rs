@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::process::{Running, switchboard};
 use common::redis::RedisServer;
 use common::tools::Scratch;
-use common::{DEADLINE, claims, connect_at, eventually, forge, refused};
+use common::{DEADLINE, claims, connect_at, eventually, forge, issued_token, metric_sum, refused};
 use serde_json::{Value, json};
 
 const OLD: &str = "old-secret-0123456789-0123456789-abcdef";
@@ -39,18 +39,8 @@ fn peer_of(token: &str) -> String {
 
 /// The count of `switchboard_key_reloads_total` with `result`.
 async fn reloads(http: &reqwest::Client, addr: &str, result: &str) -> u64 {
-    let text = http
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let prefix = format!("switchboard_key_reloads_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |v| v.trim().parse().unwrap())
+    let series = format!("switchboard_key_reloads_total{{result=\"{result}\"}} ");
+    metric_sum(http, &format!("http://{addr}"), &series).await
 }
 
 async fn wait_reloads(http: &reqwest::Client, addr: &str, result: &str, count: u64) {
@@ -63,16 +53,7 @@ async fn wait_reloads(http: &reqwest::Client, addr: &str, result: &str, count: u
 }
 
 async fn token(http: &reqwest::Client, addr: &str, user: &str) -> String {
-    let body: Value = http
-        .post(format!("http://{addr}/auth/token"))
-        .json(&json!({ "userId": user }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["token"].as_str().unwrap().to_string()
+    issued_token(http, &format!("http://{addr}"), user).await
 }
 
 async fn validate(http: &reqwest::Client, addr: &str, token: &str) -> u16 {
@@ -328,4 +309,63 @@ async fn keys_rotate_across_three_nodes_on_redis_without_dropping_a_call() {
             );
         }
     }
+}
+
+/// The status of `POST /auth/token` with `key` as the API key.
+async fn issue_with(http: &reqwest::Client, addr: &str, key: &str) -> u16 {
+    http.post(format!("http://{addr}/auth/token"))
+        .bearer_auth(key)
+        .json(&json!({ "userId": "backend-user" }))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// API keys rotate the same way: a changed AUTH_API_KEYS_FILE is picked up without a
+/// restart, a removed key is refused from then on, and a malformed file keeps the keys
+/// in service.
+#[tokio::test]
+async fn api_keys_rotate_from_their_file() {
+    const FIRST: &str = "backend-key-first-0123456789";
+    const SECOND: &str = "backend-key-second-0123456789";
+    let scratch = Scratch::new("api-key-rotation");
+    let file = scratch.join("api-keys");
+    std::fs::write(&file, format!("{FIRST}\n")).unwrap();
+    let path = file.to_str().unwrap();
+    let (mut node, addr) = Running::spawn(switchboard(
+        &["serve", "--bind", "127.0.0.1", "--port", "0"],
+        &[
+            ("AUTH_SECRET", common::SECRET),
+            ("TOKEN_ISSUANCE", "api-key"),
+            ("AUTH_API_KEYS_FILE", path),
+            ("KEYS_RELOAD_INTERVAL", "200ms"),
+        ],
+    ));
+    let http = reqwest::Client::new();
+    assert_eq!(issue_with(&http, &addr, FIRST).await, 200);
+    assert_eq!(issue_with(&http, &addr, SECOND).await, 401);
+
+    // Both during the switch-over, then only the second.
+    std::fs::write(&file, format!("{FIRST}\n{SECOND}\n")).unwrap();
+    wait_reloads(&http, &addr, "success", 1).await;
+    assert_eq!(issue_with(&http, &addr, FIRST).await, 200);
+    assert_eq!(issue_with(&http, &addr, SECOND).await, 200);
+    std::fs::write(&file, format!("{SECOND}\n")).unwrap();
+    node.signal("-HUP");
+    wait_reloads(&http, &addr, "success", 2).await;
+    assert_eq!(issue_with(&http, &addr, FIRST).await, 401);
+    assert_eq!(issue_with(&http, &addr, SECOND).await, 200);
+
+    // A key too short to be a key: the file is refused and the second key still works.
+    std::fs::write(&file, "short\n").unwrap();
+    node.signal("-HUP");
+    wait_reloads(&http, &addr, "failure", 1).await;
+    assert_eq!(issue_with(&http, &addr, SECOND).await, 200);
+    let warning = node.wait_for(|l| l.contains("keys not reloaded"));
+    assert!(
+        !warning.contains(SECOND) && !warning.contains("short\""),
+        "{warning}"
+    );
 }

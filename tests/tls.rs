@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{Running, switchboard};
 use common::tls::{Authority, Files, Leaf};
-use common::{Client, DEADLINE, SECRET, eventually, patient};
+use common::{Client, DEADLINE, SECRET, eventually, metric_sum, patient};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,17 +62,7 @@ fn token(user: &str) -> String {
 
 /// One value of the node's `/metrics`, 0 when the series is absent.
 async fn metric(https: &reqwest::Client, addr: &str, series: &str) -> u64 {
-    let text = https
-        .get(format!("https://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
+    metric_sum(https, &format!("https://{addr}"), &format!("{series} ")).await
 }
 
 #[tokio::test]

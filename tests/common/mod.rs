@@ -546,6 +546,38 @@ impl Client {
     }
 }
 
+/// A token for `user` from `POST {base}/auth/token` (open issuance), `base` being
+/// `http://host:port` or `https://…`.
+pub async fn issued_token(http: &reqwest::Client, base: &str, user: &str) -> String {
+    let body: Value = http
+        .post(format!("{base}/auth/token"))
+        .json(&json!({ "userId": user }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["token"].as_str().unwrap().to_string()
+}
+
+/// The sum of every sample of `{base}/metrics` whose line starts with `series` (a name
+/// with `{` for all its label sets, or one exact label set); 0 when there is none.
+pub async fn metric_sum(http: &reqwest::Client, base: &str, series: &str) -> u64 {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// A token signed with `secret` from arbitrary claims and header, for rejection tests.
 pub fn forge(header: &jsonwebtoken::Header, claims: &Value, secret: &[u8]) -> String {
     jsonwebtoken::encode(
