@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::process::{Running, switchboard};
+use common::process::{Running, output_of, switchboard};
 use common::{Client, SECRET};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -72,18 +72,10 @@ fn signal_role_and_token_command_need_a_secret() {
 
 #[test]
 fn token_command_mints_a_verifiable_token() {
-    let out = switchboard(
+    let token = output_of(
         &["token", "--user", "alice", "--room", "r1", "--ttl", "10m"],
         &[("AUTH_SECRET", SECRET)],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let token = String::from_utf8(out.stdout).unwrap();
     let verifier = switchboard::auth::TokenVerifier::new(
         &switchboard::auth::SigningSecret::new(SECRET.as_bytes().to_vec()),
         "switchboard",
@@ -380,9 +372,7 @@ fn serve_raises_its_open_file_limit_and_warns_when_it_cannot_hold_the_cap() {
 
 #[test]
 fn version_names_the_crate_version_and_the_git_revision() {
-    let out = switchboard(&["--version"], &[]).output().unwrap();
-    assert!(out.status.success());
-    let version = String::from_utf8(out.stdout).unwrap();
+    let version = output_of(&["--version"], &[]);
     let expected = format!("switchboard {}", env!("CARGO_PKG_VERSION"));
     assert!(version.starts_with(&expected), "{version}");
     // Built from a git checkout (as tests are), the short revision follows in brackets.
@@ -400,9 +390,7 @@ fn version_names_the_crate_version_and_the_git_revision() {
 
 #[test]
 fn token_help_lists_only_what_minting_reads() {
-    let out = switchboard(&["token", "--help"], &[]).output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = output_of(&["token", "--help"], &[]);
     for own in [
         "--user",
         "--room",
@@ -426,22 +414,14 @@ fn token_help_lists_only_what_minting_reads() {
         );
     }
     // The server's roles keep every setting, given after the role or before it.
-    let out = switchboard(&["serve", "--help"], &[]).output().unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
+    let help = output_of(&["serve", "--help"], &[]);
     assert!(
         help.contains("REDIS_URL") && help.contains("TLS_CERT_FILE"),
         "{help}"
     );
-    let out = switchboard(
+    output_of(
         &["--bind", "127.0.0.1", "--port", "1", "serve", "--help"],
         &[],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 

@@ -7,26 +7,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::process::{Running, switchboard};
+use common::process::{Running, generated_key, switchboard};
 use common::tools::Scratch;
 use common::{claims, connect_at, issued_token, metric_sum, refused};
 use serde_json::{Value, json};
 
 /// `switchboard keys generate --alg <alg>`: the private PEM and the public JWK.
 fn generate(alg: &str) -> (String, Value) {
-    let out = switchboard(&["keys", "generate", "--alg", alg], &[])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let end = "-----END PRIVATE KEY-----\n";
-    let split = text.find(end).unwrap() + end.len();
-    let jwk: Value = serde_json::from_str(text[split..].trim()).unwrap();
-    (text[..split].to_string(), jwk)
+    generated_key(&["--alg", alg])
 }
 
 /// The sum of `switchboard_jwks_fetches_total` over results.

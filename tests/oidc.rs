@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::{Running, switchboard};
+use common::process::{Running, generated_key, switchboard};
 use common::tools::{Scratch, run};
 use common::{connect_at, refused};
 use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
@@ -65,25 +65,12 @@ fn rsa_key(scratch: &Scratch) -> (ProviderKey, Jwk, String) {
 
 /// A P-256 key from `switchboard keys generate` and its public JWK.
 fn ec_key() -> (ProviderKey, Jwk) {
-    let out = switchboard(
-        &["keys", "generate", "--alg", "es256", "--kid", "ec-1"],
-        &[],
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let end = "-----END PRIVATE KEY-----\n";
-    let split = text.find(end).unwrap() + end.len();
-    let jwk: Jwk = serde_json::from_str(text[split..].trim()).unwrap();
+    let (pem, jwk) = generated_key(&["--alg", "es256", "--kid", "ec-1"]);
+    let jwk: Jwk = serde_json::from_value(jwk).unwrap();
     let key = ProviderKey {
         alg: Algorithm::ES256,
         kid: "ec-1".into(),
-        key: EncodingKey::from_ec_pem(&text.as_bytes()[..split]).unwrap(),
+        key: EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
     };
     (key, jwk)
 }

@@ -35,7 +35,7 @@ fn router() -> &'static Router {
     static ROUTER: OnceLock<Router> = OnceLock::new();
     ROUTER.get_or_init(|| {
         let mut settings = Settings::default();
-        settings.auth.auth_secret = Some("fuzz-secret-0123456789-0123456789-abcdef".into());
+        settings.auth.signing.auth_secret = Some("fuzz-secret-0123456789-0123456789-abcdef".into());
         let config = Config::from_settings(&settings, Role::Serve).expect("a valid config");
         let state = runtime().block_on(async {
             AppState::with_backend(

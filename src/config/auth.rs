@@ -41,32 +41,9 @@ pub struct ClaimSettings {
 #[derive(Debug, Clone, PartialEq, Args)]
 #[command(next_help_heading = "Auth")]
 pub struct AuthSettings {
-    /// JWT signing secret (at least 32 bytes). Prefer AUTH_SECRET_FILE in production.
-    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
-    pub auth_secret: Option<String>,
-
-    /// File holding the JWT signing secret (trailing newline ignored; reloaded on change).
-    #[arg(long, env = "AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
-    pub auth_secret_file: Option<PathBuf>,
-
-    /// HS256 keys with ids, `kid=secret` separated by commas (each secret at least 32 bytes);
-    /// the first signs unless AUTH_SIGNING_KID names another. Prefer AUTH_KEYS_FILE.
-    #[arg(long, env = "AUTH_KEYS", hide_env_values = true, conflicts_with_all = ["auth_secret", "auth_secret_file"])]
-    pub auth_keys: Option<String>,
-
-    /// File of `kid=secret` lines (blank lines and `#` comments ignored; reloaded on change).
-    #[arg(long, env = "AUTH_KEYS_FILE", conflicts_with_all = ["auth_keys", "auth_secret", "auth_secret_file"])]
-    pub auth_keys_file: Option<PathBuf>,
-
-    /// Id of the key that signs new tokens [default: the first of AUTH_KEYS, or the
-    /// thumbprint of AUTH_SIGNING_KEY_FILE's key].
-    #[arg(long, env = "AUTH_SIGNING_KID")]
-    pub auth_signing_kid: Option<String>,
-
-    /// Ed25519 (EdDSA) or P-256 (ES256) private key, PKCS#8 PEM, that signs new tokens;
-    /// its public key is published at /auth/jwks.json (reloaded on change).
-    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
-    pub auth_signing_key_file: Option<PathBuf>,
+    /// The keys this node signs with (and verifies its own tokens by).
+    #[command(flatten)]
+    pub signing: SigningKeySettings,
 
     /// JWKS file of public keys that verify tokens (signaling nodes need no secret then).
     #[arg(long, env = "AUTH_PUBLIC_KEYS_FILE")]
@@ -121,6 +98,37 @@ pub struct AuthSettings {
     /// Comma-separated browser origins allowed to open /ws/signal (required in production).
     #[arg(long, env = "ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
+}
+
+/// Flags of the keys that sign tokens, shared by the server and `switchboard token`.
+#[derive(Debug, Clone, Default, PartialEq, Args)]
+pub struct SigningKeySettings {
+    /// JWT signing secret (at least 32 bytes). Prefer AUTH_SECRET_FILE in production.
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// File holding the JWT signing secret (trailing newline ignored; reloaded on change).
+    #[arg(long, env = "AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// HS256 keys with ids, `kid=secret` separated by commas (each secret at least 32 bytes);
+    /// the first signs unless AUTH_SIGNING_KID names another. Prefer AUTH_KEYS_FILE.
+    #[arg(long, env = "AUTH_KEYS", hide_env_values = true, conflicts_with_all = ["auth_secret", "auth_secret_file"])]
+    pub auth_keys: Option<String>,
+
+    /// File of `kid=secret` lines (blank lines and `#` comments ignored; reloaded on change).
+    #[arg(long, env = "AUTH_KEYS_FILE", conflicts_with_all = ["auth_keys", "auth_secret", "auth_secret_file"])]
+    pub auth_keys_file: Option<PathBuf>,
+
+    /// Id of the key that signs new tokens [default: the first of AUTH_KEYS, or the
+    /// thumbprint of AUTH_SIGNING_KEY_FILE's key].
+    #[arg(long, env = "AUTH_SIGNING_KID")]
+    pub auth_signing_kid: Option<String>,
+
+    /// Ed25519 (EdDSA) or P-256 (ES256) private key, PKCS#8 PEM, that signs new tokens;
+    /// its public key is published at /auth/jwks.json (reloaded on change).
+    #[arg(long, env = "AUTH_SIGNING_KEY_FILE")]
+    pub auth_signing_key_file: Option<PathBuf>,
 }
 
 /// The Auth service's resolved settings.
@@ -251,18 +259,18 @@ impl AuthSettings {
     /// `serve` or `auth` without any key gets a generated secret.
     fn key_sources(&self, role: Role, production: bool) -> Result<(KeySources, bool), ConfigError> {
         let mut sources = KeySources {
-            secret: match (&self.auth_secret, &self.auth_secret_file) {
+            secret: match (&self.signing.auth_secret, &self.signing.auth_secret_file) {
                 (Some(v), _) => Some(Source::Value(SigningSecret::new(v.clone().into_bytes()))),
                 (None, Some(path)) => Some(Source::File(path.clone())),
                 (None, None) => None,
             },
-            hmac_keys: match (&self.auth_keys, &self.auth_keys_file) {
+            hmac_keys: match (&self.signing.auth_keys, &self.signing.auth_keys_file) {
                 (Some(v), _) => Some(Source::Value(v.clone())),
                 (None, Some(path)) => Some(Source::File(path.clone())),
                 (None, None) => None,
             },
-            signing_kid: self.auth_signing_kid.clone(),
-            signing_key_file: self.auth_signing_key_file.clone(),
+            signing_kid: self.signing.auth_signing_kid.clone(),
+            signing_key_file: self.signing.auth_signing_key_file.clone(),
             public_keys_file: self.auth_public_keys_file.clone(),
             api_keys: self.api_keys.clone(),
             api_keys_file: self.api_keys_file.clone(),

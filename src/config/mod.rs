@@ -24,7 +24,7 @@ use clap::{Args, FromArgMatches, ValueEnum};
 
 use crate::auth::IceServers;
 
-pub use auth::{AuthConfig, AuthSettings, ClaimSettings, MAX_TOKEN_TTL};
+pub use auth::{AuthConfig, AuthSettings, ClaimSettings, MAX_TOKEN_TTL, SigningKeySettings};
 pub use ice::IceSettings;
 pub use limits::{LimitsConfig, LimitsSettings};
 pub use logging::{LogConfig, LogSettings};

@@ -13,7 +13,7 @@ fn prod() -> Settings {
         environment: Environment::Production,
         ..Settings::default()
     };
-    s.auth.auth_secret = Some("x".repeat(48));
+    s.auth.signing.auth_secret = Some("x".repeat(48));
     s.auth.token_issuance = Some(Issuance::ApiKey);
     s.auth.api_keys = Some("k".repeat(32));
     s.auth.allowed_origins = Some("https://app.example.com".into());
@@ -93,11 +93,11 @@ fn production_baseline_starts() {
 #[test]
 fn production_refuses_missing_short_and_published_secret() {
     let mut s = prod();
-    s.auth.auth_secret = None;
+    s.auth.signing.auth_secret = None;
     assert!(err(&s, Role::Serve).contains("AUTH_SECRET"));
-    s.auth.auth_secret = Some("short-secret".into());
+    s.auth.signing.auth_secret = Some("short-secret".into());
     assert!(err(&s, Role::Serve).contains("at least 32"));
-    s.auth.auth_secret = Some(PUBLISHED_DEFAULT_SECRET.into());
+    s.auth.signing.auth_secret = Some(PUBLISHED_DEFAULT_SECRET.into());
     assert!(err(&s, Role::Serve).contains("well-known"));
 }
 
@@ -150,8 +150,8 @@ fn secret_file_is_read_and_trimmed() {
     let dir = std::env::temp_dir().join(format!("sb-secret-{}", std::process::id()));
     std::fs::write(&dir, format!("{}\n", "s".repeat(40))).unwrap();
     let mut s = prod();
-    s.auth.auth_secret_file = Some(dir.clone());
-    s.auth.auth_secret = None;
+    s.auth.signing.auth_secret_file = Some(dir.clone());
+    s.auth.signing.auth_secret = None;
     let c = Config::from_settings(&s, Role::Serve).unwrap();
     assert!(!c.auth.weak_secret);
     std::fs::remove_file(dir).unwrap();
@@ -233,7 +233,7 @@ fn tls_needs_both_files_and_production_without_it_or_a_proxy_warns() {
     );
     // Development stays quiet: a laptop serves http://localhost, which browsers trust.
     let mut dev = Settings::default();
-    dev.auth.auth_secret = Some("x".repeat(48));
+    dev.auth.signing.auth_secret = Some("x".repeat(48));
     let config = Config::from_settings(&dev, Role::Serve).unwrap();
     assert!(!config.warnings().iter().any(|w| w.contains(https)));
 }
@@ -241,7 +241,7 @@ fn tls_needs_both_files_and_production_without_it_or_a_proxy_warns() {
 #[test]
 fn production_accepts_a_signal_node_with_only_public_keys() {
     let mut s = prod();
-    s.auth.auth_secret = None;
+    s.auth.signing.auth_secret = None;
     s.auth.api_keys = None;
     s.auth.auth_jwks_url = Some("https://auth.example.com/auth/jwks.json".into());
     let c = Config::from_settings(&s, Role::Signal).unwrap();
@@ -268,7 +268,7 @@ fn auth_keys_and_auth_secret_cannot_both_be_given() {
 fn an_identity_provider_needs_an_audience_and_https_in_production() {
     const KEYCLOAK: &str = "https://sso.example.com/realms/app";
     let mut s = prod();
-    s.auth.auth_secret = None;
+    s.auth.signing.auth_secret = None;
     s.auth.api_keys = None;
     s.auth.oidc.oidc_issuer = Some(KEYCLOAK.into());
     assert!(err(&s, Role::Signal).contains("OIDC_AUDIENCE"));
@@ -294,7 +294,7 @@ fn an_identity_provider_needs_an_audience_and_https_in_production() {
     assert!(err(&s, Role::Signal).contains("without OIDC_ISSUER"));
     // Development accepts a plain-http provider (a local Keycloak, a test's).
     let mut dev = Settings::default();
-    dev.auth.auth_secret = Some("x".repeat(48));
+    dev.auth.signing.auth_secret = Some("x".repeat(48));
     dev.auth.oidc.oidc_issuer = Some("http://127.0.0.1:8080/realms/app".into());
     dev.auth.oidc.oidc_audience = Some("app".into());
     dev.auth.oidc.oidc_user_claim = "email".into();

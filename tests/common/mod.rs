@@ -47,7 +47,7 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 /// Development settings with a fixed secret.
 pub fn settings() -> Settings {
     let mut s = Settings::default();
-    s.auth.auth_secret = Some(SECRET.into());
+    s.auth.signing.auth_secret = Some(SECRET.into());
     // Reconnect hints of a drain spread over one second, not ten.
     s.timing.drain_timeout = Duration::from_secs(2);
     // Every test client comes from 127.0.0.1 and the machine is busy running tests:
@@ -393,13 +393,7 @@ pub async fn connect_at(addr: &str, token: &str) -> Client {
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/signal?token={token}"))
         .await
         .expect("websocket upgrade");
-    let mut client = Client {
-        ws,
-        peer_id: String::new(),
-    };
-    client.send(json!({"type": "ping"})).await;
-    client.expect("pong").await;
-    client
+    Client::registered(ws).await
 }
 
 /// Tries an upgrade and returns the refusal's status and JSON body.
@@ -517,6 +511,17 @@ impl Client {
     pub async fn expect_nothing_pending(&mut self) {
         self.send(json!({"type": "ping"})).await;
         self.expect("pong").await;
+    }
+
+    /// A client on a fresh upgrade, once the node answered a ping (so it is registered).
+    pub async fn registered(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        let mut client = Client {
+            ws,
+            peer_id: String::new(),
+        };
+        client.send(json!({"type": "ping"})).await;
+        client.expect("pong").await;
+        client
     }
 
     /// Joins a room and returns `joined`.

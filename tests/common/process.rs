@@ -20,6 +20,30 @@ pub fn switchboard(args: &[&str], vars: &[(&str, &str)]) -> Command {
     command
 }
 
+/// Runs the binary with `args` (an empty environment plus `vars`) to completion and
+/// returns its standard output; fails showing its standard error when it fails.
+pub fn output_of(args: &[&str], vars: &[(&str, &str)]) -> String {
+    let out = switchboard(args, vars).output().unwrap();
+    assert!(
+        out.status.success(),
+        "switchboard {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `switchboard keys generate` with `args` (`--alg`, `--kid`): the private key's PEM and
+/// its public JWK.
+pub fn generated_key(args: &[&str]) -> (String, Value) {
+    let mut all = vec!["keys", "generate"];
+    all.extend_from_slice(args);
+    let text = output_of(&all, &[]);
+    let end = "-----END PRIVATE KEY-----\n";
+    let split = text.find(end).expect("a private key PEM") + end.len();
+    let jwk = serde_json::from_str(text[split..].trim()).expect("a public JWK after the PEM");
+    (text[..split].to_string(), jwk)
+}
+
 /// A `switchboard serve` child process whose stderr (the logs) is collected line by line.
 pub struct Running {
     child: std::process::Child,

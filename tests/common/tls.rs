@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SerialNumber};
 use rustls::pki_types::{CertificateDer, ServerName};
-use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::Connector;
 
@@ -119,13 +118,7 @@ impl Authority {
             tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector))
                 .await
                 .expect("wss upgrade");
-        let mut client = Client {
-            ws,
-            peer_id: String::new(),
-        };
-        client.send(json!({"type": "ping"})).await;
-        client.expect("pong").await;
-        client
+        Client::registered(ws).await
     }
 }
 
