@@ -20,6 +20,14 @@ pub fn unix_micros() -> u64 {
         .unwrap_or(0)
 }
 
+/// Milliseconds since the Unix epoch: the unit of the dates the server API reports.
+pub fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// 64 random bits from the operating system, for names that must not repeat between
 /// processes (inbox generations, message origins).
 pub fn random_u64() -> u64 {

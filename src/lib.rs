@@ -10,9 +10,9 @@
 //! ```text
 //! main                       the binary: flags, logging, runtime
 //! server  config             the node: each service's state from the resolved settings
-//! health  web  auth::routes  signaling::upgrade      HTTP edges, each on its own state
+//! health  web  auth::routes  signaling::upgrade  api HTTP edges, each on its own state
 //! cors                                               which other origins' pages they admit
-//! auth    signaling::{hub, commands, link, connection, outbox, protocol}
+//! auth    signaling::{hub, commands, link, connection, outbox, protocol}    events
 //! store   bus   redis        shared state, cross-node delivery, the Redis client
 //! error  clock  identifier  room  resilience  telemetry  net  fd_limit
 //! ```
@@ -35,8 +35,10 @@
 //! - [`store`]: the state trait (sessions, rooms, TTLs), embedded and on Redis.
 //! - [`bus`]: each node's ordered inbox of messages from other nodes.
 //! - [`auth`]: signing secret, token issue/verify, revocation, HTTP routes.
+//! - [`events`]: room events delivered as signed webhooks and kept for the pull API.
 //! - [`signaling`]: wire protocol, one task per connection, the hub (a folder of
 //!   concerns around one routing table) that routes.
+//! - [`api`]: the server API for an app's backend (rooms, members, messages).
 //! - [`health`]: liveness, readiness and dependency health routes.
 //! - [`web`]: the embedded browser client.
 //! - [`cors`]: which other origins' pages may fetch tokens and import the client module.
@@ -46,12 +48,14 @@
 //! The load generator is a binary of its own, `switchboard-bench` (`bench/`).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod events;
 pub mod fd_limit;
 pub mod health;
 pub mod identifier;

@@ -19,6 +19,10 @@ pub enum LeaveReason {
     Replaced,
     /// The node holding its connection died.
     NodeLost,
+    /// The app's backend removed it (server API).
+    Removed,
+    /// Its session was revoked (`POST /auth/revoke`).
+    Revoked,
 }
 
 impl LeaveReason {
@@ -30,6 +34,8 @@ impl LeaveReason {
             LeaveReason::Timeout => "timeout",
             LeaveReason::Replaced => "replaced",
             LeaveReason::NodeLost => "node_lost",
+            LeaveReason::Removed => "removed",
+            LeaveReason::Revoked => "revoked",
         }
     }
 
@@ -41,6 +47,8 @@ impl LeaveReason {
             LeaveReason::Timeout,
             LeaveReason::Replaced,
             LeaveReason::NodeLost,
+            LeaveReason::Removed,
+            LeaveReason::Revoked,
         ]
         .into_iter()
         .find(|r| r.as_str() == name)

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::extract::FromRef;
 use tokio::net::TcpListener;
 
+use crate::api::ApiState;
 use crate::auth::Issuance;
 use crate::auth::jwks::RemoteJwks;
 use crate::auth::oidc::IdentityProvider;
@@ -19,6 +20,7 @@ use crate::bus::{Bus, MemoryBus, RedisBus};
 use crate::config::{Config, Environment, Role};
 use crate::cors::CrossOrigin;
 use crate::error::StoreError;
+use crate::events::Dispatcher;
 use crate::health::HealthState;
 use crate::net::{Deadlines, Pending, Reloader, TlsAcceptor, TlsError};
 use crate::redis::{Keys, Redis, RedisNodes};
@@ -61,6 +63,8 @@ pub struct AppState {
     pub signaling: Arc<SignalingState>,
     /// The health routes' state.
     pub health: Arc<HealthState>,
+    /// The server API's state.
+    pub api: Arc<ApiState>,
     /// Set once shutdown starts: readiness fails and upgrades are refused.
     draining: Arc<AtomicBool>,
     /// Heartbeat and bus reader, stopped with the state.
@@ -172,6 +176,10 @@ impl AppState {
                 crate::config::MAX_TOKEN_TTL,
             )));
         }
+        if let Some(events) = &config.events {
+            store.record_events(events.dispatch.retention, events.dispatch.log_max);
+        }
+        let event_log: Arc<dyn crate::store::EventLog> = store.clone();
         let hub = Arc::new(Hub::new(
             &config.node.id,
             store,
@@ -198,6 +206,15 @@ impl AppState {
                 config.timing.heartbeat,
                 grace,
             )));
+            if let Some(events) = &config.events {
+                let dispatcher = Dispatcher::new(
+                    event_log.clone(),
+                    &config.node.id,
+                    events.dispatch.clone(),
+                    metrics.clone(),
+                );
+                tasks.push(tokio::spawn(Arc::new(dispatcher).run()));
+            }
         }
         let (rate, cap) = (
             config.limits.rate_per_ip_per_minute,
@@ -218,9 +235,19 @@ impl AppState {
             message_burst: config.limits.message_burst,
             resume_grace: config.timing.resume_grace,
             join_timeout: config.timing.join_timeout,
+            max_metadata_bytes: config.limits.max_metadata_bytes,
         });
         let draining = Arc::new(AtomicBool::new(false));
         let trusted_proxies: Arc<[_]> = config.limits.trusted_proxies.clone().into();
+        let api = Arc::new(ApiState {
+            hub: hub.clone(),
+            keys: keys.clone(),
+            limiter: IpLimiter::new(config.limits.api_rate_per_minute, 0),
+            trusted_proxies: trusted_proxies.clone(),
+            max_metadata_bytes: config.limits.max_metadata_bytes,
+            events: config.events.as_ref().map(|_| event_log.clone()),
+            metrics: metrics.clone(),
+        });
         let auth = Arc::new(AuthState {
             issuer: issuer.clone(),
             verifier: verifier.clone(),
@@ -270,6 +297,7 @@ impl AppState {
             auth,
             signaling,
             health,
+            api,
             draining,
             tasks,
         }))
@@ -315,6 +343,13 @@ struct Services {
     auth: Arc<AuthState>,
     signaling: Arc<SignalingState>,
     health: Arc<HealthState>,
+    api: Arc<ApiState>,
+}
+
+impl FromRef<Services> for Arc<ApiState> {
+    fn from_ref(services: &Services) -> Self {
+        services.api.clone()
+    }
 }
 
 impl FromRef<Services> for Arc<AuthState> {
@@ -352,11 +387,16 @@ pub fn app(state: Arc<AppState>) -> Router {
     .layer();
     let mut router = Router::new().merge(crate::health::router());
     if matches!(state.role, Role::Serve | Role::Auth) {
-        router = router.merge(crate::auth::routes::router(
-            state.config.timing.body_timeout,
-            state.metrics.clone(),
-            cors.clone(),
-        ));
+        router = router
+            .merge(crate::auth::routes::router(
+                state.config.timing.body_timeout,
+                state.metrics.clone(),
+                cors.clone(),
+            ))
+            .merge(crate::api::router(
+                state.config.timing.body_timeout,
+                state.metrics.clone(),
+            ));
     }
     if matches!(state.role, Role::Serve | Role::Signal) {
         router = router
@@ -367,6 +407,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         auth: state.auth.clone(),
         signaling: state.signaling.clone(),
         health: state.health.clone(),
+        api: state.api.clone(),
         node: state,
     };
     if metrics_here {

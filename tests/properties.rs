@@ -37,6 +37,8 @@ fn client_message() -> impl Strategy<Value = Value> {
         Just("offer"),
         Just("answer"),
         Just("ice-candidate"),
+        Just("update"),
+        Just("message"),
         Just("ping"),
         Just("joined"),
         Just(""),
@@ -46,6 +48,8 @@ fn client_message() -> impl Strategy<Value = Value> {
         Just("peerId"),
         Just("sdp"),
         Just("candidate"),
+        Just("metadata"),
+        Just("data"),
         Just("id"),
         Just("extra"),
     ];
@@ -149,6 +153,17 @@ proptest! {
             }
             Ok(Command::Leave { .. }) => prop_assert_eq!(message["type"].as_str(), Some("leave")),
             Ok(Command::Ping) => prop_assert_eq!(message["type"].as_str(), Some("ping")),
+            Ok(Command::Update { metadata }) => {
+                prop_assert_eq!(message["type"].as_str(), Some("update"));
+                prop_assert!(message["metadata"].is_object());
+                // Verbatim: the very text the client sent.
+                prop_assert_eq!(metadata.get(), message["metadata"].to_string());
+            }
+            Ok(Command::Message { to, data }) => {
+                prop_assert_eq!(message["type"].as_str(), Some("message"));
+                prop_assert_eq!(to.as_deref(), message["peerId"].as_str());
+                prop_assert_eq!(data.get(), message["data"].to_string());
+            }
             Err(_) => {}
         }
     }

@@ -44,10 +44,9 @@ async fn revocation_closes_the_live_connection_on_any_node(backend: Backend) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["connected"], true);
     assert_eq!(victim.expect_close().await, Some(1008));
-    assert_eq!(
-        watcher.expect("peer_left").await["peerId"],
-        victim.peer_id.as_str()
-    );
+    let left = watcher.expect("peer_left").await;
+    assert_eq!(left["peerId"], victim.peer_id.as_str());
+    assert_eq!(left["reason"], "revoked");
 
     // The same token no longer opens a connection or validates.
     let (status, body) = common::refused(server.ws_url(&issued.token)).await;

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use common::redis::{RedisCluster, RedisServer};
 use switchboard::redis::{Keys, Redis, Topology};
-use switchboard::store::{JoinOutcome, Member, MemoryStore, RedisStore, SessionRecord, Store};
+use switchboard::room::LeaveReason;
+use switchboard::store::{
+    JoinOutcome, Member, MemoryStore, RedisStore, Seating, SessionRecord, Store,
+};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -59,6 +62,7 @@ fn member(peer: &str, node: &str, epoch: u64) -> Member {
         peer_id: peer.into(),
         node: node.into(),
         epoch,
+        ..Member::default()
     }
 }
 
@@ -79,12 +83,15 @@ async fn capacity_holds_under_a_hundred_simultaneous_joins(kind: &str) {
         let store = s.store.clone();
         joins.push(tokio::spawn(async move {
             let m = member(&format!("p{i}"), &format!("n{}", i % 3), i as u64 + 1);
-            store.join_room("race", &m, capacity, HOUR).await.unwrap()
+            store
+                .join_room("race", &m, Seating::Fresh, capacity, HOUR)
+                .await
+                .unwrap()
         }));
     }
     let mut joined = 0;
     for j in joins {
-        if matches!(j.await.unwrap(), JoinOutcome::Joined(_)) {
+        if matches!(j.await.unwrap(), JoinOutcome::Joined { .. }) {
             joined += 1;
         }
     }
@@ -100,7 +107,13 @@ async fn a_stale_connection_cannot_touch_its_successor(kind: &str) {
         .await
         .unwrap();
     store
-        .join_room("r", &member("u-s1", "n1", old.epoch), 5, HOUR)
+        .join_room(
+            "r",
+            &member("u-s1", "n1", old.epoch),
+            Seating::Fresh,
+            5,
+            HOUR,
+        )
         .await
         .unwrap();
     assert!(
@@ -125,13 +138,22 @@ async fn a_stale_connection_cannot_touch_its_successor(kind: &str) {
         ("n1", old.epoch, Some("r"))
     );
     store
-        .join_room("r", &member("u-s1", "n2", new.epoch), 5, HOUR)
+        .join_room(
+            "r",
+            &member("u-s1", "n2", new.epoch),
+            Seating::Fresh,
+            5,
+            HOUR,
+        )
         .await
         .unwrap();
 
     // The old connection closes late: none of its calls may undo the new one.
     assert_eq!(
-        store.leave_room("r", "u-s1", old.epoch).await.unwrap(),
+        store
+            .leave_room("r", "u-s1", old.epoch, LeaveReason::Left)
+            .await
+            .unwrap(),
         None
     );
     assert!(!store.refresh_session("s1", old.epoch, HOUR).await.unwrap());
@@ -149,20 +171,29 @@ async fn a_room_lives_until_its_last_member_anywhere_leaves(kind: &str) {
     let s = subject(kind).await;
     let store = &s.store;
     store
-        .join_room("r", &member("a", "n1", 1), 5, HOUR)
+        .join_room("r", &member("a", "n1", 1), Seating::Fresh, 5, HOUR)
         .await
         .unwrap();
     store
-        .join_room("r", &member("b", "n2", 2), 5, HOUR)
+        .join_room("r", &member("b", "n2", 2), Seating::Fresh, 5, HOUR)
         .await
         .unwrap();
     // n1 has no local members left, but the room stays for b on n2.
     assert_eq!(
-        store.leave_room("r", "a", 1).await.unwrap(),
+        store
+            .leave_room("r", "a", 1, LeaveReason::Left)
+            .await
+            .unwrap(),
         Some(vec![member("b", "n2", 2)])
     );
     assert_eq!(store.room_members("r").await.unwrap().len(), 1);
-    assert_eq!(store.leave_room("r", "b", 2).await.unwrap(), Some(vec![]));
+    assert_eq!(
+        store
+            .leave_room("r", "b", 2, LeaveReason::Left)
+            .await
+            .unwrap(),
+        Some(vec![])
+    );
     assert!(store.room_members("r").await.unwrap().is_empty());
 }
 
@@ -184,11 +215,17 @@ async fn a_dead_node_is_evicted_by_exactly_one_survivor(kind: &str) {
         .await
         .unwrap();
     store
-        .join_room("r", &member("u-sd", "dead", claim.epoch), 5, HOUR)
+        .join_room(
+            "r",
+            &member("u-sd", "dead", claim.epoch),
+            Seating::Fresh,
+            5,
+            HOUR,
+        )
         .await
         .unwrap();
     store
-        .join_room("r", &member("x", "alive", 9), 5, HOUR)
+        .join_room("r", &member("x", "alive", 9), Seating::Fresh, 5, HOUR)
         .await
         .unwrap();
     assert!(store.dead_nodes("alive").await.unwrap().is_empty());

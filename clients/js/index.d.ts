@@ -21,6 +21,18 @@ export interface TokenGrant {
   iceServers: IceServer[];
 }
 
+/**
+ * A participant's metadata: a JSON object the app chooses (a display name, muted, hand
+ * raised), at most `MAX_METADATA_BYTES` (4096 by default) as sent.
+ */
+export type Metadata = { [key: string]: unknown };
+
+/** Options of {@link SignalingClient.fetchToken}. */
+export interface TokenOptions {
+  /** Initial metadata carried in the token: at most 1024 bytes as compact JSON. */
+  metadata?: Metadata;
+}
+
 /** An ICE candidate as relayed (the JSON form of `RTCIceCandidate`). */
 export interface CandidateInit {
   candidate?: string;
@@ -36,6 +48,8 @@ export interface Joined {
   peerId: string;
   /** The others already in the room. */
   peers: string[];
+  /** The metadata of every member that has some, this client's own included, by peer id. */
+  metadata: Record<string, Metadata>;
   iceServers?: IceServer[];
 }
 
@@ -44,19 +58,52 @@ export interface Resumed {
   roomId: string | null;
   peerId: string;
   peers: string[];
+  /** As in {@link Joined}: every member's metadata, this client's own included. */
+  metadata: Record<string, Metadata>;
   iceServers?: IceServer[];
 }
 
 export interface PeerJoined {
   type: 'peer_joined';
   peerId: string;
+  /** Its metadata, when it has some. */
+  metadata?: Metadata;
 }
 
 export interface PeerLeft {
   type: 'peer_left';
   peerId: string;
-  /** e.g. `left`, `disconnected`, `timeout`, `replaced`, `node_lost`. */
+  /** e.g. `left`, `disconnected`, `timeout`, `replaced`, `removed`, `node_lost`. */
   reason: string;
+}
+
+/** A member's metadata changed (its `update`, or the app's backend, also for your own). */
+export interface PeerUpdated {
+  type: 'peer_updated';
+  peerId: string;
+  /** Its whole metadata now. */
+  metadata: Metadata;
+}
+
+/** Application data from a member, or from the app's backend. */
+export interface Message {
+  type: 'message';
+  /** The sender's peer id, set by the server, or `"server"` for the app's backend. */
+  from: string;
+  /** What the sender sent, verbatim. */
+  data: unknown;
+}
+
+/** The app's backend removed this client from the room; the connection stays open. */
+export interface Removed {
+  type: 'removed';
+  roomId: string;
+}
+
+/** The app's backend closed the room; the connection stays open. */
+export interface RoomClosed {
+  type: 'room_closed';
+  roomId: string;
 }
 
 /** An offer or answer; `peerId` is the sender, set by the server. */
@@ -75,7 +122,10 @@ export interface Candidate {
 
 export interface ServerError {
   type: 'error';
-  /** e.g. `not_in_room`, `peer_not_found`, `room_full`, `rate_limited`, `unavailable`. */
+  /**
+   * e.g. `not_in_room`, `peer_not_found`, `room_full`, `rate_limited`, `unavailable`,
+   * `invalid_message`.
+   */
   code: string;
   message: string;
   /** The `id` the client gave the command that failed. */
@@ -105,9 +155,13 @@ export interface SignalingEventMap {
   resumed: Resumed;
   peer_joined: PeerJoined;
   peer_left: PeerLeft;
+  peer_updated: PeerUpdated;
   offer: Description;
   answer: Description;
   'ice-candidate': Candidate;
+  message: Message;
+  removed: Removed;
+  room_closed: RoomClosed;
   error: ServerError;
   token: TokenRefresh;
   goaway: GoAway;
@@ -154,8 +208,11 @@ export class SignalingClient extends EventTarget {
    */
   constructor(token: string, options?: SignalingClientOptions);
 
-  /** Requests a token from `POST /auth/token` (open issuance, or a page allowed by CORS). */
-  static fetchToken(baseUrl: string, userId: string, roomId?: string): Promise<TokenGrant>;
+  /**
+   * Requests a token from `POST /auth/token` (open issuance, or a page allowed by CORS);
+   * `options.metadata` is the participant's initial metadata, carried in the token.
+   */
+  static fetchToken(baseUrl: string, userId: string, roomId?: string, options?: TokenOptions): Promise<TokenGrant>;
 
   /** The current token; replaced when the server pushes a refreshed one. */
   token: string;
@@ -166,6 +223,13 @@ export class SignalingClient extends EventTarget {
   roomId: string | null;
   /** This client's peer id, once joined or resumed. */
   peerId: string | null;
+  /**
+   * The others in the room, as far as this client knows: peer id → metadata (null when the
+   * peer has none), in the order they joined. Kept up to date from `joined`, `resumed`,
+   * `peer_joined`, `peer_updated` and `peer_left`; empty after `leave()`, `removed`,
+   * `room_closed` and a final `close`.
+   */
+  peers: Map<string, Metadata | null>;
   /** True while the WebSocket is open. */
   readonly connected: boolean;
 
@@ -175,6 +239,18 @@ export class SignalingClient extends EventTarget {
   join(roomId: string): void;
   /** Leaves the current room. */
   leave(): void;
+  /**
+   * Sets this client's metadata, replacing the whole object; the others get `peer_updated`.
+   * Sent once connected if called before, and again if the server lost the session.
+   * @throws {SignalingError} `invalid_options` when `metadata` is not a plain object.
+   */
+  update(metadata: Metadata): void;
+  /**
+   * Sends application data (any JSON value) to `peerId`, or to every other member of the
+   * room without it; they get `message`.
+   * @throws {SignalingError} `invalid_options` when `data` is undefined.
+   */
+  message(data: unknown, peerId?: string): void;
   sendOffer(peerId: string, sdp: string): void;
   sendAnswer(peerId: string, sdp: string): void;
   sendCandidate(peerId: string, candidate: CandidateInit | { toJSON(): CandidateInit }): void;

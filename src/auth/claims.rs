@@ -36,6 +36,10 @@ pub struct Claims {
     /// The only room this token may join, when restricted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
+    /// The participant's initial metadata, set by the app's backend: a JSON object, as
+    /// text.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "json_object")]
+    pub metadata: Option<String>,
     /// Admitted by an identity provider's token (OIDC), not one of ours: never written.
     #[serde(skip)]
     pub from_identity_provider: bool,
@@ -45,6 +49,30 @@ impl Claims {
     /// The peer id of this session: `<sub>-<session_id>`.
     pub fn peer_id(&self) -> String {
         peer_id(&self.sub, &self.session_id)
+    }
+}
+
+/// The `metadata` claim: a JSON object written verbatim, kept as its text.
+mod json_object {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer, de::Error};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        let raw = value
+            .as_deref()
+            .map(|text| RawValue::from_string(text.to_string()))
+            .transpose()
+            .map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let raw = Option::<Box<RawValue>>::deserialize(d)?;
+        match raw {
+            Some(raw) if raw.get().starts_with('{') => Ok(Some(raw.get().to_string())),
+            Some(_) => Err(D::Error::custom("the metadata claim must be a JSON object")),
+            None => Ok(None),
+        }
     }
 }
 
@@ -66,6 +94,8 @@ pub struct Grant {
     pub room: Option<String>,
     /// Expiry (unix seconds).
     pub exp: u64,
+    /// The participant's initial metadata (a JSON object, as text).
+    pub metadata: Option<String>,
     /// Admitted by an identity provider's token: the provider, not this node, decides how
     /// long the session lives, so no fresh token of ours extends it.
     pub from_identity_provider: bool,
@@ -78,6 +108,7 @@ impl From<Claims> for Grant {
             session_id: c.session_id,
             room: c.room,
             exp: c.exp,
+            metadata: c.metadata,
             from_identity_provider: c.from_identity_provider,
         }
     }

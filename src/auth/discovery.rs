@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::fetch;
+use crate::net::fetch;
 
 /// A discovery document larger than this is refused (real ones are a few KiB).
 const MAX_DISCOVERY_BYTES: usize = 64 * 1024;

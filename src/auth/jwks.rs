@@ -15,8 +15,9 @@ use jsonwebtoken::jwk::JwkSet;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
+use super::discovery;
 use super::keyring::{Verifier, verifier_from_jwk};
-use super::{discovery, fetch};
+use crate::net::fetch;
 use crate::telemetry::Metrics;
 
 /// At most one fetch per this long, however many unknown `kid`s arrive.

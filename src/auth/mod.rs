@@ -5,7 +5,6 @@ mod active;
 mod claims;
 mod credentials;
 mod discovery;
-mod fetch;
 pub mod jwks;
 pub mod key_files;
 pub mod keygen;

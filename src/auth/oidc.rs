@@ -150,6 +150,7 @@ impl IdentityProvider {
             nbf: time("nbf")?.unwrap_or(iat),
             exp,
             room: None,
+            metadata: None,
             from_identity_provider: true,
         })
     }

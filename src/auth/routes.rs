@@ -90,8 +90,8 @@ where
     browser.merge(backend)
 }
 
-/// The size and time limits of the routes that read a body.
-fn with_body_limits<S>(
+/// The size and time limits of the routes that read a body (the server API's too).
+pub(crate) fn with_body_limits<S>(
     router: Router<S>,
     body_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -177,7 +177,12 @@ fn too_large() -> ApiError {
 struct TokenRequest {
     user_id: Option<serde_json::Value>,
     room_id: Option<serde_json::Value>,
+    metadata: Option<serde_json::Value>,
 }
+
+/// Largest `metadata` a token carries, as compact JSON: a token must stay under
+/// [`super::MAX_TOKEN_BYTES`] with its other claims and signature.
+pub const MAX_TOKEN_METADATA_BYTES: usize = 1024;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -202,7 +207,7 @@ fn require_api_key(state: &AuthState, headers: &HeaderMap) -> Result<(), ApiErro
 }
 
 /// Reads a JSON body, with the content type and size checks every endpoint shares.
-fn json_body<T: serde::de::DeserializeOwned>(
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     example: &str,
@@ -262,6 +267,7 @@ async fn issue(
     let user = field("userId", request.user_id)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "userId is required."))?;
     let room = field("roomId", request.room_id)?;
+    let metadata = token_metadata(request.metadata)?;
     let issuer = state.issuer.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -269,7 +275,7 @@ async fn issue(
             "This node holds no signing key; request tokens from the Auth service.",
         )
     })?;
-    let issued = issuer.issue(&user, room.as_deref(), None);
+    let issued = issuer.issue_with(&user, room.as_deref(), None, metadata.as_deref());
     Ok(Json(TokenResponse {
         peer_id: issued.claims.peer_id(),
         ice_servers: state
@@ -279,6 +285,31 @@ async fn issue(
         session_id: issued.claims.session_id,
         token: issued.token,
     }))
+}
+
+/// Reads the optional `metadata` of a token request: a JSON object of at most
+/// [`MAX_TOKEN_METADATA_BYTES`], returned as compact JSON text.
+fn token_metadata(value: Option<serde_json::Value>) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(object @ serde_json::Value::Object(_)) => {
+            let text = object.to_string();
+            if text.len() > MAX_TOKEN_METADATA_BYTES {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    format!(
+                        "metadata is {} bytes as JSON; a token carries at most {MAX_TOKEN_METADATA_BYTES} (set more later with the update message or the server API).",
+                        text.len()
+                    ),
+                ));
+            }
+            Ok(Some(text))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_request",
+            "metadata must be a JSON object, like {\"name\": \"Ann\"}.",
+        )),
+    }
 }
 
 /// Reads an optional identifier field; a present but non-string or invalid value is an error.

@@ -71,31 +71,47 @@ impl TokenIssuer {
 
     /// Mints a token for `user` with a new session, optionally restricted to `room`.
     pub fn issue(&self, user: &str, room: Option<&str>, ttl: Option<Duration>) -> IssuedToken {
-        self.sign(user, &random_hex(), room, ttl.unwrap_or(self.ttl))
+        self.issue_with(user, room, ttl, None)
+    }
+
+    /// A token as [`TokenIssuer::issue`] makes, carrying the participant's initial
+    /// `metadata` (a JSON object, as text).
+    pub fn issue_with(
+        &self,
+        user: &str,
+        room: Option<&str>,
+        ttl: Option<Duration>,
+        metadata: Option<&str>,
+    ) -> IssuedToken {
+        let grant = Grant {
+            sub: user.to_string(),
+            session_id: random_hex(),
+            room: room.map(str::to_string),
+            metadata: metadata.map(str::to_string),
+            ..Grant::default()
+        };
+        self.sign(&grant, ttl.unwrap_or(self.ttl))
     }
 
     /// A fresh token for the same user, session and room as `grant`, with a new lifetime.
     pub fn reissue(&self, grant: &Grant) -> IssuedToken {
-        self.sign(
-            &grant.sub,
-            &grant.session_id,
-            grant.room.as_deref(),
-            self.ttl,
-        )
+        self.sign(grant, self.ttl)
     }
 
-    fn sign(&self, user: &str, session_id: &str, room: Option<&str>, ttl: Duration) -> IssuedToken {
+    /// Signs the claims of `grant` (user, session, room, metadata) for `ttl` from now.
+    fn sign(&self, grant: &Grant, ttl: Duration) -> IssuedToken {
         let now = unix_now();
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            sub: user.to_string(),
-            session_id: session_id.to_string(),
+            sub: grant.sub.clone(),
+            session_id: grant.session_id.clone(),
             jti: random_hex(),
             iat: now,
             nbf: now,
             exp: now + ttl.as_secs().max(1),
-            room: room.map(str::to_string),
+            room: grant.room.clone(),
+            metadata: grant.metadata.clone(),
             from_identity_provider: false,
         };
         let keyring = self.keys.keyring();
@@ -369,6 +385,7 @@ mod tests {
             nbf: now,
             exp: now + 600,
             room: None,
+            metadata: None,
             from_identity_provider: false,
         }
     }

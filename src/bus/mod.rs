@@ -39,6 +39,30 @@ pub enum BusMessage {
         node: String,
         /// Its connection's epoch.
         epoch: Epoch,
+        /// Its metadata (a JSON object), if any.
+        metadata: Option<String>,
+    },
+    /// A member's metadata changed (the membership with `epoch` only).
+    PeerUpdated {
+        /// Room id.
+        room: String,
+        /// Peer id.
+        peer: String,
+        /// Epoch of its membership.
+        epoch: Epoch,
+        /// Its metadata now (a JSON object).
+        metadata: String,
+    },
+    /// The app's backend acts on local member `peer` (membership `epoch`) of `room`.
+    Moderate {
+        /// Room id.
+        room: String,
+        /// Peer id.
+        peer: String,
+        /// Epoch of its membership.
+        epoch: Epoch,
+        /// What to do.
+        action: Moderation,
     },
     /// A peer left `room` (the membership with `epoch` only).
     PeerLeft {
@@ -83,6 +107,8 @@ pub enum BusMessage {
         node: String,
         /// Epoch of its new connection.
         epoch: Epoch,
+        /// Its metadata (a JSON object), if any.
+        metadata: Option<String>,
     },
     /// Sent to the node a peer moved away from by a node that was routing to it there:
     /// answer [`BusMessage::Flushed`] to `reply_to` once every message received before this
@@ -106,6 +132,36 @@ pub enum BusMessage {
         /// Epoch of the connection to close.
         epoch: Epoch,
     },
+}
+
+/// What the app's backend does to a member through the server API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moderation {
+    /// Take it out of the room (`removed`; the others hear `peer_left` `removed`).
+    Remove,
+    /// The room is closed: take it out (`room_closed`).
+    Close,
+    /// Set its metadata (a JSON object).
+    SetMetadata(String),
+}
+
+impl Moderation {
+    fn encode(&self) -> (String, String) {
+        match self {
+            Moderation::Remove => ("remove".into(), String::new()),
+            Moderation::Close => ("close".into(), String::new()),
+            Moderation::SetMetadata(m) => ("metadata".into(), m.clone()),
+        }
+    }
+
+    fn decode(action: &str, value: String) -> Option<Self> {
+        match action {
+            "remove" => Some(Moderation::Remove),
+            "close" => Some(Moderation::Close),
+            "metadata" => Some(Moderation::SetMetadata(value)),
+            _ => None,
+        }
+    }
 }
 
 /// What a node reads its messages from, in publish order, each once.
@@ -173,13 +229,45 @@ impl BusMessage {
                 peer,
                 node,
                 epoch,
+                metadata,
+            } => with_metadata(
+                vec![
+                    ("k", "j".into()),
+                    ("room", room.clone()),
+                    ("peer", peer.clone()),
+                    ("node", node.clone()),
+                    ("epoch", epoch.to_string()),
+                ],
+                metadata,
+            ),
+            BusMessage::PeerUpdated {
+                room,
+                peer,
+                epoch,
+                metadata,
             } => vec![
-                ("k", "j".into()),
+                ("k", "u".into()),
                 ("room", room.clone()),
                 ("peer", peer.clone()),
-                ("node", node.clone()),
                 ("epoch", epoch.to_string()),
+                ("meta", metadata.clone()),
             ],
+            BusMessage::Moderate {
+                room,
+                peer,
+                epoch,
+                action,
+            } => {
+                let (action, value) = action.encode();
+                vec![
+                    ("k", "a".into()),
+                    ("room", room.clone()),
+                    ("peer", peer.clone()),
+                    ("epoch", epoch.to_string()),
+                    ("act", action),
+                    ("meta", value),
+                ]
+            }
             BusMessage::PeerLeft {
                 room,
                 peer,
@@ -219,13 +307,17 @@ impl BusMessage {
                 peer,
                 node,
                 epoch,
-            } => vec![
-                ("k", "m".into()),
-                ("room", room.clone()),
-                ("peer", peer.clone()),
-                ("node", node.clone()),
-                ("epoch", epoch.to_string()),
-            ],
+                metadata,
+            } => with_metadata(
+                vec![
+                    ("k", "m".into()),
+                    ("room", room.clone()),
+                    ("peer", peer.clone()),
+                    ("node", node.clone()),
+                    ("epoch", epoch.to_string()),
+                ],
+                metadata,
+            ),
             BusMessage::Flush { peer, reply_to } => vec![
                 ("k", "x".into()),
                 ("peer", peer.clone()),
@@ -254,6 +346,19 @@ impl BusMessage {
                 peer: take("peer")?,
                 node: take("node")?,
                 epoch: take("epoch")?.parse().ok()?,
+                metadata: take("meta"),
+            },
+            "u" => BusMessage::PeerUpdated {
+                room: take("room")?,
+                peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+                metadata: take("meta")?,
+            },
+            "a" => BusMessage::Moderate {
+                room: take("room")?,
+                peer: take("peer")?,
+                epoch: take("epoch")?.parse().ok()?,
+                action: Moderation::decode(&take("act")?, take("meta").unwrap_or_default())?,
             },
             "l" => BusMessage::PeerLeft {
                 room: take("room")?,
@@ -277,6 +382,7 @@ impl BusMessage {
                 peer: take("peer")?,
                 node: take("node")?,
                 epoch: take("epoch")?.parse().ok()?,
+                metadata: take("meta"),
             },
             "x" => BusMessage::Flush {
                 peer: take("peer")?,
@@ -292,6 +398,17 @@ impl BusMessage {
             _ => return None,
         })
     }
+}
+
+/// `fields` with the `meta` field when there is metadata.
+fn with_metadata(
+    mut fields: Vec<(&'static str, String)>,
+    metadata: &Option<String>,
+) -> Vec<(&'static str, String)> {
+    if let Some(metadata) = metadata {
+        fields.push(("meta", metadata.clone()));
+    }
+    fields
 }
 
 #[cfg(test)]
@@ -310,6 +427,38 @@ mod tests {
                 peer: "p".into(),
                 node: "n".into(),
                 epoch: 7,
+                metadata: None,
+            },
+            BusMessage::PeerJoined {
+                room: "r".into(),
+                peer: "p".into(),
+                node: "n".into(),
+                epoch: 7,
+                metadata: Some(r#"{"name":"Ann"}"#.into()),
+            },
+            BusMessage::PeerUpdated {
+                room: "r".into(),
+                peer: "p".into(),
+                epoch: 7,
+                metadata: r#"{"muted":true}"#.into(),
+            },
+            BusMessage::Moderate {
+                room: "r".into(),
+                peer: "p".into(),
+                epoch: 7,
+                action: Moderation::Remove,
+            },
+            BusMessage::Moderate {
+                room: "r".into(),
+                peer: "p".into(),
+                epoch: 7,
+                action: Moderation::Close,
+            },
+            BusMessage::Moderate {
+                room: "r".into(),
+                peer: "p".into(),
+                epoch: 7,
+                action: Moderation::SetMetadata("{}".into()),
             },
             BusMessage::PeerLeft {
                 room: "r".into(),
@@ -338,6 +487,7 @@ mod tests {
                 peer: "p".into(),
                 node: "n2".into(),
                 epoch: 9,
+                metadata: Some("{}".into()),
             },
             BusMessage::Revoke {
                 peer: "p".into(),

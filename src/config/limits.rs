@@ -32,6 +32,10 @@ pub struct LimitsSettings {
     #[arg(long, env = "RATE_PER_IP_PER_MINUTE", default_value_t = 300)]
     pub rate_per_ip_per_minute: u32,
 
+    /// Server API requests per caller IP per minute (0 = no limit).
+    #[arg(long, env = "API_RATE_PER_MINUTE", default_value_t = 1200)]
+    pub api_rate_per_minute: u32,
+
     /// Comma-separated proxies (IPs or CIDRs) whose X-Forwarded-For is believed.
     #[arg(long, env = "TRUSTED_PROXIES")]
     pub trusted_proxies: Option<String>,
@@ -60,6 +64,10 @@ pub struct LimitsSettings {
     #[arg(long, env = "MAX_ROOM_PEERS", default_value_t = 50)]
     pub max_room_peers: usize,
 
+    /// Largest participant metadata (a JSON object, set by `update` or the server API), in bytes.
+    #[arg(long, env = "MAX_METADATA_BYTES", default_value_t = 4096)]
+    pub max_metadata_bytes: usize,
+
     /// Messages that may wait for one slow client before it is closed with 4003.
     #[arg(long, env = "OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
@@ -79,6 +87,8 @@ pub struct LimitsConfig {
     pub max_pending_per_ip: usize,
     /// Upgrades and token requests per IP per minute (0 = no limit).
     pub rate_per_ip_per_minute: u32,
+    /// Server API requests per caller IP per minute (0 = no limit).
+    pub api_rate_per_minute: u32,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<TrustedNet>,
     /// CPU share above which upgrades are refused (0 = off).
@@ -93,6 +103,8 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Room capacity.
     pub max_room_peers: usize,
+    /// Largest participant metadata, in bytes.
+    pub max_metadata_bytes: usize,
     /// Per-connection outbound queue length.
     pub outbound_queue: usize,
 }
@@ -105,6 +117,11 @@ impl LimitsSettings {
         }
         if self.max_message_bytes < 1024 {
             return Err(refuse("MAX_MESSAGE_BYTES must be at least 1024."));
+        }
+        if self.max_metadata_bytes < 2 {
+            return Err(refuse(
+                "MAX_METADATA_BYTES must be at least 2 (the empty object {}).",
+            ));
         }
         if self.outbound_queue == 0 {
             return Err(refuse("OUTBOUND_QUEUE must be at least 1."));
@@ -142,6 +159,7 @@ impl LimitsSettings {
             max_pending: self.max_pending_connections,
             max_pending_per_ip: self.max_pending_per_ip,
             rate_per_ip_per_minute: self.rate_per_ip_per_minute,
+            api_rate_per_minute: self.api_rate_per_minute,
             trusted_proxies,
             shed_cpu: self.shed_cpu_percent / 100.0,
             shed_memory: self.shed_memory_percent / 100.0,
@@ -149,6 +167,8 @@ impl LimitsSettings {
             message_burst: self.message_burst,
             max_message_bytes: self.max_message_bytes,
             max_room_peers: self.max_room_peers,
+            // A peer_updated (and a joined with everyone's metadata) must fit in a message.
+            max_metadata_bytes: self.max_metadata_bytes.min(self.max_message_bytes / 2),
             outbound_queue: self.outbound_queue,
         })
     }

@@ -5,6 +5,7 @@
 //! and `Settings::default()` is read back from them.
 
 mod auth;
+mod events;
 mod ice;
 mod limits;
 mod logging;
@@ -25,6 +26,7 @@ use clap::{Args, FromArgMatches, ValueEnum};
 use crate::auth::IceServers;
 
 pub use auth::{AuthConfig, AuthSettings, ClaimSettings, MAX_TOKEN_TTL, SigningKeySettings};
+pub use events::{EventConfig, EventSettings};
 pub use ice::IceSettings;
 pub use limits::{LimitsConfig, LimitsSettings};
 pub use logging::{LogConfig, LogSettings};
@@ -116,6 +118,9 @@ pub struct Settings {
     /// The listener's certificate, when it serves https itself.
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    #[command(flatten)]
+    pub events: EventSettings,
 }
 
 impl Default for Settings {
@@ -165,6 +170,8 @@ pub struct Config {
     pub logging: LogConfig,
     /// The listener's certificate files; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Room events and their webhooks; `None` when events are off.
+    pub events: Option<EventConfig>,
 }
 
 impl Config {
@@ -181,6 +188,7 @@ impl Config {
             ice_servers: Arc::new(s.ice.resolve()?),
             logging: s.logging.resolve(),
             tls: s.tls.resolve()?,
+            events: s.events.resolve()?,
         })
     }
 

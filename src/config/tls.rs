@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub use crate::net::TlsFiles;
+
 use super::{ConfigError, refuse};
 
 /// Flags of the listener's certificate.
@@ -24,17 +26,6 @@ pub struct TlsSettings {
     /// How often the two files are checked for a renewed certificate.
     #[arg(long, env = "TLS_RELOAD_INTERVAL", value_parser = humantime::parse_duration, default_value = "5s")]
     pub tls_reload_interval: Duration,
-}
-
-/// Where the listener's certificate and key live; read at start and again when they change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
-    /// How often both are checked for a change.
-    pub reload_interval: Duration,
 }
 
 impl TlsSettings {

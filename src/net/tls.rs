@@ -17,8 +17,18 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 
 use super::elastic::Transport;
-use crate::config::TlsFiles;
 use crate::telemetry::Metrics;
+
+/// Where the listener's certificate and key live; read at start and again when they change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// How often both are checked for a change.
+    pub reload_interval: std::time::Duration,
+}
 
 /// Browsers speak HTTP/1.1 to us (WebSockets included): offered by ALPN so a client that
 /// prefers h2 does not assume it.

@@ -25,9 +25,44 @@ impl Keys {
         format!("{}sess:{session}", self.prefix)
     }
 
-    /// Room membership hash: peer → `node|epoch`.
+    /// Room membership hash: peer → `node|epoch|joinedAtMs|user\nmetadata`.
     pub fn room(&self, room: &str) -> String {
         format!("{}room:{{{room}}}:members", self.prefix)
+    }
+
+    /// Room facts hash, in the members' slot: `created` (unix ms).
+    pub fn room_info(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:info", self.prefix)
+    }
+
+    /// Last event sequence number of a room (kept between room lifetimes).
+    pub fn room_seq(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:seq", self.prefix)
+    }
+
+    /// A room's undelivered events (a stream of `e` = event JSON).
+    pub fn room_events(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:events", self.prefix)
+    }
+
+    /// Which node delivers a room's events now.
+    pub fn room_lease(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:lease", self.prefix)
+    }
+
+    /// Per webhook endpoint, how far it got with a room's events.
+    pub fn room_delivery(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:delivery", self.prefix)
+    }
+
+    /// Rooms that may have undelivered events, scored by when to look at them.
+    pub fn events_due(&self) -> String {
+        format!("{}events:due", self.prefix)
+    }
+
+    /// Every delivered event in delivery order, for the pull API.
+    pub fn events_log(&self) -> String {
+        format!("{}events:log", self.prefix)
     }
 
     /// A node's heartbeat key.

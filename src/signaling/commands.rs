@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::hub::{Hub, MembershipError, REMOTE_RELAY_FAILED, RelayError, Route};
 use super::outbox::Outbox;
-use super::protocol::{self, Command, ErrorCode, Outgoing, close};
+use super::protocol::{self, Command, ErrorCode, Metadata, Outgoing, close, metadata_from};
 use super::timers::refresh_wait;
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
@@ -42,6 +42,8 @@ pub struct ConnectionLimits {
     pub resume_grace: Duration,
     /// How long a new connection may stay out of any room (JOIN_TIMEOUT).
     pub join_timeout: Duration,
+    /// Largest participant metadata, in bytes (MAX_METADATA_BYTES).
+    pub max_metadata_bytes: usize,
 }
 
 /// Everything a connection task needs.
@@ -86,11 +88,15 @@ pub(super) enum Deferred {
         room: Option<String>,
         reference: Option<Box<RawValue>>,
     },
-    /// A relay to a peer on another node.
+    /// A relay to peers on other nodes: each peer and its node.
     SendRemote {
-        node: Arc<str>,
-        to: String,
+        targets: Vec<(Arc<str>, String)>,
         frame: Utf8Bytes,
+        reference: Option<Box<RawValue>>,
+    },
+    /// New participant metadata.
+    Update {
+        metadata: Metadata,
         reference: Option<Box<RawValue>>,
     },
     /// Extends the session's store TTL after a token refresh.
@@ -172,7 +178,7 @@ impl Connection {
             }
         };
         metrics.inbound(command.kind());
-        let reference = || reference.map(ToOwned::to_owned);
+        let owned_reference = || reference.map(ToOwned::to_owned);
         match command {
             Command::Ping => {
                 session.outbox.deliver(Outgoing::Pong.to_frame());
@@ -180,51 +186,124 @@ impl Connection {
             }
             Command::Join { room } => Some(Deferred::Join {
                 room: room.into_owned(),
-                reference: reference(),
+                reference: owned_reference(),
                 received,
             }),
             Command::Leave { room } => Some(Deferred::Leave {
                 room: room.map(Cow::into_owned),
-                reference: reference(),
+                reference: owned_reference(),
             }),
             Command::Relay { kind, to, payload } => {
-                let (node, frame) = match self.hub.route(&session.peer_id, &to) {
-                    Ok(Route::Local(outbox)) => {
-                        let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
-                        match outbox.relay(frame, Some(received)) {
-                            Ok(_) => return None,
-                            // Its connection ended a moment ago, or its session just moved
-                            // to another node: route once more.
-                            Err(frame) => match self.hub.route(&session.peer_id, &to) {
-                                Ok(Route::Remote(node)) => (node, frame),
-                                Ok(Route::Local(outbox)) => {
-                                    outbox.deliver_relayed(frame, Some(received));
-                                    return None;
-                                }
-                                Err(e) => {
-                                    relay_error(session, e, reference().as_deref());
-                                    return None;
-                                }
-                            },
-                        }
+                let frame = || Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                self.send_to(session, &to, frame, received, reference)
+            }
+            Command::Message { to: Some(to), data } => {
+                let frame = || {
+                    Outgoing::Message {
+                        from: &session.peer_id,
+                        data,
                     }
-                    Ok(Route::Remote(node)) => {
-                        let frame = Outgoing::relay(kind, &session.peer_id, payload).to_frame();
-                        (node, frame)
-                    }
+                    .to_frame()
+                };
+                self.send_to(session, &to, frame, received, reference)
+            }
+            Command::Message { to: None, data } => {
+                let routes = match self.hub.routes_from(&session.peer_id) {
+                    Ok(routes) => routes,
                     Err(e) => {
-                        relay_error(session, e, reference().as_deref());
+                        relay_error(session, e, reference);
                         return None;
                     }
                 };
-                Some(Deferred::SendRemote {
-                    node,
-                    to: to.into_owned(),
+                let frame = Outgoing::Message {
+                    from: &session.peer_id,
+                    data,
+                }
+                .to_frame();
+                let mut targets = Vec::new();
+                for (peer, route) in routes {
+                    match route {
+                        Route::Local(outbox) => {
+                            outbox.deliver_relayed(frame.clone(), Some(received));
+                        }
+                        Route::Remote(node) => targets.push((node, peer.to_string())),
+                    }
+                }
+                (!targets.is_empty()).then(|| Deferred::SendRemote {
+                    targets,
                     frame,
-                    reference: reference(),
+                    reference: owned_reference(),
+                })
+            }
+            Command::Update { metadata } => {
+                let size = metadata.get().len();
+                if size > self.limits.max_metadata_bytes {
+                    let message = format!(
+                        "The metadata is {size} bytes; the limit is {} (MAX_METADATA_BYTES).",
+                        self.limits.max_metadata_bytes
+                    );
+                    send_error(session, ErrorCode::InvalidMessage, &message, reference);
+                    return None;
+                }
+                // Kept compact: the store and every recipient hold this text.
+                let compact = serde_json::from_str::<serde_json::Value>(metadata.get())
+                    .ok()
+                    .and_then(|v| metadata_from(&v.to_string()));
+                let Some(metadata) = compact else {
+                    send_error(
+                        session,
+                        ErrorCode::InvalidMessage,
+                        "The metadata is not a JSON object.",
+                        reference,
+                    );
+                    return None;
+                };
+                Some(Deferred::Update {
+                    metadata,
+                    reference: owned_reference(),
                 })
             }
         }
+    }
+
+    /// Sends the frame `frame` makes to member `to` of the sender's room: at once to a
+    /// peer on this node, else as a step that hands it to the peer's node.
+    fn send_to(
+        &self,
+        session: &Session,
+        to: &str,
+        frame: impl FnOnce() -> Utf8Bytes,
+        received: Instant,
+        reference: Option<&RawValue>,
+    ) -> Option<Deferred> {
+        let (node, frame) = match self.hub.route(&session.peer_id, to) {
+            Ok(Route::Local(outbox)) => match outbox.relay(frame(), Some(received)) {
+                Ok(_) => return None,
+                // Its connection ended a moment ago, or its session just moved to another
+                // node: route once more.
+                Err(frame) => match self.hub.route(&session.peer_id, to) {
+                    Ok(Route::Remote(node)) => (node, frame),
+                    Ok(Route::Local(outbox)) => {
+                        outbox.deliver_relayed(frame, Some(received));
+                        return None;
+                    }
+                    Err(e) => {
+                        relay_error(session, e, reference);
+                        return None;
+                    }
+                },
+            },
+            Ok(Route::Remote(node)) => (node, frame()),
+            Err(e) => {
+                relay_error(session, e, reference);
+                return None;
+            }
+        };
+        Some(Deferred::SendRemote {
+            targets: vec![(node, to.to_string())],
+            frame,
+            reference: reference.map(ToOwned::to_owned),
+        })
     }
 
     /// Finishes what [`Connection::dispatch`] left to wait for.
@@ -253,22 +332,38 @@ impl Connection {
                 }
             }
             Deferred::SendRemote {
-                node,
-                to,
+                targets,
                 frame,
                 reference,
             } => {
-                let sent =
-                    self.hub
-                        .send_remote(&node, &to, frame, &session.outbox, reference.as_deref());
-                if let Err(e) = Box::pin(sent).await {
-                    tracing::warn!(error = %e, "cross-node relay failed");
-                    send_error(
-                        session,
-                        ErrorCode::Unavailable,
-                        REMOTE_RELAY_FAILED,
+                for (node, to) in targets {
+                    let sent = self.hub.send_remote(
+                        &node,
+                        &to,
+                        frame.clone(),
+                        &session.outbox,
                         reference.as_deref(),
                     );
+                    if let Err(e) = Box::pin(sent).await {
+                        tracing::warn!(error = %e, "cross-node relay failed");
+                        send_error(
+                            session,
+                            ErrorCode::Unavailable,
+                            REMOTE_RELAY_FAILED,
+                            reference.as_deref(),
+                        );
+                    }
+                }
+            }
+            Deferred::Update {
+                metadata,
+                reference,
+            } => {
+                let updated = self
+                    .hub
+                    .update(&session.peer_id, session.epoch, metadata, false);
+                if let Err(e) = Box::pin(updated).await {
+                    membership_error(session, e, reference.as_deref());
                 }
             }
             Deferred::KeepAlive => Box::pin(self.keep_alive(session)).await,
@@ -305,13 +400,14 @@ impl Connection {
             );
         }
         match self.hub.join(&session.peer_id, session.epoch, room).await {
-            Ok(peers) => {
+            Ok(joined) => {
                 session.room = Some(room.to_string());
                 let ice_servers = self.ice_servers_for(&session.grant);
                 let frame = Outgoing::Joined {
                     room_id: room,
                     peer_id: &session.peer_id,
-                    peers: &peers,
+                    peers: &joined.peers,
+                    metadata: (&session.peer_id, joined.metadata.as_deref(), &joined.peers),
                     ice_servers: &ice_servers,
                 }
                 .to_frame();

@@ -16,7 +16,7 @@ use super::commands::{Session, session_ttl};
 use super::hub::Registration;
 use super::link::{Ended, Link, Parts};
 use super::outbox::{CloseReason, Inbox, Outbound};
-use super::protocol::{Outgoing, close};
+use super::protocol::{Outgoing, close, metadata_from};
 use crate::auth::Grant;
 use crate::telemetry::Metrics;
 
@@ -88,7 +88,13 @@ impl Connection {
             resumed,
         } = match self
             .hub
-            .attach(&grant.session_id, &grant.sub, &peer_id, ttl)
+            .attach(
+                &grant.session_id,
+                &grant.sub,
+                &peer_id,
+                grant.metadata.as_deref().and_then(metadata_from),
+                ttl,
+            )
             .await
         {
             Ok(r) => r,
@@ -115,6 +121,11 @@ impl Connection {
                     room_id: resumed.room.as_deref(),
                     peer_id: &session.peer_id,
                     peers: &resumed.peers,
+                    metadata: (
+                        &session.peer_id,
+                        resumed.metadata.as_deref(),
+                        &resumed.peers,
+                    ),
                     ice_servers: &ice_servers,
                 }
                 .to_frame();

@@ -420,8 +420,12 @@ impl Future for Link<'_> {
             // A close reason ends reading before another frame is read.
             if let Poll::Ready(closing) = this.inbox.poll_closed(cx) {
                 let read_on = closing.is_some_and(|r| r.code == Some(close::RESTART));
+                let revoked = closing.is_some_and(|r| r.text == close::REVOKED_TEXT);
                 return Poll::Ready(Ended {
-                    reason: LeaveReason::Disconnected,
+                    reason: match revoked {
+                        true => LeaveReason::Revoked,
+                        false => LeaveReason::Disconnected,
+                    },
                     read_on,
                 });
             }

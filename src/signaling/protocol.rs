@@ -22,6 +22,8 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (revoked, abuse).
     pub const POLICY: u16 = 1008;
+    /// The reason text of the close that ends a revoked session.
+    pub const REVOKED_TEXT: &str = "session revoked";
     /// A message larger than the limit, or in too many fragments.
     pub const TOO_BIG: u16 = 1009;
     /// Internal error.
@@ -96,6 +98,18 @@ pub enum Command<'a> {
         /// The `sdp` or `candidate` value, verbatim.
         payload: &'a RawValue,
     },
+    /// Sets the sender's participant metadata.
+    Update {
+        /// A JSON object, verbatim.
+        metadata: &'a RawValue,
+    },
+    /// An application message to one room member, or to all of them.
+    Message {
+        /// The member, or everyone else in the room when absent.
+        to: Option<Cow<'a, str>>,
+        /// Any JSON value, verbatim.
+        data: &'a RawValue,
+    },
     /// Application heartbeat.
     Ping,
 }
@@ -118,6 +132,8 @@ impl Command<'_> {
                 kind: RelayKind::IceCandidate,
                 ..
             } => "ice-candidate",
+            Command::Update { .. } => "update",
+            Command::Message { .. } => "message",
             Command::Ping => "ping",
         }
     }
@@ -148,6 +164,10 @@ struct Frame<'a> {
     sdp: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     candidate: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
 }
 
 /// Keeps an explicit `null` as the raw value `null` (serde's `Option` would read it as
@@ -240,6 +260,21 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
         "offer" => relay(RelayKind::Offer, "offer", f.sdp),
         "answer" => relay(RelayKind::Answer, "answer", f.sdp),
         "ice-candidate" => relay(RelayKind::IceCandidate, "ice-candidate", f.candidate),
+        "update" => match f.metadata.map(json_kind) {
+            Some(JsonKind::Object) => Ok(Command::Update {
+                metadata: f.metadata.expect("checked above"),
+            }),
+            None => Err(missing("metadata", "update")),
+            Some(_) => Err(reject(
+                ErrorCode::InvalidMessage,
+                "The update message's \"metadata\" must be a JSON object.",
+                reference,
+            )),
+        },
+        "message" => Ok(Command::Message {
+            to: f.peer_id.clone(),
+            data: f.data.ok_or_else(|| missing("data", "message"))?,
+        }),
         "ping" => Ok(Command::Ping),
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -325,7 +360,11 @@ pub enum Outgoing<'a> {
         #[serde(rename = "peerId")]
         peer_id: &'a str,
         /// Everyone else already in the room.
-        peers: &'a [String],
+        #[serde(serialize_with = "peer_ids")]
+        peers: &'a [Participant],
+        /// The metadata of each member that has some, the joiner's own included, by peer id.
+        #[serde(serialize_with = "metadata_by_peer")]
+        metadata: (&'a str, Option<&'a RawValue>, &'a [Participant]),
         /// STUN/TURN servers for this session, when configured.
         #[serde(rename = "iceServers", skip_serializing_if = "<[_]>::is_empty")]
         ice_servers: &'a [IceServer],
@@ -335,6 +374,36 @@ pub enum Outgoing<'a> {
         /// Who.
         #[serde(rename = "peerId")]
         peer_id: &'a str,
+        /// Its metadata, if it has any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<&'a RawValue>,
+    },
+    /// A member's metadata changed.
+    PeerUpdated {
+        /// Who.
+        #[serde(rename = "peerId")]
+        peer_id: &'a str,
+        /// Its metadata now.
+        metadata: &'a RawValue,
+    },
+    /// An application message from a member, or from the app's backend (`"server"`).
+    Message {
+        /// The sender's peer id, set by the server, or `"server"`.
+        from: &'a str,
+        /// What it sent, verbatim.
+        data: &'a RawValue,
+    },
+    /// The app's backend closed the room: this client is no longer in it.
+    RoomClosed {
+        /// The room.
+        #[serde(rename = "roomId")]
+        room_id: &'a str,
+    },
+    /// The app's backend removed this client from the room.
+    Removed {
+        /// The room.
+        #[serde(rename = "roomId")]
+        room_id: &'a str,
     },
     /// Someone left the room.
     PeerLeft {
@@ -390,7 +459,11 @@ pub enum Outgoing<'a> {
         #[serde(rename = "peerId")]
         peer_id: &'a str,
         /// Everyone else in the room now.
-        peers: &'a [String],
+        #[serde(serialize_with = "peer_ids")]
+        peers: &'a [Participant],
+        /// The metadata of each member that has some, the session's own included.
+        #[serde(serialize_with = "metadata_by_peer")]
+        metadata: (&'a str, Option<&'a RawValue>, &'a [Participant]),
         /// STUN/TURN servers for this session, when configured.
         #[serde(rename = "iceServers", skip_serializing_if = "<[_]>::is_empty")]
         ice_servers: &'a [IceServer],
@@ -411,6 +484,40 @@ pub enum Outgoing<'a> {
         #[serde(rename = "expiresAt")]
         expires_at: u64,
     },
+}
+
+/// A room member as a client is told of it: its peer id and metadata.
+#[derive(Debug, Clone)]
+pub struct Participant {
+    /// Peer id.
+    pub peer_id: String,
+    /// Its metadata, a JSON object, if it has any.
+    pub metadata: Option<Metadata>,
+}
+
+/// Participant metadata: a JSON object, verbatim, shared by everyone who holds it.
+pub type Metadata = std::sync::Arc<RawValue>;
+
+/// Metadata from its stored text; `None` for text that is not JSON (never written so).
+pub fn metadata_from(text: &str) -> Option<Metadata> {
+    RawValue::from_string(text.to_string())
+        .ok()
+        .map(Metadata::from)
+}
+
+fn peer_ids<S: serde::Serializer>(peers: &&[Participant], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(peers.iter().map(|p| p.peer_id.as_str()))
+}
+
+fn metadata_by_peer<S: serde::Serializer>(
+    (me, mine, peers): &(&str, Option<&RawValue>, &[Participant]),
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let own = mine.map(|m| (*me, m));
+    let others = peers
+        .iter()
+        .filter_map(|p| Some((p.peer_id.as_str(), &**p.metadata.as_ref()?)));
+    s.collect_map(own.into_iter().chain(others))
 }
 
 impl Outgoing<'_> {

@@ -4,8 +4,10 @@
 //! The embedded [`MemoryStore`] serves one process (and can be shared by several hubs in
 //! one process, as tests do); [`RedisStore`] lets many nodes share rooms.
 
+pub mod events;
 mod memory;
 mod redis;
+mod redis_events;
 
 use std::time::Duration;
 
@@ -13,6 +15,8 @@ use async_trait::async_trait;
 
 /// Re-exported: store callers name it here, while Redis and the bus take it from the leaf.
 pub use crate::error::StoreError;
+use crate::room::LeaveReason;
+pub use events::EventLog;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -55,8 +59,9 @@ pub struct Claim {
     pub previous: Option<Previous>,
 }
 
-/// One member of a room: which connection (epoch) on which node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One member of a room: which connection (epoch) on which node, and the participant
+/// facts the server API reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Member {
     /// Peer id.
     pub peer_id: String,
@@ -64,15 +69,57 @@ pub struct Member {
     pub node: String,
     /// Epoch of the connection that joined.
     pub epoch: Epoch,
+    /// The user id (the token's `sub`); empty for entries written before it was kept.
+    pub user: String,
+    /// When the peer joined the room (unix ms); 0 when unknown.
+    pub joined_at: u64,
+    /// The participant's metadata: a JSON object as text.
+    pub metadata: Option<String>,
+}
+
+/// How a join writes a member that is already in the room (a session moving between
+/// connections or nodes, or written back after the store lost it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seating {
+    /// Write the member as given.
+    Fresh,
+    /// Keep the entry's join time, user and metadata; take only the node and epoch.
+    Keep,
 }
 
 /// Result of a join attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinOutcome {
-    /// Joined; the members present before this peer (never including it).
-    Joined(Vec<Member>),
+    /// Joined; the members present before this peer (never including it), and the entry
+    /// as written (with what [`Seating::Keep`] kept).
+    Joined {
+        /// The other members.
+        before: Vec<Member>,
+        /// This member as the store now holds it.
+        seated: Member,
+    },
     /// The room is at capacity; nothing changed.
     Full,
+}
+
+/// A room as the server API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    /// Room id.
+    pub room: String,
+    /// Number of members.
+    pub peers: usize,
+    /// When its first member joined (unix ms); 0 when unknown.
+    pub created_at: u64,
+}
+
+/// A room with its members, for the server API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// When its first member joined (unix ms); 0 when unknown.
+    pub created_at: u64,
+    /// Its members, in no particular order.
+    pub members: Vec<Member>,
 }
 
 /// What removing a dead node changed in one room.
@@ -88,7 +135,7 @@ pub struct Eviction {
 
 /// Sessions, rooms and nodes. Every write carries a TTL; nothing lives longer than 24 h.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: EventLog + Send + Sync + 'static {
     /// Takes ownership of a session (displacing any earlier owner) and returns the new epoch.
     async fn claim_session(
         &self,
@@ -131,22 +178,42 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Adds `member` to `room` unless the room already holds `capacity` others, atomically.
-    /// A peer already present (an older epoch) is replaced, not counted twice.
+    /// A peer already present (an older epoch) is replaced, not counted twice; `seating`
+    /// says whether its join time and metadata are kept.
     async fn join_room(
         &self,
         room: &str,
         member: &Member,
+        seating: Seating,
         capacity: usize,
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError>;
 
-    /// Removes `peer_id` from `room` if it is there with `epoch`, returning who remains;
-    /// `None` when it was not (a successor owns the membership). An empty room is deleted.
+    /// Sets the metadata of `peer_id` in `room` if it is there with `epoch`, returning
+    /// every member (it included); `None` when it is not.
+    async fn set_metadata(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        metadata: &str,
+    ) -> Result<Option<Vec<Member>>, StoreError>;
+
+    /// A room and its members; `None` when it has none.
+    async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, StoreError>;
+
+    /// Every room with members, on every registered node.
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError>;
+
+    /// Removes `peer_id` from `room` if it is there with `epoch` (it left for `reason`),
+    /// returning who remains; `None` when it was not (a successor owns the membership). An
+    /// empty room is deleted.
     async fn leave_room(
         &self,
         room: &str,
         peer_id: &str,
         epoch: Epoch,
+        reason: LeaveReason,
     ) -> Result<Option<Vec<Member>>, StoreError>;
 
     /// Notes that `node` has no members left in `room` (keeps the cleanup index small).

@@ -7,10 +7,11 @@ use ::redis::{Script, cmd, pipe};
 use async_trait::async_trait;
 
 use super::{
-    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, SessionRecord, Store,
-    StoreError,
+    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, RoomInfo, RoomSummary,
+    Seating, SessionRecord, Store, StoreError,
 };
 use crate::redis::{Keys, Redis};
+use crate::room::LeaveReason;
 
 /// Takes over a session: a new epoch (from the server clock, so it grows even after the key
 /// expired), the previous owner returned so the caller can displace it.
@@ -49,35 +50,117 @@ end
 return 1
 ";
 
-/// Joins with the capacity check; nil when full, else the other members (flat pairs).
+/// Lua helpers over a member entry `node|epoch|joinedAtMs|user\nmetadata` (entries of
+/// older builds are `node|epoch`): its epoch, and the part from the join time on.
+const ENTRY: &str = r#"
+local function epoch_of(v)
+  local a = string.find(v, '|', 1, true)
+  if not a then return nil end
+  local b = string.find(v, '|', a + 1, true)
+  return string.sub(v, a + 1, b and b - 1 or -1)
+end
+local function facts_of(v)
+  local a = string.find(v, '|', 1, true)
+  local b = a and string.find(v, '|', a + 1, true)
+  return b and string.sub(v, b) or nil
+end
+local function user_of(v)
+  local nl = string.find(v, '\n', 1, true)
+  local head = nl and string.sub(v, 1, nl - 1) or v
+  local a = string.find(head, '|', 1, true)
+  local b = a and string.find(head, '|', a + 1, true)
+  local c = b and string.find(head, '|', b + 1, true)
+  return c and string.sub(head, c + 1) or ''
+end
+local function meta_of(v)
+  local nl = string.find(v, '\n', 1, true)
+  if not nl or nl == #v then return 'null' end
+  return string.sub(v, nl + 1)
+end
+-- Appends one event to the room's stream (KEYS[4]) with the room's next seq (KEYS[3]);
+-- ev = {id = prefix ('' when events are off), ttl = ms, now = ms, room = id}. The JSON is
+-- the shape of `store::events::RoomEvent`.
+local function emit(ev, kind, peer, value, reason)
+  if ev.id == '' then return end
+  local seq = redis.call('INCR', KEYS[3])
+  redis.call('PEXPIRE', KEYS[3], ev.ttl)
+  local e = '{"id":"' .. ev.id .. '-' .. seq .. '","type":"' .. kind .. '","roomId":'
+    .. cjson.encode(ev.room) .. ',"seq":' .. seq .. ',"createdAt":' .. ev.now
+  if peer then
+    e = e .. ',"peer":{"peerId":' .. cjson.encode(peer) .. ',"userId":'
+      .. cjson.encode(user_of(value)) .. ',"metadata":' .. meta_of(value) .. '}'
+  end
+  if reason then e = e .. ',"reason":"' .. reason .. '"' end
+  redis.call('XADD', KEYS[4], '*', 'e', e .. '}')
+  redis.call('PEXPIRE', KEYS[4], ev.ttl)
+end
+"#;
+
+/// Joins with the capacity check; nil when full, else {other members (flat pairs), the
+/// entry as written}. ARGV[5] = '1' keeps an existing entry's facts (join time, user,
+/// metadata). The room's `created` is set by the join that finds it empty. A peer not yet
+/// in the room is announced (`room_started` first for an empty room).
 const JOIN: &str = r"
+local ev = {id = ARGV[7], ttl = ARGV[8], now = ARGV[6], room = ARGV[9]}
 local members = redis.call('HGETALL', KEYS[1])
-local others = {}
+local others, own = {}, nil
 for i = 1, #members, 2 do
   if members[i] ~= ARGV[1] then
     others[#others + 1] = members[i]
     others[#others + 1] = members[i + 1]
+  else
+    own = members[i + 1]
   end
 end
 if #others / 2 >= tonumber(ARGV[3]) then return false end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local value = ARGV[2]
+if ARGV[5] == '1' and own and facts_of(own) then
+  value = string.sub(value, 1, #value - #facts_of(value)) .. facts_of(own)
+end
+if #members == 0 then redis.call('HSET', KEYS[2], 'created', ARGV[6]) end
+redis.call('HSET', KEYS[1], ARGV[1], value)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return others
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if not own then
+  if #members == 0 then emit(ev, 'room_started') end
+  emit(ev, 'participant_joined', ARGV[1], value)
+end
+return {others, value}
 ";
 
 /// Leaves only if the membership still has epoch ARGV[2]; nil when fenced off, else the
-/// remaining members. Redis deletes the hash with its last field.
+/// remaining members. Redis deletes the hash with its last field; the room's facts go
+/// with it. Announces `participant_left` (reason ARGV[3]), and `room_finished` after the last.
 const LEAVE: &str = r"
+local ev = {id = ARGV[5], ttl = ARGV[6], now = ARGV[4], room = ARGV[7]}
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return false end
-local sep = string.find(v, '|', 1, true)
-if not sep or string.sub(v, sep + 1) ~= ARGV[2] then return false end
+if not v or epoch_of(v) ~= ARGV[2] then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
+local empty = redis.call('EXISTS', KEYS[1]) == 0
+if empty then redis.call('DEL', KEYS[2]) end
+emit(ev, 'participant_left', ARGV[1], v, ARGV[3])
+if empty then emit(ev, 'room_finished') end
+return redis.call('HGETALL', KEYS[1])
+";
+
+/// Replaces the metadata of ARGV[1] if its membership has epoch ARGV[2]; nil when fenced
+/// off, else every member. Announces `participant_updated`.
+const SET_METADATA: &str = r"
+local ev = {id = ARGV[5], ttl = ARGV[6], now = ARGV[4], room = ARGV[7]}
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or epoch_of(v) ~= ARGV[2] then return false end
+local nl = string.find(v, '\n', 1, true)
+local head = nl and string.sub(v, 1, nl - 1) or v
+local value = head .. '\n' .. ARGV[3]
+redis.call('HSET', KEYS[1], ARGV[1], value)
+emit(ev, 'participant_updated', ARGV[1], value)
 return redis.call('HGETALL', KEYS[1])
 ";
 
 /// Removes every member held by node ARGV[1]; returns {removed pairs, remaining pairs}.
+/// Each removed member is announced as `participant_left` `node_lost`.
 const EVICT: &str = r"
+local ev = {id = ARGV[3], ttl = ARGV[4], now = ARGV[2], room = ARGV[5]}
 local members = redis.call('HGETALL', KEYS[1])
 local prefix = ARGV[1] .. '|'
 local removed, remaining = {}, {}
@@ -91,6 +174,11 @@ for i = 1, #members, 2 do
     remaining[#remaining + 1] = members[i + 1]
   end
 end
+if #remaining == 0 then redis.call('DEL', KEYS[2]) end
+for i = 1, #removed, 2 do
+  emit(ev, 'participant_left', removed[i], removed[i + 1], 'node_lost')
+end
+if #removed > 0 and #remaining == 0 then emit(ev, 'room_finished') end
 return {removed, remaining}
 ";
 
@@ -112,13 +200,16 @@ const INDEX_TTL: Duration = Duration::from_secs(3600);
 
 /// [`Store`] on Redis (standalone, Sentinel or Cluster).
 pub struct RedisStore {
-    redis: Redis,
-    keys: Keys,
+    pub(super) redis: Redis,
+    pub(super) keys: Keys,
+    /// How long room events are kept and how many the log holds, once they are recorded.
+    pub(super) events: std::sync::OnceLock<(Duration, usize)>,
     claim: Script,
     restore: Script,
     fenced: Script,
     join: Script,
     leave: Script,
+    set_metadata: Script,
     evict: Script,
     drop_if_node: Script,
     take: Script,
@@ -131,15 +222,42 @@ fn ms(ttl: Duration) -> u64 {
 fn members(pairs: Vec<String>) -> Vec<Member> {
     pairs
         .chunks_exact(2)
-        .filter_map(|pair| {
-            let (node, epoch) = pair[1].split_once('|')?;
-            Some(Member {
-                peer_id: pair[0].clone(),
-                node: node.to_string(),
-                epoch: epoch.parse().ok()?,
-            })
-        })
+        .filter_map(|pair| decode(&pair[0], &pair[1]))
         .collect()
+}
+
+/// A member's entry: `node|epoch|joinedAtMs|user\nmetadata`. Node ids hold no `|` and
+/// identifiers no control character, so both separators are unambiguous.
+fn encode(member: &Member) -> String {
+    format!(
+        "{}|{}|{}|{}\n{}",
+        member.node,
+        member.epoch,
+        member.joined_at,
+        member.user,
+        member.metadata.as_deref().unwrap_or_default()
+    )
+}
+
+/// Reads an entry of [`encode`]'s shape, or an older build's `node|epoch`.
+fn decode(peer_id: &str, value: &str) -> Option<Member> {
+    let (head, metadata) = match value.split_once('\n') {
+        Some((head, metadata)) => (head, (!metadata.is_empty()).then(|| metadata.to_string())),
+        None => (value, None),
+    };
+    let mut parts = head.splitn(4, '|');
+    let node = parts.next()?.to_string();
+    let epoch = parts.next()?.parse().ok()?;
+    let joined_at = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
+    let user = parts.next().unwrap_or_default().to_string();
+    Some(Member {
+        peer_id: peer_id.to_string(),
+        node,
+        epoch,
+        user,
+        joined_at,
+        metadata,
+    })
 }
 
 impl RedisStore {
@@ -148,15 +266,56 @@ impl RedisStore {
         Self {
             redis,
             keys,
+            events: std::sync::OnceLock::new(),
             claim: Script::new(CLAIM),
             restore: Script::new(RESTORE),
             fenced: Script::new(FENCED),
-            join: Script::new(JOIN),
-            leave: Script::new(LEAVE),
-            evict: Script::new(EVICT),
+            join: Script::new(&format!("{ENTRY}{JOIN}")),
+            leave: Script::new(&format!("{ENTRY}{LEAVE}")),
+            set_metadata: Script::new(&format!("{ENTRY}{SET_METADATA}")),
+            evict: Script::new(&format!("{ENTRY}{EVICT}")),
             drop_if_node: Script::new(DROP_IF_NODE),
             take: Script::new(TAKE),
         }
+    }
+
+    /// Before a change that may write events: marks `room` due now, so a crash right after
+    /// the change leaves it found by a dispatcher. Returns the scripts' event arguments:
+    /// an id prefix (empty when events are off) and their TTL.
+    async fn events_for(&self, room: &str) -> Result<(String, u64), StoreError> {
+        let Some(&(retention, _)) = self.events.get() else {
+            return Ok((String::new(), 1));
+        };
+        let mark = super::events::mark(crate::clock::unix_millis());
+        self.redis
+            .pipe::<()>(
+                pipe()
+                    // Atomic, so nobody sees the set without its TTL.
+                    .atomic()
+                    .cmd("ZADD")
+                    .arg(self.keys.events_due())
+                    .arg(mark)
+                    .arg(room)
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(self.keys.events_due())
+                    .arg(ms(MAX_TTL))
+                    .ignore(),
+            )
+            .await?;
+        let prefix = format!("{:016x}", crate::clock::random_u64());
+        Ok((prefix, ms(retention)))
+    }
+
+    /// The keys every membership script takes: members, facts, sequence, events.
+    fn room_script<'a>(&self, script: &'a Script, room: &str) -> ::redis::ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.room(room))
+            .key(self.keys.room_info(room))
+            .key(self.keys.room_seq(room))
+            .key(self.keys.room_events(room));
+        invocation
     }
 
     async fn fenced(
@@ -302,25 +461,36 @@ impl Store for RedisStore {
         &self,
         room: &str,
         member: &Member,
+        seating: Seating,
         capacity: usize,
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError> {
         // Index first: a crash between the two leaves an index entry, never an orphan member.
         self.index(self.keys.node_rooms(&member.node), room).await?;
-        let others: Option<Vec<String>> = self
-            .redis
-            .script(
-                self.join
-                    .key(self.keys.room(room))
-                    .arg(&member.peer_id)
-                    .arg(format!("{}|{}", member.node, member.epoch))
-                    .arg(capacity)
-                    .arg(ms(ttl)),
-            )
-            .await?;
-        Ok(match others {
+        let (event_id, event_ttl) = self.events_for(room).await?;
+        let mut invocation = self.room_script(&self.join, room);
+        invocation
+            .arg(&member.peer_id)
+            .arg(encode(member))
+            .arg(capacity)
+            .arg(ms(ttl))
+            .arg(if seating == Seating::Keep { "1" } else { "0" })
+            // The room's start and the join's event carry the member's own join time.
+            .arg(if member.joined_at > 0 {
+                member.joined_at
+            } else {
+                crate::clock::unix_millis()
+            })
+            .arg(event_id)
+            .arg(event_ttl)
+            .arg(room);
+        let joined: Option<(Vec<String>, String)> = self.redis.script(&invocation).await?;
+        Ok(match joined {
             None => JoinOutcome::Full,
-            Some(pairs) => JoinOutcome::Joined(members(pairs)),
+            Some((pairs, value)) => JoinOutcome::Joined {
+                before: members(pairs),
+                seated: decode(&member.peer_id, &value).unwrap_or_else(|| member.clone()),
+            },
         })
     }
 
@@ -329,17 +499,98 @@ impl Store for RedisStore {
         room: &str,
         peer_id: &str,
         epoch: Epoch,
+        reason: LeaveReason,
     ) -> Result<Option<Vec<Member>>, StoreError> {
-        let remaining: Option<Vec<String>> = self
+        let (event_id, event_ttl) = self.events_for(room).await?;
+        let mut invocation = self.room_script(&self.leave, room);
+        invocation
+            .arg(peer_id)
+            .arg(epoch.to_string())
+            .arg(reason.as_str())
+            .arg(crate::clock::unix_millis())
+            .arg(event_id)
+            .arg(event_ttl)
+            .arg(room);
+        let remaining: Option<Vec<String>> = self.redis.script(&invocation).await?;
+        Ok(remaining.map(members))
+    }
+
+    async fn set_metadata(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        metadata: &str,
+    ) -> Result<Option<Vec<Member>>, StoreError> {
+        let (event_id, event_ttl) = self.events_for(room).await?;
+        let mut invocation = self.room_script(&self.set_metadata, room);
+        invocation
+            .arg(peer_id)
+            .arg(epoch.to_string())
+            .arg(metadata)
+            .arg(crate::clock::unix_millis())
+            .arg(event_id)
+            .arg(event_ttl)
+            .arg(room);
+        let all: Option<Vec<String>> = self.redis.script(&invocation).await?;
+        Ok(all.map(members))
+    }
+
+    async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, StoreError> {
+        let (pairs, created): (Vec<String>, Option<u64>) = self
             .redis
-            .script(
-                self.leave
-                    .key(self.keys.room(room))
-                    .arg(peer_id)
-                    .arg(epoch.to_string()),
+            .pipe(
+                pipe()
+                    .cmd("HGETALL")
+                    .arg(self.keys.room(room))
+                    .cmd("HGET")
+                    .arg(self.keys.room_info(room))
+                    .arg("created"),
             )
             .await?;
-        Ok(remaining.map(members))
+        let members = members(pairs);
+        Ok((!members.is_empty()).then(|| RoomInfo {
+            created_at: created.unwrap_or(0),
+            members,
+        }))
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let nodes: Vec<String> = self
+            .redis
+            .query(cmd("HKEYS").arg(self.keys.nodes()))
+            .await?;
+        let mut names = std::collections::BTreeSet::new();
+        for node in nodes {
+            let rooms: Vec<String> = self
+                .redis
+                .query(cmd("SMEMBERS").arg(self.keys.node_rooms(&node)))
+                .await?;
+            names.extend(rooms);
+        }
+        let mut rooms = Vec::with_capacity(names.len());
+        for room in names {
+            // A node's index may name a room it just left; the members hash decides.
+            let (peers, created): (usize, Option<u64>) = self
+                .redis
+                .pipe(
+                    pipe()
+                        .cmd("HLEN")
+                        .arg(self.keys.room(&room))
+                        .cmd("HGET")
+                        .arg(self.keys.room_info(&room))
+                        .arg("created"),
+                )
+                .await?;
+            if peers > 0 {
+                rooms.push(RoomSummary {
+                    room,
+                    peers,
+                    created_at: created.unwrap_or(0),
+                });
+            }
+        }
+        Ok(rooms)
     }
 
     async fn unindex_room(&self, node: &str, room: &str) -> Result<(), StoreError> {
@@ -350,7 +601,17 @@ impl Store for RedisStore {
 
     async fn touch_room(&self, room: &str, ttl: Duration) -> Result<(), StoreError> {
         self.redis
-            .query(cmd("PEXPIRE").arg(self.keys.room(room)).arg(ms(ttl)))
+            .pipe(
+                pipe()
+                    .cmd("PEXPIRE")
+                    .arg(self.keys.room(room))
+                    .arg(ms(ttl))
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(self.keys.room_info(room))
+                    .arg(ms(ttl))
+                    .ignore(),
+            )
             .await
     }
 
@@ -458,10 +719,16 @@ impl Store for RedisStore {
             .await?;
         let mut evictions = Vec::new();
         for room in rooms {
-            let (removed, remaining): (Vec<String>, Vec<String>) = self
-                .redis
-                .script(self.evict.key(self.keys.room(&room)).arg(dead))
-                .await?;
+            let (event_id, event_ttl) = self.events_for(&room).await?;
+            let mut invocation = self.room_script(&self.evict, &room);
+            invocation
+                .arg(dead)
+                .arg(crate::clock::unix_millis())
+                .arg(event_id)
+                .arg(event_ttl)
+                .arg(&room);
+            let (removed, remaining): (Vec<String>, Vec<String>) =
+                self.redis.script(&invocation).await?;
             let removed = members(removed);
             if !removed.is_empty() {
                 evictions.push(Eviction {

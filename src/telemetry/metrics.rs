@@ -14,28 +14,45 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Client message types, in the order of [`Metrics::inbound`].
-pub const INBOUND: [&str; 7] = [
+pub const INBOUND: [&str; 9] = [
     "join",
     "leave",
     "offer",
     "answer",
     "ice-candidate",
+    "update",
+    "message",
     "ping",
     "invalid",
 ];
 /// Server message types, in the order of [`Metrics::outbound`].
-pub const OUTBOUND: [&str; 11] = [
+pub const OUTBOUND: [&str; 15] = [
     "joined",
     "peer_joined",
     "peer_left",
+    "peer_updated",
     "offer",
     "answer",
     "ice-candidate",
+    "message",
+    "room_closed",
+    "removed",
     "pong",
     "error",
     "token",
     "goaway",
     "resumed",
+];
+
+/// Endpoints of `switchboard_api_requests_total` (the server API).
+pub const API_ENDPOINTS: [&str; 7] = [
+    "list_rooms",
+    "get_room",
+    "close_room",
+    "remove_peer",
+    "update_peer",
+    "send_message",
+    "list_events",
 ];
 
 /// Reasons of `switchboard_deadline_closes_total`, one per deadline and cap.
@@ -106,6 +123,17 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
 /// Every metric of one node.
 pub struct Metrics {
     registry: Registry,
@@ -149,6 +177,14 @@ pub struct Metrics {
     tls_reloads: Family<ResultLabels, Counter>,
     key_reloads: Family<ResultLabels, Counter>,
     jwks_fetches: Family<ResultLabels, Counter>,
+    api_requests: Family<ApiLabels, Counter>,
+    /// Room events recorded, counted once, by the node that puts each in the event log.
+    pub events_emitted: Counter,
+    events_delivered: Family<EndpointLabels, Counter>,
+    events_retried: Family<EndpointLabels, Counter>,
+    events_dropped: Family<EndpointLabels, Counter>,
+    /// Rooms that may have events not yet delivered everywhere.
+    pub event_rooms_pending: Gauge,
 }
 
 impl Metrics {
@@ -327,6 +363,48 @@ impl Metrics {
             "Fetches of the Auth service's public keys (AUTH_JWKS_URL), by result",
             jwks_fetches.clone(),
         );
+        let api_requests = Family::<ApiLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Server API requests, by endpoint and HTTP status",
+            api_requests.clone(),
+        );
+        for endpoint in API_ENDPOINTS {
+            let _ = api_requests.get_or_create(&ApiLabels {
+                endpoint,
+                status: 200,
+            });
+        }
+        let events_emitted = Counter::default();
+        registry.register(
+            "events_emitted",
+            "Room events recorded (counted once, by the node that puts each in the event log)",
+            events_emitted.clone(),
+        );
+        let events_delivered = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "events_delivered",
+            "Room events acknowledged, by endpoint (log, webhook-1, …)",
+            events_delivered.clone(),
+        );
+        let events_retried = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "events_retried",
+            "Webhook deliveries that failed and will be retried, by endpoint",
+            events_retried.clone(),
+        );
+        let events_dropped = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "events_dropped",
+            "Room events given up on after WEBHOOK_RETRY_FOR of failures, by endpoint",
+            events_dropped.clone(),
+        );
+        let event_rooms_pending = Gauge::default();
+        registry.register(
+            "event_rooms_pending",
+            "Rooms whose events may not be delivered everywhere yet",
+            event_rooms_pending.clone(),
+        );
         Arc::new(Self {
             registry,
             connections,
@@ -354,7 +432,48 @@ impl Metrics {
             tls_reloads,
             key_reloads,
             jwks_fetches,
+            api_requests,
+            events_emitted,
+            events_delivered,
+            events_retried,
+            events_dropped,
+            event_rooms_pending,
         })
+    }
+
+    /// Counts an event acknowledged by `endpoint`.
+    pub fn event_delivered(&self, endpoint: &str) {
+        self.events_delivered
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed delivery to `endpoint` that will be retried.
+    pub fn event_retried(&self, endpoint: &str) {
+        self.events_retried
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an event `endpoint` never acknowledged within the retry time.
+    pub fn event_dropped(&self, endpoint: &str) {
+        self.events_dropped
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a server API request to `endpoint` (an entry of [`API_ENDPOINTS`]) answered
+    /// with `status`.
+    pub fn api_request(&self, endpoint: &'static str, status: u16) {
+        self.api_requests
+            .get_or_create(&ApiLabels { endpoint, status })
+            .inc();
     }
 
     /// Counts a client message of `kind` (an entry of [`INBOUND`]).

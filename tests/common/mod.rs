@@ -17,6 +17,7 @@ pub mod sockets;
 pub mod tls;
 pub mod tools;
 pub mod traffic;
+pub mod webhooks;
 
 pub use eventually::{eventually, eventually_blocking, patient};
 

@@ -21,8 +21,16 @@ const FINAL = {
 /**
  * @typedef {{urls: string[], username?: string, credential?: string}} IceServer
  * @typedef {{token: string, expiresAt: number, peerId: string, sessionId: string, iceServers: IceServer[]}} TokenGrant
- * @typedef {{type: 'joined', roomId: string, peerId: string, peers: string[], iceServers?: IceServer[]}} Joined
- * @typedef {{type: 'resumed', roomId: string|null, peerId: string, peers: string[], iceServers?: IceServer[]}} Resumed
+ * @typedef {Record<string, unknown>} Metadata A participant's metadata: a JSON object the app chooses.
+ * @typedef {{metadata?: Metadata}} TokenOptions
+ * @typedef {{type: 'joined', roomId: string, peerId: string, peers: string[], metadata: Record<string, Metadata>, iceServers?: IceServer[]}} Joined
+ * @typedef {{type: 'resumed', roomId: string|null, peerId: string, peers: string[], metadata: Record<string, Metadata>, iceServers?: IceServer[]}} Resumed
+ * @typedef {{type: 'peer_joined', peerId: string, metadata?: Metadata}} PeerJoined
+ * @typedef {{type: 'peer_left', peerId: string, reason: string}} PeerLeft
+ * @typedef {{type: 'peer_updated', peerId: string, metadata: Metadata}} PeerUpdated
+ * @typedef {{type: 'message', from: string, data: unknown}} Message
+ * @typedef {{type: 'removed', roomId: string}} Removed
+ * @typedef {{type: 'room_closed', roomId: string}} RoomClosed
  * @typedef {{type: 'offer'|'answer', peerId: string, sdp: string}} Description
  * @typedef {{type: 'ice-candidate', peerId: string, candidate: RTCIceCandidateInit}} Candidate
  * @typedef {{type: 'error', code: string, message: string, ref?: number}} ServerError
@@ -32,8 +40,13 @@ const FINAL = {
  * A connection to the Switchboard signaling service.
  *
  * Events (each a CustomEvent whose `detail` is the server message or the object described):
- * - `joined`, `resumed`, `peer_joined`, `peer_left`, `offer`, `answer`, `ice-candidate`,
- *   `error`, `token`, `goaway`, `pong`: the server messages of the same type.
+ * - `joined`, `resumed`, `peer_joined`, `peer_left`, `peer_updated`, `offer`, `answer`,
+ *   `ice-candidate`, `message`, `removed`, `room_closed`, `error`, `token`, `goaway`, `pong`:
+ *   the server messages of the same type. `message` is application data from a member
+ *   (`from` its peer id) or from the app's backend (`from` `"server"`). After `removed` (the
+ *   backend took this client out of the room) or `room_closed` (it closed the room) the
+ *   client is in no room (`roomId` null) and does not rejoin on reconnect; the connection
+ *   stays open.
  * - `open`: the socket is open (first connect and every reconnect).
  * - `reconnecting` `{attempt, delayMs, code, reason}`: the connection dropped (or the node is
  *   draining) and a new one starts after `delayMs`.
@@ -53,6 +66,10 @@ export class SignalingClient extends EventTarget {
   #hint = null;
   #awaitingFirst = false;
   #WebSocket;
+  // The metadata to restore after the server lost the session (a copy of the last `update`,
+  // or of the backend's change to it), and whether the server may not have it yet.
+  #metadata = null;
+  #metadataUnsent = false;
 
   /**
    * @param {string} token Bearer token, e.g. from {@link SignalingClient.fetchToken}.
@@ -90,6 +107,14 @@ export class SignalingClient extends EventTarget {
     this.roomId = null;
     /** This client's peer id, once joined or resumed. */
     this.peerId = null;
+    /**
+     * The others in the room, as far as this client knows: peer id → metadata (null when the
+     * peer has none), in the order they joined. Kept up to date from `joined`, `resumed`,
+     * `peer_joined`, `peer_updated` and `peer_left`; empty after `leave()`, `removed`,
+     * `room_closed` and a final `close`.
+     * @type {Map<string, Metadata|null>}
+     */
+    this.peers = new Map();
   }
 
   /**
@@ -97,24 +122,29 @@ export class SignalingClient extends EventTarget {
    * @param {string} baseUrl HTTP(S) origin of the server.
    * @param {string} userId Display name / user id.
    * @param {string} [roomId] Restrict the token to this room.
+   * @param {TokenOptions} [options] `metadata`: the participant's initial metadata, carried
+   *   in the token (at most 1024 bytes as compact JSON).
    * @returns {Promise<TokenGrant>}
    * @throws {Error} with `code` `unreachable`, or the server's `error` code and message (and
    *   `status`) on a non-200 answer.
    */
-  static async fetchToken(baseUrl, userId, roomId) {
+  static async fetchToken(baseUrl, userId, roomId, { metadata } = {}) {
+    const body = { userId };
+    if (roomId) body.roomId = roomId;
+    if (metadata !== undefined) body.metadata = metadata;
     let res;
     try {
       res = await fetch(new URL('/auth/token', baseUrl), {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify(roomId ? { userId, roomId } : { userId }),
+        body: JSON.stringify(body),
       });
     } catch {
       throw failure('unreachable', 'The server is unreachable. Check your network and try again.');
     }
-    const body = await res.json().catch(() => ({}));
-    if (!res.ok) throw failure(body.error, body.message || `The server answered ${res.status}.`, { status: res.status });
-    return body;
+    const answer = await res.json().catch(() => ({}));
+    if (!res.ok) throw failure(answer.error, answer.message || `The server answered ${res.status}.`, { status: res.status });
+    return answer;
   }
 
   /**
@@ -137,6 +167,46 @@ export class SignalingClient extends EventTarget {
   leave() {
     if (this.roomId) this.#send({ type: 'leave', roomId: this.roomId });
     this.roomId = null;
+    this.peers.clear();
+  }
+
+  /**
+   * Sets this client's participant metadata, replacing the whole object (send every field
+   * each time). The others in the room get `peer_updated`; there is no reply unless it is
+   * refused (`error` `invalid_message`, e.g. over the server's size limit). Outside a room
+   * the server keeps it for the next join. Called while disconnected, it is sent once
+   * connected; and the client sends it again if the server lost the session.
+   * @param {Metadata} metadata A plain object of JSON values.
+   * @throws {Error} with `code` `invalid_options` when `metadata` is not a plain object.
+   */
+  update(metadata) {
+    const proto = metadata !== null && typeof metadata === 'object' ? Object.getPrototypeOf(metadata) : undefined;
+    if (proto !== Object.prototype && proto !== null) {
+      throw failure('invalid_options', 'update() takes a plain object, e.g. {name: "Ann", muted: true}.');
+    }
+    let copy;
+    try {
+      // A copy, so that changing the object afterwards does not change what a reconnect sends.
+      copy = JSON.parse(JSON.stringify(metadata));
+    } catch (e) {
+      throw failure('invalid_options', `update() takes JSON values only: ${e.message}`);
+    }
+    this.#metadata = copy;
+    this.#sendMetadata();
+  }
+
+  /**
+   * Sends application data to one member of the room, or without `peerId` to every other
+   * member; they get `message` `{from, data}`. Errors (`not_in_room`, `peer_not_found`)
+   * come back as `error` events.
+   * @param {unknown} data Any JSON value; it arrives verbatim.
+   * @param {string} [peerId] The recipient; everyone else in the room when omitted.
+   * @throws {Error} with `code` `invalid_options` when `data` is undefined.
+   */
+  message(data, peerId) {
+    // JSON has no undefined: the field would vanish and the server refuse the message.
+    if (data === undefined) throw failure('invalid_options', 'message() needs data: any JSON value.');
+    this.#send(peerId === undefined || peerId === null ? { type: 'message', data } : { type: 'message', peerId, data });
   }
 
   /** Relays an SDP offer. @param {string} peerId target peer @param {string} sdp SDP text */
@@ -186,6 +256,8 @@ export class SignalingClient extends EventTarget {
         // A resumed session speaks first (`resumed`); otherwise the pong comes first.
         this.#awaitingFirst = this.#attempt > 0;
         if (this.#awaitingFirst) this.ping();
+        // An update() made before the first connect.
+        else if (this.#metadataUnsent) this.#sendMetadata();
         this.#emit('open', {});
         resolve();
       };
@@ -216,6 +288,7 @@ export class SignalingClient extends EventTarget {
   #closed(code, reason) {
     if (this.#stopped || !this.reconnect || !RETRY.has(code) || (code === 4001 && !this.renewToken)) {
       this.#stopped = true;
+      this.peers.clear();
       return this.#emit('close', { code, reason: reason || FINAL[code] || `Closed (code ${code}).`, final: true });
     }
     const attempt = ++this.#attempt;
@@ -237,8 +310,16 @@ export class SignalingClient extends EventTarget {
   }
 
   // Sends a command with an `id` (echoed as `ref` in errors); dropped while disconnected.
+  // Returns whether it went out.
   #send(message) {
-    if (this.connected) this.#ws.send(JSON.stringify({ ...message, id: ++this.#nextId }));
+    if (!this.connected) return false;
+    this.#ws.send(JSON.stringify({ ...message, id: ++this.#nextId }));
+    return true;
+  }
+
+  // Sends the remembered metadata, and notes whether it still has to go out once connected.
+  #sendMetadata() {
+    if (this.#metadata) this.#metadataUnsent = !this.#send({ type: 'update', metadata: this.#metadata });
   }
 
   #receive(data) {
@@ -251,16 +332,53 @@ export class SignalingClient extends EventTarget {
       this.#awaitingFirst = false;
       this.#attempt = 0;
       const resumed = msg.type === 'resumed';
+      // A lost session took the membership with it; `joined` brings the new one.
+      if (!resumed) this.peers.clear();
       this.#emit('reconnected', { resumed });
-      // The server lost the session (it restarted, or the grace ran out): join again.
+      // The server lost the session (it restarted, or the grace ran out): restore the
+      // metadata first, so that it travels with the join, then join again. A resumed session
+      // kept its metadata, unless an update() was made while disconnected.
+      if (!resumed || this.#metadataUnsent) this.#sendMetadata();
       if (!resumed && this.roomId) this.join(this.roomId);
     }
-    if (msg.type === 'token' && msg.token) this.token = msg.token;
-    if (msg.type === 'joined' || msg.type === 'resumed') [this.peerId, this.roomId] = [msg.peerId, msg.roomId ?? null];
+    this.#track(msg);
     // Reconnect on the server's hint, spread by the server so a node's clients do not all
     // arrive elsewhere at once.
     if (msg.type === 'goaway') this.#hint = Number(msg.reconnectInMs) || 0;
     this.#emit(msg.type, msg);
+  }
+
+  // Keeps the token, peer id, room and `peers` in step with what the server says.
+  #track(msg) {
+    switch (msg.type) {
+      case 'token':
+        if (msg.token) this.token = msg.token;
+        break;
+      case 'joined':
+      case 'resumed': {
+        [this.peerId, this.roomId] = [msg.peerId, msg.roomId ?? null];
+        const metadata = msg.metadata ?? {};
+        this.peers = new Map((msg.peers ?? []).map((id) => [id, metadata[id] ?? null]));
+        break;
+      }
+      case 'peer_joined':
+        this.peers.set(msg.peerId, msg.metadata ?? null);
+        break;
+      case 'peer_updated':
+        // The backend changed this client's own metadata: that is now the one to restore.
+        if (msg.peerId === this.peerId) this.#metadata = msg.metadata;
+        else this.peers.set(msg.peerId, msg.metadata ?? null);
+        break;
+      case 'peer_left':
+        this.peers.delete(msg.peerId);
+        break;
+      case 'removed':
+      case 'room_closed':
+        // Out of the room by the backend's decision: a reconnect must not rejoin it.
+        this.roomId = null;
+        this.peers.clear();
+        break;
+    }
   }
 
   #emit(type, detail) {

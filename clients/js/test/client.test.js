@@ -30,9 +30,9 @@ function next(client, type) {
   });
 }
 
-/** A connected client for a fresh token of `user`. */
-async function connected(user, options = {}) {
-  const grant = await SignalingClient.fetchToken(BASE, user);
+/** A connected client for a fresh token of `user`, with `tokenOptions` for fetchToken. */
+async function connected(user, options = {}, tokenOptions = undefined) {
+  const grant = await SignalingClient.fetchToken(BASE, user, undefined, tokenOptions);
   assert.equal(typeof grant.token, 'string');
   const client = new SignalingClient(grant.token, { baseUrl: BASE, ...options });
   await client.connect();
@@ -99,4 +99,258 @@ test('two clients join a room and relay an offer, an answer and a candidate', { 
 test('a refused token rejects connect with token_refused', { skip }, async () => {
   const client = new SignalingClient('not-a-token', { baseUrl: BASE, reconnect: false });
   await assert.rejects(client.connect(), (e) => e.code === 'token_refused');
+});
+
+/** A room name no other test (or earlier run against the same node) uses. */
+const freshRoom = (() => {
+  let n = 0;
+  return () => `js-${process.pid}-${Date.now()}-${++n}`;
+})();
+
+/** Joins `client` to `room` and returns its `joined`. */
+async function joinRoom(client, room) {
+  const joined = next(client, 'joined');
+  client.join(room);
+  return joined;
+}
+
+/** Closes every client and waits for their final `close`. */
+async function closeAll(...clients) {
+  const closed = clients.map((c) => next(c, 'close'));
+  for (const c of clients) c.close();
+  await Promise.all(closed);
+}
+
+test('update reaches the others as peer_updated and shows in peers', { skip }, async () => {
+  const room = freshRoom();
+  const { client: alice, grant: aliceGrant } = await connected('alice');
+  const { client: bob, grant: bobGrant } = await connected('bob');
+  try {
+    await joinRoom(alice, room);
+    // Set outside a room, the metadata travels with the join.
+    bob.update({ name: 'Bob' });
+    const aliceSeesBob = next(alice, 'peer_joined');
+    const bobJoined = await joinRoom(bob, room);
+    assert.deepEqual(bobJoined.metadata, { [bobGrant.peerId]: { name: 'Bob' } });
+    assert.deepEqual([...bob.peers], [[aliceGrant.peerId, null]]);
+    assert.deepEqual((await aliceSeesBob).metadata, { name: 'Bob' });
+    assert.deepEqual(alice.peers.get(bobGrant.peerId), { name: 'Bob' });
+
+    const updated = next(bob, 'peer_updated');
+    alice.update({ name: 'Alice', muted: true });
+    assert.deepEqual(await updated, { type: 'peer_updated', peerId: aliceGrant.peerId, metadata: { name: 'Alice', muted: true } });
+    assert.deepEqual(bob.peers.get(aliceGrant.peerId), { name: 'Alice', muted: true });
+
+    // Leaving shows in the other's map; leave() empties one's own.
+    const left = next(bob, 'peer_left');
+    alice.leave();
+    assert.equal(alice.peers.size, 0);
+    assert.equal((await left).peerId, aliceGrant.peerId);
+    assert.equal(bob.peers.size, 0);
+  } finally {
+    await closeAll(alice, bob);
+  }
+});
+
+test('message reaches one member, or every other member', { skip }, async () => {
+  const room = freshRoom();
+  const { client: alice, grant: aliceGrant } = await connected('alice');
+  const { client: bob, grant: bobGrant } = await connected('bob');
+  const { client: carol } = await connected('carol');
+  try {
+    await joinRoom(alice, room);
+    await joinRoom(bob, room);
+    await joinRoom(carol, room);
+
+    const toBob = next(bob, 'message');
+    const carolsFirst = next(carol, 'message');
+    alice.message({ text: 'hi' }, bobGrant.peerId);
+    assert.deepEqual(await toBob, { type: 'message', from: aliceGrant.peerId, data: { text: 'hi' } });
+
+    // Messages from one sender arrive in order, so carol's first is the one to everyone:
+    // the one to bob never reached her.
+    const toBobToo = next(bob, 'message');
+    alice.message(['hello', 'everyone']);
+    for (const got of await Promise.all([carolsFirst, toBobToo])) {
+      assert.deepEqual(got, { type: 'message', from: aliceGrant.peerId, data: ['hello', 'everyone'] });
+    }
+
+    const refused = next(alice, 'error');
+    alice.message('anyone?', 'nobody-0');
+    assert.equal((await refused).code, 'peer_not_found');
+  } finally {
+    await closeAll(alice, bob, carol);
+  }
+});
+
+test('metadata in the token shows in joined and peer_joined', { skip }, async () => {
+  const room = freshRoom();
+  const { client: alice, grant: aliceGrant } = await connected('alice', {}, { metadata: { name: 'Alice' } });
+  const { client: bob, grant: bobGrant } = await connected('bob', {}, { metadata: { name: 'Bob', role: 'guest' } });
+  try {
+    assert.deepEqual((await joinRoom(alice, room)).metadata, { [aliceGrant.peerId]: { name: 'Alice' } });
+
+    const aliceSeesBob = next(alice, 'peer_joined');
+    const bobJoined = await joinRoom(bob, room);
+    assert.deepEqual(bobJoined.metadata, {
+      [aliceGrant.peerId]: { name: 'Alice' },
+      [bobGrant.peerId]: { name: 'Bob', role: 'guest' },
+    });
+    assert.deepEqual(bob.peers.get(aliceGrant.peerId), { name: 'Alice' });
+    assert.deepEqual((await aliceSeesBob).metadata, { name: 'Bob', role: 'guest' });
+    assert.deepEqual(alice.peers.get(bobGrant.peerId), { name: 'Bob', role: 'guest' });
+  } finally {
+    await closeAll(alice, bob);
+  }
+});
+
+test('fetchToken refuses metadata that is not an object', { skip }, async () => {
+  await assert.rejects(
+    SignalingClient.fetchToken(BASE, 'alice', undefined, { metadata: ['not', 'an', 'object'] }),
+    (e) => e.code === 'invalid_request' && e.status === 400,
+  );
+});
+
+/**
+ * A scripted stand-in for the server's side of a WebSocket: it opens at once, records what
+ * the client sends, and lets a test deliver messages or drop the connection.
+ */
+class FakeSocket {
+  static all = [];
+  /** What a new connection says first, as the server does for a resumed session. */
+  static greeting = null;
+  readyState = 0;
+  sent = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    FakeSocket.all.push(this);
+    setTimeout(() => {
+      this.readyState = 1;
+      if (FakeSocket.greeting) this.deliver(FakeSocket.greeting);
+      this.onopen?.({});
+    });
+  }
+  send(text) {
+    const msg = JSON.parse(text);
+    this.sent.push(msg);
+    // The server answers a ping; on a fresh session that is the first thing it says.
+    if (msg.type === 'ping') this.deliver({ type: 'pong' });
+  }
+  deliver(msg) {
+    queueMicrotask(() => this.onmessage?.({ data: JSON.stringify(msg) }));
+  }
+  drop(code = 1006) {
+    this.readyState = 3;
+    this.onclose?.({ code, reason: '' });
+  }
+  close(code, reason) {
+    this.readyState = 3;
+    setTimeout(() => this.onclose?.({ code, reason }));
+  }
+  /** The types of what the client sent. */
+  get types() {
+    return this.sent.map((m) => m.type);
+  }
+}
+
+test('update and message refuse what the server would', () => {
+  const client = new SignalingClient('token', { baseUrl: 'http://127.0.0.1:1', WebSocket: FakeSocket });
+  for (const bad of [null, 'Ann', ['Ann'], new Date(0)]) {
+    assert.throws(() => client.update(bad), (e) => e.code === 'invalid_options', String(bad));
+  }
+  assert.throws(() => client.update({ big: 1n }), (e) => e.code === 'invalid_options');
+  assert.throws(() => client.message(undefined), (e) => e.code === 'invalid_options');
+});
+
+test('a lost session gets the metadata back before the rejoin, and removed ends the rejoining', async () => {
+  FakeSocket.all = [];
+  FakeSocket.greeting = null;
+  const client = new SignalingClient('token', { baseUrl: 'http://127.0.0.1:1', WebSocket: FakeSocket });
+  // Made before connecting: it goes out once the socket opens.
+  client.update({ name: 'Ann' });
+  await client.connect();
+  const first = FakeSocket.all[0];
+  client.join('r1');
+  assert.deepEqual(first.types, ['update', 'join']);
+  assert.deepEqual(first.sent[0].metadata, { name: 'Ann' });
+
+  const joined = next(client, 'joined');
+  first.deliver({
+    type: 'joined',
+    roomId: 'r1',
+    peerId: 'ann-1',
+    peers: ['bob-1', 'cat-1'],
+    metadata: { 'ann-1': { name: 'Ann' }, 'bob-1': { name: 'Bob' } },
+  });
+  await joined;
+  assert.deepEqual([...client.peers], [['bob-1', { name: 'Bob' }], ['cat-1', null]]);
+
+  // The server restarted: a fresh session answers the ping, so the client restores its
+  // metadata, then joins again.
+  let reconnected = next(client, 'reconnected');
+  first.drop();
+  assert.deepEqual(await reconnected, { resumed: false });
+  const second = FakeSocket.all[1];
+  assert.deepEqual(second.types, ['ping', 'update', 'join']);
+  assert.deepEqual(second.sent[1].metadata, { name: 'Ann' });
+  assert.equal(client.peers.size, 0, 'the old membership is gone until joined says otherwise');
+
+  // The backend changed this client's metadata: that is what a later restore sends.
+  const updated = next(client, 'peer_updated');
+  second.deliver({ type: 'peer_updated', peerId: 'ann-1', metadata: { name: 'Ann', muted: true } });
+  await updated;
+  const removed = next(client, 'removed');
+  second.deliver({ type: 'removed', roomId: 'r1' });
+  assert.deepEqual(await removed, { type: 'removed', roomId: 'r1' });
+  assert.equal(client.roomId, null);
+
+  // Removed from the room: the next lost session restores the metadata but does not rejoin.
+  reconnected = next(client, 'reconnected');
+  second.drop();
+  await reconnected;
+  const third = FakeSocket.all[2];
+  assert.deepEqual(third.types, ['ping', 'update']);
+  assert.deepEqual(third.sent[1].metadata, { name: 'Ann', muted: true });
+
+  await closeAll(client);
+});
+
+test('a resumed session sends nothing again, except an update made while disconnected', async () => {
+  FakeSocket.all = [];
+  FakeSocket.greeting = null;
+  const client = new SignalingClient('token', { baseUrl: 'http://127.0.0.1:1', WebSocket: FakeSocket });
+  await client.connect();
+  client.update({ name: 'Ann' });
+  client.join('r1');
+  const joined = next(client, 'joined');
+  FakeSocket.all[0].deliver({ type: 'joined', roomId: 'r1', peerId: 'ann-1', peers: [], metadata: { 'ann-1': { name: 'Ann' } } });
+  await joined;
+
+  // From now on every new connection resumes the session.
+  FakeSocket.greeting = { type: 'resumed', roomId: 'r1', peerId: 'ann-1', peers: ['bob-1'], metadata: { 'bob-1': { name: 'Bob' } } };
+  let reconnected = next(client, 'reconnected');
+  FakeSocket.all[0].drop();
+  assert.deepEqual(await reconnected, { resumed: true });
+  assert.deepEqual(FakeSocket.all[1].types, ['ping']);
+  assert.deepEqual([...client.peers], [['bob-1', { name: 'Bob' }]]);
+
+  // Made while disconnected, an update goes out once the session is back.
+  const reconnecting = next(client, 'reconnecting');
+  reconnected = next(client, 'reconnected');
+  FakeSocket.all[1].drop();
+  await reconnecting;
+  client.update({ name: 'Ann', away: true });
+  await reconnected;
+  assert.deepEqual(FakeSocket.all[2].types, ['ping', 'update']);
+  assert.deepEqual(FakeSocket.all[2].sent[1].metadata, { name: 'Ann', away: true });
+
+  // room_closed ends the membership as removed does.
+  const closedRoom = next(client, 'room_closed');
+  FakeSocket.all[2].deliver({ type: 'room_closed', roomId: 'r1' });
+  await closedRoom;
+  assert.equal(client.roomId, null);
+  assert.equal(client.peers.size, 0);
+
+  await closeAll(client);
 });

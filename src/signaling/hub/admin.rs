@@ -36,7 +36,7 @@ impl Hub {
     /// Closes a revoked session's connection with 1008, if `epoch` still holds it here.
     pub(super) fn close_revoked(&self, peer: &str, epoch: Epoch) {
         if let Some(slot) = self.read().owned(peer, epoch) {
-            slot.outbox.close(Some(close::POLICY), "session revoked");
+            slot.outbox.close(Some(close::POLICY), close::REVOKED_TEXT);
         }
     }
 
@@ -61,7 +61,7 @@ impl Hub {
                             tracing::info!(
                                 "a session admitted during a store outage was revoked; closing it"
                             );
-                            slot.outbox.close(Some(close::POLICY), "session revoked");
+                            slot.outbox.close(Some(close::POLICY), close::REVOKED_TEXT);
                         }
                         return;
                     }

@@ -9,10 +9,11 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::oneshot;
 
+use super::membership::participants;
 use super::{Hub, ROOM_TTL, Registration, Resumed};
 use crate::bus::{BusMessage, OnLost};
-use crate::signaling::protocol::{LeaveReason, close};
-use crate::store::{Epoch, JoinOutcome, Member, Previous, StoreError};
+use crate::signaling::protocol::{LeaveReason, Participant, close, metadata_from};
+use crate::store::{Epoch, JoinOutcome, Previous, Seating, StoreError};
 
 /// How long a handover waits for a closing connection to finish parking its session.
 const PARK_SETTLE: Duration = Duration::from_secs(1);
@@ -88,6 +89,7 @@ impl Hub {
         registration.resumed = Some(Resumed {
             room: room.map(Arc::from),
             peers,
+            metadata: self.metadata_of(peer_id),
             queued: queued.into_iter().map(Utf8Bytes::from).collect(),
         });
         registration
@@ -102,21 +104,25 @@ impl Hub {
         peer_id: &str,
         epoch: Epoch,
         room: &str,
-    ) -> Result<Vec<String>, StoreError> {
-        let member = Member {
-            peer_id: peer_id.to_string(),
-            node: self.node.to_string(),
-            epoch,
-        };
-        // Never refused: the peer is in the room already.
-        let others = match self
+    ) -> Result<Vec<Participant>, StoreError> {
+        let member = self.member_of(peer_id, epoch);
+        // Never refused: the peer is in the room already. Its join time and metadata stay
+        // as the old node left them.
+        let (others, seated) = match self
             .store
-            .join_room(room, &member, usize::MAX, ROOM_TTL)
+            .join_room(room, &member, Seating::Keep, usize::MAX, ROOM_TTL)
             .await?
         {
-            JoinOutcome::Joined(others) => others,
-            JoinOutcome::Full => Vec::new(),
+            JoinOutcome::Joined { before, seated } => (before, seated),
+            JoinOutcome::Full => (Vec::new(), member),
         };
+        let metadata = seated.metadata.as_deref().and_then(metadata_from);
+        if let Some(slot) = self.write().peers.get_mut(peer_id)
+            && slot.epoch == epoch
+            && metadata.is_some()
+        {
+            slot.metadata = metadata;
+        }
         self.record_room(session_id, epoch, Some(room)).await;
         {
             let mut table = self.write();
@@ -128,9 +134,10 @@ impl Hub {
             peer: peer_id.to_string(),
             node: self.node.to_string(),
             epoch,
+            metadata: seated.metadata,
         };
         self.tell_other_nodes(&others, &moved);
-        Ok(others.into_iter().map(|m| m.peer_id).collect())
+        Ok(participants(others, peer_id))
     }
 
     /// Answers another node's [`BusMessage::Handover`]: a parked session's queue goes to

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::{Hub, RoomPass};
 use crate::bus::{BusMessage, Subscription};
 use crate::room::LeaveReason;
+use crate::signaling::protocol::metadata_from;
 
 /// Longest wait for a moved peer's old node to confirm it forwarded what it was sent.
 const FLUSH_WAIT: Duration = Duration::from_secs(1);
@@ -19,7 +20,9 @@ const FLUSH_WAIT: Duration = Duration::from_secs(1);
 pub async fn consume(hub: Arc<Hub>, mut inbox: Subscription) {
     while let Some(message) = inbox.recv().await {
         match message {
-            BusMessage::Handover { .. } => {
+            // A moderation waits for its peer's and room's gates, which changes hold across
+            // store calls: the reader goes on meanwhile.
+            BusMessage::Handover { .. } | BusMessage::Moderate { .. } => {
                 let hub = hub.clone();
                 tokio::spawn(async move { hub.on_bus(message).await });
             }
@@ -67,6 +70,7 @@ impl Hub {
             }
             BusMessage::PeerJoined { ref room, .. }
             | BusMessage::PeerMoved { ref room, .. }
+            | BusMessage::PeerUpdated { ref room, .. }
             | BusMessage::PeerLeft { ref room, .. } => {
                 let room: Arc<str> = Arc::from(room.as_str());
                 let Some(message) = self.room_gates.enter_or_defer(&room, message) else {
@@ -109,6 +113,12 @@ impl Hub {
             }
             BusMessage::Flushed { peer } => self.release(&peer).await,
             BusMessage::Revoke { peer, epoch } => self.close_revoked(&peer, epoch),
+            BusMessage::Moderate {
+                room,
+                peer,
+                epoch,
+                action,
+            } => self.moderate_here(&room, &peer, epoch, action).await,
         }
     }
 
@@ -146,13 +156,28 @@ impl Hub {
                 peer,
                 node,
                 epoch,
-            } => self.learn_remote_member(&room, &peer, &node, epoch, false),
+                metadata,
+            } => self.learn_remote_member(&room, &peer, &node, epoch, false, metadata),
             BusMessage::PeerMoved {
                 room,
                 peer,
                 node,
                 epoch,
-            } => self.learn_remote_member(&room, &peer, &node, epoch, true),
+                metadata,
+            } => self.learn_remote_member(&room, &peer, &node, epoch, true, metadata),
+            BusMessage::PeerUpdated {
+                room,
+                peer,
+                epoch,
+                metadata,
+            } => {
+                if let Some(metadata) = metadata_from(&metadata) {
+                    let mut table = self.write();
+                    let notices = table.updated_elsewhere(&room, &peer, epoch, metadata);
+                    table.deliver(notices);
+                }
+                None
+            }
             BusMessage::PeerLeft {
                 room,
                 peer,
@@ -193,10 +218,12 @@ impl Hub {
         node: &str,
         epoch: crate::store::Epoch,
         moved: bool,
+        metadata: Option<String>,
     ) -> Option<(Arc<str>, BusMessage)> {
+        let metadata = metadata.as_deref().and_then(metadata_from);
         let flush_at = {
             let mut table = self.write();
-            let (notices, flush_at) = table.learn(room, peer, node, epoch, moved);
+            let (notices, flush_at) = table.learn(room, peer, node, epoch, moved, metadata);
             table.deliver(notices);
             flush_at
         }?;

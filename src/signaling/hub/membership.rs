@@ -5,8 +5,28 @@ use std::sync::Arc;
 
 use super::{Hub, MembershipError, ROOM_TTL};
 use crate::bus::BusMessage;
-use crate::signaling::protocol::LeaveReason;
-use crate::store::{Epoch, JoinOutcome, Member};
+use crate::signaling::protocol::{LeaveReason, Metadata, Participant, metadata_from};
+use crate::store::{Epoch, JoinOutcome, Member, Seating};
+
+/// What a joiner is told: the members already there, and its own metadata.
+pub struct Joined {
+    /// Everyone else in the room.
+    pub peers: Vec<Participant>,
+    /// The joiner's own metadata.
+    pub metadata: Option<Metadata>,
+}
+
+/// The participants among `members`, without `peer_id`.
+pub(super) fn participants(members: Vec<Member>, peer_id: &str) -> Vec<Participant> {
+    members
+        .into_iter()
+        .filter(|m| m.peer_id != peer_id)
+        .map(|m| Participant {
+            metadata: m.metadata.as_deref().and_then(metadata_from),
+            peer_id: m.peer_id,
+        })
+        .collect()
+}
 
 impl Hub {
     /// Joins `room` (leaving any other room first); returns the peers already there.
@@ -15,30 +35,26 @@ impl Hub {
         peer_id: &str,
         epoch: Epoch,
         room: &str,
-    ) -> Result<Vec<String>, MembershipError> {
+    ) -> Result<Joined, MembershipError> {
         let _recovery = self.recovery.read().await;
         let _peer = self.enter_peer(peer_id).await;
         let (current, session_id) = self.owned(peer_id, epoch)?;
+        let metadata = self.metadata_of(peer_id);
         if current.as_deref() == Some(room) {
             let members = self.store.room_members(room).await?;
-            return Ok(members
-                .into_iter()
-                .filter(|m| m.peer_id != peer_id)
-                .map(|m| m.peer_id)
-                .collect());
+            return Ok(Joined {
+                peers: participants(members, peer_id),
+                metadata,
+            });
         }
         let _rooms = match &current {
             Some(old) => self.enter_rooms(&[old, room]).await,
             None => self.enter_rooms(&[room]).await,
         };
-        let member = Member {
-            peer_id: peer_id.to_string(),
-            node: self.node.to_string(),
-            epoch,
-        };
+        let member = self.member_of(peer_id, epoch);
         let joined = self
             .store
-            .join_room(room, &member, self.capacity, ROOM_TTL)
+            .join_room(room, &member, Seating::Fresh, self.capacity, ROOM_TTL)
             .await;
         let before = match joined {
             Err(e) => {
@@ -54,7 +70,7 @@ impl Hub {
                 }
                 return Err(MembershipError::RoomFull);
             }
-            JoinOutcome::Joined(before) => before,
+            JoinOutcome::Joined { before, .. } => before,
         };
         if let Some(old) = &current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
@@ -70,9 +86,37 @@ impl Hub {
             peer: peer_id.to_string(),
             node: self.node.to_string(),
             epoch,
+            metadata: member.metadata,
         };
         self.tell_other_nodes(&before, &joined);
-        Ok(before.into_iter().map(|m| m.peer_id).collect())
+        Ok(Joined {
+            peers: participants(before, peer_id),
+            metadata,
+        })
+    }
+
+    /// The metadata of local peer `peer_id`.
+    pub(super) fn metadata_of(&self, peer_id: &str) -> Option<Metadata> {
+        self.read()
+            .peers
+            .get(peer_id)
+            .and_then(|s| s.metadata.clone())
+    }
+
+    /// Local peer `peer_id` as a room member of `epoch` joining now.
+    pub(super) fn member_of(&self, peer_id: &str, epoch: Epoch) -> Member {
+        let table = self.read();
+        let slot = table.peers.get(peer_id);
+        Member {
+            peer_id: peer_id.to_string(),
+            node: self.node.to_string(),
+            epoch,
+            user: slot.map_or(peer_id, |s| s.user(peer_id)).to_string(),
+            joined_at: crate::clock::unix_millis(),
+            metadata: slot
+                .and_then(|s| s.metadata.as_ref())
+                .map(|m| m.get().to_string()),
+        }
     }
 
     /// Degraded join while the store is unavailable: the room as this node knows it, with
@@ -84,7 +128,7 @@ impl Hub {
         epoch: Epoch,
         current: Option<Arc<str>>,
         room: &str,
-    ) -> Result<Vec<String>, MembershipError> {
+    ) -> Result<Joined, MembershipError> {
         if self.read().known_members(room) >= self.capacity {
             return Err(MembershipError::RoomFull);
         }
@@ -95,7 +139,8 @@ impl Hub {
         let mut table = self.write();
         let (peers, notices) = table.join_alone(room, peer_id);
         table.deliver(notices);
-        Ok(peers)
+        let metadata = table.peers.get(peer_id).and_then(|s| s.metadata.clone());
+        Ok(Joined { peers, metadata })
     }
 
     /// Leaves the current room; `room`, when given, must name it.
@@ -128,7 +173,7 @@ impl Hub {
         let pending = std::mem::take(&mut *self.departures_lock());
         let mut pending = pending.into_iter();
         while let Some((room, peer, epoch, reason)) = pending.next() {
-            let remaining = match self.store.leave_room(&room, &peer, epoch).await {
+            let remaining = match self.store.leave_room(&room, &peer, epoch, reason).await {
                 Ok(remaining) => remaining.unwrap_or_default(),
                 Err(e) => {
                     let mut left = self.departures_lock();
@@ -167,7 +212,22 @@ impl Hub {
             table.deliver(notices);
             emptied
         };
-        let remaining = match self.store.leave_room(room, peer_id, epoch).await {
+        self.record_departure(room, peer_id, epoch, reason, emptied)
+            .await;
+    }
+
+    /// Records in the store that `peer_id` (membership `epoch`) left `room`, already
+    /// taken out of the table (`emptied`: this node has nobody left there), and tells the
+    /// other nodes that still have members there. A store failure is retried later.
+    pub(super) async fn record_departure(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        reason: LeaveReason,
+        emptied: bool,
+    ) {
+        let remaining = match self.store.leave_room(room, peer_id, epoch, reason).await {
             Ok(Some(remaining)) => remaining,
             Ok(None) => Vec::new(),
             Err(e) => {

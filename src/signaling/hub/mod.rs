@@ -10,6 +10,7 @@
 //! - `inbox`: applying what other nodes publish;
 //! - `recovery`: re-registering after a store outage, cleaning up after dead nodes;
 //! - `admin`: revoke, drain, close.
+//! - `moderation`: participant metadata, and the server API's rooms, removals and messages.
 //!
 //! # Locking
 //! - The table is behind a `std::sync::RwLock`: read on every relay, written briefly by
@@ -31,6 +32,7 @@ mod gate;
 mod handover;
 mod inbox;
 mod membership;
+mod moderation;
 mod recovery;
 mod session;
 mod table;
@@ -45,7 +47,7 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::outbox::{Inbox, Outbox};
-use super::protocol::{ErrorCode, Outgoing};
+use super::protocol::{ErrorCode, Metadata, Outgoing, Participant};
 use crate::bus::{Bus, BusMessage, OnLost, Undelivered};
 use crate::room::LeaveReason;
 use crate::store::{Epoch, Member, Store, StoreError};
@@ -54,6 +56,8 @@ use gate::Gates;
 use table::{HeldFrame, RoomTable};
 
 pub use inbox::consume;
+pub use membership::Joined;
+pub use moderation::SERVER_SENDER;
 pub use recovery::Rewrite;
 
 /// TTL of room entries in the store; refreshed while members are active.
@@ -110,7 +114,9 @@ pub struct Resumed {
     /// The room the session is in.
     pub room: Option<Arc<str>>,
     /// Everyone else in that room now.
-    pub peers: Vec<String>,
+    pub peers: Vec<Participant>,
+    /// The session's own metadata.
+    pub metadata: Option<Metadata>,
     /// Frames queued while the session was parked (including one whose write failed when
     /// the connection dropped), written before anything newer.
     pub queued: Vec<Utf8Bytes>,

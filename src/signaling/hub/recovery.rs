@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{Hub, ROOM_TTL, other_nodes};
 use crate::bus::BusMessage;
 use crate::signaling::protocol::{LeaveReason, close};
-use crate::store::{Epoch, SessionRecord, StoreError};
+use crate::store::{Epoch, Seating, SessionRecord, StoreError};
 
 /// Why a node writes its state back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +94,7 @@ impl Hub {
                 // Never refused: these peers are in the room already.
                 written = written.and(
                     self.store
-                        .join_room(&room, member, usize::MAX, ROOM_TTL)
+                        .join_room(&room, member, Seating::Keep, usize::MAX, ROOM_TTL)
                         .await
                         .map(|_| ()),
                 );
@@ -128,6 +128,7 @@ impl Hub {
                         peer: member.peer_id.clone(),
                         node: self.node.to_string(),
                         epoch: member.epoch,
+                        metadata: member.metadata.clone(),
                     };
                     self.publish(&node, &joined);
                 }

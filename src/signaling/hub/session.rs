@@ -12,7 +12,7 @@ use super::table::PeerSlot;
 use super::{Hub, ROOM_TTL, Registration, Resumed};
 use crate::bus::BusMessage;
 use crate::signaling::outbox::{self, Inbox};
-use crate::signaling::protocol::{LeaveReason, close};
+use crate::signaling::protocol::{LeaveReason, Metadata, close};
 use crate::store::{Claim, Epoch, Previous, SessionRecord, StoreError};
 
 /// How long a reconnect waits for the node that held its session to hand it over; past
@@ -31,6 +31,7 @@ impl Hub {
         session_id: &str,
         user: &str,
         peer_id: &str,
+        metadata: Option<Metadata>,
         ttl: Duration,
     ) -> Result<Registration, StoreError> {
         let (registration, handover) = {
@@ -39,7 +40,7 @@ impl Hub {
             if let Some(resumed) = self.resume(session_id, peer_id, ttl).await? {
                 return Ok(resumed);
             }
-            self.claim(session_id, user, peer_id, ttl).await?
+            self.claim(session_id, user, peer_id, metadata, ttl).await?
         };
         let Some((previous, reply)) = handover else {
             return Ok(registration);
@@ -64,6 +65,7 @@ impl Hub {
         session_id: &str,
         user: &str,
         peer_id: &str,
+        metadata: Option<Metadata>,
         ttl: Duration,
     ) -> Result<(Registration, Option<PendingHandover>), StoreError> {
         let record = SessionRecord {
@@ -94,6 +96,7 @@ impl Hub {
                 expires: tokio::time::Instant::now() + ttl,
                 outbox: outbox.clone(),
                 room: None,
+                metadata,
                 parked: None,
             },
         );
@@ -187,6 +190,7 @@ impl Hub {
         slot.expires = tokio::time::Instant::now() + ttl;
         let outbox = slot.outbox.clone();
         let room = slot.room.clone();
+        let metadata = slot.metadata.clone();
         let peers = room
             .as_ref()
             .map(|r| table.room_peers(r, peer_id))
@@ -199,6 +203,7 @@ impl Hub {
             resumed: Some(Resumed {
                 room,
                 peers,
+                metadata,
                 queued: unsent,
             }),
         }))

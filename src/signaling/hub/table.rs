@@ -12,7 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 use super::{RelayError, Route};
 use crate::identifier;
 use crate::signaling::outbox::{Inbox, Outbox};
-use crate::signaling::protocol::{LeaveReason, Outgoing};
+use crate::signaling::protocol::{LeaveReason, Metadata, Outgoing, Participant, metadata_from};
 use crate::store::{Epoch, Member};
 
 /// A local session. One per connection, kept small: the user id is the peer id without
@@ -24,6 +24,8 @@ pub(super) struct PeerSlot {
     pub expires: tokio::time::Instant,
     pub outbox: Outbox,
     pub room: Option<Arc<str>>,
+    /// The participant's metadata (from its token, then `update`), kept across rooms.
+    pub metadata: Option<Metadata>,
     /// Set while the connection is gone but the session waits for a resume: the queue its
     /// messages collect in, and frames whose write failed when the connection dropped.
     pub parked: Option<Box<(Inbox, Vec<Utf8Bytes>)>>,
@@ -39,10 +41,28 @@ impl PeerSlot {
 }
 
 /// A member on another node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct RemoteMember {
     node: Arc<str>,
     epoch: Epoch,
+    metadata: Option<Metadata>,
+}
+
+impl RemoteMember {
+    fn of(m: &Member) -> Self {
+        Self {
+            node: Arc::from(m.node.as_str()),
+            epoch: m.epoch,
+            metadata: m.metadata.as_deref().and_then(metadata_from),
+        }
+    }
+}
+
+/// The same membership: node and epoch (metadata changes do not make a member new).
+impl PartialEq for RemoteMember {
+    fn eq(&self, other: &Self) -> bool {
+        self.node == other.node && self.epoch == other.epoch
+    }
 }
 
 /// This node's view of a room that has at least one local member.
@@ -144,18 +164,112 @@ impl RoomTable {
     }
 
     /// Everyone in `room` but `peer_id`, as this node knows them.
-    pub fn room_peers(&self, room: &str, peer_id: &str) -> Vec<String> {
-        self.rooms
-            .get(room)
-            .map(|v| {
-                v.local
-                    .iter()
-                    .filter(|p| ***p != *peer_id)
-                    .chain(v.remote.keys())
-                    .map(|p| p.to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+    pub fn room_peers(&self, room: &str, peer_id: &str) -> Vec<Participant> {
+        let Some(view) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let local = view
+            .local
+            .iter()
+            .filter(|p| ***p != *peer_id)
+            .map(|p| Participant {
+                peer_id: p.to_string(),
+                metadata: self.peers.get(p).and_then(|s| s.metadata.clone()),
+            });
+        let remote = view.remote.iter().map(|(p, r)| Participant {
+            peer_id: p.to_string(),
+            metadata: r.metadata.clone(),
+        });
+        local.chain(remote).collect()
+    }
+
+    /// Where each member of `room` but `except` is: its outbox here, or its node.
+    pub fn routes(&self, room: &str, except: &str) -> Vec<(Arc<str>, Route)> {
+        let Some(view) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let local = view
+            .local
+            .iter()
+            .filter(|p| ***p != *except)
+            .filter_map(|p| Some((p.clone(), Route::Local(self.peers.get(p)?.outbox.clone()))));
+        let remote = view
+            .remote
+            .iter()
+            .map(|(p, r)| (p.clone(), Route::Remote(r.node.clone())));
+        local.chain(remote).collect()
+    }
+
+    /// Sets local `peer_id`'s metadata (if `epoch` still owns it); the other local members
+    /// of its room hear of it, and so does the peer itself when `tell_self`.
+    pub fn update(
+        &mut self,
+        peer_id: &str,
+        epoch: Epoch,
+        metadata: Metadata,
+        tell_self: bool,
+    ) -> Vec<Notice> {
+        let Some(slot) = self.peers.get_mut(peer_id).filter(|s| s.epoch == epoch) else {
+            return Vec::new();
+        };
+        slot.metadata = Some(metadata.clone());
+        let mut notices = match slot.room.clone() {
+            Some(room) => self.updated_notice(&room, peer_id, &metadata),
+            None => Vec::new(),
+        };
+        if tell_self {
+            notices.push(Notice {
+                to: vec![self.peer_key(peer_id)],
+                frame: Outgoing::PeerUpdated {
+                    peer_id,
+                    metadata: &metadata,
+                }
+                .to_frame(),
+            });
+        }
+        notices
+    }
+
+    /// Another node says member `peer` (of `epoch`) of `room` has new metadata.
+    pub fn updated_elsewhere(
+        &mut self,
+        room: &str,
+        peer: &str,
+        epoch: Epoch,
+        metadata: Metadata,
+    ) -> Vec<Notice> {
+        let Some(remote) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|v| v.remote.get_mut(peer))
+            .filter(|r| r.epoch == epoch)
+        else {
+            return Vec::new();
+        };
+        remote.metadata = Some(metadata.clone());
+        self.updated_notice(room, peer, &metadata)
+    }
+
+    /// `peer_updated` for the local members of `room` other than `peer`.
+    fn updated_notice(&self, room: &str, peer: &str, metadata: &Metadata) -> Vec<Notice> {
+        let Some(view) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        let to: Vec<Arc<str>> = view
+            .local
+            .iter()
+            .filter(|p| ***p != *peer)
+            .cloned()
+            .collect();
+        if to.is_empty() {
+            return Vec::new();
+        }
+        let frame = Outgoing::PeerUpdated {
+            peer_id: peer,
+            metadata,
+        }
+        .to_frame();
+        vec![Notice { to, frame }]
     }
 
     /// The local members of each room and their epochs, for writing back to the store.
@@ -166,11 +280,14 @@ impl RoomTable {
                 let members = view
                     .local
                     .iter()
-                    .filter_map(|p| self.peers.get(p).map(|s| (p, s.epoch)))
-                    .map(|(p, epoch)| Member {
+                    .filter_map(|p| self.peers.get(p).map(|s| (p, s)))
+                    .map(|(p, slot)| Member {
                         peer_id: p.to_string(),
                         node: node.to_string(),
-                        epoch,
+                        epoch: slot.epoch,
+                        user: slot.user(p).to_string(),
+                        joined_at: crate::clock::unix_millis(),
+                        metadata: slot.metadata.as_ref().map(|m| m.get().to_string()),
                     })
                     .collect();
                 (room.clone(), members)
@@ -183,19 +300,20 @@ impl RoomTable {
     /// not know yet, then of the newcomer.
     pub fn join(&mut self, room: &str, peer_id: &str, before: &[Member], me: &str) -> Vec<Notice> {
         let peer = self.peer_key(peer_id);
+        let metadata = self.peers.get(peer_id).and_then(|s| s.metadata.clone());
         let (room, view) = self.room_view(room);
         let learned = learn_remote(view, before, me);
         let to: Vec<Arc<str>> = view.local.iter().cloned().collect();
         let mut notices: Vec<Notice> = learned
             .iter()
-            .map(|p| Notice {
+            .map(|(p, metadata)| Notice {
                 to: to.clone(),
-                frame: Outgoing::PeerJoined { peer_id: p }.to_frame(),
+                frame: joined_frame(p, metadata.as_ref()),
             })
             .collect();
         notices.push(Notice {
             to,
-            frame: Outgoing::PeerJoined { peer_id }.to_frame(),
+            frame: joined_frame(peer_id, metadata.as_ref()),
         });
         view.local.insert(peer);
         self.set_room(peer_id, Some(room));
@@ -213,18 +331,14 @@ impl RoomTable {
 
     /// `peer_id` joins `room` as this node alone knows it (the store is unavailable);
     /// returns the members it found there and what the local members are told.
-    pub fn join_alone(&mut self, room: &str, peer_id: &str) -> (Vec<String>, Vec<Notice>) {
+    pub fn join_alone(&mut self, room: &str, peer_id: &str) -> (Vec<Participant>, Vec<Notice>) {
         let peer = self.peer_key(peer_id);
+        let metadata = self.peers.get(peer_id).and_then(|s| s.metadata.clone());
+        let peers = self.room_peers(room, peer_id);
         let (room, view) = self.room_view(room);
-        let peers: Vec<String> = view
-            .local
-            .iter()
-            .chain(view.remote.keys())
-            .map(|p| p.to_string())
-            .collect();
         let notice = Notice {
             to: view.local.iter().cloned().collect(),
-            frame: Outgoing::PeerJoined { peer_id }.to_frame(),
+            frame: joined_frame(peer_id, metadata.as_ref()),
         };
         view.local.insert(peer);
         self.set_room(peer_id, Some(room));
@@ -253,9 +367,9 @@ impl RoomTable {
             .collect();
         let notices = learned
             .iter()
-            .map(|p| Notice {
+            .map(|(p, metadata)| Notice {
                 to: to.clone(),
-                frame: Outgoing::PeerJoined { peer_id: p }.to_frame(),
+                frame: joined_frame(p, metadata.as_ref()),
             })
             .collect();
         self.set_room(peer_id, Some(room));
@@ -293,6 +407,7 @@ impl RoomTable {
                 let remote = RemoteMember {
                     node: Arc::from(to),
                     epoch: new_epoch,
+                    metadata: slot.metadata.clone(),
                 };
                 view.remote.insert(Arc::from(peer_id), remote);
             }
@@ -381,6 +496,7 @@ impl RoomTable {
         node: &str,
         epoch: Epoch,
         moved: bool,
+        metadata: Option<Metadata>,
     ) -> (Vec<Notice>, Option<Arc<str>>) {
         let Some(view) = self.rooms.get_mut(room) else {
             return (Vec::new(), None);
@@ -388,9 +504,12 @@ impl RoomTable {
         if view.local.contains(peer) {
             return (Vec::new(), None);
         }
+        // A move without metadata keeps what this node knew.
+        let metadata = metadata.or_else(|| view.remote.get(peer).and_then(|r| r.metadata.clone()));
         let remote = RemoteMember {
             node: Arc::from(node),
             epoch,
+            metadata: metadata.clone(),
         };
         let previous = view.remote.insert(Arc::from(peer), remote.clone());
         let news = match &previous {
@@ -401,7 +520,7 @@ impl RoomTable {
         if news {
             notices.push(Notice {
                 to: view.local.iter().cloned().collect(),
-                frame: Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+                frame: joined_frame(peer, metadata.as_ref()),
             });
         }
         let flush_at = match previous {
@@ -439,15 +558,7 @@ impl RoomTable {
         let remote_truth: HashMap<Arc<str>, RemoteMember> = truth
             .iter()
             .filter(|m| *m.node != *me)
-            .map(|m| {
-                (
-                    Arc::from(m.peer_id.as_str()),
-                    RemoteMember {
-                        node: Arc::from(m.node.as_str()),
-                        epoch: m.epoch,
-                    },
-                )
-            })
+            .map(|m| (Arc::from(m.peer_id.as_str()), RemoteMember::of(m)))
             .collect();
         let gone: Vec<Arc<str>> = view
             .remote
@@ -455,10 +566,10 @@ impl RoomTable {
             .filter(|p| prune && !remote_truth.contains_key(*p))
             .cloned()
             .collect();
-        let came: Vec<Arc<str>> = remote_truth
+        let came: Vec<(Arc<str>, Option<Metadata>)> = remote_truth
             .iter()
             .filter(|(p, r)| reintroduce || view.remote.get(*p) != Some(r))
-            .map(|(p, _)| p.clone())
+            .map(|(p, r)| (p.clone(), r.metadata.clone()))
             .collect();
         let kept: Vec<(Arc<str>, RemoteMember)> = view
             .remote
@@ -468,17 +579,20 @@ impl RoomTable {
         view.remote = remote_truth;
         view.remote.extend(kept);
         let to: Vec<Arc<str>> = view.local.iter().cloned().collect();
-        let left = gone.iter().map(|peer| Outgoing::PeerLeft {
-            peer_id: peer,
-            reason: LeaveReason::Disconnected,
+        let left = gone.iter().map(|peer| {
+            Outgoing::PeerLeft {
+                peer_id: peer,
+                reason: LeaveReason::Disconnected,
+            }
+            .to_frame()
         });
         let joined = came
             .iter()
-            .map(|peer| Outgoing::PeerJoined { peer_id: peer });
+            .map(|(peer, metadata)| joined_frame(peer, metadata.as_ref()));
         left.chain(joined)
-            .map(|message| Notice {
+            .map(|frame| Notice {
                 to: to.clone(),
-                frame: message.to_frame(),
+                frame,
             })
             .collect()
     }
@@ -547,20 +661,32 @@ impl RoomTable {
     }
 }
 
-/// Records the members on other nodes in `view`; returns those it did not know as they are.
-fn learn_remote(view: &mut RoomView, members: &[Member], me: &str) -> Vec<Arc<str>> {
+/// Records the members on other nodes in `view`; returns those it did not know as they
+/// are, with their metadata.
+fn learn_remote(
+    view: &mut RoomView,
+    members: &[Member],
+    me: &str,
+) -> Vec<(Arc<str>, Option<Metadata>)> {
     let mut learned = Vec::new();
     for m in members.iter().filter(|m| m.node != me) {
         let peer: Arc<str> = Arc::from(m.peer_id.as_str());
-        let remote = RemoteMember {
-            node: Arc::from(m.node.as_str()),
-            epoch: m.epoch,
-        };
+        let remote = RemoteMember::of(m);
+        let metadata = remote.metadata.clone();
         if view.remote.insert(peer.clone(), remote.clone()) != Some(remote) {
-            learned.push(peer);
+            learned.push((peer, metadata));
         }
     }
     learned
+}
+
+/// `peer_joined` for `peer` with its metadata.
+fn joined_frame(peer: &str, metadata: Option<&Metadata>) -> Utf8Bytes {
+    Outgoing::PeerJoined {
+        peer_id: peer,
+        metadata: metadata.map(|m| &**m),
+    }
+    .to_frame()
 }
 
 #[cfg(test)]

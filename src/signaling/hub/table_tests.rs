@@ -26,6 +26,7 @@ fn slot(epoch: Epoch, outbox: Outbox) -> PeerSlot {
         expires: tokio::time::Instant::now(),
         outbox,
         room: None,
+        metadata: None,
         parked: None,
     }
 }
@@ -35,13 +36,18 @@ fn member(peer: &str, node: &str, epoch: Epoch) -> Member {
         peer_id: peer.into(),
         node: node.into(),
         epoch,
+        ..Member::default()
     }
 }
 
 fn joined(to: &[&str], peer: &str) -> Notice {
     Notice {
         to: to.iter().map(|p| Arc::from(*p)).collect(),
-        frame: Outgoing::PeerJoined { peer_id: peer }.to_frame(),
+        frame: Outgoing::PeerJoined {
+            peer_id: peer,
+            metadata: None,
+        }
+        .to_frame(),
     }
 }
 
@@ -82,6 +88,7 @@ fn a_slot_reads_its_user_from_the_peer_id() {
         expires: tokio::time::Instant::now(),
         outbox,
         room: None,
+        metadata: None,
         parked: None,
     };
     assert_eq!(slot.user("ann-marie-0b6c-41f2"), "ann-marie");
@@ -117,7 +124,11 @@ fn a_join_announces_unknown_remote_members_then_the_newcomer() {
     );
     assert_eq!(table.known_members("r"), 3);
     assert_eq!(
-        table.room_peers("r", "bob"),
+        table
+            .room_peers("r", "bob")
+            .into_iter()
+            .map(|p| p.peer_id)
+            .collect::<Vec<_>>(),
         vec!["ann".to_string(), "cy".into()]
     );
 }
@@ -133,7 +144,11 @@ fn delivered_notices_reach_the_named_peers() {
     let told = inboxes["ann"].try_recv().expect("ann hears of bob");
     assert_eq!(
         told.frame,
-        Outgoing::PeerJoined { peer_id: "bob" }.to_frame()
+        Outgoing::PeerJoined {
+            peer_id: "bob",
+            metadata: None,
+        }
+        .to_frame()
     );
     assert!(inboxes["ann"].try_recv().is_none());
     assert!(
@@ -185,21 +200,21 @@ fn a_departure_elsewhere_of_another_epoch_is_ignored() {
 fn remote_news_is_announced_once_and_a_move_between_others_holds_messages() {
     let (mut table, _inboxes) = table_with(&[("ann", 1)]);
     assert_eq!(
-        table.learn("r", "cy", "n0", 1, false),
+        table.learn("r", "cy", "n0", 1, false, None),
         (Vec::new(), None),
         "no view of r"
     );
     let _ = table.join("r", "ann", &[], "n1");
-    let (notices, flush) = table.learn("r", "cy", "n0", 1, false);
+    let (notices, flush) = table.learn("r", "cy", "n0", 1, false, None);
     assert_eq!(sorted(notices), vec![joined(&["ann"], "cy")]);
     assert_eq!(flush, None);
     assert_eq!(
-        table.learn("r", "cy", "n0", 1, false),
+        table.learn("r", "cy", "n0", 1, false, None),
         (Vec::new(), None),
         "known"
     );
 
-    let (notices, flush) = table.learn("r", "cy", "n2", 2, true);
+    let (notices, flush) = table.learn("r", "cy", "n2", 2, true, None);
     assert!(notices.is_empty(), "a move is not news to the room");
     assert_eq!(
         flush.as_deref(),
@@ -209,7 +224,7 @@ fn remote_news_is_announced_once_and_a_move_between_others_holds_messages() {
     assert_eq!(&*table.holding["cy"].node, "n2");
     assert_eq!(remote_node(&table, "ann", "cy").as_deref(), Some("n2"));
 
-    let (notices, _) = table.learn("r", "cy", "n2", 3, false);
+    let (notices, _) = table.learn("r", "cy", "n2", 3, false, None);
     assert_eq!(
         sorted(notices),
         vec![joined(&["ann"], "cy")],

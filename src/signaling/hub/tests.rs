@@ -7,7 +7,7 @@ use serde_json::value::RawValue;
 
 use super::*;
 use crate::bus::MemoryBus;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, Seating};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -25,10 +25,17 @@ async fn bob_on_n1_with_alice_on_n0(bus: Arc<dyn Bus>) -> (Hub, Registration) {
         peer_id: "alice-1".into(),
         node: "n0".into(),
         epoch: 1,
+        ..Member::default()
     };
-    store.join_room("r", &alice, 6, TTL).await.unwrap();
+    store
+        .join_room("r", &alice, Seating::Fresh, 6, TTL)
+        .await
+        .unwrap();
     let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
-    let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
+    let bob = hub
+        .attach("s-bob", "bob", "bob-1", None, TTL)
+        .await
+        .unwrap();
     hub.join("bob-1", bob.epoch, "r").await.unwrap();
     (hub, bob)
 }
@@ -40,6 +47,7 @@ fn alice_moved_to_n2() -> BusMessage {
         peer: "alice-1".into(),
         node: "n2".into(),
         epoch: 2,
+        metadata: None,
     }
 }
 
@@ -203,9 +211,15 @@ async fn a_parked_session_ends_when_its_grace_runs_out() {
         16,
         Metrics::new(),
     ));
-    let ann = hub.attach("s-ann", "ann", "ann-1", TTL).await.unwrap();
+    let ann = hub
+        .attach("s-ann", "ann", "ann-1", None, TTL)
+        .await
+        .unwrap();
     hub.join("ann-1", ann.epoch, "r").await.unwrap();
-    let bob = hub.attach("s-bob", "bob", "bob-1", TTL).await.unwrap();
+    let bob = hub
+        .attach("s-bob", "bob", "bob-1", None, TTL)
+        .await
+        .unwrap();
     hub.join("bob-1", bob.epoch, "r").await.unwrap();
     while ann.inbox.try_recv().is_some() {}
 
@@ -251,6 +265,7 @@ async fn room_news_waits_for_a_busy_gate_and_relays_queue_behind_it() {
         peer: "carol-1".into(),
         node: "n2".into(),
         epoch: 1,
+        metadata: None,
     };
     let offer = |text: &str| BusMessage::Deliver {
         to: "bob-1".into(),

@@ -1,11 +1,14 @@
-//! One bounded HTTP(S) GET (kept in `auth`, its only user: `net` sits below `config`), for the few documents a node reads from elsewhere (a JWKS, an
-//! OpenID discovery document): a deadline over the whole exchange and a cap on the body,
-//! so an unreachable or slow server costs a bounded wait and never a hang.
+//! One bounded HTTP(S) exchange at a time, for the few calls a node makes elsewhere: GET a
+//! document (a JWKS, an OpenID discovery document) or POST a webhook. A deadline covers
+//! the whole exchange and the body read is capped, so an unreachable or slow server costs
+//! a bounded wait and never a hang. Hand-written over hyper's client connection because
+//! a full HTTP client (pools, redirects, proxies) would be a large dependency for one
+//! request at a time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -18,9 +21,45 @@ use tokio::net::TcpStream;
 pub struct FetchError(String);
 
 /// GETs `url` (http or https, public roots) within `timeout`; the body is at most
-/// `max_bytes`.
+/// `max_bytes`, and anything but 200 is an error.
 pub async fn get(url: &str, timeout: Duration, max_bytes: usize) -> Result<Bytes, FetchError> {
-    match tokio::time::timeout(timeout, get_unbounded(url, max_bytes)).await {
+    let headers = [(hyper::header::ACCEPT, "application/json")];
+    let (status, body) = bounded(
+        url,
+        timeout,
+        send(url, hyper::Method::GET, &headers, Bytes::new(), max_bytes),
+    )
+    .await?;
+    if status != StatusCode::OK {
+        return Err(FetchError(format!("GET {url}: answered {status}")));
+    }
+    Ok(body)
+}
+
+/// POSTs `body` (JSON) to `url` with `headers` within `timeout`; returns the status. The
+/// answer's body is read up to 4 KiB and dropped.
+pub async fn post(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<StatusCode, FetchError> {
+    let mut all = vec![(hyper::header::CONTENT_TYPE, "application/json")];
+    for (name, value) in headers {
+        let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| FetchError(format!("POST {url}: bad header name {name}")))?;
+        all.push((name, value));
+    }
+    let sent = send(url, hyper::Method::POST, &all, body, 4096);
+    Ok(bounded(url, timeout, sent).await?.0)
+}
+
+async fn bounded<T>(
+    url: &str,
+    timeout: Duration,
+    exchange: impl Future<Output = Result<T, FetchError>>,
+) -> Result<T, FetchError> {
+    match tokio::time::timeout(timeout, exchange).await {
         Ok(result) => result,
         Err(_) => Err(FetchError(format!(
             "{url} did not answer within {}",
@@ -29,8 +68,14 @@ pub async fn get(url: &str, timeout: Duration, max_bytes: usize) -> Result<Bytes
     }
 }
 
-async fn get_unbounded(url: &str, max_bytes: usize) -> Result<Bytes, FetchError> {
-    let fail = |why: String| FetchError(format!("GET {url}: {why}"));
+async fn send(
+    url: &str,
+    method: hyper::Method,
+    headers: &[(hyper::header::HeaderName, &str)],
+    body: Bytes,
+    max_bytes: usize,
+) -> Result<(StatusCode, Bytes), FetchError> {
+    let fail = |why: String| FetchError(format!("{method} {url}: {why}"));
     let uri: Uri = url.parse().map_err(|_| fail("not a valid URL".into()))?;
     let https = match uri.scheme_str() {
         Some("https") => true,
@@ -52,11 +97,16 @@ async fn get_unbounded(url: &str, max_bytes: usize) -> Result<Bytes, FetchError>
         .authority()
         .map(|a| a.as_str().to_string())
         .unwrap_or(host.clone());
-    let request = Request::get(path)
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(path)
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::ACCEPT, "application/json")
-        .header(hyper::header::USER_AGENT, "switchboard")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::USER_AGENT, "switchboard");
+    for (name, value) in headers {
+        request = request.header(name, *value);
+    }
+    let request = request
+        .body(Full::new(body))
         .map_err(|e| fail(e.to_string()))?;
     if https {
         let name = rustls::pki_types::ServerName::try_from(host)
@@ -73,9 +123,9 @@ async fn get_unbounded(url: &str, max_bytes: usize) -> Result<Bytes, FetchError>
 
 async fn exchange<S>(
     stream: S,
-    request: Request<Empty<Bytes>>,
+    request: Request<Full<Bytes>>,
     max_bytes: usize,
-) -> Result<Bytes, String>
+) -> Result<(StatusCode, Bytes), String>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -89,13 +139,11 @@ where
             .send_request(request)
             .await
             .map_err(|e| e.to_string())?;
-        if response.status() != StatusCode::OK {
-            return Err(format!("answered {}", response.status()));
-        }
+        let status = response.status();
         Limited::new(response.into_body(), max_bytes)
             .collect()
             .await
-            .map(|b| b.to_bytes())
+            .map(|b| (status, b.to_bytes()))
             .map_err(|_| format!("the body is unreadable or larger than {max_bytes} bytes"))
     }
     .await;

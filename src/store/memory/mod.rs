@@ -8,11 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+mod events;
+
 use crate::identifier;
+use crate::room::LeaveReason;
+use events::{EventBook, Participant};
 
 use super::{
-    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, SessionRecord, Store,
-    StoreError,
+    Claim, Epoch, Eviction, JoinOutcome, MAX_TTL, Member, Owner, Previous, RoomInfo, RoomSummary,
+    Seating, SessionRecord, Store, StoreError,
 };
 
 /// In-memory [`Store`]. A `std::sync::Mutex` is right here: every operation is a few map
@@ -43,6 +47,8 @@ struct Inner {
     spools: HashMap<String, (Vec<String>, Instant)>,
     /// Nodes evicted while they may still be alive, until they ask.
     evicted: HashSet<String>,
+    /// Room events, when they are recorded.
+    events: Option<EventBook>,
 }
 
 /// A live session, kept compact (one per connection of every node): the session id is
@@ -63,14 +69,36 @@ struct Seat {
     peer_id: Arc<str>,
     node: Arc<str>,
     epoch: Epoch,
+    /// Boxed: only the server API and joins read them.
+    facts: Box<Facts>,
+}
+
+/// What a seat keeps for the server API: user, join time, metadata.
+#[derive(Clone)]
+struct Facts {
+    user: Box<str>,
+    joined_at: u64,
+    metadata: Option<Box<str>>,
 }
 
 impl Seat {
+    /// The seat as the participant of an event.
+    fn participant(&self) -> Participant<'_> {
+        Participant {
+            peer_id: &self.peer_id,
+            user: &self.facts.user,
+            metadata: self.facts.metadata.as_deref(),
+        }
+    }
+
     fn to_member(&self) -> Member {
         Member {
             peer_id: self.peer_id.to_string(),
             node: self.node.to_string(),
             epoch: self.epoch,
+            user: self.facts.user.to_string(),
+            joined_at: self.facts.joined_at,
+            metadata: self.facts.metadata.as_deref().map(str::to_string),
         }
     }
 }
@@ -83,6 +111,8 @@ struct Room {
     /// Members in join order, without spare capacity.
     members: Vec<Seat>,
     expires: Instant,
+    /// When the first member joined (unix ms).
+    created_at: u64,
 }
 
 #[derive(Default)]
@@ -286,6 +316,7 @@ impl Store for MemoryStore {
         &self,
         room: &str,
         member: &Member,
+        seating: Seating,
         capacity: usize,
         ttl: Duration,
     ) -> Result<JoinOutcome, StoreError> {
@@ -296,32 +327,115 @@ impl Store for MemoryStore {
         let entry = inner.rooms.entry(key.clone()).or_insert_with(|| Room {
             members: Vec::new(),
             expires: deadline(ttl),
+            created_at: match member.joined_at {
+                0 => crate::clock::unix_millis(),
+                at => at,
+            },
         });
         let mut seats = Vec::with_capacity(entry.members.len() + 1);
-        seats.extend(
-            entry
-                .members
-                .iter()
-                .filter(|m| *m.peer_id != *member.peer_id)
-                .cloned(),
-        );
+        let mut own = None;
+        for seat in &entry.members {
+            if *seat.peer_id == *member.peer_id {
+                own = Some(seat.facts.clone());
+            } else {
+                seats.push(seat.clone());
+            }
+        }
         if seats.len() >= capacity {
             if entry.members.is_empty() {
                 inner.rooms.remove(room);
             }
             return Ok(JoinOutcome::Full);
         }
-        let others = members(&seats);
-        seats.push(Seat {
+        let before = members(&seats);
+        let arrived = own.is_none();
+        let facts = match own {
+            Some(kept) if seating == Seating::Keep => kept,
+            _ => Box::new(Facts {
+                user: member.user.as_str().into(),
+                joined_at: member.joined_at,
+                metadata: member.metadata.as_deref().map(Box::from),
+            }),
+        };
+        let seat = Seat {
             peer_id: Arc::from(member.peer_id.as_str()),
             node,
             epoch: member.epoch,
-        });
+            facts,
+        };
+        let seated = seat.to_member();
+        let first = entry.members.is_empty();
+        if arrived && let Some(book) = inner.events.as_mut() {
+            book.joined(room, &seat.participant(), first);
+        }
+        let entry = inner.rooms.get_mut(&key).expect("inserted above");
+        seats.push(seat);
         seats.shrink_to_fit();
         entry.members = seats;
         entry.expires = deadline(ttl);
         inner.node_index(&member.node).1.rooms.insert(key);
-        Ok(JoinOutcome::Joined(others))
+        Ok(JoinOutcome::Joined { before, seated })
+    }
+
+    async fn set_metadata(
+        &self,
+        room: &str,
+        peer_id: &str,
+        epoch: Epoch,
+        metadata: &str,
+    ) -> Result<Option<Vec<Member>>, StoreError> {
+        let mut inner = self.lock();
+        let Some(entry) = inner.live_room(room) else {
+            return Ok(None);
+        };
+        let Some(seat) = entry
+            .members
+            .iter_mut()
+            .find(|m| *m.peer_id == *peer_id && m.epoch == epoch)
+        else {
+            return Ok(None);
+        };
+        seat.facts.metadata = Some(metadata.into());
+        let all = members(&entry.members);
+        let seat = entry
+            .members
+            .iter()
+            .find(|m| *m.peer_id == *peer_id)
+            .cloned()
+            .expect("found above");
+        if let Some(book) = inner.events.as_mut() {
+            book.emit(
+                room,
+                super::events::kind::PARTICIPANT_UPDATED,
+                Some(&seat.participant()),
+                None,
+            );
+        }
+        Ok(Some(all))
+    }
+
+    async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, StoreError> {
+        Ok(self.lock().live_room(room).map(|r| RoomInfo {
+            created_at: r.created_at,
+            members: members(&r.members),
+        }))
+    }
+
+    async fn rooms(&self) -> Result<Vec<RoomSummary>, StoreError> {
+        let mut inner = self.lock();
+        inner.purge();
+        let mut rooms: Vec<RoomSummary> = inner
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.members.is_empty())
+            .map(|(id, r)| RoomSummary {
+                room: id.to_string(),
+                peers: r.members.len(),
+                created_at: r.created_at,
+            })
+            .collect();
+        rooms.sort_unstable_by(|a, b| a.room.cmp(&b.room));
+        Ok(rooms)
     }
 
     async fn leave_room(
@@ -329,22 +443,27 @@ impl Store for MemoryStore {
         room: &str,
         peer_id: &str,
         epoch: Epoch,
+        reason: LeaveReason,
     ) -> Result<Option<Vec<Member>>, StoreError> {
         let mut inner = self.lock();
         let Some(entry) = inner.live_room(room) else {
             return Ok(None);
         };
-        let before = entry.members.len();
-        entry
+        let Some(at) = entry
             .members
-            .retain(|m| !(*m.peer_id == *peer_id && m.epoch == epoch));
-        if entry.members.len() == before {
+            .iter()
+            .position(|m| *m.peer_id == *peer_id && m.epoch == epoch)
+        else {
             return Ok(None);
-        }
+        };
+        let gone = entry.members.remove(at);
         entry.members.shrink_to_fit();
         let remaining = members(&entry.members);
         if remaining.is_empty() {
             inner.rooms.remove(room);
+        }
+        if let Some(book) = inner.events.as_mut() {
+            book.left(room, &gone.participant(), reason, remaining.is_empty());
         }
         Ok(Some(remaining))
     }
@@ -428,6 +547,12 @@ impl Store for MemoryStore {
             let remaining = members(&entry.members);
             if remaining.is_empty() {
                 inner.rooms.remove(&room);
+            }
+            if let Some(book) = inner.events.as_mut() {
+                for (i, seat) in removed.iter().enumerate() {
+                    let last = remaining.is_empty() && i + 1 == removed.len();
+                    book.left(&room, &seat.participant(), LeaveReason::NodeLost, last);
+                }
             }
             if !removed.is_empty() {
                 evictions.push(Eviction {
@@ -535,8 +660,11 @@ mod tests {
         };
         let epoch = store.claim_session(&record, ttl).await.unwrap().epoch;
         let ann = member("ann-s1", epoch);
-        let joined = store.join_room("r", &ann, 4, ttl).await.unwrap();
-        assert_eq!(joined, JoinOutcome::Joined(vec![]));
+        let joined = store
+            .join_room("r", &ann, Seating::Fresh, 4, ttl)
+            .await
+            .unwrap();
+        assert!(matches!(joined, JoinOutcome::Joined { before, .. } if before.is_empty()));
         assert!(
             store
                 .set_session_room("s1", epoch, Some("r"))
@@ -576,6 +704,7 @@ mod tests {
             peer_id: p.into(),
             node: "n1".into(),
             epoch,
+            ..Member::default()
         }
     }
 
@@ -593,37 +722,55 @@ mod tests {
     #[tokio::test]
     async fn capacity_is_enforced_and_rejoin_replaces_the_older_epoch() {
         let store = MemoryStore::new();
-        let joined = |v: Vec<Member>| JoinOutcome::Joined(v);
+        let joined = |v: Vec<Member>| Some(v);
+        let before = |o: JoinOutcome| match o {
+            JoinOutcome::Joined { before, .. } => Some(before),
+            JoinOutcome::Full => None,
+        };
         assert_eq!(
-            store
-                .join_room("r", &member("a", 1), 2, HOUR)
-                .await
-                .unwrap(),
+            before(
+                store
+                    .join_room("r", &member("a", 1), Seating::Fresh, 2, HOUR)
+                    .await
+                    .unwrap()
+            ),
             joined(vec![])
         );
         assert_eq!(
-            store
-                .join_room("r", &member("b", 2), 2, HOUR)
-                .await
-                .unwrap(),
+            before(
+                store
+                    .join_room("r", &member("b", 2), Seating::Fresh, 2, HOUR)
+                    .await
+                    .unwrap()
+            ),
             joined(vec![member("a", 1)])
         );
         assert_eq!(
-            store
-                .join_room("r", &member("c", 3), 2, HOUR)
-                .await
-                .unwrap(),
-            JoinOutcome::Full
+            before(
+                store
+                    .join_room("r", &member("c", 3), Seating::Fresh, 2, HOUR)
+                    .await
+                    .unwrap()
+            ),
+            None
         );
         assert_eq!(
-            store
-                .join_room("r", &member("b", 4), 2, HOUR)
-                .await
-                .unwrap(),
+            before(
+                store
+                    .join_room("r", &member("b", 4), Seating::Fresh, 2, HOUR)
+                    .await
+                    .unwrap()
+            ),
             joined(vec![member("a", 1)])
         );
         // The older epoch's late leave is fenced off.
-        assert_eq!(store.leave_room("r", "b", 2).await.unwrap(), None);
+        assert_eq!(
+            store
+                .leave_room("r", "b", 2, LeaveReason::Left)
+                .await
+                .unwrap(),
+            None
+        );
         assert_eq!(store.room_members("r").await.unwrap().len(), 2);
     }
 
@@ -631,18 +778,27 @@ mod tests {
     async fn room_is_deleted_only_when_last_member_leaves() {
         let store = MemoryStore::new();
         store
-            .join_room("r", &member("a", 1), 5, HOUR)
+            .join_room("r", &member("a", 1), Seating::Fresh, 5, HOUR)
             .await
             .unwrap();
         store
-            .join_room("r", &member("b", 2), 5, HOUR)
+            .join_room("r", &member("b", 2), Seating::Fresh, 5, HOUR)
             .await
             .unwrap();
         assert_eq!(
-            store.leave_room("r", "a", 1).await.unwrap(),
+            store
+                .leave_room("r", "a", 1, LeaveReason::Left)
+                .await
+                .unwrap(),
             Some(vec![member("b", 2)])
         );
-        assert_eq!(store.leave_room("r", "b", 2).await.unwrap(), Some(vec![]));
+        assert_eq!(
+            store
+                .leave_room("r", "b", 2, LeaveReason::Left)
+                .await
+                .unwrap(),
+            Some(vec![])
+        );
         assert_eq!(store.counts().1, 0);
     }
 
@@ -679,7 +835,10 @@ mod tests {
         let store = MemoryStore::new();
         let ttl = Duration::from_secs(10);
         let claim = store.claim_session(&record("s"), ttl).await.unwrap();
-        store.join_room("r", &member("a", 1), 5, ttl).await.unwrap();
+        store
+            .join_room("r", &member("a", 1), Seating::Fresh, 5, ttl)
+            .await
+            .unwrap();
         tokio::time::advance(Duration::from_secs(8)).await;
         assert!(store.refresh_session("s", claim.epoch, ttl).await.unwrap());
         store.touch_room("r", ttl).await.unwrap();
@@ -709,15 +868,19 @@ mod tests {
         store.heartbeat("n2", hb).await.unwrap();
         store.claim_session(&record("s"), HOUR).await.unwrap();
         store
-            .join_room("r", &member("a", 1), 5, HOUR)
+            .join_room("r", &member("a", 1), Seating::Fresh, 5, HOUR)
             .await
             .unwrap();
         let b = Member {
             peer_id: "b".into(),
             node: "n2".into(),
             epoch: 2,
+            ..Member::default()
         };
-        store.join_room("r", &b, 5, HOUR).await.unwrap();
+        store
+            .join_room("r", &b, Seating::Fresh, 5, HOUR)
+            .await
+            .unwrap();
         assert!(store.dead_nodes("n2").await.unwrap().is_empty());
         tokio::time::advance(Duration::from_secs(3)).await;
         store.heartbeat("n2", hb).await.unwrap();

@@ -1,0 +1,120 @@
+//! Room events: whether they are recorded, the webhooks they go to, how long deliveries
+//! are retried and how long the pull API keeps them.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{ConfigError, items, refuse};
+use crate::events::{DispatchConfig, WebhookSecret};
+
+/// Flags of room events and their webhooks.
+#[derive(Debug, Clone, PartialEq, Args)]
+#[command(next_help_heading = "Room events and webhooks")]
+pub struct EventSettings {
+    /// Record room events (for webhooks and `GET /api/v1/events`): `on` or `off`.
+    #[arg(long, env = "ROOM_EVENTS", default_value = "on", value_parser = ["on", "off"])]
+    pub room_events: String,
+
+    /// Comma-separated URLs each room event is POSTed to (http or https).
+    #[arg(long, env = "WEBHOOK_URLS")]
+    pub webhook_urls: Option<String>,
+
+    /// Secret that signs webhooks (Standard Webhooks: `whsec_<base64>`, or any text of 16+ characters).
+    #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// How long a failing endpoint is retried for one event before it is dropped (logged and counted).
+    #[arg(long, env = "WEBHOOK_RETRY_FOR", value_parser = humantime::parse_duration, default_value = "1h")]
+    pub webhook_retry_for: Duration,
+
+    /// Longest wait between two attempts at one event (retries start at 1s and double up to this).
+    #[arg(long, env = "WEBHOOK_MAX_BACKOFF", value_parser = humantime::parse_duration, default_value = "5m")]
+    pub webhook_max_backoff: Duration,
+
+    /// Longest one webhook delivery may take; slower counts as failed and is retried.
+    #[arg(long, env = "WEBHOOK_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub webhook_timeout: Duration,
+
+    /// Most events the log of `GET /api/v1/events` keeps (the oldest go first).
+    #[arg(long, env = "EVENT_LOG_MAX", default_value_t = 100_000)]
+    pub event_log_max: usize,
+
+    /// How long delivered events stay readable through `GET /api/v1/events` (and room sequences last).
+    #[arg(long, env = "EVENT_RETENTION", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub event_retention: Duration,
+}
+
+/// Resolved room event settings; `None` when events are off.
+#[derive(Debug, Clone)]
+pub struct EventConfig {
+    /// What the dispatcher needs.
+    pub dispatch: DispatchConfig,
+}
+
+impl EventSettings {
+    /// Resolves and checks the event settings.
+    pub fn resolve(&self) -> Result<Option<EventConfig>, ConfigError> {
+        let webhooks: Vec<String> = items(self.webhook_urls.as_deref().unwrap_or_default())
+            .map(str::to_string)
+            .collect();
+        if self.room_events == "off" {
+            if !webhooks.is_empty() {
+                return Err(refuse(
+                    "WEBHOOK_URLS needs room events: leave ROOM_EVENTS on (the default).",
+                ));
+            }
+            return Ok(None);
+        }
+        for url in &webhooks {
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<hyper::Uri>().is_err()
+            {
+                return Err(refuse(
+                    "WEBHOOK_URLS: every entry must be an http:// or https:// URL.",
+                ));
+            }
+        }
+        let secret = match (&self.webhook_secret, webhooks.is_empty()) {
+            (Some(secret), _) if secret.len() < 16 => {
+                return Err(refuse(
+                    "WEBHOOK_SECRET must be at least 16 characters (e.g. whsec_ and 24 random bytes in base64).",
+                ));
+            }
+            (Some(secret), _) => Some(WebhookSecret::new(secret)),
+            (None, false) => {
+                return Err(refuse(
+                    "WEBHOOK_URLS needs WEBHOOK_SECRET: receivers check each webhook's signature with it.",
+                ));
+            }
+            (None, true) => None,
+        };
+        if self.webhook_timeout.is_zero() || self.webhook_retry_for.is_zero() {
+            return Err(refuse(
+                "WEBHOOK_TIMEOUT and WEBHOOK_RETRY_FOR must be above zero.",
+            ));
+        }
+        if self.webhook_max_backoff < Duration::from_secs(1) {
+            return Err(refuse("WEBHOOK_MAX_BACKOFF must be at least 1s."));
+        }
+        if self.event_log_max == 0 {
+            return Err(refuse("EVENT_LOG_MAX must be at least 1."));
+        }
+        if self.event_retention < Duration::from_secs(60)
+            || self.event_retention > crate::store::MAX_TTL
+        {
+            return Err(refuse("EVENT_RETENTION must be between 1m and 24h."));
+        }
+        Ok(Some(EventConfig {
+            dispatch: DispatchConfig {
+                webhooks,
+                secret,
+                retry_for: self.webhook_retry_for,
+                max_backoff: self.webhook_max_backoff,
+                timeout: self.webhook_timeout,
+                retention: self.event_retention,
+                log_max: self.event_log_max,
+            },
+        }))
+    }
+}
