@@ -347,8 +347,16 @@ async fn converse(c: Conversation) {
                 let offer = json!({"type": "offer", "peerId": partner_id,
                     "sdp": sdp(seq, sdp_bytes), "id": seq});
                 // Counted before the send: `finish` may stop sending while this one is on
-                // its way, and must then wait for its answer too.
-                log.lock().unwrap().sent = seq + 1;
+                // its way, and must then wait for its answer too. The stage is read again
+                // under the log's lock, which `finish` takes to check: either it sees this
+                // offer counted, or this offer sees the stage changed and is not sent.
+                {
+                    let mut log = log.lock().unwrap();
+                    if *stage.borrow() != Stage::Sending {
+                        continue;
+                    }
+                    log.sent = seq + 1;
+                }
                 if ws.send(Message::text(offer.to_string())).await.is_err() {
                     log.lock().unwrap().sent = seq;
                     broken = true;
