@@ -6,13 +6,12 @@ mod common;
 
 use std::time::Duration;
 
+use common::api::{API_KEY, Api};
 use common::fleet::{Fleet, RedisAccess};
 use common::redis::RedisServer;
 use common::webhooks::{Flakiness, WEBHOOK_SECRET, WebhookReceiver, broken_promises, by_room};
 use common::{Client, eventually, settings, start};
 use serde_json::{Value, json};
-
-const API_KEY: &str = "backend-key-0123456789abcdef";
 
 /// A third of deliveries refused, some answered only after the sender gave up.
 const FLAKY: Flakiness = Flakiness {
@@ -108,14 +107,9 @@ async fn one_node_delivers_every_event_signed_in_order_through_a_flaky_receiver(
     bob.expect("peer_joined").await;
     bob.expect("peer_left").await;
     // The backend removes Bob; Ann leaves; the room ends.
-    let api = reqwest::Client::new();
-    let removed = api
-        .delete(server.http(&format!("/api/v1/rooms/standup/peers/{}", bob.peer_id)))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(removed.status(), 204);
+    let api = Api::of(&server);
+    let path = format!("/rooms/standup/peers/{}", bob.peer_id);
+    assert_eq!(api.call("DELETE", &path, None).await.0, 204);
     bob.expect("removed").await;
     ann.send(json!({"type": "leave"})).await;
     ann.expect("peer_left").await;
@@ -152,19 +146,11 @@ async fn one_node_delivers_every_event_signed_in_order_through_a_flaky_receiver(
     let mut pulled = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
-        let mut url = server.http("/api/v1/events?limit=4");
+        let mut path = "/events?limit=4".to_string();
         if let Some(c) = &cursor {
-            url.push_str(&format!("&after={c}"));
+            path.push_str(&format!("&after={c}"));
         }
-        let page: Value = api
-            .get(url)
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let (_, page) = api.get(&path).await;
         let batch = page["events"].as_array().unwrap().clone();
         if batch.is_empty() {
             assert_eq!(page["cursor"].as_str(), cursor.as_deref());
@@ -213,15 +199,7 @@ async fn an_endpoint_that_never_answers_2xx_is_given_up_on_after_the_retry_time(
     bob.close().await;
     let events = room_events(&receiver, "gone", "room_finished").await;
     assert_eq!(events[0]["seq"], 5);
-    let page: Value = reqwest::Client::new()
-        .get(server.http("/api/v1/events"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, page) = Api::of(&server).get("/events").await;
     let seqs: Vec<u64> = page["events"]
         .as_array()
         .unwrap()
@@ -235,7 +213,7 @@ async fn an_endpoint_that_never_answers_2xx_is_given_up_on_after_the_retry_time(
 async fn the_event_api_refuses_bad_cursors_and_limits() {
     let receiver = WebhookReceiver::start(Flakiness::NONE).await;
     let server = start(event_settings(&receiver)).await;
-    let api = reqwest::Client::new();
+    let api = Api::of(&server);
     for query in [
         "?after=abc",
         "?after=1-2-3",
@@ -243,25 +221,11 @@ async fn the_event_api_refuses_bad_cursors_and_limits() {
         "?limit=1001",
         "?limit=x",
     ] {
-        let response = api
-            .get(server.http(&format!("/api/v1/events{query}")))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{query}");
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = api.get(&format!("/events{query}")).await;
+        assert_eq!(status, 400, "{query}");
         assert_eq!(body["error"], "invalid_request", "{query}");
     }
-    let page: Value = api
-        .get(server.http("/api/v1/events"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, page) = api.get("/events").await;
     assert_eq!(page, json!({"events": [], "cursor": null}));
 }
 
@@ -311,15 +275,9 @@ async fn three_nodes_keep_every_room_sequence_whole_through_a_crash_and_a_drain(
             .await;
     }
     // The backend removes one member; one drops without leaving (timeout).
-    let api = reqwest::Client::new();
-    let peer = clients[1].0.peer_id.clone();
-    let removed = api
-        .delete(format!("http://{}/api/v1/rooms/a/peers/{peer}", addrs[0]))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(removed.status(), 204);
+    let api = Api::at(&format!("http://{}", addrs[0]));
+    let path = format!("/rooms/a/peers/{}", clients[1].0.peer_id);
+    assert_eq!(api.call("DELETE", &path, None).await.0, 204);
     let (dropped, _, _) = clients.remove(4); // b1, on node 1
     drop(dropped.ws);
     // c0 leaves its room and joins another.

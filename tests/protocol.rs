@@ -526,34 +526,9 @@ async fn shutdown_closes_connections_with_1012(backend: Backend) {
     stopping.await.unwrap();
 }
 
-/// Runs every scenario above against each backend: the same protocol whether one node
-/// holds the room or its peers are spread over several nodes sharing Redis.
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Memory).await } )*
-        }
-        mod memory_three_nodes {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::MemoryNodes(3)).await } )*
-        }
-        mod redis_one_node {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(1)).await } )*
-        }
-        mod redis_three_nodes {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(3)).await } )*
-        }
-        mod redis_cluster_three_nodes {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Cluster(3)).await } )*
-        }
-    };
-}
-
-suite!(
+// Runs every scenario above against each backend: the same protocol whether one node
+// holds the room or its peers are spread over several nodes sharing Redis.
+on_every_backend!(
     join_relay_and_leave_follow_the_protocol_table,
     joining_another_room_leaves_the_current_one,
     relay_across_rooms_is_refused_and_not_delivered,

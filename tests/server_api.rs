@@ -6,10 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::api::{API_KEY, Api};
 use common::{Backend, Client, DEADLINE, TestServer, eventually, settings, start, start_on};
 use serde_json::{Value, json};
-
-const API_KEY: &str = "backend-key-0123456789abcdef";
 
 fn api_settings() -> switchboard::config::Settings {
     let mut s = settings();
@@ -27,45 +26,6 @@ async fn connect_with_metadata(server: &TestServer, user: &str, metadata: &Value
         .issue_with(user, None, None, Some(&metadata.to_string()))
         .token;
     server.connect_with(&token).await
-}
-
-/// The server API on the first node.
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Api {
-    fn of(server: &TestServer) -> Self {
-        Api {
-            http: reqwest::Client::new(),
-            base: server.http("/api/v1"),
-        }
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(API_KEY);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the server API answers");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).expect("a JSON body")
-        };
-        (status, body)
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call("GET", path, None).await
-    }
 }
 
 async fn metadata_reaches_every_member_and_late_joiners(backend: Backend) {
@@ -580,28 +540,7 @@ async fn metadata_survives_a_resume_on_another_node() {
     bob.expect_nothing_pending().await;
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Memory).await } )*
-        }
-        mod memory_three_nodes {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::MemoryNodes(3)).await } )*
-        }
-        mod redis_three_nodes {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(3)).await } )*
-        }
-        mod redis_cluster_three_nodes {
-            use super::*;
-            $( #[tokio::test] async fn $name() { super::$name(Backend::Cluster(3)).await } )*
-        }
-    };
-}
-
-suite!(
+on_every_backend!(
     metadata_reaches_every_member_and_late_joiners,
     messages_reach_one_member_or_all_others,
     the_server_api_answers_for_the_whole_cluster,

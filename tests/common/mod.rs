@@ -5,6 +5,7 @@
 //! CI machine); background conditions are awaited with [`eventually`], never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod edge;
 pub mod eventually;
 pub mod fleet;
@@ -71,6 +72,35 @@ pub fn production_settings() -> Settings {
     s.auth.allowed_origins = Some("https://app.example".into());
     s.node.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     s
+}
+
+/// Runs each named `async fn(Backend)` of the calling test file as a test on every kind of
+/// deployment: one node and three on the embedded store, one and three nodes on a Redis
+/// server, and three on a Redis Cluster.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Memory).await } )*
+        }
+        mod memory_three_nodes {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::MemoryNodes(3)).await } )*
+        }
+        mod redis_one_node {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(1)).await } )*
+        }
+        mod redis_three_nodes {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Redis(3)).await } )*
+        }
+        mod redis_cluster_three_nodes {
+            use super::*;
+            $( #[tokio::test] async fn $name() { super::$name(Backend::Cluster(3)).await } )*
+        }
+    };
 }
 
 /// One node of a deployment.
