@@ -308,9 +308,8 @@ async fn the_server_api_answers_for_the_whole_cluster(backend: Backend) {
 }
 
 /// Every refusal of the server API: a status, a code and a sentence, and nothing changed.
-#[tokio::test]
-async fn the_server_api_refuses_bad_requests_with_a_reason() {
-    let server = start(api_settings()).await;
+async fn the_server_api_refuses_bad_requests_with_a_reason(backend: Backend) {
+    let server = start_on(backend, api_settings()).await;
     let api = Api::of(&server);
     let (mut ann, _) = server.join("ann", "r").await;
     let http = reqwest::Client::new();
@@ -541,6 +540,7 @@ async fn metadata_survives_a_resume_on_another_node() {
 }
 
 on_every_backend!(
+    the_server_api_refuses_bad_requests_with_a_reason,
     metadata_reaches_every_member_and_late_joiners,
     messages_reach_one_member_or_all_others,
     the_server_api_answers_for_the_whole_cluster,
