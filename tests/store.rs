@@ -280,6 +280,210 @@ async fn a_resume_queue_keeps_its_order_and_is_taken_once(kind: &str) {
     assert_eq!(store.take_spool("other").await.unwrap(), ["x"]);
 }
 
+/// Join time, user and metadata travel with a member: as written, as kept by a move, and
+/// after a metadata change.
+async fn a_member_keeps_its_facts(kind: &str) {
+    let subject = subject(kind).await;
+    let store = &subject.store;
+    let ann = Member {
+        user: "ann".into(),
+        joined_at: 1_767_225_600_123,
+        metadata: Some(r#"{"name":"Ann"}"#.into()),
+        ..member("ann-s1", "n1", 1)
+    };
+    store
+        .join_room("r", &ann, Seating::Fresh, 5, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.room_members("r").await.unwrap(),
+        std::slice::from_ref(&ann)
+    );
+    // Moving to another node keeps the facts, whatever the mover wrote.
+    let moved = Member {
+        node: "n2".into(),
+        epoch: 2,
+        joined_at: 9,
+        metadata: None,
+        ..ann.clone()
+    };
+    let JoinOutcome::Joined { seated, .. } = store
+        .join_room("r", &moved, Seating::Keep, 5, HOUR)
+        .await
+        .unwrap()
+    else {
+        panic!("a move is never refused")
+    };
+    let expected = Member {
+        node: "n2".into(),
+        epoch: 2,
+        ..ann.clone()
+    };
+    assert_eq!(seated, expected);
+    let all = store
+        .set_metadata("r", "ann-s1", 2, r#"{"muted":true}"#)
+        .await
+        .unwrap()
+        .expect("the member is there");
+    assert_eq!(all.len(), 1);
+    assert_eq!(
+        store.room_members("r").await.unwrap()[0]
+            .metadata
+            .as_deref(),
+        Some(r#"{"muted":true}"#)
+    );
+    // A stale epoch changes nothing.
+    assert_eq!(
+        store.set_metadata("r", "ann-s1", 1, "{}").await.unwrap(),
+        None
+    );
+    let info = store.room_info("r").await.unwrap().unwrap();
+    assert_eq!(info.created_at, 1_767_225_600_123);
+    assert_eq!(info.members[0].user, "ann");
+}
+
+/// Every change that alters a room writes its events, with the room's next seq, in the
+/// same shape on every store; a move writes none.
+async fn membership_changes_write_their_events_in_order(kind: &str) {
+    let subject = subject(kind).await;
+    let store = &subject.store;
+    store.record_events(HOUR, 1000);
+    let ann = Member {
+        user: "ann".into(),
+        joined_at: 5,
+        ..member("ann-s1", "n1", 1)
+    };
+    let bob = Member {
+        user: "bob".into(),
+        ..member("bob-s2", "n2", 2)
+    };
+    store
+        .join_room("r", &ann, Seating::Fresh, 5, HOUR)
+        .await
+        .unwrap();
+    store
+        .join_room("r", &bob, Seating::Fresh, 5, HOUR)
+        .await
+        .unwrap();
+    let moved = member("bob-s2", "n3", 3);
+    store
+        .join_room("r", &moved, Seating::Keep, 5, HOUR)
+        .await
+        .unwrap();
+    store
+        .set_metadata("r", "ann-s1", 1, r#"{"hand":true}"#)
+        .await
+        .unwrap();
+    store
+        .leave_room("r", "ann-s1", 1, LeaveReason::Removed)
+        .await
+        .unwrap();
+    assert_eq!(store.evict_node("n3").await.unwrap().len(), 1);
+    let events = store.events_after("r", "", 100).await.unwrap();
+    let parsed: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| serde_json::from_str(&e.json).expect("an event is JSON"))
+        .collect();
+    let kinds: Vec<String> = parsed
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["type"].as_str().unwrap(),
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "room_started ",
+            "participant_joined ",
+            "participant_joined ",
+            "participant_updated ",
+            "participant_left removed",
+            "participant_left node_lost",
+            "room_finished ",
+        ]
+    );
+    for (i, event) in parsed.iter().enumerate() {
+        assert_eq!(event["seq"], i as u64 + 1, "{event}");
+        assert_eq!(event["roomId"], "r");
+        assert!(event["createdAt"].as_u64().unwrap() > 0);
+    }
+    assert_eq!(
+        parsed[3]["peer"],
+        serde_json::json!({"peerId": "ann-s1", "userId": "ann", "metadata": {"hand": true}})
+    );
+    assert_eq!(
+        parsed[5]["peer"],
+        serde_json::json!({"peerId": "bob-s2", "userId": "bob", "metadata": null})
+    );
+    let ids: std::collections::HashSet<&str> =
+        parsed.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), parsed.len(), "event ids are unique");
+    // The room is due a look; the sequence goes on in the room's next life.
+    assert!(
+        !store
+            .due_rooms(u64::MAX / 2000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .join_room("r", &ann, Seating::Fresh, 5, HOUR)
+        .await
+        .unwrap();
+    let after = store
+        .events_after("r", &events.last().unwrap().position, 10)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = after
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(&e.json).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, [8, 9]);
+}
+
+/// A member written by an older build (no facts) still reads, and the entry this build
+/// writes is the one an older build reads: `node|epoch`.
+#[tokio::test]
+async fn redis_member_entries_stay_readable_by_older_builds() {
+    let server = RedisServer::start().await;
+    let prefix = common::unique_prefix();
+    let redis = Redis::connect(&Topology::Standalone { url: server.url() }, HOUR)
+        .await
+        .unwrap();
+    let store = RedisStore::new(redis, Keys::new(&prefix));
+    let key = format!("{prefix}room:{{r}}:members");
+    server.cli(&["HSET", &key, "old-s0", "n0|7"]).await;
+    let ann = Member {
+        user: "ann".into(),
+        joined_at: 5,
+        metadata: Some("{}".into()),
+        ..member("ann-s1", "n1", 1)
+    };
+    store
+        .join_room("r", &ann, Seating::Fresh, 5, HOUR)
+        .await
+        .unwrap();
+    assert_eq!(server.cli(&["HGET", &key, "ann-s1"]).await.trim(), "n1|1");
+    let mut members = store.room_members("r").await.unwrap();
+    members.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+    assert_eq!(members, [ann, member("old-s0", "n0", 7)]);
+    assert!(
+        store
+            .leave_room("r", "old-s0", 7, LeaveReason::Left)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -300,4 +504,6 @@ conformance!(
     a_room_lives_until_its_last_member_anywhere_leaves,
     a_dead_node_is_evicted_by_exactly_one_survivor,
     a_resume_queue_keeps_its_order_and_is_taken_once,
+    a_member_keeps_its_facts,
+    membership_changes_write_their_events_in_order,
 );

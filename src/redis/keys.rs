@@ -25,7 +25,7 @@ impl Keys {
         format!("{}sess:{session}", self.prefix)
     }
 
-    /// Room membership hash: peer → `node|epoch|joinedAtMs|user\nmetadata`.
+    /// Room membership hash: peer → `node|epoch`.
     pub fn room(&self, room: &str) -> String {
         format!("{}room:{{{room}}}:members", self.prefix)
     }
@@ -33,6 +33,11 @@ impl Keys {
     /// Room facts hash, in the members' slot: `created` (unix ms).
     pub fn room_info(&self, room: &str) -> String {
         format!("{}room:{{{room}}}:info", self.prefix)
+    }
+
+    /// Members' facts, in the members' slot: peer → `joinedAtMs|user\nmetadata`.
+    pub fn room_facts(&self, room: &str) -> String {
+        format!("{}room:{{{room}}}:facts", self.prefix)
     }
 
     /// Last event sequence number of a room (kept between room lifetimes).

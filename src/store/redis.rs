@@ -50,8 +50,11 @@ end
 return 1
 ";
 
-/// Lua helpers over a member entry `node|epoch|joinedAtMs|user\nmetadata` (entries of
-/// older builds are `node|epoch`): its epoch, and the part from the join time on.
+/// Lua helpers of the membership scripts. A member's entry in the members hash is
+/// `node|epoch`, as every build writes and reads it; its facts (join time, user id,
+/// metadata) live beside it in the facts hash as `joinedAtMs|user\nmetadata`, so nodes of
+/// an older build in the same deployment still read every member during a rolling
+/// upgrade. Every script takes the keys members, info, seq, events, facts (one slot).
 const ENTRY: &str = r#"
 local function epoch_of(v)
   local a = string.find(v, '|', 1, true)
@@ -59,28 +62,23 @@ local function epoch_of(v)
   local b = string.find(v, '|', a + 1, true)
   return string.sub(v, a + 1, b and b - 1 or -1)
 end
-local function facts_of(v)
-  local a = string.find(v, '|', 1, true)
-  local b = a and string.find(v, '|', a + 1, true)
-  return b and string.sub(v, b) or nil
-end
-local function user_of(v)
-  local nl = string.find(v, '\n', 1, true)
-  local head = nl and string.sub(v, 1, nl - 1) or v
+local function user_of(f)
+  if not f then return '' end
+  local nl = string.find(f, '\n', 1, true)
+  local head = nl and string.sub(f, 1, nl - 1) or f
   local a = string.find(head, '|', 1, true)
-  local b = a and string.find(head, '|', a + 1, true)
-  local c = b and string.find(head, '|', b + 1, true)
-  return c and string.sub(head, c + 1) or ''
+  return a and string.sub(head, a + 1) or ''
 end
-local function meta_of(v)
-  local nl = string.find(v, '\n', 1, true)
-  if not nl or nl == #v then return 'null' end
-  return string.sub(v, nl + 1)
+local function meta_of(f)
+  if not f then return 'null' end
+  local nl = string.find(f, '\n', 1, true)
+  if not nl or nl == #f then return 'null' end
+  return string.sub(f, nl + 1)
 end
 -- Appends one event to the room's stream (KEYS[4]) with the room's next seq (KEYS[3]);
--- ev = {id = prefix ('' when events are off), ttl = ms, now = ms, room = id}. The JSON is
--- the shape of `store::events::RoomEvent`.
-local function emit(ev, kind, peer, value, reason)
+-- ev = {id = prefix ('' when events are off), ttl = ms, now = ms, room = id}; facts as
+-- kept in KEYS[5]. The JSON is the shape of `store::events::RoomEvent`.
+local function emit(ev, kind, peer, facts, reason)
   if ev.id == '' then return end
   local seq = redis.call('INCR', KEYS[3])
   redis.call('PEXPIRE', KEYS[3], ev.ttl)
@@ -88,18 +86,27 @@ local function emit(ev, kind, peer, value, reason)
     .. cjson.encode(ev.room) .. ',"seq":' .. seq .. ',"createdAt":' .. ev.now
   if peer then
     e = e .. ',"peer":{"peerId":' .. cjson.encode(peer) .. ',"userId":'
-      .. cjson.encode(user_of(value)) .. ',"metadata":' .. meta_of(value) .. '}'
+      .. cjson.encode(user_of(facts)) .. ',"metadata":' .. meta_of(facts) .. '}'
   end
   if reason then e = e .. ',"reason":"' .. reason .. '"' end
   redis.call('XADD', KEYS[4], '*', 'e', e .. '}')
   redis.call('PEXPIRE', KEYS[4], ev.ttl)
 end
+-- Once the members hash is gone (its last field deleted), so are the room's facts.
+local function forget_if_empty()
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[2], KEYS[5])
+    return true
+  end
+  return false
+end
 "#;
 
-/// Joins with the capacity check; nil when full, else {other members (flat pairs), the
-/// entry as written}. ARGV[5] = '1' keeps an existing entry's facts (join time, user,
-/// metadata). The room's `created` is set by the join that finds it empty. A peer not yet
-/// in the room is announced (`room_started` first for an empty room).
+/// Joins with the capacity check; nil when full, else {other members (flat pairs), every
+/// member's facts (flat pairs), this member's facts as written}. ARGV[5] = '1' keeps an
+/// existing member's facts (join time, user, metadata). The room's `created` is set by
+/// the join that finds it empty. A peer not yet in the room is announced
+/// (`room_started` first for an empty room).
 const JOIN: &str = r"
 local ev = {id = ARGV[7], ttl = ARGV[8], now = ARGV[6], room = ARGV[9]}
 local members = redis.call('HGETALL', KEYS[1])
@@ -113,19 +120,21 @@ for i = 1, #members, 2 do
   end
 end
 if #others / 2 >= tonumber(ARGV[3]) then return false end
-local value = ARGV[2]
-if ARGV[5] == '1' and own and facts_of(own) then
-  value = string.sub(value, 1, #value - #facts_of(value)) .. facts_of(own)
+local facts = ARGV[10]
+if ARGV[5] == '1' and own then
+  facts = redis.call('HGET', KEYS[5], ARGV[1]) or facts
 end
 if #members == 0 then redis.call('HSET', KEYS[2], 'created', ARGV[6]) end
-redis.call('HSET', KEYS[1], ARGV[1], value)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[5], ARGV[1], facts)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[5], ARGV[4])
 if not own then
   if #members == 0 then emit(ev, 'room_started') end
-  emit(ev, 'participant_joined', ARGV[1], value)
+  emit(ev, 'participant_joined', ARGV[1], facts)
 end
-return {others, value}
+return {others, redis.call('HGETALL', KEYS[5]), facts}
 ";
 
 /// Leaves only if the membership still has epoch ARGV[2]; nil when fenced off, else the
@@ -135,10 +144,11 @@ const LEAVE: &str = r"
 local ev = {id = ARGV[5], ttl = ARGV[6], now = ARGV[4], room = ARGV[7]}
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or epoch_of(v) ~= ARGV[2] then return false end
+local facts = redis.call('HGET', KEYS[5], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
-local empty = redis.call('EXISTS', KEYS[1]) == 0
-if empty then redis.call('DEL', KEYS[2]) end
-emit(ev, 'participant_left', ARGV[1], v, ARGV[3])
+redis.call('HDEL', KEYS[5], ARGV[1])
+local empty = forget_if_empty()
+emit(ev, 'participant_left', ARGV[1], facts, ARGV[3])
 if empty then emit(ev, 'room_finished') end
 return redis.call('HGETALL', KEYS[1])
 ";
@@ -149,11 +159,13 @@ const SET_METADATA: &str = r"
 local ev = {id = ARGV[5], ttl = ARGV[6], now = ARGV[4], room = ARGV[7]}
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v or epoch_of(v) ~= ARGV[2] then return false end
-local nl = string.find(v, '\n', 1, true)
-local head = nl and string.sub(v, 1, nl - 1) or v
-local value = head .. '\n' .. ARGV[3]
-redis.call('HSET', KEYS[1], ARGV[1], value)
-emit(ev, 'participant_updated', ARGV[1], value)
+local old = redis.call('HGET', KEYS[5], ARGV[1]) or '0|'
+local nl = string.find(old, '\n', 1, true)
+local facts = (nl and string.sub(old, 1, nl - 1) or old) .. '\n' .. ARGV[3]
+redis.call('HSET', KEYS[5], ARGV[1], facts)
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[5], ttl) end
+emit(ev, 'participant_updated', ARGV[1], facts)
 return redis.call('HGETALL', KEYS[1])
 ";
 
@@ -163,10 +175,12 @@ const EVICT: &str = r"
 local ev = {id = ARGV[3], ttl = ARGV[4], now = ARGV[2], room = ARGV[5]}
 local members = redis.call('HGETALL', KEYS[1])
 local prefix = ARGV[1] .. '|'
-local removed, remaining = {}, {}
+local removed, remaining, facts = {}, {}, {}
 for i = 1, #members, 2 do
   if string.sub(members[i + 1], 1, #prefix) == prefix then
+    facts[#removed / 2 + 1] = redis.call('HGET', KEYS[5], members[i])
     redis.call('HDEL', KEYS[1], members[i])
+    redis.call('HDEL', KEYS[5], members[i])
     removed[#removed + 1] = members[i]
     removed[#removed + 1] = members[i + 1]
   else
@@ -174,9 +188,9 @@ for i = 1, #members, 2 do
     remaining[#remaining + 1] = members[i + 1]
   end
 end
-if #remaining == 0 then redis.call('DEL', KEYS[2]) end
+forget_if_empty()
 for i = 1, #removed, 2 do
-  emit(ev, 'participant_left', removed[i], removed[i + 1], 'node_lost')
+  emit(ev, 'participant_left', removed[i], facts[(i + 1) / 2], 'node_lost')
 end
 if #removed > 0 and #remaining == 0 then emit(ev, 'room_finished') end
 return {removed, remaining}
@@ -220,44 +234,58 @@ fn ms(ttl: Duration) -> u64 {
 }
 
 fn members(pairs: Vec<String>) -> Vec<Member> {
+    with_facts(pairs, Vec::new())
+}
+
+/// Members (flat `peer, node|epoch` pairs) with their facts (flat `peer, facts` pairs);
+/// a member without facts (written by an older build) has none.
+fn with_facts(pairs: Vec<String>, facts: Vec<String>) -> Vec<Member> {
+    let facts: std::collections::HashMap<&str, &str> = facts
+        .chunks_exact(2)
+        .map(|pair| (pair[0].as_str(), pair[1].as_str()))
+        .collect();
     pairs
         .chunks_exact(2)
-        .filter_map(|pair| decode(&pair[0], &pair[1]))
+        .filter_map(|pair| decode(&pair[0], &pair[1], facts.get(pair[0].as_str()).copied()))
         .collect()
 }
 
-/// A member's entry: `node|epoch|joinedAtMs|user\nmetadata`. Node ids hold no `|` and
-/// identifiers no control character, so both separators are unambiguous.
-fn encode(member: &Member) -> String {
+/// A member's entry in the members hash: `node|epoch`.
+fn entry(member: &Member) -> String {
+    format!("{}|{}", member.node, member.epoch)
+}
+
+/// A member's facts: `joinedAtMs|user\nmetadata`. Identifiers hold no control character,
+/// so the newline is unambiguous.
+fn facts(member: &Member) -> String {
     format!(
-        "{}|{}|{}|{}\n{}",
-        member.node,
-        member.epoch,
+        "{}|{}\n{}",
         member.joined_at,
         member.user,
         member.metadata.as_deref().unwrap_or_default()
     )
 }
 
-/// Reads an entry of [`encode`]'s shape, or an older build's `node|epoch`.
-fn decode(peer_id: &str, value: &str) -> Option<Member> {
-    let (head, metadata) = match value.split_once('\n') {
-        Some((head, metadata)) => (head, (!metadata.is_empty()).then(|| metadata.to_string())),
-        None => (value, None),
-    };
-    let mut parts = head.splitn(4, '|');
+/// Reads a member from its entry (`node|epoch`; a later build's extra fields are
+/// ignored) and its facts, if any.
+fn decode(peer_id: &str, entry: &str, facts: Option<&str>) -> Option<Member> {
+    let mut parts = entry.splitn(3, '|');
     let node = parts.next()?.to_string();
     let epoch = parts.next()?.parse().ok()?;
-    let joined_at = parts.next().and_then(|t| t.parse().ok()).unwrap_or(0);
-    let user = parts.next().unwrap_or_default().to_string();
-    Some(Member {
+    let mut member = Member {
         peer_id: peer_id.to_string(),
         node,
         epoch,
-        user,
-        joined_at,
-        metadata,
-    })
+        ..Member::default()
+    };
+    if let Some(facts) = facts {
+        let (head, metadata) = facts.split_once('\n').unwrap_or((facts, ""));
+        let (joined_at, user) = head.split_once('|').unwrap_or((head, ""));
+        member.joined_at = joined_at.parse().unwrap_or(0);
+        member.user = user.to_string();
+        member.metadata = (!metadata.is_empty()).then(|| metadata.to_string());
+    }
+    Some(member)
 }
 
 impl RedisStore {
@@ -307,14 +335,15 @@ impl RedisStore {
         Ok((prefix, ms(retention)))
     }
 
-    /// The keys every membership script takes: members, facts, sequence, events.
+    /// The keys every membership script takes: members, info, sequence, events, facts.
     fn room_script<'a>(&self, script: &'a Script, room: &str) -> ::redis::ScriptInvocation<'a> {
         let mut invocation = script.prepare_invoke();
         invocation
             .key(self.keys.room(room))
             .key(self.keys.room_info(room))
             .key(self.keys.room_seq(room))
-            .key(self.keys.room_events(room));
+            .key(self.keys.room_events(room))
+            .key(self.keys.room_facts(room));
         invocation
     }
 
@@ -471,7 +500,7 @@ impl Store for RedisStore {
         let mut invocation = self.room_script(&self.join, room);
         invocation
             .arg(&member.peer_id)
-            .arg(encode(member))
+            .arg(entry(member))
             .arg(capacity)
             .arg(ms(ttl))
             .arg(if seating == Seating::Keep { "1" } else { "0" })
@@ -483,13 +512,16 @@ impl Store for RedisStore {
             })
             .arg(event_id)
             .arg(event_ttl)
-            .arg(room);
-        let joined: Option<(Vec<String>, String)> = self.redis.script(&invocation).await?;
+            .arg(room)
+            .arg(facts(member));
+        let joined: Option<(Vec<String>, Vec<String>, String)> =
+            self.redis.script(&invocation).await?;
         Ok(match joined {
             None => JoinOutcome::Full,
-            Some((pairs, value)) => JoinOutcome::Joined {
-                before: members(pairs),
-                seated: decode(&member.peer_id, &value).unwrap_or_else(|| member.clone()),
+            Some((pairs, all_facts, own)) => JoinOutcome::Joined {
+                before: with_facts(pairs, all_facts),
+                seated: decode(&member.peer_id, &entry(member), Some(&own))
+                    .unwrap_or_else(|| member.clone()),
             },
         })
     }
@@ -537,18 +569,20 @@ impl Store for RedisStore {
     }
 
     async fn room_info(&self, room: &str) -> Result<Option<RoomInfo>, StoreError> {
-        let (pairs, created): (Vec<String>, Option<u64>) = self
+        let (pairs, facts, created): (Vec<String>, Vec<String>, Option<u64>) = self
             .redis
             .pipe(
                 pipe()
                     .cmd("HGETALL")
                     .arg(self.keys.room(room))
+                    .cmd("HGETALL")
+                    .arg(self.keys.room_facts(room))
                     .cmd("HGET")
                     .arg(self.keys.room_info(room))
                     .arg("created"),
             )
             .await?;
-        let members = members(pairs);
+        let members = with_facts(pairs, facts);
         Ok((!members.is_empty()).then(|| RoomInfo {
             created_at: created.unwrap_or(0),
             members,
@@ -610,17 +644,27 @@ impl Store for RedisStore {
                     .cmd("PEXPIRE")
                     .arg(self.keys.room_info(room))
                     .arg(ms(ttl))
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(self.keys.room_facts(room))
+                    .arg(ms(ttl))
                     .ignore(),
             )
             .await
     }
 
     async fn room_members(&self, room: &str) -> Result<Vec<Member>, StoreError> {
-        let pairs: Vec<String> = self
+        let (pairs, facts): (Vec<String>, Vec<String>) = self
             .redis
-            .query(cmd("HGETALL").arg(self.keys.room(room)))
+            .pipe(
+                pipe()
+                    .cmd("HGETALL")
+                    .arg(self.keys.room(room))
+                    .cmd("HGETALL")
+                    .arg(self.keys.room_facts(room)),
+            )
             .await?;
-        Ok(members(pairs))
+        Ok(with_facts(pairs, facts))
     }
 
     async fn heartbeat(&self, node: &str, ttl: Duration) -> Result<bool, StoreError> {
