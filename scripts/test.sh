@@ -32,8 +32,14 @@ require redis-sentinel redis-sentinel
 require chromium chromium
 require chromedriver chromium-driver
 require turnserver coturn
-# The JS client package, tested with Node's own test runner (tests/js_client.rs).
+# The JS client package, tested with Node's own test runner (tests/js_client.rs), and its
+# TypeScript declarations checked by tsc (from the npm registry).
 require node nodejs
+if ! command -v tsc >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  echo "test.sh: installing typescript (for tsc) with npm"
+  npm install -g -s typescript@5 >/dev/null 2>&1 || true
+fi
+command -v tsc >/dev/null 2>&1 || missing+=("tsc (npm package typescript)")
 
 # The deploy/ files, each checked by the tool that runs it (tests/edge_proxies.rs and
 # tests/deploy_*.rs): TLS edges, Prometheus rules, systemd's verifier, the test certificates.

@@ -90,3 +90,35 @@ async fn the_js_package_tests_pass_against_a_real_node() {
         "the relay test ran and passed:\n{stdout}"
     );
 }
+
+/// The package's TypeScript declarations (`index.d.ts`) type-check an app's use of the
+/// client with `tsc --strict` (clients/js/test/types/consumer.ts), and still refuse the
+/// misuses that file marks `@ts-expect-error`.
+#[test]
+fn the_type_declarations_check_with_tsc() {
+    let found = std::process::Command::new("tsc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let hint = "tsc is not on PATH: install TypeScript (npm install -g typescript) to check \
+                    the JavaScript client's declarations";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{hint}");
+        }
+        eprintln!("SKIPPED the_type_declarations_check_with_tsc: {hint}");
+        return;
+    }
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/test/types");
+    let output = std::process::Command::new("tsc")
+        .arg("-p")
+        .arg(project.join("tsconfig.json"))
+        .output()
+        .expect("tsc runs");
+    assert!(
+        output.status.success(),
+        "tsc found errors in the declarations or their use:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
