@@ -92,7 +92,7 @@ async fn the_js_package_tests_pass_against_a_real_node() {
 }
 
 /// The package's TypeScript declarations (`index.d.ts`) type-check an app's use of the
-/// client with `tsc --strict` (clients/js/test/types/consumer.ts), and still refuse the
+/// client with `tsc --strict` (clients/js/typecheck/consumer.ts), and still refuse the
 /// misuses that file marks `@ts-expect-error`.
 #[test]
 fn the_type_declarations_check_with_tsc() {
@@ -109,7 +109,7 @@ fn the_type_declarations_check_with_tsc() {
         eprintln!("SKIPPED the_type_declarations_check_with_tsc: {hint}");
         return;
     }
-    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/test/types");
+    let project = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/js/typecheck");
     let output = std::process::Command::new("tsc")
         .arg("-p")
         .arg(project.join("tsconfig.json"))
