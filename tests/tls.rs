@@ -325,3 +325,60 @@ fn production_without_tls_or_a_proxy_warns_that_browsers_need_https() {
         "{logs}"
     );
 }
+
+/// A measurement, run by hand against a release build: what an idle joined connection
+/// costs the server over wss:// and over ws://, side by side in one run.
+/// `cargo test --release --test tls -- --ignored --nocapture memory_per_idle`
+#[tokio::test]
+#[ignore = "a measurement: thousands of connections; run by hand against a release build"]
+async fn memory_per_idle_connection_with_and_without_tls() {
+    const CLIENTS: usize = 2000;
+    let ca = Authority::new();
+    let files = Files::new(&ca.issue("memory.switchboard.test", 1));
+    let quiet = [("PING_INTERVAL", "10m"), ("IDLE_TIMEOUT", "20m")];
+    let mut figures = Vec::new();
+    for tls in [true, false] {
+        let (server, addr) = match tls {
+            true => start(&files, &quiet),
+            false => Running::start(&[
+                ("AUTH_SECRET", SECRET),
+                ("SHED_CPU_PERCENT", "0"),
+                quiet[0],
+                quiet[1],
+            ]),
+        };
+        let connect = async |i: usize| {
+            let token = token(&format!("u{i}"));
+            let mut client = match tls {
+                true => ca.connect(&addr, &token).await,
+                false => common::connect_at(&addr, &token).await,
+            };
+            join(&mut client, &format!("room-{}", i / 2)).await;
+            client
+        };
+        // Warm up the allocator and the node's tables, then measure from there.
+        let warm: Vec<Client> = futures_util::future::join_all((0..100).map(connect)).await;
+        drop(warm);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let before = common::hostile::rss(server.pid());
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for batch in (100..100 + CLIENTS).collect::<Vec<_>>().chunks(50) {
+            clients.extend(futures_util::future::join_all(batch.iter().map(|i| connect(*i))).await);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = common::hostile::rss(server.pid());
+        let per = (after.saturating_sub(before)) as f64 / CLIENTS as f64;
+        println!(
+            "{}: {CLIENTS} idle joined connections, RSS {:.1} MiB -> {:.1} MiB: {per:.0} B each",
+            if tls { "wss" } else { "ws" },
+            before as f64 / 1048576.0,
+            after as f64 / 1048576.0
+        );
+        figures.push(per);
+        drop(clients);
+    }
+    println!(
+        "TLS adds {:.0} B per idle connection",
+        figures[0] - figures[1]
+    );
+}
