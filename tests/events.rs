@@ -246,7 +246,8 @@ async fn three_nodes_keep_every_room_sequence_whole_through_a_crash_and_a_drain(
             ("WEBHOOK_TIMEOUT", "1s"),
             ("WEBHOOK_MAX_BACKOFF", "2s"),
             ("RESUME_GRACE", "2s"),
-            ("DRAIN_TIMEOUT", "2s"),
+            // Long enough for every drained client to move before the node exits.
+            ("DRAIN_TIMEOUT", "10s"),
         ],
     )
     .await;
