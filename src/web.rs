@@ -17,6 +17,7 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../web/index.html"),
     ),
     ("/app.js", JS, include_bytes!("../web/app.js")),
+    ("/mesh.js", JS, include_bytes!("../web/mesh.js")),
     (
         "/manifest.webmanifest",
         "application/manifest+json",
@@ -70,4 +71,27 @@ fn asset(content_type: &'static str, body: &'static [u8]) -> impl IntoResponse {
         ],
         body,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ASSETS;
+
+    /// A file in web/ that ASSETS misses would be absent from the binary, and the page
+    /// would only find out in a browser (a module import failing with 404).
+    #[test]
+    fn every_file_of_the_app_is_served() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let path = match name.as_str() {
+                "index.html" => "/".to_string(),
+                _ => format!("/{name}"),
+            };
+            assert!(
+                ASSETS.iter().any(|&(served, _, _)| served == path),
+                "web/{name} is not in ASSETS"
+            );
+        }
+    }
 }

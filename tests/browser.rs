@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::process::Running;
 use common::redis::free_port;
 use common::{SECRET, eventually, eventually_blocking, patient};
+use fantoccini::actions::{InputSource, KeyAction, KeyActions};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -432,6 +433,52 @@ async fn the_app_is_installable() {
     browser.close().await.unwrap();
 }
 
+/// Where `controls` and the tiles lie on the page, and what the page is: its width, whether
+/// it scrolls sideways, whether it counts as a touch screen.
+async fn layout(browser: &Client, controls: &[&str]) -> Value {
+    let script = "const [controls] = arguments;
+        const box = (e) => { const r = e.getBoundingClientRect();
+            return {left: r.left, right: r.right, top: r.top, width: r.width, height: r.height}; };
+        return {
+          width: window.innerWidth,
+          touch: matchMedia('(pointer: coarse)').matches,
+          scrollWidth: document.documentElement.scrollWidth,
+          controls: controls.map((s) => ({id: s, ...box(document.querySelector(s))})),
+          tiles: [...document.querySelectorAll('figure')].map(box),
+        };";
+    browser
+        .execute(script, vec![json!(controls)])
+        .await
+        .unwrap()
+}
+
+/// Whether the box `b` shows, within a screen `width` wide.
+fn within(b: &Value, width: f64) -> bool {
+    b["left"].as_f64().unwrap() >= 0.0
+        && b["right"].as_f64().unwrap() <= width
+        && b["width"].as_f64().unwrap() > 0.0
+        && b["height"].as_f64().unwrap() > 0.0
+}
+
+/// Checks a `layout` on the phone: its screen, nothing scrolling sideways, and every
+/// control on screen and big enough for a finger.
+fn assert_fits_the_phone(layout: &Value) {
+    let width = layout["width"].as_f64().unwrap();
+    assert_eq!(width, 390.0, "the phone's viewport: {layout}");
+    assert_eq!(layout["touch"], true, "a touch screen: {layout}");
+    assert!(
+        layout["scrollWidth"].as_f64().unwrap() <= width,
+        "the page scrolls sideways: {layout}"
+    );
+    for control in layout["controls"].as_array().unwrap() {
+        assert!(within(control, width), "off screen or hidden: {control}");
+        assert!(
+            control["height"].as_f64().unwrap() >= 44.0,
+            "too small for a finger: {control}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_call_fits_a_phone_screen() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -442,48 +489,27 @@ async fn a_call_fits_a_phone_screen() {
     let alice = browser(&driver).await;
     let phone = json!({ "width": 390, "height": 844, "deviceScaleFactor": 3, "mobile": true });
     cdp(&driver, &alice, "Emulation.setDeviceMetricsOverride", phone).await;
+    let touch = json!({ "enabled": true, "maxTouchPoints": 5 });
+    cdp(&driver, &alice, "Emulation.setTouchEmulationEnabled", touch).await;
+    // The form to join fits, before the call...
+    alice.goto(&format!("{base}/?room=pocket")).await.unwrap();
+    let form = ["#name", "#room", "#join", "#mic", "#cam"];
+    assert_fits_the_phone(&layout(&alice, &form).await);
+
     let bob = browser(&driver).await;
     join(&alice, &base, "pocket", "alice", "").await;
     join(&bob, &base, "pocket", "bob", "").await;
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
 
-    // Nothing scrolls sideways; every control and both tiles lie within the screen's width,
-    // side by side.
-    let layout = alice
-        .execute(
-            "const box = (e) => { const r = e.getBoundingClientRect();
-                 return {left: r.left, right: r.right, top: r.top, width: r.width, height: r.height}; };
-             return {
-               width: window.innerWidth,
-               scrollWidth: document.documentElement.scrollWidth,
-               controls: ['#name', '#room', '#join', '#leave', '#mic', '#cam']
-                 .map((s) => ({id: s, ...box(document.querySelector(s))})),
-               tiles: [...document.querySelectorAll('figure')].map(box),
-             };",
-            vec![],
-        )
-        .await
-        .unwrap();
-    let width = layout["width"].as_f64().unwrap();
-    assert_eq!(width, 390.0, "the phone's viewport: {layout}");
-    assert!(
-        layout["scrollWidth"].as_f64().unwrap() <= width,
-        "the page scrolls sideways: {layout}"
-    );
-    let within = |b: &Value| {
-        b["left"].as_f64().unwrap() >= 0.0
-            && b["right"].as_f64().unwrap() <= width
-            && b["width"].as_f64().unwrap() > 0.0
-            && b["height"].as_f64().unwrap() > 0.0
-    };
-    for control in layout["controls"].as_array().unwrap() {
-        assert!(within(control), "off screen or hidden: {control}");
-    }
+    // ...and so does the call: its controls, and both tiles side by side.
+    let call = ["#invite", "#mic", "#cam", "#chat-toggle", "#leave"];
+    let layout = layout(&alice, &call).await;
+    assert_fits_the_phone(&layout);
     let tiles = layout["tiles"].as_array().unwrap();
     assert_eq!(tiles.len(), 2, "own tile and Bob's: {layout}");
     for tile in tiles {
-        assert!(within(tile), "tile off screen: {layout}");
+        assert!(within(tile, 390.0), "tile off screen: {layout}");
     }
     let top = |t: &Value| {
         t["top"]
@@ -495,6 +521,312 @@ async fn a_call_fits_a_phone_screen() {
         top(&tiles[1]),
         "two tiles side by side on a phone: {layout}"
     );
+    for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}
+
+/// Clicks the element `css` selects.
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Presses and releases `key` on whatever has the focus, as a person would.
+async fn press(browser: &Client, key: char) {
+    let keys = KeyActions::new("keyboard".into())
+        .then(KeyAction::Down { value: key })
+        .then(KeyAction::Up { value: key });
+    browser.perform_actions(keys).await.unwrap();
+}
+
+/// Runs `script` on the page and returns its value.
+async fn js(browser: &Client, script: &str) -> Value {
+    browser.execute(script, vec![]).await.unwrap()
+}
+
+/// What the tile of `who` (a name, or "self" for the page's own) shows: its marks, its
+/// video, and its avatar's initials when the avatar shows; `None` while there is no such tile.
+async fn tile(browser: &Client, who: &str) -> Option<Value> {
+    let script = "const [who] = arguments;
+        const tile = who === 'self' ? document.getElementById('self')
+            : document.querySelector(`figure[data-peer^='${who}-']`);
+        if (!tile) return null;
+        const shown = (s) => tile.querySelector(s).checkVisibility({visibilityProperty: true});
+        return {
+            muted: shown('[data-mark=\"muted\"]'),
+            cameraOff: shown('[data-mark=\"cameraOff\"]'),
+            video: shown('video'),
+            avatar: shown('.avatar') ? tile.querySelector('.avatar').textContent : null,
+        };";
+    let value = browser.execute(script, vec![json!(who)]).await.unwrap();
+    (!value.is_null()).then_some(value)
+}
+
+/// The microphone and camera buttons, each as [text, aria-pressed, enabled].
+async fn media_buttons(browser: &Client) -> Value {
+    js(
+        browser,
+        "return ['mic', 'cam'].map((id) => { const b = document.getElementById(id);
+             return [b.textContent, b.getAttribute('aria-pressed'), !b.disabled]; })",
+    )
+    .await
+}
+
+/// The buttons as they should be when they read `mic` and `cam`: pressed when on, enabled.
+fn buttons_reading(mic: &str, cam: &str) -> Value {
+    let pressed = |label: &str| label.ends_with(" on").to_string();
+    json!([[mic, pressed(mic), true], [cam, pressed(cam), true]])
+}
+
+/// Waits until the microphone and camera buttons read `mic` and `cam`.
+async fn wait_for_buttons(browser: &Client, mic: &str, cam: &str) {
+    let want = buttons_reading(mic, cam);
+    eventually(
+        format!("the buttons to read {want}"),
+        common::DEADLINE,
+        async || {
+            let seen = media_buttons(browser).await;
+            if seen == want { Ok(()) } else { Err(seen) }
+        },
+    )
+    .await;
+}
+
+/// Waits until the status line reads `text`.
+async fn wait_for_status(browser: &Client, text: &str) {
+    eventually(format!("the status {text:?}"), CALL_DEADLINE, async || {
+        let seen = status(browser).await;
+        if seen == text { Ok(()) } else { Err(seen) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn everyone_sees_who_is_muted_and_whose_camera_is_off() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    let (alice, bob) = alice_and_bob(&driver, &base, "marks", "").await;
+    for (b, other) in [(&alice, "bob"), (&bob, "alice")] {
+        let seen = eventually(format!("the tile of {other}"), CALL_DEADLINE, async || {
+            tile(b, other).await
+        })
+        .await;
+        let plain = json!({"muted": false, "cameraOff": false, "video": true, "avatar": null});
+        assert_eq!(seen, plain, "{other} on the other page");
+    }
+
+    // Alice switches her microphone off: her own tile and Bob's tile of her say so within
+    // a second (participant metadata, relayed by the server).
+    click(&alice, "#mic").await;
+    let muted = |t: &Value| t["muted"] == true && t["cameraOff"] == false;
+    for (b, who) in [(&alice, "self"), (&bob, "alice")] {
+        eventually(
+            format!("the mute mark on the tile {who}"),
+            Duration::from_secs(1),
+            async || tile(b, who).await.filter(muted),
+        )
+        .await;
+    }
+
+    // Carol joins later and sees it at once: Alice's tile has the mark as soon as it shows.
+    let carol = browser(&driver).await;
+    join(&carol, &base, "marks", "carol", "").await;
+    let first = eventually("carol's tile of alice", CALL_DEADLINE, async || {
+        tile(&carol, "alice").await
+    })
+    .await;
+    assert!(muted(&first), "alice's tile as carol first saw it: {first}");
+
+    // Bob switches his camera off: his initials instead of his video, on every page.
+    click(&bob, "#cam").await;
+    for (b, who) in [(&bob, "self"), (&alice, "bob"), (&carol, "bob")] {
+        eventually(
+            format!("bob's initials on the tile {who}"),
+            common::DEADLINE,
+            async || {
+                let seen = tile(b, who).await;
+                let avatar = seen.as_ref().is_some_and(|t| {
+                    t["avatar"] == "B" && t["cameraOff"] == true && t["video"] == false
+                });
+                if avatar {
+                    Ok(())
+                } else {
+                    Err(format!("{seen:?}"))
+                }
+            },
+        )
+        .await;
+    }
+    for b in [alice, bob, carol] {
+        b.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn chat_reaches_the_others_with_the_senders_name() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    let (alice, bob) = alice_and_bob(&driver, &base, "chatter", "").await;
+
+    // In the call the form gives way to a header with the room, the count and the invite
+    // button; the status line says who is here.
+    for b in [&alice, &bob] {
+        eventually("the room's state on the page", CALL_DEADLINE, async || {
+            let seen = js(
+                b,
+                "const $ = (id) => document.getElementById(id);
+                 return [$('room-name').textContent, $('count').textContent, $('status').textContent,
+                         $('form').checkVisibility(), $('invite').checkVisibility()];",
+            )
+            .await;
+            let want = json!(["chatter", "2 people", "In chatter with 1 other", false, true]);
+            if seen == want { Ok(()) } else { Err(seen) }
+        })
+        .await;
+    }
+
+    click(&alice, "#chat-toggle").await;
+    let input = alice.find(Locator::Css("#chat-input")).await.unwrap();
+    input.send_keys("hello from alice").await.unwrap();
+    click(&alice, "#chat-send").await;
+
+    // Bob's chat is closed: its toggle counts the message.
+    let unread = "const u = document.getElementById('unread');
+        return u.checkVisibility() ? u.textContent : null";
+    eventually(
+        "the unread count on bob's chat toggle",
+        CALL_DEADLINE,
+        async || {
+            let seen = js(&bob, unread).await;
+            if seen == "1" { Ok(()) } else { Err(seen) }
+        },
+    )
+    .await;
+    click(&bob, "#chat-toggle").await;
+    let lines = "return [...document.querySelectorAll('#chat-log li.message')]
+        .map((li) => [li.querySelector('.from').textContent, li.querySelector('.text').textContent])";
+    assert_eq!(
+        js(&bob, lines).await,
+        json!([["alice", "hello from alice"]])
+    );
+    assert_eq!(
+        js(&bob, unread).await,
+        Value::Null,
+        "read once the chat is open"
+    );
+
+    // Bob answers with Enter; Alice has her chat open, so nothing counts as unread there.
+    let input = bob.find(Locator::Css("#chat-input")).await.unwrap();
+    let enter = char::from(fantoccini::key::Key::Enter);
+    input.send_keys(&format!("hi alice{enter}")).await.unwrap();
+    let both = json!([["You", "hello from alice"], ["bob", "hi alice"]]);
+    eventually("bob's answer on alice's page", CALL_DEADLINE, async || {
+        let seen = js(&alice, lines).await;
+        if seen == both { Ok(()) } else { Err(seen) }
+    })
+    .await;
+    assert_eq!(js(&alice, unread).await, Value::Null);
+    for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_microphone_and_camera_buttons_say_their_state() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    // Rooms of one, so that Bob finds Alice's full.
+    let (_server, base) = switchboard(0, &[("MAX_ROOM_PEERS", "1")]);
+    let (_driver, driver) = chromedriver();
+    let alice = browser(&driver).await;
+    alice
+        .goto(&format!("{base}/?room=solo&name=alice"))
+        .await
+        .unwrap();
+
+    // Before joining nothing suggests being muted: the buttons say what joining will send,
+    // and change it.
+    wait_for_buttons(&alice, "Microphone on", "Camera on").await;
+    click(&alice, "#mic").await;
+    wait_for_buttons(&alice, "Microphone off", "Camera on").await;
+    // M and V do the same, wherever the focus is, except in a text field.
+    press(&alice, 'm').await;
+    wait_for_buttons(&alice, "Microphone on", "Camera on").await;
+    press(&alice, 'v').await;
+    wait_for_buttons(&alice, "Microphone on", "Camera off").await;
+    let room = alice.find(Locator::Css("#room")).await.unwrap();
+    room.send_keys("mv").await.unwrap();
+    // The field took both keys, so the page has handled them.
+    assert_eq!(room.prop("value").await.unwrap().as_deref(), Some("solomv"));
+    assert_eq!(
+        media_buttons(&alice).await,
+        buttons_reading("Microphone on", "Camera off")
+    );
+    room.clear().await.unwrap();
+    room.send_keys("solo").await.unwrap();
+    // The focus shows when moved by keyboard.
+    click(&alice, "#mic").await;
+    press(&alice, char::from(fantoccini::key::Key::Tab)).await;
+    let ring = js(
+        &alice,
+        "const e = document.activeElement, s = getComputedStyle(e);
+         return [e.id, e.matches(':focus-visible'), s.outlineStyle, s.outlineWidth]",
+    )
+    .await;
+    assert_eq!(ring, json!(["cam", true, "solid", "3px"]));
+    click(&alice, "#mic").await;
+    wait_for_buttons(&alice, "Microphone on", "Camera off").await;
+
+    // Alice joins as the buttons said: camera off, so her tile shows her initials.
+    click(&alice, "#join").await;
+    wait_for_status(
+        &alice,
+        "In solo. Waiting for others: copy the invite link and send it.",
+    )
+    .await;
+    wait_for_buttons(&alice, "Microphone on", "Camera off").await;
+    let own = tile(&alice, "self").await;
+    let own_want = json!({"muted": false, "cameraOff": true, "video": false, "avatar": "A"});
+    assert_eq!(own, Some(own_want));
+    click(&alice, "#cam").await;
+    wait_for_buttons(&alice, "Microphone on", "Camera on").await;
+    press(&alice, 'm').await;
+    wait_for_buttons(&alice, "Microphone off", "Camera on").await;
+    let own = tile(&alice, "self").await;
+    let own_want = json!({"muted": true, "cameraOff": false, "video": true, "avatar": null});
+    assert_eq!(own, Some(own_want));
+    // Typing a chat message does not toggle anything either.
+    click(&alice, "#chat-toggle").await;
+    let input = alice.find(Locator::Css("#chat-input")).await.unwrap();
+    input.send_keys("mv").await.unwrap();
+    assert_eq!(input.prop("value").await.unwrap().as_deref(), Some("mv"));
+    assert_eq!(
+        media_buttons(&alice).await,
+        buttons_reading("Microphone off", "Camera on")
+    );
+    click(&alice, "#mic").await;
+    wait_for_buttons(&alice, "Microphone on", "Camera on").await;
+
+    // Bob finds the room full: the form is back and his buttons rest in the idle state.
+    let bob = browser(&driver).await;
+    join(&bob, &base, "solo", "bob", "").await;
+    wait_for_status(&bob, "The room is full. Try another room.").await;
+    wait_for_buttons(&bob, "Microphone on", "Camera on").await;
+    let form = "return document.getElementById('form').checkVisibility()";
+    assert_eq!(js(&bob, form).await, true);
+
+    // Alice leaves: the same, with the choices she made in the call.
+    click(&alice, "#leave").await;
+    wait_for_status(&alice, "You left the call.").await;
+    wait_for_buttons(&alice, "Microphone on", "Camera on").await;
+    assert_eq!(js(&alice, form).await, true);
     for b in [alice, bob] {
         b.close().await.unwrap();
     }

@@ -1,11 +1,15 @@
-// Switchboard calling app: a mesh of RTCPeerConnections (up to 6 people) using the
-// perfect-negotiation pattern, on top of the signaling client library.
+// Switchboard calling app: the page around a call of up to 6 people. The peer connections
+// live in mesh.js; this file wires the signaling client and the mesh to the page: tiles,
+// everyone's microphone and camera state (carried as participant metadata), the controls,
+// the call header and the chat (the server's `message` relay).
 import { SignalingClient } from './signaling-client.js';
+import { Mesh } from './mesh.js';
 
 const MAX_PARTICIPANTS = 6;
 const $ = (id) => document.getElementById(id);
-const nameInput = $('name'), roomInput = $('room'), joinBtn = $('join'), leaveBtn = $('leave');
-const micBtn = $('mic'), camBtn = $('cam');
+const form = $('form'), nameInput = $('name'), roomInput = $('room'), joinBtn = $('join'), leaveBtn = $('leave');
+const micBtn = $('mic'), camBtn = $('cam'), inviteBtn = $('invite'), chatBtn = $('chat-toggle');
+const chatPanel = $('chat'), chatLog = $('chat-log'), chatInput = $('chat-input');
 const params = new URLSearchParams(location.search);
 // `?relay=1` sends all media through the TURN server (a diagnostic for TURN setups).
 const iceTransportPolicy = params.get('relay') === '1' ? 'relay' : 'all';
@@ -17,16 +21,22 @@ const TEXT = {
   token_refused: 'The server refused your sign-in. Reload the page and join again.',
 };
 
-let client = null, localStream = null, myId = null, iceServers = [];
+// Marks on a tile's caption; the label is what a screen reader says.
+const MARKS = {
+  muted: ['Microphone off', '<rect x="9" y="3" width="6" height="11" rx="3"/><path d="M5 11a7 7 0 0 0 14 0M12 18v3"/>'],
+  cameraOff: ['Camera off', '<rect x="2" y="6" width="13" height="12" rx="2"/><path d="M15 10l6-3v10l-6-3"/>'],
+};
+
+let client = null, mesh = null, localStream = null, myId = null, myName = '', roomId = null;
+// What the user chose for microphone and camera. A join starts with these, so outside a call
+// the buttons say what joining will do, and a choice made in a call carries to the next one.
+const wanted = { audio: true, video: true };
+const tiles = new Map(); // peerId -> tile; the own tile is #self
+const people = new Map(); // peerId -> {name, muted, cameraOff} as last shown, kept for `peer_left`
 const iceErrors = []; // STUN/TURN failures (e.g. 401: TURN credentials refused), for support
 const negotiationErrors = []; // failed signaling steps, for support
 let reconnects = 0; // signaling reconnects (resumed or not) since joining
-
-function negotiationFailed(id, e) {
-  console.warn('signaling with', id, e);
-  negotiationErrors.push(`${id}: ${e}`);
-}
-const peers = new Map(); // peerId -> {pc, polite, makingOffer, ignoreOffer, queue, tile, stream}
+let unread = 0;
 
 roomInput.value = params.get('room') ?? '';
 nameInput.value = params.get('name') ?? '';
@@ -36,179 +46,269 @@ function status(text, isError = false) {
   $('status').classList.toggle('error', isError);
 }
 
-// Peer ids are `<name>-<32 hex session id>`; show the name.
+function note(text) {
+  $('media').textContent = text;
+}
+
+// Peer ids are `<name>-<32 hex session id>`: the name, for a peer without metadata.
 const displayName = (peerId) => peerId.replace(/-[0-9a-f]{32}$/, '');
 
-function addTile(label, stream, muted) {
+// One letter of the first word and one of the last, whole graphemes (an emoji, an accented letter).
+function initials(name) {
+  const words = name.split(/[\s._-]+/u).filter(Boolean);
+  const first = (w) => (Intl.Segmenter ? new Intl.Segmenter().segment(w)[Symbol.iterator]().next().value.segment : [...w][0]);
+  return (words.length > 1 ? [words[0], words.at(-1)] : words).map(first).join('').toUpperCase() || '?';
+}
+
+// A stable colour per name, so avatars tell people apart.
+const hue = (name) => [...name].reduce((h, c) => (h * 31 + c.codePointAt(0)) % 360, 7);
+
+function addTile(stream, isSelf) {
   const tile = document.createElement('figure');
-  tile.innerHTML = '<video autoplay playsinline></video><figcaption><span class="who"></span> <span class="state"></span></figcaption>';
-  Object.assign(tile.querySelector('video'), { srcObject: stream, muted });
-  tile.querySelector('.who').textContent = label;
+  const marks = Object.entries(MARKS).map(([key, [label, icon]]) =>
+    `<span class="mark" data-mark="${key}" role="img" aria-label="${label}" title="${label}" hidden>` +
+    `<svg viewBox="0 0 24 24" aria-hidden="true">${icon}<path d="M3 3l18 18"/></svg></span>`);
+  tile.innerHTML = '<video autoplay playsinline></video><div class="avatar" aria-hidden="true"></div>' +
+    `<figcaption><span class="who"></span>${marks.join('')}<span class="state"></span></figcaption>`;
+  Object.assign(tile.querySelector('video'), { srcObject: stream, muted: isSelf });
+  if (isSelf) tile.id = 'self';
   $('grid').append(tile);
   return tile;
 }
 
+// Shows a participant's name, marks and, without video, the avatar.
+function renderTile(tile, { name, muted, cameraOff }) {
+  if (!tile) return;
+  tile.querySelector('.who').textContent = tile.id === 'self' ? `${name} (you)` : name;
+  tile.querySelector('[data-mark="muted"]').hidden = !muted;
+  tile.querySelector('[data-mark="cameraOff"]').hidden = !cameraOff;
+  tile.classList.toggle('no-video', cameraOff);
+  const avatar = tile.querySelector('.avatar');
+  avatar.textContent = initials(name);
+  avatar.style.setProperty('--hue', hue(name));
+}
+
 function setTileState(tile, state) {
+  if (!tile) return;
   tile.dataset.state = state;
   tile.querySelector('.state').textContent = state === 'connected' ? '' : state;
+}
+
+// Another participant's metadata is whatever its page sent: take only what fits.
+function renderPeer(peerId) {
+  const meta = client?.peers.get(peerId) ?? {};
+  const name = typeof meta.name === 'string' && meta.name.trim() ? meta.name.trim() : displayName(peerId);
+  const state = { name, muted: meta.muted === true, cameraOff: meta.cameraOff === true };
+  people.set(peerId, state);
+  renderTile(tiles.get(peerId), state);
+}
+
+const nameOf = (peerId) => people.get(peerId)?.name ?? displayName(peerId);
+
+const localTrack = (kind) => localStream?.getTracks().find((t) => t.kind === kind);
+const sending = (kind) => Boolean(localTrack(kind)?.enabled);
+// No microphone (none, or denied) counts as muted, no camera as camera off: what the others get.
+const myState = () => ({ name: myName, muted: !sending('audio'), cameraOff: !sending('video') });
+
+// Tells the room (and the own tile) what this side sends now.
+function publish() {
+  client?.update(myState());
+  renderTile($('self'), myState());
+  updateMediaButtons();
+}
+
+function updateMediaButtons() {
+  for (const [btn, kind, device] of [[micBtn, 'audio', 'Microphone'], [camBtn, 'video', 'Camera']]) {
+    const on = client ? sending(kind) : wanted[kind];
+    btn.textContent = `${device} ${on ? 'on' : 'off'}`;
+    btn.setAttribute('aria-pressed', String(on));
+    // Without a microphone there is nothing to switch on; a missing camera is asked for on click.
+    btn.disabled = Boolean(client) && kind === 'audio' && !localTrack('audio');
+  }
 }
 
 // Camera + mic, else mic only, else receive only; says which and why.
 async function getMedia() {
   if (!navigator.mediaDevices?.getUserMedia) {
-    $('media').textContent = 'This page needs HTTPS (or localhost) for camera and microphone: receive only.';
+    note('This page needs HTTPS (or localhost) for camera and microphone: receive only.');
     return null;
   }
   let why = '';
-  for (const [constraints, note] of [[{ audio: true, video: true }, ''], [{ audio: true }, 'No camera available: audio only.']]) {
+  for (const [constraints, text] of [[{ audio: true, video: true }, ''], [{ audio: true }, 'No camera available: audio only.']]) {
     try {
       const stream = await navigator.mediaDevices.getUserMedia(constraints);
-      $('media').textContent = note;
+      note(text);
       return stream;
     } catch (e) {
       why = e.name === 'NotAllowedError' ? 'Camera and microphone permission was denied' : 'No camera or microphone found';
     }
   }
-  $('media').textContent = `${why}: you can watch and listen, but not be seen or heard.`;
+  note(`${why}: you can watch and listen, but not be seen or heard.`);
   return null;
 }
 
-function updateMediaButtons() {
-  for (const [btn, kind, on, off] of [[micBtn, 'audio', 'Mute', 'Unmute'], [camBtn, 'video', 'Camera off', 'Camera on']]) {
-    const track = localStream?.getTracks().find((t) => t.kind === kind);
-    btn.disabled = !client || (!track && kind === 'audio');
-    btn.textContent = track?.enabled ? on : off;
-    btn.setAttribute('aria-pressed', String(!track?.enabled));
+// --- The call header and the status line: the room's state, not the last event. ---
+
+function showCall(inCall) {
+  document.body.classList.toggle('in-call', inCall);
+  form.hidden = inCall;
+  for (const el of [$('call-header'), leaveBtn, chatBtn]) el.hidden = !inCall;
+  if (!inCall) openChat(false);
+}
+
+function showRoom() {
+  const others = client?.peers.size ?? 0;
+  $('room-name').textContent = roomId;
+  $('count').textContent = `${others + 1} ${others ? 'people' : 'person'}`;
+  status(others ? `In ${roomId} with ${others} ${others === 1 ? 'other' : 'others'}` : `In ${roomId}. Waiting for others: copy the invite link and send it.`);
+}
+
+function inviteLink() {
+  const url = new URL('/', location.href);
+  url.searchParams.set('room', roomId);
+  if (iceTransportPolicy === 'relay') url.searchParams.set('relay', '1');
+  return url.href;
+}
+
+let inviteReset = 0;
+async function copyInvite() {
+  const link = inviteLink();
+  try {
+    await navigator.clipboard.writeText(link);
+    inviteBtn.textContent = 'Link copied';
+    clearTimeout(inviteReset);
+    inviteReset = setTimeout(() => (inviteBtn.textContent = 'Copy invite link'), 2000);
+  } catch {
+    // No clipboard (plain http, or permission refused): the link to copy by hand.
+    note(`Send this link to invite someone: ${link}`);
   }
 }
 
-// `caller`: this side makes the first offer. Only the newcomer calls (everyone already in the
-// room waits for its offer), so two offers never cross while a call is being set up; later
-// renegotiations that do cross are settled by perfect negotiation.
-function createPeer(id, caller = false) {
-  if (peers.has(id)) return peers.get(id);
-  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy });
-  const stream = new MediaStream();
-  const p = {
-    pc, polite: myId < id, caller, awaitingOffer: !caller, makingOffer: false, ignoreOffer: false, queue: Promise.resolve(), stream,
-  };
-  p.tile = addTile(displayName(id), stream, false);
-  p.tile.dataset.peer = id;
-  setTileState(p.tile, 'connecting');
-  peers.set(id, p);
-  for (const kind of ['audio', 'video']) {
-    const track = localStream?.getTracks().find((t) => t.kind === kind);
-    if (track) pc.addTrack(track, localStream);
-    else pc.addTransceiver(kind, { direction: 'recvonly' });
+// --- Chat, through the server's message relay. ---
+
+function chatLine(from, text, kind) {
+  const line = document.createElement('li');
+  line.className = kind;
+  if (from) {
+    const who = document.createElement('b');
+    who.className = 'from';
+    who.textContent = from;
+    line.append(who, ' ');
   }
-  pc.ontrack = ({ track }) => {
-    stream.addTrack(track);
-    p.tile.querySelector('video').srcObject = stream; // reload so a late track starts playing
-  };
-  pc.onicecandidate = ({ candidate }) => candidate && client?.sendCandidate(id, candidate);
-  pc.onicecandidateerror = ({ url, errorCode, errorText }) => iceErrors.push({ peerId: id, url, errorCode, errorText });
-  // The caller alone restarts ICE (on failure, or when a negotiation never got going: an
-  // offer lost with a dropped socket, say), so the two sides do not restart in step and
-  // cross their offers each time. restartIce() makes this side offer again.
-  pc.onconnectionstatechange = () => {
-    setTileState(p.tile, pc.connectionState);
-    if (pc.connectionState === 'failed' && p.caller) pc.restartIce();
-  };
-  if (caller) {
-    p.watchdog = setInterval(() => {
-      if (pc.connectionState === 'new' && pc.signalingState === 'stable' && !p.makingOffer) pc.restartIce();
-      if (pc.connectionState === 'connected' || pc.connectionState === 'closed') clearInterval(p.watchdog);
-    }, 5000);
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  line.append(body);
+  chatLog.append(line);
+  chatLog.scrollTop = chatLog.scrollHeight;
+}
+
+function showUnread() {
+  $('unread').textContent = String(unread);
+  $('unread').hidden = unread === 0;
+  chatBtn.setAttribute('aria-label', unread ? `Chat, ${unread} unread` : 'Chat');
+}
+
+function openChat(open) {
+  chatPanel.hidden = !open;
+  chatBtn.setAttribute('aria-expanded', String(open));
+  if (open) {
+    unread = 0;
+    showUnread();
+    chatLog.scrollTop = chatLog.scrollHeight;
+    chatInput.focus();
   }
-  pc.onnegotiationneeded = async () => {
-    if (p.awaitingOffer) return; // fired again once the first offer is answered, if still needed
-    try {
-      p.makingOffer = true;
-      await pc.setLocalDescription();
-      if (pc.localDescription.type === 'offer') client?.sendOffer(id, pc.localDescription.sdp);
-    } catch (e) {
-      negotiationFailed(id, e);
-    } finally {
-      p.makingOffer = false;
-    }
-  };
-  return p;
 }
 
-function removePeer(id) {
-  const p = peers.get(id);
-  clearInterval(p?.watchdog);
-  p?.pc.close();
-  p?.tile.remove();
-  peers.delete(id);
+function received(from, data) {
+  const fromServer = from === 'server';
+  // Chat is `{type: 'chat', text}`; other application data is not for this page.
+  if (typeof data?.text !== 'string' || (!fromServer && data.type !== 'chat')) return;
+  chatLine(fromServer ? 'Server' : nameOf(from), data.text, 'message');
+  if (chatPanel.hidden) {
+    unread += 1;
+    showUnread();
+  }
 }
 
-// Runs a peer's signaling steps in order, so a candidate never overtakes its description.
-function enqueue(id, step, create = false) {
-  const p = create ? createPeer(id) : peers.get(id);
-  if (p) p.queue = p.queue.then(() => step(p)).catch((e) => negotiationFailed(id, e));
+function sendChat() {
+  const text = chatInput.value.trim();
+  if (!text || !client) return;
+  // The client drops what it cannot send: keep the text for when the connection is back.
+  if (!client.connected) return note('Not sent: the connection to the server is down. It comes back by itself; send again then.');
+  client.message({ type: 'chat', text });
+  chatLine('You', text, 'message mine');
+  chatInput.value = '';
 }
 
-// Perfect negotiation: the impolite side ignores a colliding offer, the polite side rolls back.
-async function onDescription(p, id, type, sdp) {
-  const { pc } = p;
-  const collision = type === 'offer' && (p.makingOffer || pc.signalingState !== 'stable');
-  p.ignoreOffer = !p.polite && collision;
-  if (p.ignoreOffer) return;
-  await pc.setRemoteDescription({ type, sdp });
-  if (type !== 'offer') return;
-  p.awaitingOffer = false;
-  await pc.setLocalDescription();
-  client?.sendAnswer(id, pc.localDescription.sdp);
-}
+// --- Signaling and the mesh. ---
 
-function useIceServers(list) {
-  if (!Array.isArray(list)) return;
-  iceServers = list;
-  peers.forEach((p) => p.pc.setConfiguration({ iceServers, iceTransportPolicy }));
-}
-
-function wire(c) {
+function wire(c, m) {
   const on = (type, fn) => c.addEventListener(type, (e) => c === client && fn(e.detail));
-  on('joined', (m) => {
-    myId = m.peerId;
-    useIceServers(m.iceServers);
-    if (m.peers.length >= MAX_PARTICIPANTS) return leave(true, `This call already has ${MAX_PARTICIPANTS} people, the most it supports.`);
-    $('self')?.querySelector('.who').replaceChildren(`${displayName(myId)} (you)`);
-    status(`In room “${m.roomId}”. ${m.peers.length ? `${m.peers.length + 1} people here.` : 'Waiting for others: share this page’s address.'}`);
-    m.peers.forEach((id) => createPeer(id, true)); // the newcomer calls everyone already here
+  on('joined', (msg) => {
+    myId = msg.peerId;
+    m.peerId = myId;
+    m.setIceServers(msg.iceServers);
+    if (msg.peers.length >= MAX_PARTICIPANTS) return leave(true, `This call already has ${MAX_PARTICIPANTS} people, the most it supports.`);
+    msg.peers.forEach((id) => m.call(id)); // the newcomer calls everyone already here
+    showRoom();
   });
-  on('resumed', (m) => {
-    useIceServers(m.iceServers);
+  on('resumed', (msg) => {
+    m.setIceServers(msg.iceServers);
     // Calls whose media path survived stay up; peers that left meanwhile go.
-    [...peers.keys()].filter((id) => !m.peers.includes(id)).forEach(removePeer);
-    status(`Reconnected to room “${m.roomId}”.`);
+    m.peerIds.filter((id) => !msg.peers.includes(id)).forEach((id) => m.remove(id));
+    m.peerIds.forEach(renderPeer); // their metadata may have changed meanwhile
+    showRoom();
   });
   on('reconnected', ({ resumed }) => {
     reconnects += 1;
     // The server lost the session: the client joins again; rebuild every connection.
-    if (!resumed) [...peers.keys()].forEach(removePeer);
+    if (!resumed) m.removeAll();
   });
   on('reconnecting', ({ delayMs }) => status(`Connection to the server lost; reconnecting in ${Math.ceil(delayMs / 1000)} s… The call goes on meanwhile.`, true));
   on('goaway', () => status('The server is restarting; moving to another one…'));
-  on('peer_joined', (m) => {
-    createPeer(m.peerId);
-    status(`${displayName(m.peerId)} joined.`);
+  on('peer_joined', (msg) => {
+    m.expect(msg.peerId);
+    chatLine(null, `${nameOf(msg.peerId)} joined`, 'notice');
+    showRoom();
   });
-  on('peer_left', (m) => {
-    removePeer(m.peerId);
-    status(`${displayName(m.peerId)} left.`);
+  on('peer_left', (msg) => {
+    chatLine(null, `${nameOf(msg.peerId)} left`, 'notice');
+    m.remove(msg.peerId);
+    people.delete(msg.peerId);
+    showRoom();
   });
-  on('offer', (m) => enqueue(m.peerId, (p) => onDescription(p, m.peerId, 'offer', m.sdp), true));
-  on('answer', (m) => enqueue(m.peerId, (p) => onDescription(p, m.peerId, 'answer', m.sdp)));
-  on('ice-candidate', (m) =>
-    enqueue(m.peerId, (p) => p.pc.addIceCandidate(m.candidate).catch((e) => p.ignoreOffer || Promise.reject(e))));
-  on('error', (m) => {
-    if (m.code === 'peer_not_found') return console.info(m.message); // a peer left mid-negotiation
-    if (m.code === 'room_full' || m.code === 'forbidden_room') leave(false, TEXT[m.code]);
-    else status(TEXT[m.code] ?? m.message, true);
+  on('peer_updated', (msg) => msg.peerId !== myId && renderPeer(msg.peerId));
+  on('message', (msg) => received(msg.from, msg.data));
+  for (const type of ['offer', 'answer', 'ice-candidate']) on(type, (msg) => m.receive(msg));
+  on('removed', () => leave(false, 'You were removed from the call.'));
+  on('room_closed', () => leave(false, 'The call was ended for everyone.'));
+  on('error', (msg) => {
+    if (msg.code === 'peer_not_found') return console.info(msg.message); // a peer left mid-negotiation
+    if (msg.code === 'room_full' || msg.code === 'forbidden_room') leave(false, TEXT[msg.code]);
+    else status(TEXT[msg.code] ?? msg.message, true);
   });
   on('close', ({ reason }) => leave(false, reason));
+
+  const onMesh = (type, fn) => m.addEventListener(type, (e) => fn(e.detail));
+  onMesh('peeradded', ({ peerId, stream }) => {
+    const tile = addTile(stream, false);
+    tile.dataset.peer = peerId;
+    tiles.set(peerId, tile);
+    setTileState(tile, 'connecting');
+    renderPeer(peerId);
+  });
+  onMesh('track', ({ peerId, stream }) => {
+    const video = tiles.get(peerId)?.querySelector('video');
+    if (video) video.srcObject = stream; // set again, so a track that arrives late starts playing
+  });
+  onMesh('connectionstatechange', ({ peerId, state }) => setTileState(tiles.get(peerId), state));
+  onMesh('peerremoved', ({ peerId }) => {
+    tiles.get(peerId)?.remove();
+    tiles.delete(peerId);
+  });
+  onMesh('iceerror', (e) => iceErrors.push(e));
+  onMesh('negotiationerror', ({ peerId, error }) => negotiationErrors.push(`${peerId}: ${error}`));
 }
 
 async function join() {
@@ -217,22 +317,31 @@ async function join() {
   if (!name || !room) return status('Enter a display name and a room.', true);
   history.replaceState(null, '', `?room=${encodeURIComponent(room)}${iceTransportPolicy === 'relay' ? '&relay=1' : ''}`);
   joinBtn.disabled = true;
+  [myName, roomId] = [name, room];
   try {
     status('Signing in…');
     const grant = await SignalingClient.fetchToken(location.origin, name, room);
     myId = grant.peerId;
-    iceServers = grant.iceServers ?? [];
     status('Starting camera and microphone…');
     localStream = await getMedia();
-    addTile(`${displayName(myId)} (you)`, localStream, true).id = 'self';
+    // Join as the buttons said (a choice made while the camera started counts too).
+    localStream?.getTracks().forEach((t) => (t.enabled = wanted[t.kind]));
     const renewToken = async () => (await SignalingClient.fetchToken(location.origin, name, room)).token;
     client = new SignalingClient(grant.token, { renewToken });
-    wire(client);
+    mesh = new Mesh(client, { peerId: myId, localStream, iceServers: grant.iceServers ?? [], iceTransportPolicy });
+    wire(client, mesh);
+    renderTile(addTile(localStream, true), myState());
+    chatLog.replaceChildren();
+    unread = 0;
+    showUnread();
     status('Connecting…');
     await client.connect();
+    publish(); // travels with the join: the room learns this side's state with its arrival
     client.join(room);
-    leaveBtn.disabled = false;
-    updateMediaButtons();
+    $('room-name').textContent = room;
+    $('count').textContent = '';
+    status(`Joining ${room}…`);
+    showCall(true);
   } catch (e) {
     leave(false, TEXT[e.code] ?? e.message);
   }
@@ -243,47 +352,68 @@ function leave(sendLeave = true, error = null) {
   client = null; // from here on, ignore anything the old client reports
   if (sendLeave) c?.leave();
   c?.close();
-  [...peers.keys()].forEach(removePeer);
+  mesh?.close();
+  mesh = null;
+  people.clear();
   localStream?.getTracks().forEach((t) => t.stop());
   localStream = null;
-  joinBtn.disabled = false;
-  leaveBtn.disabled = true;
   $('self')?.remove();
-  if (!error) $('media').textContent = '';
+  joinBtn.disabled = false;
+  showCall(false);
+  if (!error) note('');
   updateMediaButtons();
   status(error ?? 'You left the call.', Boolean(error));
 }
 
-// Mute and camera toggles keep the tracks (no renegotiation); a camera added later (after an
-// audio-only start) is negotiated with every peer.
+// In a call the toggles keep the tracks (no renegotiation); a camera added later (after an
+// audio-only start) is negotiated with every peer. Outside a call they set what joining does.
+let askingForCamera = false;
 async function toggle(kind) {
-  const track = localStream?.getTracks().find((t) => t.kind === kind);
+  if (!client) {
+    wanted[kind] = !wanted[kind];
+    return updateMediaButtons();
+  }
+  const track = localTrack(kind);
   if (track) {
     track.enabled = !track.enabled;
-  } else if (kind === 'video') {
+    wanted[kind] = track.enabled;
+  } else if (kind === 'video' && !askingForCamera) {
+    askingForCamera = true;
     try {
       const camera = (await navigator.mediaDevices.getUserMedia({ video: true })).getVideoTracks()[0];
-      localStream ??= new MediaStream();
-      localStream.addTrack(camera);
+      if (!mesh) return camera.stop(); // left meanwhile
+      await mesh.addLocalTrack(camera);
+      localStream = mesh.localStream;
       $('self').querySelector('video').srcObject = localStream;
-      for (const { pc } of peers.values()) {
-        const slot = pc.getTransceivers().find((t) => t.receiver.track.kind === 'video');
-        slot.direction = 'sendrecv';
-        await slot.sender.replaceTrack(camera);
-        pc.dispatchEvent(new Event('negotiationneeded'));
-      }
-      $('media').textContent = '';
+      wanted.video = true;
+      note('');
     } catch {
-      $('media').textContent = 'The camera is unavailable or permission was denied.';
+      note('The camera is unavailable or permission was denied.');
+    } finally {
+      askingForCamera = false;
     }
   }
-  updateMediaButtons();
+  publish();
 }
 
-$('form').addEventListener('submit', (e) => (e.preventDefault(), join()));
+// M and V, as on other calling apps; never while typing (a name, a room, a chat message).
+function shortcut(e) {
+  if (e.repeat || e.ctrlKey || e.metaKey || e.altKey || e.isComposing) return;
+  if (e.target.closest?.('input, textarea, select, [contenteditable]')) return;
+  const btn = { m: micBtn, v: camBtn }[e.key?.toLowerCase()];
+  if (!btn || btn.disabled) return;
+  e.preventDefault();
+  btn.click();
+}
+
+form.addEventListener('submit', (e) => (e.preventDefault(), join()));
 leaveBtn.addEventListener('click', () => leave());
 micBtn.addEventListener('click', () => toggle('audio'));
 camBtn.addEventListener('click', () => toggle('video'));
+inviteBtn.addEventListener('click', copyInvite);
+chatBtn.addEventListener('click', () => openChat(chatPanel.hidden));
+$('chat-form').addEventListener('submit', (e) => (e.preventDefault(), sendChat()));
+addEventListener('keydown', shortcut);
 addEventListener('pagehide', () => client && leave()); // tell the room now, not after a timeout
 updateMediaButtons();
 
@@ -298,17 +428,6 @@ window.switchboardCall = {
     return reconnects;
   },
   async peers() {
-    return Promise.all([...peers].map(async ([peerId, { pc }]) => {
-      let framesDecoded = 0;
-      const stats = [...(await pc.getStats()).values()];
-      const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
-      const pair = stats.find((s) => s.id === transport?.selectedCandidatePairId);
-      const local = stats.find((s) => s.id === pair?.localCandidateId);
-      stats.filter((s) => s.type === 'inbound-rtp' && s.kind === 'video').forEach((s) => (framesDecoded += s.framesDecoded ?? 0));
-      return {
-        peerId, connectionState: pc.connectionState, framesDecoded, localCandidateType: local?.candidateType ?? null,
-        signalingState: pc.signalingState,
-      };
-    }));
+    return mesh ? mesh.stats() : [];
   },
 };
