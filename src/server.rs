@@ -177,7 +177,11 @@ impl AppState {
             )));
         }
         if let Some(events) = &config.events {
-            store.record_events(events.dispatch.retention, events.dispatch.log_max);
+            store.record_events(
+                events.dispatch.retention,
+                events.dispatch.log_max,
+                &config.node.id,
+            );
         }
         let event_log: Arc<dyn crate::store::EventLog> = store.clone();
         let hub = Arc::new(Hub::new(
@@ -198,13 +202,22 @@ impl AppState {
                 hub.clone(),
                 inbox,
             )));
-            // Others may need two heartbeats plus a timed-out call or two to recover.
-            let redis_timeout = config.redis.as_ref().map_or(Duration::ZERO, |r| r.timeout);
+            // Others may need two heartbeats plus a timed-out call or two to recover; after
+            // Redis lost its data, a node whose breaker opened during the outage writes its
+            // state back only once a probe finds Redis again.
+            let (redis_timeout, breaker_open) = config
+                .redis
+                .as_ref()
+                .map_or((Duration::ZERO, Duration::ZERO), |r| {
+                    (r.timeout, r.breaker.open_for)
+                });
             let grace = config.timing.heartbeat * 2 + redis_timeout * 2;
+            let write_back = grace + breaker_open;
             tasks.push(tokio::spawn(heartbeat::run(
                 hub.clone(),
                 config.timing.heartbeat,
                 grace,
+                write_back,
             )));
             if let Some(events) = &config.events {
                 let dispatcher = Dispatcher::new(

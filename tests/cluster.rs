@@ -316,8 +316,9 @@ async fn every_key_has_a_ttl_and_only_node_liveness_remains_after_everyone_leave
 /// finished room is also looked at once more before it leaves the due set).
 fn outlives_rooms(rest: &str, nodes: &[String]) -> bool {
     let events = rest == "events:log"
-        || rest == "events:due"
-        || (rest.starts_with("room:{") && rest.ends_with("}:seq"));
+        || rest == "events:owners"
+        || (rest.starts_with("room:{") && rest.ends_with("}:seq"))
+        || nodes.iter().any(|n| rest == format!("node:{{{n}}}:due"));
     events
         || rest == "nodes"
         || nodes.iter().any(|n| {

@@ -347,7 +347,7 @@ async fn a_member_keeps_its_facts(kind: &str) {
 async fn membership_changes_write_their_events_in_order(kind: &str) {
     let subject = subject(kind).await;
     let store = &subject.store;
-    store.record_events(HOUR, 1000);
+    store.record_events(HOUR, 1000, "n1");
     let ann = Member {
         user: "ann".into(),
         joined_at: 5,

@@ -30,6 +30,12 @@ const BATCH: usize = 64;
 /// The first retry waits about this long; each later one twice as long, up to
 /// `WEBHOOK_MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a room whose store calls failed waits for its next look.
+const STORE_RETRY: Duration = Duration::from_secs(2);
+/// Longest pause between two looks while the store fails.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// How often the dispatcher looks for the rooms due of nodes that are gone.
+const ADOPT_EVERY: Duration = Duration::from_secs(2);
 /// How often delivered events older than the retention leave the log.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
@@ -150,9 +156,28 @@ impl Dispatcher {
     /// Runs until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         let mut trimmed = tokio::time::Instant::now();
+        let mut adopted = tokio::time::Instant::now();
+        let mut pause = PASS_INTERVAL;
         loop {
-            if let Err(e) = self.pass().await {
-                tracing::warn!(error = %e, "could not look for room events to deliver");
+            // A store that fails is asked less often, up to once every few seconds.
+            pause = match self.pass().await {
+                Ok(()) => PASS_INTERVAL,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for room events to deliver");
+                    (pause * 2).min(MAX_PAUSE)
+                }
+            };
+            if adopted.elapsed() >= ADOPT_EVERY {
+                adopted = tokio::time::Instant::now();
+                match self.events.adopt_orphans().await {
+                    Ok(0) => {}
+                    Ok(rooms) => {
+                        tracing::info!(rooms, "took over the rooms due of a node that is gone")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not look for a gone node's rooms due")
+                    }
+                }
             }
             if trimmed.elapsed() >= TRIM_EVERY {
                 trimmed = tokio::time::Instant::now();
@@ -161,7 +186,7 @@ impl Dispatcher {
                     tracing::warn!(error = %e, "could not trim the event log");
                 }
             }
-            tokio::time::sleep(PASS_INTERVAL).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -175,7 +200,10 @@ impl Dispatcher {
             .into_iter()
             .map(|(room, seen)| async move {
                 if let Err(e) = self.deliver_room(&room, seen).await {
+                    // The room's shard may be down: look again later, not on every pass.
                     tracing::warn!(error = %e, room, "could not deliver room events");
+                    let later = mark(unix_millis() + STORE_RETRY.as_millis() as u64);
+                    let _ = self.events.reschedule(&room, seen, Some(later)).await;
                 }
             })
             .collect();

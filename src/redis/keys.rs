@@ -60,9 +60,17 @@ impl Keys {
         format!("{}room:{{{room}}}:delivery", self.prefix)
     }
 
-    /// Rooms that may have undelivered events, scored by when to look at them.
-    pub fn events_due(&self) -> String {
-        format!("{}events:due", self.prefix)
+    /// Rooms a node changed that may have undelivered events, scored by when to look at
+    /// them; in the node's own slot, so a room's change fails only with its own shard or
+    /// its node's.
+    pub fn node_due(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:due", self.prefix)
+    }
+
+    /// Nodes that have (or had) a due set: where a dispatcher looks for the sets of nodes
+    /// that are gone, to take them over.
+    pub fn due_owners(&self) -> String {
+        format!("{}events:owners", self.prefix)
     }
 
     /// Every delivered event in delivery order, for the pull API.

@@ -27,11 +27,15 @@ use crate::store::StoreError;
 /// The heartbeat itself runs beside that work, never behind it: writing a node's state
 /// back after a failover can take longer than the heartbeat's TTL, and a node whose
 /// heartbeat lapsed meanwhile would be declared dead by the others while it is healing.
-pub async fn run(hub: Arc<Hub>, every: Duration, grace: Duration) {
+///
+/// `grace` is how long the others may take to renew their heartbeats (none is judged dead
+/// sooner); `write_back`, how long they may take to write their state back after Redis lost
+/// its data, before this node checks its view of their members against the store.
+pub async fn run(hub: Arc<Hub>, every: Duration, grace: Duration, write_back: Duration) {
     let pulse = Pulse::default();
     tokio::join!(
         beat(&hub, every, &pulse),
-        maintain(&hub, every, grace, &pulse)
+        maintain(&hub, every, grace, write_back, &pulse)
     );
 }
 
@@ -68,7 +72,13 @@ async fn beat(hub: &Hub, every: Duration, pulse: &Pulse) {
 
 /// After each heartbeat: writes this node's state back when Redis lost it or missed
 /// writes, reconciles rooms after a data loss, and reaps dead nodes.
-async fn maintain(hub: &Hub, every: Duration, grace: Duration, pulse: &Pulse) {
+async fn maintain(
+    hub: &Hub,
+    every: Duration,
+    grace: Duration,
+    write_back: Duration,
+    pulse: &Pulse,
+) {
     let mut healthy = true;
     let mut judge_after = Instant::now() + grace;
     let mut reconcile_at = None;
@@ -109,8 +119,8 @@ async fn maintain(hub: &Hub, every: Duration, grace: Duration, pulse: &Pulse) {
                     Rewrite::Evicted
                 } else {
                     // Every node writes its own members back; this node's view of theirs
-                    // is checked against the store once they had two heartbeats to.
-                    reconcile_at = Some(Instant::now() + every * 2);
+                    // is checked against the store once they had time to.
+                    reconcile_at = Some(Instant::now() + (every * 2).max(write_back));
                     Rewrite::DataLost
                 };
                 if let Err(e) = hub.reregister(why).await {

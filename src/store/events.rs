@@ -146,8 +146,13 @@ impl Delivery {
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
     /// Records room events from now on (they are off until called), keeping them and the
-    /// room sequences for `retention`, and at most `log_max` events in the log.
-    fn record_events(&self, retention: Duration, log_max: usize);
+    /// room sequences for `retention`, and at most `log_max` events in the log; `node` is
+    /// the node whose changes this store records (its rooms due are kept under its id).
+    fn record_events(&self, retention: Duration, log_max: usize, node: &str);
+
+    /// Takes over the rooms due of nodes that are gone (crashed, or shut down with rooms
+    /// still due); returns how many rooms moved.
+    async fn adopt_orphans(&self) -> Result<usize, StoreError>;
 
     /// Rooms due a look at `now_ms`, at most `limit`, each with its mark (for
     /// [`EventLog::reschedule`]).

@@ -209,6 +209,15 @@ redis.call('DEL', KEYS[1])
 return frames
 ";
 
+/// Runs one command on KEYS[1] (name ARGV[2], further arguments ARGV[3..]) and sets the
+/// key's TTL to ARGV[1] ms in the same step, so nobody sees the key without one. A script
+/// rather than MULTI: a Cluster client routes a script by its key, a transaction not.
+const WITH_TTL: &str = r"
+local result = redis.call(ARGV[2], KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return result
+";
+
 /// TTL of the per-node indexes and the node registry, refreshed by every heartbeat.
 const INDEX_TTL: Duration = Duration::from_secs(3600);
 
@@ -216,8 +225,11 @@ const INDEX_TTL: Duration = Duration::from_secs(3600);
 pub struct RedisStore {
     pub(super) redis: Redis,
     pub(super) keys: Keys,
-    /// How long room events are kept and how many the log holds, once they are recorded.
-    pub(super) events: std::sync::OnceLock<(Duration, usize)>,
+    /// How long room events are kept, how many the log holds and whose changes these are,
+    /// once they are recorded.
+    pub(super) events: std::sync::OnceLock<(Duration, usize, String)>,
+    /// Whether this node is listed among the owners of due sets (see [`Keys::due_owners`]).
+    pub(super) listed: std::sync::atomic::AtomicBool,
     claim: Script,
     restore: Script,
     fenced: Script,
@@ -227,6 +239,7 @@ pub struct RedisStore {
     evict: Script,
     drop_if_node: Script,
     take: Script,
+    with_ttl: Script,
 }
 
 fn ms(ttl: Duration) -> u64 {
@@ -295,6 +308,7 @@ impl RedisStore {
             redis,
             keys,
             events: std::sync::OnceLock::new(),
+            listed: std::sync::atomic::AtomicBool::new(false),
             claim: Script::new(CLAIM),
             restore: Script::new(RESTORE),
             fenced: Script::new(FENCED),
@@ -304,6 +318,7 @@ impl RedisStore {
             evict: Script::new(&format!("{ENTRY}{EVICT}")),
             drop_if_node: Script::new(DROP_IF_NODE),
             take: Script::new(TAKE),
+            with_ttl: Script::new(WITH_TTL),
         }
     }
 
@@ -311,28 +326,48 @@ impl RedisStore {
     /// the change leaves it found by a dispatcher. Returns the scripts' event arguments:
     /// an id prefix (empty when events are off) and their TTL.
     async fn events_for(&self, room: &str) -> Result<(String, u64), StoreError> {
-        let Some(&(retention, _)) = self.events.get() else {
+        let Some((retention, _, node)) = self.events.get() else {
             return Ok((String::new(), 1));
         };
+        let due = self.keys.node_due(node);
         let mark = super::events::mark(crate::clock::unix_millis());
-        self.redis
-            .pipe::<()>(
-                pipe()
-                    // Atomic, so nobody sees the set without its TTL.
-                    .atomic()
-                    .cmd("ZADD")
-                    .arg(self.keys.events_due())
-                    .arg(mark)
-                    .arg(room)
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(self.keys.events_due())
-                    .arg(ms(MAX_TTL))
-                    .ignore(),
-            )
+        self.with_ttl::<()>(&due, MAX_TTL, &["ZADD", &format!("{mark:.0}"), room])
             .await?;
+        self.list_as_owner(node).await;
         let prefix = format!("{:016x}", crate::clock::random_u64());
-        Ok((prefix, ms(retention)))
+        Ok((prefix, ms(*retention)))
+    }
+
+    /// Lists `node` among the owners of due sets, once per process (and again after a
+    /// failure): the one write to a key outside the node's and the room's own slots, and
+    /// one that may fail without failing the change.
+    pub(super) async fn list_as_owner(&self, node: &str) {
+        use std::sync::atomic::Ordering;
+        if self.listed.load(Ordering::Relaxed) {
+            return;
+        }
+        let owners = self.keys.due_owners();
+        let listed = self.with_ttl::<()>(&owners, MAX_TTL, &["SADD", node]).await;
+        match listed {
+            Ok(()) => self.listed.store(true, Ordering::Relaxed),
+            Err(e) => tracing::debug!(error = %e, "could not list this node's due rooms yet"),
+        }
+    }
+
+    /// Runs `command` (its name and the arguments after the key) on `key` and sets the
+    /// key's TTL to `ttl` in one step.
+    pub(super) async fn with_ttl<T: ::redis::FromRedisValue>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        command: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut invocation = self.with_ttl.prepare_invoke();
+        invocation.key(key).arg(ms(ttl));
+        for arg in command {
+            invocation.arg(*arg);
+        }
+        self.redis.script(&invocation).await
     }
 
     /// The keys every membership script takes: members, info, sequence, events, facts.

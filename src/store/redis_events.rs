@@ -80,17 +80,68 @@ fn entries(raw: Vec<(String, Vec<String>)>) -> Vec<StoredEvent> {
         .collect()
 }
 
+impl RedisStore {
+    /// This node's set of rooms due.
+    fn due_key(&self) -> String {
+        let node = self.events.get().map_or("", |e| e.2.as_str());
+        self.keys.node_due(node)
+    }
+}
+
 #[async_trait]
 impl EventLog for RedisStore {
-    fn record_events(&self, retention: Duration, log_max: usize) {
-        let _ = self.events.set((retention, log_max));
+    fn record_events(&self, retention: Duration, log_max: usize, node: &str) {
+        let _ = self.events.set((retention, log_max, node.to_string()));
+    }
+
+    async fn adopt_orphans(&self) -> Result<usize, StoreError> {
+        let Some((_, _, me)) = self.events.get() else {
+            return Ok(0);
+        };
+        // Listed again now and then: the owners' set expires, and a failed listing retries.
+        self.listed
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.list_as_owner(me).await;
+        let owners: Vec<String> = self
+            .redis
+            .query(cmd("SMEMBERS").arg(self.keys.due_owners()))
+            .await?;
+        let mut moved = 0;
+        for owner in owners.into_iter().filter(|o| o != me) {
+            let alive: bool = self
+                .redis
+                .query(cmd("EXISTS").arg(self.keys.node(&owner)))
+                .await?;
+            if alive {
+                continue;
+            }
+            // Copied before it is deleted: a crash in between leaves rooms due twice,
+            // which leases make harmless, never rooms due nowhere.
+            let theirs = self.keys.node_due(&owner);
+            let due: Vec<(String, f64)> = self
+                .redis
+                .query(cmd("ZRANGE").arg(&theirs).arg(0).arg(-1).arg("WITHSCORES"))
+                .await?;
+            let mine = self.keys.node_due(me);
+            for (room, score) in &due {
+                let score = format!("{score:.0}");
+                self.with_ttl::<()>(&mine, super::MAX_TTL, &["ZADD", "NX", &score, room])
+                    .await?;
+            }
+            self.redis.query::<()>(cmd("DEL").arg(&theirs)).await?;
+            self.redis
+                .query::<()>(cmd("SREM").arg(self.keys.due_owners()).arg(&owner))
+                .await?;
+            moved += due.len();
+        }
+        Ok(moved)
     }
 
     async fn due_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<(String, f64)>, StoreError> {
         self.redis
             .query(
                 cmd("ZRANGE")
-                    .arg(self.keys.events_due())
+                    .arg(self.due_key())
                     .arg("-inf")
                     .arg(now_ms * 1000 + 999)
                     .arg("BYSCORE")
@@ -103,9 +154,7 @@ impl EventLog for RedisStore {
     }
 
     async fn pending_rooms(&self) -> Result<usize, StoreError> {
-        self.redis
-            .query(cmd("ZCARD").arg(self.keys.events_due()))
-            .await
+        self.redis.query(cmd("ZCARD").arg(self.due_key())).await
     }
 
     async fn reschedule(
@@ -119,7 +168,7 @@ impl EventLog for RedisStore {
             .redis
             .script(
                 RESCHEDULE
-                    .key(self.keys.events_due())
+                    .key(self.due_key())
                     .arg(format!("{seen:.0}"))
                     .arg(room)
                     .arg(due),
@@ -191,21 +240,12 @@ impl EventLog for RedisStore {
         delivery: &Delivery,
     ) -> Result<(), StoreError> {
         let key = self.keys.room_delivery(room);
-        self.redis
-            .pipe::<()>(
-                ::redis::pipe()
-                    .atomic()
-                    .cmd("HSET")
-                    .arg(&key)
-                    .arg(endpoint)
-                    .arg(delivery.encode())
-                    .ignore()
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(super::MAX_TTL.as_millis() as u64)
-                    .ignore(),
-            )
-            .await
+        self.with_ttl(
+            &key,
+            super::MAX_TTL,
+            &["HSET", endpoint, &delivery.encode()],
+        )
+        .await
     }
 
     async fn trim_events(&self, room: &str, through: &str) -> Result<(), StoreError> {
@@ -223,27 +263,16 @@ impl EventLog for RedisStore {
         let (retention, log_max) = self
             .events
             .get()
-            .copied()
+            .map(|e| (e.0, e.1))
             .unwrap_or((super::MAX_TTL, usize::MAX));
         let key = self.keys.events_log();
+        let log_max = log_max.to_string();
         // Every key expires (at most a day): the log lives while events keep coming.
-        let (position,): (String,) = self
-            .redis
-            .pipe(
-                ::redis::pipe()
-                    .atomic()
-                    .cmd("XADD")
-                    .arg(&key)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(log_max)
-                    .arg("*")
-                    .arg("e")
-                    .arg(json)
-                    .cmd("PEXPIRE")
-                    .arg(&key)
-                    .arg(retention.as_millis() as u64)
-                    .ignore(),
+        let position: String = self
+            .with_ttl(
+                &key,
+                retention,
+                &["XADD", "MAXLEN", "~", &log_max, "*", "e", json],
             )
             .await?;
         Ok(position)

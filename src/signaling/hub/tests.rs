@@ -303,7 +303,12 @@ async fn a_slow_rewrite_does_not_let_the_heartbeat_lapse() {
     // of dead nodes) waits for this hold on recovery as it would for a slow store.
     let hold = hub.recovery.read().await;
     let every = Duration::from_millis(500);
-    let heartbeat = tokio::spawn(crate::signaling::heartbeat::run(hub.clone(), every, every));
+    let heartbeat = tokio::spawn(crate::signaling::heartbeat::run(
+        hub.clone(),
+        every,
+        every,
+        every,
+    ));
     tokio::time::sleep(every * 10).await;
     assert!(
         !store
