@@ -81,6 +81,29 @@ fn entries(raw: Vec<(String, Vec<String>)>) -> Vec<StoredEvent> {
 }
 
 impl RedisStore {
+    /// Up to `limit` events of stream `key` after position `after` (from the start when
+    /// `None`).
+    async fn read_after(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let raw: Vec<(String, Vec<String>)> = self
+            .redis
+            .query(
+                cmd("XRANGE")
+                    .arg(key)
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit),
+            )
+            .await?;
+        Ok(entries(raw))
+    }
+
     /// This node's set of rooms due.
     fn due_key(&self) -> String {
         let node = self.events.get().map_or("", |e| e.2.as_str());
@@ -203,23 +226,9 @@ impl EventLog for RedisStore {
         after: &str,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = if after.is_empty() {
-            "-".to_string()
-        } else {
-            format!("({after}")
-        };
-        let raw: Vec<(String, Vec<String>)> = self
-            .redis
-            .query(
-                cmd("XRANGE")
-                    .arg(self.keys.room_events(room))
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
-            .await?;
-        Ok(entries(raw))
+        let after = (!after.is_empty()).then_some(after);
+        self.read_after(&self.keys.room_events(room), after, limit)
+            .await
     }
 
     async fn deliveries(&self, room: &str) -> Result<HashMap<String, Delivery>, StoreError> {
@@ -283,19 +292,7 @@ impl EventLog for RedisStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
-        let raw: Vec<(String, Vec<String>)> = self
-            .redis
-            .query(
-                cmd("XRANGE")
-                    .arg(self.keys.events_log())
-                    .arg(start)
-                    .arg("+")
-                    .arg("COUNT")
-                    .arg(limit),
-            )
-            .await?;
-        Ok(entries(raw))
+        self.read_after(&self.keys.events_log(), after, limit).await
     }
 
     async fn log_trim(&self, before_ms: u64) -> Result<(), StoreError> {
