@@ -246,6 +246,55 @@ async fn two_then_three_people_hold_a_call_and_one_leaves() {
     }
 }
 
+/// The largest gap between two frames a remote video may show while signaling is away.
+const LARGEST_FRAME_GAP_MS: f64 = 200.0;
+
+/// From now on, the page keeps the time of every frame each remote <video> presents.
+async fn record_frames(browser: &Client) {
+    let script = "const recorded = (window.frameTimes = {});
+        for (const video of document.querySelectorAll('figure[data-peer] video')) {
+          const times = (recorded[video.closest('figure').dataset.peer] = []);
+          const tick = (now) => (times.push(now), video.requestVideoFrameCallback(tick));
+          video.requestVideoFrameCallback(tick);
+        }
+        window.framesSince = performance.now();
+        return Object.keys(recorded).length;";
+    let videos = browser.execute(script, vec![]).await.unwrap();
+    assert!(
+        videos.as_u64() > Some(0),
+        "remote videos to watch: {videos}"
+    );
+}
+
+/// Per remote video, since `record_frames`: the largest gap (ms) between presented frames,
+/// counting the start and now as bounds, and how many frames came.
+async fn frame_gaps(browser: &Client) -> Value {
+    let script = "const now = performance.now(), since = window.framesSince;
+        return Object.fromEntries(Object.entries(window.frameTimes).map(([peer, times]) => {
+          const points = [since, ...times.filter((t) => t >= since && t <= now), now];
+          const gap = Math.max(...points.slice(1).map((t, i) => t - points[i]));
+          return [peer, {largestGapMs: Math.round(gap), frames: times.length, overMs: Math.round(now - since)}];
+        }));";
+    browser.execute(script, vec![]).await.unwrap()
+}
+
+/// A number the app exposes on `window.switchboardCall`.
+async fn call_counter(browser: &Client, name: &str) -> u64 {
+    let script = format!("return window.switchboardCall.{name}");
+    let value = browser.execute(&script, vec![]).await.unwrap();
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{name} is {value}"))
+}
+
+/// Text of the small notice shown while signaling is away (empty: not shown).
+async fn signaling_notice(browser: &Client) -> String {
+    let script = "const el = document.getElementById('signaling');
+        return getComputedStyle(el).display === 'none' ? '' : el.textContent";
+    let value = browser.execute(script, vec![]).await.unwrap();
+    value.as_str().unwrap_or_default().to_string()
+}
+
 #[tokio::test]
 async fn a_restarted_node_does_not_end_the_call() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -255,29 +304,73 @@ async fn a_restarted_node_does_not_end_the_call() {
     let (alice, bob) = alice_and_bob(&driver, &base, "sturdy", "").await;
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
+    let mut created = Vec::new();
+    for b in [&alice, &bob] {
+        created.push(call_counter(b, "peerConnectionsCreated").await);
+        record_frames(b).await;
+    }
 
-    // The node drains (goaway, 1012) and exits; a new process takes its port.
+    // The node drains (goaway, 1012) and exits; the pages say, calmly, that they reconnect.
     let logs = server.terminate();
     assert!(logs.iter().any(|l| l.contains("draining")));
-    let (_server, _) = switchboard(port, &[]);
-    // Both pages reconnect by themselves (nobody reloads), join again, and the call is up.
     for b in [&alice, &bob] {
-        eventually("the page to reconnect", CALL_DEADLINE, async || {
-            let reconnects = b
-                .execute("return window.switchboardCall.reconnects", vec![])
+        eventually("a calm reconnecting notice", CALL_DEADLINE, async || {
+            let notice = signaling_notice(b).await;
+            let error: Value = b
+                .execute(
+                    "return document.querySelector('.error')?.textContent ?? null",
+                    vec![],
+                )
                 .await
-                .unwrap()
-                .as_u64()
                 .unwrap();
-            if reconnects > 0 {
+            if notice.contains("your call continues") && error.is_null() {
                 return Ok(());
             }
-            Err(format!("status: {}", status(b).await))
+            Err(format!("notice: {notice:?}; error shown: {error}"))
         })
+        .await;
+    }
+    // A new process takes its port, with none of the old one's sessions. Both pages reconnect
+    // by themselves (nobody reloads) and join again, with the same peer ids.
+    let (_server, _) = switchboard(port, &[]);
+    for b in [&alice, &bob] {
+        eventually(
+            "the page to reconnect and join again",
+            CALL_DEADLINE,
+            async || {
+                let reconnects = call_counter(b, "reconnects").await;
+                let (shown, notice) = (status(b).await, signaling_notice(b).await);
+                if reconnects > 0 && shown == "In sturdy with 1 other" && notice.is_empty() {
+                    return Ok(());
+                }
+                Err(format!(
+                    "reconnects: {reconnects}; status: {shown}; notice: {notice:?}"
+                ))
+            },
+        )
         .await;
     }
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
+
+    // The media never waited for signaling: the same peer connections carried on, and every
+    // remote video kept showing frames through the whole restart.
+    for (b, before) in [&alice, &bob].into_iter().zip(created) {
+        let gaps = frame_gaps(b).await;
+        println!("frames during the restart: {gaps}");
+        let videos = gaps.as_object().unwrap();
+        assert!(!videos.is_empty(), "no remote video recorded");
+        for (peer, video) in videos {
+            let gap = video["largestGapMs"].as_f64().unwrap();
+            assert!(
+                gap <= LARGEST_FRAME_GAP_MS,
+                "the video of {peer} stalled for {gap} ms during the restart (at most \
+                 {LARGEST_FRAME_GAP_MS} ms): {video}"
+            );
+        }
+        let after = call_counter(b, "peerConnectionsCreated").await;
+        assert_eq!(after, before, "peer connections were created again");
+    }
     for b in [alice, bob] {
         b.close().await.unwrap();
     }

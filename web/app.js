@@ -36,6 +36,7 @@ const people = new Map(); // peerId -> {name, muted, cameraOff} as last shown, k
 const iceErrors = []; // STUN/TURN failures (e.g. 401: TURN credentials refused), for support
 const negotiationErrors = []; // failed signaling steps, for support
 let reconnects = 0; // signaling reconnects (resumed or not) since joining
+let peerConnectionsCreated = 0; // on this page, ever: a reconnect keeps the working ones
 let unread = 0;
 
 roomInput.value = params.get('room') ?? '';
@@ -44,6 +45,12 @@ nameInput.value = params.get('name') ?? '';
 function status(text, isError = false) {
   $('status').textContent = text;
   $('status').classList.toggle('error', isError);
+}
+
+// A small, calm line while the signaling connection is away: the media does not go through
+// the server, so the call goes on meanwhile. Empty (hidden) once signaling is back.
+function signalingNotice(text) {
+  $('signaling').textContent = text;
 }
 
 function note(text) {
@@ -245,31 +252,41 @@ function sendChat() {
 
 function wire(c, m) {
   const on = (type, fn) => c.addEventListener(type, (e) => c === client && fn(e.detail));
+  // After a reconnect that could not resume (the server lost the session: a node restart),
+  // the client joins again with the same peer id, and `joined` and `peer_joined` list people
+  // this side may already have a connection to. The app's policy: a connection that still
+  // works (or is still getting there) is kept as it is, with no renegotiation, since media
+  // never waits for signaling; only one that failed or closed is closed and negotiated again
+  // (that is what PROTOCOL.md's "treat it as a new peer" comes down to here). A kept peer the
+  // new `joined` does not list yet is waiting to join again too; it goes with its `peer_left`,
+  // or once its connection fails or closes.
   on('joined', (msg) => {
     myId = msg.peerId;
     m.peerId = myId;
     m.setIceServers(msg.iceServers);
+    signalingNotice('');
     if (msg.peers.length >= MAX_PARTICIPANTS) return leave(true, `This call already has ${MAX_PARTICIPANTS} people, the most it supports.`);
-    msg.peers.forEach((id) => m.call(id)); // the newcomer calls everyone already here
+    msg.peers.forEach((id) => m.connect(id, true)); // the newcomer calls everyone already here
+    msg.peers.forEach(renderPeer); // a kept peer's metadata may have changed meanwhile
     showRoom();
   });
   on('resumed', (msg) => {
     m.setIceServers(msg.iceServers);
+    signalingNotice('');
     // Calls whose media path survived stay up; peers that left meanwhile go.
     m.peerIds.filter((id) => !msg.peers.includes(id)).forEach((id) => m.remove(id));
     m.peerIds.forEach(renderPeer); // their metadata may have changed meanwhile
     showRoom();
   });
-  on('reconnected', ({ resumed }) => {
-    reconnects += 1;
-    // The server lost the session: the client joins again; rebuild every connection.
-    if (!resumed) m.removeAll();
-  });
-  on('reconnecting', ({ delayMs }) => status(`Connection to the server lost; reconnecting in ${Math.ceil(delayMs / 1000)} s… The call goes on meanwhile.`, true));
-  on('goaway', () => status('The server is restarting; moving to another one…'));
+  // Without `resumed` the client joins again by itself; `joined` says who is (still) here.
+  on('reconnected', () => (reconnects += 1));
+  on('reconnecting', () => signalingNotice('Reconnecting to the server… (your call continues)'));
+  on('goaway', () => signalingNotice('The server is restarting; reconnecting… (your call continues)'));
   on('peer_joined', (msg) => {
-    m.expect(msg.peerId);
-    chatLine(null, `${nameOf(msg.peerId)} joined`, 'notice');
+    const known = m.peerIds.includes(msg.peerId);
+    m.connect(msg.peerId, false);
+    renderPeer(msg.peerId);
+    if (!known) chatLine(null, `${nameOf(msg.peerId)} joined`, 'notice');
     showRoom();
   });
   on('peer_left', (msg) => {
@@ -292,6 +309,7 @@ function wire(c, m) {
 
   const onMesh = (type, fn) => m.addEventListener(type, (e) => fn(e.detail));
   onMesh('peeradded', ({ peerId, stream }) => {
+    peerConnectionsCreated += 1;
     const tile = addTile(stream, false);
     tile.dataset.peer = peerId;
     tiles.set(peerId, tile);
@@ -302,7 +320,11 @@ function wire(c, m) {
     const video = tiles.get(peerId)?.querySelector('video');
     if (video) video.srcObject = stream; // set again, so a track that arrives late starts playing
   });
-  onMesh('connectionstatechange', ({ peerId, state }) => setTileState(tiles.get(peerId), state));
+  onMesh('connectionstatechange', ({ peerId, state }) => {
+    setTileState(tiles.get(peerId), state);
+    // A kept peer that never came back after the server lost the room (see `joined`).
+    if ((state === 'failed' || state === 'closed') && c.connected && c.roomId && !c.peers.has(peerId)) m.remove(peerId);
+  });
   onMesh('peerremoved', ({ peerId }) => {
     tiles.get(peerId)?.remove();
     tiles.delete(peerId);
@@ -350,6 +372,7 @@ async function join() {
 function leave(sendLeave = true, error = null) {
   const c = client;
   client = null; // from here on, ignore anything the old client reports
+  signalingNotice('');
   if (sendLeave) c?.leave();
   c?.close();
   mesh?.close();
@@ -426,6 +449,10 @@ window.switchboardCall = {
   negotiationErrors,
   get reconnects() {
     return reconnects;
+  },
+  /** Peer connections this page ever created: a reconnect that kept the call adds none. */
+  get peerConnectionsCreated() {
+    return peerConnectionsCreated;
   },
   async peers() {
     return mesh ? mesh.stats() : [];

@@ -22,6 +22,8 @@ export class Mesh extends EventTarget {
   #iceServers;
   #iceTransportPolicy;
   #closed = false;
+  /** How many RTCPeerConnections this mesh ever created (a kept one counts once). */
+  created = 0;
 
   /**
    * @param {{sendOffer: Function, sendAnswer: Function, sendCandidate: Function}} signaling
@@ -62,6 +64,35 @@ export class Mesh extends EventTarget {
     this.#create(peerId, false);
   }
 
+  /**
+   * Connects to a peer the server (again) lists in the room, as `call` (`caller`) or `expect`
+   * would, but keeps a connection that already exists and still works: after the server lost
+   * this side's session (a node restart) the page joins again with the same peer ids, and the
+   * media, which never went through the server, must not wait for signaling. Only a
+   * connection that failed, closed or never got going is closed and negotiated again.
+   * @returns {boolean} whether an existing connection was kept
+   */
+  connect(peerId, caller) {
+    if (this.healthy(peerId)) return true;
+    this.remove(peerId);
+    this.#create(peerId, caller);
+    return false;
+  }
+
+  /**
+   * Whether the connection to a peer works or is still getting there: `connected`,
+   * `connecting`, `disconnected` (ICE may come back; on failure the caller restarts it), or
+   * `new` with a negotiation under way or a caller's watchdog that starts one. Not `failed`
+   * or `closed`, nor a `new` one waiting for an offer that went with a lost session.
+   */
+  healthy(peerId) {
+    const p = this.#peers.get(peerId);
+    if (!p) return false;
+    const { connectionState, signalingState } = p.pc;
+    if (['connected', 'connecting', 'disconnected'].includes(connectionState)) return true;
+    return connectionState === 'new' && (p.caller || p.makingOffer || signalingState !== 'stable');
+  }
+
   /** Closes the connection to a peer and forgets it. */
   remove(peerId) {
     const p = this.#peers.get(peerId);
@@ -72,7 +103,7 @@ export class Mesh extends EventTarget {
     this.#emit('peerremoved', { peerId });
   }
 
-  /** Closes every connection (the signaling session was lost: they are negotiated again). */
+  /** Closes every connection. */
   removeAll() {
     this.peerIds.forEach((id) => this.remove(id));
   }
@@ -151,6 +182,7 @@ export class Mesh extends EventTarget {
     if (this.#closed) return null;
     if (this.#peers.has(peerId)) return this.#peers.get(peerId);
     const pc = new RTCPeerConnection(this.#config());
+    this.created += 1;
     const stream = new MediaStream();
     const p = {
       pc, polite: this.peerId < peerId, caller, awaitingOffer: !caller, makingOffer: false, ignoreOffer: false,
