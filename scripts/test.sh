@@ -40,6 +40,14 @@ if ! command -v tsc >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
   npm install -g -s typescript@5 >/dev/null 2>&1 || true
 fi
 command -v tsc >/dev/null 2>&1 || missing+=("tsc (npm package typescript)")
+# axe-core, the accessibility checker the browser tests inject into the page (a test tool,
+# not something the app loads), in target/test-tools where tests/browser.rs looks for it.
+axe=target/test-tools/node_modules/axe-core/axe.min.js
+if [ ! -f "$axe" ] && command -v npm >/dev/null 2>&1; then
+  echo "test.sh: installing axe-core with npm"
+  npm install -s --no-audit --no-fund --prefix target/test-tools axe-core@4 >/dev/null 2>&1 || true
+fi
+[ -f "$axe" ] || missing+=("axe-core (npm install --prefix target/test-tools axe-core@4)")
 
 # The deploy/ files, each checked by the tool that runs it (tests/edge_proxies.rs and
 # tests/deploy_*.rs): TLS edges, Prometheus rules, systemd's verifier, the test certificates.

@@ -75,7 +75,10 @@ async fn browser(driver: &str) -> Client {
             "binary": binary,
             "args": [
                 "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                // Three fake cameras, so that a test can switch between them: the first
+                // gives I420 frames, the third MJPEG (the second, Y16 depth, is no camera).
+                "--use-fake-device-for-media-stream=device-count=3",
                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,800",
                 "--mute-audio",
                 // Host candidates as plain addresses: resolving mDNS names (.local) is not
@@ -586,7 +589,15 @@ async fn a_call_fits_a_phone_screen() {
     cdp(&driver, &alice, "Emulation.setTouchEmulationEnabled", touch).await;
     // The form to join fits, before the call...
     alice.goto(&format!("{base}/?room=pocket")).await.unwrap();
-    let form = ["#name", "#room", "#join", "#mic", "#cam"];
+    let form = [
+        "#name",
+        "#room",
+        "#join",
+        "#mic",
+        "#cam",
+        "#camera-select",
+        "#mic-select",
+    ];
     assert_fits_the_phone(&layout(&alice, &form).await);
 
     let bob = browser(&driver).await;
@@ -920,6 +931,231 @@ async fn the_microphone_and_camera_buttons_say_their_state() {
     wait_for_status(&alice, "You left the call.").await;
     wait_for_buttons(&alice, "Microphone on", "Camera on").await;
     assert_eq!(js(&alice, form).await, true);
+    for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}
+
+/// axe-core's browser build. `scripts/test.sh` installs the npm package into
+/// target/test-tools; `AXE_CORE_JS` may name another copy.
+fn axe_source() -> Result<String, String> {
+    let path = std::env::var_os("AXE_CORE_JS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("target/test-tools/node_modules/axe-core/axe.min.js")
+        });
+    std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "axe-core is missing ({}: {e}); install it with \
+             `npm install --prefix target/test-tools axe-core@4` (scripts/test.sh does)",
+            path.display()
+        )
+    })
+}
+
+/// Runs axe-core on the page as it is now and returns its serious and critical violations,
+/// each with the elements it found and why.
+async fn axe_violations(browser: &Client, axe: &str) -> Vec<Value> {
+    if js(browser, "return typeof window.axe").await != "object" {
+        browser.execute(axe, vec![]).await.unwrap();
+    }
+    let script = "const done = arguments[arguments.length - 1];
+        axe.run(document).then((r) => done(r.violations
+            .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+            .map((v) => ({id: v.id, impact: v.impact, help: v.help,
+                nodes: v.nodes.map((n) => [n.target.join(' '), n.failureSummary])}))),
+          (e) => done([{error: String(e)}]));";
+    match browser.execute_async(script, vec![]).await.unwrap() {
+        Value::Array(list) => list,
+        other => panic!("axe reported {other}"),
+    }
+}
+
+fn assert_no_violations(violations: &[Value], when: &str) {
+    assert!(
+        violations.is_empty(),
+        "serious or critical accessibility violations {when}:\n{}",
+        serde_json::to_string_pretty(violations).unwrap()
+    );
+}
+
+#[tokio::test]
+async fn axe_finds_no_serious_accessibility_violations() {
+    let axe = match axe_source() {
+        Ok(source) => source,
+        Err(hint) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{hint}"),
+        Err(hint) => {
+            eprintln!("SKIPPED axe_finds_no_serious_accessibility_violations: {hint}");
+            return;
+        }
+    };
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    let alice = browser(&driver).await;
+    // Before joining: the form, the preview and the device pickers.
+    alice
+        .goto(&format!("{base}/?room=axe&name=alice"))
+        .await
+        .unwrap();
+    wait_for_pickers(&alice).await;
+    assert_no_violations(&axe_violations(&alice, &axe).await, "before joining");
+
+    // In a call with Bob, with the chat open and a message in it.
+    click(&alice, "#join").await;
+    let bob = browser(&driver).await;
+    join(&bob, &base, "axe", "bob", "").await;
+    wait_for_call(&alice, 1).await;
+    wait_for_call(&bob, 1).await;
+    click(&alice, "#chat-toggle").await;
+    let input = alice.find(Locator::Css("#chat-input")).await.unwrap();
+    input.send_keys("hello\n").await.unwrap();
+    click(&alice, "#mic").await;
+    assert_no_violations(&axe_violations(&alice, &axe).await, "in a call");
+    // The page follows the system's dark mode: its colours must hold up there too.
+    let dark = json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] });
+    cdp(&driver, &alice, "Emulation.setEmulatedMedia", dark).await;
+    assert_no_violations(&axe_violations(&alice, &axe).await, "in dark mode");
+    for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}
+
+/// Waits until the page lists its cameras and microphones (the preview has started);
+/// returns each picker's options as [value, label] and the picked value.
+async fn wait_for_pickers(browser: &Client) -> Value {
+    let script = "const list = (id) => { const s = document.getElementById(id);
+            return {options: [...s.options].map((o) => [o.value, o.text]), value: s.value}; };
+        return {camera: list('camera-select'), mic: list('mic-select')};";
+    eventually("the device pickers", CALL_DEADLINE, async || {
+        let seen = js(browser, script).await;
+        let listed = |kind: &str| {
+            seen[kind]["options"]
+                .as_array()
+                .is_some_and(|o| !o.is_empty() && o.iter().all(|o| o[0] != "" && o[1] != ""))
+        };
+        if listed("camera") && listed("mic") {
+            Ok(seen)
+        } else {
+            Err(seen)
+        }
+    })
+    .await
+}
+
+/// The device id of the track of `kind` the page sends, and the track's id.
+async fn local_track(browser: &Client, kind: &str) -> (String, String) {
+    let tracks = js(browser, "return window.switchboardCall.localTracks").await;
+    let track = tracks
+        .as_array()
+        .and_then(|l| l.iter().find(|t| t["kind"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} track in {tracks}"));
+    let field = |f: &str| track[f].as_str().unwrap_or_default().to_string();
+    (field("deviceId"), field("id"))
+}
+
+/// Picks `value` in the <select> `id`, as a person would (a change event).
+async fn pick(browser: &Client, id: &str, value: &str) {
+    let script = "const [id, value] = arguments; const s = document.getElementById(id);
+        s.value = value; s.dispatchEvent(new Event('change'));";
+    browser
+        .execute(script, vec![json!(id), json!(value)])
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_device_pickers_choose_what_a_call_sends() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    let alice = browser(&driver).await;
+    alice
+        .goto(&format!("{base}/?room=devices&name=alice"))
+        .await
+        .unwrap();
+    // Before joining: Chromium's fake camera and microphones are listed, and the preview plays.
+    let pickers = wait_for_pickers(&alice).await;
+    eprintln!("devices: {pickers}");
+    let preview = "const v = document.getElementById('preview');
+        return v.checkVisibility() && v.videoWidth > 0";
+    eventually("the preview to play", CALL_DEADLINE, async || {
+        if js(&alice, preview).await == true {
+            Ok(())
+        } else {
+            Err("not yet")
+        }
+    })
+    .await;
+
+    // Alice picks the last microphone, then joins: the call sends that one.
+    let mics = pickers["mic"]["options"].as_array().unwrap();
+    let mic = mics.last().unwrap()[0].as_str().unwrap().to_string();
+    pick(&alice, "mic-select", &mic).await;
+    eventually(
+        "the preview to use the picked microphone",
+        CALL_DEADLINE,
+        async || {
+            let picked = js(&alice, "return document.getElementById('mic-select').value").await;
+            if picked == mic.as_str() {
+                Ok(())
+            } else {
+                Err(picked)
+            }
+        },
+    )
+    .await;
+    click(&alice, "#join").await;
+    let bob = browser(&driver).await;
+    join(&bob, &base, "devices", "bob", "").await;
+    wait_for_call(&alice, 1).await;
+    wait_for_call(&bob, 1).await;
+    assert_eq!(
+        local_track(&alice, "audio").await.0,
+        mic,
+        "the picked microphone"
+    );
+
+    // Alice switches cameras in the call: every connection sends the new camera's track,
+    // with no new connection.
+    let created = [
+        call_counter(&alice, "peerConnectionsCreated").await,
+        call_counter(&bob, "peerConnectionsCreated").await,
+    ];
+    let (camera, before) = local_track(&alice, "video").await;
+    let cameras = pickers["camera"]["options"].as_array().unwrap();
+    let other = cameras.last().unwrap()[0].as_str().unwrap().to_string();
+    assert_ne!(other, camera, "another camera to switch to: {pickers}");
+    pick(&alice, "camera-select", &other).await;
+    let after = eventually(
+        "every connection to send the new camera",
+        CALL_DEADLINE,
+        async || {
+            let (device, id) = local_track(&alice, "video").await;
+            let list = peers(&alice).await;
+            let sent = list.iter().all(|p| {
+                p["sendingTrackIds"]
+                    .as_array()
+                    .is_some_and(|ids| ids.iter().any(|i| i == id.as_str()))
+            });
+            if id != before && device == other && sent && !list.is_empty() {
+                Ok(id)
+            } else {
+                Err(format!("{device} {id}: {list:?}"))
+            }
+        },
+    )
+    .await;
+    eprintln!("camera {camera} ({before}) -> {other} ({after})");
+    // Bob keeps receiving Alice's video, on the same connection.
+    wait_for_call(&bob, 1).await;
+    wait_for_call(&alice, 1).await;
+    let now = [
+        call_counter(&alice, "peerConnectionsCreated").await,
+        call_counter(&bob, "peerConnectionsCreated").await,
+    ];
+    assert_eq!(now, created, "no peer connection recreated");
     for b in [alice, bob] {
         b.close().await.unwrap();
     }

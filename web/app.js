@@ -10,6 +10,9 @@ const $ = (id) => document.getElementById(id);
 const form = $('form'), nameInput = $('name'), roomInput = $('room'), joinBtn = $('join'), leaveBtn = $('leave');
 const micBtn = $('mic'), camBtn = $('cam'), inviteBtn = $('invite'), chatBtn = $('chat-toggle');
 const chatPanel = $('chat'), chatLog = $('chat-log'), chatInput = $('chat-input');
+const cameraSelect = $('camera-select'), micSelect = $('mic-select'), speakerSelect = $('speaker-select');
+// Choosing the speaker needs setSinkId (not in every browser); without it the picker stays hidden.
+const canPickSpeaker = 'setSinkId' in HTMLMediaElement.prototype;
 const params = new URLSearchParams(location.search);
 // `?relay=1` sends all media through the TURN server (a diagnostic for TURN setups).
 const iceTransportPolicy = params.get('relay') === '1' ? 'relay' : 'all';
@@ -38,6 +41,9 @@ const negotiationErrors = []; // failed signaling steps, for support
 let reconnects = 0; // signaling reconnects (resumed or not) since joining
 let peerConnectionsCreated = 0; // on this page, ever: a reconnect keeps the working ones
 let unread = 0;
+// Before joining: the camera and microphone, previewed, then handed to the call on Join (no
+// second prompt, no flicker). `previewing` settles with the stream (null: none available).
+let previewing = null, previewStream = null;
 
 roomInput.value = params.get('room') ?? '';
 nameInput.value = params.get('name') ?? '';
@@ -78,6 +84,7 @@ function addTile(stream, isSelf) {
   tile.innerHTML = '<video autoplay playsinline></video><div class="avatar" aria-hidden="true"></div>' +
     `<figcaption><span class="who"></span>${marks.join('')}<span class="state"></span></figcaption>`;
   Object.assign(tile.querySelector('video'), { srcObject: stream, muted: isSelf });
+  if (!isSelf && canPickSpeaker && speakerSelect.value) tile.querySelector('video').setSinkId(speakerSelect.value).catch(() => {});
   if (isSelf) tile.id = 'self';
   $('grid').append(tile);
   return tile;
@@ -113,6 +120,7 @@ function renderPeer(peerId) {
 const nameOf = (peerId) => people.get(peerId)?.name ?? displayName(peerId);
 
 const localTrack = (kind) => localStream?.getTracks().find((t) => t.kind === kind);
+const previewTrack = (kind) => previewStream?.getTracks().find((t) => t.kind === kind);
 const sending = (kind) => Boolean(localTrack(kind)?.enabled);
 // No microphone (none, or denied) counts as muted, no camera as camera off: what the others get.
 const myState = () => ({ name: myName, muted: !sending('audio'), cameraOff: !sending('video') });
@@ -141,7 +149,11 @@ async function getMedia() {
     return null;
   }
   let why = '';
-  for (const [constraints, text] of [[{ audio: true, video: true }, ''], [{ audio: true }, 'No camera available: audio only.']]) {
+  // The picked devices first; then any (one unplugged since is no reason to go without).
+  const pick = (select) => (select.value ? { deviceId: { exact: select.value } } : true);
+  const audio = pick(micSelect), video = pick(cameraSelect), audioOnly = 'No camera available: audio only.';
+  const attempts = [[{ audio, video }, ''], [{ audio: true, video: true }, ''], [{ audio }, audioOnly], [{ audio: true }, audioOnly]];
+  for (const [constraints, text] of attempts) {
     try {
       const stream = await navigator.mediaDevices.getUserMedia(constraints);
       note(text);
@@ -154,11 +166,95 @@ async function getMedia() {
   return null;
 }
 
+// --- Devices: the preview before joining, the pickers before and during a call. ---
+
+// Lists the cameras, microphones and speakers; each picker shows the device in use. Labels
+// come only once the page may use a device, so this runs again after the preview starts.
+async function fillPickers() {
+  const devices = (await navigator.mediaDevices?.enumerateDevices?.()) ?? [];
+  const pickers = [[cameraSelect, 'videoinput', 'Camera', 'video'], [micSelect, 'audioinput', 'Microphone', 'audio'], [speakerSelect, 'audiooutput', 'Speaker']];
+  for (const [select, kind, label, trackKind] of pickers) {
+    const track = trackKind && (localTrack(trackKind) ?? previewTrack(trackKind));
+    const chosen = track?.getSettings().deviceId ?? select.value;
+    const list = devices.filter((d) => d.kind === kind && d.deviceId);
+    select.replaceChildren(...list.map((d, i) => new Option(d.label || `${label} ${i + 1}`, d.deviceId)));
+    if (!list.length) select.append(new Option(`No ${label.toLowerCase()} found`, ''));
+    select.disabled = !list.length;
+    if (list.some((d) => d.deviceId === chosen)) select.value = chosen;
+  }
+  $('speaker-field').hidden = !canPickSpeaker || speakerSelect.disabled;
+}
+
+// (Re)starts the preview with the picked devices; only outside a call.
+function startPreview() {
+  const previous = previewing;
+  previewing = (async () => {
+    (await previous)?.getTracks().forEach((t) => t.stop());
+    previewStream = await getMedia();
+    previewStream?.getTracks().forEach((t) => (t.enabled = wanted[t.kind]));
+    $('preview').srcObject = previewStream;
+    $('preview').hidden = !previewTrack('video');
+    await fillPickers();
+    return previewStream;
+  })();
+}
+
+// The joining call takes the preview's stream over.
+async function takePreview() {
+  const stream = await previewing;
+  previewing = previewStream = null;
+  $('preview').srcObject = null;
+  $('preview').hidden = true;
+  return stream;
+}
+
+// A picker changed in a call: the new device's track replaces the old one on every peer
+// connection (no renegotiation); a kind not sent before is negotiated like a late camera.
+async function switchDevice(kind, deviceId) {
+  const old = localTrack(kind);
+  const get = async () => (await navigator.mediaDevices.getUserMedia({ [kind]: { deviceId: { exact: deviceId } } })).getTracks()[0];
+  let track;
+  try {
+    track = await get();
+  } catch {
+    // Some devices (phone cameras) open only once: let go of the old one, then try again.
+    if (!old) return note('That device is unavailable.');
+    old.stop();
+    track = await get().catch(() => null);
+    if (!track) return note('That device is unavailable.');
+  }
+  if (!mesh) return track.stop(); // left meanwhile
+  track.enabled = old ? old.enabled : wanted[kind];
+  if (old) {
+    await mesh.replaceLocalTrack(old, track);
+    old.stop();
+  } else {
+    await mesh.addLocalTrack(track);
+  }
+  localStream = mesh.localStream;
+  $('self').querySelector('video').srcObject = localStream;
+  note('');
+  publish();
+}
+
+function pickDevice(kind, select) {
+  if (!select.value) return;
+  if (mesh) switchDevice(kind, select.value).finally(fillPickers); // the picker shows what is in use
+  else if (!joinBtn.disabled) startPreview(); // while joining, the call takes what it has
+}
+
+function pickSpeaker() {
+  for (const video of document.querySelectorAll('#grid figure:not(#self) video')) {
+    video.setSinkId(speakerSelect.value).catch(() => note('That speaker is unavailable.'));
+  }
+}
+
 // --- The call header and the status line: the room's state, not the last event. ---
 
 function showCall(inCall) {
   document.body.classList.toggle('in-call', inCall);
   form.hidden = inCall;
+  $('devices').open = !inCall; // in a call the tiles come first; the pickers are a click away
   for (const el of [$('call-header'), leaveBtn, chatBtn]) el.hidden = !inCall;
   if (!inCall) openChat(false);
 }
@@ -345,7 +441,7 @@ async function join() {
     const grant = await SignalingClient.fetchToken(location.origin, name, room);
     myId = grant.peerId;
     status('Starting camera and microphone…');
-    localStream = await getMedia();
+    localStream = (await takePreview()) ?? (await getMedia());
     // Join as the buttons said (a choice made while the camera started counts too).
     localStream?.getTracks().forEach((t) => (t.enabled = wanted[t.kind]));
     const renewToken = async () => (await SignalingClient.fetchToken(location.origin, name, room)).token;
@@ -382,6 +478,7 @@ function leave(sendLeave = true, error = null) {
   localStream = null;
   $('self')?.remove();
   joinBtn.disabled = false;
+  if (!previewing) startPreview();
   showCall(false);
   if (!error) note('');
   updateMediaButtons();
@@ -394,6 +491,8 @@ let askingForCamera = false;
 async function toggle(kind) {
   if (!client) {
     wanted[kind] = !wanted[kind];
+    const track = previewTrack(kind);
+    if (track) track.enabled = wanted[kind];
     return updateMediaButtons();
   }
   const track = localTrack(kind);
@@ -403,7 +502,7 @@ async function toggle(kind) {
   } else if (kind === 'video' && !askingForCamera) {
     askingForCamera = true;
     try {
-      const camera = (await navigator.mediaDevices.getUserMedia({ video: true })).getVideoTracks()[0];
+      const camera = (await navigator.mediaDevices.getUserMedia({ video: cameraSelect.value ? { deviceId: cameraSelect.value } : true })).getVideoTracks()[0];
       if (!mesh) return camera.stop(); // left meanwhile
       await mesh.addLocalTrack(camera);
       localStream = mesh.localStream;
@@ -437,8 +536,13 @@ inviteBtn.addEventListener('click', copyInvite);
 chatBtn.addEventListener('click', () => openChat(chatPanel.hidden));
 $('chat-form').addEventListener('submit', (e) => (e.preventDefault(), sendChat()));
 addEventListener('keydown', shortcut);
+cameraSelect.addEventListener('change', () => pickDevice('video', cameraSelect));
+micSelect.addEventListener('change', () => pickDevice('audio', micSelect));
+speakerSelect.addEventListener('change', pickSpeaker);
+navigator.mediaDevices?.addEventListener?.('devicechange', fillPickers);
 addEventListener('pagehide', () => client && leave()); // tell the room now, not after a timeout
 updateMediaButtons();
+startPreview();
 
 // For automated checks and support: the state of every peer connection.
 window.switchboardCall = {
@@ -453,6 +557,10 @@ window.switchboardCall = {
   /** Peer connections this page ever created: a reconnect that kept the call adds none. */
   get peerConnectionsCreated() {
     return peerConnectionsCreated;
+  },
+  /** What this side sends: one entry per local track. */
+  get localTracks() {
+    return (localStream?.getTracks() ?? []).map((t) => ({ kind: t.kind, id: t.id, deviceId: t.getSettings().deviceId }));
   },
   async peers() {
     return mesh ? mesh.stats() : [];

@@ -148,6 +148,19 @@ export class Mesh extends EventTarget {
     }
   }
 
+  /**
+   * Sends `track` instead of `old` (another camera or microphone) on every connection.
+   * replaceTrack needs no renegotiation: the call goes on, only the picture or sound changes.
+   * @param {MediaStreamTrack} old
+   * @param {MediaStreamTrack} track
+   */
+  async replaceLocalTrack(old, track) {
+    this.localStream.removeTrack(old);
+    this.localStream.addTrack(track);
+    await Promise.all([...this.#peers.values()].flatMap(({ pc }) =>
+      pc.getSenders().filter((s) => s.track === old).map((s) => s.replaceTrack(track))));
+  }
+
   /** Each connection's state and media counters, for tests and support. */
   async stats() {
     return Promise.all([...this.#peers].map(async ([peerId, { pc }]) => {
@@ -159,7 +172,7 @@ export class Mesh extends EventTarget {
       stats.filter((s) => s.type === 'inbound-rtp' && s.kind === 'video').forEach((s) => (framesDecoded += s.framesDecoded ?? 0));
       return {
         peerId, connectionState: pc.connectionState, framesDecoded, localCandidateType: local?.candidateType ?? null,
-        signalingState: pc.signalingState,
+        signalingState: pc.signalingState, sendingTrackIds: pc.getSenders().map((s) => s.track?.id).filter(Boolean),
       };
     }));
   }
