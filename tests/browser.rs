@@ -1160,3 +1160,61 @@ async fn the_device_pickers_choose_what_a_call_sends() {
         b.close().await.unwrap();
     }
 }
+
+/// The tiles on the page that are marked as speaking: "self", or the peer's name.
+async fn speaking(browser: &Client) -> Value {
+    let script = "return [...document.querySelectorAll('figure.speaking')]
+        .map((f) => f.id === 'self' ? 'self' : f.dataset.peer.replace(/-[0-9a-f]{32}$/, ''))";
+    js(browser, script).await
+}
+
+/// Audio levels as the page sees them, for failure messages.
+async fn audio_levels(browser: &Client) -> Value {
+    let script = "const done = arguments[arguments.length - 1];
+        window.switchboardCall.audioLevels().then(done, (e) => done({error: String(e)}));";
+    browser.execute_async(script, vec![]).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_loudest_speaker_is_highlighted() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    let (alice, bob) = alice_and_bob(&driver, &base, "voices", "").await;
+    wait_for_call(&alice, 1).await;
+    wait_for_call(&bob, 1).await;
+
+    // Alice mutes; Bob's (fake) microphone beeps: on Alice's page Bob's tile is the one
+    // highlighted, and on Bob's page his own.
+    click(&alice, "#mic").await;
+    for (b, who) in [(&alice, "bob"), (&bob, "self")] {
+        eventually(format!("{who} highlighted"), CALL_DEADLINE, async || {
+            let seen = speaking(b).await;
+            if seen == json!([who]) {
+                Ok(())
+            } else {
+                Err(format!("{seen}; levels {}", audio_levels(b).await))
+            }
+        })
+        .await;
+    }
+
+    // Bob mutes too: the highlight goes, and nobody is highlighted while nobody speaks.
+    click(&bob, "#mic").await;
+    for b in [&alice, &bob] {
+        eventually("no highlight", CALL_DEADLINE, async || {
+            let seen = speaking(b).await;
+            if seen == json!([]) { Ok(()) } else { Err(seen) }
+        })
+        .await;
+    }
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for b in [&alice, &bob] {
+            assert_eq!(speaking(b).await, json!([]), "nobody speaks");
+        }
+    }
+    for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}

@@ -249,6 +249,28 @@ function pickSpeaker() {
   }
 }
 
+// --- Who speaks: the loudest tile above a threshold gets the class `speaking`. ---
+
+// audioLevel is 0..1 (1: full scale); speech at a normal distance is well above 0.02, room
+// noise below. The highlight stays through the short pauses between words, so it does not flicker.
+const SPEAKING_LEVEL = 0.02, SPEAKING_HOLD_MS = 1000, SPEAKING_POLL_MS = 250;
+let speaker = null, speakerSeen = 0, speakerTimer = 0;
+
+async function showSpeaker() {
+  const m = mesh;
+  const levels = m ? await m.audioLevels() : new Map();
+  if (m !== mesh) return; // left meanwhile
+  // Muted is silent, whatever the last packet said (a muted sender may stop sending packets).
+  if (!sending('audio')) levels.delete('self');
+  const heard = (id) => levels.has(id) && (id === 'self' || !people.get(id)?.muted);
+  let loudest = null, top = SPEAKING_LEVEL;
+  for (const [id, level] of levels) if (level > top && heard(id)) [loudest, top] = [id, level];
+  const now = performance.now();
+  if (loudest) [speaker, speakerSeen] = [loudest, now];
+  else if (!heard(speaker) || now - speakerSeen > SPEAKING_HOLD_MS) speaker = null;
+  for (const [id, tile] of [['self', $('self')], ...tiles]) tile?.classList.toggle('speaking', id === speaker);
+}
+
 // --- The call header and the status line: the room's state, not the last event. ---
 
 function showCall(inCall) {
@@ -448,6 +470,8 @@ async function join() {
     client = new SignalingClient(grant.token, { renewToken });
     mesh = new Mesh(client, { peerId: myId, localStream, iceServers: grant.iceServers ?? [], iceTransportPolicy });
     wire(client, mesh);
+    clearInterval(speakerTimer);
+    speakerTimer = setInterval(showSpeaker, SPEAKING_POLL_MS);
     renderTile(addTile(localStream, true), myState());
     chatLog.replaceChildren();
     unread = 0;
@@ -473,6 +497,8 @@ function leave(sendLeave = true, error = null) {
   c?.close();
   mesh?.close();
   mesh = null;
+  clearInterval(speakerTimer);
+  speaker = null;
   people.clear();
   localStream?.getTracks().forEach((t) => t.stop());
   localStream = null;
@@ -561,6 +587,10 @@ window.switchboardCall = {
   /** What this side sends: one entry per local track. */
   get localTracks() {
     return (localStream?.getTracks() ?? []).map((t) => ({ kind: t.kind, id: t.id, deviceId: t.getSettings().deviceId }));
+  },
+  /** How loud each peer (and `self`) is now, 0..1: what the speaking highlight follows. */
+  async audioLevels() {
+    return Object.fromEntries(mesh ? await mesh.audioLevels() : []);
   },
   async peers() {
     return mesh ? mesh.stats() : [];

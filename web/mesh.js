@@ -161,6 +161,21 @@ export class Mesh extends EventTarget {
       pc.getSenders().filter((s) => s.track === old).map((s) => s.replaceTrack(track))));
   }
 
+  /**
+   * How loud (0..1, WebRTC's own measure) each peer's audio arrives, by peer id, and this
+   * side's microphone under `self`; for showing who speaks without an AudioContext per tile.
+   */
+  async audioLevels() {
+    const levels = new Map();
+    await Promise.all([...this.#peers].map(async ([peerId, { pc }]) => {
+      for (const s of (await pc.getStats()).values()) {
+        if (s.type === 'inbound-rtp' && s.kind === 'audio') levels.set(peerId, s.audioLevel ?? 0);
+        if (s.type === 'media-source' && s.kind === 'audio') levels.set('self', Math.max(levels.get('self') ?? 0, s.audioLevel ?? 0));
+      }
+    }));
+    return levels;
+  }
+
   /** Each connection's state and media counters, for tests and support. */
   async stats() {
     return Promise.all([...this.#peers].map(async ([peerId, { pc }]) => {
