@@ -12,8 +12,9 @@ use crate::events::{DispatchConfig, WebhookSecret};
 #[derive(Debug, Clone, PartialEq, Args)]
 #[command(next_help_heading = "Room events and webhooks")]
 pub struct EventSettings {
-    /// Record room events (for webhooks and `GET /api/v1/events`): `on` or `off`.
-    #[arg(long, env = "ROOM_EVENTS", default_value = "on", value_parser = ["on", "off"])]
+    /// Record room events (for webhooks and `GET /api/v1/events`): `on`, `off`, or `auto`
+    /// (on when WEBHOOK_URLS or API keys are set: someone can receive or read them).
+    #[arg(long, env = "ROOM_EVENTS", default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub room_events: String,
 
     /// Comma-separated URLs each room event is POSTed to (http or https).
@@ -53,11 +54,17 @@ pub struct EventConfig {
 }
 
 impl EventSettings {
-    /// Resolves and checks the event settings.
-    pub fn resolve(&self) -> Result<Option<EventConfig>, ConfigError> {
+    /// Resolves and checks the event settings; `api_keys` says whether the server API (and
+    /// so the pull API) has keys, which `auto` turns events on for.
+    pub fn resolve(&self, api_keys: bool) -> Result<Option<EventConfig>, ConfigError> {
         let webhooks: Vec<String> = items(self.webhook_urls.as_deref().unwrap_or_default())
             .map(str::to_string)
             .collect();
+        // Recording costs every join and leave a little (measured in docs/BENCHMARKS.md):
+        // by default, only when somebody can receive or read the events.
+        if self.room_events == "auto" && webhooks.is_empty() && !api_keys {
+            return Ok(None);
+        }
         if self.room_events == "off" {
             if !webhooks.is_empty() {
                 return Err(refuse(
@@ -116,5 +123,34 @@ impl EventSettings {
                 log_max: self.event_log_max,
             },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(room_events: &str, webhooks: Option<&str>) -> EventSettings {
+        let mut s = crate::config::Settings::default().events;
+        s.room_events = room_events.to_string();
+        s.webhook_urls = webhooks.map(str::to_string);
+        s.webhook_secret = webhooks.map(|_| "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string());
+        s
+    }
+
+    #[test]
+    fn auto_records_events_only_when_someone_can_receive_or_read_them() {
+        assert!(settings("auto", None).resolve(false).unwrap().is_none());
+        assert!(settings("auto", None).resolve(true).unwrap().is_some());
+        assert!(
+            settings("auto", Some("http://hooks.example/"))
+                .resolve(false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(settings("on", None).resolve(false).unwrap().is_some());
+        assert!(settings("off", None).resolve(true).unwrap().is_none());
+        let refused = settings("off", Some("http://hooks.example/")).resolve(true);
+        assert!(refused.unwrap_err().0.contains("ROOM_EVENTS"));
     }
 }

@@ -188,7 +188,9 @@ impl Config {
             ice_servers: Arc::new(s.ice.resolve()?),
             logging: s.logging.resolve(),
             tls: s.tls.resolve()?,
-            events: s.events.resolve()?,
+            events: s
+                .events
+                .resolve(s.auth.api_keys.is_some() || s.auth.api_keys_file.is_some())?,
         })
     }
 
