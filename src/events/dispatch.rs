@@ -34,7 +34,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const STORE_RETRY: Duration = Duration::from_secs(2);
 /// Longest pause between two looks while the store fails.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
-/// How often the dispatcher looks for the rooms due of nodes that are gone.
+/// How often the dispatcher looks for the rooms due of nodes that are gone (and updates
+/// `switchboard_event_rooms_pending`).
 const ADOPT_EVERY: Duration = Duration::from_secs(2);
 /// How often delivered events older than the retention leave the log.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
@@ -167,8 +168,12 @@ impl Dispatcher {
                     (pause * 2).min(MAX_PAUSE)
                 }
             };
+            // Now and then, not on every pass: a gauge and a look at gone nodes' rooms.
             if adopted.elapsed() >= ADOPT_EVERY {
                 adopted = tokio::time::Instant::now();
+                if let Ok(pending) = self.events.pending_rooms().await {
+                    self.metrics.event_rooms_pending.set(pending as i64);
+                }
                 match self.events.adopt_orphans().await {
                     Ok(0) => {}
                     Ok(rooms) => {
@@ -192,9 +197,6 @@ impl Dispatcher {
 
     /// One look at the due rooms, each delivered as far as it goes.
     pub async fn pass(&self) -> Result<(), crate::store::StoreError> {
-        if let Ok(pending) = self.events.pending_rooms().await {
-            self.metrics.event_rooms_pending.set(pending as i64);
-        }
         let due = self.events.due_rooms(unix_millis(), ROOMS_AT_ONCE).await?;
         let mut turns: FuturesUnordered<_> = due
             .into_iter()

@@ -8,5 +8,5 @@
 mod dispatch;
 mod webhook;
 
-pub use dispatch::{DispatchConfig, Dispatcher, Endpoint, LEASE_MARGIN};
-pub use webhook::{Refused, WebhookSecret, deliver};
+pub use dispatch::{DispatchConfig, Dispatcher};
+pub use webhook::WebhookSecret;

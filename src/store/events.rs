@@ -10,10 +10,11 @@
 //! nothing, and so writes nothing.
 //!
 //! Delivery state lives beside the events (per room, per endpoint: the last entry
-//! delivered and the failures since), and a set of rooms that may have undelivered events,
-//! each due at a time, tells any node's dispatcher where to look: a room is marked due
-//! before its change runs, so a crash between the two leaves a due room, never a lost
-//! event.
+//! delivered and the failures since). Each node keeps a set of the rooms it changed that
+//! may have undelivered events, each due at a time, which tells its dispatcher where to
+//! look: a room is marked due before its change runs, so a crash between the two leaves a
+//! due room, never a lost event, and a live node takes over the set of a node that is
+//! gone.
 
 use std::collections::HashMap;
 use std::time::Duration;
