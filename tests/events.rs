@@ -86,7 +86,7 @@ async fn one_node_delivers_every_event_signed_in_order_through_a_flaky_receiver(
     ann.expect("peer_updated").await;
     // Bob's network drops; he is back within the grace: no event pair.
     let peer_id = bob.peer_id.clone();
-    drop(bob.ws);
+    server.lose(bob.ws).await;
     let url = server.ws_url(&bob_token);
     let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
         .await

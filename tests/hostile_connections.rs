@@ -179,7 +179,7 @@ async fn a_websocket_that_never_joins_is_closed_with_1008_within_join_timeout() 
     c.join("r").await;
     a.expect("peer_joined").await;
     b.expect("peer_joined").await;
-    drop(c);
+    server.lose(c).await;
     let (ws, _) = tokio_tungstenite::connect_async(server.ws_url(&issued.token))
         .await
         .expect("resume upgrade");

@@ -37,7 +37,7 @@ async fn a_dropped_peer_resumes_with_everything_sent_meanwhile(
 
     // b's network goes away mid-negotiation: no close frame, no leave.
     let b_id = b.peer_id.clone();
-    drop(b);
+    server.lose(b).await;
     // The room is not told, and messages for b are kept.
     for seq in 0..10 {
         a.send(json!({"type": "ice-candidate", "peerId": b_id, "candidate": {"candidate": format!("c{seq}")}}))
@@ -124,7 +124,7 @@ async fn an_overflowing_queue_ends_the_session_early() {
     let server = start_on(Backend::Memory, s).await;
     let (mut a, b) = server.pair("a", "b", "r").await;
     let b_id = b.peer_id.clone();
-    drop(b);
+    server.lose(b).await;
     // More than the queue holds: the session ends instead of losing messages silently.
     let mut sent = 0;
     let left = loop {

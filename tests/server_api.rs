@@ -516,7 +516,7 @@ async fn metadata_survives_a_resume_on_another_node() {
         .await;
     bob.expect("peer_updated").await;
     // Ann's network drops (no close frame) and she comes back through the other node.
-    drop(ann);
+    server.lose(ann).await;
     let url = format!("ws://{}/ws/signal?token={}", server.node_addr(1), token);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let mut ann = Client {

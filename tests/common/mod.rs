@@ -332,6 +332,26 @@ impl TestServer {
         self.nodes.iter().map(|n| n.state.hub.room_count()).sum()
     }
 
+    /// Drops `ws` without a close frame, as a lost network does, and waits until its node
+    /// noticed (the session is parked for a resume). A reconnect sooner would find the old
+    /// connection still live and replace it instead of resuming.
+    pub async fn lose<S>(&self, ws: S) {
+        let open = || {
+            self.nodes
+                .iter()
+                .map(|n| n.state.metrics.connections.get())
+                .sum::<i64>()
+        };
+        let before = open();
+        drop(ws);
+        eventually::eventually(
+            "the node to notice the lost connection",
+            Duration::from_secs(5),
+            async || open() < before,
+        )
+        .await;
+    }
+
     /// Connects a client for `user` to the next node and waits until it is registered.
     pub async fn connect(&self, user: &str) -> Client {
         let token = self.token(user, None);
