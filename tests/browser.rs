@@ -220,12 +220,10 @@ async fn two_then_three_people_hold_a_call_and_one_leaves() {
     let mut captions: Vec<String> = serde_json::from_value(captions).unwrap();
     captions.sort();
     assert_eq!(captions, ["alice (you)", "bob", "carol"]);
-    let png = alice.screenshot().await.unwrap();
-    let target = match std::env::var_os("SCREENSHOT_TO_DOCS") {
-        Some(_) => std::path::PathBuf::from("docs/call.png"),
-        None => std::env::temp_dir().join("switchboard-call.png"),
-    };
-    std::fs::write(&target, png).unwrap();
+    // Each peer's tile says how its connection does: here, on one machine, directly.
+    for b in [&alice, &bob, &carol] {
+        wait_for_quality(b, 2, "direct").await;
+    }
 
     // Carol leaves: the others drop her tile, and their own call stays up.
     carol
@@ -1215,6 +1213,174 @@ async fn the_loudest_speaker_is_highlighted() {
         }
     }
     for b in [alice, bob] {
+        b.close().await.unwrap();
+    }
+}
+
+/// The connection indicators on the remote tiles, as a screen reader reads them.
+async fn quality_labels(browser: &Client) -> Value {
+    js(
+        browser,
+        "return [...document.querySelectorAll('figure[data-peer] .quality')]
+            .map((q) => q.getAttribute('role') === 'img' ? q.getAttribute('aria-label') : null)",
+    )
+    .await
+}
+
+/// Waits until each of the `count` remote tiles reads "Connection good|fair|poor: N ms round
+/// trip, N % loss, `path`"; returns the labels.
+async fn wait_for_quality(browser: &Client, count: usize, path: &str) -> Value {
+    let what = format!("{count} connection indicator(s) reading {path:?}");
+    eventually(what, CALL_DEADLINE, async || {
+        let labels = quality_labels(browser).await;
+        let pattern =
+            format!(r"^Connection (good|fair|poor): \d+ ms round trip, \d+(\.\d)? % loss, {path}$");
+        let script = "const [labels, pattern] = arguments;
+            return labels.length > 0 && labels.every((l) => new RegExp(pattern).test(l ?? ''))";
+        let ok = browser
+            .execute(script, vec![labels.clone(), json!(pattern)])
+            .await
+            .unwrap();
+        if ok == true && labels.as_array().map(Vec::len) == Some(count) {
+            Ok(labels)
+        } else {
+            Err(labels)
+        }
+    })
+    .await
+}
+
+/// The shared screens a page shows: whose ("self" for its own preview), the caption, and
+/// whether its video plays.
+async fn screen_tiles(browser: &Client) -> Value {
+    js(
+        browser,
+        "return [...document.querySelectorAll('figure.screen')].map((f) => [
+            f.id === 'self-screen' ? 'self' : (f.dataset.screenOf ?? '').replace(/-[0-9a-f]{32}$/, ''),
+            f.querySelector('.who').textContent,
+            f.querySelector('video').videoWidth > 0 && !f.querySelector('video').paused])",
+    )
+    .await
+}
+
+/// Waits until the page shows exactly the screen tiles `want` (see `screen_tiles`).
+async fn wait_for_screens(browser: &Client, want: Value) {
+    eventually(
+        format!("the screen tiles {want}"),
+        CALL_DEADLINE,
+        async || {
+            let seen = screen_tiles(browser).await;
+            if seen == want { Ok(()) } else { Err(seen) }
+        },
+    )
+    .await;
+}
+
+/// The screen-sharing button as [text, aria-pressed, shown].
+async fn screen_button(browser: &Client) -> Value {
+    js(
+        browser,
+        "const b = document.getElementById('screen');
+         return [b.textContent, b.getAttribute('aria-pressed'), b.checkVisibility()]",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_shared_screen_reaches_everyone_and_stops_cleanly() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (_server, base) = switchboard(0, &[]);
+    let (_driver, driver) = chromedriver();
+    let (alice, bob) = alice_and_bob(&driver, &base, "screens", "").await;
+    wait_for_call(&alice, 1).await;
+    wait_for_call(&bob, 1).await;
+    assert_eq!(
+        screen_button(&alice).await,
+        json!(["Share screen", "false", true])
+    );
+
+    // Alice shares her screen (Chromium picks the whole screen by itself): a preview on her
+    // page, a tile of its own on Bob's, beside her camera's.
+    click(&alice, "#screen").await;
+    let sharing = json!(["Sharing screen", "true", true]);
+    eventually("the button to say it shares", CALL_DEADLINE, async || {
+        let seen = screen_button(&alice).await;
+        if seen == sharing { Ok(()) } else { Err(seen) }
+    })
+    .await;
+    wait_for_screens(&alice, json!([["self", "Your screen", true]])).await;
+    let hers = json!([["alice", "alice's screen", true]]);
+    wait_for_screens(&bob, hers.clone()).await;
+    // Her camera still plays on its own tile.
+    assert_eq!(
+        tile(&bob, "alice").await.map(|t| t["video"].clone()),
+        Some(json!(true))
+    );
+
+    // Carol joins while Alice shares: she gets the screen too. Bob mutes.
+    let carol = browser(&driver).await;
+    join(&carol, &base, "screens", "carol", "").await;
+    wait_for_call(&carol, 2).await;
+    wait_for_screens(&carol, hers.clone()).await;
+    click(&bob, "#mic").await;
+    eventually(
+        "bob's mute mark on carol's page",
+        CALL_DEADLINE,
+        async || tile(&carol, "bob").await.filter(|t| t["muted"] == true),
+    )
+    .await;
+    wait_for_quality(&carol, 2, "direct").await;
+    let created = [
+        call_counter(&alice, "peerConnectionsCreated").await,
+        call_counter(&bob, "peerConnectionsCreated").await,
+        call_counter(&carol, "peerConnectionsCreated").await,
+    ];
+    assert_eq!(created, [2, 2, 2], "one connection per other person");
+    // The README's picture of a call: `SCREENSHOT_TO_DOCS=1 cargo test --test browser
+    // a_shared_screen` writes it to docs/call.png.
+    let png = carol.screenshot().await.unwrap();
+    let target = match std::env::var_os("SCREENSHOT_TO_DOCS") {
+        Some(_) => std::path::PathBuf::from("docs/call.png"),
+        None => std::env::temp_dir().join("switchboard-call.png"),
+    };
+    std::fs::write(&target, png).unwrap();
+
+    // Alice stops with the button: the tile goes everywhere; no connection was rebuilt.
+    click(&alice, "#screen").await;
+    for b in [&alice, &bob, &carol] {
+        wait_for_screens(b, json!([])).await;
+    }
+    assert_eq!(
+        screen_button(&alice).await,
+        json!(["Share screen", "false", true])
+    );
+    let now = [
+        call_counter(&alice, "peerConnectionsCreated").await,
+        call_counter(&bob, "peerConnectionsCreated").await,
+        call_counter(&carol, "peerConnectionsCreated").await,
+    ];
+    assert_eq!(now, created, "no peer connection recreated");
+
+    // She shares again and stops from the browser's own "Stop sharing", which ends the
+    // captured track. (Headless Chromium has no such bar: the test ends the track as it
+    // does. `stop()` alone fires no `ended` event, by the standard.)
+    click(&alice, "#screen").await;
+    wait_for_screens(&bob, hers.clone()).await;
+    wait_for_screens(&carol, hers).await;
+    js(
+        &alice,
+        "const track = document.querySelector('#self-screen video').srcObject.getVideoTracks()[0];
+         track.stop(); track.dispatchEvent(new Event('ended'));",
+    )
+    .await;
+    for b in [&alice, &bob, &carol] {
+        wait_for_screens(b, json!([])).await;
+    }
+    assert_eq!(
+        screen_button(&alice).await,
+        json!(["Share screen", "false", true])
+    );
+    for b in [alice, bob, carol] {
         b.close().await.unwrap();
     }
 }

@@ -1,18 +1,21 @@
 // Switchboard calling app: the page around a call of up to 6 people. The peer connections
 // live in mesh.js; this file wires the signaling client and the mesh to the page: tiles,
-// everyone's microphone and camera state (carried as participant metadata), the controls,
-// the call header and the chat (the server's `message` relay).
+// everyone's microphone and camera state and shared screen (carried as participant
+// metadata), each connection's quality, the controls, the call header and the chat (the
+// server's `message` relay).
 import { SignalingClient } from './signaling-client.js';
 import { Mesh } from './mesh.js';
 
 const MAX_PARTICIPANTS = 6;
 const $ = (id) => document.getElementById(id);
 const form = $('form'), nameInput = $('name'), roomInput = $('room'), joinBtn = $('join'), leaveBtn = $('leave');
-const micBtn = $('mic'), camBtn = $('cam'), inviteBtn = $('invite'), chatBtn = $('chat-toggle');
+const micBtn = $('mic'), camBtn = $('cam'), screenBtn = $('screen'), inviteBtn = $('invite'), chatBtn = $('chat-toggle');
 const chatPanel = $('chat'), chatLog = $('chat-log'), chatInput = $('chat-input');
 const cameraSelect = $('camera-select'), micSelect = $('mic-select'), speakerSelect = $('speaker-select');
 // Choosing the speaker needs setSinkId (not in every browser); without it the picker stays hidden.
 const canPickSpeaker = 'setSinkId' in HTMLMediaElement.prototype;
+// Screen sharing needs getDisplayMedia (not on phones); without it the button stays hidden.
+const canShareScreen = Boolean(navigator.mediaDevices?.getDisplayMedia);
 const params = new URLSearchParams(location.search);
 // `?relay=1` sends all media through the TURN server (a diagnostic for TURN setups).
 const iceTransportPolicy = params.get('relay') === '1' ? 'relay' : 'all';
@@ -31,10 +34,12 @@ const MARKS = {
 };
 
 let client = null, mesh = null, localStream = null, myId = null, myName = '', roomId = null;
+let screenStream = null; // the screen this side shares, or null
 // What the user chose for microphone and camera. A join starts with these, so outside a call
 // the buttons say what joining will do, and a choice made in a call carries to the next one.
 const wanted = { audio: true, video: true };
 const tiles = new Map(); // peerId -> tile; the own tile is #self
+const screenTiles = new Map(); // peerId -> the tile of the screen that peer shares
 const people = new Map(); // peerId -> {name, muted, cameraOff} as last shown, kept for `peer_left`
 const iceErrors = []; // STUN/TURN failures (e.g. 401: TURN credentials refused), for support
 const negotiationErrors = []; // failed signaling steps, for support
@@ -76,18 +81,56 @@ function initials(name) {
 // A stable colour per name, so avatars tell people apart.
 const hue = (name) => [...name].reduce((h, c) => (h * 31 + c.codePointAt(0)) % 360, 7);
 
+// Every tile shows the whole picture (object-fit: contain), so a camera's 4:3 is not cropped
+// to a phone's upright tile; its Fill button crops it to fill the tile instead.
+const FIT_BUTTON = '<button class="fit" type="button" aria-pressed="false" title="Fill the tile (crops the picture)">Fill</button>';
+// Signal bars: how many show says how the connection does; the label says it in words.
+const QUALITY = '<span class="quality" role="img" data-level="unknown" aria-label="Connection: measuring" title="Connection: measuring">' +
+  '<svg viewBox="0 0 12 12" aria-hidden="true"><rect x="1" y="7" width="2" height="4"/><rect x="5" y="4" width="2" height="7"/><rect x="9" y="1" width="2" height="10"/></svg></span>';
+
 function addTile(stream, isSelf) {
   const tile = document.createElement('figure');
   const marks = Object.entries(MARKS).map(([key, [label, icon]]) =>
     `<span class="mark" data-mark="${key}" role="img" aria-label="${label}" title="${label}" hidden>` +
     `<svg viewBox="0 0 24 24" aria-hidden="true">${icon}<path d="M3 3l18 18"/></svg></span>`);
-  tile.innerHTML = '<video autoplay playsinline></video><div class="avatar" aria-hidden="true"></div>' +
-    `<figcaption><span class="who"></span>${marks.join('')}<span class="state"></span></figcaption>`;
+  tile.innerHTML = `<video autoplay playsinline></video><div class="avatar" aria-hidden="true"></div>${FIT_BUTTON}` +
+    `<figcaption><span class="who"></span>${marks.join('')}<span class="state"></span>${isSelf ? '' : QUALITY}</figcaption>`;
   Object.assign(tile.querySelector('video'), { srcObject: stream, muted: isSelf });
   if (!isSelf && canPickSpeaker && speakerSelect.value) tile.querySelector('video').setSinkId(speakerSelect.value).catch(() => {});
   if (isSelf) tile.id = 'self';
   $('grid').append(tile);
   return tile;
+}
+
+// A shared screen's tile (video only, never mirrored), after its sharer's own tile.
+function addScreenTile(stream, caption, after) {
+  const tile = document.createElement('figure');
+  tile.className = 'screen';
+  tile.innerHTML = `<video autoplay playsinline muted></video>${FIT_BUTTON}<figcaption><span class="who"></span></figcaption>`;
+  tile.querySelector('video').srcObject = stream;
+  tile.querySelector('.who').textContent = caption;
+  if (after?.isConnected) after.after(tile);
+  else $('grid').append(tile);
+  return tile;
+}
+
+function toggleFit(button) {
+  const fill = button.getAttribute('aria-pressed') !== 'true';
+  button.setAttribute('aria-pressed', String(fill));
+  button.closest('figure').classList.toggle('fill', fill);
+}
+
+// The connection indicator on a peer's tile: bars, and the figures in words for everyone.
+function showQuality(tile, { rttMs, lossPercent, path }) {
+  const el = tile?.querySelector('.quality');
+  if (!el) return;
+  const [rtt, loss] = [rttMs ?? 0, lossPercent ?? 0];
+  const level = rttMs === null ? 'unknown' : rtt > 400 || loss >= 10 ? 'poor' : rtt > 200 || loss >= 3 ? 'fair' : 'good';
+  const route = path === 'relayed' ? 'relayed through TURN' : path === 'direct' ? 'direct' : 'no path yet';
+  const text = level === 'unknown' ? 'Connection: measuring' : `Connection ${level}: ${rtt} ms round trip, ${loss} % loss, ${route}`;
+  el.dataset.level = level;
+  el.setAttribute('aria-label', text);
+  el.title = text;
 }
 
 // Shows a participant's name, marks and, without video, the avatar.
@@ -115,6 +158,11 @@ function renderPeer(peerId) {
   const state = { name, muted: meta.muted === true, cameraOff: meta.cameraOff === true };
   people.set(peerId, state);
   renderTile(tiles.get(peerId), state);
+  // The id of the stream that carries its screen, if it shares one.
+  const screen = typeof meta.screen === 'string' && meta.screen.length <= 100 ? meta.screen : null;
+  mesh?.setRemoteScreen(peerId, screen);
+  const screenTile = screenTiles.get(peerId);
+  if (screenTile) screenTile.querySelector('.who').textContent = `${name}'s screen`;
 }
 
 const nameOf = (peerId) => people.get(peerId)?.name ?? displayName(peerId);
@@ -123,7 +171,8 @@ const localTrack = (kind) => localStream?.getTracks().find((t) => t.kind === kin
 const previewTrack = (kind) => previewStream?.getTracks().find((t) => t.kind === kind);
 const sending = (kind) => Boolean(localTrack(kind)?.enabled);
 // No microphone (none, or denied) counts as muted, no camera as camera off: what the others get.
-const myState = () => ({ name: myName, muted: !sending('audio'), cameraOff: !sending('video') });
+// `screen`: the id of the stream that carries this side's shared screen.
+const myState = () => ({ name: myName, muted: !sending('audio'), cameraOff: !sending('video'), screen: screenStream?.id ?? null });
 
 // Tells the room (and the own tile) what this side sends now.
 function publish() {
@@ -140,6 +189,57 @@ function updateMediaButtons() {
     // Without a microphone there is nothing to switch on; a missing camera is asked for on click.
     btn.disabled = Boolean(client) && kind === 'audio' && !localTrack('audio');
   }
+  screenBtn.textContent = screenStream ? 'Sharing screen' : 'Share screen';
+  screenBtn.setAttribute('aria-pressed', String(Boolean(screenStream)));
+}
+
+// --- Screen sharing: a tile of its own on every page, the camera goes on meanwhile. ---
+
+async function toggleScreen() {
+  if (screenStream) return stopSharing();
+  if (!mesh || screenBtn.disabled) return;
+  screenBtn.disabled = true; // one picker at a time
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
+  } catch (e) {
+    // Cancelling the browser's picker is no error.
+    if (e.name !== 'NotAllowedError' && e.name !== 'AbortError') note(`The screen could not be shared (${e.name}).`);
+    return;
+  } finally {
+    screenBtn.disabled = false;
+  }
+  if (!mesh) return stream.getTracks().forEach((t) => t.stop()); // left meanwhile
+  screenStream = stream;
+  const track = stream.getVideoTracks()[0];
+  track.contentHint = 'detail'; // text stays sharp rather than the motion smooth
+  // The browser's own "Stop sharing" ends the track.
+  track.addEventListener('ended', () => screenStream === stream && stopSharing());
+  // The others learn which stream is the screen before its track reaches them.
+  publish();
+  mesh.shareScreen(stream);
+  const own = addScreenTile(stream, 'Your screen', $('self'));
+  own.id = 'self-screen';
+  note('');
+}
+
+function stopSharing() {
+  const stream = screenStream;
+  if (!stream) return;
+  screenStream = null;
+  mesh?.stopScreen();
+  stream.getTracks().forEach((t) => t.stop());
+  $('self-screen')?.remove();
+  publish();
+}
+
+function showRemoteScreen(peerId, stream) {
+  screenTiles.get(peerId)?.remove();
+  screenTiles.delete(peerId);
+  if (!stream) return;
+  const tile = addScreenTile(stream, `${nameOf(peerId)}'s screen`, tiles.get(peerId));
+  tile.dataset.screenOf = peerId;
+  screenTiles.set(peerId, tile);
 }
 
 // Camera + mic, else mic only, else receive only; says which and why.
@@ -278,6 +378,7 @@ function showCall(inCall) {
   form.hidden = inCall;
   $('devices').open = !inCall; // in a call the tiles come first; the pickers are a click away
   for (const el of [$('call-header'), leaveBtn, chatBtn]) el.hidden = !inCall;
+  screenBtn.hidden = !inCall || !canShareScreen;
   if (!inCall) openChat(false);
 }
 
@@ -443,9 +544,12 @@ function wire(c, m) {
     // A kept peer that never came back after the server lost the room (see `joined`).
     if ((state === 'failed' || state === 'closed') && c.connected && c.roomId && !c.peers.has(peerId)) m.remove(peerId);
   });
+  onMesh('screen', ({ peerId, stream }) => showRemoteScreen(peerId, stream));
+  onMesh('quality', (q) => showQuality(tiles.get(q.peerId), q));
   onMesh('peerremoved', ({ peerId }) => {
     tiles.get(peerId)?.remove();
     tiles.delete(peerId);
+    showRemoteScreen(peerId, null);
   });
   onMesh('iceerror', (e) => iceErrors.push(e));
   onMesh('negotiationerror', ({ peerId, error }) => negotiationErrors.push(`${peerId}: ${error}`));
@@ -495,6 +599,7 @@ function leave(sendLeave = true, error = null) {
   signalingNotice('');
   if (sendLeave) c?.leave();
   c?.close();
+  stopSharing();
   mesh?.close();
   mesh = null;
   clearInterval(speakerTimer);
@@ -558,6 +663,8 @@ form.addEventListener('submit', (e) => (e.preventDefault(), join()));
 leaveBtn.addEventListener('click', () => leave());
 micBtn.addEventListener('click', () => toggle('audio'));
 camBtn.addEventListener('click', () => toggle('video'));
+screenBtn.addEventListener('click', toggleScreen);
+$('grid').addEventListener('click', (e) => e.target.closest?.('button.fit') && toggleFit(e.target.closest('button.fit')));
 inviteBtn.addEventListener('click', copyInvite);
 chatBtn.addEventListener('click', () => openChat(chatPanel.hidden));
 $('chat-form').addEventListener('submit', (e) => (e.preventDefault(), sendChat()));
@@ -583,6 +690,10 @@ window.switchboardCall = {
   /** Peer connections this page ever created: a reconnect that kept the call adds none. */
   get peerConnectionsCreated() {
     return peerConnectionsCreated;
+  },
+  /** Whether this side shares its screen. */
+  get sharingScreen() {
+    return Boolean(screenStream);
   },
   /** What this side sends: one entry per local track. */
   get localTracks() {

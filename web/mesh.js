@@ -8,7 +8,13 @@
  * Events (each a CustomEvent with the `detail` described):
  * - `peeradded` `{peerId, stream}`: a connection to `peerId` exists; its tracks arrive in
  *   `stream`.
- * - `track` `{peerId, stream, track}`: a remote track arrived and is now in `stream`.
+ * - `track` `{peerId, stream, track}`: a remote camera or microphone track arrived and is now
+ *   in `stream`.
+ * - `screen` `{peerId, stream}`: the peer's shared screen started (`stream` holds its video)
+ *   or stopped (`stream` is null). Which of a peer's streams is its screen, the peer says
+ *   (participant metadata): see `setRemoteScreen`.
+ * - `quality` `{peerId, rttMs, lossPercent, path}`: every `statsIntervalMs`, how the
+ *   connection to `peerId` does (see `quality()`).
  * - `connectionstatechange` `{peerId, state}`: the connection's `connectionState` changed.
  * - `peerremoved` `{peerId}`: the connection was closed and forgotten.
  * - `iceerror` `{peerId, url, errorCode, errorText}`: a STUN or TURN server failed (401: the
@@ -22,6 +28,9 @@ export class Mesh extends EventTarget {
   #iceServers;
   #iceTransportPolicy;
   #closed = false;
+  /** The screen this side shares: {stream, track}, or null. */
+  #screen = null;
+  #qualityTimer = 0;
   /** How many RTCPeerConnections this mesh ever created (a kept one counts once). */
   created = 0;
 
@@ -33,8 +42,9 @@ export class Mesh extends EventTarget {
    * @param {MediaStream|null} [options.localStream] What this side sends; null to receive only.
    * @param {RTCIceServer[]} [options.iceServers]
    * @param {RTCIceTransportPolicy} [options.iceTransportPolicy]
+   * @param {number} [options.statsIntervalMs] How often `quality` events come (0: never).
    */
-  constructor(signaling, { peerId, localStream = null, iceServers = [], iceTransportPolicy = 'all' }) {
+  constructor(signaling, { peerId, localStream = null, iceServers = [], iceTransportPolicy = 'all', statsIntervalMs = 2000 }) {
     super();
     this.#signaling = signaling;
     this.peerId = peerId;
@@ -42,6 +52,7 @@ export class Mesh extends EventTarget {
     this.localStream = localStream;
     this.#iceServers = iceServers;
     this.#iceTransportPolicy = iceTransportPolicy;
+    if (statsIntervalMs > 0) this.#qualityTimer = setInterval(() => this.#reportQuality(), statsIntervalMs);
   }
 
   /** The peers this side has a connection to. @returns {string[]} */
@@ -111,6 +122,8 @@ export class Mesh extends EventTarget {
   /** Ends the call: every connection closes and nothing more is sent or reported. */
   close() {
     this.removeAll();
+    clearInterval(this.#qualityTimer);
+    this.#screen = null;
     this.#closed = true;
   }
 
@@ -141,7 +154,7 @@ export class Mesh extends EventTarget {
     this.localStream ??= new MediaStream();
     this.localStream.addTrack(track);
     for (const { pc } of this.#peers.values()) {
-      const slot = pc.getTransceivers().find((t) => t.receiver.track.kind === track.kind);
+      const slot = pc.getTransceivers().find((t) => t.receiver.track.kind === track.kind && !t.stopped && t.sender !== this.#screenSender(pc));
       slot.direction = 'sendrecv';
       await slot.sender.replaceTrack(track);
       pc.dispatchEvent(new Event('negotiationneeded'));
@@ -159,6 +172,88 @@ export class Mesh extends EventTarget {
     this.localStream.addTrack(track);
     await Promise.all([...this.#peers.values()].flatMap(({ pc }) =>
       pc.getSenders().filter((s) => s.track === old).map((s) => s.replaceTrack(track))));
+  }
+
+  /**
+   * Shares a screen (the video track of `stream`, from getDisplayMedia) with every peer, and
+   * with peers that come later: a send-only transceiver of its own on every connection,
+   * negotiated like any other change (perfect negotiation). The others receive it in a
+   * stream with `stream.id`; tell them that id (participant metadata) so they know it is the
+   * screen. The camera and microphone go on as they were.
+   * @param {MediaStream} stream
+   */
+  shareScreen(stream) {
+    this.stopScreen();
+    const track = stream.getVideoTracks()[0];
+    if (!track) return;
+    this.#screen = { stream, track };
+    for (const { pc } of this.#peers.values()) this.#sendScreen(pc);
+  }
+
+  /** Stops sending the shared screen (the track itself is the caller's to stop). */
+  stopScreen() {
+    const screen = this.#screen;
+    this.#screen = null;
+    if (!screen) return;
+    for (const { pc } of this.#peers.values()) {
+      const t = pc.getTransceivers().find((t) => t.sender.track === screen.track);
+      // Stopping the transceiver renegotiates; the m-line can be reused by the next share.
+      if (t && !t.stopped && pc.signalingState !== 'closed') t.stop();
+    }
+  }
+
+  /** Whether this side shares a screen. */
+  get sharingScreen() {
+    return Boolean(this.#screen);
+  }
+
+  /**
+   * Says which of a peer's streams is its shared screen (the stream id it announced), or
+   * that it shares none (null). Tracks of that stream go to the `screen` event instead of
+   * the peer's camera stream, whichever comes first: the announcement or the track.
+   * @param {string} peerId
+   * @param {string|null} streamId
+   */
+  setRemoteScreen(peerId, streamId) {
+    const p = this.#peers.get(peerId);
+    if (!p || p.screenId === streamId) return;
+    p.screenId = streamId;
+    if (streamId) p.screenIds.add(streamId);
+    for (const track of p.remoteTracks.keys()) this.#place(peerId, p, track);
+  }
+
+  /**
+   * How each connection does, by peer id: `rttMs`, the round-trip time of the candidate
+   * pair in use (null until measured); `lossPercent`, the share of audio and video packets
+   * lost on the way in since the previous call (null before any arrived); `path`,
+   * `'direct'` (host or server-reflexive candidates on both sides), `'relayed'` (through
+   * TURN) or null while no pair is selected.
+   * @returns {Promise<Map<string, {rttMs: number|null, lossPercent: number|null, path: string|null}>>}
+   */
+  async quality() {
+    const result = new Map();
+    await Promise.all([...this.#peers].map(async ([peerId, p]) => {
+      const stats = [...(await p.pc.getStats()).values()];
+      const byId = (id) => stats.find((s) => s.id === id);
+      const transport = stats.find((s) => s.type === 'transport' && s.selectedCandidatePairId);
+      const pair = byId(transport?.selectedCandidatePairId) ?? stats.find((s) => s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded');
+      const types = [byId(pair?.localCandidateId), byId(pair?.remoteCandidateId)].map((c) => c?.candidateType);
+      const path = !pair ? null : types.includes('relay') ? 'relayed' : 'direct';
+      const rtt = pair?.currentRoundTripTime ?? (pair?.responsesReceived ? pair.totalRoundTripTime / pair.responsesReceived : undefined);
+      let received = 0, lost = 0;
+      for (const s of stats) {
+        if (s.type === 'inbound-rtp') [received, lost] = [received + (s.packetsReceived ?? 0), lost + Math.max(0, s.packetsLost ?? 0)];
+      }
+      const [r0, l0] = p.packets;
+      p.packets = [received, lost];
+      const [dr, dl] = received >= r0 && lost >= l0 ? [received - r0, lost - l0] : [received, lost];
+      result.set(peerId, {
+        rttMs: rtt === undefined ? null : Math.round(rtt * 1000),
+        lossPercent: dr + dl > 0 ? Math.round((1000 * dl) / (dr + dl)) / 10 : null,
+        path,
+      });
+    }));
+    return result;
   }
 
   /**
@@ -192,6 +287,52 @@ export class Mesh extends EventTarget {
     }));
   }
 
+  #screenSender(pc) {
+    return this.#screen && pc.getSenders().find((s) => s.track === this.#screen.track);
+  }
+
+  #sendScreen(pc) {
+    if (!this.#screen || pc.signalingState === 'closed' || this.#screenSender(pc)) return;
+    const { track, stream } = this.#screen;
+    pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+  }
+
+  // Puts a remote track where it belongs: the peer's camera stream, its announced screen
+  // stream, or nowhere (a screen it announced once and has since stopped sharing).
+  #place(peerId, p, track) {
+    const streamId = p.remoteTracks.get(track);
+    const gone = track.readyState === 'ended' || streamId === undefined;
+    const isScreen = streamId !== null && p.screenIds.has(streamId);
+    const inScreen = !gone && isScreen && streamId === p.screenId;
+    if (gone || isScreen) p.stream.removeTrack(track);
+    else if (!p.stream.getTracks().includes(track)) {
+      p.stream.addTrack(track);
+      this.#emit('track', { peerId, stream: p.stream, track });
+    }
+    const had = p.screen?.getTracks().includes(track);
+    if (inScreen && !had) {
+      // A new MediaStream each time, so that a page shows a restarted share afresh.
+      p.screen = new MediaStream([...(p.screen?.getTracks() ?? []), track]);
+      this.#emit('screen', { peerId, stream: p.screen });
+    } else if (!inScreen && had) {
+      p.screen.removeTrack(track);
+      if (!p.screen.getVideoTracks().length) {
+        p.screen = null;
+        this.#emit('screen', { peerId, stream: null });
+      }
+    }
+  }
+
+  async #reportQuality() {
+    if (!this.#peers.size) return;
+    try {
+      const all = await this.quality();
+      for (const [peerId, q] of all) if (this.#peers.has(peerId)) this.#emit('quality', { peerId, ...q });
+    } catch (e) {
+      console.warn('connection stats', e);
+    }
+  }
+
   #config() {
     return { iceServers: this.#iceServers, iceTransportPolicy: this.#iceTransportPolicy };
   }
@@ -215,6 +356,8 @@ export class Mesh extends EventTarget {
     const p = {
       pc, polite: this.peerId < peerId, caller, awaitingOffer: !caller, makingOffer: false, ignoreOffer: false,
       queue: Promise.resolve(), stream,
+      // Remote track -> the id of the stream it came in (null: none); the announced screen.
+      remoteTracks: new Map(), screenId: null, screenIds: new Set(), screen: null, packets: [0, 0],
     };
     this.#peers.set(peerId, p);
     for (const kind of ['audio', 'video']) {
@@ -222,9 +365,20 @@ export class Mesh extends EventTarget {
       if (track) pc.addTrack(track, this.localStream);
       else pc.addTransceiver(kind, { direction: 'recvonly' });
     }
-    pc.ontrack = ({ track }) => {
-      stream.addTrack(track);
-      this.#emit('track', { peerId, stream, track });
+    this.#sendScreen(pc);
+    pc.ontrack = ({ track, streams }) => {
+      const remote = streams[0] ?? null;
+      p.remoteTracks.set(track, remote?.id ?? null);
+      this.#place(peerId, p, track);
+      // The sender stopped sending it (a screen share ended): the track leaves its stream,
+      // or ends when its transceiver stops.
+      const drop = () => {
+        if (!p.remoteTracks.has(track)) return;
+        p.remoteTracks.delete(track);
+        this.#place(peerId, p, track);
+      };
+      track.addEventListener('ended', drop);
+      remote?.addEventListener('removetrack', (e) => e.track === track && drop());
     };
     pc.onicecandidate = ({ candidate }) => candidate && !this.#closed && this.#signaling.sendCandidate(peerId, candidate);
     pc.onicecandidateerror = ({ url, errorCode, errorText }) => this.#emit('iceerror', { peerId, url, errorCode, errorText });
