@@ -425,6 +425,8 @@ async fn relay_only_calls_go_through_coturn_with_the_issued_credentials() {
     for b in [&call.alice, &call.bob] {
         let list = wait_for_call(b, 1).await;
         assert_eq!(list[0]["localCandidateType"], "relay", "{list:?}");
+        // The tile says so too.
+        wait_for_quality(b, 1, "relayed through TURN").await;
     }
     call.alice.close().await.unwrap();
     call.bob.close().await.unwrap();
@@ -605,24 +607,64 @@ async fn a_call_fits_a_phone_screen() {
     wait_for_call(&bob, 1).await;
 
     // ...and so does the call: its controls, and both tiles side by side.
-    let call = ["#invite", "#mic", "#cam", "#chat-toggle", "#leave"];
-    let layout = layout(&alice, &call).await;
-    assert_fits_the_phone(&layout);
-    let tiles = layout["tiles"].as_array().unwrap();
-    assert_eq!(tiles.len(), 2, "own tile and Bob's: {layout}");
+    let call = [
+        "#invite",
+        "#mic",
+        "#cam",
+        "#screen",
+        "#chat-toggle",
+        "#leave",
+    ];
+    let seen = layout(&alice, &call).await;
+    assert_fits_the_phone(&seen);
+    let tiles = seen["tiles"].as_array().unwrap();
+    assert_eq!(tiles.len(), 2, "own tile and Bob's: {seen}");
     for tile in tiles {
-        assert!(within(tile, 390.0), "tile off screen: {layout}");
+        assert!(within(tile, 390.0), "tile off screen: {seen}");
     }
     let top = |t: &Value| {
         t["top"]
             .as_f64()
-            .unwrap_or_else(|| panic!("no top: {layout}"))
+            .unwrap_or_else(|| panic!("no top: {seen}"))
     };
     assert_eq!(
         top(&tiles[0]),
         top(&tiles[1]),
-        "two tiles side by side on a phone: {layout}"
+        "two tiles side by side on a phone: {seen}"
     );
+
+    // Bob's 4:3 camera in an upright tile: all of it shows (no hard crop) until Alice asks
+    // for Fill on that tile, which crops it to the tile; Fit is one press away again.
+    let picture = "const t = document.querySelector('figure[data-peer]'), v = t.querySelector('video');
+        const fit = getComputedStyle(v).objectFit, r = v.getBoundingClientRect();
+        // The share of the camera's width on screen: all of it, unless cover crops the sides.
+        const shown = fit === 'cover' ? Math.min(1, (r.width / r.height) / (v.videoWidth / v.videoHeight)) : 1;
+        const b = t.querySelector('button.fit');
+        return [fit, Math.round(shown * 100), b.getAttribute('aria-pressed'), v.videoWidth > v.videoHeight];";
+    assert_eq!(
+        js(&alice, picture).await,
+        json!(["contain", 100, "false", true])
+    );
+    let fill = "figure[data-peer] button.fit";
+    assert_fits_the_phone(&layout(&alice, &[fill]).await);
+    click(&alice, fill).await;
+    let cropped = js(&alice, picture).await;
+    assert_eq!(cropped[0], "cover", "{cropped}");
+    assert_eq!(cropped[2], "true", "{cropped}");
+    assert!(cropped[1].as_u64().unwrap() < 100, "{cropped}");
+    click(&alice, fill).await;
+    assert_eq!(
+        js(&alice, picture).await,
+        json!(["contain", 100, "false", true])
+    );
+    assert_fits_the_phone(&layout(&alice, &call).await);
+
+    // And a screen reader finds its way around the phone layout as well.
+    match axe_source() {
+        Ok(axe) => assert_no_violations(&axe_violations(&alice, &axe).await, "on a phone"),
+        Err(hint) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{hint}"),
+        Err(hint) => eprintln!("axe-core not run on the phone layout: {hint}"),
+    }
     for b in [alice, bob] {
         b.close().await.unwrap();
     }
@@ -1105,7 +1147,17 @@ async fn the_device_pickers_choose_what_a_call_sends() {
     )
     .await;
     click(&alice, "#join").await;
+    // Bob's browser cannot choose where sound plays (no HTMLMediaElement.setSinkId, as in
+    // some browsers): his page must not offer a speaker picker it cannot honour.
     let bob = browser(&driver).await;
+    let no_sink = json!({ "source": "delete HTMLMediaElement.prototype.setSinkId;" });
+    cdp(
+        &driver,
+        &bob,
+        "Page.addScriptToEvaluateOnNewDocument",
+        no_sink,
+    )
+    .await;
     join(&bob, &base, "devices", "bob", "").await;
     wait_for_call(&alice, 1).await;
     wait_for_call(&bob, 1).await;
@@ -1114,6 +1166,47 @@ async fn the_device_pickers_choose_what_a_call_sends() {
         mic,
         "the picked microphone"
     );
+    let speakers = "const field = document.getElementById('speaker-field');
+        const s = document.getElementById('speaker-select');
+        return {shown: field.checkVisibility(), options: [...s.options].map((o) => [o.value, o.text]),
+                canPick: 'setSinkId' in HTMLMediaElement.prototype};";
+    // In a call the pickers fold away under "Camera and microphone": open them as a person does.
+    for b in [&alice, &bob] {
+        click(b, "#devices summary").await;
+    }
+    let bobs = js(&bob, speakers).await;
+    assert_eq!(
+        (&bobs["shown"], &bobs["canPick"]),
+        (&json!(false), &json!(false)),
+        "no speaker picker without setSinkId: {bobs}"
+    );
+
+    // Alice's can: her (fake) audio outputs are listed, and picking one plays Bob on it.
+    let alices = js(&alice, speakers).await;
+    eprintln!("speakers: {alices}");
+    let outputs = alices["options"].as_array().unwrap();
+    assert_eq!(alices["shown"], true, "the speaker picker: {alices}");
+    assert!(
+        outputs.len() > 1 && outputs.iter().all(|o| o[0] != "" && o[1] != ""),
+        "audio outputs listed: {alices}"
+    );
+    let speaker = outputs.last().unwrap()[0].as_str().unwrap().to_string();
+    pick(&alice, "speaker-select", &speaker).await;
+    let sinks =
+        "return [...document.querySelectorAll('figure[data-peer] video')].map((v) => v.sinkId)";
+    eventually(
+        "Bob to play on the picked speaker",
+        CALL_DEADLINE,
+        async || {
+            let seen = js(&alice, sinks).await;
+            if seen == json!([speaker]) {
+                Ok(())
+            } else {
+                Err(seen)
+            }
+        },
+    )
+    .await;
 
     // Alice switches cameras in the call: every connection sends the new camera's track,
     // with no new connection.
