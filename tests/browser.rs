@@ -1091,6 +1091,18 @@ async fn axe_finds_no_serious_accessibility_violations() {
     let input = alice.find(Locator::Css("#chat-input")).await.unwrap();
     input.send_keys("hello\n").await.unwrap();
     click(&alice, "#mic").await;
+    // Bob shares his screen: its tile, and the connection indicators, are checked too.
+    click(&bob, "#screen").await;
+    eventually("bob's screen on alice's page", CALL_DEADLINE, async || {
+        let seen = screen_tiles(&alice).await;
+        if seen == json!([["bob", "bob's screen", true]]) {
+            Ok(())
+        } else {
+            Err(seen)
+        }
+    })
+    .await;
+    wait_for_quality(&alice, 1, "direct").await;
     assert_no_violations(&axe_violations(&alice, &axe).await, "in a call");
     // The page follows the system's dark mode: its colours must hold up there too.
     let dark = json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] });

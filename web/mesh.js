@@ -154,7 +154,7 @@ export class Mesh extends EventTarget {
     this.localStream ??= new MediaStream();
     this.localStream.addTrack(track);
     for (const { pc } of this.#peers.values()) {
-      const slot = pc.getTransceivers().find((t) => t.receiver.track.kind === track.kind && !t.stopped && t.sender !== this.#screenSender(pc));
+      const slot = pc.getTransceivers().find((t) => t.receiver.track.kind === track.kind && t.currentDirection !== 'stopped' && t.sender !== this.#screenSender(pc));
       slot.direction = 'sendrecv';
       await slot.sender.replaceTrack(track);
       pc.dispatchEvent(new Event('negotiationneeded'));
@@ -198,7 +198,7 @@ export class Mesh extends EventTarget {
     for (const { pc } of this.#peers.values()) {
       const t = pc.getTransceivers().find((t) => t.sender.track === screen.track);
       // Stopping the transceiver renegotiates; the m-line can be reused by the next share.
-      if (t && !t.stopped && pc.signalingState !== 'closed') t.stop();
+      if (t && t.currentDirection !== 'stopped' && pc.signalingState !== 'closed') t.stop();
     }
   }
 
