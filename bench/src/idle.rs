@@ -120,6 +120,7 @@ pub async fn run(target: &Arc<Target>, args: &IdleArgs) -> Result<Report, BenchE
         ),
         runs: Vec::new(),
         max_sustained_rate: None,
+        latency_from: None,
         idle: Some(IdleFigures {
             connections: args.connections,
             held,

@@ -10,6 +10,7 @@ mod client;
 mod hostile;
 mod idle;
 mod node;
+mod pacer;
 mod process;
 mod progress;
 mod relay;
@@ -104,6 +105,19 @@ pub enum MessageKind {
     Candidate,
 }
 
+/// Which time an open-loop sender writes into a message, which latency is measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stamp {
+    /// When the schedule meant it to be sent: a sender held up (by the generator or by
+    /// backpressure) counts its delay too, so the tail is what a client sees
+    /// (coordinated omission corrected).
+    Intended,
+    /// When it was actually sent: the relay's latency alone, hiding any delay that held
+    /// the sender up.
+    Sent,
+}
+
 /// `relay` and `multi-node` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct RelayArgs {
@@ -119,10 +133,15 @@ pub struct RelayArgs {
     /// Size of an ICE candidate in bytes.
     #[arg(long, default_value_t = 200)]
     pub candidate_bytes: usize,
-    /// Open loop at this total rate (messages/s over all pairs, both directions); without
-    /// it, closed loop: one message in flight per pair, answered before the next.
+    /// Open loop at this total rate: relayed messages per second over all pairs, both
+    /// directions counted (20,000 means 10,000 offers and 10,000 answers a second).
+    /// Without it, closed loop: one message in flight per pair, answered before the next.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// In open loop, where one-way latency is measured from: each message's intended send
+    /// time (what a client sees), or the time it was actually sent.
+    #[arg(long, value_enum, default_value_t = Stamp::Intended)]
+    pub latency_from: Stamp,
     /// Raise the rate step by step (from `--rate`, default 1000/s) until p99 passes
     /// `--p99-bound`, messages are lost or the rate is not reached; report the highest
     /// sustained rate.

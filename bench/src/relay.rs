@@ -10,13 +10,18 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::client::{Socket, Target, await_peer, join};
+use super::pacer::{self, Due};
 use super::process::Meter;
 use super::report::{Latency, RelayRun, Report, histogram};
-use super::{BenchError, MessageKind, RelayArgs, progress};
+use super::{BenchError, MessageKind, RelayArgs, Stamp, progress};
+
+/// How long after the senders' tasks are spawned an open loop's schedule starts.
+const SCHEDULE_LEAD: Duration = Duration::from_millis(50);
 
 /// Most connection set-ups in flight at once.
 const SETUP_CONCURRENCY: usize = 64;
@@ -35,16 +40,6 @@ fn ns_at(at: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     at.saturating_duration_since(*BASE.get_or_init(Instant::now))
         .as_nanos() as u64
-}
-
-/// Which time an open-loop sender writes into a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Stamp {
-    /// When it was actually sent: the latency of the relay alone.
-    Sent,
-    /// When the schedule meant it to be sent: a sender held up (by the generator or by
-    /// backpressure) counts its delay too, so the tail is not hidden.
-    Intended,
 }
 
 /// Frames of one kind from one peer to another, each stamped `#<seq>.<send ns>#` at the
@@ -433,8 +428,8 @@ pub(super) async fn open_loop(
     let per_sender = (args.max_messages / senders as u64).max(1);
     let bar = progress::timed(args.duration, &format!("{rate:.0}/s"));
     let meter = Meter::start(pids)?;
-    let start = tokio::time::Instant::now();
-    let deadline = start + args.duration;
+    let (clock, dues) = pacer::clock(senders);
+    let mut dues = dues.into_iter();
     let mut tasks = JoinSet::new();
     for (i, pair) in pairs.into_iter().enumerate() {
         let Pair {
@@ -454,18 +449,10 @@ pub(super) async fn open_loop(
                 flows[side].clone(),
                 flows[1 - side].clone(),
             );
-            // Spread the senders' ticks over the period so they do not send in bursts.
-            let first = start + period.mul_f64((2 * i + side) as f64 / senders as f64);
+            let due = dues.next().expect("one clock per sender");
             let drain = args.drain;
             tasks.spawn(async move {
-                let schedule = Schedule {
-                    first,
-                    period,
-                    deadline,
-                    most: per_sender,
-                    stamp,
-                };
-                let send = send_at_rate(out, &frames, &flow, schedule);
+                let send = send_when_due(out, &frames, &flow, due, stamp);
                 let receive = receive_flow(incoming, &peer_flow, drain);
                 let ((out, send_errors), (incoming, mut track)) = tokio::join!(send, receive);
                 track.errors += send_errors;
@@ -481,6 +468,10 @@ pub(super) async fn open_loop(
             });
         }
     }
+    // The schedule starts once every sender's task is spawned, with a moment for each to
+    // be polled: a message due before its sender could run would count that as latency.
+    let start = Instant::now() + SCHEDULE_LEAD;
+    clock.start(period, start, start + args.duration, per_sender);
     let ticker = tick_progress(&bar);
     let mut parts: Vec<[Option<Returned>; 2]> = Vec::new();
     let (mut sent, mut track) = (0, Track::new());
@@ -495,7 +486,7 @@ pub(super) async fn open_loop(
     }
     ticker.abort();
     bar.finish_and_clear();
-    let sending = (tokio::time::Instant::now() - start).min(args.duration);
+    let sending = start.elapsed().min(args.duration);
     let run = summarise(Some(rate), sending, sent, &track, &meter)?;
     // Put the sockets back together: side 0 holds a's sink and b's stream.
     let mut pairs = Vec::with_capacity(parts.len());
@@ -515,31 +506,19 @@ pub(super) async fn open_loop(
     Ok((run, pairs))
 }
 
-/// When one open-loop sender sends, and what it stamps.
-struct Schedule {
-    first: tokio::time::Instant,
-    period: Duration,
-    deadline: tokio::time::Instant,
-    most: u64,
-    stamp: Stamp,
-}
-
-async fn send_at_rate(
+/// Sends each message the pacer hands out, stamped as `stamp` says, until it has no more.
+async fn send_when_due(
     mut out: SplitSink<Socket, Message>,
     frames: &Frames,
     flow: &Flow,
-    schedule: Schedule,
+    mut due: UnboundedReceiver<Due>,
+    stamp: Stamp,
 ) -> (SplitSink<Socket, Message>, u64) {
-    let mut ticks = tokio::time::interval_at(schedule.first, schedule.period);
     let mut errors = 0;
-    for seq in 0..schedule.most {
-        let at = ticks.tick().await;
-        if at >= schedule.deadline {
-            break;
-        }
-        let frame = match schedule.stamp {
+    while let Some((seq, at)) = due.recv().await {
+        let frame = match stamp {
             Stamp::Sent => frames.frame(seq),
-            Stamp::Intended => frames.frame_at(seq, ns_at(at.into_std())),
+            Stamp::Intended => frames.frame_at(seq, ns_at(at)),
         };
         if out.send(frame).await.is_err() {
             errors += 1;
@@ -634,6 +613,7 @@ pub async fn run(
         label: format!("{} pairs, {size}, {placement}", args.pairs),
         runs: Vec::new(),
         max_sustained_rate: None,
+        latency_from: (args.rate.is_some() || args.sweep).then_some(args.latency_from),
         idle: None,
         storm: None,
         soak: None,
@@ -644,9 +624,11 @@ pub async fn run(
         (None, false) => report.runs.push(closed_loop(pairs, args, pids).await?),
         (Some(rate), false) => {
             report.mode = "open-loop";
-            report
-                .runs
-                .push(open_loop(pairs, rate, Stamp::Sent, args, pids).await?.0);
+            report.runs.push(
+                open_loop(pairs, rate, args.latency_from, args, pids)
+                    .await?
+                    .0,
+            );
         }
         (start, true) => {
             report.mode = "sweep";
@@ -656,7 +638,7 @@ pub async fn run(
                 if rate > most * 1.0001 {
                     break;
                 }
-                let (run, back) = open_loop(pairs, rate, Stamp::Sent, args, pids).await?;
+                let (run, back) = open_loop(pairs, rate, args.latency_from, args, pids).await?;
                 pairs = back;
                 let ok = sustained(&run, args.p99_bound);
                 eprintln!(
@@ -699,6 +681,7 @@ mod tests {
             duration: Duration::from_secs(1),
             max_messages: 10,
             drain: Duration::from_secs(1),
+            latency_from: Stamp::Intended,
         };
         for (kind, size) in [("offer", 2048), ("ice-candidate", 200)] {
             let Message::Text(text) = Frames::new(kind, "bob-1", &args).frame(41) else {

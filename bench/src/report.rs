@@ -5,6 +5,8 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::Stamp;
+
 /// A latency histogram in nanoseconds, up to one minute, 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
@@ -225,6 +227,9 @@ pub struct Report {
     /// Highest rate a sweep sustained within its bounds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_sustained_rate: Option<f64>,
+    /// Open-loop runs: where one-way latency was measured from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_from: Option<Stamp>,
     /// Idle figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle: Option<IdleFigures>,
@@ -289,6 +294,16 @@ impl Report {
                     r.generator_cpu_share * 100.0,
                 );
             }
+        }
+        if self.runs.iter().any(|r| r.target_rate.is_some()) {
+            let _ = writeln!(
+                out,
+                "rates count relayed messages over all pairs, both directions; latency is one-way, from each message's {} send time",
+                match self.latency_from {
+                    Some(Stamp::Sent) => "actual",
+                    _ => "intended",
+                }
+            );
         }
         if let Some(rate) = self.max_sustained_rate {
             let _ = writeln!(out, "highest sustained rate: {rate:.0} messages/s");

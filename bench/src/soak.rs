@@ -20,9 +20,9 @@ use tokio::time::{Instant, sleep, sleep_until};
 use super::client::Target;
 use super::hostile::{self, Attack, Kind, Outcome};
 use super::node::{self, Node};
-use super::relay::{self, Stamp};
+use super::relay;
 use super::report::{HostileFigures, Report, SoakFigures, SoakMemory, Spread};
-use super::{BenchArgs, BenchError, MessageKind, RelayArgs, SoakArgs, process};
+use super::{BenchArgs, BenchError, MessageKind, RelayArgs, SoakArgs, Stamp, process};
 
 /// How often the server's memory is sampled for its peak.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
@@ -88,6 +88,7 @@ pub async fn run(args: &BenchArgs, soak: &SoakArgs) -> Result<Report, BenchError
         duration: soak.duration,
         max_messages: u64::MAX,
         drain: Duration::from_secs(2),
+        latency_from: Stamp::Intended,
     };
     let pairs = relay::set_up(&target, &relay_args, false).await?;
     let stagger = (soak.duration / (3 * (kinds.len() as u32 + 1))).max(Duration::from_millis(200));
@@ -147,6 +148,7 @@ pub async fn run(args: &BenchArgs, soak: &SoakArgs) -> Result<Report, BenchError
         ),
         runs: vec![honest_run],
         max_sustained_rate: None,
+        latency_from: Some(Stamp::Intended),
         idle: None,
         storm: None,
         soak: Some(SoakFigures {

@@ -76,6 +76,7 @@ pub async fn run(target: &Arc<Target>, args: &StormArgs) -> Result<Report, Bench
         label: format!("{} handshakes, {concurrency} in flight, {how}", args.joins),
         runs: Vec::new(),
         max_sustained_rate: None,
+        latency_from: None,
         idle: None,
         storm: Some(StormFigures {
             joins: args.joins,
