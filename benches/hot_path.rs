@@ -1,10 +1,14 @@
 //! Micro-benchmarks of the relay's hot path, to catch regressions: parsing a client's offer
-//! or candidate (borrowed, payload kept as raw JSON) and writing the relayed frame.
+//! or candidate (borrowed, payload kept as raw JSON) and writing the relayed frame; and
+//! what a join spends on its token (signing one at `POST /auth/token`, verifying it at the
+//! upgrade), which a relay without tokens does not pay.
 //!
 //! Run: `cargo bench --bench hot_path`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
+use std::time::Duration;
+use switchboard::auth::{SigningSecret, TokenIssuer, TokenVerifier};
 use switchboard::signaling::protocol::{Command, Outgoing, parse};
 
 /// An offer of about 2 KB with the escapes a real SDP has.
@@ -48,5 +52,22 @@ fn hot_path(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, hot_path);
+/// HS256, the default: a token as `POST /auth/token` issues it, for a user and a room.
+fn token(c: &mut Criterion) {
+    let secret = SigningSecret::new(b"bench-only-secret-not-for-production-0123456789".to_vec());
+    let ttl = Duration::from_secs(3600);
+    let issuer = TokenIssuer::new(&secret, "switchboard", "switchboard", ttl);
+    let verifier = TokenVerifier::new(&secret, "switchboard", "switchboard", ttl);
+    let token = issuer.issue("alice", Some("standup"), None).token;
+    let mut group = c.benchmark_group("token");
+    group.bench_function("sign", |b| {
+        b.iter(|| issuer.issue(black_box("alice"), Some("standup"), None))
+    });
+    group.bench_function("verify", |b| {
+        b.iter(|| verifier.verify(black_box(&token)).is_ok())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, hot_path, token);
 criterion_main!(benches);

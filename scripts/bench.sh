@@ -4,6 +4,11 @@
 # JSON reports go to $OUT (default target/bench); the latency-vs-rate plot is drawn from
 # the sweep. Takes about four minutes. Usage: scripts/bench.sh [scenario ...]
 # (scenarios: relay rate sweep idle storm multi; default: all).
+#
+# FLOOR=<path to the floor relay's binary> also runs the single-node scenarios against the
+# floor, the thinnest relay that speaks the same protocol (no JWT work, no limits, no
+# rooms beyond a map), on the same cores right after Switchboard, and prints Switchboard's
+# figures as ratios to its: only ratios measured in one session mean anything here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +18,9 @@ BENCH_CORE=${BENCH_CORE:-1}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-19000}
 SECRET=bench-only-secret-not-for-production-0123456789
 mkdir -p "$OUT"
+# Every process here may open as many files as the machine allows (the floor does not
+# raise its own limit; Switchboard and the bench do).
+ulimit -n "$(ulimit -Hn)"
 for tool in taskset redis-server python3; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing" >&2; exit 1; }
 done
@@ -31,19 +39,24 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-# start_node PORT [VAR=VALUE ...]: a `serve` node on core $SERVER_CORE; sets $pid.
-start_node() {
+# start_server PORT COMMAND...: COMMAND on core $SERVER_CORE, listening on PORT; sets $pid.
+start_server() {
   local port=$1; shift
-  env "$@" taskset -c "$SERVER_CORE" "$BIN" serve --bind 127.0.0.1 --port "$port" \
-    >"$OUT/node-$port.log" 2>&1 &
+  taskset -c "$SERVER_CORE" "$@" >"$OUT/node-$port.log" 2>&1 &
   pid=$!
   pids+=("$pid")
   for _ in $(seq 100); do
     (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
     sleep 0.1
   done
-  echo "bench.sh: the node on port $port did not start; see $OUT/node-$port.log" >&2
+  echo "bench.sh: the server on port $port did not start; see $OUT/node-$port.log" >&2
   exit 1
+}
+
+# start_node PORT [VAR=VALUE ...]: a `serve` node on core $SERVER_CORE; sets $pid.
+start_node() {
+  local port=$1; shift
+  start_server "$port" env "$@" "$BIN" serve --bind 127.0.0.1 --port "$port"
 }
 
 # bench NAME ARGS...: runs the generator on core $BENCH_CORE, keeps the JSON, shows the table.
@@ -56,29 +69,40 @@ bench() {
 scenarios=("$@")
 has() { [ ${#scenarios[@]} -eq 0 ] || [[ " ${scenarios[*]} " == *" $1 "* ]]; }
 
-if has relay || has rate || has sweep || has idle || has storm; then
-  start_node 9100
-  node=$pid
-  url=ws://127.0.0.1:9100
+# single_node TAG: the single-node scenarios against the server in $pid on port 9100;
+# reports go to $OUT/TAG*.json.
+single_node() {
+  local tag=$1 node=$pid url=ws://127.0.0.1:9100
   if has relay; then
-    bench relay-closed --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --duration 10s
-    bench candidates-closed --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --message candidate --duration 10s
+    bench "${tag}relay-closed" --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --duration 10s
+    bench "${tag}candidates-closed" --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --message candidate --duration 10s
   fi
   if has rate; then
-    bench relay-20k --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --rate 20000 --duration 10s
+    bench "${tag}relay-5k" --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --rate 5000 --duration 10s
+    bench "${tag}relay-20k" --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --rate 20000 --duration 10s
   fi
-  if has sweep; then
+  if has sweep && [ -z "$tag" ]; then
     bench relay-sweep --url $url --secret $SECRET --server-pid "$node" relay --pairs 100 --sweep --rate 5000 --sweep-factor 1.25 --duration 5s --p99-bound 10ms
     python3 scripts/plot-latency.py docs/latency-vs-rate.svg "$OUT/relay-sweep.json"
   fi
   if has storm; then
-    # Tokens from the node's own /auth/token: auth and signaling share the server's core.
-    bench join-storm --url $url --server-pid "$node" join-storm --joins 20000 --concurrency 64
+    # Tokens from the server's own /auth/token: auth and signaling share the server's core.
+    bench "${tag}join-storm" --url $url --server-pid "$node" join-storm --joins 20000 --concurrency 64
   fi
   if has idle; then
-    bench idle --url $url --secret $SECRET --server-pid "$node" idle --connections "$IDLE_CONNECTIONS" --hold 5s
+    bench "${tag}idle" --url $url --secret $SECRET --server-pid "$node" idle --connections "$IDLE_CONNECTIONS" --hold 5s
   fi
   kill "$node"; wait "$node" 2>/dev/null || true
+}
+
+if has relay || has rate || has sweep || has idle || has storm; then
+  start_node 9100
+  single_node ""
+  if [ -n "${FLOOR:-}" ]; then
+    start_server 9100 "$FLOOR" --addr 127.0.0.1:9100
+    single_node floor-
+    python3 scripts/floor-ratios.py "$OUT"
+  fi
 fi
 
 if has multi; then
