@@ -24,6 +24,10 @@ ulimit -n "$(ulimit -Hn)"
 for tool in taskset redis-server python3; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing" >&2; exit 1; }
 done
+if [ -n "${FLOOR:-}" ] && [ ! -x "$FLOOR" ]; then
+  echo "bench.sh: FLOOR=$FLOOR is not an executable file; build the floor relay (its README says how) and pass its binary" >&2
+  exit 1
+fi
 cargo build --release --locked --workspace
 BIN=target/release/switchboard
 BENCH_BIN=target/release/switchboard-bench

@@ -18,7 +18,7 @@ pub type Due = (u64, Instant);
 
 /// Below this, the pacer hands out a due message at once instead of sleeping for it: a
 /// sleep this short returns late anyway.
-const SPIN_FREE: Duration = Duration::from_micros(20);
+const SHORTEST_SLEEP: Duration = Duration::from_micros(20);
 
 /// The clock's side of every sender's channel, before it starts.
 pub struct Clock {
@@ -49,7 +49,7 @@ impl Clock {
                         break;
                     }
                     let now = Instant::now();
-                    if at > now + SPIN_FREE {
+                    if at > now + SHORTEST_SLEEP {
                         std::thread::sleep(at - now);
                     }
                     // A sender whose connection failed stopped listening: skip it.
@@ -80,7 +80,7 @@ mod tests {
                 assert_eq!(got, seq);
                 let meant = t0 + period * seq as u32 + period / 4 * i as u32;
                 assert!(near(at, meant), "message {seq} of sender {i}");
-                assert!(Instant::now() + SPIN_FREE >= at, "handed out early");
+                assert!(Instant::now() + SHORTEST_SLEEP >= at, "handed out early");
                 seq += 1;
             }
             assert_eq!(seq, 5, "sender {i}");

@@ -344,7 +344,7 @@ impl TestServer {
         };
         let before = open();
         drop(ws);
-        eventually::eventually(
+        eventually(
             "the node to notice the lost connection",
             Duration::from_secs(5),
             async || open() < before,
