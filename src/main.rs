@@ -178,8 +178,12 @@ fn mint(config: &Config, user: &str, room: Option<&str>, ttl: Option<Duration>) 
             return ExitCode::from(2);
         }
     }
-    if ttl.is_some_and(|t| t > switchboard::config::MAX_TOKEN_TTL || t.is_zero()) {
-        eprintln!("switchboard: --ttl must be between 1s and 24h");
+    let longest = config.auth.max_lifetime;
+    if ttl.is_some_and(|t| t > longest || t.is_zero()) {
+        eprintln!(
+            "switchboard: --ttl must be between 1s and {} (TOKEN_MAX_LIFETIME)",
+            humantime::format_duration(longest)
+        );
         return ExitCode::from(2);
     }
     let keys = ActiveKeys::new(config.auth.keyring.clone(), ApiKeys::default(), None);

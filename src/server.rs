@@ -154,13 +154,13 @@ impl AppState {
             config.auth.token_ttl,
         )
         .map(Arc::new);
-        // Lifetimes are checked against the policy cap rather than TOKEN_TTL, so tokens
+        // Lifetimes are checked against TOKEN_MAX_LIFETIME rather than TOKEN_TTL, so tokens
         // minted before a TOKEN_TTL change (or by `switchboard token --ttl`) still verify.
         let mut verifier = TokenVerifier::with_keys(
             keys.clone(),
             &config.auth.issuer,
             &config.auth.audience,
-            crate::config::MAX_TOKEN_TTL,
+            config.auth.max_lifetime,
         );
         if let Some(oidc) = &config.auth.oidc {
             let remote = RemoteJwks::discovered(&oidc.issuer, metrics.clone());
@@ -173,7 +173,7 @@ impl AppState {
                 &oidc.audience,
                 &oidc.user_claim,
                 remote,
-                crate::config::MAX_TOKEN_TTL,
+                config.auth.max_lifetime,
             )));
         }
         if let Some(events) = &config.events {
@@ -266,7 +266,7 @@ impl AppState {
             verifier: verifier.clone(),
             api_key_required: config.auth.issuance == Issuance::ApiKey,
             keys: keys.clone(),
-            token_ttl: config.auth.token_ttl,
+            longest_token: config.auth.max_lifetime,
             ice_servers: config.ice_servers.clone(),
             ip_limiter: ip_limiter.clone(),
             trusted_proxies: trusted_proxies.clone(),

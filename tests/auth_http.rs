@@ -3,6 +3,8 @@
 mod common;
 
 use common::{settings, start, start_role};
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use switchboard::auth::Issuance;
@@ -404,6 +406,26 @@ async fn tokens_signed_with_the_right_key_but_unsafe_claims_or_headers_are_refus
 }
 
 #[tokio::test]
+async fn the_longest_lifetime_accepted_is_the_configured_one() {
+    use common::{SECRET, claims, forge};
+    use jsonwebtoken::{Algorithm, Header};
+    let mut s = settings();
+    s.auth.token_ttl = Duration::from_secs(60);
+    s.auth.token_max_lifetime = Duration::from_secs(300);
+    let server = start(s).await;
+    let hs256 = Header::new(Algorithm::HS256);
+    let now = switchboard::auth::unix_now();
+    let mut within = claims("a");
+    within["exp"] = json!(now + 300);
+    server
+        .connect_with(&forge(&hs256, &within, SECRET.as_bytes()))
+        .await;
+    // `claims` lives 600 s: twice what this node accepts.
+    let beyond = forge(&hs256, &claims("a"), SECRET.as_bytes());
+    refused_everywhere(&server, &beyond, "300 s maximum").await;
+}
+
+#[tokio::test]
 async fn ids_with_bidi_controls_or_line_separators_are_refused_at_issuance() {
     let server = start(settings()).await;
     let base = server.http("");
@@ -484,7 +506,7 @@ async fn room_ids_with_bidi_controls_or_line_separators_get_invalid_message_on_t
 
 /// Sends `request` raw and returns the answer's head and body, within 2 s.
 async fn raw_answer(addr: std::net::SocketAddr, request: &[u8]) -> (String, Value) {
-    common::raw::exchange(addr, request, std::time::Duration::from_secs(2)).await
+    common::raw::exchange(addr, request, Duration::from_secs(2)).await
 }
 
 #[tokio::test]

@@ -146,7 +146,8 @@ pub enum TokenError {
     IssuedInFuture,
     /// `exp - iat` above the policy's maximum lifetime.
     #[error(
-        "the token lives longer than the {0} s maximum (exp - iat); issue shorter-lived tokens"
+        "the token lives longer than the {0} s maximum (exp - iat, TOKEN_MAX_LIFETIME); issue \
+         shorter-lived tokens"
     )]
     LifetimeTooLong(u64),
     /// The header names critical extensions (`crit`), none of which this server implements.

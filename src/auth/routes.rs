@@ -41,8 +41,9 @@ pub struct AuthState {
     pub api_key_required: bool,
     /// The keys in service: API keys, and the public keys published at the JWKS routes.
     pub keys: Arc<ActiveKeys>,
-    /// Lifetime of issued tokens; a revocation lasts at least this long.
-    pub token_ttl: Duration,
+    /// Longest lifetime of a token this node accepts (`TOKEN_MAX_LIFETIME`); a revocation
+    /// lasts this long, so no token of the session outlives it.
+    pub longest_token: Duration,
     /// STUN/TURN servers handed out with each token.
     pub ice_servers: Arc<IceServers>,
     /// Per-IP request rate.
@@ -375,10 +376,10 @@ async fn revoke(
             ));
         }
     };
-    // Long enough for any token this service issued for the session to expire.
+    // Long enough for any token of the session to expire, however it was minted.
     let connected = state
         .revocation
-        .revoke(&session_id, state.token_ttl)
+        .revoke(&session_id, state.longest_token)
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "revocation failed");

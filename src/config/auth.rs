@@ -11,8 +11,10 @@ use super::{ConfigError, Environment, Role, refuse};
 use crate::auth::key_files::{KeySources, Source};
 use crate::auth::{ApiKeys, Issuance, Keyring, SigningSecret};
 
-/// Longest token lifetime the policy allows.
+/// Longest token lifetime the policy allows unless `TOKEN_MAX_LIFETIME` says otherwise.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Highest `TOKEN_MAX_LIFETIME` accepted: a longer-lived bearer token is a standing key.
+const LIFETIME_CEILING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The claims naming who issued a token and for whom: written and required by the
 /// server, and used by the load generator (`switchboard-bench`) to mint tokens it accepts.
@@ -83,9 +85,14 @@ pub struct AuthSettings {
     #[arg(long, env = "AUTH_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 
-    /// Lifetime of issued tokens (at most 24h), e.g. `1h`, `15m`.
+    /// Lifetime of issued tokens (at most TOKEN_MAX_LIFETIME), e.g. `1h`, `15m`.
     #[arg(long, env = "TOKEN_TTL", value_parser = humantime::parse_duration, default_value = "1h")]
     pub token_ttl: Duration,
+
+    /// Longest lifetime (`exp - iat`) a token may have to be accepted, ours or an identity
+    /// provider's (at most 7d).
+    #[arg(long, env = "TOKEN_MAX_LIFETIME", value_parser = humantime::parse_duration, default_value = "24h")]
+    pub token_max_lifetime: Duration,
 
     /// Who issues tokens, and for whom.
     #[command(flatten)]
@@ -156,6 +163,8 @@ pub struct AuthConfig {
     pub api_keys: ApiKeys,
     /// Lifetime of issued tokens.
     pub token_ttl: Duration,
+    /// Longest lifetime a token may have to be accepted.
+    pub max_lifetime: Duration,
     /// `iss` claim.
     pub issuer: String,
     /// `aud` claim.
@@ -181,10 +190,21 @@ impl AuthSettings {
             ));
         }
 
-        if self.token_ttl > MAX_TOKEN_TTL {
+        if self.token_max_lifetime > LIFETIME_CEILING
+            || self.token_max_lifetime < Duration::from_secs(1)
+        {
             return Err(refuse(format!(
-                "TOKEN_TTL is {}, above the 24h maximum; set TOKEN_TTL to 24h or less.",
-                humantime::format_duration(self.token_ttl)
+                "TOKEN_MAX_LIFETIME is {}; set it between 1s and 7d (the default is 24h).",
+                humantime::format_duration(self.token_max_lifetime)
+            )));
+        }
+        if self.token_ttl > self.token_max_lifetime {
+            return Err(refuse(format!(
+                "TOKEN_TTL is {}, above TOKEN_MAX_LIFETIME ({}); tokens this node issued would be \
+                 refused. Set TOKEN_TTL to {} or less.",
+                humantime::format_duration(self.token_ttl),
+                humantime::format_duration(self.token_max_lifetime),
+                humantime::format_duration(self.token_max_lifetime)
             )));
         }
         if self.token_ttl < Duration::from_secs(1) {
@@ -248,6 +268,7 @@ impl AuthSettings {
             issuance,
             api_keys,
             token_ttl: self.token_ttl,
+            max_lifetime: self.token_max_lifetime,
             issuer: self.claims.token_issuer.clone(),
             audience: self.claims.token_audience.clone(),
             token_refresh_before: self.token_refresh_before,

@@ -126,6 +126,26 @@ fn ttl_above_a_day_is_refused() {
 }
 
 #[test]
+fn the_longest_token_lifetime_is_a_setting_that_bounds_token_ttl() {
+    let mut s = prod();
+    s.auth.token_max_lifetime = Duration::from_secs(30 * 60);
+    assert!(err(&s, Role::Serve).contains("above TOKEN_MAX_LIFETIME"));
+    s.auth.token_ttl = Duration::from_secs(20 * 60);
+    let config = Config::from_settings(&s, Role::Serve).unwrap();
+    assert_eq!(config.auth.max_lifetime, Duration::from_secs(30 * 60));
+
+    s.auth.token_max_lifetime = Duration::from_secs(48 * 3600);
+    s.auth.token_ttl = Duration::from_secs(36 * 3600);
+    let config = Config::from_settings(&s, Role::Serve).unwrap();
+    assert_eq!(config.auth.token_ttl, Duration::from_secs(36 * 3600));
+
+    for refused in [Duration::ZERO, Duration::from_secs(8 * 24 * 3600)] {
+        s.auth.token_max_lifetime = refused;
+        assert!(err(&s, Role::Serve).contains("TOKEN_MAX_LIFETIME"));
+    }
+}
+
+#[test]
 fn production_requires_origin_allowlist_for_signaling() {
     let mut s = prod();
     s.auth.allowed_origins = None;
