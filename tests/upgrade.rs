@@ -307,3 +307,32 @@ async fn missing_host_gets_400() {
     let metrics = server.metrics().await;
     assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="bad_handshake"} 1"#));
 }
+
+#[tokio::test]
+async fn a_request_head_far_beyond_32_kib_gets_431_and_one_within_passes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    // Browser-sized cookies pass; a head that would pin hundreds of KiB does not (the
+    // read that crosses 32 KiB may complete a head a little larger).
+    for (cookie, status) in [(20 * 1024, "101"), (100 * 1024, "431")] {
+        let headers = format!(
+            "Host: {}\r\n{GOOD_KEY}Cookie: c={}\r\n",
+            server.addr,
+            "x".repeat(cookie)
+        );
+        let request = upgrade_request(&token, &headers);
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let _ = socket.write_all(request.as_bytes()).await;
+        let mut answer = [0u8; 12];
+        tokio::time::timeout(common::DEADLINE, socket.read_exact(&mut answer))
+            .await
+            .expect("an answer in time")
+            .expect("a status line");
+        assert_eq!(
+            String::from_utf8_lossy(&answer),
+            format!("HTTP/1.1 {status}"),
+            "a {cookie}-byte cookie"
+        );
+    }
+}

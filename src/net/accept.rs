@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::elastic::{ElasticStream, Transport};
+use super::frame_meter::FrameTally;
 use super::pending::{Pending, Shed, Ticket};
 use super::tls::TlsAcceptor;
 use crate::telemetry::Metrics;
@@ -43,6 +44,11 @@ const OUT_OF_FILES_PAUSE: Duration = Duration::from_millis(10);
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// At most one warning per this long about failing accepts.
 const WARN_EVERY: Duration = Duration::from_secs(1);
+/// Most bytes of one request head held while it arrives (hyper's default is about 400 KiB):
+/// a token in the query (at most 4 KiB) and browser headers fit many times over. A head
+/// still incomplete at this size gets 431; the read that crosses it may bring up to as much
+/// again, so a pending connection pins at most about 64 KiB until `HEAD_TIMEOUT`.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// The deadlines of a connection's HTTP phase.
 #[derive(Debug, Clone, Copy)]
@@ -161,17 +167,21 @@ impl Connection {
     }
 
     async fn http<S: Transport + Send + 'static>(mut self, stream: S) {
-        let io = TokioIo::new(ElasticStream::new(stream));
+        let tally = FrameTally::default();
+        let io = TokioIo::new(ElasticStream::new(stream, tally.clone()));
         let remote = self.remote;
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
+            // The WebSocket this request may become charges its continuation frames.
+            request.extensions_mut().insert(tally.clone());
             // A router is always ready, and its clone is a reference count.
             router.clone().call(request)
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
-            .header_read_timeout(self.deadlines.head);
+            .header_read_timeout(self.deadlines.head)
+            .max_buf_size(MAX_HEAD_BYTES);
         let conn = http.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         let deadline = tokio::time::sleep_until(self.accepted + self.deadlines.upgrade);

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::frame_meter::{FrameViolation, Meter};
+use super::frame_meter::{FrameTally, FrameViolation, Meter};
 
 /// Most bytes taken from the kernel in one read: a whole 2 KB offer with room to spare.
 const BURST_BYTES: usize = 16 * 1024;
@@ -53,17 +53,20 @@ pub struct ElasticStream<S: Transport = TcpStream> {
     gathered: Vec<u8>,
     /// The client's frames, counted as they are handed up.
     meter: Meter,
+    /// Where the meter leaves continuation frames for the connection to charge.
+    tally: FrameTally,
 }
 
 impl<S: Transport> ElasticStream<S> {
-    /// Wraps an accepted stream.
-    pub fn new(tcp: S) -> Self {
+    /// Wraps an accepted stream whose continuation frames go to `tally`.
+    pub fn new(tcp: S, tally: FrameTally) -> Self {
         Self {
             tcp,
             rest: Vec::new(),
             taken: 0,
             gathered: Vec::new(),
             meter: Meter::default(),
+            tally,
         }
     }
 
@@ -117,6 +120,10 @@ impl<S: Transport> AsyncRead for ElasticStream<S> {
             this.rest = Vec::new();
             this.taken = 0;
             return Poll::Ready(Err(refused(violation)));
+        }
+        let continuations = this.meter.take_continuations();
+        if continuations > 0 {
+            this.tally.add(continuations);
         }
         Poll::Ready(Ok(()))
     }
@@ -222,7 +229,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (ElasticStream::new(accepted.unwrap().0), client.unwrap())
+        (
+            ElasticStream::new(accepted.unwrap().0, FrameTally::default()),
+            client.unwrap(),
+        )
     }
 
     #[tokio::test]

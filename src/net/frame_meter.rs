@@ -4,16 +4,41 @@
 //! however many continuation frames made it, so a client could send empty continuation
 //! frames for ever and never be counted. The meter watches the bytes the client sends, from
 //! the server's `101` on, reads each frame's header (the payload is skipped, never kept)
-//! and stops the stream when a message takes more than [`MAX_FRAGMENTS`] frames. Every
-//! complete message still counts once against the connection's message rate, so a client
-//! makes the server parse at most `MAX_FRAGMENTS` frames per counted message.
+//! and stops the stream when a message takes more than [`MAX_FRAGMENTS`] frames. It adds
+//! every continuation frame to the connection's [`FrameTally`], which the connection
+//! charges against its message rate with the message they belong to: a frame is a frame,
+//! whether tungstenite hands it up or folds it into a message.
 //!
 //! It keeps a few dozen bytes of state per connection and allocates nothing. It knows
 //! HTTP/1.1 upgrades only: the server is built without axum's `http2` feature, and a
 //! WebSocket over HTTP/2 (RFC 8441) would pass it unmetered.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
 /// Most frames one message may arrive in; the next one closes the connection (1009).
 pub const MAX_FRAGMENTS: u16 = 64;
+
+/// Continuation frames a client sent that no one has charged yet, shared by the meter
+/// (beneath tungstenite) and the connection (above it).
+#[derive(Debug, Clone, Default)]
+pub struct FrameTally(Arc<AtomicU32>);
+
+impl FrameTally {
+    /// Adds `frames` continuation frames.
+    pub(super) fn add(&self, frames: u32) {
+        self.0.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// The frames added since the last call.
+    pub fn take(&self) -> u32 {
+        // Most messages come whole: a load is cheaper than a swap on the hot path.
+        if self.0.load(Ordering::Relaxed) == 0 {
+            return 0;
+        }
+        self.0.swap(0, Ordering::Relaxed)
+    }
+}
 
 /// Longest frame header: 2 bytes, then an extended length of up to 8 (RFC 6455 §5.2).
 const HEADER_MAX: usize = 10;
@@ -82,6 +107,14 @@ impl Meter {
         }
     }
 
+    /// Continuation frames read since the last call.
+    pub(super) fn take_continuations(&mut self) -> u32 {
+        match self {
+            Meter::Frames(parser) => std::mem::take(&mut parser.continuations),
+            _ => 0,
+        }
+    }
+
     /// The violation that stopped the stream, if one did.
     pub(super) fn stopped(&self) -> Option<FrameViolation> {
         match self {
@@ -136,6 +169,8 @@ pub(super) struct FrameParser {
     skip: u64,
     /// Frames of the message being assembled; 0 between messages.
     fragments: u16,
+    /// Continuation frames read and not yet taken into the tally.
+    continuations: u32,
 }
 
 impl FrameParser {
@@ -191,6 +226,7 @@ impl FrameParser {
             // Continuation.
             0 if self.fragments > 0 => {
                 self.fragments += 1;
+                self.continuations = self.continuations.saturating_add(1);
                 if self.fragments > MAX_FRAGMENTS {
                     return Err(FrameViolation::TooManyFragments);
                 }

@@ -12,6 +12,6 @@ mod tls;
 
 pub use accept::{Deadlines, serve};
 pub use elastic::{ElasticStream, Transport};
-pub use frame_meter::{FrameViolation, MAX_FRAGMENTS};
+pub use frame_meter::{FrameTally, FrameViolation, MAX_FRAGMENTS};
 pub use pending::{Pending, Shed, Ticket};
 pub use tls::{Reloader, TlsAcceptor, TlsError, TlsFiles};

@@ -41,6 +41,16 @@ impl TokenBucket {
         }
     }
 
+    /// Takes `n` tokens if there is one, going into debt for the rest (down to minus the
+    /// burst), so a costly item is never refused outright yet is paid for in full.
+    pub fn try_take_owing(&mut self, now: Instant, n: u32) -> bool {
+        if !self.try_take(now) {
+            return false;
+        }
+        self.tokens = (self.tokens - f64::from(n.saturating_sub(1))).max(-self.burst);
+        true
+    }
+
     /// How long until the next token.
     pub fn wait(&self) -> Duration {
         if self.tokens >= 1.0 || self.rate <= 0.0 {
@@ -91,7 +101,12 @@ impl MessageLimiter {
 
     /// Judges one incoming message.
     pub fn check(&mut self, now: Instant) -> Verdict {
-        if self.bucket.try_take(now) {
+        self.check_frames(now, 1)
+    }
+
+    /// Judges one incoming message that arrived in `frames` frames, each of which counts.
+    pub fn check_frames(&mut self, now: Instant, frames: u32) -> Verdict {
+        if self.bucket.try_take_owing(now, frames) {
             return Verdict::Allowed;
         }
         if now.saturating_duration_since(self.window_start) > self.window {
@@ -259,6 +274,30 @@ mod tests {
         let verdicts: Vec<Verdict> = (0..19).map(|_| limiter.check(later)).collect();
         assert_eq!(verdicts[17], Verdict::Limited);
         assert_eq!(verdicts[18], Verdict::Abuse);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_of_many_frames_costs_every_frame_and_is_never_refused_outright() {
+        let now = Instant::now();
+        let mut limiter = MessageLimiter::new(10.0, 100.0, 20, Duration::from_secs(10), now);
+        // 64 frames each: the second goes into debt, the third finds none left.
+        assert_eq!(limiter.check_frames(now, 64), Verdict::Allowed);
+        assert_eq!(limiter.check_frames(now, 64), Verdict::Allowed);
+        assert_eq!(limiter.check_frames(now, 1), Verdict::Limited);
+        // The debt (28 frames) is paid back at 10/s before the next frame passes.
+        tokio::time::advance(Duration::from_millis(2_500)).await;
+        assert_eq!(limiter.check(Instant::now()), Verdict::Limited);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(limiter.check(Instant::now()), Verdict::Allowed);
+        // However many frames one message had, it is not refused while a token is left,
+        // and the debt never exceeds one burst.
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            limiter.check_frames(Instant::now(), 10_000),
+            Verdict::Allowed
+        );
+        tokio::time::advance(Duration::from_millis(10_200)).await;
+        assert_eq!(limiter.check(Instant::now()), Verdict::Allowed);
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,7 @@ use super::protocol::{self, Command, ErrorCode, Metadata, Outgoing, close, metad
 use super::timers::refresh_wait;
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
+use crate::net::FrameTally;
 use crate::resilience::{ConnectionSlot, IpPermit};
 
 /// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
@@ -61,6 +62,9 @@ pub struct Connection {
     pub remote: SocketAddr,
     /// The node's connection slot and the client IP's, released when the connection ends.
     pub held: (ConnectionSlot, IpPermit),
+    /// Continuation frames the client sent, charged against its message rate; `None` when
+    /// the router is served by something other than [`crate::net::serve`].
+    pub frames: Option<FrameTally>,
 }
 
 /// Mutable state of a live connection.
@@ -118,7 +122,7 @@ impl Connection {
         let (reference, parsed) = protocol::parse(text);
         let kind = parsed.map(|c| c.kind()).unwrap_or("message");
         let message = format!(
-            "Rate limit exceeded ({} messages per second, bursts of {}): this {kind} was not delivered; slow down.",
+            "Rate limit exceeded ({} messages or frames per second, bursts of {}): this {kind} was not delivered; slow down.",
             self.limits.message_rate, self.limits.message_burst
         );
         send_error(session, ErrorCode::RateLimited, &message, reference);

@@ -20,7 +20,7 @@ use super::commands::{
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use super::timers::{Due, Timers};
-use crate::net::FrameViolation;
+use crate::net::{FrameTally, FrameViolation};
 use crate::resilience::{MessageLimiter, Verdict};
 
 /// Most queued frames written to the socket's buffer before it is flushed.
@@ -190,12 +190,14 @@ impl<'c> Link<'c> {
         self.timers.heard(now);
         let conn = self.conn;
         let session = self.session.as_mut()?;
-        // Every frame tungstenite hands up counts, control frames and empty ones alike; a
-        // fragmented message counts once, and `net::FrameViolation` bounds its fragments.
+        // Every frame counts, control frames and empty ones alike: those tungstenite hands
+        // up here, and the continuation frames it folded into a message, which the meter
+        // beneath it tallied (`net::FrameViolation` bounds them per message too).
         if let Some(Ok(message)) = &frame
             && !matches!(message, Message::Close(_))
         {
-            match self.limiter.check(now) {
+            let folded = conn.frames.as_ref().map_or(0, FrameTally::take);
+            match self.limiter.check_frames(now, 1 + folded) {
                 Verdict::Allowed => {}
                 Verdict::Limited if matches!(message, Message::Text(_) | Message::Binary(_)) => {
                     conn.refuse_over_limit(session, frame.as_ref());

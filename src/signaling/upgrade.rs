@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, FromRef, RawQuery, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Extension, FromRef, RawQuery, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +17,7 @@ use super::Hub;
 use super::connection::{self, Connection, ConnectionLimits};
 use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
 use crate::error::{ApiError, sentence};
+use crate::net::FrameTally;
 use crate::resilience::{
     ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip, via_trusted_proxy,
 };
@@ -78,11 +79,13 @@ where
 async fn upgrade(
     State(state): State<Arc<SignalingState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    frames: Option<Extension<FrameTally>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(&state, remote, &headers, query.as_deref(), ws).await {
+    let frames = frames.map(|Extension(tally)| tally);
+    match accept(&state, remote, frames, &headers, query.as_deref(), ws).await {
         Ok(response) => response,
         Err((reason, e)) => {
             state.hub.metrics().refused(reason);
@@ -94,6 +97,7 @@ async fn upgrade(
 async fn accept(
     state: &SignalingState,
     remote: SocketAddr,
+    frames: Option<FrameTally>,
     headers: &HeaderMap,
     query: Option<&str>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -199,6 +203,7 @@ async fn accept(
         limits: state.connection_limits.clone(),
         remote,
         held: (slot, ip_permit),
+        frames,
     });
     let grant = Box::new(Grant::from(claims));
     Ok(ws
