@@ -31,8 +31,9 @@ pub enum Weakness {
 pub struct SigningSecret(Vec<u8>);
 
 impl SigningSecret {
-    /// Wraps configured secret bytes.
+    /// Wraps configured secret bytes (masked in every log line from now on).
     pub fn new(bytes: Vec<u8>) -> Self {
+        crate::telemetry::hold_secret(&bytes);
         Self(bytes)
     }
 
@@ -86,8 +87,11 @@ pub enum Issuance {
 pub struct ApiKeys(Vec<Vec<u8>>);
 
 impl ApiKeys {
-    /// Wraps the configured keys.
+    /// Wraps the configured keys (masked in every log line from now on).
     pub fn new(keys: Vec<String>) -> Self {
+        for key in &keys {
+            crate::telemetry::hold_secret(key.as_bytes());
+        }
         Self(keys.into_iter().map(String::into_bytes).collect())
     }
 

@@ -49,6 +49,7 @@ impl IceSettings {
         let stun = list(&self.stun_urls, "STUN_URLS", &["stun:", "stuns:"])?;
         let turn = list(&self.turn_urls, "TURN_URLS", &["turn:", "turns:"])?;
         let secret = self.turn_secret.clone().unwrap_or_default();
+        crate::telemetry::hold_secret(secret.as_bytes());
         if !turn.is_empty() && secret.is_empty() {
             return Err(refuse(
                 "TURN_URLS is set without TURN_SECRET: set the TURN server's static-auth-secret, \

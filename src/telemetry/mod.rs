@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 pub use access::{access_log, redact_query};
 pub use metrics::Metrics;
-pub use redact::{Masking, mask, mask_jwts};
+pub use redact::{Masking, hold_secret, mask, mask_jwts};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

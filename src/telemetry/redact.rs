@@ -1,12 +1,14 @@
 //! What counts as a credential in a log line, and how it is masked.
 //!
-//! Two rules. Every log line, whatever wrote it: a run of base64url characters containing
+//! Three rules. Every log line, whatever wrote it: a run of base64url characters containing
 //! `eyJ` (the encoding of `{"` that starts every JWT) and at least two dots is a JWT and is
-//! replaced by `[masked]`. The access log's path and query keys, written by clients, also
+//! replaced by `[masked]`, and so is every secret the process holds (signing secrets, API
+//! keys, the webhook secret: [`hold_secret`]), wherever it appears. The access log's path and query keys, written by clients, also
 //! lose any run containing `eyJ` and any run of 24 or more base64url characters (an API
 //! key); route segments are short words, so nothing needed for diagnosis is lost there.
 
 use std::io::{self, Write};
+use std::sync::{PoisonError, RwLock};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -15,6 +17,42 @@ const MASKED: &str = "[masked]";
 /// Shortest run of base64url characters treated as an opaque key (a 128-bit key in
 /// base64url is 22 characters; route segments and node ids are far shorter).
 const MIN_KEY_CHARS: usize = 24;
+
+/// Shortest secret masked by value: shorter ones would mask ordinary words (and production
+/// refuses secrets this short anyway).
+const MIN_HELD_CHARS: usize = 8;
+
+/// The secrets this process holds, masked in every log line.
+static HELD: RwLock<Vec<Box<str>>> = RwLock::new(Vec::new());
+
+/// Masks `secret` in every log line from now on. Called wherever a secret is read in; a
+/// rotated-out secret stays masked, since old log lines may still quote it.
+pub fn hold_secret(secret: &[u8]) {
+    // A secret that is not UTF-8 cannot appear verbatim in a (UTF-8) log line.
+    let Ok(secret) = std::str::from_utf8(secret) else {
+        return;
+    };
+    if secret.chars().count() < MIN_HELD_CHARS {
+        return;
+    }
+    let mut held = HELD.write().unwrap_or_else(PoisonError::into_inner);
+    if !held.iter().any(|s| &**s == secret) {
+        held.push(secret.into());
+    }
+}
+
+/// `line` with every held secret replaced by `[masked]`, or `None` when it holds none.
+fn mask_held(line: &str) -> Option<String> {
+    let held = HELD.read().unwrap_or_else(PoisonError::into_inner);
+    let mut masked: Option<String> = None;
+    for secret in held.iter() {
+        let current = masked.as_deref().unwrap_or(line);
+        if current.contains(&**secret) {
+            masked = Some(current.replace(&**secret, MASKED));
+        }
+    }
+    masked
+}
 
 /// `text` with every JWT-shaped or long opaque run of characters replaced by `[masked]`
 /// (for text a client chose: paths and query keys).
@@ -55,7 +93,7 @@ fn is_token_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | '+')
 }
 
-/// Wraps a log writer so that no JWT reaches the log sink, whoever logged it.
+/// Wraps a log writer so that no JWT or held secret reaches the log sink, whoever logged it.
 pub struct Masking<M>(pub M);
 
 impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for Masking<M> {
@@ -72,13 +110,19 @@ pub struct MaskingWriter<W>(W);
 impl<W: Write> Write for MaskingWriter<W> {
     // The formatter writes each event in one call, so a whole line is seen at once.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match std::str::from_utf8(buf) {
-            Ok(line) if line.contains("eyJ") => {
-                self.0.write_all(mask_jwts(line).as_bytes())?;
-                Ok(buf.len())
-            }
-            _ => self.0.write(buf),
+        let Ok(line) = std::str::from_utf8(buf) else {
+            return self.0.write(buf);
+        };
+        let held = mask_held(line);
+        let line = held.as_deref().unwrap_or(line);
+        if line.contains("eyJ") {
+            self.0.write_all(mask_jwts(line).as_bytes())?;
+        } else if held.is_some() {
+            self.0.write_all(line.as_bytes())?;
+        } else {
+            return self.0.write(buf);
         }
+        Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -126,6 +170,26 @@ mod tests {
         assert!(logged.contains("Bearer [masked]"), "{logged}");
         // Ordinary values stay readable.
         assert!(logged.contains("monkeyJoe.v1") && logged.contains("alice"));
+    }
+
+    #[test]
+    fn every_secret_the_process_holds_is_masked_in_every_line() {
+        let api_key = "ak-7f3c9e1d5b2a4f60";
+        hold_secret(api_key.as_bytes());
+        hold_secret(b"short"); // too short to mask by value
+        hold_secret(&[0xff, 0xfe, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07]); // not text
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(Masking(move || writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(header = %format!("Bearer {api_key}"), "refused {api_key}, short");
+        });
+        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(!logged.contains(api_key), "{logged}");
+        assert_eq!(logged.matches("[masked]").count(), 2, "{logged}");
+        assert!(logged.contains("short"), "{logged}");
     }
 
     #[test]
