@@ -45,11 +45,27 @@ pub enum Kind {
     HugeBody,
     /// Joins a room and never reads while its peer sends it offers.
     SlowConsumer,
+    /// An upgrade with a token signed with the right key but unsafe: a `crit` header,
+    /// `iat` in the future, `exp` in the year 3000, or a `sub` with a bidi override.
+    BadToken,
+    /// `POST /auth/token` (with the API key) for a user id with a bidi override.
+    BadId,
+    /// An upgrade with an 8-byte `Sec-WebSocket-Key`, two `Origin` headers, or no `Host`.
+    BadHandshake,
+    /// Joins a room and relays an `offer` whose `sdp` is an object, not a string.
+    SdpObject,
+    /// Sends a close frame, then reads on: the server must answer with its own.
+    CloseThenRead,
+    /// Puts a valid token and the API key where the server does not read them
+    /// (`?jwt=`, `?api_key=`), hoping a log keeps them.
+    LogProbe,
+    /// `GET /metrics` on the client port (production serves it elsewhere).
+    MetricsProbe,
 }
 
 impl Kind {
     /// Every kind, in the order the soak starts them.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 15] = [
         Kind::PingFlood,
         Kind::EmptyFlood,
         Kind::IdleTcp,
@@ -58,6 +74,13 @@ impl Kind {
         Kind::NeverJoins,
         Kind::HugeBody,
         Kind::SlowConsumer,
+        Kind::BadToken,
+        Kind::BadId,
+        Kind::BadHandshake,
+        Kind::SdpObject,
+        Kind::CloseThenRead,
+        Kind::LogProbe,
+        Kind::MetricsProbe,
     ];
 
     /// The kind's name on the command line and in reports.
@@ -71,6 +94,13 @@ impl Kind {
             Kind::NeverJoins => "never-joins",
             Kind::HugeBody => "huge-body",
             Kind::SlowConsumer => "slow-consumer",
+            Kind::BadToken => "bad-token",
+            Kind::BadId => "bad-id",
+            Kind::BadHandshake => "bad-handshake",
+            Kind::SdpObject => "sdp-object",
+            Kind::CloseThenRead => "close-then-read",
+            Kind::LogProbe => "log-probe",
+            Kind::MetricsProbe => "metrics-probe",
         }
     }
 
@@ -101,6 +131,10 @@ pub struct Attack {
     pub open: Arc<AtomicUsize>,
     /// Names this run's users and rooms apart from other runs'.
     pub run: String,
+    /// The node's signing secret, to forge unsafe tokens with (`bad-token`).
+    pub secret: Option<String>,
+    /// An API key of the node's (`bad-id`, `log-probe`).
+    pub api_key: Option<String>,
 }
 
 /// What became of one hostile client.
@@ -160,6 +194,150 @@ pub async fn run(kind: Kind, i: usize, attack: Arc<Attack>) -> Outcome {
             http(&attack, head.into_bytes(), false).await
         }
         Kind::SlowConsumer => slow_consumer(&attack, &user, i).await,
+        Kind::BadToken => {
+            let token = unsafe_token(&attack, &user, i);
+            let head = wire::upgrade_head(attack.addr, &format!("/ws/signal?token={token}"));
+            http(&attack, format!("{head}\r\n").into_bytes(), false).await
+        }
+        Kind::BadId => {
+            let body =
+                serde_json::json!({"userId": format!("admin\u{202E}{i}txt.exe")}).to_string();
+            let key = attack.api_key.as_deref().unwrap_or("no-key");
+            let head = format!(
+                "POST /auth/token HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+                 Authorization: Bearer {key}\r\nContent-Length: {}\r\n\r\n{body}",
+                attack.addr,
+                body.len()
+            );
+            http(&attack, head.into_bytes(), false).await
+        }
+        Kind::BadHandshake => {
+            let token = attack.target.tokens.token(&user).await.unwrap_or_default();
+            let path = format!("/ws/signal?token={token}");
+            let good = wire::upgrade_head(attack.addr, &path);
+            let head = match i % 3 {
+                0 => good.replace("c29hay1ib3Jpbmcta2V5IQ==", "c2hvcnRrZXk="),
+                1 => {
+                    format!("{good}Origin: https://app.example\r\nOrigin: https://evil.example\r\n")
+                }
+                _ => good.replace(&format!("Host: {}\r\n", attack.addr), ""),
+            };
+            http(&attack, format!("{head}\r\n").into_bytes(), false).await
+        }
+        Kind::SdpObject => sdp_object(&attack, &user).await,
+        Kind::CloseThenRead => close_then_read(&attack, &user).await,
+        Kind::LogProbe => {
+            let token = attack.target.tokens.token(&user).await.unwrap_or_default();
+            let key = attack.api_key.as_deref().unwrap_or("no-key");
+            let path = format!("/ws/signal?jwt={token}&api_key={key}");
+            let head = wire::upgrade_head(attack.addr, &path);
+            http(&attack, format!("{head}\r\n").into_bytes(), false).await
+        }
+        Kind::MetricsProbe => {
+            let head = format!("GET /metrics HTTP/1.1\r\nHost: {}\r\n\r\n", attack.addr);
+            http(&attack, head.into_bytes(), false).await
+        }
+    }
+}
+
+/// A token signed with the node's secret (or, without it, none at all) that breaks one
+/// rule of token safety, by `i`: a `crit` header, `iat` an hour ahead, `exp` in the year
+/// 3000, a `sub` with a bidi override.
+fn unsafe_token(attack: &Attack, user: &str, i: usize) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let Some(secret) = &attack.secret else {
+        return "eyJhbGciOiJub25lIn0.e30.".to_string();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut header = Header::new(Algorithm::HS256);
+    let mut claims = serde_json::json!({
+        "iss": "switchboard", "aud": "switchboard", "sub": user,
+        "session_id": format!("soak{i}"), "jti": format!("soak{i}"),
+        "iat": now, "nbf": now, "exp": now + 600,
+    });
+    match i % 4 {
+        0 => header.crit = Some(vec!["exp".into()]),
+        1 => claims["iat"] = (now + 3600).into(),
+        2 => claims["exp"] = 32_503_680_000u64.into(),
+        _ => claims["sub"] = format!("admin\u{202E}{i}txt.exe").into(),
+    }
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
+/// Joins a room of its own and relays an `offer` whose `sdp` is an object to itself;
+/// the answer is the `error` it gets. Then it leaves with a close frame.
+async fn sdp_object(attack: &Attack, user: &str) -> Outcome {
+    let Upgraded {
+        mut incoming,
+        mut out,
+        since,
+    } = match upgrade(attack, user, None).await {
+        Ok(u) => u,
+        Err(why) => return Outcome::refused(why),
+    };
+    let _held = Held::new(&attack.open, 1);
+    let room = format!("soak-{}-{user}", attack.run);
+    let joined = async {
+        send_json(
+            &mut out,
+            &serde_json::json!({"type": "join", "roomId": room}),
+        )
+        .await
+        .map_err(|e| label(&e))?;
+        let joined = await_text(&mut incoming, |v| v["type"] == "joined").await?;
+        let offer = serde_json::json!({
+            "type": "offer", "id": "soak", "peerId": joined["peerId"], "sdp": {"v": 0},
+        });
+        send_json(&mut out, &offer).await.map_err(|e| label(&e))?;
+        // `await_text` turns an error into `Err`: here that is the answer.
+        match await_text(&mut incoming, |v| v["type"] == "offer").await {
+            Ok(_) => Ok("relayed".to_string()),
+            Err(e) if e.starts_with("error") => Ok(e),
+            Err(e) => Err(e),
+        }
+    };
+    let mut outcome = Outcome {
+        connected: true,
+        ..Outcome::default()
+    };
+    match joined.await {
+        Ok(answer) => outcome.answer = Some(answer),
+        Err(why) => outcome.ended = Some((why, since.elapsed())),
+    }
+    if outcome.ended.is_none() {
+        let _ = out.write_all(&wire::close_frame(1000)).await;
+        outcome.ended = Some((until_close(&mut incoming).await, since.elapsed()));
+    }
+    outcome
+}
+
+/// Sends a close frame (1000) at once and reads on: `ended` is the server's answer
+/// (`close 1000`) or how the stream ended without one.
+async fn close_then_read(attack: &Attack, user: &str) -> Outcome {
+    let Upgraded {
+        mut incoming,
+        mut out,
+        since,
+    } = match upgrade(attack, user, None).await {
+        Ok(u) => u,
+        Err(why) => return Outcome::refused(why),
+    };
+    let _held = Held::new(&attack.open, 1);
+    let how = match out.write_all(&wire::close_frame(1000)).await {
+        Ok(()) => until_close(&mut incoming).await,
+        Err(e) => label(&e),
+    };
+    Outcome {
+        connected: true,
+        ended: Some((how, since.elapsed())),
+        ..Outcome::default()
     }
 }
 

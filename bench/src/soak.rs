@@ -101,6 +101,8 @@ pub async fn run(args: &BenchArgs, soak: &SoakArgs) -> Result<Report, BenchError
         pids: &pids,
         stagger,
         run,
+        secret: args.secret.clone(),
+        api_key: args.api_key.clone(),
     };
     let honest = relay::open_loop(pairs, soak.rate, Stamp::Intended, &relay_args, &pids);
     let (honest, hostile) = tokio::join!(honest, hostile.run());
@@ -201,11 +203,12 @@ fn random_hex(bytes: usize) -> String {
 /// `args` at it; returns it and a description of its settings without the secrets.
 fn start_node(args: &mut BenchArgs, soak: &SoakArgs) -> Result<(Node, String), BenchError> {
     let secret = args.secret.clone().unwrap_or_else(|| random_hex(32));
+    let api_key = random_hex(24);
     let mut vars: BTreeMap<String, String> = [
         ("SWITCHBOARD_ENV", "production".to_string()),
         ("AUTH_SECRET", secret.clone()),
         ("TOKEN_ISSUANCE", "api-key".into()),
-        ("AUTH_API_KEYS", random_hex(24)),
+        ("AUTH_API_KEYS", api_key.clone()),
         ("ALLOWED_ORIGINS", "https://app.example".into()),
         // Production would put /metrics on 9464; another node may hold that port.
         ("METRICS_ADDR", "127.0.0.1:0".into()),
@@ -227,6 +230,12 @@ fn start_node(args: &mut BenchArgs, soak: &SoakArgs) -> Result<(Node, String), B
         .find(|(k, _)| k == "AUTH_SECRET")
         .map(|(_, v)| v.clone())
         .or(Some(secret));
+    // Tokens are minted with the secret; the key is for the kinds that call the API.
+    args.api_key = list
+        .iter()
+        .find(|(k, _)| k == "AUTH_API_KEYS")
+        .and_then(|(_, v)| v.split(',').next().map(str::to_string))
+        .or(Some(api_key));
     args.server_pids = vec![node.pid()];
     let shown: Vec<String> = list
         .iter()
@@ -252,6 +261,9 @@ struct Hostile<'a> {
     pids: &'a [u32],
     stagger: Duration,
     run: String,
+    /// The node's signing secret and an API key of its, for the kinds that need them.
+    secret: Option<String>,
+    api_key: Option<String>,
 }
 
 /// What the hostile side measured.
@@ -296,6 +308,8 @@ impl Hostile<'_> {
                 stop: stopped.clone(),
                 open: open.clone(),
                 run: self.run.clone(),
+                secret: self.secret.clone(),
+                api_key: self.api_key.clone(),
             });
             let before = rss(self.pids);
             for i in 0..self.soak.hostile {

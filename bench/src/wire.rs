@@ -85,6 +85,11 @@ pub fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A client's close frame with `code` and no reason.
+pub fn close_frame(code: u16) -> Vec<u8> {
+    frame(opcode::CLOSE, true, &code.to_be_bytes())
+}
+
 /// A frame from the server.
 pub struct Frame {
     /// Its opcode.
