@@ -210,7 +210,7 @@ async fn an_endpoint_that_never_answers_2xx_is_given_up_on_after_the_retry_time(
 }
 
 #[tokio::test]
-async fn the_event_api_refuses_bad_cursors_and_limits() {
+async fn the_event_api_refuses_bad_cursors_limits_and_methods() {
     let receiver = WebhookReceiver::start(Flakiness::NONE).await;
     let server = start(event_settings(&receiver)).await;
     let api = Api::of(&server);
@@ -227,6 +227,15 @@ async fn the_event_api_refuses_bad_cursors_and_limits() {
     }
     let (_, page) = api.get("/events").await;
     assert_eq!(page, json!({"events": [], "cursor": null}));
+    // A wrong method is refused, and counted like every other answer.
+    let (status, body) = api.call("POST", "/events", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let metrics = server.metrics().await;
+    let series = "switchboard_api_requests_total{endpoint=\"list_events\",status=\"405\"}";
+    assert_eq!(metric(&metrics, series), 1, "{metrics}");
 }
 
 /// Three processes on one Redis, clients spread over them, a receiver failing a third of
@@ -365,4 +374,12 @@ async fn three_nodes_keep_every_room_sequence_whole_through_a_crash_and_a_drain(
     let (_, refused, forged) = receiver.counts();
     assert_eq!(forged, 0);
     assert!(refused > 0);
+}
+
+/// The value of `series` (name and labels, as written) in a `/metrics` text; 0 if absent.
+fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
 }
