@@ -10,7 +10,7 @@ use common::api::{API_KEY, Api};
 use common::fleet::{Fleet, RedisAccess};
 use common::redis::RedisServer;
 use common::webhooks::{Flakiness, WEBHOOK_SECRET, WebhookReceiver, broken_promises, by_room};
-use common::{Client, eventually, settings, start};
+use common::{Backend, Client, eventually, settings, start, start_on};
 use serde_json::{Value, json};
 
 /// A third of deliveries refused, some answered only after the sender gave up.
@@ -210,7 +210,7 @@ async fn an_endpoint_that_never_answers_2xx_is_given_up_on_after_the_retry_time(
 }
 
 #[tokio::test]
-async fn the_event_api_refuses_bad_cursors_and_limits() {
+async fn the_event_api_refuses_bad_cursors_limits_and_methods() {
     let receiver = WebhookReceiver::start(Flakiness::NONE).await;
     let server = start(event_settings(&receiver)).await;
     let api = Api::of(&server);
@@ -227,6 +227,15 @@ async fn the_event_api_refuses_bad_cursors_and_limits() {
     }
     let (_, page) = api.get("/events").await;
     assert_eq!(page, json!({"events": [], "cursor": null}));
+    // A wrong method is refused, and counted like every other answer.
+    let (status, body) = api.call("POST", "/events", None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
+    let metrics = server.metrics().await;
+    let series = "switchboard_api_requests_total{endpoint=\"list_events\",status=\"405\"}";
+    assert_eq!(metric(&metrics, series), 1, "{metrics}");
 }
 
 /// Three processes on one Redis, clients spread over them, a receiver failing a third of
@@ -365,4 +374,273 @@ async fn three_nodes_keep_every_room_sequence_whole_through_a_crash_and_a_drain(
     let (_, refused, forged) = receiver.counts();
     assert_eq!(forged, 0);
     assert!(refused > 0);
+}
+
+/// The value of `series` (name and labels, as written) in a `/metrics` text; 0 if absent.
+fn metric(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// Every delivery refused with 500.
+const REFUSING: Flakiness = Flakiness {
+    fail_in_30: 30,
+    hang_in_30: 0,
+    hang_for: Duration::ZERO,
+};
+
+#[tokio::test]
+async fn a_revoked_member_leaves_with_reason_revoked() {
+    let receiver = WebhookReceiver::start(Flakiness::NONE).await;
+    let server = start(event_settings(&receiver)).await;
+    let issued = server
+        .state
+        .issuer
+        .as_ref()
+        .unwrap()
+        .issue("mallory", None, None);
+    let mut mallory = server.connect_with(&issued.token).await;
+    mallory.join("revoked").await;
+    let revoked = reqwest::Client::new()
+        .post(server.http("/auth/revoke"))
+        .bearer_auth(API_KEY)
+        .json(&json!({ "sessionId": issued.claims.session_id }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    assert_eq!(mallory.expect_close().await, Some(1008));
+    let events = room_events(&receiver, "revoked", "room_finished").await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "room_started",
+            "participant_joined",
+            "participant_left:revoked",
+            "room_finished"
+        ]
+    );
+    assert_eq!(events[2]["peer"]["peerId"], mallory.peer_id.as_str());
+}
+
+/// Every page of `GET /api/v1/events` from `api`, from the oldest.
+async fn pull_all(api: &Api) -> Vec<Value> {
+    let mut pulled = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = "/events?limit=5".to_string();
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&after={c}"));
+        }
+        let (status, page) = api.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let batch = page["events"].as_array().unwrap().clone();
+        if batch.is_empty() {
+            return pulled;
+        }
+        cursor = page["cursor"].as_str().map(str::to_string);
+        pulled.extend(batch);
+    }
+}
+
+/// Three nodes on one Redis, each room with members on every node: whichever node is
+/// asked, the pull API returns the whole cluster's events, every room's sequence whole.
+#[tokio::test]
+async fn the_event_log_is_the_clusters_through_any_of_three_nodes() {
+    let mut s = settings();
+    s.auth.api_keys = Some(API_KEY.into());
+    let server = start_on(Backend::Redis(3), s).await;
+    let mut members = Vec::new();
+    for room in ["x", "y"] {
+        for user in ["u0", "u1", "u2"] {
+            // Round-robin: one member of each room per node.
+            members.push(server.join(&format!("{room}{user}"), room).await.0);
+        }
+    }
+    for member in members {
+        member.close().await;
+    }
+    // Per room: started, 3 joined, 3 left, finished.
+    let expected = 2 * 8;
+    let apis: Vec<Api> = (0..3)
+        .map(|i| Api::at(&format!("http://{}", server.node_addr(i))))
+        .collect();
+    let first = eventually(
+        "every event in the log",
+        Duration::from_secs(30),
+        async || {
+            let pulled = pull_all(&apis[0]).await;
+            (by_room(&pulled).values().map(Vec::len).sum::<usize>() == expected).then_some(pulled)
+        },
+    )
+    .await;
+    let broken = broken_promises(&first, true);
+    assert!(broken.is_empty(), "{broken:#?}");
+    for api in &apis[1..] {
+        assert_eq!(pull_all(api).await, first);
+    }
+}
+
+/// A receiver refusing everything while the room changes ten times a second: it is asked
+/// again only on its backoff (1 s, then 2 s at most), not on every change.
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_on_its_backoff_while_the_room_keeps_changing() {
+    let receiver = WebhookReceiver::start(REFUSING).await;
+    let server = start(event_settings(&receiver)).await; // WEBHOOK_MAX_BACKOFF=2s
+    let (mut ann, _) = server.join("ann", "busy").await;
+    let (mut bob, _) = server.join("bob", "busy").await;
+    ann.expect("peer_joined").await;
+    let changing = Duration::from_secs(6);
+    let started = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut changes = 0;
+    while started.elapsed() < changing {
+        tick.tick().await;
+        ann.send(json!({"type": "update", "metadata": {"n": changes}}))
+            .await;
+        bob.expect("peer_updated").await;
+        changes += 1;
+    }
+    let (arrived, refused, _) = receiver.counts();
+    // At 0, ≥ 0.5, ≥ 1.5, then at least every second: at most 7 attempts in 6 s; a retry
+    // on every change would be about 60.
+    assert!(
+        (3..=7).contains(&arrived),
+        "{arrived} attempts during {changes} changes in {changing:?}"
+    );
+    assert_eq!(refused, arrived);
+    // Every attempt counted once, as a retry.
+    let retried = metric(
+        &server.metrics().await,
+        "switchboard_events_retried_total{endpoint=\"webhook-1\"}",
+    );
+    assert!(
+        (arrived as u64 - 1..=arrived as u64 + 1).contains(&retried),
+        "{retried} retries counted for {arrived} attempts"
+    );
+}
+
+/// Two endpoints, the first never answering within WEBHOOK_TIMEOUT: the second gets each
+/// event at once, in this room and another, while the first one's attempts hang.
+#[tokio::test]
+async fn a_hanging_endpoint_does_not_hold_back_another() {
+    let hanging = WebhookReceiver::start(Flakiness {
+        fail_in_30: 0,
+        hang_in_30: 30,
+        hang_for: Duration::from_secs(30),
+    })
+    .await;
+    let quick = WebhookReceiver::start(Flakiness::NONE).await;
+    let mut s = event_settings(&hanging);
+    s.events.webhook_urls = Some(format!("{},{}", hanging.url, quick.url));
+    s.events.webhook_timeout = Duration::from_secs(5);
+    let server = start(s).await;
+    // Well within the hanging endpoint's 5 s: what it must not wait for.
+    let prompt = Duration::from_millis(2500);
+    let (_ann, _) = server.join("ann", "held").await;
+    eventually("ann's join at the quick endpoint", prompt, async || {
+        by_room(&quick.accepted()).get("held").map(Vec::len) == Some(2)
+    })
+    .await;
+    // The hanging endpoint now waits on its first attempt; the room changes meanwhile.
+    eventually(
+        "the first attempt at the hanging endpoint",
+        prompt,
+        async || hanging.counts().0 > 0,
+    )
+    .await;
+    let (_bob, _) = server.join("bob", "held").await;
+    let (_cy, _) = server.join("cy", "elsewhere").await;
+    eventually(
+        "bob's and cy's joins at the quick endpoint",
+        prompt,
+        async || {
+            let rooms = by_room(&quick.accepted());
+            rooms.get("held").map(Vec::len) == Some(3)
+                && rooms.get("elsewhere").map(Vec::len) == Some(2)
+        },
+    )
+    .await;
+    let broken = broken_promises(&quick.accepted(), false);
+    assert!(broken.is_empty(), "{broken:#?}");
+}
+
+/// Events queued behind a failing one are given up on by their own age: the six events of
+/// a short meeting are all dropped about WEBHOOK_RETRY_FOR after they happened, not one
+/// WEBHOOK_RETRY_FOR after another.
+#[tokio::test]
+async fn queued_events_are_dropped_by_their_own_age() {
+    let receiver = WebhookReceiver::start(REFUSING).await;
+    let mut s = event_settings(&receiver);
+    s.events.webhook_retry_for = Duration::from_secs(2);
+    s.events.webhook_max_backoff = Duration::from_secs(1);
+    let server = start(s).await;
+    let happened = tokio::time::Instant::now();
+    let (ann, _) = server.join("ann", "short").await;
+    let (bob, _) = server.join("bob", "short").await;
+    bob.close().await;
+    ann.close().await;
+    // 2 s of retries, one backoff and an attempt or two: about 4 s; one event after
+    // another would take 12 s or more.
+    eventually(
+        "all six events dropped",
+        Duration::from_secs(7),
+        async || {
+            let metrics = server.metrics().await;
+            metric(
+                &metrics,
+                "switchboard_events_dropped_total{endpoint=\"webhook-1\"}",
+            ) == 6
+        },
+    )
+    .await;
+    println!(
+        "dropped {:.1} s after the first event",
+        happened.elapsed().as_secs_f64()
+    );
+    // Each dropped event stays in the pull log.
+    let (_, page) = Api::of(&server).get("/events").await;
+    assert_eq!(page["events"].as_array().unwrap().len(), 6);
+}
+
+/// Events that vanish from Redis before delivery (a restart without persistence, an
+/// eviction) are counted as dropped when the room's sequence jumps past them.
+#[tokio::test]
+async fn events_lost_from_redis_are_counted_as_dropped() {
+    let receiver = WebhookReceiver::start(REFUSING).await;
+    let mut server = start_on(Backend::Redis(1), event_settings(&receiver)).await;
+    let (_ann, _) = server.join("ann", "lost").await;
+    // The endpoint refused seq 1 and waits for its retry; then the stream goes.
+    eventually(
+        "a refused attempt recorded",
+        Duration::from_secs(10),
+        async || {
+            let metrics = server.metrics().await;
+            metric(
+                &metrics,
+                "switchboard_events_retried_total{endpoint=\"webhook-1\"}",
+            ) > 0
+        },
+    )
+    .await;
+    let stream = format!("{}room:{{lost}}:events", server.key_prefix());
+    server
+        .redis_mut::<RedisServer>()
+        .cli(&["DEL", &stream])
+        .await;
+    receiver.set_flakiness(Flakiness::NONE);
+    let (_bob, _) = server.join("bob", "lost").await;
+    let events = room_events(&receiver, "lost", "participant_joined").await;
+    assert_eq!(events[0]["seq"], 3, "{events:#?}");
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "switchboard_events_dropped_total{endpoint=\"webhook-1\"}"
+        ),
+        2,
+        "{metrics}"
+    );
 }

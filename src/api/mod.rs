@@ -15,6 +15,7 @@ use axum::extract::FromRef;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use futures_util::future::BoxFuture;
 
 use crate::auth::{ActiveKeys, bearer};
 use crate::error::{ApiError, method_not_allowed};
@@ -48,32 +49,43 @@ where
     Arc<ApiState>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
+    // A method a path does not take is counted under the path's first endpoint.
     let routes = Router::new()
         .route(
             "/api/v1/rooms",
-            get(rooms::list).fallback(method_not_allowed),
+            get(rooms::list).fallback(wrong_method(&metrics, "list_rooms")),
         )
         .route(
             "/api/v1/rooms/{room}",
             get(rooms::show)
                 .delete(rooms::close)
-                .fallback(method_not_allowed),
+                .fallback(wrong_method(&metrics, "get_room")),
         )
         .route(
             "/api/v1/rooms/{room}/peers/{peer}",
             delete(rooms::remove)
                 .patch(rooms::update)
-                .fallback(method_not_allowed),
+                .fallback(wrong_method(&metrics, "remove_peer")),
         )
         .route(
             "/api/v1/rooms/{room}/messages",
-            post(rooms::send).fallback(method_not_allowed),
+            post(rooms::send).fallback(wrong_method(&metrics, "send_message")),
         )
         .route(
             "/api/v1/events",
-            get(events::list).fallback(method_not_allowed),
+            get(events::list).fallback(wrong_method(&metrics, "list_events")),
         );
     crate::auth::routes::with_body_limits(routes, body_timeout, metrics)
+}
+
+/// The 405 for a method `endpoint`'s path does not take, counted in `/metrics` like the
+/// endpoint's other answers.
+fn wrong_method(
+    metrics: &Arc<Metrics>,
+    endpoint: &'static str,
+) -> impl FnOnce() -> BoxFuture<'static, Response> + Clone + Send + Sync + 'static {
+    let metrics = metrics.clone();
+    move || Box::pin(async move { counted(&metrics, endpoint, Err(method_not_allowed().await)) })
 }
 
 /// Admits a request: within its IP's rate, with a valid API key.

@@ -25,7 +25,7 @@ pub struct EventSettings {
     #[arg(long, env = "WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 
-    /// How long a failing endpoint is retried for one event before it is dropped (logged and counted).
+    /// How long after it happened an event is retried at a failing endpoint before it is dropped (logged and counted).
     #[arg(long, env = "WEBHOOK_RETRY_FOR", value_parser = humantime::parse_duration, default_value = "1h")]
     pub webhook_retry_for: Duration,
 
@@ -41,7 +41,7 @@ pub struct EventSettings {
     #[arg(long, env = "EVENT_LOG_MAX", default_value_t = 100_000)]
     pub event_log_max: usize,
 
-    /// How long delivered events stay readable through `GET /api/v1/events` (and room sequences last).
+    /// How long delivered events stay readable through `GET /api/v1/events` (and undelivered ones and room sequences last); at least WEBHOOK_RETRY_FOR + WEBHOOK_MAX_BACKOFF + 2 × WEBHOOK_TIMEOUT + 1m.
     #[arg(long, env = "EVENT_RETENTION", value_parser = humantime::parse_duration, default_value = "24h")]
     pub event_retention: Duration,
 }
@@ -112,6 +112,17 @@ impl EventSettings {
         {
             return Err(refuse("EVENT_RETENTION must be between 1m and 24h."));
         }
+        let needed = self.retention_needed();
+        if self.event_retention < needed {
+            return Err(refuse(format!(
+                "EVENT_RETENTION ({}) must be at least WEBHOOK_RETRY_FOR + WEBHOOK_MAX_BACKOFF + \
+                 2 × WEBHOOK_TIMEOUT + 1m = {}: a room's undelivered events expire \
+                 EVENT_RETENTION after its last change, and an event may wait that long for its \
+                 last attempt. Raise EVENT_RETENTION (at most 24h) or lower WEBHOOK_RETRY_FOR.",
+                humantime::format_duration(self.event_retention),
+                humantime::format_duration(needed),
+            )));
+        }
         Ok(Some(EventConfig {
             dispatch: DispatchConfig {
                 webhooks,
@@ -125,6 +136,37 @@ impl EventSettings {
         }))
     }
 }
+
+impl EventSettings {
+    /// The shortest retention that outlives every event's delivery: an event is retried
+    /// for WEBHOOK_RETRY_FOR after it happened, its last attempt may come a backoff later
+    /// and take a timeout, and a node that dies holding its room delays it by another
+    /// timeout (its lease) and under a minute (its heartbeat lapsing, the room's takeover).
+    fn retention_needed(&self) -> Duration {
+        self.webhook_retry_for
+            .saturating_add(self.webhook_max_backoff)
+            .saturating_add(self.webhook_timeout.saturating_mul(2))
+            .saturating_add(RETENTION_SLACK)
+    }
+
+    /// The start-up warning of a node sharing Redis on which `auto` left events off: its
+    /// changes would write no events while other nodes' do, and the rooms' sequences would
+    /// miss every join and leave it handles.
+    pub fn auto_off_warning(&self, api_keys: bool, on_redis: bool) -> Option<String> {
+        let webhooks = items(self.webhook_urls.as_deref().unwrap_or_default()).next();
+        (on_redis && self.room_events == "auto" && webhooks.is_none() && !api_keys).then(|| {
+            "room events are off on this node (ROOM_EVENTS=auto, and neither WEBHOOK_URLS nor \
+             API keys are set here): if any node of this cluster records events, the joins and \
+             leaves on this one are missing from them; set ROOM_EVENTS=on on every node of a \
+             cluster that uses webhooks or GET /api/v1/events, or ROOM_EVENTS=off to say it \
+             uses neither"
+                .to_string()
+        })
+    }
+}
+
+/// What [`EventSettings::retention_needed`] allows for a node's death to be noticed.
+const RETENTION_SLACK: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
@@ -152,5 +194,60 @@ mod tests {
         assert!(settings("off", None).resolve(true).unwrap().is_none());
         let refused = settings("off", Some("http://hooks.example/")).resolve(true);
         assert!(refused.unwrap_err().0.contains("ROOM_EVENTS"));
+    }
+
+    #[test]
+    fn retention_must_outlive_the_retries_of_every_event() {
+        let mut s = settings("on", Some("http://hooks.example/"));
+        s.webhook_retry_for = Duration::from_secs(3600);
+        s.webhook_max_backoff = Duration::from_secs(300);
+        s.webhook_timeout = Duration::from_secs(10);
+        // 1h + 5m + 2 × 10s + 1m.
+        s.event_retention = Duration::from_secs(3600 + 300 + 20 + 60);
+        assert!(s.resolve(false).is_ok());
+        s.event_retention -= Duration::from_secs(1);
+        let refused = s.resolve(false).unwrap_err().0;
+        for named in [
+            "EVENT_RETENTION (1h 6m 19s)",
+            "WEBHOOK_RETRY_FOR",
+            "= 1h 6m 20s",
+        ] {
+            assert!(refused.contains(named), "{named} not in: {refused}");
+        }
+        // The defaults fit.
+        assert!(settings("on", None).resolve(false).is_ok());
+    }
+
+    #[test]
+    fn a_node_on_redis_left_without_events_by_auto_says_so() {
+        let warning = settings("auto", None)
+            .auto_off_warning(false, true)
+            .unwrap();
+        assert!(
+            warning.contains("ROOM_EVENTS=on on every node"),
+            "{warning}"
+        );
+        // Not alone on the embedded store, nor when events are on or explicitly off.
+        assert!(
+            settings("auto", None)
+                .auto_off_warning(false, false)
+                .is_none()
+        );
+        assert!(
+            settings("auto", None)
+                .auto_off_warning(true, true)
+                .is_none()
+        );
+        assert!(
+            settings("auto", Some("http://hooks.example/"))
+                .auto_off_warning(false, true)
+                .is_none()
+        );
+        assert!(settings("on", None).auto_off_warning(false, true).is_none());
+        assert!(
+            settings("off", None)
+                .auto_off_warning(false, true)
+                .is_none()
+        );
     }
 }

@@ -172,13 +172,16 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Room events and their webhooks; `None` when events are off.
     pub events: Option<EventConfig>,
+    /// Said at start-up when `ROOM_EVENTS=auto` left events off on a node sharing Redis.
+    pub events_off_warning: Option<String>,
 }
 
 impl Config {
     /// Resolves and checks settings for `role`; in production unsafe values are errors.
     pub fn from_settings(s: &Settings, role: Role) -> Result<Config, ConfigError> {
         let environment = s.environment;
-        Ok(Config {
+        let api_keys = s.auth.api_keys.is_some() || s.auth.api_keys_file.is_some();
+        let mut config = Config {
             environment,
             auth: s.auth.resolve(role, environment)?,
             limits: s.limits.resolve()?,
@@ -188,15 +191,17 @@ impl Config {
             ice_servers: Arc::new(s.ice.resolve()?),
             logging: s.logging.resolve(),
             tls: s.tls.resolve()?,
-            events: s
-                .events
-                .resolve(s.auth.api_keys.is_some() || s.auth.api_keys_file.is_some())?,
-        })
+            events: s.events.resolve(api_keys)?,
+            events_off_warning: None,
+        };
+        config.events_off_warning = s.events.auto_off_warning(api_keys, config.redis.is_some());
+        Ok(config)
     }
 
     /// Warnings worth printing at start-up (weak but tolerated outside production).
     pub fn warnings(&self) -> Vec<String> {
         let mut out = self.auth.warnings(self.environment);
+        out.extend(self.events_off_warning.clone());
         // Without https a browser grants no camera or microphone, so a production node
         // needs TLS here or at a proxy in front.
         if self.environment.is_production()

@@ -1,16 +1,21 @@
 //! The dispatcher: every node runs one. It looks at the rooms due (any node's changes mark
 //! them), takes a room's lease so one node at a time delivers it, and hands each endpoint
-//! the room's events in `seq` order, the next only once the previous was acknowledged.
-//! Rooms go in parallel. A node that dies holding a lease loses it after the lease's time
-//! (the webhook timeout and [`LEASE_MARGIN`]), and another node's dispatcher goes on where
-//! the delivery state says.
+//! the room's events in `seq` order, the next only once the previous was acknowledged (or
+//! given up on, once `WEBHOOK_RETRY_FOR` has passed since it happened). Rooms go in
+//! parallel, and a room's endpoints side by side, each waiting out its own backoff. A node
+//! that dies holding a lease loses it after the lease's time (the webhook timeout and
+//! [`LEASE_MARGIN`]), and another node's dispatcher goes on where the delivery state says;
+//! a node that finds its lease taken (it stalled past it) stops delivering that room.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
+use futures_util::future::join_all;
 use serde::Deserialize;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::webhook::{self, WebhookSecret};
 use crate::clock::unix_millis;
@@ -39,6 +44,8 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 const ADOPT_EVERY: Duration = Duration::from_secs(2);
 /// How often delivered events older than the retention leave the log.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
+/// Most missing events counted one by one when a room's sequence jumps.
+const MAX_COUNTED_MISSING: u64 = 1_000_000;
 
 /// Where events go.
 #[derive(Debug, Clone)]
@@ -83,7 +90,7 @@ pub struct DispatchConfig {
     pub webhooks: Vec<String>,
     /// Their signing secret (`WEBHOOK_SECRET`).
     pub secret: Option<WebhookSecret>,
-    /// How long an event is retried before it is dropped (`WEBHOOK_RETRY_FOR`).
+    /// How long after it happened an event is still retried (`WEBHOOK_RETRY_FOR`).
     pub retry_for: Duration,
     /// Longest wait between two attempts (`WEBHOOK_MAX_BACKOFF`).
     pub max_backoff: Duration,
@@ -106,19 +113,80 @@ pub struct Dispatcher {
 }
 
 /// How far one endpoint got in one turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Turn {
     /// Everything delivered.
     CaughtUp,
     /// A full batch went out; there may be more.
     More,
-    /// The next event failed; try again at this time (unix ms).
+    /// The next event failed (or waits for its backoff); try again at this time (unix ms).
     RetryAt(u64),
+    /// Another node holds the room now: stop.
+    Lost,
 }
 
-#[derive(Deserialize)]
-struct EventId<'a> {
+/// One room's turn, shared by its endpoints, which deliver side by side.
+struct RoomTurn<'a> {
+    room: &'a str,
+    /// Endpoints still delivering. One that caught up keeps looking for new events while
+    /// another is busy (a slow webhook), since the room is held anyway.
+    busy: AtomicUsize,
+    /// Set once a lease renewal found another holder: every endpoint stops.
+    lost: AtomicBool,
+}
+
+impl RoomTurn<'_> {
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether an endpoint other than the caller is still delivering.
+    fn others_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) > 1
+    }
+}
+
+/// What the dispatcher reads of a stored event.
+#[derive(Deserialize, Default)]
+struct EventMeta<'a> {
     #[serde(borrow)]
     id: &'a str,
+    seq: u64,
+    #[serde(rename = "createdAt")]
+    created_at: u64,
+}
+
+/// What became of one event at one endpoint.
+enum Attempt {
+    /// Acknowledged.
+    Acked,
+    /// Refused, timed out or unreachable.
+    Failed(String),
+    /// Not tried: the endpoint failed an attempt this turn and the event is past its
+    /// retry time as well.
+    Skipped,
+}
+
+/// Events given up on in one turn, logged as one line.
+#[derive(Default)]
+struct Dropped {
+    count: u64,
+    first_seq: u64,
+    last_seq: u64,
+    /// Failed attempts at the last one attempted.
+    attempts: u32,
+    /// Why that attempt failed.
+    error: String,
+}
+
+impl Dropped {
+    fn add(&mut self, seq: u64) {
+        if self.count == 0 {
+            self.first_seq = seq;
+        }
+        self.count += 1;
+        self.last_seq = seq;
+    }
 }
 
 impl Dispatcher {
@@ -154,62 +222,96 @@ impl Dispatcher {
         self.config.timeout + LEASE_MARGIN
     }
 
-    /// Runs until the task is aborted.
+    /// Runs until the task is aborted. Each room's turn is a task of its own, so a room
+    /// waiting on a slow endpoint never holds back the next look at the others.
     pub async fn run(self: Arc<Self>) {
-        let mut trimmed = tokio::time::Instant::now();
-        let mut adopted = tokio::time::Instant::now();
+        let mut turns: JoinSet<()> = JoinSet::new();
+        let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut trimmed = Instant::now();
+        let mut adopted = Instant::now();
         let mut pause = PASS_INTERVAL;
+        let mut next_look = Instant::now();
         loop {
+            tokio::select! {
+                Some(done) = turns.join_next_with_id(), if !turns.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => e.id(),
+                    };
+                    in_flight.remove(&id);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(next_look) => {}
+            }
             // A store that fails is asked less often, up to once every few seconds.
-            pause = match self.pass().await {
+            pause = match self.start_due(&mut turns, &mut in_flight).await {
                 Ok(()) => PASS_INTERVAL,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not look for room events to deliver");
                     (pause * 2).min(MAX_PAUSE)
                 }
             };
-            // Now and then, not on every pass: a gauge and a look at gone nodes' rooms.
+            // Now and then, not on every look: a gauge and a look at gone nodes' rooms.
             if adopted.elapsed() >= ADOPT_EVERY {
-                adopted = tokio::time::Instant::now();
-                if let Ok(pending) = self.events.pending_rooms().await {
-                    self.metrics.event_rooms_pending.set(pending as i64);
-                }
-                match self.events.adopt_orphans().await {
-                    Ok(0) => {}
-                    Ok(rooms) => {
-                        tracing::info!(rooms, "took over the rooms due of a node that is gone")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not look for a gone node's rooms due")
-                    }
-                }
+                adopted = Instant::now();
+                self.adopt().await;
             }
             if trimmed.elapsed() >= TRIM_EVERY {
-                trimmed = tokio::time::Instant::now();
+                trimmed = Instant::now();
                 let before = unix_millis().saturating_sub(self.config.retention.as_millis() as u64);
                 if let Err(e) = self.events.log_trim(before).await {
                     tracing::warn!(error = %e, "could not trim the event log");
                 }
             }
-            tokio::time::sleep(pause).await;
+            next_look = Instant::now() + pause;
         }
     }
 
-    /// One look at the due rooms, each delivered as far as it goes.
-    pub async fn pass(&self) -> Result<(), crate::store::StoreError> {
-        let due = self.events.due_rooms(unix_millis(), ROOMS_AT_ONCE).await?;
-        let mut turns: FuturesUnordered<_> = due
+    /// Updates `switchboard_event_rooms_pending` and takes over the rooms of gone nodes.
+    async fn adopt(&self) {
+        if let Ok(pending) = self.events.pending_rooms().await {
+            self.metrics.event_rooms_pending.set(pending as i64);
+        }
+        match self.events.adopt_orphans().await {
+            Ok(0) => {}
+            Ok(rooms) => tracing::info!(rooms, "took over the rooms due of a node that is gone"),
+            Err(e) => tracing::warn!(error = %e, "could not look for a gone node's rooms due"),
+        }
+    }
+
+    /// Starts a turn for each due room not already in one, up to [`ROOMS_AT_ONCE`] turns.
+    async fn start_due(
+        self: &Arc<Self>,
+        turns: &mut JoinSet<()>,
+        in_flight: &mut HashMap<tokio::task::Id, String>,
+    ) -> Result<(), crate::store::StoreError> {
+        let free = ROOMS_AT_ONCE.saturating_sub(in_flight.len());
+        if free == 0 {
+            return Ok(());
+        }
+        // Rooms in a turn may be due again (a change marked them): ask for enough others.
+        let due = self
+            .events
+            .due_rooms(unix_millis(), ROOMS_AT_ONCE + in_flight.len())
+            .await?;
+        let fresh: Vec<(String, f64)> = due
             .into_iter()
-            .map(|(room, seen)| async move {
-                if let Err(e) = self.deliver_room(&room, seen).await {
-                    // The room's shard may be down: look again later, not on every pass.
+            .filter(|(room, _)| !in_flight.values().any(|r| r == room))
+            .take(free)
+            .collect();
+        for (room, seen) in fresh {
+            let this = self.clone();
+            let name = room.clone();
+            let task = turns.spawn(async move {
+                if let Err(e) = this.deliver_room(&room, seen).await {
+                    // The room's shard may be down: look again later, not on every look.
                     tracing::warn!(error = %e, room, "could not deliver room events");
                     let later = mark(unix_millis() + STORE_RETRY.as_millis() as u64);
-                    let _ = self.events.reschedule(&room, seen, Some(later)).await;
+                    let _ = this.events.reschedule(&room, seen, Some(later)).await;
                 }
-            })
-            .collect();
-        while turns.next().await.is_some() {}
+            });
+            in_flight.insert(task.id(), name);
+        }
         Ok(())
     }
 
@@ -226,24 +328,31 @@ impl Dispatcher {
 
     async fn deliver_leased(&self, room: &str, seen: f64) -> Result<(), crate::store::StoreError> {
         let deliveries = self.events.deliveries(room).await?;
-        let mut caught_up = true;
-        let mut next: Option<u64> = None;
-        let mut cursors = Vec::with_capacity(self.endpoints.len());
-        for endpoint in &self.endpoints {
-            let mut delivery = deliveries.get(&endpoint.key()).cloned().unwrap_or_default();
-            let turn = self.deliver_to(room, endpoint, &mut delivery).await?;
-            cursors.push(delivery.cursor);
-            match turn {
-                Turn::CaughtUp => {}
-                Turn::More => {
-                    caught_up = false;
-                    next = Some(unix_millis());
-                }
-                Turn::RetryAt(at) => {
-                    caught_up = false;
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
-            }
+        let turn = RoomTurn {
+            room,
+            busy: AtomicUsize::new(self.endpoints.len()),
+            lost: AtomicBool::new(false),
+        };
+        // Endpoints side by side, each in seq order: a slow one does not hold back another.
+        let outcomes = join_all(self.endpoints.iter().map(|endpoint| {
+            let delivery = deliveries.get(&endpoint.key()).cloned().unwrap_or_default();
+            self.endpoint_turn(&turn, endpoint, delivery)
+        }))
+        .await;
+        if turn.lost() {
+            // Paused past the lease (a stalled process or VM): the new holder goes on.
+            tracing::warn!(
+                room,
+                "stopped delivering a room's events: its lease passed to another node while this one was stalled"
+            );
+            return Ok(());
+        }
+        let mut turns = Vec::with_capacity(outcomes.len());
+        let mut cursors = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            let (turn, cursor) = outcome?;
+            turns.push(turn);
+            cursors.push(cursor);
         }
         // What every endpoint has is no longer needed.
         if let Some(oldest) = cursors.iter().min_by(older)
@@ -251,84 +360,180 @@ impl Dispatcher {
         {
             self.events.trim_events(room, oldest).await?;
         }
-        let now = unix_millis();
-        let next_mark = match (caught_up, next) {
-            (false, Some(at)) => Some(mark(at)),
-            (false, None) => Some(mark(now)),
-            // Nothing left: look once more after the margin (a change on its way lands by
-            // then), and forget the room if nothing came.
-            (true, _) if is_settle_mark(seen) => None,
-            (true, _) => Some(settle_mark(now + SETTLE_MARGIN.as_millis() as u64)),
-        };
+        let next_mark = next_mark(&turns, seen, unix_millis());
         self.events.reschedule(room, seen, next_mark).await?;
         Ok(())
+    }
+
+    /// One endpoint's part of a room's turn: nothing before its backoff ends, then its
+    /// events in order; returns how far it got and its cursor.
+    async fn endpoint_turn(
+        &self,
+        turn: &RoomTurn<'_>,
+        endpoint: &Endpoint,
+        mut delivery: Delivery,
+    ) -> Result<(Turn, String), crate::store::StoreError> {
+        let outcome = async {
+            loop {
+                // A change marks the room due now; a failing endpoint still waits its turn.
+                if delivery.retry_at > unix_millis() {
+                    return Ok(Turn::RetryAt(delivery.retry_at));
+                }
+                match self.deliver_to(turn, endpoint, &mut delivery).await? {
+                    Turn::CaughtUp if turn.others_busy() && !turn.lost() => {
+                        tokio::time::sleep(PASS_INTERVAL).await;
+                    }
+                    Turn::More if turn.others_busy() && !turn.lost() => {}
+                    done => return Ok(done),
+                }
+            }
+        }
+        .await;
+        turn.busy.fetch_sub(1, Ordering::Relaxed);
+        outcome.map(|t| (t, delivery.cursor))
     }
 
     /// Hands `endpoint` the room's events after its cursor, in order, until one fails or
     /// a batch went out; records how far it got in `delivery`.
     async fn deliver_to(
         &self,
-        room: &str,
+        turn: &RoomTurn<'_>,
         endpoint: &Endpoint,
         delivery: &mut Delivery,
     ) -> Result<Turn, crate::store::StoreError> {
+        let room = turn.room;
         let batch = self
             .events
             .events_after(room, &delivery.cursor, BATCH)
             .await?;
         let full = batch.len() == BATCH;
+        let mut dropped = Dropped::default();
+        let mut failing = false;
+        let mut outcome = if full { Turn::More } else { Turn::CaughtUp };
         for event in batch {
-            // Keep the room while this delivery takes its time.
-            self.events.lease(room, &self.holder, self.lease()).await?;
-            match self.send(endpoint, &event).await {
-                Ok(()) => {
-                    self.metrics.event_delivered(endpoint.label());
-                    *delivery = Delivery {
-                        cursor: event.position.clone(),
-                        ..Delivery::default()
-                    };
+            // Ours, so it reads; if the store mangled it, its age reads as infinite and it
+            // is dropped after one failed attempt.
+            let meta = serde_json::from_str::<EventMeta<'_>>(&event.json).unwrap_or_default();
+            self.count_missing(endpoint, room, delivery, meta.seq);
+            // Counted once: from here on the sequence goes on from this event.
+            if meta.seq != 0 {
+                delivery.next_seq = meta.seq;
+            }
+            let expired = || past_retry(meta.created_at, unix_millis(), self.config.retry_for);
+            let attempt = if failing && expired() {
+                Attempt::Skipped
+            } else {
+                // Keep the room while this delivery takes its time; stop if it went.
+                if !self.events.lease(room, &self.holder, self.lease()).await? {
+                    turn.lost.store(true, Ordering::Relaxed);
+                    outcome = Turn::Lost;
+                    break;
                 }
-                Err(why) => {
-                    let now = unix_millis();
-                    if delivery.failing_since == 0 {
-                        delivery.failing_since = now;
-                    }
+                match self.send(endpoint, &event, &meta).await {
+                    Ok(()) => Attempt::Acked,
+                    Err(why) => Attempt::Failed(why),
+                }
+            };
+            // Judged after the attempt, which may have taken WEBHOOK_TIMEOUT.
+            let given_up = match attempt {
+                Attempt::Acked => false,
+                Attempt::Failed(_) => expired(),
+                Attempt::Skipped => true,
+            };
+            match attempt {
+                Attempt::Acked => {
+                    self.metrics.event_delivered(endpoint.label());
+                    *delivery = resolved(&event, meta.seq);
+                }
+                Attempt::Failed(why) if !given_up => {
                     delivery.attempts += 1;
-                    let given_up = now.saturating_sub(delivery.failing_since)
-                        >= self.config.retry_for.as_millis() as u64;
-                    if given_up {
-                        self.metrics.event_dropped(endpoint.label());
-                        tracing::error!(
-                            endpoint = endpoint.label(),
-                            room,
-                            attempts = delivery.attempts,
-                            error = %why,
-                            "a room event was dropped: its endpoint failed for WEBHOOK_RETRY_FOR"
-                        );
-                        *delivery = Delivery {
-                            cursor: event.position.clone(),
-                            ..Delivery::default()
-                        };
-                    } else {
-                        self.metrics.event_retried(endpoint.label());
-                        tracing::debug!(endpoint = endpoint.label(), error = %why, "webhook delivery failed; retrying");
-                        self.events
-                            .set_delivery(room, &endpoint.key(), delivery)
-                            .await?;
-                        let wait = backoff(delivery.attempts, self.config.max_backoff);
-                        return Ok(Turn::RetryAt(now + wait));
+                    self.metrics.event_retried(endpoint.label());
+                    tracing::debug!(endpoint = endpoint.label(), error = %why, "webhook delivery failed; retrying");
+                    // From the failure, not the attempt's start: a timeout is no rest.
+                    let wait = backoff(delivery.attempts, self.config.max_backoff);
+                    delivery.retry_at = unix_millis() + wait;
+                    outcome = Turn::RetryAt(delivery.retry_at);
+                }
+                given_up => {
+                    // WEBHOOK_RETRY_FOR has passed since the event happened, and the
+                    // endpoint has just failed: given up, never silently.
+                    if let Attempt::Failed(why) = given_up {
+                        dropped.attempts = delivery.attempts + 1;
+                        dropped.error = why;
                     }
+                    failing = true;
+                    self.metrics.event_dropped(endpoint.label());
+                    dropped.add(meta.seq);
+                    *delivery = resolved(&event, meta.seq);
                 }
             }
             self.events
                 .set_delivery(room, &endpoint.key(), delivery)
                 .await?;
+            if let Turn::RetryAt(_) = outcome {
+                break;
+            }
         }
-        Ok(if full { Turn::More } else { Turn::CaughtUp })
+        self.log_dropped(endpoint, room, &dropped);
+        Ok(outcome)
+    }
+
+    /// Counts as dropped the events missing before `seq`, the next `endpoint` is handed:
+    /// gone from the store before delivery (Redis restarted without its data, or evicted
+    /// keys under memory pressure).
+    fn count_missing(&self, endpoint: &Endpoint, room: &str, delivery: &Delivery, seq: u64) {
+        let Some(missing) = missing_events(delivery.next_seq, seq) else {
+            return;
+        };
+        if missing == 0 {
+            // How many is unknown: the sequence started again.
+            tracing::error!(
+                endpoint = endpoint.label(),
+                room,
+                expected_seq = delivery.next_seq,
+                seq,
+                "room events were lost before delivery: the room's sequence started again \
+                 while events from expected_seq on were undelivered (did Redis lose its data?)"
+            );
+            return;
+        }
+        for _ in 0..missing.min(MAX_COUNTED_MISSING) {
+            self.metrics.event_dropped(endpoint.label());
+        }
+        tracing::error!(
+            endpoint = endpoint.label(),
+            room,
+            missing,
+            expected_seq = delivery.next_seq,
+            "room events were lost before delivery: the store no longer had them \
+             (did Redis lose its data or evict keys?)"
+        );
+    }
+
+    /// One `error` line for the events given up on in a turn.
+    fn log_dropped(&self, endpoint: &Endpoint, room: &str, dropped: &Dropped) {
+        if dropped.count == 0 {
+            return;
+        }
+        tracing::error!(
+            endpoint = endpoint.label(),
+            room,
+            events = dropped.count,
+            first_seq = dropped.first_seq,
+            last_seq = dropped.last_seq,
+            attempts = dropped.attempts,
+            error = %dropped.error,
+            "room events were dropped: their endpoint kept failing for WEBHOOK_RETRY_FOR after they happened"
+        );
     }
 
     /// One delivery attempt.
-    async fn send(&self, endpoint: &Endpoint, event: &StoredEvent) -> Result<(), String> {
+    async fn send(
+        &self,
+        endpoint: &Endpoint,
+        event: &StoredEvent,
+        meta: &EventMeta<'_>,
+    ) -> Result<(), String> {
         match endpoint {
             Endpoint::Log => {
                 self.events
@@ -339,19 +544,67 @@ impl Dispatcher {
                 Ok(())
             }
             Endpoint::Webhook { url, .. } => {
-                let id = serde_json::from_str::<EventId<'_>>(&event.json)
-                    .map_err(|e| format!("a stored event is not valid: {e}"))?
-                    .id;
+                if meta.id.is_empty() {
+                    return Err("a stored event is not the JSON of a room event".into());
+                }
                 let secret = self
                     .config
                     .secret
                     .as_ref()
                     .ok_or("WEBHOOK_SECRET is not set")?;
-                webhook::deliver(url, secret, id, &event.json, self.config.timeout)
+                webhook::deliver(url, secret, meta.id, &event.json, self.config.timeout)
                     .await
                     .map_err(|e| e.to_string())
             }
         }
+    }
+}
+
+/// An endpoint's state once `event` (of `seq`) is acknowledged or given up on.
+fn resolved(event: &StoredEvent, seq: u64) -> Delivery {
+    Delivery {
+        cursor: event.position.clone(),
+        // Unknown after an event that did not read (seq 0).
+        next_seq: if seq == 0 { 0 } else { seq + 1 },
+        ..Delivery::default()
+    }
+}
+
+/// Whether an event created at `created_at` is past its retry time at `now` (unix ms).
+fn past_retry(created_at: u64, now: u64, retry_for: Duration) -> bool {
+    now.saturating_sub(created_at) >= retry_for.as_millis() as u64
+}
+
+/// How many events are missing before the one of `seq`, when `expected` (0 when unknown)
+/// should come: `None` when none is, `Some(0)` when the sequence started again (how many
+/// is unknown).
+fn missing_events(expected: u64, seq: u64) -> Option<u64> {
+    if expected == 0 || seq == 0 || seq == expected {
+        None
+    } else if seq > expected {
+        Some(seq - expected)
+    } else {
+        Some(0)
+    }
+}
+
+/// The room's next mark after a turn: the earliest time an endpoint needs it (now when one
+/// has more to send); when all caught up, a settling check once, then nothing.
+fn next_mark(turns: &[Turn], seen: f64, now: u64) -> Option<f64> {
+    let due = turns
+        .iter()
+        .filter_map(|turn| match turn {
+            Turn::More => Some(now),
+            Turn::RetryAt(at) => Some(*at),
+            Turn::CaughtUp | Turn::Lost => None,
+        })
+        .min();
+    match due {
+        Some(at) => Some(mark(at)),
+        // Nothing left: look once more after the margin (a change on its way lands by
+        // then), and forget the room if nothing came.
+        None if is_settle_mark(seen) => None,
+        None => Some(settle_mark(now + SETTLE_MARGIN.as_millis() as u64)),
     }
 }
 
@@ -379,6 +632,114 @@ fn backoff(attempts: u32, max: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoreError;
+    use std::sync::Mutex;
+
+    /// One room's events, with a lease that stays ours for the first `grants` asks only:
+    /// what a node sees that stalled past its lease while another took the room.
+    struct Stalled {
+        events: Vec<StoredEvent>,
+        grants: AtomicUsize,
+        log: Mutex<Vec<String>>,
+        rescheduled: AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl EventLog for Stalled {
+        fn record_events(&self, _: Duration, _: usize, _: &str) {}
+        async fn adopt_orphans(&self) -> Result<usize, StoreError> {
+            Ok(0)
+        }
+        async fn due_rooms(&self, _: u64, _: usize) -> Result<Vec<(String, f64)>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn pending_rooms(&self) -> Result<usize, StoreError> {
+            Ok(1)
+        }
+        async fn reschedule(&self, _: &str, _: f64, _: Option<f64>) -> Result<bool, StoreError> {
+            self.rescheduled.store(true, Ordering::Relaxed);
+            Ok(true)
+        }
+        async fn lease(&self, _: &str, _: &str, _: Duration) -> Result<bool, StoreError> {
+            let left = self.grants.load(Ordering::Relaxed);
+            self.grants.store(left.saturating_sub(1), Ordering::Relaxed);
+            Ok(left > 0)
+        }
+        async fn unlease(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn events_after(
+            &self,
+            _: &str,
+            after: &str,
+            limit: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            let after: u64 = after.parse().unwrap_or(0);
+            Ok(self
+                .events
+                .iter()
+                .filter(|e| e.position.parse::<u64>().unwrap() > after)
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        async fn deliveries(&self, _: &str) -> Result<HashMap<String, Delivery>, StoreError> {
+            Ok(HashMap::new())
+        }
+        async fn set_delivery(&self, _: &str, _: &str, _: &Delivery) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn trim_events(&self, _: &str, _: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn log_append(&self, json: &str) -> Result<String, StoreError> {
+            let mut log = self.log.lock().unwrap();
+            log.push(json.to_string());
+            Ok(log.len().to_string())
+        }
+        async fn log_read(
+            &self,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            Ok(Vec::new())
+        }
+        async fn log_trim(&self, _: u64) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_whose_lease_was_taken_stops_delivering_the_room() {
+        let now = unix_millis();
+        let events = (1..=3)
+            .map(|seq| StoredEvent {
+                position: seq.to_string(),
+                json: format!(r#"{{"id":"e-{seq}","seq":{seq},"createdAt":{now}}}"#),
+            })
+            .collect();
+        // Ours when taken and at the first renewal; another node's from the second on.
+        let log = Arc::new(Stalled {
+            events,
+            grants: AtomicUsize::new(2),
+            log: Mutex::default(),
+            rescheduled: AtomicBool::new(false),
+        });
+        let config = DispatchConfig {
+            webhooks: Vec::new(),
+            secret: None,
+            retry_for: Duration::from_secs(3600),
+            max_backoff: Duration::from_secs(300),
+            timeout: Duration::from_secs(10),
+            retention: Duration::from_secs(86_400),
+            log_max: 100,
+        };
+        let dispatcher = Dispatcher::new(log.clone(), "node-a", config, Metrics::new());
+        dispatcher.deliver_room("r", mark(now)).await.unwrap();
+        assert_eq!(log.log.lock().unwrap().len(), 1, "delivered past the lease");
+        // The room's schedule is the new holder's to keep.
+        assert!(!log.rescheduled.load(Ordering::Relaxed));
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
@@ -394,6 +755,48 @@ mod tests {
                 assert!((full / 2..=full).contains(&wait), "{attempts}: {wait}");
             }
         }
+    }
+
+    #[test]
+    fn a_room_is_due_when_its_earliest_endpoint_is() {
+        let at = |mark: Option<f64>| mark.map(|m| m as u64 / 1000);
+        let seen = mark(500);
+        // A failing endpoint's retry time is kept, not replaced by "now".
+        let turns = [Turn::RetryAt(5_000), Turn::CaughtUp, Turn::RetryAt(3_000)];
+        assert_eq!(at(next_mark(&turns, seen, 1_000)), Some(3_000));
+        assert_eq!(
+            at(next_mark(&[Turn::RetryAt(5_000), Turn::More], seen, 1_000)),
+            Some(1_000)
+        );
+        // All caught up: one settling check, then the room is forgotten.
+        let settle = next_mark(&[Turn::CaughtUp, Turn::CaughtUp], seen, 1_000).unwrap();
+        assert!(is_settle_mark(settle));
+        assert_eq!(
+            settle as u64 / 1000,
+            1_000 + SETTLE_MARGIN.as_millis() as u64
+        );
+        assert_eq!(next_mark(&[Turn::CaughtUp], settle, 40_000), None);
+    }
+
+    #[test]
+    fn an_event_is_given_up_by_its_own_age() {
+        let hour = Duration::from_secs(3600);
+        assert!(!past_retry(1_000, 1_000 + 3_599_999, hour));
+        assert!(past_retry(1_000, 1_000 + 3_600_000, hour));
+        // A clock behind the event's (another node's) reads as a fresh event.
+        assert!(!past_retry(5_000, 4_000, hour));
+        // An event that does not read has no age to wait out.
+        assert!(past_retry(0, 1_000_000_000_000, hour));
+    }
+
+    #[test]
+    fn a_gap_or_a_restart_in_a_room_sequence_is_missing_events() {
+        assert_eq!(missing_events(0, 7), None); // nothing known before
+        assert_eq!(missing_events(7, 0), None); // an event that did not read
+        assert_eq!(missing_events(7, 7), None);
+        assert_eq!(missing_events(7, 10), Some(3));
+        assert_eq!(missing_events(7, 1), Some(0)); // started again: how many is unknown
+        assert_eq!(missing_events(7, 6), Some(0));
     }
 
     #[test]

@@ -10,11 +10,14 @@
 //! nothing, and so writes nothing.
 //!
 //! Delivery state lives beside the events (per room, per endpoint: the last entry
-//! delivered and the failures since). Each node keeps a set of the rooms it changed that
-//! may have undelivered events, each due at a time, which tells its dispatcher where to
-//! look: a room is marked due before its change runs, so a crash between the two leaves a
-//! due room, never a lost event, and a live node takes over the set of a node that is
-//! gone.
+//! delivered, the failed attempts at the next and when the next attempt is due). Each
+//! node keeps a set of the rooms it changed that may have undelivered events, each due at
+//! a time, which tells its dispatcher where to look: a room is marked due before its
+//! change runs, so a crash between the two leaves a due room, never a lost event, and a
+//! live node takes over the set of a node that is gone. A change marks its room due now
+//! even while an endpoint waits out a backoff: the room's other endpoints need the new
+//! event, and the waiting one is skipped until its own time, which its delivery state
+//! keeps.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -119,25 +122,34 @@ pub struct StoredEvent {
 pub struct Delivery {
     /// Position of the last event acknowledged (or given up on); empty before the first.
     pub cursor: String,
-    /// Failed attempts at the next event.
+    /// Attempts at the next event that failed.
     pub attempts: u32,
-    /// When the next event's first attempt failed (unix ms), 0 if none did.
-    pub failing_since: u64,
+    /// When the next attempt is due (unix ms); 0 when it may go now.
+    pub retry_at: u64,
+    /// The `seq` the next event must carry (else events went missing); 0 while unknown.
+    pub next_seq: u64,
 }
 
 impl Delivery {
-    /// `cursor|attempts|failing_since`.
+    /// `cursor|attempts|retry_at|next_seq`.
     pub fn encode(&self) -> String {
-        format!("{}|{}|{}", self.cursor, self.attempts, self.failing_since)
+        format!(
+            "{}|{}|{}|{}",
+            self.cursor, self.attempts, self.retry_at, self.next_seq
+        )
     }
 
-    /// Reads [`Delivery::encode`]'s text; a malformed one reads as a fresh start.
+    /// Reads [`Delivery::encode`]'s text; a malformed one reads as a fresh start, missing
+    /// fields as 0.
     pub fn decode(text: &str) -> Self {
-        let mut parts = text.splitn(3, '|');
+        let mut parts = text.splitn(4, '|');
+        let cursor = parts.next().unwrap_or_default().to_string();
+        let mut number = || parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         Delivery {
-            cursor: parts.next().unwrap_or_default().to_string(),
-            attempts: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
-            failing_since: parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            cursor,
+            attempts: number() as u32,
+            retry_at: number(),
+            next_seq: number(),
         }
     }
 }
@@ -159,7 +171,8 @@ pub trait EventLog: Send + Sync + 'static {
     /// [`EventLog::reschedule`]).
     async fn due_rooms(&self, now_ms: u64, limit: usize) -> Result<Vec<(String, f64)>, StoreError>;
 
-    /// Number of rooms marked as possibly having undelivered events.
+    /// Rooms in this node's due set: possibly undelivered, waiting out a backoff, or
+    /// awaiting their settling check.
     async fn pending_rooms(&self) -> Result<usize, StoreError>;
 
     /// If `room` still has the mark `seen` (no change marked it since), gives it the mark
@@ -212,4 +225,33 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Drops log entries older than `before_ms`.
     async fn log_trim(&self, before_ms: u64) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_reads_back_as_written_and_older_records_read_as_a_start() {
+        let delivery = Delivery {
+            cursor: "1767225600123-4".into(),
+            attempts: 3,
+            retry_at: 1_767_225_607_000,
+            next_seq: 12,
+        };
+        assert_eq!(Delivery::decode(&delivery.encode()), delivery);
+        // An older build's `cursor|attempts|failing_since`: its time is past, so due now.
+        let older = Delivery::decode("5-1|2|1767225600000");
+        assert_eq!(
+            (older.cursor.as_str(), older.attempts, older.next_seq),
+            ("5-1", 2, 0)
+        );
+        assert_eq!(
+            Delivery::decode("garbage"),
+            Delivery {
+                cursor: "garbage".into(),
+                ..Delivery::default()
+            }
+        );
+    }
 }
