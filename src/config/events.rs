@@ -88,7 +88,10 @@ impl EventSettings {
                     "WEBHOOK_SECRET must be at least 16 characters (e.g. whsec_ and 24 random bytes in base64).",
                 ));
             }
-            (Some(secret), _) => Some(WebhookSecret::new(secret)),
+            (Some(secret), _) => {
+                crate::telemetry::hold_secret(secret.as_bytes());
+                Some(WebhookSecret::new(secret))
+            }
             (None, false) => {
                 return Err(refuse(
                     "WEBHOOK_URLS needs WEBHOOK_SECRET: receivers check each webhook's signature with it.",

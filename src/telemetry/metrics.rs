@@ -402,7 +402,8 @@ impl Metrics {
         let event_rooms_pending = Gauge::default();
         registry.register(
             "event_rooms_pending",
-            "Rooms whose events may not be delivered everywhere yet",
+            "Rooms (not events) with events still to deliver to some endpoint, or delivered in \
+             the last 30 s, as this node's dispatcher last looked",
             event_rooms_pending.clone(),
         );
         Arc::new(Self {
