@@ -193,7 +193,7 @@ fn a_short_soak_delivers_honest_traffic_and_accounts_for_every_hostile_client() 
     assert_eq!(honest["lost"], 0, "{honest}");
     let soak = &report["soak"];
     let kinds = soak["hostile"].as_array().unwrap();
-    assert_eq!(kinds.len(), 8, "{soak}");
+    assert_eq!(kinds.len(), 15, "{soak}");
     for kind in kinds {
         // Every client connected or was refused; every connected one was ended or is
         // counted as open at the end, whatever the server did.
@@ -208,6 +208,24 @@ fn a_short_soak_delivers_honest_traffic_and_accounts_for_every_hostile_client() 
             .sum();
         assert_eq!(closed + count("open_at_end"), count("connected"), "{kind}");
     }
+    // The kinds refused at once get the answer that names their fault.
+    let kind = |name: &str| kinds.iter().find(|k| k["kind"] == name).unwrap();
+    for (name, answer) in [
+        ("bad-token", "http 401"),
+        ("bad-id", "http 400"),
+        ("bad-handshake", "http 400"),
+        ("log-probe", "http 401"),
+        ("metrics-probe", "http 404"),
+        ("sdp-object", "error: \"invalid_message\""),
+    ] {
+        assert_eq!(kind(name)["answers"][answer], 2, "{}", kind(name));
+    }
+    assert_eq!(
+        kind("close-then-read")["closed"]["close 1000"],
+        2,
+        "{}",
+        kind("close-then-read")
+    );
     let memory = &soak["memory"];
     assert!(
         figure(&memory["peak"]) >= figure(&memory["baseline"]),
