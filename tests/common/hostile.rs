@@ -1,18 +1,154 @@
-//! The attacker's side of `tests/hostile_frames.rs`: a WebSocket client over raw TCP that
-//! writes frames by hand (a client library refuses to send bad ones), and the bystanders
-//! who must not notice it: an honest pair relaying offers in another room, `/health/live`,
-//! and the server process's resident memory.
+//! The attacker's side of the `tests/hostile_*.rs` files: a `switchboard serve` process to
+//! attack ([`Node`]), a WebSocket client over raw TCP that writes frames by hand (a client
+//! library refuses to send bad ones), and the bystanders who must not notice the attack:
+//! an honest pair relaying offers in another room, `/health/live`, and the server
+//! process's resident memory.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::MaybeTlsStream;
 
-use super::{DEADLINE, client_at, issuer, patient};
+use super::process::Running;
+use super::{Client, DEADLINE, SECRET, client_at, issuer, patient};
+
+/// The API key a production [`Node`] issues tokens for.
+pub const API_KEY: &str = "hostile-test-key-0123456789abcdef";
+/// The one origin a production [`Node`] allows.
+pub const ORIGIN: &str = "https://app.example.com";
+
+/// A `switchboard serve` process to attack, on 127.0.0.1 and a free port.
+pub struct Node {
+    /// The process (its logs, its pid).
+    pub process: Running,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The same, as `host:port`.
+    pub address: String,
+    /// Where its `/metrics` answers, as `host:port`.
+    metrics: String,
+}
+
+impl Node {
+    /// A development node with `vars` (which win over the test's own): the test secret,
+    /// and no per-IP rate or CPU shedding (every client comes from 127.0.0.1 on a busy
+    /// test machine; neither is under test).
+    pub fn development(vars: &[(&str, &str)]) -> Node {
+        Self::start(&[], vars)
+    }
+
+    /// A production node, as the hostile client of the issue met it: tokens only for
+    /// [`API_KEY`], upgrades only from [`ORIGIN`] (or no origin), `/metrics` on a listener
+    /// of its own; `vars` win.
+    pub fn production(vars: &[(&str, &str)]) -> Node {
+        let production = [
+            ("SWITCHBOARD_ENV", "production"),
+            ("TOKEN_ISSUANCE", "api-key"),
+            ("AUTH_API_KEYS", API_KEY),
+            ("ALLOWED_ORIGINS", ORIGIN),
+            ("METRICS_ADDR", "127.0.0.1:0"),
+        ];
+        Self::start(&production, vars)
+    }
+
+    fn start(mode: &[(&str, &str)], vars: &[(&str, &str)]) -> Node {
+        let mut all = vec![
+            ("AUTH_SECRET", SECRET),
+            ("RATE_PER_IP_PER_MINUTE", "0"),
+            ("SHED_CPU_PERCENT", "0"),
+        ];
+        all.extend_from_slice(mode);
+        // Later values of a variable replace earlier ones.
+        all.extend_from_slice(vars);
+        let own_metrics = all.iter().any(|(name, _)| *name == "METRICS_ADDR");
+        let (mut process, address) = Running::start(&all);
+        let metrics = if own_metrics {
+            // Logged before "listening", so already seen.
+            let line = process.wait_for(|l| l.contains("serving /metrics"));
+            let record: Value = serde_json::from_str(&line).unwrap();
+            record["address"].as_str().unwrap().to_string()
+        } else {
+            address.clone()
+        };
+        Node {
+            process,
+            addr: address.parse().unwrap(),
+            address,
+            metrics,
+        }
+    }
+
+    /// A node for a process started otherwise (under a resource limit, say), serving
+    /// `/metrics` on its main port.
+    pub fn of(process: Running, address: String) -> Node {
+        Node {
+            process,
+            addr: address.parse().unwrap(),
+            metrics: address.clone(),
+            address,
+        }
+    }
+
+    /// The process id, for its resident memory.
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// An honest pair and `/health/live`, watched from now on.
+    pub async fn bystanders(&self) -> Bystanders {
+        Bystanders::start(&self.address, self.pid()).await
+    }
+
+    /// The sum of the samples of `/metrics` whose line starts with `series` (a name, or
+    /// a name with one label set); 0 when there is none.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// `switchboard_deadline_closes_total` for `reason`.
+    pub async fn deadline_closes(&self, reason: &str) -> f64 {
+        self.metric(&format!(
+            "switchboard_deadline_closes_total{{reason=\"{reason}\"}}"
+        ))
+        .await
+    }
+}
+
+/// A protocol client of `user` connected to `addr` from the local address `from` (a
+/// loopback alias), registered and with its peer id set.
+pub async fn client_from(addr: SocketAddr, from: IpAddr, user: &str) -> Client {
+    let issued = issuer(Duration::from_secs(600)).issue(user, None, None);
+    let tcp = super::sockets::connect(addr, Some(from))
+        .await
+        .expect("connect from the alias");
+    let url = format!("ws://{addr}/ws/signal?token={}", issued.token);
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+        .await
+        .expect("websocket upgrade");
+    let mut client = Client::registered(ws).await;
+    client.peer_id = issued.claims.peer_id();
+    client
+}
+
+/// Bytes as MiB, for the printed figures.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
 
 /// Opcodes (RFC 6455 §5.2).
 pub const CONTINUATION: u8 = 0x0;
@@ -290,6 +426,30 @@ impl Watched {
     pub fn growth(&self) -> u64 {
         self.peak.saturating_sub(self.baseline)
     }
+
+    /// The figures, for a test's printed line.
+    pub fn summary(&self) -> String {
+        format!(
+            "server RSS {:.1} MiB, peak growth {:.2} MiB; {} offers relayed and {} \
+             /health/live answers meanwhile",
+            mib(self.baseline),
+            mib(self.growth()),
+            self.relays,
+            self.live,
+        )
+    }
+
+    /// Fails the test unless memory grew by less than `bound` and the bystanders were
+    /// served throughout (each check at least twice: before the attack ended and after).
+    pub fn assert_unharmed(&self, what: &str, bound: u64) {
+        assert!(
+            self.growth() < bound,
+            "{what}: the server's memory grew by {:.2} MiB (bound {:.0} MiB): {self:?}",
+            mib(self.growth()),
+            mib(bound),
+        );
+        assert!(self.relays >= 2 && self.live >= 2, "{what}: {self:?}");
+    }
 }
 
 /// An honest pair in its own room relaying offers, `/health/live` and the server's
@@ -313,8 +473,11 @@ impl Bystanders {
         let stopping = stop.clone();
         let live_url = format!("http://{addr}/health/live");
         let task = tokio::spawn(async move {
+            // A fresh connection for every check, as a load balancer's probe: a kept-alive
+            // one would be closed by UPGRADE_TIMEOUT between two checks.
             let http = reqwest::Client::builder()
                 .timeout(patient(DEADLINE))
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap();
             let mut watched = Watched {

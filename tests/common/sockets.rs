@@ -1,13 +1,13 @@
 //! The attacker's side of hostile-connection tests: raw TCP sockets that send nothing, or
 //! trickle a request head, each watched until the server closes it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 /// What each attacking socket does once connected.
@@ -26,6 +26,40 @@ pub enum Behaviour {
     },
 }
 
+/// How a flood opens its sockets.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening {
+    /// Most connects in flight at once.
+    pub parallel: usize,
+    /// The attacker's own address (a loopback alias such as 127.0.0.2), else the system's
+    /// choice (127.0.0.1 on loopback, the honest clients' address).
+    pub from: Option<IpAddr>,
+    /// A sustained attack: one new socket every this long, each held until the server
+    /// closes it. `None`: as fast as `parallel` allows.
+    pub every: Option<Duration>,
+}
+
+impl Opening {
+    /// As fast as `parallel` connects at once allow, from the system's address.
+    pub fn burst(parallel: usize) -> Opening {
+        Opening {
+            parallel,
+            from: None,
+            every: None,
+        }
+    }
+}
+
+/// The shortest and the longest a socket of a flood stayed open (from its connect to the
+/// server's close).
+#[derive(Debug, Clone, Copy)]
+pub struct Lives {
+    /// The shortest.
+    pub shortest: Duration,
+    /// The longest.
+    pub longest: Duration,
+}
+
 /// Attacking sockets, each watched by a task until the server closes it.
 pub struct Flood {
     /// Sockets connected so far.
@@ -36,6 +70,8 @@ pub struct Flood {
     pub last_closed: Arc<Mutex<Option<Instant>>>,
     /// When the flood started.
     pub started: Instant,
+    /// How long the sockets the server closed had been open.
+    lives: Arc<Mutex<Option<Lives>>>,
     /// Set to stop refilling and to drop every socket.
     stop: Arc<AtomicBool>,
 }
@@ -44,26 +80,47 @@ impl Flood {
     /// Opens `n` sockets to `addr` (connecting at most `parallel` at a time), each
     /// behaving as `behaviour` until the server closes it.
     pub async fn open(addr: SocketAddr, n: usize, behaviour: Behaviour, parallel: usize) -> Flood {
+        Self::open_with(addr, n, behaviour, Opening::burst(parallel)).await
+    }
+
+    /// Opens `n` sockets to `addr` as `opening` says, each behaving as `behaviour` until
+    /// the server closes it; returns once every one has connected.
+    pub async fn open_with(
+        addr: SocketAddr,
+        n: usize,
+        behaviour: Behaviour,
+        opening: Opening,
+    ) -> Flood {
         let flood = Flood {
             opened: Arc::default(),
             closed: Arc::default(),
             last_closed: Arc::default(),
             started: Instant::now(),
+            lives: Arc::default(),
             stop: Arc::default(),
         };
-        let gate = Arc::new(tokio::sync::Semaphore::new(parallel));
+        let gate = Arc::new(tokio::sync::Semaphore::new(opening.parallel));
+        let mut pace = opening.every.map(|every| {
+            let mut pace = tokio::time::interval(every);
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            pace
+        });
         for _ in 0..n {
+            if let Some(pace) = &mut pace {
+                pace.tick().await;
+            }
             let permit = gate.clone().acquire_owned().await.unwrap();
-            let (opened, closed, last) = (
+            let (opened, closed, last, lives) = (
                 flood.opened.clone(),
                 flood.closed.clone(),
                 flood.last_closed.clone(),
+                flood.lives.clone(),
             );
             let (stop, behaviour) = (flood.stop.clone(), behaviour.clone());
             tokio::spawn(async move {
                 let socket = loop {
                     // A full accept queue drops SYNs: retry rather than wait for the kernel.
-                    let connect = TcpStream::connect(addr);
+                    let connect = connect(addr, opening.from);
                     if let Ok(Ok(socket)) =
                         tokio::time::timeout(Duration::from_secs(1), connect).await
                     {
@@ -73,17 +130,31 @@ impl Flood {
                         return;
                     }
                 };
+                let connected = Instant::now();
                 opened.fetch_add(1, Ordering::Relaxed);
                 drop(permit);
                 hold(socket, &behaviour, &stop).await;
                 if !stop.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    let life = now - connected;
                     closed.fetch_add(1, Ordering::Relaxed);
-                    *last.lock().unwrap() = Some(Instant::now());
+                    *last.lock().unwrap() = Some(now);
+                    let mut lives = lives.lock().unwrap();
+                    *lives = Some(match *lives {
+                        None => Lives {
+                            shortest: life,
+                            longest: life,
+                        },
+                        Some(seen) => Lives {
+                            shortest: seen.shortest.min(life),
+                            longest: seen.longest.max(life),
+                        },
+                    });
                 }
             });
         }
         // Every socket connected (the last permits come back once they are).
-        let _ = gate.acquire_many(parallel as u32).await.unwrap();
+        let _ = gate.acquire_many(opening.parallel as u32).await.unwrap();
         flood
     }
 
@@ -96,6 +167,24 @@ impl Flood {
     pub fn last_close_after(&self) -> Option<Duration> {
         self.last_closed.lock().unwrap().map(|at| at - self.started)
     }
+
+    /// The shortest and longest lives of the sockets the server closed so far.
+    pub fn lives(&self) -> Option<Lives> {
+        *self.lives.lock().unwrap()
+    }
+}
+
+/// A TCP connection to `addr`, from `from` when given.
+pub async fn connect(addr: SocketAddr, from: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(from) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = match from {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    socket.connect(addr).await
 }
 
 impl Drop for Flood {
