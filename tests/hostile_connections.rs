@@ -386,8 +386,6 @@ async fn bodies_that_never_arrive_get_408_within_body_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails today: each chunk of a body pins a read buffer of about 8 KiB until the \
-            body is complete (reported; src/auth/routes.rs collects the chunks as they came)"]
 async fn a_body_trickled_a_byte_at_a_time_costs_no_more_than_its_size() {
     const SOCKETS: usize = 4;
     const FOR: Duration = Duration::from_secs(3);

@@ -15,7 +15,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use http_body_util::LengthLimitError;
 use serde::{Deserialize, Serialize};
 use tower_http::cors::CorsLayer;
 
@@ -133,15 +132,13 @@ async fn read_body_in_time(
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+    match tokio::time::timeout(timeout, collect(body, MAX_BODY_BYTES)).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(Err(e)) if std::error::Error::source(&e).is_some_and(|s| s.is::<LengthLimitError>()) => {
-            too_large().into_response()
-        }
-        Ok(Err(_)) => {
+        Ok(Err(BodyError::TooLarge)) => too_large().into_response(),
+        Ok(Err(BodyError::Unreadable)) => {
             ApiError::bad_request("invalid_request", "The request body could not be read.")
                 .into_response()
         }
@@ -162,6 +159,37 @@ async fn read_body_in_time(
             response
         }
     }
+}
+
+/// Why a body was not collected.
+enum BodyError {
+    /// Declared or grown above the limit.
+    TooLarge,
+    /// The connection failed mid-body.
+    Unreadable,
+}
+
+/// Collects a body of at most `limit` bytes, refusing a larger declared length before
+/// reading anything. Each piece is copied as it arrives: hyper hands a body over as
+/// slices of its read buffers, and keeping the slices (as `axum::body::to_bytes` does)
+/// keeps a whole buffer of about 8 KiB alive for every piece, so a body sent one byte
+/// per packet cost 8 KiB per byte until it was complete.
+async fn collect(body: Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    use axum::body::HttpBody as _;
+    use futures_util::StreamExt;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(BodyError::TooLarge);
+    }
+    let mut collected = Vec::new();
+    let mut pieces = body.into_data_stream();
+    while let Some(piece) = pieces.next().await {
+        let piece = piece.map_err(|_| BodyError::Unreadable)?;
+        if collected.len() + piece.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        collected.extend_from_slice(&piece);
+    }
+    Ok(collected)
 }
 
 /// The 413 for a body above [`MAX_BODY_BYTES`], declared or streamed.
