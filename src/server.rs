@@ -610,7 +610,7 @@ pub async fn run(config: Config, role: Role, bind: SocketAddr) -> Result<(), Str
     // Before anything listens: a certificate that cannot be served is a start-up error.
     let tls = load_tls(&config).map_err(|e| e.to_string())?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let listener = TcpListener::bind(bind).await.map_err(|e| {
+    let listener = crate::net::listen(bind).map_err(|e| {
         format!("cannot listen on {bind}: {e} (is the port in use? set the port flag)")
     })?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;

@@ -633,27 +633,41 @@ async fn ten_thousand_idle_sockets_from_one_ip() {
             .env_clear()
             .args(["serve", "--bind", "127.0.0.1", "--port", "0"])
             .envs(vars);
-        let (_server, address) = Running::spawn(command);
+        let (server, address) = Running::spawn(command);
         let addr: SocketAddr = address.parse().unwrap();
+        let files = || {
+            std::fs::read_dir(format!("/proc/{}/fd", server.pid()))
+                .unwrap()
+                .count()
+        };
+        let files_before = files();
         let flood = Flood::open(addr, SOCKETS, Behaviour::Idle, 512).await;
         let opened = flood.started.elapsed();
         let honest = Instant::now();
         honest_pair_relays(&address, "r").await;
         let honest = honest.elapsed();
         let live_ok = live(addr, Duration::from_secs(2)).await;
+        // The server's side: every attacker socket it accepted is closed again. (A burst
+        // beyond the listen backlog may leave the attacker sockets whose handshake the
+        // kernel never completed: they hold nothing of the server's, and the attacker
+        // only learns after a minute of retransmissions.)
         eventually(
-            "every attacker socket to be gone",
+            "the server to hold no attacker socket",
             DEADLINE * 6,
             async || {
-                let open = flood.open_now();
-                if open == 0 {
+                let held = files().saturating_sub(files_before);
+                if held <= 8 {
                     Ok(())
                 } else {
-                    Err(format!("{open} open after {:.1?}", flood.started.elapsed()))
+                    Err(format!(
+                        "{held} more files than before after {:.1?}",
+                        flood.started.elapsed()
+                    ))
                 }
             },
         )
         .await;
+        let unaccepted = flood.open_now();
         let last = flood.last_close_after().unwrap();
         let answered = if live_ok {
             "answered"
@@ -663,7 +677,8 @@ async fn ten_thousand_idle_sockets_from_one_ip() {
         println!(
             "{label}: {SOCKETS} idle sockets opened in {opened:.1?}; honest pair joined and \
              relayed in {honest:.1?}; /health/live {answered}; last attacker socket closed \
-             {last:.1?} after the flood began, {:.1?} after the last one connected",
+             {last:.1?} after the flood began, {:.1?} after the last one connected; \
+             {unaccepted} never accepted (beyond the listen backlog)",
             last.saturating_sub(opened)
         );
     }

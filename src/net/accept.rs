@@ -121,6 +121,25 @@ pub async fn serve(
     Ok(())
 }
 
+/// Connections the kernel may hold completed for the accept loop (capped by
+/// `net.core.somaxconn`, 4096 on current kernels). tokio's default is 1024: a burst of
+/// connections beyond it while the loop is busy has its handshakes dropped, and the
+/// clients only notice after a minute of retransmitted SYN-ACKs.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with a backlog of [`BACKLOG`] (and `SO_REUSEADDR`, as
+/// `TcpListener::bind` sets it, so a restarted node can listen at once).
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// One accepted connection, until it upgrades or closes.
 struct Connection {
     remote: SocketAddr,

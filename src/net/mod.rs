@@ -10,7 +10,7 @@ mod frame_meter;
 mod pending;
 mod tls;
 
-pub use accept::{Deadlines, serve};
+pub use accept::{Deadlines, listen, serve};
 pub use elastic::{ElasticStream, Transport};
 pub use frame_meter::{FrameTally, FrameViolation, MAX_FRAGMENTS};
 pub use pending::{Pending, Shed, Ticket};
