@@ -172,4 +172,17 @@ fn the_image_script_is_valid_bash_and_names_every_builder() {
             "build-image.sh never tries {builder}"
         );
     }
+    // Whatever base images it settles on (pulled, or local stand-ins), it passes them in.
+    let dockerfile = std::fs::read_to_string(template("Dockerfile")).unwrap();
+    for (name, _) in global_args(&instructions(&dockerfile)) {
+        assert!(
+            text.contains(&format!("--build-arg \"{name}=")),
+            "build-image.sh never sets the build argument {name}"
+        );
+    }
+    // HEALTHCHECK is Docker's, not OCI's: podman and buildah keep it only in that format.
+    assert!(
+        text.contains("--format docker"),
+        "podman would drop HEALTHCHECK"
+    );
 }
