@@ -137,8 +137,10 @@ esac
 runtime_opts=()
 build() { "$builder" build "${build_opts[@]}" "${runtime_opts[@]}" "$@"; }
 
-# Debian <release>, minimal (debootstrap's minbase, from the mirror above), trimmed like the official slim images (no manuals, no
-# documentation but copyright files, no translations, no package lists).
+# Debian <release>, minimal (debootstrap's minbase, from the mirror above), trimmed and
+# configured like the official slim images: no manuals, no documentation but copyright
+# files, no translations, and apt keeps neither its caches nor downloaded packages, so an
+# `apt-get install` layer holds only what it installed.
 standin_debian() {
   local release=$1 out="localhost/switchboard-standin/debian:$1-slim"
   if has_image "$out"; then
@@ -163,6 +165,14 @@ path-exclude /usr/share/locale/*
 path-include /usr/share/locale/locale.alias
 path-exclude /usr/share/lintian/*
 EOF
+  cat >"$root/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+  echo 'Acquire::Languages "none";' >"$root/etc/apt/apt.conf.d/docker-no-languages"
+  echo 'Apt::AutoRemove::SuggestsImportant "false";' >"$root/etc/apt/apt.conf.d/docker-autoremove-suggests"
   find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
   find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
   rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/lintian/*
