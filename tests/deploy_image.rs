@@ -1,8 +1,9 @@
-//! deploy/Dockerfile, read as a builder would: a multi-stage build whose runtime stage is
-//! slim Debian, runs as a non-root user, exposes 8080, stops with SIGTERM and checks
-//! `/health/live` with a tool the runtime stage installs. No builder runs in the test suite
-//! (a release build takes minutes, and base images come from a registry); deploy/build-image.sh
-//! builds and runs the image where podman, buildah or docker can.
+//! deploy/Dockerfile, read as a builder would: a multi-stage build from the official Rust
+//! and slim Debian images of one Debian release (build arguments, so local stand-ins can
+//! replace them), whose runtime stage runs as a non-root user, exposes 8080, stops with
+//! SIGTERM and checks `/health/live` with a tool the runtime stage installs. No builder runs
+//! in the test suite (a release build takes minutes); deploy/build-image.sh builds and runs
+//! the image where podman, buildah or docker can.
 
 mod common;
 
@@ -49,10 +50,50 @@ fn instructions(text: &str) -> Vec<Instruction> {
         .collect()
 }
 
+/// The build arguments declared before the first `FROM` (the only ones a `FROM` can use),
+/// with their defaults.
+fn global_args(all: &[Instruction]) -> Vec<(String, String)> {
+    all.iter()
+        .take_while(|i| i.keyword != "FROM")
+        .filter(|i| i.keyword == "ARG")
+        .map(|i| {
+            let (name, default) = i.args.split_once('=').expect("ARG NAME=default");
+            (name.to_string(), default.to_string())
+        })
+        .collect()
+}
+
+/// `FROM` arguments with `${NAME}` or `$NAME` replaced by the argument's default.
+fn resolve(from: &str, args: &[(String, String)]) -> String {
+    let mut out = from.to_string();
+    for (name, default) in args {
+        out = out
+            .replace(&format!("${{{name}}}"), default)
+            .replace(&format!("${name}"), default);
+    }
+    assert!(
+        !out.contains('$'),
+        "FROM {from} uses an undeclared argument"
+    );
+    out
+}
+
+/// The Debian release an official image tag is built on: `rust:1-slim-bookworm` and
+/// `debian:bookworm-slim` are both bookworm.
+fn release(image: &str) -> &str {
+    let tag = image.rsplit_once(':').map_or("", |(_, tag)| tag);
+    tag.split('-')
+        .find(|part| {
+            *part != "slim" && !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase())
+        })
+        .unwrap_or("")
+}
+
 #[test]
 fn the_dockerfile_builds_in_stages_and_runs_unprivileged_with_a_health_check() {
     let text = std::fs::read_to_string(template("Dockerfile")).unwrap();
     let all = instructions(&text);
+    let args = global_args(&all);
     let stages: Vec<usize> = all
         .iter()
         .enumerate()
@@ -60,13 +101,23 @@ fn the_dockerfile_builds_in_stages_and_runs_unprivileged_with_a_health_check() {
         .map(|(n, _)| n)
         .collect();
     assert_eq!(stages.len(), 2, "a builder stage and a runtime stage");
-    let builder = &all[stages[0]].args;
+    // By default, the official images: an operator's build pulls what it always did.
+    let builder = resolve(&all[stages[0]].args, &args);
+    let (builder_image, alias) = builder.split_once(' ').expect("FROM <image> AS builder");
+    assert_eq!(alias, "AS builder");
     assert!(
-        builder.contains("rust:") && builder.ends_with("AS builder"),
+        builder_image.starts_with("docker.io/library/rust:"),
         "{builder}"
     );
     let runtime = &all[stages[1]..];
-    assert!(runtime[0].args.contains("debian:") && runtime[0].args.contains("-slim"));
+    let runtime_image = resolve(&runtime[0].args, &args);
+    assert!(
+        runtime_image.starts_with("docker.io/library/debian:") && runtime_image.ends_with("-slim"),
+        "{runtime_image}"
+    );
+    // The binary links against the builder's glibc: the runtime must be the same release.
+    assert_eq!(release(builder_image), "bookworm", "{builder_image}");
+    assert_eq!(release(&runtime_image), release(builder_image));
 
     let only = |keyword: &str| -> Vec<&str> {
         runtime
@@ -121,4 +172,17 @@ fn the_image_script_is_valid_bash_and_names_every_builder() {
             "build-image.sh never tries {builder}"
         );
     }
+    // Whatever base images it settles on (pulled, or local stand-ins), it passes them in.
+    let dockerfile = std::fs::read_to_string(template("Dockerfile")).unwrap();
+    for (name, _) in global_args(&instructions(&dockerfile)) {
+        assert!(
+            text.contains(&format!("--build-arg \"{name}=")),
+            "build-image.sh never sets the build argument {name}"
+        );
+    }
+    // HEALTHCHECK is Docker's, not OCI's: podman and buildah keep it only in that format.
+    assert!(
+        text.contains("--format docker"),
+        "podman would drop HEALTHCHECK"
+    );
 }
