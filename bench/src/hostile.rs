@@ -274,15 +274,17 @@ fn unsafe_token(attack: &Attack, user: &str, i: usize) -> String {
 /// Joins a room of its own and relays an `offer` whose `sdp` is an object to itself;
 /// the answer is the `error` it gets. Then it leaves with a close frame.
 async fn sdp_object(attack: &Attack, user: &str) -> Outcome {
-    let Upgraded {
-        mut incoming,
-        mut out,
-        since,
-    } = match upgrade(attack, user, None).await {
-        Ok(u) => u,
-        Err(why) => return Outcome::refused(why),
+    let (
+        Upgraded {
+            mut incoming,
+            mut out,
+            since,
+        },
+        _held,
+    ) = match hold(attack, user).await {
+        Ok(held) => held,
+        Err(refused) => return refused,
     };
-    let _held = Held::new(&attack.open, 1);
     let room = format!("soak-{}-{user}", attack.run);
     let joined = async {
         send_json(
@@ -321,15 +323,17 @@ async fn sdp_object(attack: &Attack, user: &str) -> Outcome {
 /// Sends a close frame (1000) at once and reads on: `ended` is the server's answer
 /// (`close 1000`) or how the stream ended without one.
 async fn close_then_read(attack: &Attack, user: &str) -> Outcome {
-    let Upgraded {
-        mut incoming,
-        mut out,
-        since,
-    } = match upgrade(attack, user, None).await {
-        Ok(u) => u,
-        Err(why) => return Outcome::refused(why),
+    let (
+        Upgraded {
+            mut incoming,
+            mut out,
+            since,
+        },
+        _held,
+    ) = match hold(attack, user).await {
+        Ok(held) => held,
+        Err(refused) => return refused,
     };
-    let _held = Held::new(&attack.open, 1);
     let how = match out.write_all(&wire::close_frame(1000)).await {
         Ok(()) => until_close(&mut incoming).await,
         Err(e) => label(&e),
@@ -376,6 +380,15 @@ async fn upgrade(
         out,
         since: Instant::now(),
     })
+}
+
+/// Upgrades for `user` and counts the connection as open while the guard lives; a
+/// refusal is the client's whole outcome.
+async fn hold<'a>(attack: &'a Attack, user: &str) -> Result<(Upgraded, Held<'a>), Outcome> {
+    let upgraded = upgrade(attack, user, None)
+        .await
+        .map_err(Outcome::refused)?;
+    Ok((upgraded, Held::new(&attack.open, 1)))
 }
 
 /// Resolves once the run stops (the watch's guard is not held across awaits: it is
@@ -428,15 +441,17 @@ impl Drop for Held<'_> {
 /// connection or the run stops; reads the server's frames meanwhile only if `read`
 /// (a ping flooder never does: the pongs pile up on the server's side).
 async fn flood(attack: &Attack, user: &str, first: Vec<u8>, unit: Vec<u8>, read: bool) -> Outcome {
-    let Upgraded {
-        mut incoming,
-        mut out,
-        since,
-    } = match upgrade(attack, user, None).await {
-        Ok(u) => u,
-        Err(why) => return Outcome::refused(why),
+    let (
+        Upgraded {
+            mut incoming,
+            mut out,
+            since,
+        },
+        _held,
+    ) = match hold(attack, user).await {
+        Ok(held) => held,
+        Err(refused) => return refused,
     };
-    let _held = Held::new(&attack.open, 1);
     let mut outcome = Outcome {
         connected: true,
         ..Outcome::default()
@@ -546,15 +561,17 @@ async fn http(attack: &Attack, head: Vec<u8>, trickle: bool) -> Outcome {
 
 /// Upgrades, answers the server's pings (as any WebSocket library would) and never joins.
 async fn never_joins(attack: &Attack, user: &str) -> Outcome {
-    let Upgraded {
-        mut incoming,
-        mut out,
-        since,
-    } = match upgrade(attack, user, None).await {
-        Ok(u) => u,
-        Err(why) => return Outcome::refused(why),
+    let (
+        Upgraded {
+            mut incoming,
+            mut out,
+            since,
+        },
+        _held,
+    ) = match hold(attack, user).await {
+        Ok(held) => held,
+        Err(refused) => return refused,
     };
-    let _held = Held::new(&attack.open, 1);
     let mut stop = attack.stop.clone();
     let heard = async {
         loop {
