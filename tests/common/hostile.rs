@@ -108,16 +108,8 @@ impl Node {
     /// The sum of the samples of `/metrics` whose line starts with `series` (a name, or
     /// a name with one label set); 0 when there is none.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.metrics))
-            .await
-            .expect("/metrics answers")
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(series))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        let base = format!("http://{}", self.metrics);
+        super::metric_total(&reqwest::Client::new(), &base, series).await
     }
 
     /// `switchboard_deadline_closes_total` for `reason`.

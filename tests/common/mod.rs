@@ -620,6 +620,11 @@ pub async fn issued_token(http: &reqwest::Client, base: &str, user: &str) -> Str
 /// The sum of every sample of `{base}/metrics` whose line starts with `series` (a name
 /// with `{` for all its label sets, or one exact label set); 0 when there is none.
 pub async fn metric_sum(http: &reqwest::Client, base: &str, series: &str) -> u64 {
+    metric_total(http, base, series).await as u64
+}
+
+/// The sum of every `/metrics` line at `base` that starts with `series`.
+pub async fn metric_total(http: &reqwest::Client, base: &str, series: &str) -> f64 {
     let text = http
         .get(format!("{base}/metrics"))
         .send()
@@ -631,7 +636,7 @@ pub async fn metric_sum(http: &reqwest::Client, base: &str, series: &str) -> u64
     text.lines()
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+        .sum()
 }
 
 /// A token signed with `secret` from arbitrary claims and header, for rejection tests.
