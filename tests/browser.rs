@@ -247,8 +247,11 @@ async fn two_then_three_people_hold_a_call_and_one_leaves() {
     }
 }
 
-/// The largest gap between two frames a remote video may show while signaling is away.
-const LARGEST_FRAME_GAP_MS: f64 = 200.0;
+/// The largest gap between two frames a remote video may show while signaling is away. A
+/// media interruption (a new peer connection, an ICE restart) freezes a video for a second
+/// or more; three browsers and a restarting node on two shared cores have shown gaps of up
+/// to 300 ms that the same machine also shows, less often, with nothing happening.
+const LARGEST_FRAME_GAP_MS: f64 = 500.0;
 
 /// From now on, the page keeps the time of every frame each remote <video> presents.
 async fn record_frames(browser: &Client) {
