@@ -95,6 +95,20 @@ fn token_command_mints_a_verifiable_token() {
     .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
+
+    // The servers' longest lifetime, when raised, is the token command's too.
+    let longer = output_of(
+        &["token", "--user", "alice", "--ttl", "30h"],
+        &[("AUTH_SECRET", SECRET), ("TOKEN_MAX_LIFETIME", "48h")],
+    );
+    let verifier = switchboard::auth::TokenVerifier::new(
+        &switchboard::auth::SigningSecret::new(SECRET.as_bytes().to_vec()),
+        "switchboard",
+        "switchboard",
+        std::time::Duration::from_secs(48 * 3600),
+    );
+    let claims = verifier.verify(longer.trim()).unwrap();
+    assert_eq!(claims.exp - claims.iat, 30 * 3600);
 }
 
 #[test]

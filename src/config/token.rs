@@ -22,6 +22,11 @@ pub struct TokenSettings {
     #[arg(long, env = "TOKEN_TTL", value_parser = humantime::parse_duration)]
     pub token_ttl: Option<Duration>,
 
+    /// Longest `--ttl` allowed: the servers' TOKEN_MAX_LIFETIME, beyond which they refuse
+    /// the token [default: 24h].
+    #[arg(long, env = "TOKEN_MAX_LIFETIME", value_parser = humantime::parse_duration)]
+    pub token_max_lifetime: Option<Duration>,
+
     /// Who issues the token, and for whom: must match the server's.
     #[command(flatten)]
     pub claims: ClaimSettings,
@@ -37,6 +42,9 @@ impl TokenSettings {
         s.auth.signing = self.signing;
         if let Some(ttl) = self.token_ttl {
             s.auth.token_ttl = ttl;
+        }
+        if let Some(longest) = self.token_max_lifetime {
+            s.auth.token_max_lifetime = longest;
         }
         s.auth.claims = self.claims;
         s
