@@ -11,5 +11,5 @@ mod slots;
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use client_ip::{TrustedNet, client_ip, request_ip, via_trusted_proxy};
 pub use load::{LoadGuard, LoadSample, Overload};
-pub use rate_limit::{IpLimiter, IpPermit, MessageLimiter, TokenBucket, Verdict};
+pub use rate_limit::{IpLimiter, IpPermit, MessageLimit, MessageLimiter, TokenBucket, Verdict};
 pub use slots::{ConnectionSlot, ConnectionSlots};

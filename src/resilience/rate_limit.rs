@@ -13,25 +13,29 @@ use tokio::time::Instant;
 pub struct TokenBucket {
     rate: f64,
     burst: f64,
+    level: Level,
+}
+
+/// A bucket's tokens; its rate and burst are kept apart, so the limiter of every one of
+/// a node's connections need not keep a copy of the node's settings.
+#[derive(Debug, Clone)]
+struct Level {
     tokens: f64,
     updated: Instant,
 }
 
-impl TokenBucket {
-    /// A full bucket refilling `rate` tokens per second up to `burst`.
-    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+impl Level {
+    fn full(burst: f64, now: Instant) -> Self {
         Self {
-            rate,
-            burst,
             tokens: burst,
             updated: now,
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn try_take(&mut self, now: Instant) -> bool {
+    /// Refills at `rate` up to `burst`, then takes one token if there is one.
+    fn try_take(&mut self, rate: f64, burst: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.updated = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -43,20 +47,36 @@ impl TokenBucket {
 
     /// Takes `n` tokens if there is one, going into debt for the rest (down to minus the
     /// burst), so a costly item is never refused outright yet is paid for in full.
-    pub fn try_take_owing(&mut self, now: Instant, n: u32) -> bool {
-        if !self.try_take(now) {
+    fn try_take_owing(&mut self, rate: f64, burst: f64, now: Instant, n: u32) -> bool {
+        if !self.try_take(rate, burst, now) {
             return false;
         }
-        self.tokens = (self.tokens - f64::from(n.saturating_sub(1))).max(-self.burst);
+        self.tokens = (self.tokens - f64::from(n.saturating_sub(1))).max(-burst);
         true
+    }
+}
+
+impl TokenBucket {
+    /// A full bucket refilling `rate` tokens per second up to `burst`.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> Self {
+        Self {
+            rate,
+            burst,
+            level: Level::full(burst, now),
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        self.level.try_take(self.rate, self.burst, now)
     }
 
     /// How long until the next token.
     pub fn wait(&self) -> Duration {
-        if self.tokens >= 1.0 || self.rate <= 0.0 {
+        if self.level.tokens >= 1.0 || self.rate <= 0.0 {
             return Duration::ZERO;
         }
-        Duration::from_secs_f64((1.0 - self.tokens) / self.rate)
+        Duration::from_secs_f64((1.0 - self.level.tokens) / self.rate)
     }
 }
 
@@ -71,50 +91,59 @@ pub enum Verdict {
     Abuse,
 }
 
-/// The message limit of one connection; owned by its task, so no locking.
+/// A connection's message limit: `rate`/s with bursts of `burst`; `strikes_to_close`
+/// refusals within `window` is abuse. One per node, lent to each check.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageLimit {
+    /// Sustained messages per second.
+    pub rate: f64,
+    /// Messages allowed at once.
+    pub burst: f64,
+    /// Refusals within `window` that close the connection.
+    pub strikes_to_close: u32,
+    /// How long refusals count towards `strikes_to_close`.
+    pub window: Duration,
+}
+
+/// Where one connection stands against its [`MessageLimit`]; owned by its task, so no
+/// locking. The limit itself is passed to each check: every idle connection keeps this
+/// struct for its life.
 #[derive(Debug)]
 pub struct MessageLimiter {
-    bucket: TokenBucket,
+    level: Level,
     strikes: u32,
-    strikes_to_close: u32,
-    window: Duration,
     window_start: Instant,
 }
 
 impl MessageLimiter {
-    /// `rate`/s with bursts of `burst`; `strikes_to_close` refusals within `window` is abuse.
-    pub fn new(
-        rate: f64,
-        burst: f64,
-        strikes_to_close: u32,
-        window: Duration,
-        now: Instant,
-    ) -> Self {
+    /// A limiter with a full burst at `now`.
+    pub fn new(limit: &MessageLimit, now: Instant) -> Self {
         Self {
-            bucket: TokenBucket::new(rate, burst, now),
+            level: Level::full(limit.burst, now),
             strikes: 0,
-            strikes_to_close,
-            window,
             window_start: now,
         }
     }
 
     /// Judges one incoming message.
-    pub fn check(&mut self, now: Instant) -> Verdict {
-        self.check_frames(now, 1)
+    pub fn check(&mut self, limit: &MessageLimit, now: Instant) -> Verdict {
+        self.check_frames(limit, now, 1)
     }
 
     /// Judges one incoming message that arrived in `frames` frames, each of which counts.
-    pub fn check_frames(&mut self, now: Instant, frames: u32) -> Verdict {
-        if self.bucket.try_take_owing(now, frames) {
+    pub fn check_frames(&mut self, limit: &MessageLimit, now: Instant, frames: u32) -> Verdict {
+        if self
+            .level
+            .try_take_owing(limit.rate, limit.burst, now, frames)
+        {
             return Verdict::Allowed;
         }
-        if now.saturating_duration_since(self.window_start) > self.window {
+        if now.saturating_duration_since(self.window_start) > limit.window {
             self.window_start = now;
             self.strikes = 0;
         }
         self.strikes += 1;
-        if self.strikes >= self.strikes_to_close {
+        if self.strikes >= limit.strikes_to_close {
             Verdict::Abuse
         } else {
             Verdict::Limited
@@ -198,7 +227,7 @@ impl IpLimiter {
                 // Keep entries with open connections or a bucket that is not yet full again.
                 e.connections > 0 || {
                     let _ = b.try_take(now);
-                    b.tokens + 1.0 < burst
+                    b.level.tokens + 1.0 < burst
                 }
             });
         }
@@ -262,16 +291,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_trickle_burst_passes_and_a_flood_becomes_abuse() {
         let now = Instant::now();
-        let mut limiter = MessageLimiter::new(50.0, 200.0, 20, Duration::from_secs(10), now);
+        let limit = MessageLimit {
+            rate: 50.0,
+            burst: 200.0,
+            strikes_to_close: 20,
+            window: Duration::from_secs(10),
+        };
+        let mut limiter = MessageLimiter::new(&limit, now);
         // A burst of ICE candidates at once.
-        assert!((0..200).all(|_| limiter.check(now) == Verdict::Allowed));
-        assert_eq!(limiter.check(now), Verdict::Limited);
+        assert!((0..200).all(|_| limiter.check(&limit, now) == Verdict::Allowed));
+        assert_eq!(limiter.check(&limit, now), Verdict::Limited);
         // Refilled at 50/s.
         tokio::time::advance(Duration::from_secs(1)).await;
         let later = Instant::now();
-        assert!((0..50).all(|_| limiter.check(later) == Verdict::Allowed));
+        assert!((0..50).all(|_| limiter.check(&limit, later) == Verdict::Allowed));
         // One strike already; the 20th within the window is abuse.
-        let verdicts: Vec<Verdict> = (0..19).map(|_| limiter.check(later)).collect();
+        let verdicts: Vec<Verdict> = (0..19).map(|_| limiter.check(&limit, later)).collect();
         assert_eq!(verdicts[17], Verdict::Limited);
         assert_eq!(verdicts[18], Verdict::Abuse);
     }
@@ -279,25 +314,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_message_of_many_frames_costs_every_frame_and_is_never_refused_outright() {
         let now = Instant::now();
-        let mut limiter = MessageLimiter::new(10.0, 100.0, 20, Duration::from_secs(10), now);
+        let limit = MessageLimit {
+            rate: 10.0,
+            burst: 100.0,
+            strikes_to_close: 20,
+            window: Duration::from_secs(10),
+        };
+        let mut limiter = MessageLimiter::new(&limit, now);
         // 64 frames each: the second goes into debt, the third finds none left.
-        assert_eq!(limiter.check_frames(now, 64), Verdict::Allowed);
-        assert_eq!(limiter.check_frames(now, 64), Verdict::Allowed);
-        assert_eq!(limiter.check_frames(now, 1), Verdict::Limited);
+        assert_eq!(limiter.check_frames(&limit, now, 64), Verdict::Allowed);
+        assert_eq!(limiter.check_frames(&limit, now, 64), Verdict::Allowed);
+        assert_eq!(limiter.check_frames(&limit, now, 1), Verdict::Limited);
         // The debt (28 frames) is paid back at 10/s before the next frame passes.
         tokio::time::advance(Duration::from_millis(2_500)).await;
-        assert_eq!(limiter.check(Instant::now()), Verdict::Limited);
+        assert_eq!(limiter.check(&limit, Instant::now()), Verdict::Limited);
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(limiter.check(Instant::now()), Verdict::Allowed);
+        assert_eq!(limiter.check(&limit, Instant::now()), Verdict::Allowed);
         // However many frames one message had, it is not refused while a token is left,
         // and the debt never exceeds one burst.
         tokio::time::advance(Duration::from_secs(60)).await;
         assert_eq!(
-            limiter.check_frames(Instant::now(), 10_000),
+            limiter.check_frames(&limit, Instant::now(), 10_000),
             Verdict::Allowed
         );
         tokio::time::advance(Duration::from_millis(10_200)).await;
-        assert_eq!(limiter.check(Instant::now()), Verdict::Allowed);
+        assert_eq!(limiter.check(&limit, Instant::now()), Verdict::Allowed);
     }
 
     #[tokio::test(start_paused = true)]

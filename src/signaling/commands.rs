@@ -19,7 +19,7 @@ use super::timers::refresh_wait;
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
 use crate::net::FrameTally;
-use crate::resilience::{ConnectionSlot, IpPermit};
+use crate::resilience::{ConnectionSlot, IpPermit, MessageLimit};
 
 /// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
 pub(super) const STRIKES_TO_CLOSE: u32 = 50;
@@ -47,6 +47,18 @@ pub struct ConnectionLimits {
     pub max_metadata_bytes: usize,
 }
 
+impl ConnectionLimits {
+    /// The message limit every connection of the node is held to.
+    pub fn message_limit(&self) -> MessageLimit {
+        MessageLimit {
+            rate: self.message_rate,
+            burst: self.message_burst,
+            strikes_to_close: STRIKES_TO_CLOSE,
+            window: STRIKE_WINDOW,
+        }
+    }
+}
+
 /// Everything a connection task needs.
 pub struct Connection {
     /// The node's hub.
@@ -65,6 +77,8 @@ pub struct Connection {
     /// Continuation frames the client sent, charged against its message rate; `None` when
     /// the router is served by something other than [`crate::net::serve`].
     pub frames: Option<FrameTally>,
+    /// When the upgrade was granted, for the closing log line's duration.
+    pub opened: tokio::time::Instant,
 }
 
 /// Mutable state of a live connection.

@@ -9,7 +9,6 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::maybe_done;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::commands::{Session, session_ttl};
@@ -39,47 +38,49 @@ pub fn run(
     conn: Box<Connection>,
     grant: Box<Grant>,
 ) -> impl Future<Output = ()> + Send {
-    let peer_id = grant.peer_id();
     let span = tracing::info_span!(
         "connection",
-        peer = %peer_id,
+        peer = %grant.peer_id(),
         session = %grant.session_id,
         node = %conn.hub.node(),
         remote = %conn.remote,
     );
-    conn.serve(grant, Box::new(socket), peer_id)
-        .instrument(span)
+    conn.serve(grant, Box::new(socket)).instrument(span)
 }
 
 impl Connection {
-    async fn serve(self: Box<Self>, grant: Box<Grant>, mut ws: Box<WebSocket>, peer_id: String) {
-        let started = Instant::now();
-        let metrics = self.hub.metrics().clone();
-        metrics.connections.inc();
-        // Decrements on every way out, early returns included.
-        let _open = scopeguard(move || {
-            metrics.connections.dec();
-        });
-        // Boxed, like every membership change: inline, its state would make every
-        // connection's task (idle ones included) as large as the largest of them.
-        let Some((session, inbox, prelude)) = Box::pin(self.open(*grant, peer_id)).await else {
-            let _ = ws
-                .send(close_message(close::INTERNAL, "state store unavailable"))
-                .await;
-            return;
-        };
-        let mut link = Link::new(&self, session, ws, inbox, prelude);
-        let ended = (&mut link).await;
-        Box::pin(self.part(link.into_parts(), ended, started)).await;
+    /// The connection's life. Not an `async fn` either, and its arguments are used where
+    /// they are, never bound anew: an `async fn` moves each argument into a local of its
+    /// own and keeps both slots for the future's life, and every byte of this future is a
+    /// byte of every idle connection's task (whose size tokio rounds up to 128 B).
+    #[allow(clippy::manual_async_fn)] // On purpose: see above.
+    fn serve(
+        self: Box<Self>,
+        grant: Box<Grant>,
+        mut ws: Box<WebSocket>,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            // Decrements on every way out, early returns included.
+            let _open = Open::count(self.hub.metrics());
+            // Boxed, like every membership change: inline, its state would make every
+            // connection's task (idle ones included) as large as the largest of them.
+            let Some((session, inbox, prelude)) = Box::pin(self.open(grant)).await else {
+                // Boxed too: inline, rustc lays this send out beside the link.
+                let goodbye = ws.send(close_message(close::INTERNAL, "state store unavailable"));
+                let _ = Box::pin(goodbye).await;
+                return;
+            };
+            let mut link = Link::new(&self, session, ws, inbox, prelude);
+            let ended = (&mut link).await;
+            Box::pin(self.part(link.into_parts(), ended)).await;
+        }
     }
 
     /// Registers the connection with the hub: its session, its queue and, for a resume,
     /// the frames to write first. `None` when the store could not be reached.
-    async fn open(
-        &self,
-        grant: Grant,
-        peer_id: String,
-    ) -> Option<(Session, Inbox, Vec<Utf8Bytes>)> {
+    async fn open(&self, grant: Box<Grant>) -> Option<(Session, Inbox, Vec<Utf8Bytes>)> {
+        let grant = *grant;
+        let peer_id = grant.peer_id();
         let ttl = session_ttl(&grant);
         let Registration {
             epoch,
@@ -139,7 +140,7 @@ impl Connection {
 
     /// Ends the connection once reading stopped: parks the session for a resume, or
     /// tells the room and sends the close frame.
-    async fn part(&self, parts: Parts, ended: Ended, started: Instant) {
+    async fn part(&self, parts: Parts, ended: Ended) {
         let Parts {
             mut session,
             ws,
@@ -240,7 +241,7 @@ impl Connection {
             close_code = code,
             closed_by,
             reason = reason.as_str(),
-            duration_ms = started.elapsed().as_millis() as u64,
+            duration_ms = self.opened.elapsed().as_millis() as u64,
             "websocket closed"
         );
     }
@@ -354,15 +355,18 @@ fn close_message(code: u16, text: &'static str) -> Message {
     }))
 }
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
+/// Counts an open connection in the metrics for as long as it lives.
+struct Open(Arc<Metrics>);
+
+impl Open {
+    fn count(metrics: &Arc<Metrics>) -> Self {
+        metrics.connections.inc();
+        Self(metrics.clone())
     }
-    Guard(Some(f))
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.connections.dec();
+    }
 }

@@ -14,9 +14,7 @@ use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::commands::{
-    Connection, Deferred, STRIKE_WINDOW, STRIKES_TO_CLOSE, Session, deadline_of, send_error,
-};
+use super::commands::{Connection, Deferred, Session, deadline_of, send_error};
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use super::timers::{Due, Timers};
@@ -127,13 +125,7 @@ impl<'c> Link<'c> {
             writer: Writer::Open,
             ping_due: false,
             timer: Box::pin(sleep_until(now)),
-            limiter: MessageLimiter::new(
-                limits.message_rate,
-                limits.message_burst,
-                STRIKES_TO_CLOSE,
-                STRIKE_WINDOW,
-                now,
-            ),
+            limiter: MessageLimiter::new(&limits.message_limit(), now),
         };
         link.rearm();
         link
@@ -197,7 +189,10 @@ impl<'c> Link<'c> {
             && !matches!(message, Message::Close(_))
         {
             let folded = conn.frames.as_ref().map_or(0, FrameTally::take);
-            match self.limiter.check_frames(now, 1 + folded) {
+            match self
+                .limiter
+                .check_frames(&conn.limits.message_limit(), now, 1 + folded)
+            {
                 Verdict::Allowed => {}
                 Verdict::Limited if matches!(message, Message::Text(_) | Message::Binary(_)) => {
                     conn.refuse_over_limit(session, frame.as_ref());

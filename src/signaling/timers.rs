@@ -10,20 +10,28 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// A connection's deadlines.
+/// A connection's deadlines, as offsets from when it opened: an `Instant` takes 16 bytes
+/// and an offset 8, and every idle connection keeps this struct for its whole life.
 #[derive(Debug)]
 pub(super) struct Timers {
+    /// When the connection opened; the offsets below count from here.
+    origin: Instant,
     /// When the client last sent a frame.
-    last_frame: Instant,
+    last_frame: Offset,
     /// When the next ping is due.
-    next_ping: Instant,
+    next_ping: Offset,
     /// When the token expires.
-    expiry: Instant,
-    /// When to push a fresh token, if refresh is on.
-    refresh: Option<Instant>,
-    /// By when the connection must be in a room; `None` once it was.
-    join_by: Option<Instant>,
+    expiry: Offset,
+    /// When to push a fresh token; [`NEVER`] when refresh is off.
+    refresh: Offset,
+    /// By when the connection must be in a room; [`NEVER`] once it was.
+    join_by: Offset,
 }
+
+/// Nanoseconds after [`Timers::origin`] (u64: 584 years).
+type Offset = u64;
+/// An offset no clock reaches: a deadline that is not set.
+const NEVER: Offset = Offset::MAX;
 
 /// What falls due, besides a ping, when the timer fires with the session free.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,29 +75,56 @@ impl Timers {
         refresh: Option<Instant>,
         join_by: Option<Instant>,
     ) -> Self {
-        Self {
-            last_frame: now,
-            next_ping: now + ping_interval,
-            expiry,
-            refresh,
-            join_by,
-        }
+        let mut timers = Self {
+            origin: now,
+            last_frame: 0,
+            next_ping: NEVER,
+            expiry: NEVER,
+            refresh: NEVER,
+            join_by: NEVER,
+        };
+        timers.next_ping = timers.offset(now + ping_interval);
+        timers.expiry = timers.offset(expiry);
+        timers.refresh = timers.offset_of(refresh);
+        timers.join_by = timers.offset_of(join_by);
+        timers
+    }
+
+    /// `at` as an offset; a time before the origin is the origin (it is due at once).
+    fn offset(&self, at: Instant) -> Offset {
+        let nanos = at.saturating_duration_since(self.origin).as_nanos();
+        Offset::try_from(nanos).map_or(NEVER - 1, |n| n.min(NEVER - 1))
+    }
+
+    fn offset_of(&self, at: Option<Instant>) -> Offset {
+        at.map_or(NEVER, |at| self.offset(at))
+    }
+
+    /// The instant of a set `offset`.
+    fn instant(&self, offset: Offset) -> Instant {
+        self.origin + Duration::from_nanos(offset)
     }
 
     /// The connection is in a room: the join deadline is met for good.
     pub fn joined(&mut self) {
-        self.join_by = None;
+        self.join_by = NEVER;
     }
 
     /// The client sent a frame at `now`.
     pub fn heard(&mut self, now: Instant) {
-        self.last_frame = now;
+        self.last_frame = self.offset(now);
     }
 
     /// The session holds a fresh token now.
     pub fn renewed(&mut self, expiry: Instant, refresh: Option<Instant>) {
-        self.expiry = expiry;
-        self.refresh = refresh;
+        self.expiry = self.offset(expiry);
+        self.refresh = self.offset_of(refresh);
+    }
+
+    /// When the idle timeout falls due.
+    fn idle_at(&self, idle_timeout: Duration) -> Offset {
+        let timeout = Offset::try_from(idle_timeout.as_nanos()).unwrap_or(NEVER);
+        self.last_frame.saturating_add(timeout).min(NEVER - 1)
     }
 
     /// When the timer should fire next: the next ping, or (when no command holds the
@@ -97,12 +132,13 @@ impl Timers {
     pub fn next(&self, idle_timeout: Duration, session_free: bool) -> Instant {
         let mut due = self.next_ping;
         if session_free {
-            due = due.min(self.last_frame + idle_timeout).min(self.expiry);
-            for at in [self.refresh, self.join_by].into_iter().flatten() {
-                due = due.min(at);
-            }
+            due = due
+                .min(self.idle_at(idle_timeout))
+                .min(self.expiry)
+                .min(self.refresh)
+                .min(self.join_by);
         }
-        due
+        self.instant(due)
     }
 
     /// What is due at `now`; a due ping moves the next one an interval on. The session's
@@ -114,19 +150,20 @@ impl Timers {
         idle_timeout: Duration,
         session_free: bool,
     ) -> Fired {
-        let ping = now >= self.next_ping;
+        let at = self.offset(now);
+        let ping = at >= self.next_ping;
         if ping {
-            self.next_ping = now + ping_interval;
+            self.next_ping = self.offset(now + ping_interval);
         }
         let due = if !session_free {
             None
-        } else if now >= self.expiry {
+        } else if at >= self.expiry {
             Some(Due::Expired)
-        } else if self.join_by.is_some_and(|at| now >= at) {
+        } else if at >= self.join_by {
             Some(Due::NoJoin)
-        } else if now >= self.last_frame + idle_timeout {
+        } else if at >= self.idle_at(idle_timeout) {
             Some(Due::Idle)
-        } else if self.refresh.is_some_and(|at| now >= at) {
+        } else if at >= self.refresh {
             Some(Due::Refresh)
         } else {
             None

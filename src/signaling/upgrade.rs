@@ -204,6 +204,7 @@ async fn accept(
         remote,
         held: (slot, ip_permit),
         frames,
+        opened: tokio::time::Instant::now(),
     });
     let grant = Box::new(Grant::from(claims));
     Ok(ws
