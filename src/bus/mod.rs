@@ -5,8 +5,8 @@ mod courier;
 mod memory;
 mod redis;
 
+use crate::net::websocket::Utf8Bytes;
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use tokio::sync::mpsc;
 
 pub use courier::{

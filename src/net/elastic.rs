@@ -12,7 +12,8 @@
 //! life.
 //!
 //! It also meters the client's WebSocket frames ([`super::frame_meter`]), since it is the
-//! one layer that sees each of them: tungstenite above it assembles fragments out of sight.
+//! one layer that sees each of them: the WebSocket layer above it assembles fragments out
+//! of sight.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -91,9 +92,9 @@ impl<S: Transport> ElasticStream<S> {
     }
 }
 
-/// Hands what is still gathered to the kernel, without waiting: tungstenite ends a close
-/// handshake the client began by writing its close reply and dropping the socket without
-/// a flush, and the reply must not be lost with the buffer.
+/// Hands what is still gathered to the kernel, without waiting: a connection may end
+/// with a close reply written and not flushed, and the reply must not be lost with the
+/// buffer.
 impl<S: Transport> Drop for ElasticStream<S> {
     fn drop(&mut self) {
         if !self.gathered.is_empty() {

@@ -1,13 +1,13 @@
-//! Counts the WebSocket frames a client sends, beneath tungstenite.
+//! Counts the WebSocket frames a client sends, beneath the WebSocket layer.
 //!
-//! tungstenite assembles a fragmented message out of sight: the connection sees one message
+//! The WebSocket layer ([`super::websocket`]) assembles a fragmented message out of sight: the connection sees one message
 //! however many continuation frames made it, so a client could send empty continuation
 //! frames for ever and never be counted. The meter watches the bytes the client sends, from
 //! the server's `101` on, reads each frame's header (the payload is skipped, never kept)
 //! and stops the stream when a message takes more than [`MAX_FRAGMENTS`] frames. It adds
 //! every continuation frame to the connection's [`FrameTally`], which the connection
 //! charges against its message rate with the message they belong to: a frame is a frame,
-//! whether tungstenite hands it up or folds it into a message.
+//! whether the WebSocket layer hands it up or folds it into a message.
 //!
 //! It keeps a few dozen bytes of state per connection and allocates nothing. It knows
 //! HTTP/1.1 upgrades only: the server is built without axum's `http2` feature, and a
@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub const MAX_FRAGMENTS: u16 = 64;
 
 /// Continuation frames a client sent that no one has charged yet, shared by the meter
-/// (beneath tungstenite) and the connection (above it).
+/// (beneath the WebSocket layer) and the connection (above it).
 #[derive(Debug, Clone, Default)]
 pub struct FrameTally(Arc<AtomicU32>);
 
@@ -221,7 +221,7 @@ impl FrameParser {
         self.have = 0;
         self.skip = length.saturating_add(mask);
         // Anything else malformed (a continuation with nothing to continue, a reserved
-        // opcode, a fragmented control frame) is tungstenite's to refuse.
+        // opcode, a fragmented control frame) is the WebSocket layer's to refuse.
         match opcode {
             // Continuation.
             0 if self.fragments > 0 => {

@@ -9,6 +9,7 @@ pub mod fetch;
 mod frame_meter;
 mod pending;
 mod tls;
+pub mod websocket;
 
 pub use accept::{Deadlines, listen, serve};
 pub use elastic::{ElasticStream, Transport};

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, Utf8Bytes};
+use crate::net::websocket::{Message, Utf8Bytes, WsError};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -126,7 +126,7 @@ impl Connection {
     pub(super) fn refuse_over_limit(
         &self,
         session: &Session,
-        frame: Option<&Result<Message, axum::Error>>,
+        frame: Option<&Result<Message, WsError>>,
     ) {
         self.hub.metrics().rate_limited.inc();
         let text = match frame {

@@ -10,7 +10,7 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use crate::net::websocket::{Message, Utf8Bytes, WebSocket, WsError};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -45,12 +45,9 @@ pub(super) struct Link<'c> {
     unflushed: Vec<Outbound>,
     /// The socket's buffer holds something to flush.
     dirty: bool,
-    /// Pongs tungstenite queued (it answers every ping by itself) since the socket last
-    /// confirmed a flush. They count against the outbound queue's room, so a client that
-    /// pings without reading is closed as a slow consumer. Counted here rather than
-    /// bounded by tungstenite's `max_write_buffer_size`: past that bound it keeps only the
-    /// latest pong, silently, so the client is never closed, and the bound would also
-    /// refuse the server's own largest frames (a `joined` listing a large room).
+    /// Pings the socket owes a pong since it last confirmed a flush (it answers pings by
+    /// itself, the latest one with the next flush). They count against the outbound
+    /// queue's room, so a client that pings without reading is closed as a slow consumer.
     owed: u32,
     writer: Writer,
     ping_due: bool,
@@ -177,12 +174,12 @@ impl<'c> Link<'c> {
     }
 
     /// Handles one read result; `Some` ends reading.
-    fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Option<LeaveReason> {
+    fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Option<LeaveReason> {
         let now = Instant::now();
         self.timers.heard(now);
         let conn = self.conn;
         let session = self.session.as_mut()?;
-        // Every frame counts, control frames and empty ones alike: those tungstenite hands
+        // Every frame counts, control frames and empty ones alike: those the socket hands
         // up here, and the continuation frames it folded into a message, which the meter
         // beneath it tallied (`net::FrameViolation` bounds them per message too).
         if let Some(Ok(message)) = &frame
@@ -443,18 +440,15 @@ impl Future for Link<'_> {
 
 /// The close code and reason for a read that failed because of what the client sent;
 /// `None` when the connection itself failed (a network loss, resumable).
-fn refusal(e: axum::Error) -> Option<(u16, &'static str)> {
-    use tungstenite::error::ProtocolError;
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>()? {
-        tungstenite::Error::Capacity(_) => Some((close::TOO_BIG, "message too big")),
-        tungstenite::Error::Utf8(_) => Some((close::INVALID_DATA, "text is not UTF-8")),
-        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        tungstenite::Error::Protocol(_) => Some((close::PROTOCOL, "malformed frame")),
-        tungstenite::Error::Io(io) => match io.get_ref()?.downcast_ref::<FrameViolation>()? {
+fn refusal(e: WsError) -> Option<(u16, &'static str)> {
+    match e {
+        WsError::TooBig => Some((close::TOO_BIG, "message too big")),
+        WsError::Utf8 => Some((close::INVALID_DATA, "text is not UTF-8")),
+        WsError::Protocol(_) => Some((close::PROTOCOL, "malformed frame")),
+        WsError::Io(io) => match io.get_ref()?.downcast_ref::<FrameViolation>()? {
             FrameViolation::TooManyFragments => Some((close::TOO_BIG, "too many fragments")),
             FrameViolation::EarlyData => Some((close::PROTOCOL, "data before the handshake")),
         },
-        _ => None,
+        WsError::Closed => None,
     }
 }

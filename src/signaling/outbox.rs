@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use axum::extract::ws::Utf8Bytes;
+use crate::net::websocket::Utf8Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -540,7 +540,7 @@ impl Outgoing<'_> {
     }
 
     /// The JSON text frame.
-    pub fn to_frame(&self) -> axum::extract::ws::Utf8Bytes {
+    pub fn to_frame(&self) -> crate::net::websocket::Utf8Bytes {
         if let Some(frame) = self.relay_frame() {
             return frame.into();
         }

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{ConnectInfo, Extension, FromRef, RawQuery, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Extension, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -18,17 +17,13 @@ use super::connection::{self, Connection, ConnectionLimits};
 use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
 use crate::error::{ApiError, sentence};
 use crate::net::FrameTally;
+use crate::net::websocket::{NotWebSocket, Upgrade};
 use crate::resilience::{
     ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip, via_trusted_proxy,
 };
 
 /// The subprotocol the server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
-/// Bytes tungstenite reads at a time and keeps as its buffer for the connection's life.
-/// Small, because an idle connection keeps it; the socket below it takes each burst from
-/// the kernel at once, so a larger frame costs copies, not system calls.
-const READ_BUFFER_BYTES: usize = 128;
-
 /// Length of a decoded `Sec-WebSocket-Key` (RFC 6455 §4.1).
 const KEY_BYTES: usize = 16;
 
@@ -82,7 +77,7 @@ async fn upgrade(
     frames: Option<Extension<FrameTally>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotWebSocket>,
 ) -> Response {
     let frames = frames.map(|Extension(tally)| tally);
     match accept(&state, remote, frames, &headers, query.as_deref(), ws).await {
@@ -100,7 +95,7 @@ async fn accept(
     frames: Option<FrameTally>,
     headers: &HeaderMap,
     query: Option<&str>,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    ws: Result<Upgrade, NotWebSocket>,
 ) -> Result<Response, (&'static str, ApiError)> {
     // Malformed requests first: they cost nothing to spot and never become connections.
     check_handshake(headers).map_err(|e| ("bad_handshake", e))?;
@@ -185,16 +180,7 @@ async fn accept(
                 .recheck_revocation(&claims.session_id, &claims.peer_id(), claims.exp);
         }
     }
-    let ws = ws.map_err(|_| {
-        (
-            "not_websocket",
-            ApiError::new(
-                StatusCode::UPGRADE_REQUIRED,
-                "upgrade_required",
-                "This endpoint speaks WebSocket only; send an Upgrade: websocket request.",
-            ),
-        )
-    })?;
+    let ws = ws.map_err(|e| ("not_websocket", e.error()))?;
     // Boxed: the connection's task keeps what it is given for the connection's life.
     let connection = Box::new(Connection {
         hub: state.hub.clone(),
@@ -207,25 +193,12 @@ async fn accept(
         opened: tokio::time::Instant::now(),
     });
     let grant = Box::new(Grant::from(claims));
+    // A task of its own rather than the upgrade's: that one keeps what the upgrade needed
+    // beside the connection's state for the connection's whole life.
     Ok(ws
-        .protocols([SUBPROTOCOL])
-        // tungstenite zero-fills its whole read buffer before every read and keeps it for
-        // the connection's life: the 128 KiB default cost most of the CPU per relayed
-        // message and ~130 KiB per idle connection. Frames larger than this still arrive
-        // whole, in several reads (served from `net::ElasticStream`'s burst).
-        .read_buffer_size(READ_BUFFER_BYTES)
-        // Each frame goes straight down to the socket, which gathers a batch until the
-        // flush and frees it after: tungstenite's own buffer would keep the size of the
-        // largest batch for the connection's life.
-        .write_buffer_size(0)
-        .max_message_size(state.max_message_bytes)
-        .max_frame_size(state.max_message_bytes)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        // A task of its own rather than axum's upgrade task: that one keeps the upgrade's
-        // settings beside the connection's state for the connection's whole life.
-        .on_upgrade(move |socket| {
+        .protocol(SUBPROTOCOL)
+        .respond(state.max_message_bytes, move |socket| {
             tokio::spawn(connection::run(socket, connection, grant));
-            std::future::ready(())
         }))
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use crate::net::websocket::Utf8Bytes;
 use tokio::sync::oneshot;
 
 use super::membership::participants;

@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use crate::net::websocket::Utf8Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 

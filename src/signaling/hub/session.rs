@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
+use crate::net::websocket::Utf8Bytes;
 use tokio::sync::oneshot;
 
 use super::table::PeerSlot;

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use crate::net::websocket::Utf8Bytes;
 
 use super::{RelayError, Route};
 use crate::identifier;

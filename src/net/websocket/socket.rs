@@ -1,0 +1,587 @@
+//! One server-side WebSocket: the client's messages as a [`Stream`], frames to it as a
+//! [`Sink`].
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use futures_util::{Sink, Stream};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame::{self, Head, MAX_CLIENT_HEAD, MAX_SERVER_HEAD};
+use super::{CloseFrame, Message, Utf8Bytes, WsError};
+
+/// A WebSocket over an upgraded HTTP connection (or any byte stream, for tests).
+///
+/// It keeps no buffer between messages: a frame's payload is allocated at its final size
+/// once its header arrives, and a frame to send is written from the message's own bytes.
+pub struct WebSocket<S = TokioIo<Upgraded>> {
+    io: S,
+    max_message: usize,
+    /// Bytes read beyond the last frame: the next header, and perhaps more.
+    ahead: [u8; MAX_CLIENT_HEAD],
+    ahead_len: u8,
+    /// The client's close frame arrived.
+    peer_closed: bool,
+    /// The server's close frame was handed to [`Sink::start_send`].
+    closed_by_us: bool,
+    /// Reading is over: the stream ended, failed or finished the closing handshake.
+    read_ended: bool,
+    /// The frame whose payload is arriving.
+    reading: Option<Frame>,
+    /// A message whose later fragments are still to come: its opcode and bytes so far.
+    partial: Option<(u8, Vec<u8>)>,
+    /// The pong to the client's latest ping, or the reply to its close: written before
+    /// anything else, at the next write or flush.
+    owed: Option<Outgoing>,
+    /// The frame [`Sink::start_send`] was given, until it is written.
+    queued: Option<Outgoing>,
+}
+
+/// A client frame: its header and its payload (all of it allocated, `filled` of it read).
+struct Frame {
+    head: Head,
+    payload: Vec<u8>,
+    filled: usize,
+}
+
+/// A frame on its way to the client.
+struct Outgoing {
+    head: [u8; MAX_SERVER_HEAD],
+    head_len: u8,
+    payload: Bytes,
+    /// Bytes of head and payload written so far.
+    written: usize,
+}
+
+impl Outgoing {
+    fn new(opcode: u8, payload: Bytes) -> Self {
+        let (head, head_len) = frame::server_head(opcode, payload.len());
+        Self {
+            head,
+            head_len,
+            payload,
+            written: 0,
+        }
+    }
+
+    fn close(frame: Option<&CloseFrame>) -> Self {
+        let payload = match frame {
+            Some(f) => {
+                let mut bytes = Vec::with_capacity(2 + f.reason.len());
+                bytes.extend_from_slice(&f.code.to_be_bytes());
+                bytes.extend_from_slice(f.reason.as_bytes());
+                Bytes::from(bytes)
+            }
+            None => Bytes::new(),
+        };
+        Self::new(frame::CLOSE, payload)
+    }
+
+    /// Writes what is left of the frame, as far as `io` takes it.
+    fn poll_write(
+        &mut self,
+        io: &mut (impl AsyncWrite + Unpin),
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        let head_len = usize::from(self.head_len);
+        while self.written < head_len + self.payload.len() {
+            let n = if self.written < head_len {
+                let bufs = [
+                    IoSlice::new(&self.head[self.written..head_len]),
+                    IoSlice::new(&self.payload),
+                ];
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?
+            } else {
+                let rest = &self.payload[self.written - head_len..];
+                ready!(Pin::new(&mut *io).poll_write(cx, rest))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
+    /// A WebSocket whose handshake is done, taking messages of up to `max_message` bytes.
+    pub fn new(io: S, max_message: usize) -> Self {
+        Self {
+            io,
+            max_message,
+            ahead: [0; MAX_CLIENT_HEAD],
+            ahead_len: 0,
+            peer_closed: false,
+            closed_by_us: false,
+            read_ended: false,
+            reading: None,
+            partial: None,
+            owed: None,
+            queued: None,
+        }
+    }
+
+    /// Reads the next whole frame, its payload unmasked; `None` at the end of the stream.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WsError>> {
+        loop {
+            if let Some(frame) = &mut self.reading {
+                if frame.filled < frame.payload.len() {
+                    let mut buf = ReadBuf::new(&mut frame.payload[frame.filled..]);
+                    ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+                    match buf.filled().len() {
+                        0 => return Poll::Ready(Ok(None)),
+                        n => frame.filled += n,
+                    }
+                    continue;
+                }
+                let mut frame = self.reading.take().expect("a frame is being read");
+                frame::unmask(&mut frame.payload, frame.head.mask);
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            let ahead_len = usize::from(self.ahead_len);
+            match Head::parse(&self.ahead[..ahead_len])? {
+                Some(head) => self.begin(head)?,
+                None => {
+                    let mut buf = ReadBuf::new(&mut self.ahead[ahead_len..]);
+                    ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+                    match buf.filled().len() {
+                        0 => return Poll::Ready(Ok(None)),
+                        n => self.ahead_len += n as u8,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts reading the payload of the frame `head` announces, with the bytes of it
+    /// already read.
+    fn begin(&mut self, head: Head) -> Result<(), WsError> {
+        let so_far = match (&self.partial, head.is_control()) {
+            (Some((_, bytes)), false) => bytes.len() as u64,
+            _ => 0,
+        };
+        if so_far.saturating_add(head.len) > self.max_message as u64 {
+            return Err(WsError::TooBig);
+        }
+        let mut payload = vec![0; head.len as usize];
+        let ahead_len = usize::from(self.ahead_len);
+        let here = (ahead_len - head.size).min(payload.len());
+        payload[..here].copy_from_slice(&self.ahead[head.size..head.size + here]);
+        self.ahead.copy_within(head.size + here..ahead_len, 0);
+        self.ahead_len = (ahead_len - head.size - here) as u8;
+        self.reading = Some(Frame {
+            head,
+            payload,
+            filled: here,
+        });
+        Ok(())
+    }
+
+    /// What a whole frame means: a message to hand up, or `None` for a fragment of one.
+    fn on_frame(&mut self, Frame { head, payload, .. }: Frame) -> Result<Option<Message>, WsError> {
+        if self.peer_closed {
+            return Err(WsError::Protocol("a frame after the close frame"));
+        }
+        let message = match head.opcode {
+            frame::PING => {
+                let payload = Bytes::from(payload);
+                // No pong once the server has said goodbye.
+                if !self.closed_by_us {
+                    self.owed = Some(Outgoing::new(frame::PONG, payload.clone()));
+                }
+                Message::Ping(payload)
+            }
+            frame::PONG => Message::Pong(Bytes::from(payload)),
+            frame::CLOSE => return self.on_close(payload).map(Some),
+            frame::CONTINUATION => {
+                let Some((_, bytes)) = self.partial.as_mut() else {
+                    return Err(WsError::Protocol("a continuation frame starts no message"));
+                };
+                bytes.extend_from_slice(&payload);
+                if !head.fin {
+                    return Ok(None);
+                }
+                let (opcode, bytes) = self.partial.take().expect("a message is in fragments");
+                data_message(opcode, bytes)?
+            }
+            opcode => {
+                if self.partial.is_some() {
+                    return Err(WsError::Protocol(
+                        "a new message began before the last one ended",
+                    ));
+                }
+                if !head.fin {
+                    self.partial = Some((opcode, payload));
+                    return Ok(None);
+                }
+                data_message(opcode, payload)?
+            }
+        };
+        Ok(Some(message))
+    }
+
+    /// The client's close frame: answered with the same code (or with 1002 for a code no
+    /// endpoint may send), unless it answers the server's.
+    fn on_close(&mut self, payload: Vec<u8>) -> Result<Message, WsError> {
+        let frame = match payload.len() {
+            0 => None,
+            1 => return Err(WsError::Protocol("a close frame's code is one byte long")),
+            _ => {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                let reason = Utf8Bytes::try_from(Bytes::from(payload).slice(2..))
+                    .map_err(|_| WsError::Utf8)?;
+                Some(CloseFrame { code, reason })
+            }
+        };
+        let frame = frame.map(|f| match frame::close_code_allowed(f.code) {
+            true => f,
+            false => CloseFrame {
+                code: super::PROTOCOL_ERROR,
+                reason: Utf8Bytes::from_static("Protocol violation"),
+            },
+        });
+        self.peer_closed = true;
+        if !self.closed_by_us {
+            self.owed = Some(Outgoing::close(frame.as_ref()));
+        }
+        Ok(Message::Close(frame))
+    }
+
+    /// Writes the owed control frame and the queued one, as far as the stream takes them.
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        for slot in [&mut self.owed, &mut self.queued] {
+            if let Some(out) = slot {
+                ready!(out.poll_write(&mut self.io, cx))?;
+                *slot = None;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// A whole text or binary message.
+fn data_message(opcode: u8, bytes: Vec<u8>) -> Result<Message, WsError> {
+    let bytes = Bytes::from(bytes);
+    match opcode {
+        frame::TEXT => Utf8Bytes::try_from(bytes)
+            .map(Message::Text)
+            .map_err(|_| WsError::Utf8),
+        _ => Ok(Message::Binary(bytes)),
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
+    type Item = Result<Message, WsError>;
+
+    /// The client's next message; `None` once the stream ended or the closing handshake
+    /// is complete. An error ends reading too.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.read_ended {
+                return Poll::Ready(None);
+            }
+            let read = ready!(this.poll_frame(cx))
+                .and_then(|frame| frame.map(|frame| this.on_frame(frame)).transpose());
+            match read {
+                Ok(Some(None)) => {}
+                Ok(Some(Some(message))) => {
+                    this.read_ended = this.peer_closed && this.closed_by_us;
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Ok(None) => {
+                    this.read_ended = true;
+                    return Poll::Ready(None);
+                }
+                Err(e) => {
+                    this.read_ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WebSocket<S> {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        Poll::Ready(Ok(ready!(self.get_mut().poll_write_pending(cx))?))
+    }
+
+    /// Queues `message`. Once either side has sent its close frame, a further close is
+    /// a no-op and anything else an error.
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        let this = self.get_mut();
+        if this.peer_closed || this.closed_by_us {
+            return match message {
+                Message::Close(_) => Ok(()),
+                _ => Err(WsError::Closed),
+            };
+        }
+        let out = match message {
+            Message::Text(text) => Outgoing::new(frame::TEXT, Bytes::from(text)),
+            Message::Binary(bytes) => Outgoing::new(frame::BINARY, bytes),
+            Message::Ping(bytes) => Outgoing::new(frame::PING, bytes),
+            Message::Pong(bytes) => Outgoing::new(frame::PONG, bytes),
+            Message::Close(frame) => {
+                this.closed_by_us = true;
+                Outgoing::close(frame.as_ref())
+            }
+        };
+        debug_assert!(this.queued.is_none(), "start_send without poll_ready");
+        this.queued = Some(out);
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_pending(cx))?;
+        Poll::Ready(Ok(ready!(Pin::new(&mut this.io).poll_flush(cx))?))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_pending(cx))?;
+        Poll::Ready(Ok(ready!(Pin::new(&mut this.io).poll_shutdown(cx))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+    /// A client frame as it arrives on the wire.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![u8::from(fin) << 7 | opcode];
+        match payload.len() {
+            n if n < 126 => bytes.push(0x80 | n as u8),
+            n if n <= 0xFFFF => {
+                bytes.push(0x80 | 126);
+                bytes.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                bytes.push(0x80 | 127);
+                bytes.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        bytes.extend_from_slice(&MASK);
+        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+        bytes
+    }
+
+    fn socket(max_message: usize) -> (WebSocket<DuplexStream>, DuplexStream) {
+        let (server, client) = duplex(1 << 20);
+        (WebSocket::new(server, max_message), client)
+    }
+
+    /// Reads what the server wrote so far (the client side is never closed here).
+    async fn written(client: &mut DuplexStream) -> Vec<u8> {
+        let mut bytes = vec![0; 1 << 16];
+        let n = client.read(&mut bytes).await.unwrap();
+        bytes.truncate(n);
+        bytes
+    }
+
+    fn text(s: &str) -> Message {
+        Message::Text(Utf8Bytes::from(s))
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_however_the_bytes_are_split() {
+        let (mut ws, mut client) = socket(1 << 16);
+        let offer = "o".repeat(2048);
+        let mut wire = client_frame(true, frame::TEXT, offer.as_bytes());
+        wire.extend(client_frame(true, frame::TEXT, b"{}"));
+        wire.extend(client_frame(true, frame::BINARY, b""));
+        // Byte by byte for the first frame, then the rest (two frames) in one write.
+        for byte in &wire[..2056] {
+            client.write_all(&[*byte]).await.unwrap();
+        }
+        client.write_all(&wire[2056..]).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), text(&offer));
+        assert_eq!(ws.next().await.unwrap().unwrap(), text("{}"));
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Binary(Bytes::new())
+        );
+        drop(client);
+        assert!(ws.next().await.is_none(), "the end of the stream ends it");
+    }
+
+    #[tokio::test]
+    async fn fragments_make_one_message_and_a_ping_between_them_is_answered() {
+        let (mut ws, mut client) = socket(1 << 16);
+        let mut wire = client_frame(false, frame::TEXT, b"hel");
+        wire.extend(client_frame(true, frame::PING, b"p1"));
+        wire.extend(client_frame(false, frame::CONTINUATION, b"lo "));
+        wire.extend(client_frame(true, frame::CONTINUATION, "wörld".as_bytes()));
+        client.write_all(&wire).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Ping(Bytes::from_static(b"p1"))
+        );
+        assert_eq!(ws.next().await.unwrap().unwrap(), text("hello wörld"));
+        // The pong goes out with the next flush, unmasked.
+        ws.flush().await.unwrap();
+        assert_eq!(written(&mut client).await, [0x8A, 2, b'p', b'1']);
+    }
+
+    #[tokio::test]
+    async fn only_the_latest_ping_is_answered_and_before_the_next_frame() {
+        let (mut ws, mut client) = socket(1 << 16);
+        let mut wire = client_frame(true, frame::PING, b"a");
+        wire.extend(client_frame(true, frame::PING, b"b"));
+        client.write_all(&wire).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        ws.next().await.unwrap().unwrap();
+        ws.send(text("x")).await.unwrap();
+        assert_eq!(written(&mut client).await, [0x8A, 1, b'b', 0x81, 1, b'x']);
+    }
+
+    #[tokio::test]
+    async fn a_frame_longer_than_a_message_may_be_is_refused_before_its_payload() {
+        let (mut ws, mut client) = socket(100);
+        // Only the header is sent: the refusal must not wait for (or allocate) 1 MB.
+        let wire = client_frame(true, frame::TEXT, &vec![b'a'; 1 << 20]);
+        client.write_all(&wire[..14]).await.unwrap();
+        assert!(matches!(ws.next().await, Some(Err(WsError::TooBig))));
+        assert!(ws.next().await.is_none(), "an error ends reading");
+
+        let (mut ws, mut client) = socket(100);
+        let mut wire = client_frame(false, frame::TEXT, &[b'a'; 60]);
+        wire.extend(client_frame(true, frame::CONTINUATION, &[b'a'; 60]));
+        client.write_all(&wire).await.unwrap();
+        assert!(matches!(ws.next().await, Some(Err(WsError::TooBig))));
+    }
+
+    #[tokio::test]
+    async fn broken_sequences_and_bad_text_are_refused() {
+        type Expected = fn(&WsError) -> bool;
+        let protocol: Expected = |e| matches!(e, WsError::Protocol(_));
+        let utf8: Expected = |e| matches!(e, WsError::Utf8);
+        let cases = [
+            (
+                "a continuation with nothing to continue",
+                client_frame(true, frame::CONTINUATION, b"x"),
+                protocol,
+            ),
+            (
+                "a new message inside a fragmented one",
+                [
+                    client_frame(false, frame::TEXT, b"a"),
+                    client_frame(true, frame::TEXT, b"b"),
+                ]
+                .concat(),
+                protocol,
+            ),
+            (
+                "text that is not UTF-8",
+                client_frame(true, frame::TEXT, &[0xC3, 0x28]),
+                utf8,
+            ),
+            (
+                "a close code of one byte",
+                client_frame(true, frame::CLOSE, &[3]),
+                protocol,
+            ),
+            (
+                "a close reason that is not UTF-8",
+                client_frame(true, frame::CLOSE, &[3, 232, 0xFF]),
+                utf8,
+            ),
+        ];
+        for (what, wire, expected) in cases {
+            let (mut ws, mut client) = socket(1 << 16);
+            client.write_all(&wire).await.unwrap();
+            match ws.next().await {
+                Some(Err(e)) if expected(&e) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_close_is_echoed_and_then_nothing_else_is_sent() {
+        let (mut ws, mut client) = socket(1 << 16);
+        let mut payload = 4000u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"bye");
+        client
+            .write_all(&client_frame(true, frame::CLOSE, &payload))
+            .await
+            .unwrap();
+        let expected = CloseFrame {
+            code: 4000,
+            reason: "bye".into(),
+        };
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Close(Some(expected.clone()))
+        );
+        assert!(matches!(ws.send(text("late")).await, Err(WsError::Closed)));
+        // The server's own close is then a no-op; the flush sends the echo.
+        ws.send(Message::Close(None)).await.unwrap();
+        assert_eq!(
+            written(&mut client).await,
+            [0x88, 5, 0x0F, 0xA0, b'b', b'y', b'e']
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_code_no_endpoint_may_send_is_answered_with_1002() {
+        let (mut ws, mut client) = socket(1 << 16);
+        client
+            .write_all(&client_frame(true, frame::CLOSE, &1005u16.to_be_bytes()))
+            .await
+            .unwrap();
+        let Some(Ok(Message::Close(Some(frame)))) = ws.next().await else {
+            panic!("a close frame");
+        };
+        assert_eq!(frame.code, 1002);
+        ws.flush().await.unwrap();
+        let answer = written(&mut client).await;
+        assert_eq!(&answer[..4], &[0x88, 20, 0x03, 0xEA]);
+    }
+
+    #[tokio::test]
+    async fn after_the_servers_close_reading_ends_with_the_clients_reply() {
+        let (mut ws, mut client) = socket(1 << 16);
+        ws.send(Message::Close(Some(CloseFrame {
+            code: 1012,
+            reason: "restart".into(),
+        })))
+        .await
+        .unwrap();
+        assert_eq!(written(&mut client).await[..4], [0x88, 9, 0x03, 0xF4]);
+        assert!(matches!(ws.send(text("late")).await, Err(WsError::Closed)));
+        // What the client sent before it saw the close is still read, then its reply;
+        // a ping meanwhile is not answered.
+        let mut wire = client_frame(true, frame::TEXT, b"{}");
+        wire.extend(client_frame(true, frame::PING, b""));
+        wire.extend(client_frame(true, frame::CLOSE, &1012u16.to_be_bytes()));
+        client.write_all(&wire).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), text("{}"));
+        assert!(matches!(ws.next().await, Some(Ok(Message::Ping(_)))));
+        assert!(matches!(ws.next().await, Some(Ok(Message::Close(Some(_))))));
+        assert!(
+            ws.next().await.is_none(),
+            "the closing handshake is complete"
+        );
+        ws.flush().await.unwrap();
+        drop(ws);
+        assert!(
+            written(&mut client).await.is_empty(),
+            "no pong, no second close"
+        );
+    }
+}
