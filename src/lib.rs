@@ -27,8 +27,8 @@
 //! - [`identifier`]: user and room id rules, and the shared copy of an id.
 //! - [`room`]: room vocabulary the protocol and the bus share (why a peer left).
 //! - [`resilience`]: circuit breaker, rate limits, connection caps, load shedding.
-//! - [`net`]: the accept loop (a deadline per phase, pending connections capped) and
-//!   client sockets that hold no read or write buffer while idle.
+//! - [`net`]: the accept loop (a deadline per phase, pending connections capped), client
+//!   sockets that hold no read or write buffer while idle, and the WebSocket over them.
 //! - [`fd_limit`]: the open-file limit that bounds a node's connections.
 //! - [`telemetry`]: logs, the redacting access log, Prometheus metrics.
 //! - [`redis`]: the Redis client shared by the store and the bus (topology, timeouts, keys).

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::elastic::{ElasticStream, Transport};
-use super::frame_meter::FrameTally;
 use super::pending::{Pending, Shed, Ticket};
 use super::tls::TlsAcceptor;
 use crate::telemetry::Metrics;
@@ -186,14 +185,11 @@ impl Connection {
     }
 
     async fn http<S: Transport + Send + 'static>(mut self, stream: S) {
-        let tally = FrameTally::default();
-        let io = TokioIo::new(ElasticStream::new(stream, tally.clone()));
+        let io = TokioIo::new(ElasticStream::new(stream));
         let remote = self.remote;
         let router = self.router.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
-            // The WebSocket this request may become charges its continuation frames.
-            request.extensions_mut().insert(tally.clone());
             // A router is always ready, and its clone is a reference count.
             router.clone().call(request)
         });

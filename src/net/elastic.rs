@@ -10,10 +10,6 @@
 //! batch-sized buffer after a burst. Hand-rolled because buffered readers and writers
 //! (`tokio::io::BufReader`, `BufWriter` and the like) keep their buffer for the stream's
 //! life.
-//!
-//! It also meters the client's WebSocket frames ([`super::frame_meter`]), since it is the
-//! one layer that sees each of them: the WebSocket layer above it assembles fragments out
-//! of sight.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -22,8 +18,6 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-use super::frame_meter::{FrameTally, FrameViolation, Meter};
 
 /// Most bytes taken from the kernel in one read: a whole 2 KB offer with room to spare.
 const BURST_BYTES: usize = 16 * 1024;
@@ -52,22 +46,16 @@ pub struct ElasticStream<S: Transport = TcpStream> {
     taken: usize,
     /// Bytes written but not handed to the kernel yet; empty (unallocated) once flushed.
     gathered: Vec<u8>,
-    /// The client's frames, counted as they are handed up.
-    meter: Meter,
-    /// Where the meter leaves continuation frames for the connection to charge.
-    tally: FrameTally,
 }
 
 impl<S: Transport> ElasticStream<S> {
-    /// Wraps an accepted stream whose continuation frames go to `tally`.
-    pub fn new(tcp: S, tally: FrameTally) -> Self {
+    /// Wraps an accepted stream.
+    pub fn new(tcp: S) -> Self {
         Self {
             tcp,
             rest: Vec::new(),
             taken: 0,
             gathered: Vec::new(),
-            meter: Meter::default(),
-            tally,
         }
     }
 
@@ -104,71 +92,40 @@ impl<S: Transport> Drop for ElasticStream<S> {
 }
 
 impl<S: Transport> AsyncRead for ElasticStream<S> {
+    /// Reads the rest of the last burst, or a new burst from the kernel.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(violation) = this.meter.stopped() {
-            return Poll::Ready(Err(refused(violation)));
-        }
-        let before = buf.filled().len();
-        ready!(this.poll_read_unmetered(cx, buf))?;
-        if let Err(violation) = this.meter.received(&buf.filled()[before..]) {
-            // What broke the rule is not handed up; the stream is done for.
-            buf.set_filled(before);
-            this.rest = Vec::new();
-            this.taken = 0;
-            return Poll::Ready(Err(refused(violation)));
-        }
-        let continuations = this.meter.take_continuations();
-        if continuations > 0 {
-            this.tally.add(continuations);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<S: Transport> ElasticStream<S> {
-    /// Reads the rest of the last burst, or a new burst from the kernel.
-    fn poll_read_unmetered(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
-        if self.taken < self.rest.len() {
-            let n = (self.rest.len() - self.taken).min(buf.remaining());
-            buf.put_slice(&self.rest[self.taken..self.taken + n]);
-            self.taken += n;
-            if self.taken == self.rest.len() {
-                self.rest = Vec::new();
-                self.taken = 0;
+        if this.taken < this.rest.len() {
+            let n = (this.rest.len() - this.taken).min(buf.remaining());
+            buf.put_slice(&this.rest[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.rest.len() {
+                this.rest = Vec::new();
+                this.taken = 0;
             }
             return Poll::Ready(Ok(()));
         }
         if buf.remaining() >= BURST_BYTES {
-            return Pin::new(&mut self.tcp).poll_read(cx, buf);
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
         }
         let mut landing = [MaybeUninit::<u8>::uninit(); BURST_BYTES];
         let mut landing = ReadBuf::uninit(&mut landing);
-        ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut landing))?;
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut landing))?;
         let received = landing.filled();
         let n = received.len().min(buf.remaining());
         buf.put_slice(&received[..n]);
         if n < received.len() {
-            self.rest = received[n..].to_vec();
+            this.rest = received[n..].to_vec();
         }
         Poll::Ready(Ok(()))
     }
-}
-
-/// The read error a metered violation becomes; the connection finds the violation in it.
-fn refused(violation: FrameViolation) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, violation)
 }
 
 impl<S: Transport> AsyncWrite for ElasticStream<S> {
@@ -186,9 +143,6 @@ impl<S: Transport> AsyncWrite for ElasticStream<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-            this.meter.writing(first);
-        }
         if this.gathered.len() >= GATHER_BYTES {
             ready!(this.poll_write_gathered(cx))?;
         }
@@ -230,10 +184,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
-        (
-            ElasticStream::new(accepted.unwrap().0, FrameTally::default()),
-            client.unwrap(),
-        )
+        (ElasticStream::new(accepted.unwrap().0), client.unwrap())
     }
 
     #[tokio::test]

@@ -18,7 +18,6 @@ use super::protocol::{self, Command, ErrorCode, Metadata, Outgoing, close, metad
 use super::timers::refresh_wait;
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
-use crate::net::FrameTally;
 use crate::resilience::{ConnectionSlot, IpPermit, MessageLimit};
 
 /// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
@@ -74,9 +73,6 @@ pub struct Connection {
     pub remote: SocketAddr,
     /// The node's connection slot and the client IP's, released when the connection ends.
     pub held: (ConnectionSlot, IpPermit),
-    /// Continuation frames the client sent, charged against its message rate; `None` when
-    /// the router is served by something other than [`crate::net::serve`].
-    pub frames: Option<FrameTally>,
     /// When the upgrade was granted, for the closing log line's duration.
     pub opened: tokio::time::Instant,
 }

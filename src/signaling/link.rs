@@ -18,7 +18,6 @@ use super::commands::{Connection, Deferred, Session, deadline_of, send_error};
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use super::timers::{Due, Timers};
-use crate::net::{FrameTally, FrameViolation};
 use crate::resilience::{MessageLimiter, Verdict};
 
 /// Most queued frames written to the socket's buffer before it is flushed.
@@ -180,12 +179,12 @@ impl<'c> Link<'c> {
         let conn = self.conn;
         let session = self.session.as_mut()?;
         // Every frame counts, control frames and empty ones alike: those the socket hands
-        // up here, and the continuation frames it folded into a message, which the meter
-        // beneath it tallied (`net::FrameViolation` bounds them per message too).
+        // up here, and the continuation frames it folded into a message (at most
+        // `MAX_FRAGMENTS` per message).
         if let Some(Ok(message)) = &frame
             && !matches!(message, Message::Close(_))
         {
-            let folded = conn.frames.as_ref().map_or(0, FrameTally::take);
+            let folded = self.ws.take_continuations();
             match self
                 .limiter
                 .check_frames(&conn.limits.message_limit(), now, 1 + folded)
@@ -443,12 +442,10 @@ impl Future for Link<'_> {
 fn refusal(e: WsError) -> Option<(u16, &'static str)> {
     match e {
         WsError::TooBig => Some((close::TOO_BIG, "message too big")),
+        WsError::TooManyFragments => Some((close::TOO_BIG, "too many fragments")),
         WsError::Utf8 => Some((close::INVALID_DATA, "text is not UTF-8")),
         WsError::Protocol(_) => Some((close::PROTOCOL, "malformed frame")),
-        WsError::Io(io) => match io.get_ref()?.downcast_ref::<FrameViolation>()? {
-            FrameViolation::TooManyFragments => Some((close::TOO_BIG, "too many fragments")),
-            FrameViolation::EarlyData => Some((close::PROTOCOL, "data before the handshake")),
-        },
-        WsError::Closed => None,
+        WsError::EarlyData => Some((close::PROTOCOL, "data before the handshake")),
+        WsError::Io(_) | WsError::Closed => None,
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Extension, FromRef, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRef, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,7 +16,6 @@ use super::Hub;
 use super::connection::{self, Connection, ConnectionLimits};
 use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
 use crate::error::{ApiError, sentence};
-use crate::net::FrameTally;
 use crate::net::websocket::{NotWebSocket, Upgrade};
 use crate::resilience::{
     ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip, via_trusted_proxy,
@@ -74,13 +73,11 @@ where
 async fn upgrade(
     State(state): State<Arc<SignalingState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    frames: Option<Extension<FrameTally>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     ws: Result<Upgrade, NotWebSocket>,
 ) -> Response {
-    let frames = frames.map(|Extension(tally)| tally);
-    match accept(&state, remote, frames, &headers, query.as_deref(), ws).await {
+    match accept(&state, remote, &headers, query.as_deref(), ws).await {
         Ok(response) => response,
         Err((reason, e)) => {
             state.hub.metrics().refused(reason);
@@ -92,7 +89,6 @@ async fn upgrade(
 async fn accept(
     state: &SignalingState,
     remote: SocketAddr,
-    frames: Option<FrameTally>,
     headers: &HeaderMap,
     query: Option<&str>,
     ws: Result<Upgrade, NotWebSocket>,
@@ -189,7 +185,6 @@ async fn accept(
         limits: state.connection_limits.clone(),
         remote,
         held: (slot, ip_permit),
-        frames,
         opened: tokio::time::Instant::now(),
     });
     let grant = Box::new(Grant::from(claims));

@@ -36,11 +36,6 @@ pub struct Head {
 }
 
 impl Head {
-    /// A ping, pong or close frame.
-    pub fn is_control(&self) -> bool {
-        self.opcode & 0x8 != 0
-    }
-
     /// Reads a client frame's header from the start of `bytes`: `Ok(None)` while more
     /// bytes are needed, an error for a header no client may send (RFC 6455 §5.1–5.5).
     pub fn parse(bytes: &[u8]) -> Result<Option<Head>, WsError> {

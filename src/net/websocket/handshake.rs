@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use sha1::{Digest, Sha1};
 
 use super::WebSocket;
@@ -96,7 +95,7 @@ impl Upgrade {
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             match on_upgrade.await {
-                Ok(upgraded) => start(WebSocket::new(TokioIo::new(upgraded), max_message)),
+                Ok(upgraded) => start(WebSocket::upgraded(upgraded, max_message)),
                 Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
             }
         });

@@ -12,13 +12,18 @@
 mod frame;
 mod handshake;
 mod socket;
+mod stream;
 
 use bytes::Bytes;
 
 pub use handshake::{NotWebSocket, Upgrade};
 pub use socket::WebSocket;
+pub use stream::ClientStream;
 /// Text known to be UTF-8, shared without copying.
 pub use tungstenite::Utf8Bytes;
+
+/// Most frames one message may arrive in; the next one closes the connection (1009).
+pub const MAX_FRAGMENTS: u16 = 64;
 
 /// The close code for a frame that broke the protocol.
 const PROTOCOL_ERROR: u16 = 1002;
@@ -53,6 +58,13 @@ pub enum WsError {
     /// A message is over the node's limit (answered with 1009).
     #[error("a message is larger than this node accepts")]
     TooBig,
+    /// A message came in more than [`MAX_FRAGMENTS`] frames (answered with 1009).
+    #[error("a message arrived in more than {MAX_FRAGMENTS} fragments")]
+    TooManyFragments,
+    /// The client sent frames before the server's `101` (RFC 6455 §4.1 forbids it;
+    /// answered with 1002).
+    #[error("the client sent data before the handshake response")]
+    EarlyData,
     /// A message was sent after a close frame.
     #[error("the WebSocket is closing; no further message can be sent")]
     Closed,

@@ -8,17 +8,19 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::frame::{self, Head, MAX_CLIENT_HEAD, MAX_SERVER_HEAD};
-use super::{CloseFrame, Message, Utf8Bytes, WsError};
+use super::frame::{self, Head, MAX_CLIENT_HEAD};
+use super::stream::ClientStream;
+use super::{CloseFrame, MAX_FRAGMENTS, Message, Utf8Bytes, WsError};
 
-/// A WebSocket over an upgraded HTTP connection (or any byte stream, for tests).
+/// A WebSocket over an upgraded client connection (or any byte stream, for tests).
 ///
 /// It keeps no buffer between messages: a frame's payload is allocated at its final size
 /// once its header arrives, and a frame to send is written from the message's own bytes.
-pub struct WebSocket<S = TokioIo<Upgraded>> {
+/// What exists only meanwhile (a frame being read, a fragmented message, an owed pong)
+/// is boxed, so an idle connection carries none of its space.
+pub struct WebSocket<S = ClientStream> {
     io: S,
     max_message: usize,
     /// Bytes read beyond the last frame: the next header, and perhaps more.
@@ -30,13 +32,17 @@ pub struct WebSocket<S = TokioIo<Upgraded>> {
     closed_by_us: bool,
     /// Reading is over: the stream ended, failed or finished the closing handshake.
     read_ended: bool,
+    /// The client sent frames before it had the `101`; reading fails at once.
+    early_data: bool,
+    /// Continuation frames read since [`WebSocket::take_continuations`] last asked.
+    continuations: u32,
     /// The frame whose payload is arriving.
-    reading: Option<Frame>,
-    /// A message whose later fragments are still to come: its opcode and bytes so far.
-    partial: Option<(u8, Vec<u8>)>,
+    reading: Option<Box<Frame>>,
+    /// A message whose later fragments are still to come.
+    partial: Option<Box<Partial>>,
     /// The pong to the client's latest ping, or the reply to its close: written before
     /// anything else, at the next write or flush.
-    owed: Option<Outgoing>,
+    owed: Option<Box<Outgoing>>,
     /// The frame [`Sink::start_send`] was given, until it is written.
     queued: Option<Outgoing>,
 }
@@ -48,22 +54,28 @@ struct Frame {
     filled: usize,
 }
 
-/// A frame on its way to the client.
+/// A message that arrives in fragments.
+struct Partial {
+    opcode: u8,
+    /// Frames of it so far.
+    frames: u16,
+    bytes: Vec<u8>,
+}
+
+/// A frame on its way to the client. Its header is made again for each write attempt
+/// (a few instructions) rather than kept: two of these live in every connection.
 struct Outgoing {
-    head: [u8; MAX_SERVER_HEAD],
-    head_len: u8,
     payload: Bytes,
-    /// Bytes of head and payload written so far.
-    written: usize,
+    opcode: u8,
+    /// Bytes of header and payload written so far.
+    written: u32,
 }
 
 impl Outgoing {
     fn new(opcode: u8, payload: Bytes) -> Self {
-        let (head, head_len) = frame::server_head(opcode, payload.len());
         Self {
-            head,
-            head_len,
             payload,
+            opcode,
             written: 0,
         }
     }
@@ -87,24 +99,40 @@ impl Outgoing {
         io: &mut (impl AsyncWrite + Unpin),
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        let head_len = usize::from(self.head_len);
-        while self.written < head_len + self.payload.len() {
-            let n = if self.written < head_len {
+        let (head, head_len) = frame::server_head(self.opcode, self.payload.len());
+        let head_len = usize::from(head_len);
+        loop {
+            let written = self.written as usize;
+            if written >= head_len + self.payload.len() {
+                return Poll::Ready(Ok(()));
+            }
+            let n = if written < head_len {
                 let bufs = [
-                    IoSlice::new(&self.head[self.written..head_len]),
+                    IoSlice::new(&head[written..head_len]),
                     IoSlice::new(&self.payload),
                 ];
                 ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?
             } else {
-                let rest = &self.payload[self.written - head_len..];
+                let rest = &self.payload[written - head_len..];
                 ready!(Pin::new(&mut *io).poll_write(cx, rest))?
             };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.written += n;
+            // Frames are at most `MAX_MESSAGE_BYTES` (far below 4 GiB).
+            self.written += n as u32;
         }
-        Poll::Ready(Ok(()))
+    }
+}
+
+impl WebSocket {
+    /// The WebSocket over a connection whose `101` is out.
+    pub fn upgraded(upgraded: Upgraded, max_message: usize) -> Self {
+        let (io, early_data) = ClientStream::take(upgraded);
+        Self {
+            early_data,
+            ..Self::new(io, max_message)
+        }
     }
 }
 
@@ -119,6 +147,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             peer_closed: false,
             closed_by_us: false,
             read_ended: false,
+            early_data: false,
+            continuations: 0,
             reading: None,
             partial: None,
             owed: None,
@@ -126,8 +156,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// Continuation frames read since the last call: the connection charges them against
+    /// its message rate with the message they belong to (a frame is a frame, whether it
+    /// is handed up or folded into a message).
+    pub fn take_continuations(&mut self) -> u32 {
+        std::mem::take(&mut self.continuations)
+    }
+
     /// Reads the next whole frame, its payload unmasked; `None` at the end of the stream.
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, WsError>> {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Box<Frame>>, WsError>> {
         loop {
             if let Some(frame) = &mut self.reading {
                 if frame.filled < frame.payload.len() {
@@ -161,8 +198,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// Starts reading the payload of the frame `head` announces, with the bytes of it
     /// already read.
     fn begin(&mut self, head: Head) -> Result<(), WsError> {
-        let so_far = match (&self.partial, head.is_control()) {
-            (Some((_, bytes)), false) => bytes.len() as u64,
+        let so_far = match self.partial.as_deref_mut() {
+            Some(partial) if head.opcode == frame::CONTINUATION => {
+                partial.frames += 1;
+                if partial.frames > MAX_FRAGMENTS {
+                    return Err(WsError::TooManyFragments);
+                }
+                partial.bytes.len() as u64
+            }
             _ => 0,
         };
         if so_far.saturating_add(head.len) > self.max_message as u64 {
@@ -174,11 +217,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         payload[..here].copy_from_slice(&self.ahead[head.size..head.size + here]);
         self.ahead.copy_within(head.size + here..ahead_len, 0);
         self.ahead_len = (ahead_len - head.size - here) as u8;
-        self.reading = Some(Frame {
+        self.reading = Some(Box::new(Frame {
             head,
             payload,
             filled: here,
-        });
+        }));
         Ok(())
     }
 
@@ -192,21 +235,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                 let payload = Bytes::from(payload);
                 // No pong once the server has said goodbye.
                 if !self.closed_by_us {
-                    self.owed = Some(Outgoing::new(frame::PONG, payload.clone()));
+                    self.owed = Some(Box::new(Outgoing::new(frame::PONG, payload.clone())));
                 }
                 Message::Ping(payload)
             }
             frame::PONG => Message::Pong(Bytes::from(payload)),
             frame::CLOSE => return self.on_close(payload).map(Some),
             frame::CONTINUATION => {
-                let Some((_, bytes)) = self.partial.as_mut() else {
+                let Some(partial) = self.partial.as_deref_mut() else {
                     return Err(WsError::Protocol("a continuation frame starts no message"));
                 };
-                bytes.extend_from_slice(&payload);
+                self.continuations += 1;
+                partial.bytes.extend_from_slice(&payload);
                 if !head.fin {
                     return Ok(None);
                 }
-                let (opcode, bytes) = self.partial.take().expect("a message is in fragments");
+                let Partial { opcode, bytes, .. } =
+                    *self.partial.take().expect("a message is in fragments");
                 data_message(opcode, bytes)?
             }
             opcode => {
@@ -216,7 +261,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     ));
                 }
                 if !head.fin {
-                    self.partial = Some((opcode, payload));
+                    self.partial = Some(Box::new(Partial {
+                        opcode,
+                        frames: 1,
+                        bytes: payload,
+                    }));
                     return Ok(None);
                 }
                 data_message(opcode, payload)?
@@ -247,18 +296,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         });
         self.peer_closed = true;
         if !self.closed_by_us {
-            self.owed = Some(Outgoing::close(frame.as_ref()));
+            self.owed = Some(Box::new(Outgoing::close(frame.as_ref())));
         }
         Ok(Message::Close(frame))
     }
 
     /// Writes the owed control frame and the queued one, as far as the stream takes them.
     fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        for slot in [&mut self.owed, &mut self.queued] {
-            if let Some(out) = slot {
-                ready!(out.poll_write(&mut self.io, cx))?;
-                *slot = None;
-            }
+        if let Some(out) = &mut self.owed {
+            ready!(out.poll_write(&mut self.io, cx))?;
+            self.owed = None;
+        }
+        if let Some(out) = &mut self.queued {
+            ready!(out.poll_write(&mut self.io, cx))?;
+            self.queued = None;
         }
         Poll::Ready(Ok(()))
     }
@@ -282,12 +333,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for WebSocket<S> {
     /// is complete. An error ends reading too.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if std::mem::take(&mut this.early_data) {
+            this.read_ended = true;
+            return Poll::Ready(Some(Err(WsError::EarlyData)));
+        }
         loop {
             if this.read_ended {
                 return Poll::Ready(None);
             }
             let read = ready!(this.poll_frame(cx))
-                .and_then(|frame| frame.map(|frame| this.on_frame(frame)).transpose());
+                .and_then(|frame| frame.map(|frame| this.on_frame(*frame)).transpose());
             match read {
                 Ok(Some(None)) => {}
                 Ok(Some(Some(message))) => {
@@ -435,6 +490,29 @@ mod tests {
         // The pong goes out with the next flush, unmasked.
         ws.flush().await.unwrap();
         assert_eq!(written(&mut client).await, [0x8A, 2, b'p', b'1']);
+    }
+
+    #[tokio::test]
+    async fn continuation_frames_are_counted_and_a_65th_frame_is_refused() {
+        let (mut ws, mut client) = socket(1 << 16);
+        let mut wire = client_frame(false, frame::TEXT, b"a");
+        wire.extend(client_frame(false, frame::CONTINUATION, b"b"));
+        wire.extend(client_frame(true, frame::CONTINUATION, b"c"));
+        client.write_all(&wire).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), text("abc"));
+        assert_eq!(ws.take_continuations(), 2);
+        assert_eq!(ws.take_continuations(), 0, "taken once");
+
+        let mut wire = client_frame(false, frame::TEXT, b"");
+        for _ in 0..MAX_FRAGMENTS {
+            wire.extend(client_frame(false, frame::CONTINUATION, b""));
+        }
+        client.write_all(&wire).await.unwrap();
+        assert!(matches!(
+            ws.next().await,
+            Some(Err(WsError::TooManyFragments))
+        ));
+        assert_eq!(ws.take_continuations(), u32::from(MAX_FRAGMENTS) - 1);
     }
 
     #[tokio::test]
