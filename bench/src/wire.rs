@@ -16,16 +16,7 @@ const MOST_READ: usize = 1 << 20;
 
 /// WebSocket opcodes.
 pub mod opcode {
-    /// Continuation of a fragmented message.
-    pub const CONTINUATION: u8 = 0x0;
-    /// Text frame.
-    pub const TEXT: u8 = 0x1;
-    /// Close frame.
-    pub const CLOSE: u8 = 0x8;
-    /// Ping.
-    pub const PING: u8 = 0x9;
-    /// Pong.
-    pub const PONG: u8 = 0xA;
+    pub use switchboard::net::websocket::frame::{CLOSE, CONTINUATION, PING, PONG, TEXT};
 }
 
 /// Opens a TCP connection to `addr`, from `source` if given, with a receive buffer of
@@ -64,26 +55,8 @@ pub fn upgrade_head(addr: SocketAddr, path: &str) -> String {
 }
 
 /// One frame from the client: masked (as RFC 6455 requires of clients), with `fin` and
-/// `opcode`; the mask is fixed, since nothing here is secret.
-pub fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x5b, 0x0d, 0xa1, 0x3e];
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(if fin { 0x80 } else { 0 } | opcode);
-    match payload.len() {
-        n @ 0..=125 => out.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    out
-}
+/// `opcode`.
+pub use switchboard::net::websocket::frame::client_frame as frame;
 
 /// A client's close frame with `code` and no reason.
 pub fn close_frame(code: u16) -> Vec<u8> {

@@ -142,44 +142,17 @@ pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1 << 20)
 }
 
-/// Opcodes (RFC 6455 §5.2).
-pub const CONTINUATION: u8 = 0x0;
-/// A text frame.
-pub const TEXT: u8 = 0x1;
-/// A binary frame.
-pub const BINARY: u8 = 0x2;
-/// A close frame.
-pub const CLOSE: u8 = 0x8;
-/// A ping frame.
-pub const PING: u8 = 0x9;
-/// A pong frame.
-pub const PONG: u8 = 0xA;
+/// Opcodes (RFC 6455 §5.2), and a masked client frame: `opcode`, with FIN set when `fin`.
+#[allow(unused_imports)] // Each test crate that includes this module uses a few of them.
+pub use switchboard::net::websocket::frame::{
+    BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, client_frame as frame,
+};
 
 /// The attacker's receive buffer: small, so a server that answers a client that never
 /// reads hits a full socket after kilobytes rather than megabytes.
 const RECEIVE_BUFFER: u32 = 4096;
 /// Bytes handed to the kernel per write of a flood.
 const FLOOD_CHUNK: usize = 64 * 1024;
-
-/// A masked client frame: `opcode`, with FIN set when `fin`.
-pub fn frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x1b, 0x7e, 0xa3, 0x55];
-    let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
 
 /// A close frame carrying `code`, or no body at all.
 pub fn close_frame(code: Option<u16>) -> Vec<u8> {

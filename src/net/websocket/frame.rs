@@ -27,7 +27,9 @@ const MAX_CONTROL_PAYLOAD: u64 = 125;
 pub struct Head {
     /// Last frame of its message.
     pub fin: bool,
+    /// What the frame is ([`TEXT`], [`PING`], …).
     pub opcode: u8,
+    /// The client's masking key.
     pub mask: [u8; 4],
     /// Payload bytes that follow the header.
     pub len: u64,
@@ -120,6 +122,29 @@ pub fn server_head(opcode: u8, len: usize) -> ([u8; MAX_SERVER_HEAD], u8) {
         10
     };
     (head, used)
+}
+
+/// A frame as a client sends it: masked (RFC 6455 §5.3), with FIN set when `fin`. For
+/// tests and the load generator, which speak raw frames; the mask is fixed, since nothing
+/// here is secret.
+pub fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+    let mut bytes = Vec::with_capacity(MAX_CLIENT_HEAD + payload.len());
+    bytes.push(u8::from(fin) << 7 | opcode);
+    match payload.len() {
+        n if n < 126 => bytes.push(0x80 | n as u8),
+        n if n <= 0xFFFF => {
+            bytes.push(0x80 | 126);
+            bytes.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            bytes.push(0x80 | 127);
+            bytes.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    bytes.extend_from_slice(&MASK);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    bytes
 }
 
 /// Whether a client may send `code` in a close frame: the codes RFC 6455 §7.4 defines for

@@ -9,7 +9,7 @@
 //! read straight into a buffer of its final size, and a frame is written from the
 //! message's own bytes. No extension (compression) is offered, so none is negotiated.
 
-mod frame;
+pub mod frame;
 mod handshake;
 mod socket;
 mod stream;

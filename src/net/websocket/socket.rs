@@ -414,26 +414,7 @@ mod tests {
 
     use super::*;
 
-    const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
-
-    /// A client frame as it arrives on the wire.
-    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut bytes = vec![u8::from(fin) << 7 | opcode];
-        match payload.len() {
-            n if n < 126 => bytes.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                bytes.push(0x80 | 126);
-                bytes.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                bytes.push(0x80 | 127);
-                bytes.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        bytes.extend_from_slice(&MASK);
-        bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-        bytes
-    }
+    use super::frame::client_frame;
 
     fn socket(max_message: usize) -> (WebSocket<DuplexStream>, DuplexStream) {
         let (server, client) = duplex(1 << 20);
@@ -456,9 +437,9 @@ mod tests {
     async fn frames_arrive_whole_however_the_bytes_are_split() {
         let (mut ws, mut client) = socket(1 << 16);
         let offer = "o".repeat(2048);
-        let mut wire = client_frame(true, frame::TEXT, offer.as_bytes());
-        wire.extend(client_frame(true, frame::TEXT, b"{}"));
-        wire.extend(client_frame(true, frame::BINARY, b""));
+        let mut wire = client_frame(frame::TEXT, true, offer.as_bytes());
+        wire.extend(client_frame(frame::TEXT, true, b"{}"));
+        wire.extend(client_frame(frame::BINARY, true, b""));
         // Byte by byte for the first frame, then the rest (two frames) in one write.
         for byte in &wire[..2056] {
             client.write_all(&[*byte]).await.unwrap();
@@ -477,10 +458,10 @@ mod tests {
     #[tokio::test]
     async fn fragments_make_one_message_and_a_ping_between_them_is_answered() {
         let (mut ws, mut client) = socket(1 << 16);
-        let mut wire = client_frame(false, frame::TEXT, b"hel");
-        wire.extend(client_frame(true, frame::PING, b"p1"));
-        wire.extend(client_frame(false, frame::CONTINUATION, b"lo "));
-        wire.extend(client_frame(true, frame::CONTINUATION, "wörld".as_bytes()));
+        let mut wire = client_frame(frame::TEXT, false, b"hel");
+        wire.extend(client_frame(frame::PING, true, b"p1"));
+        wire.extend(client_frame(frame::CONTINUATION, false, b"lo "));
+        wire.extend(client_frame(frame::CONTINUATION, true, "wörld".as_bytes()));
         client.write_all(&wire).await.unwrap();
         assert_eq!(
             ws.next().await.unwrap().unwrap(),
@@ -495,17 +476,17 @@ mod tests {
     #[tokio::test]
     async fn continuation_frames_are_counted_and_a_65th_frame_is_refused() {
         let (mut ws, mut client) = socket(1 << 16);
-        let mut wire = client_frame(false, frame::TEXT, b"a");
-        wire.extend(client_frame(false, frame::CONTINUATION, b"b"));
-        wire.extend(client_frame(true, frame::CONTINUATION, b"c"));
+        let mut wire = client_frame(frame::TEXT, false, b"a");
+        wire.extend(client_frame(frame::CONTINUATION, false, b"b"));
+        wire.extend(client_frame(frame::CONTINUATION, true, b"c"));
         client.write_all(&wire).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), text("abc"));
         assert_eq!(ws.take_continuations(), 2);
         assert_eq!(ws.take_continuations(), 0, "taken once");
 
-        let mut wire = client_frame(false, frame::TEXT, b"");
+        let mut wire = client_frame(frame::TEXT, false, b"");
         for _ in 0..MAX_FRAGMENTS {
-            wire.extend(client_frame(false, frame::CONTINUATION, b""));
+            wire.extend(client_frame(frame::CONTINUATION, false, b""));
         }
         client.write_all(&wire).await.unwrap();
         assert!(matches!(
@@ -518,8 +499,8 @@ mod tests {
     #[tokio::test]
     async fn only_the_latest_ping_is_answered_and_before_the_next_frame() {
         let (mut ws, mut client) = socket(1 << 16);
-        let mut wire = client_frame(true, frame::PING, b"a");
-        wire.extend(client_frame(true, frame::PING, b"b"));
+        let mut wire = client_frame(frame::PING, true, b"a");
+        wire.extend(client_frame(frame::PING, true, b"b"));
         client.write_all(&wire).await.unwrap();
         ws.next().await.unwrap().unwrap();
         ws.next().await.unwrap().unwrap();
@@ -531,14 +512,14 @@ mod tests {
     async fn a_frame_longer_than_a_message_may_be_is_refused_before_its_payload() {
         let (mut ws, mut client) = socket(100);
         // Only the header is sent: the refusal must not wait for (or allocate) 1 MB.
-        let wire = client_frame(true, frame::TEXT, &vec![b'a'; 1 << 20]);
+        let wire = client_frame(frame::TEXT, true, &vec![b'a'; 1 << 20]);
         client.write_all(&wire[..14]).await.unwrap();
         assert!(matches!(ws.next().await, Some(Err(WsError::TooBig))));
         assert!(ws.next().await.is_none(), "an error ends reading");
 
         let (mut ws, mut client) = socket(100);
-        let mut wire = client_frame(false, frame::TEXT, &[b'a'; 60]);
-        wire.extend(client_frame(true, frame::CONTINUATION, &[b'a'; 60]));
+        let mut wire = client_frame(frame::TEXT, false, &[b'a'; 60]);
+        wire.extend(client_frame(frame::CONTINUATION, true, &[b'a'; 60]));
         client.write_all(&wire).await.unwrap();
         assert!(matches!(ws.next().await, Some(Err(WsError::TooBig))));
     }
@@ -551,31 +532,31 @@ mod tests {
         let cases = [
             (
                 "a continuation with nothing to continue",
-                client_frame(true, frame::CONTINUATION, b"x"),
+                client_frame(frame::CONTINUATION, true, b"x"),
                 protocol,
             ),
             (
                 "a new message inside a fragmented one",
                 [
-                    client_frame(false, frame::TEXT, b"a"),
-                    client_frame(true, frame::TEXT, b"b"),
+                    client_frame(frame::TEXT, false, b"a"),
+                    client_frame(frame::TEXT, true, b"b"),
                 ]
                 .concat(),
                 protocol,
             ),
             (
                 "text that is not UTF-8",
-                client_frame(true, frame::TEXT, &[0xC3, 0x28]),
+                client_frame(frame::TEXT, true, &[0xC3, 0x28]),
                 utf8,
             ),
             (
                 "a close code of one byte",
-                client_frame(true, frame::CLOSE, &[3]),
+                client_frame(frame::CLOSE, true, &[3]),
                 protocol,
             ),
             (
                 "a close reason that is not UTF-8",
-                client_frame(true, frame::CLOSE, &[3, 232, 0xFF]),
+                client_frame(frame::CLOSE, true, &[3, 232, 0xFF]),
                 utf8,
             ),
         ];
@@ -595,7 +576,7 @@ mod tests {
         let mut payload = 4000u16.to_be_bytes().to_vec();
         payload.extend_from_slice(b"bye");
         client
-            .write_all(&client_frame(true, frame::CLOSE, &payload))
+            .write_all(&client_frame(frame::CLOSE, true, &payload))
             .await
             .unwrap();
         let expected = CloseFrame {
@@ -619,7 +600,7 @@ mod tests {
     async fn a_close_code_no_endpoint_may_send_is_answered_with_1002() {
         let (mut ws, mut client) = socket(1 << 16);
         client
-            .write_all(&client_frame(true, frame::CLOSE, &1005u16.to_be_bytes()))
+            .write_all(&client_frame(frame::CLOSE, true, &1005u16.to_be_bytes()))
             .await
             .unwrap();
         let Some(Ok(Message::Close(Some(frame)))) = ws.next().await else {
@@ -644,9 +625,9 @@ mod tests {
         assert!(matches!(ws.send(text("late")).await, Err(WsError::Closed)));
         // What the client sent before it saw the close is still read, then its reply;
         // a ping meanwhile is not answered.
-        let mut wire = client_frame(true, frame::TEXT, b"{}");
-        wire.extend(client_frame(true, frame::PING, b""));
-        wire.extend(client_frame(true, frame::CLOSE, &1012u16.to_be_bytes()));
+        let mut wire = client_frame(frame::TEXT, true, b"{}");
+        wire.extend(client_frame(frame::PING, true, b""));
+        wire.extend(client_frame(frame::CLOSE, true, &1012u16.to_be_bytes()));
         client.write_all(&wire).await.unwrap();
         assert_eq!(ws.next().await.unwrap().unwrap(), text("{}"));
         assert!(matches!(ws.next().await, Some(Ok(Message::Ping(_)))));
