@@ -160,7 +160,9 @@ impl Connection {
             Ok(false) => session
                 .outbox
                 .close(Some(close::REPLACED), "replaced by a newer connection"),
-            Err(e) => tracing::warn!(error = %e, "could not refresh the session"),
+            Err(e) => {
+                tracing::warn!(error = %e, peer = %session.peer_id, "could not refresh the session");
+            }
         }
     }
 
@@ -359,7 +361,11 @@ impl Connection {
                         reference.as_deref(),
                     );
                     if let Err(e) = Box::pin(sent).await {
-                        tracing::warn!(error = %e, "cross-node relay failed");
+                        tracing::warn!(
+                            error = %e,
+                            peer = %session.peer_id,
+                            "cross-node relay failed"
+                        );
                         send_error(
                             session,
                             ErrorCode::Unavailable,
@@ -438,7 +444,7 @@ fn membership_error(session: &Session, e: MembershipError, reference: Option<&Ra
         MembershipError::NotInRoom => (ErrorCode::NotInRoom, "You are not in that room."),
         MembershipError::Replaced => return,
         MembershipError::Store(e) => {
-            tracing::warn!(error = %e, "membership change failed");
+            tracing::warn!(error = %e, peer = %session.peer_id, "membership change failed");
             (
                 ErrorCode::Unavailable,
                 "Room state is unavailable right now; retry shortly.",
