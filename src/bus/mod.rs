@@ -5,7 +5,6 @@ mod courier;
 mod memory;
 mod redis;
 
-use crate::net::websocket::Utf8Bytes;
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
@@ -16,6 +15,7 @@ pub use memory::MemoryBus;
 pub use redis::RedisBus;
 
 use crate::error::StoreError;
+use crate::net::websocket::Utf8Bytes;
 use crate::room::LeaveReason;
 use crate::store::Epoch;
 

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::websocket::{Message, Utf8Bytes, WsError};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
@@ -18,6 +17,7 @@ use super::protocol::{self, Command, ErrorCode, Metadata, Outgoing, close, metad
 use super::timers::refresh_wait;
 use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
 use crate::identifier;
+use crate::net::websocket::{Message, Utf8Bytes, WsError};
 use crate::resilience::{ConnectionSlot, IpPermit, MessageLimit};
 
 /// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.

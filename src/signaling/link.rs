@@ -10,7 +10,6 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::net::websocket::{Message, Utf8Bytes, WebSocket, WsError};
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -18,6 +17,7 @@ use super::commands::{Connection, Deferred, Session, deadline_of, send_error};
 use super::outbox::{Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use super::timers::{Due, Timers};
+use crate::net::websocket::{Message, Utf8Bytes, WebSocket, WsError};
 use crate::resilience::{MessageLimiter, Verdict};
 
 /// Most queued frames written to the socket's buffer before it is flushed.

@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::net::websocket::Utf8Bytes;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::protocol::close;
+use crate::net::websocket::Utf8Bytes;
 
 /// How and why a connection is being closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -191,7 +191,7 @@ async fn accept(
     // A task of its own rather than the upgrade's: that one keeps what the upgrade needed
     // beside the connection's state for the connection's whole life.
     Ok(ws
-        .protocol(SUBPROTOCOL)
+        .protocol(headers, SUBPROTOCOL)
         .respond(state.max_message_bytes, move |socket| {
             tokio::spawn(connection::run(socket, connection, grant));
         }))

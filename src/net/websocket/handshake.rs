@@ -20,8 +20,6 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub struct Upgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
-    /// The client's `Sec-WebSocket-Protocol`, if it sent one.
-    protocols: Option<HeaderValue>,
     /// The subprotocol the answer names, when the client offered it.
     protocol: Option<&'static str>,
 }
@@ -53,7 +51,7 @@ impl<S: Sync> FromRequestParts<S> for Upgrade {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotWebSocket> {
         let headers = &parts.headers;
         let upgrading = parts.method == Method::GET
-            && lists(headers, header::CONNECTION, "upgrade")
+            && tokens(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
             && is(headers, header::UPGRADE, "websocket")
             && is(headers, header::SEC_WEBSOCKET_VERSION, "13");
         if !upgrading {
@@ -63,23 +61,21 @@ impl<S: Sync> FromRequestParts<S> for Upgrade {
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or(NotWebSocket)?
             .clone();
-        let protocols = headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
         // Present only on a connection served with upgrades (HTTP/1.1 here).
         let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(NotWebSocket)?;
         Ok(Self {
             key,
             on_upgrade,
-            protocols,
             protocol: None,
         })
     }
 }
 
 impl Upgrade {
-    /// Names `protocol` in the answer when the client offered it.
-    pub fn protocol(mut self, protocol: &'static str) -> Self {
-        let offered = self.protocols.as_ref().and_then(|v| v.to_str().ok());
-        if offered.is_some_and(|list| list.split(',').any(|p| p.trim() == protocol)) {
+    /// Names `protocol` in the answer when the request's `headers` offered it.
+    pub fn protocol(mut self, headers: &HeaderMap, protocol: &'static str) -> Self {
+        // Exactly as offered: a browser fails an answer that differs from its offer.
+        if tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).any(|t| t == protocol.as_bytes()) {
             self.protocol = Some(protocol);
         }
         self
@@ -134,13 +130,13 @@ fn is(headers: &HeaderMap, name: header::HeaderName, value: &str) -> bool {
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(value.as_bytes()))
 }
 
-/// `name` lists `token` among its comma-separated values, in any case.
-fn lists(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+/// The comma-separated values of every `name` header, trimmed.
+fn tokens(headers: &HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 #[cfg(test)]
@@ -158,16 +154,113 @@ mod tests {
 
     #[test]
     fn connection_lists_upgrade_among_other_tokens() {
+        let upgrade = |headers: &HeaderMap| {
+            tokens(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+        };
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONNECTION,
             HeaderValue::from_static("keep-alive, Upgrade"),
         );
-        assert!(lists(&headers, header::CONNECTION, "upgrade"));
+        assert!(upgrade(&headers));
         headers.insert(
             header::CONNECTION,
             HeaderValue::from_static("keep-alive, upgrades"),
         );
-        assert!(!lists(&headers, header::CONNECTION, "upgrade"));
+        assert!(!upgrade(&headers));
+    }
+
+    /// Serves one connection of `app` over an in-memory stream, which the WebSocket cannot
+    /// take back from hyper: it keeps hyper's stream instead.
+    fn serve(app: axum::Router) -> tokio::io::DuplexStream {
+        use tower_service::Service;
+        let (server, client) = tokio::io::duplex(1 << 16);
+        let service = hyper::service::service_fn(move |request| app.clone().call(request));
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service)
+                .with_upgrades(),
+        );
+        client
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_answers_101_and_frames_sent_with_the_request_are_read() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(|headers: HeaderMap, upgrade: Upgrade| async move {
+                upgrade
+                    .protocol(&headers, "chat.v1")
+                    .respond(1024, |mut ws| {
+                        tokio::spawn(async move {
+                            // Echoes the first message.
+                            if let Some(Ok(message)) = ws.next().await {
+                                ws.send(message).await.unwrap();
+                            }
+                        });
+                    })
+            }),
+        );
+        let mut client = serve(app);
+        let mut request = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+            Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+            Sec-WebSocket-Protocol: other, chat.v1\r\n\r\n"
+            .to_vec();
+        request.extend(super::super::frame::client_frame(
+            super::super::frame::TEXT,
+            true,
+            b"hi",
+        ));
+        client.write_all(&request).await.unwrap();
+
+        let mut answer = Vec::new();
+        let echo = [0x81, 2, b'h', b'i'];
+        tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while !answer.ends_with(&echo) {
+                let mut chunk = [0u8; 1024];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .expect("the 101 and the echo within 5 s");
+        let head = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        assert!(
+            head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+            "{head}"
+        );
+        assert!(head.contains("sec-websocket-protocol: chat.v1"), "{head}");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_is_not_an_upgrade_gets_426() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let app = axum::Router::new().route(
+            "/ws",
+            axum::routing::get(|upgrade: Upgrade| async move { upgrade.respond(1024, |_| {}) }),
+        );
+        let mut client = serve(app);
+        client
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.read_to_end(&mut answer),
+        )
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 426 "), "{answer}");
+        assert!(answer.contains("upgrade_required"), "{answer}");
     }
 }

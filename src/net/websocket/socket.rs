@@ -421,12 +421,22 @@ mod tests {
         (WebSocket::new(server, max_message), client)
     }
 
+    /// Every wait is bounded: a socket that broke hangs no test.
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
     /// Reads what the server wrote so far (the client side is never closed here).
     async fn written(client: &mut DuplexStream) -> Vec<u8> {
         let mut bytes = vec![0; 1 << 16];
-        let n = client.read(&mut bytes).await.unwrap();
+        let read = tokio::time::timeout(DEADLINE, client.read(&mut bytes));
+        let n = read.await.expect("the server wrote within 5 s").unwrap();
         bytes.truncate(n);
         bytes
+    }
+
+    /// The socket's next message, within the deadline.
+    async fn next(ws: &mut WebSocket<DuplexStream>) -> Option<Result<Message, WsError>> {
+        let next = tokio::time::timeout(DEADLINE, ws.next());
+        next.await.expect("the socket answered within 5 s")
     }
 
     fn text(s: &str) -> Message {
@@ -445,14 +455,17 @@ mod tests {
             client.write_all(&[*byte]).await.unwrap();
         }
         client.write_all(&wire[2056..]).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), text(&offer));
-        assert_eq!(ws.next().await.unwrap().unwrap(), text("{}"));
+        assert_eq!(next(&mut ws).await.unwrap().unwrap(), text(&offer));
+        assert_eq!(next(&mut ws).await.unwrap().unwrap(), text("{}"));
         assert_eq!(
-            ws.next().await.unwrap().unwrap(),
+            next(&mut ws).await.unwrap().unwrap(),
             Message::Binary(Bytes::new())
         );
         drop(client);
-        assert!(ws.next().await.is_none(), "the end of the stream ends it");
+        assert!(
+            next(&mut ws).await.is_none(),
+            "the end of the stream ends it"
+        );
     }
 
     #[tokio::test]
@@ -464,10 +477,10 @@ mod tests {
         wire.extend(client_frame(frame::CONTINUATION, true, "wörld".as_bytes()));
         client.write_all(&wire).await.unwrap();
         assert_eq!(
-            ws.next().await.unwrap().unwrap(),
+            next(&mut ws).await.unwrap().unwrap(),
             Message::Ping(Bytes::from_static(b"p1"))
         );
-        assert_eq!(ws.next().await.unwrap().unwrap(), text("hello wörld"));
+        assert_eq!(next(&mut ws).await.unwrap().unwrap(), text("hello wörld"));
         // The pong goes out with the next flush, unmasked.
         ws.flush().await.unwrap();
         assert_eq!(written(&mut client).await, [0x8A, 2, b'p', b'1']);
@@ -480,7 +493,7 @@ mod tests {
         wire.extend(client_frame(frame::CONTINUATION, false, b"b"));
         wire.extend(client_frame(frame::CONTINUATION, true, b"c"));
         client.write_all(&wire).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), text("abc"));
+        assert_eq!(next(&mut ws).await.unwrap().unwrap(), text("abc"));
         assert_eq!(ws.take_continuations(), 2);
         assert_eq!(ws.take_continuations(), 0, "taken once");
 
@@ -490,7 +503,7 @@ mod tests {
         }
         client.write_all(&wire).await.unwrap();
         assert!(matches!(
-            ws.next().await,
+            next(&mut ws).await,
             Some(Err(WsError::TooManyFragments))
         ));
         assert_eq!(ws.take_continuations(), u32::from(MAX_FRAGMENTS) - 1);
@@ -502,8 +515,8 @@ mod tests {
         let mut wire = client_frame(frame::PING, true, b"a");
         wire.extend(client_frame(frame::PING, true, b"b"));
         client.write_all(&wire).await.unwrap();
-        ws.next().await.unwrap().unwrap();
-        ws.next().await.unwrap().unwrap();
+        next(&mut ws).await.unwrap().unwrap();
+        next(&mut ws).await.unwrap().unwrap();
         ws.send(text("x")).await.unwrap();
         assert_eq!(written(&mut client).await, [0x8A, 1, b'b', 0x81, 1, b'x']);
     }
@@ -514,14 +527,14 @@ mod tests {
         // Only the header is sent: the refusal must not wait for (or allocate) 1 MB.
         let wire = client_frame(frame::TEXT, true, &vec![b'a'; 1 << 20]);
         client.write_all(&wire[..14]).await.unwrap();
-        assert!(matches!(ws.next().await, Some(Err(WsError::TooBig))));
-        assert!(ws.next().await.is_none(), "an error ends reading");
+        assert!(matches!(next(&mut ws).await, Some(Err(WsError::TooBig))));
+        assert!(next(&mut ws).await.is_none(), "an error ends reading");
 
         let (mut ws, mut client) = socket(100);
         let mut wire = client_frame(frame::TEXT, false, &[b'a'; 60]);
         wire.extend(client_frame(frame::CONTINUATION, true, &[b'a'; 60]));
         client.write_all(&wire).await.unwrap();
-        assert!(matches!(ws.next().await, Some(Err(WsError::TooBig))));
+        assert!(matches!(next(&mut ws).await, Some(Err(WsError::TooBig))));
     }
 
     #[tokio::test]
@@ -563,7 +576,7 @@ mod tests {
         for (what, wire, expected) in cases {
             let (mut ws, mut client) = socket(1 << 16);
             client.write_all(&wire).await.unwrap();
-            match ws.next().await {
+            match next(&mut ws).await {
                 Some(Err(e)) if expected(&e) => {}
                 other => panic!("{what}: {other:?}"),
             }
@@ -584,7 +597,7 @@ mod tests {
             reason: "bye".into(),
         };
         assert_eq!(
-            ws.next().await.unwrap().unwrap(),
+            next(&mut ws).await.unwrap().unwrap(),
             Message::Close(Some(expected.clone()))
         );
         assert!(matches!(ws.send(text("late")).await, Err(WsError::Closed)));
@@ -603,7 +616,7 @@ mod tests {
             .write_all(&client_frame(frame::CLOSE, true, &1005u16.to_be_bytes()))
             .await
             .unwrap();
-        let Some(Ok(Message::Close(Some(frame)))) = ws.next().await else {
+        let Some(Ok(Message::Close(Some(frame)))) = next(&mut ws).await else {
             panic!("a close frame");
         };
         assert_eq!(frame.code, 1002);
@@ -629,11 +642,14 @@ mod tests {
         wire.extend(client_frame(frame::PING, true, b""));
         wire.extend(client_frame(frame::CLOSE, true, &1012u16.to_be_bytes()));
         client.write_all(&wire).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), text("{}"));
-        assert!(matches!(ws.next().await, Some(Ok(Message::Ping(_)))));
-        assert!(matches!(ws.next().await, Some(Ok(Message::Close(Some(_))))));
+        assert_eq!(next(&mut ws).await.unwrap().unwrap(), text("{}"));
+        assert!(matches!(next(&mut ws).await, Some(Ok(Message::Ping(_)))));
+        assert!(matches!(
+            next(&mut ws).await,
+            Some(Ok(Message::Close(Some(_))))
+        ));
         assert!(
-            ws.next().await.is_none(),
+            next(&mut ws).await.is_none(),
             "the closing handshake is complete"
         );
         ws.flush().await.unwrap();

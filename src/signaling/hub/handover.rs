@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::net::websocket::Utf8Bytes;
 use tokio::sync::oneshot;
 
 use super::membership::participants;
 use super::{Hub, ROOM_TTL, Registration, Resumed};
 use crate::bus::{BusMessage, OnLost};
+use crate::net::websocket::Utf8Bytes;
 use crate::signaling::protocol::{LeaveReason, Participant, close, metadata_from};
 use crate::store::{Epoch, JoinOutcome, Previous, Seating, StoreError};
 

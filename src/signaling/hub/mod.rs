@@ -42,13 +42,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
-use crate::net::websocket::Utf8Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use super::outbox::{Inbox, Outbox};
 use super::protocol::{ErrorCode, Metadata, Outgoing, Participant};
 use crate::bus::{Bus, BusMessage, OnLost, Undelivered};
+use crate::net::websocket::Utf8Bytes;
 use crate::room::LeaveReason;
 use crate::store::{Epoch, Member, Store, StoreError};
 use crate::telemetry::Metrics;

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::net::websocket::Utf8Bytes;
 use tokio::sync::oneshot;
 
 use super::table::PeerSlot;
 use super::{Hub, ROOM_TTL, Registration, Resumed};
 use crate::bus::BusMessage;
+use crate::net::websocket::Utf8Bytes;
 use crate::signaling::outbox::{self, Inbox};
 use crate::signaling::protocol::{LeaveReason, Metadata, close};
 use crate::store::{Claim, Epoch, Previous, SessionRecord, StoreError};

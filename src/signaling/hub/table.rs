@@ -7,10 +7,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::net::websocket::Utf8Bytes;
-
 use super::{RelayError, Route};
 use crate::identifier;
+use crate::net::websocket::Utf8Bytes;
 use crate::signaling::outbox::{Inbox, Outbox};
 use crate::signaling::protocol::{LeaveReason, Metadata, Outgoing, Participant, metadata_from};
 use crate::store::{Epoch, Member};
