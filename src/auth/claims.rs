@@ -2,6 +2,7 @@
 //! is refused: shared by its own tokens ([`super::token`]) and an identity provider's
 //! ([`super::oidc`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -83,41 +84,69 @@ fn peer_id(sub: &str, session_id: &str) -> String {
 
 /// What a live session keeps of its token's claims: whose it is, which session, the room
 /// it may join and its expiry. A connection holds it for its whole life, so issuer,
-/// audience and token id, never read again, are not kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// audience and token id, never read again, are not kept, and the user and session ids
+/// are kept once, as the peer id `<sub>-<session_id>` the node's tables share.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// The user id.
-    pub sub: String,
-    /// The signaling session.
-    pub session_id: String,
-    /// The only room it may join, when restricted.
-    pub room: Option<String>,
-    /// Expiry (unix seconds).
-    pub exp: u64,
-    /// The participant's initial metadata (a JSON object, as text).
-    pub metadata: Option<String>,
+    /// `<sub>-<session_id>`.
+    peer: Arc<str>,
+    /// Where the user id ends in `peer`.
+    sub_len: u32,
     /// Admitted by an identity provider's token: the provider, not this node, decides how
     /// long the session lives, so no fresh token of ours extends it.
     pub from_identity_provider: bool,
+    /// Expiry (unix seconds).
+    pub exp: u64,
+    /// The only room it may join, when restricted.
+    pub room: Option<Box<str>>,
+    /// The participant's initial metadata (a JSON object, as text).
+    pub metadata: Option<Box<str>>,
 }
 
 impl From<Claims> for Grant {
     fn from(c: Claims) -> Self {
         Self {
-            sub: c.sub,
-            session_id: c.session_id,
-            room: c.room,
-            exp: c.exp,
-            metadata: c.metadata,
             from_identity_provider: c.from_identity_provider,
+            exp: c.exp,
+            room: c.room.map(String::into_boxed_str),
+            metadata: c.metadata.map(String::into_boxed_str),
+            ..Self::new(&c.sub, &c.session_id)
         }
     }
 }
 
 impl Grant {
+    /// A grant for `sub`'s session `session_id`, unrestricted, with no metadata, expired.
+    pub fn new(sub: &str, session_id: &str) -> Self {
+        Self {
+            peer: peer_id(sub, session_id).into(),
+            // A token is at most MAX_TOKEN_BYTES long, and so is any of its claims.
+            sub_len: u32::try_from(sub.len()).expect("a user id is shorter than a token"),
+            from_identity_provider: false,
+            exp: 0,
+            room: None,
+            metadata: None,
+        }
+    }
+
+    /// The user id.
+    pub fn sub(&self) -> &str {
+        &self.peer[..self.sub_len as usize]
+    }
+
+    /// The signaling session.
+    pub fn session_id(&self) -> &str {
+        &self.peer[self.sub_len as usize + 1..]
+    }
+
     /// The peer id of this session: `<sub>-<session_id>`.
-    pub fn peer_id(&self) -> String {
-        peer_id(&self.sub, &self.session_id)
+    pub fn peer_id(&self) -> &str {
+        &self.peer
+    }
+
+    /// The peer id, shared: the node's tables key the session by this one copy.
+    pub fn peer(&self) -> &Arc<str> {
+        &self.peer
     }
 
     /// Time left before the token expires (zero when already expired), capped at 24 h.

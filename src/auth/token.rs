@@ -83,13 +83,9 @@ impl TokenIssuer {
         ttl: Option<Duration>,
         metadata: Option<&str>,
     ) -> IssuedToken {
-        let grant = Grant {
-            sub: user.to_string(),
-            session_id: random_hex(),
-            room: room.map(str::to_string),
-            metadata: metadata.map(str::to_string),
-            ..Grant::default()
-        };
+        let mut grant = Grant::new(user, &random_hex());
+        grant.room = room.map(Box::from);
+        grant.metadata = metadata.map(Box::from);
         self.sign(&grant, ttl.unwrap_or(self.ttl))
     }
 
@@ -104,14 +100,14 @@ impl TokenIssuer {
         let claims = Claims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
-            sub: grant.sub.clone(),
-            session_id: grant.session_id.clone(),
+            sub: grant.sub().to_string(),
+            session_id: grant.session_id().to_string(),
             jti: random_hex(),
             iat: now,
             nbf: now,
             exp: now + ttl.as_secs().max(1),
-            room: grant.room.clone(),
-            metadata: grant.metadata.clone(),
+            room: grant.room.as_deref().map(str::to_string),
+            metadata: grant.metadata.as_deref().map(str::to_string),
             from_identity_provider: false,
         };
         let keyring = self.keys.keyring();

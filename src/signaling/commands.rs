@@ -11,11 +11,12 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 
-use super::hub::{Hub, MembershipError, REMOTE_RELAY_FAILED, RelayError, Route};
+use super::hub::{MembershipError, REMOTE_RELAY_FAILED, RelayError, Route};
 use super::outbox::Outbox;
 use super::protocol::{self, Command, ErrorCode, Metadata, Outgoing, close, metadata_from};
 use super::timers::refresh_wait;
-use crate::auth::{Grant, IceServer, IceServers, TokenIssuer};
+use super::upgrade::SignalingState;
+use crate::auth::{Grant, IceServer};
 use crate::identifier;
 use crate::net::websocket::{Message, Utf8Bytes, WsError};
 use crate::resilience::{ConnectionSlot, IpPermit, MessageLimit};
@@ -60,15 +61,10 @@ impl ConnectionLimits {
 
 /// Everything a connection task needs.
 pub struct Connection {
-    /// The node's hub.
-    pub hub: Arc<Hub>,
-    /// Mints refreshed tokens; `None` on a node that holds only public keys (its clients
-    /// fetch new tokens from the Auth service and reconnect).
-    pub issuer: Option<Arc<TokenIssuer>>,
-    /// STUN/TURN servers told to the client in `joined` and `resumed`.
-    pub ice_servers: Arc<IceServers>,
-    /// Timers and rates, shared by the node's connections.
-    pub limits: Arc<ConnectionLimits>,
+    /// The node's parts every connection shares: its hub, token issuer, STUN/TURN
+    /// servers and connection limits. One handle rather than one per part: this box is
+    /// kept by every idle connection.
+    pub node: Arc<SignalingState>,
     /// Client address, for logs.
     pub remote: SocketAddr,
     /// The node's connection slot and the client IP's, released when the connection ends.
@@ -79,15 +75,22 @@ pub struct Connection {
 
 /// Mutable state of a live connection.
 pub(super) struct Session {
-    pub(super) peer_id: String,
+    /// Its token's claims; the peer id is the grant's.
+    pub(super) grant: Grant,
     pub(super) epoch: u64,
     pub(super) outbox: Outbox,
-    pub(super) grant: Grant,
     pub(super) room: Option<String>,
     /// The close code the client sent, if it closed first.
     pub(super) client_close: Option<u16>,
     /// The connection dropped without a close frame (network loss): resumable.
     pub(super) dropped: bool,
+}
+
+impl Session {
+    /// The peer id: `<sub>-<session_id>` of its grant.
+    pub(super) fn peer_id(&self) -> &str {
+        self.grant.peer_id()
+    }
 }
 
 /// What a command still waits for after [`Connection::dispatch`]; it owns what it needs,
@@ -124,7 +127,7 @@ impl Connection {
         session: &Session,
         frame: Option<&Result<Message, WsError>>,
     ) {
-        self.hub.metrics().rate_limited.inc();
+        self.node.hub.metrics().rate_limited.inc();
         let text = match frame {
             Some(Ok(Message::Text(t))) => t.as_str(),
             _ => "",
@@ -133,24 +136,27 @@ impl Connection {
         let kind = parsed.map(|c| c.kind()).unwrap_or("message");
         let message = format!(
             "Rate limit exceeded ({} messages or frames per second, bursts of {}): this {kind} was not delivered; slow down.",
-            self.limits.message_rate, self.limits.message_burst
+            self.node.connection_limits.message_rate, self.node.connection_limits.message_burst
         );
         send_error(session, ErrorCode::RateLimited, &message, reference);
     }
 
     /// STUN/TURN servers for this session, TURN credentials expiring with its token.
     pub(super) fn ice_servers_for(&self, grant: &Grant) -> Vec<IceServer> {
-        self.ice_servers.for_session(&grant.session_id, grant.exp)
+        self.node
+            .ice_servers
+            .for_session(grant.session_id(), grant.exp)
     }
 
     /// Extends the session's store TTL to the (possibly refreshed) token's life.
     async fn keep_alive(&self, session: &Session) {
         let ttl = session_ttl(&session.grant);
         match self
+            .node
             .hub
             .refresh(
-                &session.grant.session_id,
-                &session.peer_id,
+                session.grant.session_id(),
+                session.peer_id(),
                 session.epoch,
                 ttl,
             )
@@ -161,18 +167,22 @@ impl Connection {
                 .outbox
                 .close(Some(close::REPLACED), "replaced by a newer connection"),
             Err(e) => {
-                tracing::warn!(error = %e, peer = %session.peer_id, "could not refresh the session");
+                tracing::warn!(error = %e, peer = %session.peer_id(), "could not refresh the session");
             }
         }
     }
 
     /// When to push a fresh token, if refresh is on.
     pub(super) fn refresh_at(&self, grant: &Grant) -> Option<Instant> {
-        self.issuer.as_ref()?;
+        self.node.issuer.as_ref()?;
         if grant.from_identity_provider {
             return None;
         }
-        refresh_wait(grant.remaining(), self.limits.refresh_before).map(|w| Instant::now() + w)
+        refresh_wait(
+            grant.remaining(),
+            self.node.connection_limits.refresh_before,
+        )
+        .map(|w| Instant::now() + w)
     }
 
     /// Handles one text frame: at once when it needs nothing but this node (a relay to a
@@ -183,7 +193,7 @@ impl Connection {
         text: &str,
         received: Instant,
     ) -> Option<Deferred> {
-        let metrics = self.hub.metrics();
+        let metrics = self.node.hub.metrics();
         let (reference, parsed) = protocol::parse(text);
         let command = match parsed {
             Ok(c) => c,
@@ -210,13 +220,13 @@ impl Connection {
                 reference: owned_reference(),
             }),
             Command::Relay { kind, to, payload } => {
-                let frame = || Outgoing::relay(kind, &session.peer_id, payload).to_frame();
+                let frame = || Outgoing::relay(kind, session.peer_id(), payload).to_frame();
                 self.send_to(session, &to, frame, received, reference)
             }
             Command::Message { to: Some(to), data } => {
                 let frame = || {
                     Outgoing::Message {
-                        from: &session.peer_id,
+                        from: session.peer_id(),
                         data,
                     }
                     .to_frame()
@@ -224,7 +234,7 @@ impl Connection {
                 self.send_to(session, &to, frame, received, reference)
             }
             Command::Message { to: None, data } => {
-                let routes = match self.hub.routes_from(&session.peer_id) {
+                let routes = match self.node.hub.routes_from(session.peer_id()) {
                     Ok(routes) => routes,
                     Err(e) => {
                         relay_error(session, e, reference);
@@ -232,7 +242,7 @@ impl Connection {
                     }
                 };
                 let frame = Outgoing::Message {
-                    from: &session.peer_id,
+                    from: session.peer_id(),
                     data,
                 }
                 .to_frame();
@@ -253,10 +263,10 @@ impl Connection {
             }
             Command::Update { metadata } => {
                 let size = metadata.get().len();
-                if size > self.limits.max_metadata_bytes {
+                if size > self.node.connection_limits.max_metadata_bytes {
                     let message = format!(
                         "The metadata is {size} bytes; the limit is {} (MAX_METADATA_BYTES).",
-                        self.limits.max_metadata_bytes
+                        self.node.connection_limits.max_metadata_bytes
                     );
                     send_error(session, ErrorCode::InvalidMessage, &message, reference);
                     return None;
@@ -292,12 +302,12 @@ impl Connection {
         received: Instant,
         reference: Option<&RawValue>,
     ) -> Option<Deferred> {
-        let (node, frame) = match self.hub.route(&session.peer_id, to) {
+        let (node, frame) = match self.node.hub.route(session.peer_id(), to) {
             Ok(Route::Local(outbox)) => match outbox.relay(frame(), Some(received)) {
                 Ok(_) => return None,
                 // Its connection ended a moment ago, or its session just moved to another
                 // node: route once more.
-                Err(frame) => match self.hub.route(&session.peer_id, to) {
+                Err(frame) => match self.node.hub.route(session.peer_id(), to) {
                     Ok(Route::Remote(node)) => (node, frame),
                     Ok(Route::Local(outbox)) => {
                         outbox.deliver_relayed(frame, Some(received));
@@ -331,16 +341,18 @@ impl Connection {
                 received,
             } => {
                 Box::pin(self.join(session, &room, reference.as_deref())).await;
-                self.hub
+                self.node
+                    .hub
                     .metrics()
                     .join_latency
                     .observe(received.elapsed().as_secs_f64());
             }
             Deferred::Leave { room, reference } => {
-                match Box::pin(
-                    self.hub
-                        .leave(&session.peer_id, session.epoch, room.as_deref()),
-                )
+                match Box::pin(self.node.hub.leave(
+                    session.peer_id(),
+                    session.epoch,
+                    room.as_deref(),
+                ))
                 .await
                 {
                     Ok(()) => session.room = None,
@@ -353,7 +365,7 @@ impl Connection {
                 reference,
             } => {
                 for (node, to) in targets {
-                    let sent = self.hub.send_remote(
+                    let sent = self.node.hub.send_remote(
                         &node,
                         &to,
                         frame.clone(),
@@ -363,7 +375,7 @@ impl Connection {
                     if let Err(e) = Box::pin(sent).await {
                         tracing::warn!(
                             error = %e,
-                            peer = %session.peer_id,
+                            peer = %session.peer_id(),
                             "cross-node relay failed"
                         );
                         send_error(
@@ -379,9 +391,10 @@ impl Connection {
                 metadata,
                 reference,
             } => {
-                let updated = self
-                    .hub
-                    .update(&session.peer_id, session.epoch, metadata, false);
+                let updated =
+                    self.node
+                        .hub
+                        .update(session.peer_id(), session.epoch, metadata, false);
                 if let Err(e) = Box::pin(updated).await {
                     membership_error(session, e, reference.as_deref());
                 }
@@ -419,15 +432,20 @@ impl Connection {
                 reference,
             );
         }
-        match self.hub.join(&session.peer_id, session.epoch, room).await {
+        match self
+            .node
+            .hub
+            .join(session.peer_id(), session.epoch, room)
+            .await
+        {
             Ok(joined) => {
                 session.room = Some(room.to_string());
                 let ice_servers = self.ice_servers_for(&session.grant);
                 let frame = Outgoing::Joined {
                     room_id: room,
-                    peer_id: &session.peer_id,
+                    peer_id: session.peer_id(),
                     peers: &joined.peers,
-                    metadata: (&session.peer_id, joined.metadata.as_deref(), &joined.peers),
+                    metadata: (session.peer_id(), joined.metadata.as_deref(), &joined.peers),
                     ice_servers: &ice_servers,
                 }
                 .to_frame();
@@ -444,7 +462,7 @@ fn membership_error(session: &Session, e: MembershipError, reference: Option<&Ra
         MembershipError::NotInRoom => (ErrorCode::NotInRoom, "You are not in that room."),
         MembershipError::Replaced => return,
         MembershipError::Store(e) => {
-            tracing::warn!(error = %e, peer = %session.peer_id, "membership change failed");
+            tracing::warn!(error = %e, peer = %session.peer_id(), "membership change failed");
             (
                 ErrorCode::Unavailable,
                 "Room state is unavailable right now; retry shortly.",

@@ -27,17 +27,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long a server-closed connection waits for the client's close reply.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// Drives one WebSocket, whose token granted `grant`, until it closes.
+/// Drives one WebSocket, whose token granted `grant`, on a task of its own until it closes.
 ///
-/// Not an `async fn`: the future it returns holds only boxes. An
-/// async wrapper would keep its own copies of its arguments for the connection's life,
-/// which made every idle connection's task kilobytes larger; the grant is boxed for the
-/// same reason (their box is freed once the session holds them).
-pub fn run(
-    socket: WebSocket,
-    conn: Box<Connection>,
-    grant: Box<Grant>,
-) -> impl Future<Output = ()> + Send {
+/// The connection's future holds only boxes: an async wrapper would keep its own copies of
+/// its arguments for the connection's life, which made every idle connection's task
+/// kilobytes larger; the grant is boxed for the same reason (its box is freed once the
+/// session holds it).
+pub fn spawn(socket: WebSocket, conn: Box<Connection>, grant: Box<Grant>) {
     // At debug level only: an enabled span lives as long as its connection, and its
     // record and formatted fields cost about 0.9 KB of every idle connection (at
     // LOG_LEVEL=info, 3,995 B per connection with the span at info against 3,099 B
@@ -45,11 +41,18 @@ pub fn run(
     let span = tracing::debug_span!(
         "connection",
         peer = %grant.peer_id(),
-        session = %grant.session_id,
-        node = %conn.hub.node(),
+        session = %grant.session_id(),
+        node = %conn.node.hub.node(),
         remote = %conn.remote,
     );
-    conn.serve(grant, Box::new(socket)).instrument(span)
+    let serve = conn.serve(grant, Box::new(socket));
+    // Two tasks of their own type: a disabled span still takes 40 B of the task, which is
+    // what rounds an idle connection's task up from 512 B to 640 B.
+    if span.is_disabled() {
+        tokio::spawn(serve);
+    } else {
+        tokio::spawn(serve.instrument(span));
+    }
 }
 
 impl Connection {
@@ -65,7 +68,7 @@ impl Connection {
     ) -> impl Future<Output = ()> + Send {
         async move {
             // Decrements on every way out, early returns included.
-            let _open = Open::count(self.hub.metrics());
+            let _open = Open::count(self.node.hub.metrics());
             // Boxed, like every membership change: inline, its state would make every
             // connection's task (idle ones included) as large as the largest of them.
             let Some((session, inbox, prelude)) = Box::pin(self.open(grant)).await else {
@@ -92,11 +95,12 @@ impl Connection {
             inbox,
             resumed,
         } = match self
+            .node
             .hub
             .attach(
-                &grant.session_id,
-                &grant.sub,
-                &peer_id,
+                grant.session_id(),
+                grant.sub(),
+                grant.peer(),
                 grant.metadata.as_deref().and_then(metadata_from),
                 ttl,
             )
@@ -107,7 +111,7 @@ impl Connection {
                 tracing::error!(
                     error = %e,
                     peer = %peer_id,
-                    session = %grant.session_id,
+                    session = %grant.session_id(),
                     remote = %self.remote,
                     "could not register the connection"
                 );
@@ -116,13 +120,12 @@ impl Connection {
         };
         tracing::info!(
             peer = %peer_id,
-            session = %grant.session_id,
-            node = %self.hub.node(),
+            session = %grant.session_id(),
+            node = %self.node.hub.node(),
             remote = %self.remote,
             "websocket connected"
         );
         let mut session = Session {
-            peer_id,
             epoch,
             outbox,
             grant,
@@ -132,14 +135,14 @@ impl Connection {
         };
         let prelude = match resumed {
             Some(resumed) => {
-                tracing::info!(peer = %session.peer_id, "session resumed");
+                tracing::info!(peer = %session.peer_id(), "session resumed");
                 let ice_servers = self.ice_servers_for(&session.grant);
                 let frame = Outgoing::Resumed {
                     room_id: resumed.room.as_deref(),
-                    peer_id: &session.peer_id,
+                    peer_id: session.peer_id(),
                     peers: &resumed.peers,
                     metadata: (
-                        &session.peer_id,
+                        session.peer_id(),
                         resumed.metadata.as_deref(),
                         &resumed.peers,
                     ),
@@ -174,7 +177,7 @@ impl Connection {
             failed,
             unflushed,
             unsent,
-            self.hub.metrics().clone(),
+            self.node.hub.metrics().clone(),
         ));
         tokio::pin!(writer);
         let mut writing = true;
@@ -200,7 +203,8 @@ impl Connection {
             .outbox
             .closing()
             .is_some_and(|c| c.code == Some(close::RESTART));
-        let resumable = (session.dropped || restarting) && !self.limits.resume_grace.is_zero();
+        let resumable =
+            (session.dropped || restarting) && !self.node.connection_limits.resume_grace.is_zero();
         let mut parked = false;
         if resumable {
             // The socket is gone, so the writer stops at once (no close frame to send).
@@ -210,27 +214,27 @@ impl Connection {
                     .is_ok();
             writing = false;
             if let Some(queue) = stopped.then(|| writer.as_mut().take_output()).flatten() {
-                parked = Box::pin(self.hub.park(
-                    &session.peer_id,
+                parked = Box::pin(self.node.hub.park(
+                    session.peer_id(),
                     session.epoch,
                     queue,
-                    self.limits.resume_grace,
+                    self.node.connection_limits.resume_grace,
                 ))
                 .await;
             }
         }
         if parked {
             tracing::info!(
-                peer = %session.peer_id,
-                grace_ms = self.limits.resume_grace.as_millis() as u64,
+                peer = %session.peer_id(),
+                grace_ms = self.node.connection_limits.resume_grace.as_millis() as u64,
                 "connection lost; session kept for a resume"
             );
         } else {
             // Tell the room at once; the close frame to a slow client may take its time
             // meanwhile.
-            let detach = Box::pin(self.hub.detach(
-                &session.grant.session_id,
-                &session.peer_id,
+            let detach = Box::pin(self.node.hub.detach(
+                session.grant.session_id(),
+                session.peer_id(),
                 session.epoch,
                 reason,
             ));
@@ -252,10 +256,10 @@ impl Connection {
             (None, Some(code)) => ("client", code),
             (None, None) => ("network", 1006),
         };
-        self.hub.metrics().closed(code);
+        self.node.hub.metrics().closed(code);
         tracing::info!(
-            peer = %session.peer_id,
-            session = %session.grant.session_id,
+            peer = %session.peer_id(),
+            session = %session.grant.session_id(),
             remote = %self.remote,
             room = session.room.as_deref().unwrap_or(""),
             close_code = code,

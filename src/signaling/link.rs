@@ -98,7 +98,7 @@ impl<'c> Link<'c> {
         mut prelude: Vec<Utf8Bytes>,
     ) -> Self {
         let now = Instant::now();
-        let limits = &conn.limits;
+        let limits = &conn.node.connection_limits;
         prelude.reverse();
         let mut link = Self {
             conn,
@@ -154,9 +154,10 @@ impl<'c> Link<'c> {
     /// deadline follows the last frame only when the timer fires: resetting a timer per
     /// frame was a measurable share of the relay's CPU.
     fn rearm(&mut self) {
-        let due = self
-            .timers
-            .next(self.conn.limits.idle_timeout, self.session.is_some());
+        let due = self.timers.next(
+            self.conn.node.connection_limits.idle_timeout,
+            self.session.is_some(),
+        );
         self.timer.as_mut().reset(due);
     }
 
@@ -185,10 +186,11 @@ impl<'c> Link<'c> {
             && !matches!(message, Message::Close(_))
         {
             let folded = self.ws.take_continuations();
-            match self
-                .limiter
-                .check_frames(&conn.limits.message_limit(), now, 1 + folded)
-            {
+            match self.limiter.check_frames(
+                &conn.node.connection_limits.message_limit(),
+                now,
+                1 + folded,
+            ) {
                 Verdict::Allowed => {}
                 Verdict::Limited if matches!(message, Message::Text(_) | Message::Binary(_)) => {
                     conn.refuse_over_limit(session, frame.as_ref());
@@ -197,10 +199,10 @@ impl<'c> Link<'c> {
                 // A control frame names nothing to refuse: the strike is the refusal, and
                 // the pong a ping is owed still counts below.
                 Verdict::Limited => {
-                    conn.hub.metrics().rate_limited.inc();
+                    conn.node.hub.metrics().rate_limited.inc();
                 }
                 Verdict::Abuse => {
-                    conn.hub.metrics().rate_limited.inc();
+                    conn.node.hub.metrics().rate_limited.inc();
                     session.outbox.close(Some(close::POLICY), "message flood");
                     return Some(LeaveReason::Disconnected);
                 }
@@ -250,7 +252,7 @@ impl<'c> Link<'c> {
     /// The timer fired: a ping falls due, or (when the session is free) the token expired,
     /// the client went silent or the token is due for a refresh.
     fn on_timer(&mut self) -> Option<LeaveReason> {
-        let limits = &self.conn.limits;
+        let limits = &self.conn.node.connection_limits;
         let fired = self.timers.fire(
             Instant::now(),
             limits.ping_interval,
@@ -267,7 +269,7 @@ impl<'c> Link<'c> {
                     return Some(LeaveReason::Disconnected);
                 }
                 Some(Due::NoJoin) => {
-                    self.conn.hub.metrics().cut("join_timeout");
+                    self.conn.node.hub.metrics().cut("join_timeout");
                     session
                         .outbox
                         .close(Some(close::POLICY), "no join within JOIN_TIMEOUT");
@@ -282,7 +284,7 @@ impl<'c> Link<'c> {
                 Some(Due::Refresh) | None => {}
             }
             if fired.due == Some(Due::Refresh)
-                && let Some(issuer) = &self.conn.issuer
+                && let Some(issuer) = &self.conn.node.issuer
             {
                 // Signed with the key in service now: a connection opened with a key
                 // since retired gets a token that verifies everywhere.
@@ -345,7 +347,7 @@ impl<'c> Link<'c> {
                 Poll::Ready(Ok(())) => {
                     self.dirty = false;
                     self.owed = 0;
-                    let metrics = self.conn.hub.metrics();
+                    let metrics = self.conn.node.hub.metrics();
                     // Taken rather than drained: an idle connection keeps no batch space
                     // (one small allocation per flush is the price under load).
                     for out in std::mem::take(&mut self.unflushed) {
@@ -362,7 +364,7 @@ impl<'c> Link<'c> {
 
     /// Counts `out` as written and keeps it until the socket confirms it.
     fn push(&mut self, out: Outbound) -> Message {
-        self.conn.hub.metrics().outbound(&out.frame);
+        self.conn.node.hub.metrics().outbound(&out.frame);
         let message = Message::Text(out.frame.clone());
         self.unflushed.push(out);
         message

@@ -65,8 +65,6 @@ struct Shared {
     /// Live [`Outbox`] handles; with none left, the queue can only drain. Counted outside
     /// the lock: the relay path clones and drops a handle per message.
     senders: AtomicUsize,
-    /// Wakes the one reader of frames (a permit is stored when it is not waiting).
-    queued: Notify,
     /// Wakes everyone waiting for the close reason.
     changed: Notify,
 }
@@ -118,7 +116,6 @@ pub fn channel(capacity: usize) -> (Outbox, Inbox) {
             task: None,
         }),
         senders: AtomicUsize::new(1),
-        queued: Notify::new(),
         changed: Notify::new(),
     });
     (
@@ -147,7 +144,6 @@ impl Drop for Outbox {
             if let Some(task) = task {
                 task.wake();
             }
-            self.shared.queued.notify_one();
             self.shared.changed.notify_waiters();
         }
     }
@@ -182,7 +178,6 @@ impl Outbox {
                 if let Some(task) = task {
                     task.wake();
                 }
-                self.shared.queued.notify_one();
                 return Ok(true);
             }
         }
@@ -248,18 +243,7 @@ impl Closing {
 impl Inbox {
     /// The next frame, in order; `None` once the queue is empty and no sender is left.
     pub async fn recv(&self) -> Option<Outbound> {
-        loop {
-            {
-                let mut state = self.shared.lock();
-                if let Some(out) = take(&mut state) {
-                    return Some(out);
-                }
-                if self.shared.senders.load(Ordering::Acquire) == 0 {
-                    return None;
-                }
-            }
-            self.shared.queued.notified().await;
-        }
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// The next frame if one is queued.

@@ -87,7 +87,7 @@ async fn upgrade(
 }
 
 async fn accept(
-    state: &SignalingState,
+    state: &Arc<SignalingState>,
     remote: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
@@ -179,10 +179,7 @@ async fn accept(
     let ws = ws.map_err(|e| ("not_websocket", e.error()))?;
     // Boxed: the connection's task keeps what it is given for the connection's life.
     let connection = Box::new(Connection {
-        hub: state.hub.clone(),
-        issuer: state.issuer.clone(),
-        ice_servers: state.ice_servers.clone(),
-        limits: state.connection_limits.clone(),
+        node: state.clone(),
         remote,
         held: (slot, ip_permit),
         opened: tokio::time::Instant::now(),
@@ -193,7 +190,7 @@ async fn accept(
     Ok(ws
         .protocol(headers, SUBPROTOCOL)
         .respond(state.max_message_bytes, move |socket| {
-            tokio::spawn(connection::run(socket, connection, grant));
+            connection::spawn(socket, connection, grant);
         }))
 }
 

@@ -56,7 +56,7 @@ impl Hub {
                         if let Some(slot) = table
                             .peers
                             .get(peer.as_str())
-                            .filter(|s| *s.session_id == *session_id)
+                            .filter(|s| s.session_id(&peer) == session_id)
                         {
                             tracing::info!(
                                 "a session admitted during a store outage was revoked; closing it"

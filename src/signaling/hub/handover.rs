@@ -189,7 +189,11 @@ impl Hub {
         self.note_move();
         // Ends the parking timer.
         slot.outbox.close(None, "moved to another node");
-        match self.store.spool(&slot.session_id, &frames, MOVE_TTL).await {
+        match self
+            .store
+            .spool(slot.session_id(peer), &frames, MOVE_TTL)
+            .await
+        {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand a parked session's queue over");

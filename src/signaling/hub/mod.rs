@@ -403,9 +403,9 @@ impl Hub {
         &self,
         peer_id: &str,
         epoch: Epoch,
-    ) -> Result<(Option<Arc<str>>, Arc<str>), MembershipError> {
+    ) -> Result<(Option<Arc<str>>, String), MembershipError> {
         match self.read().owned(peer_id, epoch) {
-            Some(slot) => Ok((slot.room.clone(), slot.session_id.clone())),
+            Some(slot) => Ok((slot.room.clone(), slot.session_id(peer_id).to_string())),
             None => Err(MembershipError::Replaced),
         }
     }

@@ -49,7 +49,7 @@ impl Hub {
                 .iter()
                 .map(|(peer, s)| {
                     let record = SessionRecord {
-                        session_id: s.session_id.to_string(),
+                        session_id: s.session_id(peer).to_string(),
                         user: s.user(peer).to_string(),
                         peer_id: peer.to_string(),
                         node: self.node.to_string(),

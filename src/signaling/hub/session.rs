@@ -25,22 +25,31 @@ type PendingHandover = (Previous, oneshot::Receiver<bool>);
 impl Hub {
     /// Registers a connection for a session. A session parked on this node or handed over
     /// by another one is resumed; otherwise the connection it replaces (on this node or
-    /// another) is closed with 4004 and leaves its room with reason `replaced`.
+    /// another) is closed with 4004 and leaves its room with reason `replaced`. `peer` is
+    /// `<user>-<session_id>`: the table reads both back from it.
     pub async fn attach(
         &self,
         session_id: &str,
         user: &str,
-        peer_id: &str,
+        peer: &Arc<str>,
         metadata: Option<Metadata>,
         ttl: Duration,
     ) -> Result<Registration, StoreError> {
+        let peer_id: &str = peer;
+        debug_assert!(
+            peer_id
+                .strip_suffix(session_id)
+                .and_then(|p| p.strip_suffix('-'))
+                == Some(user),
+            "a peer id is <user>-<session_id>"
+        );
         let (registration, handover) = {
             let _recovery = self.recovery.read().await;
             let _peer = self.enter_peer(peer_id).await;
             if let Some(resumed) = self.resume(session_id, peer_id, ttl).await? {
                 return Ok(resumed);
             }
-            self.claim(session_id, user, peer_id, metadata, ttl).await?
+            self.claim(session_id, user, peer, metadata, ttl).await?
         };
         let Some((previous, reply)) = handover else {
             return Ok(registration);
@@ -64,10 +73,11 @@ impl Hub {
         &self,
         session_id: &str,
         user: &str,
-        peer_id: &str,
+        peer: &Arc<str>,
         metadata: Option<Metadata>,
         ttl: Duration,
     ) -> Result<(Registration, Option<PendingHandover>), StoreError> {
+        let peer_id: &str = peer;
         let record = SessionRecord {
             session_id: session_id.to_string(),
             user: user.to_string(),
@@ -89,10 +99,10 @@ impl Hub {
         };
         let (outbox, inbox) = outbox::channel(self.queue);
         let old = self.write().peers.insert(
-            Arc::from(peer_id),
+            peer.clone(),
             PeerSlot {
                 epoch: claim.epoch,
-                session_id: Arc::from(session_id),
+                session_len: PeerSlot::session_len(session_id),
                 expires: tokio::time::Instant::now() + ttl,
                 outbox: outbox.clone(),
                 room: None,
@@ -253,7 +263,9 @@ impl Hub {
         let session_id = {
             let table = self.read();
             match table.peers.get(peer_id) {
-                Some(s) if s.epoch == epoch && s.parked.is_some() => s.session_id.clone(),
+                Some(s) if s.epoch == epoch && s.parked.is_some() => {
+                    s.session_id(peer_id).to_string()
+                }
                 _ => return,
             }
         };

@@ -14,11 +14,13 @@ use crate::signaling::outbox::{Inbox, Outbox};
 use crate::signaling::protocol::{LeaveReason, Metadata, Outgoing, Participant, metadata_from};
 use crate::store::{Epoch, Member};
 
-/// A local session. One per connection, kept small: the user id is the peer id without
-/// its `-<session_id>` suffix, and the room id is the room view's key.
+/// A local session. One per connection, kept small: the peer id (`<user>-<session_id>`)
+/// is the table's key and holds the user and session ids, and the room id is the room
+/// view's key.
 pub(super) struct PeerSlot {
     pub epoch: Epoch,
-    pub session_id: Arc<str>,
+    /// How long the session id at the end of the peer id is.
+    pub session_len: u32,
     /// When the session's store record should lapse (token expiry plus margin).
     pub expires: tokio::time::Instant,
     pub outbox: Outbox,
@@ -31,9 +33,21 @@ pub(super) struct PeerSlot {
 }
 
 impl PeerSlot {
-    /// The user of the session whose peer id is `peer`.
+    /// The length to keep for the session id `session_id`.
+    pub fn session_len(session_id: &str) -> u32 {
+        // Ids come from tokens, which are at most MAX_TOKEN_BYTES long.
+        u32::try_from(session_id.len()).expect("a session id is shorter than a token")
+    }
+
+    /// The session id in `peer`, this slot's peer id.
+    pub fn session_id<'a>(&self, peer: &'a str) -> &'a str {
+        peer.get(peer.len().saturating_sub(self.session_len as usize)..)
+            .unwrap_or(peer)
+    }
+
+    /// The user in `peer`, this slot's peer id.
     pub fn user<'a>(&self, peer: &'a str) -> &'a str {
-        peer.strip_suffix(&*self.session_id)
+        peer.strip_suffix(self.session_id(peer))
             .and_then(|p| p.strip_suffix('-'))
             .unwrap_or(peer)
     }

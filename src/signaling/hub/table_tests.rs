@@ -22,7 +22,7 @@ fn table_with(peers: &[(&str, Epoch)]) -> (RoomTable, HashMap<String, Inbox>) {
 fn slot(epoch: Epoch, outbox: Outbox) -> PeerSlot {
     PeerSlot {
         epoch,
-        session_id: Arc::from("s"),
+        session_len: 1,
         expires: tokio::time::Instant::now(),
         outbox,
         room: None,
@@ -77,14 +77,14 @@ fn remote_node(table: &RoomTable, from: &str, to: &str) -> Option<String> {
     }
 }
 
-/// The slot keeps no user id: it is read back from the peer id, even when both the user
-/// and the session id contain dashes.
+/// The slot keeps neither the user id nor the session id: both are read back from the
+/// peer id, even when both contain dashes.
 #[test]
 fn a_slot_reads_its_user_from_the_peer_id() {
     let (outbox, _inbox) = outbox::channel(1);
     let slot = PeerSlot {
         epoch: 1,
-        session_id: Arc::from("0b6c-41f2"),
+        session_len: PeerSlot::session_len("0b6c-41f2"),
         expires: tokio::time::Instant::now(),
         outbox,
         room: None,
@@ -92,6 +92,8 @@ fn a_slot_reads_its_user_from_the_peer_id() {
         parked: None,
     };
     assert_eq!(slot.user("ann-marie-0b6c-41f2"), "ann-marie");
+    assert_eq!(slot.session_id("ann-marie-0b6c-41f2"), "0b6c-41f2");
+    // Not a peer id of this slot's session: all of it is the user, none the session.
     assert_eq!(slot.user("ann-41f2"), "ann-41f2");
 }
 

@@ -33,7 +33,7 @@ async fn bob_on_n1_with_alice_on_n0(bus: Arc<dyn Bus>) -> (Hub, Registration) {
         .unwrap();
     let hub = Hub::new("n1", store, bus, 6, 16, Metrics::new());
     let bob = hub
-        .attach("s-bob", "bob", "bob-1", None, TTL)
+        .attach("1", "bob", &Arc::from("bob-1"), None, TTL)
         .await
         .unwrap();
     hub.join("bob-1", bob.epoch, "r").await.unwrap();
@@ -212,12 +212,12 @@ async fn a_parked_session_ends_when_its_grace_runs_out() {
         Metrics::new(),
     ));
     let ann = hub
-        .attach("s-ann", "ann", "ann-1", None, TTL)
+        .attach("1", "ann", &Arc::from("ann-1"), None, TTL)
         .await
         .unwrap();
     hub.join("ann-1", ann.epoch, "r").await.unwrap();
     let bob = hub
-        .attach("s-bob", "bob", "bob-1", None, TTL)
+        .attach("1", "bob", &Arc::from("bob-1"), None, TTL)
         .await
         .unwrap();
     hub.join("bob-1", bob.epoch, "r").await.unwrap();
