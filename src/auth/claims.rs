@@ -256,9 +256,9 @@ fn claim_name(text: &str) -> &'static str {
         .unwrap_or("required")
 }
 
-/// 128 bits from the operating system's CSPRNG, hex-encoded.
+/// 128 random bits, hex-encoded, from rand's per-thread CSPRNG (ChaCha, seeded and
+/// reseeded from the operating system's): a system call for each id was two of a join's
+/// sixteen (a token needs a session id and a token id).
 pub(super) fn random_hex() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the operating system random source is unavailable");
-    hex::encode(bytes)
+    hex::encode(rand::random::<[u8; 16]>())
 }
