@@ -14,50 +14,12 @@ use tokio::time::Instant;
 use super::hub::{MembershipError, REMOTE_RELAY_FAILED, RelayError, Route};
 use super::outbox::Outbox;
 use super::protocol::{self, Command, ErrorCode, Metadata, Outgoing, close, metadata_from};
+use super::state::SignalingState;
 use super::timers::refresh_wait;
-use super::upgrade::SignalingState;
 use crate::auth::{Grant, IceServer};
 use crate::identifier;
 use crate::net::websocket::{Message, Utf8Bytes, WsError};
-use crate::resilience::{ConnectionSlot, IpPermit, MessageLimit};
-
-/// Refused messages within [`STRIKE_WINDOW`] after which the sender is closed with 1008.
-pub(super) const STRIKES_TO_CLOSE: u32 = 50;
-/// Window in which refused messages count towards closing the connection.
-pub(super) const STRIKE_WINDOW: Duration = Duration::from_secs(10);
-
-/// Per-connection limits and timers (the node-wide ones are `config::LimitsConfig`).
-#[derive(Debug, Clone)]
-pub struct ConnectionLimits {
-    /// Server ping interval.
-    pub ping_interval: Duration,
-    /// Silence after which the connection is closed.
-    pub idle_timeout: Duration,
-    /// Lead time for pushing a fresh token; zero disables refresh.
-    pub refresh_before: Duration,
-    /// Sustained messages per second.
-    pub message_rate: f64,
-    /// Message burst.
-    pub message_burst: f64,
-    /// How long a dropped connection's session waits for a resume (zero: no resume).
-    pub resume_grace: Duration,
-    /// How long a new connection may stay out of any room (JOIN_TIMEOUT).
-    pub join_timeout: Duration,
-    /// Largest participant metadata, in bytes (MAX_METADATA_BYTES).
-    pub max_metadata_bytes: usize,
-}
-
-impl ConnectionLimits {
-    /// The message limit every connection of the node is held to.
-    pub fn message_limit(&self) -> MessageLimit {
-        MessageLimit {
-            rate: self.message_rate,
-            burst: self.message_burst,
-            strikes_to_close: STRIKES_TO_CLOSE,
-            window: STRIKE_WINDOW,
-        }
-    }
-}
+use crate::resilience::{ConnectionSlot, IpPermit};
 
 /// Everything a connection task needs.
 pub struct Connection {

@@ -20,7 +20,8 @@ use crate::net::websocket::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use crate::telemetry::Metrics;
 
 /// Re-exported: the upgrade builds a [`Connection`], the server its [`ConnectionLimits`].
-pub use super::commands::{Connection, ConnectionLimits};
+pub use super::commands::Connection;
+pub use super::state::ConnectionLimits;
 
 /// How long a closing connection may take to flush and send its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);

@@ -9,8 +9,10 @@ mod link;
 pub mod outbox;
 pub mod protocol;
 mod revocation;
+mod state;
 mod timers;
 mod upgrade;
 
 pub use hub::Hub;
-pub use upgrade::{SignalingState, router};
+pub use state::SignalingState;
+pub use upgrade::router;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, FromRef, RawQuery, State};
@@ -12,14 +12,12 @@ use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
-use super::Hub;
-use super::connection::{self, Connection, ConnectionLimits};
-use crate::auth::{Grant, IceServers, TokenIssuer, TokenVerifier, query_token};
+use super::SignalingState;
+use super::connection::{self, Connection};
+use crate::auth::{Grant, query_token};
 use crate::error::{ApiError, sentence};
 use crate::net::websocket::{NotWebSocket, Upgrade};
-use crate::resilience::{
-    ConnectionSlots, IpLimiter, LoadGuard, TrustedNet, request_ip, via_trusted_proxy,
-};
+use crate::resilience::{request_ip, via_trusted_proxy};
 
 /// The subprotocol the server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
@@ -28,38 +26,6 @@ const KEY_BYTES: usize = 16;
 
 /// Prefix of the subprotocol entry that carries the token.
 const BEARER_PREFIX: &str = "bearer.";
-
-/// What the upgrade and the connections it starts need, and nothing else.
-pub struct SignalingState {
-    /// This node's rooms and peers.
-    pub hub: Arc<Hub>,
-    /// Mints refreshed tokens; `None` on a node that holds only public keys.
-    pub issuer: Option<Arc<TokenIssuer>>,
-    /// Verifies the upgrade's token.
-    pub verifier: TokenVerifier,
-    /// STUN/TURN servers told to clients.
-    pub ice_servers: Arc<IceServers>,
-    /// Timers and rates of every connection.
-    pub connection_limits: Arc<ConnectionLimits>,
-    /// Set once shutdown starts: upgrades are refused.
-    pub draining: Arc<AtomicBool>,
-    /// The node's connection cap.
-    pub slots: ConnectionSlots,
-    /// The process's CPU and memory use, for load shedding.
-    pub load: Arc<LoadGuard>,
-    /// CPU share above which upgrades are refused (0 = off).
-    pub shed_cpu: f64,
-    /// Memory share above which upgrades are refused (0 = off).
-    pub shed_memory: f64,
-    /// Per-IP upgrade rate and connection cap.
-    pub ip_limiter: Arc<IpLimiter>,
-    /// Proxies whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Arc<[TrustedNet]>,
-    /// Allowed browser origins; `None` allows any.
-    pub allowed_origins: Option<Vec<String>>,
-    /// Largest accepted WebSocket message.
-    pub max_message_bytes: usize,
-}
 
 /// The signaling route, on any router state that can lend a [`SignalingState`].
 pub fn router<S>() -> Router<S>
