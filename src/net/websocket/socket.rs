@@ -5,10 +5,11 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use futures_util::{Sink, Stream};
 use hyper::upgrade::Upgraded;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::poll_read_buf;
 
 use super::frame::{self, Head, MAX_CLIENT_HEAD};
 use super::stream::ClientStream;
@@ -47,11 +48,12 @@ pub struct WebSocket<S = ClientStream> {
     queued: Option<Outgoing>,
 }
 
-/// A client frame: its header and its payload (all of it allocated, `filled` of it read).
+/// A client frame: its header and its payload, read so far into a buffer of the payload's
+/// size (allocated, not zeroed: zero-filling each payload before reading over it was a
+/// tenth of the instructions the node spent per relayed offer).
 struct Frame {
     head: Head,
     payload: Vec<u8>,
-    filled: usize,
 }
 
 /// A message that arrives in fragments.
@@ -167,12 +169,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Box<Frame>>, WsError>> {
         loop {
             if let Some(frame) = &mut self.reading {
-                if frame.filled < frame.payload.len() {
-                    let mut buf = ReadBuf::new(&mut frame.payload[frame.filled..]);
-                    ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-                    match buf.filled().len() {
-                        0 => return Poll::Ready(Ok(None)),
-                        n => frame.filled += n,
+                let rest = frame.head.len as usize - frame.payload.len();
+                if rest > 0 {
+                    // At most the rest of this payload: what follows is the next frame's.
+                    let mut buf = (&mut frame.payload).limit(rest);
+                    let read = ready!(poll_read_buf(Pin::new(&mut self.io), cx, &mut buf))?;
+                    if read == 0 {
+                        return Poll::Ready(Ok(None));
                     }
                     continue;
                 }
@@ -211,17 +214,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         if so_far.saturating_add(head.len) > self.max_message as u64 {
             return Err(WsError::TooBig);
         }
-        let mut payload = vec![0; head.len as usize];
+        let mut payload = Vec::with_capacity(head.len as usize);
         let ahead_len = usize::from(self.ahead_len);
-        let here = (ahead_len - head.size).min(payload.len());
-        payload[..here].copy_from_slice(&self.ahead[head.size..head.size + here]);
+        let here = (ahead_len - head.size).min(head.len as usize);
+        payload.extend_from_slice(&self.ahead[head.size..head.size + here]);
         self.ahead.copy_within(head.size + here..ahead_len, 0);
         self.ahead_len = (ahead_len - head.size - here) as u8;
-        self.reading = Some(Box::new(Frame {
-            head,
-            payload,
-            filled: here,
-        }));
+        self.reading = Some(Box::new(Frame { head, payload }));
         Ok(())
     }
 
