@@ -75,7 +75,7 @@ impl Hub {
         if let Some(old) = &current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
         }
-        self.record_room(&session_id, epoch, Some(room)).await;
+        self.record_room(session_id, epoch, Some(room)).await;
         {
             let mut table = self.write();
             let notices = table.join(room, peer_id, &before, &self.node);
@@ -160,7 +160,7 @@ impl Hub {
         let _room = self.enter_rooms(&[&current]).await;
         self.depart(&current, peer_id, epoch, LeaveReason::Left)
             .await;
-        self.record_room(&session_id, epoch, None).await;
+        self.record_room(session_id, epoch, None).await;
         Ok(())
     }
 

@@ -398,14 +398,15 @@ impl Hub {
         Ok(())
     }
 
-    /// The room `peer_id` is in and its session, or `Replaced` when `epoch` lost the peer.
-    fn owned(
+    /// The room `peer_id` is in and its session (read from the peer id), or `Replaced` when
+    /// `epoch` lost the peer.
+    fn owned<'p>(
         &self,
-        peer_id: &str,
+        peer_id: &'p str,
         epoch: Epoch,
-    ) -> Result<(Option<Arc<str>>, String), MembershipError> {
+    ) -> Result<(Option<Arc<str>>, &'p str), MembershipError> {
         match self.read().owned(peer_id, epoch) {
-            Some(slot) => Ok((slot.room.clone(), slot.session_id(peer_id).to_string())),
+            Some(slot) => Ok((slot.room.clone(), slot.session_id(peer_id))),
             None => Err(MembershipError::Replaced),
         }
     }

@@ -233,6 +233,6 @@ impl Hub {
         };
         self.record_departure(room, peer, epoch, LeaveReason::Removed, emptied)
             .await;
-        self.record_room(&session_id, epoch, None).await;
+        self.record_room(session_id, epoch, None).await;
     }
 }

@@ -263,14 +263,12 @@ impl Hub {
         let session_id = {
             let table = self.read();
             match table.peers.get(peer_id) {
-                Some(s) if s.epoch == epoch && s.parked.is_some() => {
-                    s.session_id(peer_id).to_string()
-                }
+                Some(s) if s.epoch == epoch && s.parked.is_some() => s.session_id(peer_id),
                 _ => return,
             }
         };
         self.metrics.resumed("expired");
-        self.detach(&session_id, peer_id, epoch, LeaveReason::Timeout)
+        self.detach(session_id, peer_id, epoch, LeaveReason::Timeout)
             .await;
     }
 
