@@ -211,3 +211,60 @@ async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
         "{logs:?}"
     );
 }
+
+/// A client told to go that connects to another node before closing its connection (make
+/// before break) resumes there too: the node it leaves closes the old connection with
+/// 1012 and hands the session over, and its room hears nothing of the move.
+#[tokio::test]
+async fn a_client_that_connects_elsewhere_before_closing_its_drained_connection_resumes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let prefix = unique_prefix();
+    let vars = [
+        ("AUTH_SECRET", SECRET),
+        ("REDIS_URL", url.as_str()),
+        ("KEY_PREFIX", prefix.as_str()),
+        // Reconnect hints spread over 10 s: the old connection is still open (its hint
+        // not due) when the new one takes the session.
+        ("DRAIN_TIMEOUT", "20s"),
+    ];
+    let (mut drained, n0) = Running::start(&vars);
+    let (_n1, n1) = Running::start(&vars);
+    let (mut alice, alice_token) = client_at(&n0, "alice").await;
+    let (mut bob, _) = client_at(&n1, "bob").await;
+    alice.join("call").await;
+    bob.join("call").await;
+    alice.expect("peer_joined").await;
+
+    drained.signal("-TERM");
+    alice.expect("goaway").await;
+    let url = format!("ws://{n1}/ws/signal?token={alice_token}");
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket upgrade");
+    let mut moved = Client {
+        ws,
+        peer_id: alice.peer_id.clone(),
+    };
+    // The old connection stays open and answers its close frame, as a browser does.
+    let old = tokio::spawn(async move { alice.expect_close().await });
+    let resumed = moved.expect("resumed").await;
+    assert_eq!(resumed["roomId"], "call");
+    assert_eq!(resumed["peers"], json!([bob.peer_id]));
+    let old_close = tokio::time::timeout(common::DEADLINE, old)
+        .await
+        .expect("the old connection closes")
+        .unwrap();
+    assert_eq!(old_close, Some(1012));
+
+    // The call goes on both ways, and bob's next message is alice's answer: no peer_left.
+    bob.offer(&moved.peer_id, "v=0").await;
+    let offer = moved.expect("offer").await;
+    assert_eq!(offer["peerId"], bob.peer_id.as_str());
+    moved
+        .send(json!({"type": "answer", "peerId": bob.peer_id, "sdp": "v=0"}))
+        .await;
+    assert_eq!(bob.expect("answer").await["peerId"], moved.peer_id.as_str());
+    moved.close().await;
+    assert!(drained.wait_exit().success());
+}

@@ -81,6 +81,7 @@ impl Hub {
     /// closes each connection with 1012 when its hint comes due. Sessions stay resumable:
     /// a client reconnecting elsewhere takes its session and queue with it.
     pub fn drain(self: &Arc<Self>, spread: Duration) {
+        self.draining.store(true, Ordering::Relaxed);
         let table = self.read();
         for (peer, slot) in table.peers.iter().filter(|(_, s)| s.parked.is_none()) {
             let mut bytes = [0u8; 8];

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -141,7 +142,8 @@ impl Hub {
     }
 
     /// Answers another node's [`BusMessage::Handover`]: a parked session's queue goes to
-    /// the store and the session moves there; a live connection is closed as replaced.
+    /// the store and the session moves there; a live connection is closed as replaced,
+    /// unless this node is draining: then it closes with 1012, parks and moves the same way.
     pub(super) async fn hand_over(&self, peer: &str, epoch: Epoch, to: &str, new_epoch: Epoch) {
         let settle = tokio::time::Instant::now() + PARK_SETTLE;
         let resumed = loop {
@@ -150,6 +152,13 @@ impl Hub {
             let held = match self.read().peers.get(peer) {
                 Some(s) if s.epoch == epoch && s.parked.is_some() => Held::Parked,
                 Some(s) if s.epoch == epoch && s.outbox.closing().is_some() => Held::Closing,
+                Some(s) if s.epoch == epoch && self.draining.load(Ordering::Relaxed) => {
+                    // Told to go, the client connected elsewhere before this connection
+                    // closed: it closes as the drain would have closed it (1012) and
+                    // parks, and its queue follows the session.
+                    s.outbox.close(Some(close::RESTART), "server restarting");
+                    Held::Closing
+                }
                 Some(s) if s.epoch == epoch => Held::Live,
                 _ => Held::Gone,
             };

@@ -183,6 +183,9 @@ pub struct Hub {
     departures: std::sync::Mutex<Vec<Departure>>,
     /// Set once the node shuts down: dropped connections are no longer parked.
     shutting: AtomicBool,
+    /// Set once the node drains: its clients were told to go, so a session one of them
+    /// takes elsewhere is handed over even while its connection here is still open.
+    draining: AtomicBool,
     /// Reconnects waiting for another node to hand their session over, by peer and epoch.
     handovers: std::sync::Mutex<HashMap<(String, Epoch), oneshot::Sender<bool>>>,
     /// When this node last handed a session over or forwarded a message after one.
@@ -249,6 +252,7 @@ impl Hub {
             unwritten: AtomicBool::new(false),
             departures: std::sync::Mutex::default(),
             shutting: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             handovers: std::sync::Mutex::default(),
             last_move: std::sync::Mutex::default(),
         }
