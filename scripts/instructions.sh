@@ -6,7 +6,10 @@
 # 2 KB offers at 1,000/s for 10 s, and the counters are dumped and divided by the
 # messages relayed. The kernel's share (most of the CPU time) is not counted.
 #
-# Usage: scripts/instructions.sh [BINARY] [floor]
+# With WHAT=join it counts instructions per join instead: after a warm-up of 500, 3,000
+# handshakes of `join-storm` (token, connect, join, close), 8 at a time.
+#
+# Usage: [WHAT=join] scripts/instructions.sh [BINARY] [floor]
 #   BINARY defaults to target/release/switchboard (built first); pass `floor` after the
 #   floor relay's binary to start it the way it starts.
 set -euo pipefail
@@ -36,11 +39,21 @@ for _ in $(seq 300); do
   (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
   sleep 0.2
 done
-bench() { target/release/switchboard-bench --url "ws://127.0.0.1:$PORT" --secret "$SECRET" relay --pairs 10 "$@"; }
-bench --rate 500 --duration 2s >/dev/null
-callgrind_control --zero "$vpid" >/dev/null 2>&1
-bench --rate 1000 --duration 10s | tail -2
+if [ "${WHAT:-offer}" = join ]; then
+  MESSAGES=3000
+  unit="join"
+  storm() { target/release/switchboard-bench --url "ws://127.0.0.1:$PORT" join-storm --concurrency 8 --joins "$1"; }
+  storm 500 >/dev/null
+  callgrind_control --zero "$vpid" >/dev/null 2>&1
+  storm $MESSAGES | tail -1
+else
+  unit="relayed offer"
+  bench() { target/release/switchboard-bench --url "ws://127.0.0.1:$PORT" --secret "$SECRET" relay --pairs 10 "$@"; }
+  bench --rate 500 --duration 2s >/dev/null
+  callgrind_control --zero "$vpid" >/dev/null 2>&1
+  bench --rate 1000 --duration 10s | tail -2
+fi
 callgrind_control --dump "$vpid" >/dev/null 2>&1
 sleep 1
 total=$(grep -h '^summary:' "$out"/cg.*.1 | awk '{print $2}')
-echo "$KIND: $total user-space instructions for $MESSAGES messages: $((total / MESSAGES)) per relayed offer"
+echo "$KIND: $total user-space instructions for $MESSAGES ${unit}s: $((total / MESSAGES)) per $unit"

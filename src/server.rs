@@ -350,8 +350,12 @@ impl Drop for AppState {
 }
 
 /// The router's state: the node, and what it lends each service through [`FromRef`].
+/// One `Arc`: the router clones and drops its state with every request.
 #[derive(Clone)]
-struct Services {
+struct Services(Arc<ServiceParts>);
+
+/// What [`Services`] shares.
+struct ServiceParts {
     node: Arc<AppState>,
     auth: Arc<AuthState>,
     signaling: Arc<SignalingState>,
@@ -361,31 +365,31 @@ struct Services {
 
 impl FromRef<Services> for Arc<ApiState> {
     fn from_ref(services: &Services) -> Self {
-        services.api.clone()
+        services.0.api.clone()
     }
 }
 
 impl FromRef<Services> for Arc<AuthState> {
     fn from_ref(services: &Services) -> Self {
-        services.auth.clone()
+        services.0.auth.clone()
     }
 }
 
 impl FromRef<Services> for Arc<SignalingState> {
     fn from_ref(services: &Services) -> Self {
-        services.signaling.clone()
+        services.0.signaling.clone()
     }
 }
 
 impl FromRef<Services> for Arc<HealthState> {
     fn from_ref(services: &Services) -> Self {
-        services.health.clone()
+        services.0.health.clone()
     }
 }
 
 impl FromRef<Services> for Arc<AppState> {
     fn from_ref(services: &Services) -> Self {
-        services.node.clone()
+        services.0.node.clone()
     }
 }
 
@@ -416,13 +420,13 @@ pub fn app(state: Arc<AppState>) -> Router {
             .merge(crate::signaling::router())
             .merge(crate::web::router(cors));
     }
-    let services = Services {
+    let services = Services(Arc::new(ServiceParts {
         auth: state.auth.clone(),
         signaling: state.signaling.clone(),
         health: state.health.clone(),
         api: state.api.clone(),
         node: state,
-    };
+    }));
     if metrics_here {
         router = router.route("/metrics", axum::routing::get(metrics));
     }

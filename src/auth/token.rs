@@ -189,8 +189,10 @@ impl TokenVerifier {
                     Some(provider) => Some(provider.keys()),
                     None => self.keys.remote(),
                 };
+                // Boxed: the fetch's future is about 9 KB, and every upgrade and
+                // validation handler would carry (and move) that much otherwise.
                 match remote {
-                    Some(remote) if remote.refresh().await => self.verify(token),
+                    Some(remote) if Box::pin(remote.refresh()).await => self.verify(token),
                     _ => Err(TokenError::UnknownKey),
                 }
             }

@@ -155,13 +155,20 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn serve(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         // No Nagle delay on client sockets: a relayed message must not wait for the ACK of
         // the one before it (a 40 ms stall at the tail otherwise).
         let _ = tcp.set_nodelay(true);
-        let Some(tls) = tls else {
-            return self.http(tcp).await;
-        };
+        match tls {
+            None => self.http(tcp).await,
+            // Boxed: a TLS connection's future is several KB larger, and a plain one's
+            // would be as large (and be moved as such when spawned) otherwise.
+            Some(tls) => Box::pin(self.serve_tls(tcp, tls)).await,
+        }
+    }
+
+    /// The TLS handshake (within the request-head deadline), then HTTP over it.
+    async fn serve_tls(mut self, tcp: TcpStream, tls: TlsAcceptor) {
         if *self.stopping.borrow() {
             return;
         }

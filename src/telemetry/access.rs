@@ -34,6 +34,11 @@ pub fn redact_query(query: &str) -> String {
 /// One log line per HTTP request: method, masked path, redacted query, status, duration,
 /// remote.
 pub async fn access_log(request: Request, next: Next) -> Response {
+    // Below `info` for this target nothing is written, so nothing is prepared either: the
+    // masking and the formatting are a few percent of a join's CPU.
+    if !tracing::enabled!(target: "switchboard::access", tracing::Level::INFO) {
+        return next.run(request).await;
+    }
     let started = Instant::now();
     let method = request.method().clone();
     let path = mask(request.uri().path());

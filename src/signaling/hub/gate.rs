@@ -19,7 +19,8 @@ struct Gate {
     busy: bool,
     /// Tasks waiting to enter.
     waiters: usize,
-    notify: Arc<Notify>,
+    /// Wakes them; made by the first one, as most gates are never waited for.
+    notify: Option<Arc<Notify>>,
     /// Messages left by the bus consumer for the holder to apply, oldest first.
     deferred: Vec<crate::bus::BusMessage>,
     /// The holder is applying deferred messages: later ones must queue behind them.
@@ -57,12 +58,10 @@ impl Gates {
         self.gates.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The gate of `key`, created free when missing (the key is copied only then).
+    /// The gate of `key`, created free when missing. One lookup: a gate is usually
+    /// missing (made at entry, dropped at exit), so the key's copy is seldom wasted.
     fn gate<'m>(map: &'m mut HashMap<Arc<str>, Gate>, key: &str) -> &'m mut Gate {
-        if !map.contains_key(key) {
-            map.insert(Arc::from(key), Gate::default());
-        }
-        map.get_mut(key).expect("inserted above")
+        map.entry(Arc::from(key)).or_default()
     }
 
     /// Waits until the gate of `key` is free and takes it; [`Gates::leave`] gives it back.
@@ -76,7 +75,7 @@ impl Gates {
                     return;
                 }
                 gate.waiters += 1;
-                gate.notify.clone()
+                gate.notify.get_or_insert_default().clone()
             };
             let _waiting = Waiting { gates: self, key };
             // A wake-up sent before this waits is kept by `Notify`, so none is missed.
@@ -142,7 +141,9 @@ impl Gates {
             self.holding.fetch_sub(1, Ordering::Release);
         }
         if gate.waiters > 0 {
-            gate.notify.notify_one();
+            if let Some(notify) = &gate.notify {
+                notify.notify_one();
+            }
         } else {
             map.remove(key);
         }
