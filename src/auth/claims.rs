@@ -265,5 +265,35 @@ fn claim_name(text: &str) -> &'static str {
 /// reseeded from the operating system's): a system call for each id was two of a join's
 /// sixteen (a token needs a session id and a token id).
 pub(super) fn random_hex() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    // Into a buffer, not `hex::encode`: that collects a `char` iterator, about a thousand
+    // instructions for 32 characters, twice per join.
+    let mut text = [0u8; 32];
+    hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut text).expect("32 bytes hold 16 in hex");
+    String::from_utf8(text.to_vec()).expect("hex is ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ids_are_32_lowercase_hex_digits_and_differ() {
+        let (a, b) = (random_hex(), random_hex());
+        for id in [&a, &b] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{id}"
+            );
+        }
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_peer_id_is_the_user_a_dash_and_the_session() {
+        let grant = Grant::new("alice", "0123abcd");
+        assert_eq!(grant.peer_id(), "alice-0123abcd");
+        assert_eq!(grant.sub(), "alice");
+        assert_eq!(grant.session_id(), "0123abcd");
+    }
 }
