@@ -130,20 +130,44 @@ fn assert_complete(who: &str, seen: &Seen) {
     assert!(seen.unexpected.is_empty(), "{who}: {:?}", seen.unexpected);
 }
 
+/// A Redis server and the settings every node of one test shares.
+struct Fleet {
+    _redis: RedisServer,
+    url: String,
+    prefix: String,
+}
+
+impl Fleet {
+    async fn start() -> Self {
+        let redis = RedisServer::start().await;
+        Fleet {
+            url: redis.url(),
+            prefix: unique_prefix(),
+            _redis: redis,
+        }
+    }
+
+    /// The shared settings, then `extra`.
+    fn vars<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut vars = vec![
+            ("AUTH_SECRET", SECRET),
+            ("REDIS_URL", self.url.as_str()),
+            ("KEY_PREFIX", self.prefix.as_str()),
+        ];
+        vars.extend_from_slice(extra);
+        vars
+    }
+}
+
 #[tokio::test]
 async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
-    let redis = RedisServer::start().await;
-    let url = redis.url();
-    let prefix = unique_prefix();
-    let vars = [
-        ("AUTH_SECRET", SECRET),
-        ("REDIS_URL", url.as_str()),
-        ("KEY_PREFIX", prefix.as_str()),
+    let fleet = Fleet::start().await;
+    let vars = fleet.vars(&[
         ("HEARTBEAT_INTERVAL", "500ms"),
         ("DRAIN_TIMEOUT", "2s"),
         // Each side sends 200 messages a second, above the default limit.
         ("MESSAGE_RATE", "1000"),
-    ];
+    ]);
     let (mut drained, n0) = Running::start(&vars);
     let (_n1, n1) = Running::start(&vars);
     let (_n2, n2) = Running::start(&vars);
@@ -217,17 +241,10 @@ async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
 /// 1012 and hands the session over, and its room hears nothing of the move.
 #[tokio::test]
 async fn a_client_that_connects_elsewhere_before_closing_its_drained_connection_resumes() {
-    let redis = RedisServer::start().await;
-    let url = redis.url();
-    let prefix = unique_prefix();
-    let vars = [
-        ("AUTH_SECRET", SECRET),
-        ("REDIS_URL", url.as_str()),
-        ("KEY_PREFIX", prefix.as_str()),
-        // Reconnect hints spread over 10 s: the old connection is still open (its hint
-        // not due) when the new one takes the session.
-        ("DRAIN_TIMEOUT", "20s"),
-    ];
+    let fleet = Fleet::start().await;
+    // Reconnect hints spread over 10 s: the old connection is still open (its hint not
+    // due) when the new one takes the session.
+    let vars = fleet.vars(&[("DRAIN_TIMEOUT", "20s")]);
     let (mut drained, n0) = Running::start(&vars);
     let (_n1, n1) = Running::start(&vars);
     let (mut alice, alice_token) = client_at(&n0, "alice").await;
