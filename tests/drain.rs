@@ -131,16 +131,16 @@ fn assert_complete(who: &str, seen: &Seen) {
 }
 
 /// A Redis server and the settings every node of one test shares.
-struct Fleet {
+struct SharedRedis {
     _redis: RedisServer,
     url: String,
     prefix: String,
 }
 
-impl Fleet {
+impl SharedRedis {
     async fn start() -> Self {
         let redis = RedisServer::start().await;
-        Fleet {
+        SharedRedis {
             url: redis.url(),
             prefix: unique_prefix(),
             _redis: redis,
@@ -161,8 +161,8 @@ impl Fleet {
 
 #[tokio::test]
 async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
-    let fleet = Fleet::start().await;
-    let vars = fleet.vars(&[
+    let redis = SharedRedis::start().await;
+    let vars = redis.vars(&[
         ("HEARTBEAT_INTERVAL", "500ms"),
         ("DRAIN_TIMEOUT", "2s"),
         // Each side sends 200 messages a second, above the default limit.
@@ -241,10 +241,10 @@ async fn a_drained_nodes_calls_resume_elsewhere_without_losing_a_message() {
 /// 1012 and hands the session over, and its room hears nothing of the move.
 #[tokio::test]
 async fn a_client_that_connects_elsewhere_before_closing_its_drained_connection_resumes() {
-    let fleet = Fleet::start().await;
+    let redis = SharedRedis::start().await;
     // Reconnect hints spread over 10 s: the old connection is still open (its hint not
     // due) when the new one takes the session.
-    let vars = fleet.vars(&[("DRAIN_TIMEOUT", "20s")]);
+    let vars = redis.vars(&[("DRAIN_TIMEOUT", "20s")]);
     let (mut drained, n0) = Running::start(&vars);
     let (_n1, n1) = Running::start(&vars);
     let (mut alice, alice_token) = client_at(&n0, "alice").await;
