@@ -7,6 +7,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::IceServer;
+
+mod scan;
 /// Re-exported: the protocol tells it to clients in `peer_left`; the bus carries it too.
 pub use crate::room::LeaveReason;
 
@@ -96,7 +98,7 @@ pub enum Command<'a> {
         /// Target peer id.
         to: Cow<'a, str>,
         /// The `sdp` or `candidate` value, verbatim.
-        payload: &'a RawValue,
+        payload: Payload<'a>,
     },
     /// Sets the sender's participant metadata.
     Update {
@@ -150,7 +152,36 @@ pub struct Rejected<'a> {
     pub reference: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
+/// A relayed `sdp` or `candidate` value: JSON text the parser has checked, passed on
+/// verbatim. Not a `RawValue`, which only serde's reader can borrow from a frame: the
+/// frame's own reader (`scan`) checks SDP faster.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a>(&'a str);
+
+impl<'a> Payload<'a> {
+    /// The JSON text.
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Payload<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(|raw| Payload(raw.get()))
+    }
+}
+
+impl Serialize for Payload<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Only frames serde writes come here (a sender id that needs escaping): rare
+        // enough for a copy.
+        RawValue::from_string(self.0.to_string())
+            .map_err(serde::ser::Error::custom)?
+            .serialize(s)
+    }
+}
+
+#[derive(Deserialize, Default)]
 struct Frame<'a> {
     #[serde(rename = "type", borrow)]
     kind: Option<Cow<'a, str>>,
@@ -161,9 +192,9 @@ struct Frame<'a> {
     #[serde(rename = "peerId", borrow)]
     peer_id: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "present")]
-    sdp: Option<&'a RawValue>,
+    sdp: Option<Payload<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
-    candidate: Option<&'a RawValue>,
+    candidate: Option<Payload<'a>>,
     #[serde(borrow, default, deserialize_with = "present")]
     metadata: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
@@ -172,8 +203,8 @@ struct Frame<'a> {
 
 /// Keeps an explicit `null` as the raw value `null` (serde's `Option` would read it as
 /// absent): a `null` candidate means "end of candidates" and is relayed.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -195,7 +226,11 @@ pub const MAX_CANDIDATE_BYTES: usize = 4096;
 
 /// Parses one text frame into a command, the client's `id` (for replies) and any rejection.
 pub fn parse(text: &str) -> (Option<&RawValue>, Result<Command<'_>, Rejected<'_>>) {
-    let frame: Frame<'_> = match serde_json::from_str(text) {
+    let read = match scan::frame(text) {
+        Some(frame) => Ok(frame),
+        None => serde_json::from_str(text),
+    };
+    let frame: Frame<'_> = match read {
         Ok(f) => f,
         Err(e) => {
             let reference = serde_json::from_str::<IdOnly<'_>>(text)
@@ -244,7 +279,7 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
             reference,
         ));
     };
-    let relay = |kind: RelayKind, name: &str, payload: Option<&'a RawValue>| {
+    let relay = |kind: RelayKind, name: &str, payload: Option<Payload<'a>>| {
         let to = f.peer_id.clone().ok_or_else(|| missing("peerId", name))?;
         let payload = checked_payload(kind, name, payload)
             .map_err(|message| reject(ErrorCode::InvalidMessage, message, reference))?;
@@ -260,7 +295,7 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
         "offer" => relay(RelayKind::Offer, "offer", f.sdp),
         "answer" => relay(RelayKind::Answer, "answer", f.sdp),
         "ice-candidate" => relay(RelayKind::IceCandidate, "ice-candidate", f.candidate),
-        "update" => match f.metadata.map(json_kind) {
+        "update" => match f.metadata.map(|m| json_kind(m.get())) {
             Some(JsonKind::Object) => Ok(Command::Update {
                 metadata: f.metadata.expect("checked above"),
             }),
@@ -289,9 +324,9 @@ fn command<'a>(f: Frame<'a>, reference: Option<&'a RawValue>) -> Result<Command<
 
 /// The kind of JSON value `raw` holds, read from its first byte: the relay passes the
 /// value on verbatim, so its type is checked without parsing it a second time.
-fn json_kind(raw: &RawValue) -> JsonKind {
+fn json_kind(raw: &str) -> JsonKind {
     // A raw value starts at its first significant byte; trimming costs nothing if so.
-    match raw.get().trim_start().as_bytes().first() {
+    match raw.trim_start().as_bytes().first() {
         Some(b'"') => JsonKind::String,
         Some(b'{') => JsonKind::Object,
         Some(b'n') => JsonKind::Null,
@@ -314,10 +349,10 @@ enum JsonKind {
 fn checked_payload<'a>(
     kind: RelayKind,
     name: &str,
-    payload: Option<&'a RawValue>,
-) -> Result<&'a RawValue, String> {
+    payload: Option<Payload<'a>>,
+) -> Result<Payload<'a>, String> {
     match kind {
-        RelayKind::Offer | RelayKind::Answer => match payload.map(json_kind) {
+        RelayKind::Offer | RelayKind::Answer => match payload.map(|p| json_kind(p.get())) {
             Some(JsonKind::String) => Ok(payload.expect("checked above")),
             None | Some(JsonKind::Null) => {
                 Err(format!("The {name} message needs a \"sdp\" field."))
@@ -332,7 +367,7 @@ fn checked_payload<'a>(
                     "The {name} message needs a \"candidate\" field (an object, or null for the end of candidates)."
                 ));
             };
-            match json_kind(raw) {
+            match json_kind(raw.get()) {
                 JsonKind::Object if raw.get().len() > MAX_CANDIDATE_BYTES => Err(format!(
                     "The \"candidate\" object is {} bytes; the limit is {MAX_CANDIDATE_BYTES}.",
                     raw.get().len()
@@ -419,7 +454,7 @@ pub enum Outgoing<'a> {
         #[serde(rename = "peerId")]
         peer_id: &'a str,
         /// SDP, verbatim.
-        sdp: &'a RawValue,
+        sdp: Payload<'a>,
     },
     /// Relayed answer.
     Answer {
@@ -427,7 +462,7 @@ pub enum Outgoing<'a> {
         #[serde(rename = "peerId")]
         peer_id: &'a str,
         /// SDP, verbatim.
-        sdp: &'a RawValue,
+        sdp: Payload<'a>,
     },
     /// Relayed ICE candidate.
     #[serde(rename = "ice-candidate")]
@@ -436,7 +471,7 @@ pub enum Outgoing<'a> {
         #[serde(rename = "peerId")]
         peer_id: &'a str,
         /// Candidate, verbatim.
-        candidate: &'a RawValue,
+        candidate: Payload<'a>,
     },
     /// Reply to `ping`.
     Pong,
@@ -522,7 +557,7 @@ fn metadata_by_peer<S: serde::Serializer>(
 
 impl Outgoing<'_> {
     /// A relayed message from `from` carrying `payload`.
-    pub fn relay<'a>(kind: RelayKind, from: &'a str, payload: &'a RawValue) -> Outgoing<'a> {
+    pub fn relay<'a>(kind: RelayKind, from: &'a str, payload: Payload<'a>) -> Outgoing<'a> {
         match kind {
             RelayKind::Offer => Outgoing::Offer {
                 peer_id: from,
@@ -606,11 +641,10 @@ mod tests {
 
     #[test]
     fn relay_frames_are_what_serde_writes() {
-        let payload =
-            RawValue::from_string(r#"{"candidate":"c \"q\"","sdpMid":"0"}"#.into()).unwrap();
+        let payload = Payload(r#"{"candidate":"c \"q\"","sdpMid":"0"}"#);
         for from in ["alice-0123", "o\"brien\\x"] {
             for kind in [RelayKind::Offer, RelayKind::Answer, RelayKind::IceCandidate] {
-                let message = Outgoing::relay(kind, from, &payload);
+                let message = Outgoing::relay(kind, from, payload);
                 let by_serde = serde_json::to_string(&message).unwrap();
                 assert_eq!(message.to_frame().as_str(), by_serde);
                 let value: serde_json::Value = serde_json::from_str(&by_serde).unwrap();
@@ -727,8 +761,7 @@ mod tests {
             ("12", JsonKind::Other),
             ("false", JsonKind::Other),
         ] {
-            let raw = RawValue::from_string(raw.to_string()).unwrap();
-            assert_eq!(json_kind(&raw), kind);
+            assert_eq!(json_kind(raw), kind);
         }
     }
 

@@ -90,15 +90,17 @@ impl Head {
 
 /// Undoes the client's masking of a whole payload.
 pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    // Eight bytes at a time: a 2 KB offer is unmasked in a few hundred instructions.
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    let mut chunks = payload.chunks_exact_mut(8);
+    // Thirty-two bytes at a time, a loop of fixed length that the compiler turns into
+    // SIMD XORs: a 2 KB offer is unmasked in about 64 steps.
+    const STEP: usize = 32;
+    let wide: [u8; STEP] = std::array::from_fn(|i| mask[i % 4]);
+    let mut chunks = payload.chunks_exact_mut(STEP);
     for chunk in &mut chunks {
-        let word = u64::from_ne_bytes((&*chunk).try_into().expect("eight bytes")) ^ wide;
-        chunk.copy_from_slice(&word.to_ne_bytes());
+        for (byte, m) in chunk.iter_mut().zip(wide) {
+            *byte ^= m;
+        }
     }
+    // The remainder starts at a multiple of four, where the mask starts over.
     for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
         *byte ^= mask[i % 4];
     }
@@ -205,7 +207,7 @@ mod tests {
     #[test]
     fn unmasking_restores_every_length_and_alignment() {
         let mask = [0xA1, 0xB2, 0xC3, 0xD4];
-        for len in [0, 1, 7, 8, 9, 2048, 2051] {
+        for len in [0, 1, 7, 8, 9, 31, 32, 33, 63, 2048, 2051] {
             let plain: Vec<u8> = (0..len).map(|i| i as u8).collect();
             let mut wire: Vec<u8> = plain
                 .iter()
