@@ -14,7 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::commands::{Connection, Deferred, Session, deadline_of, send_error};
-use super::outbox::{Inbox, Outbound};
+use super::outbox::{CloseReason, Inbox, Outbound};
 use super::protocol::{ErrorCode, LeaveReason, Outgoing, close};
 use super::timers::{Due, Timers};
 use crate::net::websocket::{Message, Utf8Bytes, WebSocket, WsError};
@@ -308,22 +308,30 @@ impl<'c> Link<'c> {
     }
 
     /// Writes the prelude, a due ping and queued frames (a burst in one flush) for as
-    /// long as the socket takes them.
-    fn write(&mut self, cx: &mut Context<'_>) {
+    /// long as the socket takes them. Returns the close reason as writing last saw it,
+    /// with the task registered for its change, or `None` when it did not look: the
+    /// caller need not take the queue's lock again for it.
+    fn write(&mut self, cx: &mut Context<'_>) -> Option<Poll<Option<CloseReason>>> {
+        let mut closing = None;
         loop {
             if !matches!(self.writer, Writer::Open) {
-                return;
+                return closing;
             }
             // A close reason stops writing here; the closing handshake sends what is left.
-            if self.inbox.poll_closed(cx).is_ready() {
+            let now = self.inbox.poll_closed(cx);
+            closing = Some(now);
+            if now.is_ready() {
                 self.writer = Writer::Stopped;
-                return;
+                return closing;
             }
             while self.unflushed.len() < WRITE_BATCH {
                 match self.ws.poll_ready_unpin(cx) {
                     Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(_)) => return self.fail(),
-                    Poll::Pending => return,
+                    Poll::Ready(Err(_)) => {
+                        self.fail();
+                        return closing;
+                    }
+                    Poll::Pending => return closing,
                 }
                 let message = if self.ping_due {
                     self.ping_due = false;
@@ -336,12 +344,13 @@ impl<'c> Link<'c> {
                     break;
                 };
                 if self.ws.start_send_unpin(message).is_err() {
-                    return self.fail();
+                    self.fail();
+                    return closing;
                 }
                 self.dirty = true;
             }
             if !self.dirty {
-                return;
+                return closing;
             }
             match self.ws.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
@@ -356,8 +365,11 @@ impl<'c> Link<'c> {
                         }
                     }
                 }
-                Poll::Ready(Err(_)) => return self.fail(),
-                Poll::Pending => return,
+                Poll::Ready(Err(_)) => {
+                    self.fail();
+                    return closing;
+                }
+                Poll::Pending => return closing,
             }
         }
     }
@@ -408,12 +420,13 @@ impl Future for Link<'_> {
                 // Polls the re-armed timer, and writes a ping that fell due.
                 continue;
             }
-            this.write(cx);
+            let closing = this.write(cx);
             if this.session.is_none() {
                 return Poll::Pending;
             }
             // A close reason ends reading before another frame is read.
-            if let Poll::Ready(closing) = this.inbox.poll_closed(cx) {
+            let closing = closing.unwrap_or_else(|| this.inbox.poll_closed(cx));
+            if let Poll::Ready(closing) = closing {
                 let read_on = closing.is_some_and(|r| r.code == Some(close::RESTART));
                 let revoked = closing.is_some_and(|r| r.text == close::REVOKED_TEXT);
                 return Poll::Ready(Ended {
