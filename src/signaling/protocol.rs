@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use crate::auth::IceServer;
 
 mod scan;
+
 /// Re-exported: the protocol tells it to clients in `peer_left`; the bus carries it too.
 pub use crate::room::LeaveReason;
 
