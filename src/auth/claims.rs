@@ -236,9 +236,14 @@ pub(super) fn map_error(kind: &ErrorKind) -> TokenError {
         ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
             TokenError::BadClaim(claim_name(c))
         }
-        ErrorKind::Json(e) => TokenError::BadClaim(claim_name(&e.to_string())),
+        ErrorKind::Json(e) => claims_error(e),
         _ => TokenError::Malformed,
     }
+}
+
+/// The refusal of claims that do not read as [`Claims`]: names the claim at fault.
+pub(super) fn claims_error(e: &serde_json::Error) -> TokenError {
+    TokenError::BadClaim(claim_name(&e.to_string()))
 }
 
 /// The claim a decoding error is about, as a static name (never echoing token content).
