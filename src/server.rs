@@ -530,9 +530,16 @@ pub async fn serve_with(
         head: config.timing.head_timeout,
         upgrade: config.timing.upgrade_timeout,
     };
+    // The upgrade skips the router where this node serves signaling.
+    let shortcut = matches!(state.role, Role::Serve | Role::Signal).then(|| {
+        Arc::new(crate::signaling::UpgradeShortcut::new(
+            state.signaling.clone(),
+        )) as Arc<dyn crate::net::accept::Shortcut>
+    });
     crate::net::serve(
         listener,
         router,
+        shortcut,
         tls,
         pending,
         deadlines,

@@ -288,7 +288,14 @@ async fn access_log_keeps_no_credential_wherever_a_client_puts_it() {
             .await
             .unwrap();
     }
+    // The upgrade is answered before the router, and logged the same way.
+    let client = common::connect_at(&address, &jwt).await;
     server.wait_for(|l| l.contains("\"http request\"") && l.contains("last=REDACTED"));
+    server.wait_for(|l| {
+        l.contains("\"http request\"") && l.contains("/ws/signal") && l.contains("token=REDACTED")
+    });
+    // Gone before the server stops, so its drain has no one to wait for.
+    client.close().await;
 
     let lines = server.terminate();
     let access: Vec<_> = lines
@@ -303,6 +310,12 @@ async fn access_log_keeps_no_credential_wherever_a_client_puts_it() {
     // What an operator needs stays: the route and the names of the parameters.
     assert!(all.contains("room=REDACTED&api_key=REDACTED"));
     assert!(all.contains("/auth/validate/[masked]"));
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("/ws/signal") && l.contains("\"status\":101")),
+        "{access:?}"
+    );
 }
 
 #[tokio::test]

@@ -217,6 +217,29 @@ async fn plain_http_with_a_valid_token_gets_426() {
     assert_eq!(body["error"], "upgrade_required");
 }
 
+#[tokio::test]
+async fn other_methods_on_the_signaling_path_get_the_routers_answers() {
+    // GET upgrades are answered before the router; every other method still reaches it.
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let url = server.http(&format!("/ws/signal?token={token}"));
+    let http = reqwest::Client::new();
+    let post = http.post(&url).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET,HEAD");
+    let body: serde_json::Value = post.json().await.unwrap();
+    assert_eq!(body["error"], "method_not_allowed");
+    // HEAD is GET without a body, as the router answers it.
+    assert_eq!(http.head(&url).send().await.unwrap().status(), 426);
+    // The path is matched exactly, as the router matches it.
+    let slash = http
+        .get(server.http(&format!("/ws/signal/?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slash.status(), 404);
+}
+
 // ---- Malformed handshakes are refused with 400 before any upgrade ----
 // Raw TCP: a WebSocket library will not send these bytes.
 

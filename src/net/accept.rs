@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::response::Response;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Either};
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -49,6 +52,18 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// again, so a pending connection pins at most about 64 KiB until `HEAD_TIMEOUT`.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
+/// One kind of request served without the router. The router's layers (routing, the
+/// access-log middleware, extractors cloning the headers, the boxed route services cloned
+/// per request) cost a WebSocket upgrade about as much as its token check; a route hot
+/// enough for that to matter can take its requests before the router sees them.
+pub trait Shortcut: Send + Sync + 'static {
+    /// Whether this serves `request` (looked at before anything else reads it).
+    fn takes(&self, request: &Request<Incoming>) -> bool;
+    /// Answers `request` from `remote`, as the router's route for it would.
+    fn serve(&self, request: Request<Incoming>, remote: SocketAddr)
+    -> BoxFuture<'static, Response>;
+}
+
 /// The deadlines of a connection's HTTP phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
@@ -58,12 +73,15 @@ pub struct Deadlines {
     pub upgrade: Duration,
 }
 
-/// Serves `router` on `listener` (over TLS when `tls` is given) until `shutdown` resolves,
-/// then closes idle connections, lets requests in flight finish, and returns once every
-/// connection not yet upgraded is gone (upgraded WebSockets are the router's to close).
+/// Serves `router` (and `shortcut` before it) on `listener` (over TLS when `tls` is given)
+/// until `shutdown` resolves, then closes idle connections, lets requests in flight
+/// finish, and returns once every connection not yet upgraded is gone (upgraded WebSockets
+/// are the router's to close).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    shortcut: Option<Arc<dyn Shortcut>>,
     tls: Option<TlsAcceptor>,
     pending: Arc<Pending>,
     deadlines: Deadlines,
@@ -87,6 +105,7 @@ pub async fn serve(
                     accepted: Instant::now(),
                     ticket,
                     router: router.clone(),
+                    shortcut: shortcut.clone(),
                     deadlines,
                     metrics: metrics.clone(),
                     stopping: stop_signal.clone(),
@@ -146,6 +165,7 @@ struct Connection {
     /// Its place among the pending connections, freed when this ends.
     ticket: Ticket,
     router: Router,
+    shortcut: Option<Arc<dyn Shortcut>>,
     deadlines: Deadlines,
     metrics: Arc<Metrics>,
     /// Turns true when the server stops.
@@ -195,10 +215,16 @@ impl Connection {
         let io = TokioIo::new(ElasticStream::new(stream));
         let remote = self.remote;
         let router = self.router.clone();
+        let shortcut = self.shortcut.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            if let Some(shortcut) = &shortcut
+                && shortcut.takes(&request)
+            {
+                return Either::Left(shortcut.serve(request, remote).map(Ok));
+            }
             request.extensions_mut().insert(ConnectInfo(remote));
             // A router is always ready, and its clone is a reference count.
-            router.clone().call(request)
+            Either::Right(router.clone().call(request))
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())

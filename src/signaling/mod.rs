@@ -15,4 +15,4 @@ mod upgrade;
 
 pub use hub::Hub;
 pub use state::SignalingState;
-pub use upgrade::router;
+pub use upgrade::{UpgradeShortcut, router};

@@ -5,19 +5,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRef, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts, RawQuery, State};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
 
 use super::SignalingState;
 use super::connection::{self, Connection};
 use crate::auth::{Grant, query_token};
 use crate::error::{ApiError, sentence};
+use crate::net::accept::Shortcut;
 use crate::net::websocket::{NotWebSocket, Upgrade};
 use crate::resilience::{request_ip, via_trusted_proxy};
+
+/// Where clients connect.
+const PATH: &str = "/ws/signal";
 
 /// The subprotocol the server speaks.
 pub const SUBPROTOCOL: &str = "switchboard.v1";
@@ -33,7 +39,40 @@ where
     Arc<SignalingState>: FromRef<S>,
     S: Clone + Send + Sync + 'static,
 {
-    Router::new().route("/ws/signal", get(upgrade))
+    Router::new().route(PATH, get(upgrade))
+}
+
+/// `GET /ws/signal` taken before the router ([`Shortcut`]): the same answers as the route,
+/// logged the same way, without the router's layers.
+pub struct UpgradeShortcut(Arc<SignalingState>);
+
+impl UpgradeShortcut {
+    /// The shortcut to the upgrade of `state`'s node.
+    pub fn new(state: Arc<SignalingState>) -> Self {
+        Self(state)
+    }
+}
+
+impl Shortcut for UpgradeShortcut {
+    fn takes(&self, request: &Request<Incoming>) -> bool {
+        // Every other method (`HEAD` among them) goes to the router, as before.
+        request.method() == Method::GET && request.uri().path() == PATH
+    }
+
+    fn serve(
+        &self,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, Response> {
+        let state = self.0.clone();
+        Box::pin(async move {
+            let (mut parts, _) = request.into_parts();
+            let ws = Upgrade::from_request_parts(&mut parts, &()).await;
+            let respond =
+                async { answer(&state, remote, &parts.headers, parts.uri.query(), ws).await };
+            crate::telemetry::logged(&parts.method, &parts.uri, Some(remote), respond).await
+        })
+    }
 }
 
 async fn upgrade(
@@ -43,7 +82,18 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     ws: Result<Upgrade, NotWebSocket>,
 ) -> Response {
-    match accept(&state, remote, &headers, query.as_deref(), ws).await {
+    answer(&state, remote, &headers, query.as_deref(), ws).await
+}
+
+/// The upgrade's answer: `101`, or the refusal, counted by its reason.
+async fn answer(
+    state: &Arc<SignalingState>,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    ws: Result<Upgrade, NotWebSocket>,
+) -> Response {
+    match accept(state, remote, headers, query, ws).await {
         Ok(response) => response,
         Err((reason, e)) => {
             state.hub.metrics().refused(reason);

@@ -6,9 +6,12 @@
 //! - anywhere in the path and the query keys, a JWT or a long opaque key is replaced by
 //!   `[masked]` (the rule is in [`super::redact`], which also masks JWTs in every log line).
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request};
+use axum::http::{Method, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -34,21 +37,38 @@ pub fn redact_query(query: &str) -> String {
 /// One log line per HTTP request: method, masked path, redacted query, status, duration,
 /// remote.
 pub async fn access_log(request: Request, next: Next) -> Response {
-    // Below `info` for this target nothing is written, so nothing is prepared either: the
-    // masking and the formatting are a few percent of a join's CPU.
-    if !tracing::enabled!(target: "switchboard::access", tracing::Level::INFO) {
+    if !enabled() {
         return next.run(request).await;
     }
-    let started = Instant::now();
-    let method = request.method().clone();
-    let path = mask(request.uri().path());
-    let query = request.uri().query().map(redact_query).unwrap_or_default();
     let remote = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.to_string())
-        .unwrap_or_default();
-    let response = next.run(request).await;
+        .map(|c| c.0);
+    let (method, uri) = (request.method().clone(), request.uri().clone());
+    logged(&method, &uri, remote, next.run(request)).await
+}
+
+/// Whether access lines are written. Below `info` for this target nothing is, so nothing
+/// is prepared either: the masking and the formatting are a few percent of a join's CPU.
+fn enabled() -> bool {
+    tracing::enabled!(target: "switchboard::access", tracing::Level::INFO)
+}
+
+/// `respond`, logged as [`access_log`] logs a request of `method` to `uri` from `remote`.
+pub async fn logged(
+    method: &Method,
+    uri: &Uri,
+    remote: Option<SocketAddr>,
+    respond: impl Future<Output = Response>,
+) -> Response {
+    if !enabled() {
+        return respond.await;
+    }
+    let started = Instant::now();
+    let path = mask(uri.path());
+    let query = uri.query().map(redact_query).unwrap_or_default();
+    let remote = remote.map(|r| r.to_string()).unwrap_or_default();
+    let response = respond.await;
     tracing::info!(
         target: "switchboard::access",
         %method,
