@@ -99,38 +99,39 @@ pub(crate) fn with_body_limits<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
+    // One middleware for both limits: each `from_fn` layer boxes a future and clones the
+    // service inside it on every request.
     router
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(move |request, next| {
             read_body_in_time(body_timeout, metrics.clone(), request, next)
         }))
-        // Outermost on the body routes: a declared length above the limit is refused
-        // before any byte of the body is read (the extractor's limit only trips on
-        // bytes that have arrived, so a huge declared body would be waited for).
-        .layer(middleware::from_fn(refuse_declared_oversize))
 }
 
-/// Answers 413 at once when `Content-Length` declares more than [`MAX_BODY_BYTES`].
-async fn refuse_declared_oversize(request: Request, next: Next) -> Response {
-    let declared = request
+/// Whether `Content-Length` declares more than [`MAX_BODY_BYTES`].
+fn declared_oversize(request: &Request) -> bool {
+    request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
-        Some(length) if length > MAX_BODY_BYTES as u64 => too_large().into_response(),
-        _ => next.run(request).await,
-    }
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > MAX_BODY_BYTES as u64)
 }
 
 /// Reads the whole body within `timeout`: a body that trickles in or never comes gets 408
 /// and the connection is closed, instead of holding it for as long as the client likes.
+/// A declared length above the limit gets 413 before any byte of the body is read (the
+/// extractor's limit only trips on bytes that have arrived, so a huge declared body would
+/// be waited for).
 async fn read_body_in_time(
     timeout: Duration,
     metrics: Arc<Metrics>,
     request: Request,
     next: Next,
 ) -> Response {
+    if declared_oversize(&request) {
+        return too_large().into_response();
+    }
     let (parts, body) = request.into_parts();
     match tokio::time::timeout(timeout, collect(body, MAX_BODY_BYTES)).await {
         Ok(Ok(bytes)) => {
