@@ -146,10 +146,12 @@ impl<S: Transport> AsyncWrite for ElasticStream<S> {
         if this.gathered.len() >= GATHER_BYTES {
             ready!(this.poll_write_gathered(cx))?;
         }
-        let mut n = 0;
+        // Room for all the pieces at once: a frame's header and payload arrive as two, and
+        // growing for each copied the header again and allocated twice.
+        let n = bufs.iter().map(|buf| buf.len()).sum();
+        this.gathered.reserve(n);
         for buf in bufs {
             this.gathered.extend_from_slice(buf);
-            n += buf.len();
         }
         Poll::Ready(Ok(n))
     }

@@ -84,7 +84,7 @@ impl Hub {
         let joined = BusMessage::PeerJoined {
             room: room.to_string(),
             peer: peer_id.to_string(),
-            node: self.node.to_string(),
+            node: String::from(&*self.node),
             epoch,
             metadata: member.metadata,
         };
@@ -109,7 +109,7 @@ impl Hub {
         let slot = table.peers.get(peer_id);
         Member {
             peer_id: peer_id.to_string(),
-            node: self.node.to_string(),
+            node: String::from(&*self.node),
             epoch,
             user: slot.map_or(peer_id, |s| s.user(peer_id)).to_string(),
             joined_at: crate::clock::unix_millis(),

@@ -82,7 +82,7 @@ impl Hub {
             session_id: session_id.to_string(),
             user: user.to_string(),
             peer_id: peer_id.to_string(),
-            node: self.node.to_string(),
+            node: String::from(&*self.node),
         };
         let claim = match self.store.claim_session(&record, ttl).await {
             Ok(claim) => claim,
@@ -130,7 +130,7 @@ impl Hub {
                 let ask = BusMessage::Handover {
                     peer: peer_id.to_string(),
                     epoch: previous.epoch,
-                    node: self.node.to_string(),
+                    node: String::from(&*self.node),
                     new_epoch: claim.epoch,
                 };
                 self.publish(&previous.node, &ask);

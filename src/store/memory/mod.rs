@@ -93,8 +93,9 @@ impl Seat {
 
     fn to_member(&self) -> Member {
         Member {
-            peer_id: self.peer_id.to_string(),
-            node: self.node.to_string(),
+            // `String::from`, not `to_string`: on an `Arc<str>` that formats.
+            peer_id: String::from(&*self.peer_id),
+            node: String::from(&*self.node),
             epoch: self.epoch,
             user: self.facts.user.to_string(),
             joined_at: self.facts.joined_at,
