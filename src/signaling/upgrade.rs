@@ -68,8 +68,11 @@ impl Shortcut for UpgradeShortcut {
         Box::pin(async move {
             let (mut parts, _) = request.into_parts();
             let ws = Upgrade::from_request_parts(&mut parts, &()).await;
-            let respond =
-                async { answer(&state, remote, &parts.headers, parts.uri.query(), ws).await };
+            let respond = async {
+                accept(&state, remote, &parts.headers, parts.uri.query(), ws)
+                    .await
+                    .unwrap_or_else(|refusal| refused(&state, refusal))
+            };
             crate::telemetry::logged(&parts.method, &parts.uri, Some(remote), respond).await
         })
     }
@@ -82,24 +85,15 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     ws: Result<Upgrade, NotWebSocket>,
 ) -> Response {
-    answer(&state, remote, &headers, query.as_deref(), ws).await
+    accept(&state, remote, &headers, query.as_deref(), ws)
+        .await
+        .unwrap_or_else(|refusal| refused(&state, refusal))
 }
 
-/// The upgrade's answer: `101`, or the refusal, counted by its reason.
-async fn answer(
-    state: &Arc<SignalingState>,
-    remote: SocketAddr,
-    headers: &HeaderMap,
-    query: Option<&str>,
-    ws: Result<Upgrade, NotWebSocket>,
-) -> Response {
-    match accept(state, remote, headers, query, ws).await {
-        Ok(response) => response,
-        Err((reason, e)) => {
-            state.hub.metrics().refused(reason);
-            e.into_response()
-        }
-    }
+/// The answer to a refused upgrade, counted by its reason.
+fn refused(state: &SignalingState, (reason, e): (&'static str, ApiError)) -> Response {
+    state.hub.metrics().refused(reason);
+    e.into_response()
 }
 
 async fn accept(
