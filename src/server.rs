@@ -403,7 +403,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     )
     .layer();
     let mut router = Router::new().merge(crate::health::router());
-    if matches!(state.role, Role::Serve | Role::Auth) {
+    if state.role.issues_tokens() {
         router = router
             .merge(crate::auth::routes::router(
                 state.config.timing.body_timeout,
@@ -415,7 +415,7 @@ pub fn app(state: Arc<AppState>) -> Router {
                 state.metrics.clone(),
             ));
     }
-    if matches!(state.role, Role::Serve | Role::Signal) {
+    if state.role.signals() {
         router = router
             .merge(crate::signaling::router())
             .merge(crate::web::router(cors));
@@ -531,7 +531,7 @@ pub async fn serve_with(
         upgrade: config.timing.upgrade_timeout,
     };
     // The upgrade skips the router where this node serves signaling.
-    let shortcut = matches!(state.role, Role::Serve | Role::Signal).then(|| {
+    let shortcut = state.role.signals().then(|| {
         Arc::new(crate::signaling::UpgradeShortcut::new(
             state.signaling.clone(),
         )) as Arc<dyn crate::net::accept::Shortcut>

@@ -66,10 +66,12 @@ pub enum Role {
 }
 
 impl Role {
-    fn issues_tokens(self) -> bool {
+    /// Whether this role runs the Auth service.
+    pub fn issues_tokens(self) -> bool {
         matches!(self, Role::Serve | Role::Auth)
     }
-    fn signals(self) -> bool {
+    /// Whether this role runs the Signaling service.
+    pub fn signals(self) -> bool {
         matches!(self, Role::Serve | Role::Signal)
     }
 }
