@@ -359,3 +359,165 @@ async fn a_request_head_far_beyond_32_kib_gets_431_and_one_within_passes() {
         );
     }
 }
+
+// ---- The first request of a connection is read before hyper ----
+
+/// Reads from `socket` until `done` holds for what was read, within the deadline.
+async fn read_until(socket: &mut tokio::net::TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    tokio::time::timeout(common::DEADLINE, async {
+        while !done(&got) {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("an answer in time");
+    got
+}
+
+/// Whether `bytes` hold a whole response head.
+fn has_head(bytes: &[u8]) -> bool {
+    bytes.windows(4).any(|w| w == b"\r\n\r\n")
+}
+
+#[tokio::test]
+async fn an_upgrade_head_sent_in_pieces_is_answered_once_whole() {
+    use tokio::io::AsyncWriteExt;
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let request = upgrade_request(&token, &format!("Host: {}\r\n{GOOD_KEY}", server.addr));
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket.set_nodelay(true).unwrap();
+    // The method and path split, the query split, and the last empty line split in two.
+    let bytes = request.as_bytes();
+    let cuts = [2, 9, 40, bytes.len() - 1];
+    let mut from = 0;
+    for cut in cuts {
+        socket.write_all(&bytes[from..cut]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        from = cut;
+    }
+    socket.write_all(&bytes[from..]).await.unwrap();
+    let answer = read_until(&mut socket, has_head).await;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(
+        answer.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains("sec-websocket-protocol: switchboard.v1\r\n"),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_first_upgrade_gets_a_whole_http_answer_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = start(settings()).await;
+    let request = upgrade_request("garbage", &format!("Host: {}\r\n{GOOD_KEY}", server.addr));
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(common::DEADLINE, socket.read_to_end(&mut answer))
+        .await
+        .expect("the answer and the close in time")
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+    let head = head.to_lowercase();
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{head}"
+    );
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["error"], "unauthorized");
+    let metrics = server.metrics().await;
+    assert!(metrics.contains(r#"switchboard_refused_upgrades_total{reason="token"} 1"#));
+}
+
+#[tokio::test]
+async fn an_upgrade_after_another_request_on_the_same_connection_still_upgrades() {
+    use tokio::io::AsyncWriteExt;
+    // The first request is hyper's; the upgrade after it reaches the router's route.
+    let server = start(settings()).await;
+    let token = server.token("a", None);
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let health = format!("GET /health/live HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    socket.write_all(health.as_bytes()).await.unwrap();
+    let answer = read_until(&mut socket, has_head).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let length = String::from_utf8_lossy(&answer)
+        .to_lowercase()
+        .split("content-length: ")
+        .nth(1)
+        .and_then(|rest| rest.split("\r\n").next()?.parse::<usize>().ok())
+        .expect("a content length");
+    let head_end = answer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut rest = answer[head_end..].to_vec();
+    if rest.len() < length {
+        rest.extend(read_until(&mut socket, |b| b.len() + rest.len() >= length).await);
+    }
+    let request = upgrade_request(&token, &format!("Host: {}\r\n{GOOD_KEY}", server.addr));
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_until(&mut socket, has_head).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[tokio::test]
+async fn other_first_requests_reach_the_router_with_every_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A body that arrives with the head, and one that follows it later, both reach the
+    // handler whole: the bytes read before hyper are read again by it.
+    let server = start(settings()).await;
+    let body = json!({"userId": "whole-body"}).to_string();
+    for split in [false, true] {
+        let head = format!(
+            "POST /auth/token HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            server.addr,
+            body.len()
+        );
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if split {
+            socket.write_all(head.as_bytes()).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            socket.write_all(body.as_bytes()).await.unwrap();
+        } else {
+            socket
+                .write_all(format!("{head}{body}").as_bytes())
+                .await
+                .unwrap();
+        }
+        let mut answer = Vec::new();
+        tokio::time::timeout(common::DEADLINE, socket.read_to_end(&mut answer))
+            .await
+            .expect("an answer in time")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200 "),
+            "split {split}: {answer}"
+        );
+        assert!(answer.contains("\"token\""), "split {split}: {answer}");
+    }
+}

@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::response::Response;
-use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::BoxFuture;
 use hyper::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -30,8 +28,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::elastic::{ElasticStream, Transport};
+use super::head::{self, RequestHead};
 use super::pending::{Pending, Shed, Ticket};
 use super::tls::TlsAcceptor;
+use super::websocket::ClientStream;
 use crate::telemetry::Metrics;
 
 /// How long a response in flight when `UPGRADE_TIMEOUT` passes may take to finish.
@@ -52,16 +52,22 @@ const WARN_EVERY: Duration = Duration::from_secs(1);
 /// again, so a pending connection pins at most about 64 KiB until `HEAD_TIMEOUT`.
 pub const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// One kind of request served without the router. The router's layers (routing, the
-/// access-log middleware, extractors cloning the headers, the boxed route services cloned
-/// per request) cost a WebSocket upgrade about as much as its token check; a route hot
-/// enough for that to matter can take its requests before the router sees them.
+/// One kind of request served without hyper or the router when it is a connection's
+/// first. Hyper's connection state, request and upgrade machinery, and the router's
+/// layers (routing, the access-log middleware, extractors cloning the headers, the boxed
+/// route services cloned per request) cost a WebSocket upgrade, which ends the HTTP
+/// exchange at once, more than its own checks; a request that common can skip them.
 pub trait Shortcut: Send + Sync + 'static {
-    /// Whether this serves `request` (looked at before anything else reads it).
-    fn takes(&self, request: &Request<Incoming>) -> bool;
-    /// Answers `request` from `remote`, as the router's route for it would.
-    fn serve(&self, request: Request<Incoming>, remote: SocketAddr)
-    -> BoxFuture<'static, Response>;
+    /// The path whose `GET` this answers.
+    fn path(&self) -> &'static str;
+    /// Answers `request` from `remote`, the first on `stream`, as the router's route for
+    /// it would; nothing more is served on `stream` over HTTP.
+    fn serve(
+        &self,
+        request: RequestHead,
+        stream: ClientStream,
+        remote: SocketAddr,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// The deadlines of a connection's HTTP phase.
@@ -211,20 +217,33 @@ impl Connection {
         }
     }
 
-    async fn http<S: Transport + Send + 'static>(mut self, stream: S) {
-        let io = TokioIo::new(ElasticStream::new(stream));
+    async fn http<S>(mut self, mut stream: S)
+    where
+        S: Transport + Send + 'static,
+        ClientStream: From<ElasticStream<S>>,
+    {
+        let mut read = Vec::new();
+        if let Some(shortcut) = self.shortcut.clone() {
+            let Some(first) = self.first_head(&mut stream).await else {
+                return;
+            };
+            match RequestHead::get(first, shortcut.path()) {
+                Ok(request) => {
+                    let stream = ElasticStream::new(stream).into();
+                    let answer = shortcut.serve(request, stream, self.remote);
+                    return self.answer(answer).await;
+                }
+                Err(first) => read = first,
+            }
+        }
+        // Hyper reads again what was read here.
+        let io = TokioIo::new(ElasticStream::with_unread(stream, read));
         let remote = self.remote;
         let router = self.router.clone();
-        let shortcut = self.shortcut.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
-            if let Some(shortcut) = &shortcut
-                && shortcut.takes(&request)
-            {
-                return Either::Left(shortcut.serve(request, remote).map(Ok));
-            }
             request.extensions_mut().insert(ConnectInfo(remote));
             // A router is always ready, and its clone is a reference count.
-            Either::Right(router.clone().call(request))
+            router.clone().call(request)
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
@@ -264,6 +283,47 @@ impl Connection {
                     conn.as_mut().graceful_shutdown();
                 }
             }
+        }
+    }
+}
+
+impl Connection {
+    /// The connection's first request head, read within its deadlines as hyper would read
+    /// it; `None` when the connection is to close instead.
+    async fn first_head<S: Transport>(&mut self, stream: &mut S) -> Option<Vec<u8>> {
+        if *self.stopping.borrow() {
+            return None;
+        }
+        tokio::select! {
+            read = head::read_first(stream, MAX_HEAD_BYTES) => read.ok(),
+            () = tokio::time::sleep_until(self.accepted + self.deadlines.head) => {
+                self.metrics.cut("head_timeout");
+                None
+            }
+            () = tokio::time::sleep_until(self.accepted + self.deadlines.upgrade) => {
+                self.metrics.cut("upgrade_timeout");
+                None
+            }
+            _ = &mut self.ticket.shed => None,
+            _ = self.stopping.changed() => None,
+        }
+    }
+
+    /// Waits for a shortcut's `answer`, as for a request hyper serves: past
+    /// `UPGRADE_TIMEOUT` it gets [`FINISH_GRACE`] more. A stopping server lets it finish.
+    async fn answer(mut self, answer: BoxFuture<'static, ()>) {
+        tokio::pin!(answer);
+        tokio::select! {
+            () = &mut answer => return,
+            _ = &mut self.ticket.shed => return,
+            () = tokio::time::sleep_until(self.accepted + self.deadlines.upgrade) => {
+                self.metrics.cut("upgrade_timeout");
+            }
+        }
+        tokio::select! {
+            () = answer => {}
+            _ = &mut self.ticket.shed => {}
+            () = tokio::time::sleep(FINISH_GRACE) => {}
         }
     }
 }

@@ -51,9 +51,15 @@ pub struct ElasticStream<S: Transport = TcpStream> {
 impl<S: Transport> ElasticStream<S> {
     /// Wraps an accepted stream.
     pub fn new(tcp: S) -> Self {
+        Self::with_unread(tcp, Vec::new())
+    }
+
+    /// Wraps an accepted stream from which `read` was already taken: it is read again
+    /// first.
+    pub fn with_unread(tcp: S, read: Vec<u8>) -> Self {
         Self {
             tcp,
-            rest: Vec::new(),
+            rest: read,
             taken: 0,
             gathered: Vec::new(),
         }

@@ -4,8 +4,10 @@
 //! become; and the one bounded HTTP exchange a node makes with other servers.
 
 pub mod accept;
+pub mod answer;
 mod elastic;
 pub mod fetch;
+pub mod head;
 mod pending;
 mod tls;
 pub mod websocket;

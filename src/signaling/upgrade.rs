@@ -5,22 +5,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, FromRef, FromRequestParts, RawQuery, State};
-use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::extract::{ConnectInfo, FromRef, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::future::BoxFuture;
-use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 
 use super::SignalingState;
 use super::connection::{self, Connection};
 use crate::auth::{Grant, query_token};
 use crate::error::{ApiError, sentence};
 use crate::net::accept::Shortcut;
-use crate::net::websocket::{NotWebSocket, Upgrade};
+use crate::net::answer;
+use crate::net::head::RequestHead;
+use crate::net::websocket::{ClientStream, Handshake, NotWebSocket, Upgrade, WebSocket};
 use crate::resilience::{request_ip, via_trusted_proxy};
+use crate::telemetry::logged;
 
 /// Where clients connect.
 const PATH: &str = "/ws/signal";
@@ -42,8 +45,8 @@ where
     Router::new().route(PATH, get(upgrade))
 }
 
-/// `GET /ws/signal` taken before the router ([`Shortcut`]): the same answers as the route,
-/// logged the same way, without the router's layers.
+/// `GET /ws/signal` as a connection's first request, taken before hyper and the router
+/// ([`Shortcut`]): the same answers as the route, logged the same way.
 pub struct UpgradeShortcut(Arc<SignalingState>);
 
 impl UpgradeShortcut {
@@ -54,26 +57,44 @@ impl UpgradeShortcut {
 }
 
 impl Shortcut for UpgradeShortcut {
-    fn takes(&self, request: &Request<Incoming>) -> bool {
-        // Every other method (`HEAD` among them) goes to the router, as before.
-        request.method() == Method::GET && request.uri().path() == PATH
+    fn path(&self) -> &'static str {
+        PATH
     }
 
     fn serve(
         &self,
-        request: Request<Incoming>,
+        request: RequestHead,
+        mut stream: ClientStream,
         remote: SocketAddr,
-    ) -> BoxFuture<'static, Response> {
+    ) -> BoxFuture<'static, ()> {
         let state = self.0.clone();
         Box::pin(async move {
-            let (mut parts, _) = request.into_parts();
-            let ws = Upgrade::from_request_parts(&mut parts, &()).await;
-            let respond = async {
-                accept(&state, remote, &parts.headers, parts.uri.query(), ws)
-                    .await
-                    .unwrap_or_else(|refusal| refused(&state, refusal))
+            let (headers, query) = (&request.headers, request.query());
+            let respond = accept(&state, remote, headers, query, Handshake::asked(headers));
+            let status = |answer: &Answer<Handshake>| match answer {
+                Ok(_) => StatusCode::SWITCHING_PROTOCOLS,
+                Err((_, e)) => e.status,
             };
-            crate::telemetry::logged(&parts.method, &parts.uri, Some(remote), respond).await
+            let path = request.path();
+            let answer = logged(&Method::GET, path, query, Some(remote), respond, status).await;
+            match answer {
+                Ok(Admitted {
+                    ws,
+                    connection,
+                    grant,
+                }) => {
+                    let head = ws.protocol(headers, SUBPROTOCOL).answer();
+                    // A client gone before its answer leaves nothing to start.
+                    if stream.write_all(&head).await.is_ok() && stream.flush().await.is_ok() {
+                        let max = state.max_message_bytes;
+                        let socket = WebSocket::answered(stream, request.early, max);
+                        connection::spawn(socket, connection, grant);
+                    }
+                }
+                Err(refusal) => {
+                    let _ = answer::write(&mut stream, refused(&state, refusal)).await;
+                }
+            }
         })
     }
 }
@@ -85,10 +106,31 @@ async fn upgrade(
     RawQuery(query): RawQuery,
     ws: Result<Upgrade, NotWebSocket>,
 ) -> Response {
-    accept(&state, remote, &headers, query.as_deref(), ws)
-        .await
-        .unwrap_or_else(|refusal| refused(&state, refusal))
+    match accept(&state, remote, &headers, query.as_deref(), ws).await {
+        Ok(Admitted {
+            ws,
+            connection,
+            grant,
+        }) => ws
+            .protocol(&headers, SUBPROTOCOL)
+            .respond(state.max_message_bytes, move |socket| {
+                connection::spawn(socket, connection, grant);
+            }),
+        Err(refusal) => refused(&state, refusal),
+    }
 }
+
+/// An upgrade let through: the handshake `W` to answer, and what the connection starts
+/// with once it is answered.
+struct Admitted<W> {
+    ws: W,
+    // Boxed: the connection's task keeps what it is given for the connection's life.
+    connection: Box<Connection>,
+    grant: Box<Grant>,
+}
+
+/// An upgrade let through, or refused for a counted reason.
+type Answer<W> = Result<Admitted<W>, (&'static str, ApiError)>;
 
 /// The answer to a refused upgrade, counted by its reason.
 fn refused(state: &SignalingState, (reason, e): (&'static str, ApiError)) -> Response {
@@ -96,13 +138,13 @@ fn refused(state: &SignalingState, (reason, e): (&'static str, ApiError)) -> Res
     e.into_response()
 }
 
-async fn accept(
+async fn accept<W>(
     state: &Arc<SignalingState>,
     remote: SocketAddr,
     headers: &HeaderMap,
     query: Option<&str>,
-    ws: Result<Upgrade, NotWebSocket>,
-) -> Result<Response, (&'static str, ApiError)> {
+    ws: Result<W, NotWebSocket>,
+) -> Answer<W> {
     // Malformed requests first: they cost nothing to spot and never become connections.
     check_handshake(headers).map_err(|e| ("bad_handshake", e))?;
     if state.draining.load(Ordering::Relaxed) {
@@ -187,21 +229,18 @@ async fn accept(
         }
     }
     let ws = ws.map_err(|e| ("not_websocket", e.error()))?;
-    // Boxed: the connection's task keeps what it is given for the connection's life.
-    let connection = Box::new(Connection {
-        node: state.clone(),
-        remote,
-        held: (slot, ip_permit),
-        opened: tokio::time::Instant::now(),
-    });
-    let grant = Box::new(Grant::from(claims));
-    // A task of its own rather than the upgrade's: that one keeps what the upgrade needed
-    // beside the connection's state for the connection's whole life.
-    Ok(ws
-        .protocol(headers, SUBPROTOCOL)
-        .respond(state.max_message_bytes, move |socket| {
-            connection::spawn(socket, connection, grant);
-        }))
+    Ok(Admitted {
+        ws,
+        connection: Box::new(Connection {
+            node: state.clone(),
+            remote,
+            held: (slot, ip_permit),
+            opened: tokio::time::Instant::now(),
+        }),
+        // A task of its own for the connection rather than the upgrade's: that one keeps
+        // what the upgrade needed beside the connection's state for its whole life.
+        grant: Box::new(Grant::from(claims)),
+    })
 }
 
 /// A 503 with a `Retry-After` of `secs`.

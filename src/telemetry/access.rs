@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::{Method, Uri};
+use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -45,7 +45,16 @@ pub async fn access_log(request: Request, next: Next) -> Response {
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
     let (method, uri) = (request.method().clone(), request.uri().clone());
-    logged(&method, &uri, remote, next.run(request)).await
+    let respond = next.run(request);
+    logged(
+        &method,
+        uri.path(),
+        uri.query(),
+        remote,
+        respond,
+        Response::status,
+    )
+    .await
 }
 
 /// Whether access lines are written. Below `info` for this target nothing is, so nothing
@@ -54,32 +63,35 @@ fn enabled() -> bool {
     tracing::enabled!(target: "switchboard::access", tracing::Level::INFO)
 }
 
-/// `respond`, logged as [`access_log`] logs a request of `method` to `uri` from `remote`.
-pub async fn logged(
+/// `respond`, logged as [`access_log`] logs a request of `method` to `path` and `query`
+/// from `remote`, with the status its answer has by `status`.
+pub async fn logged<R>(
     method: &Method,
-    uri: &Uri,
+    path: &str,
+    query: Option<&str>,
     remote: Option<SocketAddr>,
-    respond: impl Future<Output = Response>,
-) -> Response {
+    respond: impl Future<Output = R>,
+    status: impl FnOnce(&R) -> StatusCode,
+) -> R {
     if !enabled() {
         return respond.await;
     }
     let started = Instant::now();
-    let path = mask(uri.path());
-    let query = uri.query().map(redact_query).unwrap_or_default();
+    let path = mask(path);
+    let query = query.map(redact_query).unwrap_or_default();
     let remote = remote.map(|r| r.to_string()).unwrap_or_default();
-    let response = respond.await;
+    let answer = respond.await;
     tracing::info!(
         target: "switchboard::access",
         %method,
         path,
         query,
-        status = response.status().as_u16(),
+        status = status(&answer).as_u16(),
         duration_ms = started.elapsed().as_secs_f64() * 1000.0,
         remote,
         "http request"
     );
-    response
+    answer
 }
 
 #[cfg(test)]

@@ -16,10 +16,15 @@ use crate::error::ApiError;
 /// Appended to the client's key before hashing it (RFC 6455 §1.3).
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// A request that asked to become a WebSocket, as an extractor.
+/// A request that asked to become a WebSocket, as an extractor of a request hyper serves.
 pub struct Upgrade {
-    key: HeaderValue,
+    handshake: Handshake,
     on_upgrade: OnUpgrade,
+}
+
+/// What a request's headers ask of the opening handshake, and the answer to it.
+pub struct Handshake {
+    key: HeaderValue,
     /// The subprotocol the answer names, when the client offered it.
     protocol: Option<&'static str>,
 }
@@ -49,9 +54,24 @@ impl<S: Sync> FromRequestParts<S> for Upgrade {
     type Rejection = NotWebSocket;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, NotWebSocket> {
-        let headers = &parts.headers;
-        let upgrading = parts.method == Method::GET
-            && tokens(headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
+        if parts.method != Method::GET {
+            return Err(NotWebSocket);
+        }
+        let handshake = Handshake::asked(&parts.headers)?;
+        // Present only on a connection served with upgrades (HTTP/1.1 here).
+        let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(NotWebSocket)?;
+        Ok(Self {
+            handshake,
+            on_upgrade,
+        })
+    }
+}
+
+impl Handshake {
+    /// The handshake the `headers` of a `GET` ask for, unless they ask for none.
+    pub fn asked(headers: &HeaderMap) -> Result<Self, NotWebSocket> {
+        let upgrading = tokens(headers, header::CONNECTION)
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
             && is(headers, header::UPGRADE, "websocket")
             && is(headers, header::SEC_WEBSOCKET_VERSION, "13");
         if !upgrading {
@@ -61,23 +81,42 @@ impl<S: Sync> FromRequestParts<S> for Upgrade {
             .get(header::SEC_WEBSOCKET_KEY)
             .ok_or(NotWebSocket)?
             .clone();
-        // Present only on a connection served with upgrades (HTTP/1.1 here).
-        let on_upgrade = parts.extensions.remove::<OnUpgrade>().ok_or(NotWebSocket)?;
         Ok(Self {
             key,
-            on_upgrade,
             protocol: None,
         })
     }
-}
 
-impl Upgrade {
     /// Names `protocol` in the answer when the request's `headers` offered it.
     pub fn protocol(mut self, headers: &HeaderMap, protocol: &'static str) -> Self {
         // Exactly as offered: a browser fails an answer that differs from its offer.
         if tokens(headers, header::SEC_WEBSOCKET_PROTOCOL).any(|t| t == protocol.as_bytes()) {
             self.protocol = Some(protocol);
         }
+        self
+    }
+
+    /// The `101 Switching Protocols` head, as written to the client.
+    pub fn answer(&self) -> Vec<u8> {
+        let mut head = Vec::with_capacity(160);
+        head.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+              sec-websocket-accept: ",
+        );
+        head.extend_from_slice(accept_key(self.key.as_bytes()).as_bytes());
+        if let Some(protocol) = self.protocol {
+            head.extend_from_slice(b"\r\nsec-websocket-protocol: ");
+            head.extend_from_slice(protocol.as_bytes());
+        }
+        head.extend_from_slice(b"\r\n\r\n");
+        head
+    }
+}
+
+impl Upgrade {
+    /// Names `protocol` in the answer when the request's `headers` offered it.
+    pub fn protocol(mut self, headers: &HeaderMap, protocol: &'static str) -> Self {
+        self.handshake = self.handshake.protocol(headers, protocol);
         self
     }
 
@@ -102,9 +141,9 @@ impl Upgrade {
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         headers.insert(
             header::SEC_WEBSOCKET_ACCEPT,
-            accept_key(self.key.as_bytes()),
+            accept_key(self.handshake.key.as_bytes()),
         );
-        if let Some(protocol) = self.protocol {
+        if let Some(protocol) = self.handshake.protocol {
             headers.insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(protocol),
@@ -150,6 +189,38 @@ mod tests {
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
+    }
+
+    #[test]
+    fn the_101_head_names_the_accept_key_and_the_offered_protocol() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            (header::CONNECTION, "Upgrade"),
+            (header::UPGRADE, "websocket"),
+            (header::SEC_WEBSOCKET_VERSION, "13"),
+            (header::SEC_WEBSOCKET_KEY, "dGhlIHNhbXBsZSBub25jZQ=="),
+            (header::SEC_WEBSOCKET_PROTOCOL, "other, chat.v1"),
+        ] {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        let answer = Handshake::asked(&headers).ok().unwrap().answer();
+        assert_eq!(
+            String::from_utf8(answer).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\
+             sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        let answer = Handshake::asked(&headers)
+            .ok()
+            .unwrap()
+            .protocol(&headers, "chat.v1")
+            .answer();
+        assert!(
+            String::from_utf8(answer).unwrap().ends_with(
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nsec-websocket-protocol: chat.v1\r\n\r\n"
+            )
+        );
+        headers.remove(header::UPGRADE);
+        assert!(Handshake::asked(&headers).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ mod stream;
 
 use bytes::Bytes;
 
-pub use handshake::{NotWebSocket, Upgrade};
+pub use handshake::{Handshake, NotWebSocket, Upgrade};
 pub use socket::WebSocket;
 pub use stream::ClientStream;
 /// Text known to be UTF-8, shared without copying.

@@ -131,6 +131,12 @@ impl WebSocket {
     /// The WebSocket over a connection whose `101` is out.
     pub fn upgraded(upgraded: Upgraded, max_message: usize) -> Self {
         let (io, early_data) = ClientStream::take(upgraded);
+        Self::answered(io, early_data, max_message)
+    }
+
+    /// The WebSocket over `io` once its `101` is out; `early_data` when the client sent
+    /// bytes before it (RFC 6455 §4.1 forbids them: the first read fails).
+    pub fn answered(io: ClientStream, early_data: bool, max_message: usize) -> Self {
         Self {
             early_data,
             ..Self::new(io, max_message)

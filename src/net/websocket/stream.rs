@@ -46,6 +46,18 @@ impl ClientStream {
     }
 }
 
+impl From<ElasticStream<TcpStream>> for ClientStream {
+    fn from(stream: ElasticStream<TcpStream>) -> Self {
+        Self::Tcp(stream)
+    }
+}
+
+impl From<ElasticStream<TlsStream<TcpStream>>> for ClientStream {
+    fn from(stream: ElasticStream<TlsStream<TcpStream>>) -> Self {
+        Self::Tls(Box::new(stream))
+    }
+}
+
 /// Runs `$call` on whichever stream this is.
 macro_rules! each {
     ($self:ident, $s:ident => $call:expr) => {
