@@ -433,7 +433,6 @@ pub fn app(state: Arc<AppState>) -> Router {
     router
         .fallback(crate::error::not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
-        .layer(axum::middleware::from_fn(crate::telemetry::access_log))
         .with_state(services)
 }
 

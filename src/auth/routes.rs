@@ -10,7 +10,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, FromRef, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -99,13 +99,12 @@ pub(crate) fn with_body_limits<S>(
 where
     S: Clone + Send + Sync + 'static,
 {
-    // One middleware for both limits: each `from_fn` layer boxes a future and clones the
-    // service inside it on every request.
-    router
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(move |request, next| {
-            read_body_in_time(body_timeout, metrics.clone(), request, next)
-        }))
+    // One middleware for both limits: each layer boxes every route service below it once
+    // more, and each `from_fn` layer clones them and boxes a future on every request. The
+    // extractors need no limit of their own: the body they get is whole and within it.
+    router.layer(middleware::from_fn(move |request, next| {
+        read_body_in_time(body_timeout, metrics.clone(), request, next)
+    }))
 }
 
 /// Whether `Content-Length` declares more than [`MAX_BODY_BYTES`].

@@ -25,7 +25,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tower_service::Service;
 
 use super::elastic::{ElasticStream, Transport};
 use super::head::{self, RequestHead};
@@ -243,7 +242,7 @@ impl Connection {
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
             // A router is always ready, and its clone is a reference count.
-            router.clone().call(request)
+            crate::telemetry::access_logged(remote, router.clone(), request)
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())

@@ -10,10 +10,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use axum::extract::{ConnectInfo, Request};
-use axum::http::{Method, StatusCode};
-use axum::middleware::Next;
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
+use hyper::body::Incoming;
+use tower_service::Service;
 
 use super::redact::mask;
 
@@ -34,27 +37,35 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// One log line per HTTP request: method, masked path, redacted query, status, duration,
-/// remote.
-pub async fn access_log(request: Request, next: Next) -> Response {
+/// `router`'s answer to `request` from `remote`, with one log line: method, masked path,
+/// redacted query, status, duration, remote. Called by the accept loop for every request
+/// it hands the router, rather than as a layer of the router: a layer clones every route
+/// service below it and boxes a future on every request, logged or not.
+pub async fn access_logged(
+    remote: SocketAddr,
+    mut router: Router,
+    request: Request<Incoming>,
+) -> Result<Response, Infallible> {
     if !enabled() {
-        return next.run(request).await;
+        return router.call(request).await;
     }
-    let remote = request
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
     let (method, uri) = (request.method().clone(), request.uri().clone());
-    let respond = next.run(request);
-    logged(
+    let respond = async {
+        match router.call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
+    let query = uri.query();
+    Ok(logged(
         &method,
         uri.path(),
-        uri.query(),
-        remote,
+        query,
+        Some(remote),
         respond,
         Response::status,
     )
-    .await
+    .await)
 }
 
 /// Whether access lines are written. Below `info` for this target nothing is, so nothing
@@ -63,7 +74,7 @@ fn enabled() -> bool {
     tracing::enabled!(target: "switchboard::access", tracing::Level::INFO)
 }
 
-/// `respond`, logged as [`access_log`] logs a request of `method` to `path` and `query`
+/// `respond`, logged as [`access_logged`] logs a request of `method` to `path` and `query`
 /// from `remote`, with the status its answer has by `status`.
 pub async fn logged<R>(
     method: &Method,

@@ -7,7 +7,7 @@ mod redact;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-pub use access::{access_log, logged, redact_query};
+pub use access::{access_logged, logged, redact_query};
 pub use metrics::Metrics;
 pub use redact::{Masking, hold_secret, mask, mask_jwts};
 
