@@ -75,7 +75,11 @@ where
             "/api/v1/events",
             get(events::list).fallback(wrong_method(&metrics, "list_events")),
         );
-    crate::auth::routes::with_body_limits(routes, body_timeout, metrics)
+    let limits = crate::auth::routes::BodyLimits {
+        timeout: body_timeout,
+        metrics,
+    };
+    crate::auth::routes::with_body_limits(routes, limits)
 }
 
 /// The 405 for a method `endpoint`'s path does not take, counted in `/metrics` like the

@@ -11,6 +11,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRef, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -67,96 +68,106 @@ where
     // The routes' own 405 sits inside the CORS layer: the server-wide one that
     // `method_not_allowed_fallback` installs would replace it outside every layer, and a
     // preflight (`OPTIONS`) would get 405 instead of reaching the CORS layer.
-    let browser = with_body_limits(
-        Router::new().route("/auth/token", post(issue).fallback(method_not_allowed)),
-        body_timeout,
-        metrics.clone(),
-    )
-    .route("/auth/validate", get(validate).fallback(method_not_allowed))
-    // Public keys only, for anyone to verify with: signaling nodes, other services.
-    .route("/auth/jwks.json", get(jwks).fallback(method_not_allowed))
-    .route(
-        "/.well-known/jwks.json",
-        get(jwks).fallback(method_not_allowed),
-    )
-    // Outermost, so every refusal (413, 408, 429) carries the headers a page needs to
-    // read it.
-    .layer(cors);
-    let backend = with_body_limits(
-        Router::new().route("/auth/revoke", post(revoke)),
-        body_timeout,
+    let limits = BodyLimits {
+        timeout: body_timeout,
         metrics,
-    );
+    };
+    // The token route, the one every client calls, reads its body itself: a middleware
+    // clones the route services below it and boxes a future on every request.
+    let token = {
+        let limits = limits.clone();
+        move |state, remote, request| issue(state, remote, limits, request)
+    };
+    let browser = Router::new()
+        .route("/auth/token", post(token).fallback(method_not_allowed))
+        .route("/auth/validate", get(validate).fallback(method_not_allowed))
+        // Public keys only, for anyone to verify with: signaling nodes, other services.
+        .route("/auth/jwks.json", get(jwks).fallback(method_not_allowed))
+        .route(
+            "/.well-known/jwks.json",
+            get(jwks).fallback(method_not_allowed),
+        )
+        // Outermost, so every refusal (413, 408, 429) carries the headers a page needs to
+        // read it.
+        .layer(cors);
+    let backend = with_body_limits(Router::new().route("/auth/revoke", post(revoke)), limits);
     browser.merge(backend)
 }
 
-/// The size and time limits of the routes that read a body (the server API's too).
-pub(crate) fn with_body_limits<S>(
-    router: Router<S>,
-    body_timeout: Duration,
-    metrics: Arc<Metrics>,
-) -> Router<S>
+/// The size and time limits of a request body (`MAX_BODY_BYTES`, BODY_TIMEOUT), refusals
+/// counted in `metrics`.
+#[derive(Clone)]
+pub(crate) struct BodyLimits {
+    /// How long the whole body may take to arrive.
+    pub timeout: Duration,
+    /// Where a body that took too long is counted.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The body limits on every route of `router` that reads a body (the server API's too).
+pub(crate) fn with_body_limits<S>(router: Router<S>, limits: BodyLimits) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
     // One middleware for both limits: each layer boxes every route service below it once
-    // more, and each `from_fn` layer clones them and boxes a future on every request. The
-    // extractors need no limit of their own: the body they get is whole and within it.
-    router.layer(middleware::from_fn(move |request, next| {
-        read_body_in_time(body_timeout, metrics.clone(), request, next)
+    // more. The extractors need no limit of their own: the body they get is whole and
+    // within it.
+    router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let limits = limits.clone();
+        async move {
+            match limits.read(request).await {
+                Ok((parts, body)) => next.run(Request::from_parts(parts, Body::from(body))).await,
+                Err(refused) => refused,
+            }
+        }
     }))
 }
 
 /// Whether `Content-Length` declares more than [`MAX_BODY_BYTES`].
-fn declared_oversize(request: &Request) -> bool {
-    request
-        .headers()
+fn declared_oversize(parts: &Parts) -> bool {
+    parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|length| length > MAX_BODY_BYTES as u64)
 }
 
-/// Reads the whole body within `timeout`: a body that trickles in or never comes gets 408
-/// and the connection is closed, instead of holding it for as long as the client likes.
-/// A declared length above the limit gets 413 before any byte of the body is read (the
-/// extractor's limit only trips on bytes that have arrived, so a huge declared body would
-/// be waited for).
-async fn read_body_in_time(
-    timeout: Duration,
-    metrics: Arc<Metrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if declared_oversize(&request) {
-        return too_large().into_response();
-    }
-    let (parts, body) = request.into_parts();
-    match tokio::time::timeout(timeout, collect(body, MAX_BODY_BYTES)).await {
-        Ok(Ok(bytes)) => {
-            next.run(Request::from_parts(parts, Body::from(bytes)))
-                .await
+impl BodyLimits {
+    /// The request's head and its whole body, read within the time limit: a body that
+    /// trickles in or never comes gets 408 and the connection is closed, instead of
+    /// holding it for as long as the client likes. A declared length above the limit gets
+    /// 413 before any byte of the body is read (a limit that counts arrived bytes only
+    /// would wait for a huge declared body).
+    pub(crate) async fn read(&self, request: Request) -> Result<(Parts, Bytes), Response> {
+        let (parts, body) = request.into_parts();
+        if declared_oversize(&parts) {
+            return Err(too_large().into_response());
         }
-        Ok(Err(BodyError::TooLarge)) => too_large().into_response(),
-        Ok(Err(BodyError::Unreadable)) => {
-            ApiError::bad_request("invalid_request", "The request body could not be read.")
-                .into_response()
-        }
-        Err(_) => {
-            metrics.cut("body_timeout");
-            let mut response = ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "The request body did not arrive within {}; send it together with the headers.",
-                    humantime::format_duration(timeout)
-                ),
+        match tokio::time::timeout(self.timeout, collect(body, MAX_BODY_BYTES)).await {
+            Ok(Ok(bytes)) => Ok((parts, bytes.into())),
+            Ok(Err(BodyError::TooLarge)) => Err(too_large().into_response()),
+            Ok(Err(BodyError::Unreadable)) => Err(ApiError::bad_request(
+                "invalid_request",
+                "The request body could not be read.",
             )
-            .into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
+            .into_response()),
+            Err(_) => {
+                self.metrics.cut("body_timeout");
+                let mut response = ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "The request body did not arrive within {}; send it together with the headers.",
+                        humantime::format_duration(self.timeout)
+                    ),
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Err(response)
+            }
         }
     }
 }
@@ -271,11 +282,25 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
 async fn issue(
     State(state): State<Arc<AuthState>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    limits: BodyLimits,
+    request: Request,
+) -> Response {
+    // The body first, as the other routes' middleware reads it.
+    match limits.read(request).await {
+        Ok((parts, body)) => token(&state, remote, &parts.headers, Ok(body)).into_response(),
+        Err(refused) => refused,
+    }
+}
+
+/// A token for the request of `headers` and `body` from `remote`.
+fn token(
+    state: &AuthState,
+    remote: SocketAddr,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let ip = request_ip(remote, &headers, &state.trusted_proxies);
-    let via_proxy = via_trusted_proxy(remote, &headers, &state.trusted_proxies);
+    let ip = request_ip(remote, headers, &state.trusted_proxies);
+    let via_proxy = via_trusted_proxy(remote, headers, &state.trusted_proxies);
     if let Err(wait) = state
         .ip_limiter
         .allow_from(ip, via_proxy, tokio::time::Instant::now())
@@ -289,10 +314,9 @@ async fn issue(
         return Err(e);
     }
     if state.api_key_required {
-        require_api_key(&state, &headers)?;
+        require_api_key(state, headers)?;
     }
-    let request: TokenRequest =
-        json_body(&headers, body, r#"{"userId": "alice", "roomId": "r1"}"#)?;
+    let request: TokenRequest = json_body(headers, body, r#"{"userId": "alice", "roomId": "r1"}"#)?;
     let user = field("userId", request.user_id)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "userId is required."))?;
     let room = field("roomId", request.room_id)?;
