@@ -397,11 +397,7 @@ impl FromRef<Services> for Arc<AppState> {
 /// own (METRICS_ADDR), and the access log around them.
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics_here = state.config.node.metrics.is_none();
-    let cors = CrossOrigin::from_allowed(
-        state.config.auth.allowed_origins.as_deref(),
-        state.config.environment == Environment::Production,
-    )
-    .layer();
+    let cors = cross_origin(&state);
     let mut router = Router::new().merge(crate::health::router());
     if state.role.issues_tokens() {
         router = router
@@ -434,6 +430,15 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(crate::error::not_found)
         .method_not_allowed_fallback(crate::error::method_not_allowed)
         .with_state(services)
+}
+
+/// The CORS layer of the routes a browser calls, from ALLOWED_ORIGINS.
+fn cross_origin(state: &AppState) -> tower_http::cors::CorsLayer {
+    CrossOrigin::from_allowed(
+        state.config.auth.allowed_origins.as_deref(),
+        state.config.environment == Environment::Production,
+    )
+    .layer()
 }
 
 /// The operators' router: `/metrics` alone, for the METRICS_ADDR listener.
@@ -529,16 +534,31 @@ pub async fn serve_with(
         head: config.timing.head_timeout,
         upgrade: config.timing.upgrade_timeout,
     };
-    // The upgrade skips the router where this node serves signaling.
-    let shortcut = state.role.signals().then(|| {
-        Arc::new(crate::signaling::UpgradeShortcut::new(
-            state.signaling.clone(),
-        )) as Arc<dyn crate::net::accept::Shortcut>
-    });
+    // The upgrade skips hyper and the router where this node serves signaling, and token
+    // requests skip the router where it issues tokens.
+    let shortcuts = crate::net::Shortcuts {
+        first: state.role.signals().then(|| {
+            Arc::new(crate::signaling::UpgradeShortcut::new(
+                state.signaling.clone(),
+            )) as Arc<dyn crate::net::Shortcut>
+        }),
+        route: state.role.issues_tokens().then(|| {
+            let limits = crate::auth::routes::BodyLimits {
+                timeout: config.timing.body_timeout,
+                metrics: state.metrics.clone(),
+            };
+            let token = crate::auth::routes::TokenShortcut::new(
+                state.auth.clone(),
+                limits,
+                &cross_origin(&state),
+            );
+            Arc::new(token) as Arc<dyn crate::net::RouteShortcut>
+        }),
+    };
     crate::net::serve(
         listener,
         router,
-        shortcut,
+        shortcuts,
         tls,
         pending,
         deadlines,

@@ -2,8 +2,10 @@
 //! `POST /auth/revoke`, and the public keys at `GET /auth/jwks.json` (also
 //! `/.well-known/jwks.json`).
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Json;
@@ -12,18 +14,23 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, FromRef, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
-use tower_http::cors::CorsLayer;
+use tower_http::cors::{Cors, CorsLayer};
+use tower_layer::Layer;
+use tower_service::Service;
 
 use super::{
     ActiveKeys, IceServer, IceServers, Revocation, TokenIssuer, TokenVerifier, bearer, query_token,
 };
 use crate::error::{ApiError, method_not_allowed, sentence};
 use crate::identifier;
+use crate::net::RouteShortcut;
 use crate::resilience::{IpLimiter, TrustedNet, request_ip, via_trusted_proxy};
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -73,13 +80,16 @@ where
         metrics,
     };
     // The token route, the one every client calls, reads its body itself: a middleware
-    // clones the route services below it and boxes a future on every request.
+    // clones the route services below it and boxes a future on every request. (The
+    // accept loop takes its requests before the router: [`TokenShortcut`].)
     let token = {
         let limits = limits.clone();
-        move |state, remote, request| issue(state, remote, limits, request)
+        move |State(state): State<Arc<AuthState>>, ConnectInfo(remote), request| async move {
+            issue(&state, &limits, remote, request).await
+        }
     };
     let browser = Router::new()
-        .route("/auth/token", post(token).fallback(method_not_allowed))
+        .route(TOKEN_PATH, post(token).fallback(method_not_allowed))
         .route("/auth/validate", get(validate).fallback(method_not_allowed))
         // Public keys only, for anyone to verify with: signaling nodes, other services.
         .route("/auth/jwks.json", get(jwks).fallback(method_not_allowed))
@@ -97,7 +107,7 @@ where
 /// The size and time limits of a request body (`MAX_BODY_BYTES`, BODY_TIMEOUT), refusals
 /// counted in `metrics`.
 #[derive(Clone)]
-pub(crate) struct BodyLimits {
+pub struct BodyLimits {
     /// How long the whole body may take to arrive.
     pub timeout: Duration,
     /// Where a body that took too long is counted.
@@ -105,7 +115,7 @@ pub(crate) struct BodyLimits {
 }
 
 /// The body limits on every route of `router` that reads a body (the server API's too).
-pub(crate) fn with_body_limits<S>(router: Router<S>, limits: BodyLimits) -> Router<S>
+pub fn with_body_limits<S>(router: Router<S>, limits: BodyLimits) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -139,7 +149,7 @@ impl BodyLimits {
     /// holding it for as long as the client likes. A declared length above the limit gets
     /// 413 before any byte of the body is read (a limit that counts arrived bytes only
     /// would wait for a huge declared body).
-    pub(crate) async fn read(&self, request: Request) -> Result<(Parts, Bytes), Response> {
+    pub async fn read(&self, request: Request) -> Result<(Parts, Bytes), Response> {
         let (parts, body) = request.into_parts();
         if declared_oversize(&parts) {
             return Err(too_large().into_response());
@@ -279,16 +289,78 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// `POST /auth/token` from `remote`.
 async fn issue(
-    State(state): State<Arc<AuthState>>,
-    ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    limits: BodyLimits,
+    state: &AuthState,
+    limits: &BodyLimits,
+    remote: SocketAddr,
     request: Request,
 ) -> Response {
     // The body first, as the other routes' middleware reads it.
     match limits.read(request).await {
-        Ok((parts, body)) => token(&state, remote, &parts.headers, Ok(body)).into_response(),
+        Ok((parts, body)) => token(state, remote, &parts.headers, Ok(body)).into_response(),
         Err(refused) => refused,
+    }
+}
+
+/// Where tokens are issued.
+const TOKEN_PATH: &str = "/auth/token";
+
+/// `POST /auth/token` taken before the router ([`RouteShortcut`]): the route's own CORS
+/// layer, body limits and handler, without the router's routing and the route services
+/// it clones for every request.
+pub struct TokenShortcut(Cors<TokenService>);
+
+impl TokenShortcut {
+    /// The token route of `state`, with the body `limits` and the `cors` of the router's.
+    pub fn new(state: Arc<AuthState>, limits: BodyLimits, cors: &CorsLayer) -> Self {
+        Self(cors.layer(TokenService { state, limits }))
+    }
+}
+
+impl RouteShortcut for TokenShortcut {
+    fn takes(&self, request: &hyper::Request<Incoming>) -> bool {
+        // Every other method (the `OPTIONS` of a preflight among them) goes to the router.
+        request.method() == Method::POST && request.uri().path() == TOKEN_PATH
+    }
+
+    fn serve(&self, request: hyper::Request<Incoming>) -> BoxFuture<'static, Response> {
+        let answer = self.0.clone().call(request);
+        Box::pin(async move {
+            match answer.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        })
+    }
+}
+
+/// The token route's handler as a service, for the CORS layer to wrap.
+#[derive(Clone)]
+pub struct TokenService {
+    state: Arc<AuthState>,
+    limits: BodyLimits,
+}
+
+impl Service<hyper::Request<Incoming>> for TokenService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: hyper::Request<Incoming>) -> Self::Future {
+        let (state, limits) = (self.state.clone(), self.limits.clone());
+        Box::pin(async move {
+            // The accept loop gives every request its client's address.
+            let Some(&ConnectInfo(remote)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+            else {
+                return Ok(StatusCode::INTERNAL_SERVER_ERROR.into_response());
+            };
+            Ok(issue(&state, &limits, remote, request.map(Body::new)).await)
+        })
     }
 }
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::response::Response;
 use futures_util::future::BoxFuture;
 use hyper::Request;
 use hyper::body::Incoming;
@@ -25,6 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tower_service::Service;
 
 use super::elastic::{ElasticStream, Transport};
 use super::head::{self, RequestHead};
@@ -69,6 +71,25 @@ pub trait Shortcut: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
 }
 
+/// One route answered without the router, on connections hyper serves: its requests are
+/// taken before the router sees them, so they skip its routing and the route services it
+/// clones for every request.
+pub trait RouteShortcut: Send + Sync + 'static {
+    /// Whether this answers `request`.
+    fn takes(&self, request: &Request<Incoming>) -> bool;
+    /// Answers `request`, as the router's route for it would.
+    fn serve(&self, request: Request<Incoming>) -> BoxFuture<'static, Response>;
+}
+
+/// What the accept loop answers without the router.
+#[derive(Default, Clone)]
+pub struct Shortcuts {
+    /// A connection's first request, before hyper.
+    pub first: Option<Arc<dyn Shortcut>>,
+    /// One route, on connections hyper serves.
+    pub route: Option<Arc<dyn RouteShortcut>>,
+}
+
 /// The deadlines of a connection's HTTP phase.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadlines {
@@ -78,7 +99,7 @@ pub struct Deadlines {
     pub upgrade: Duration,
 }
 
-/// Serves `router` (and `shortcut` before it) on `listener` (over TLS when `tls` is given)
+/// Serves `router` (and `shortcuts` before it) on `listener` (over TLS when `tls` is given)
 /// until `shutdown` resolves, then closes idle connections, lets requests in flight
 /// finish, and returns once every connection not yet upgraded is gone (upgraded WebSockets
 /// are the router's to close).
@@ -86,13 +107,14 @@ pub struct Deadlines {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    shortcut: Option<Arc<dyn Shortcut>>,
+    shortcuts: Shortcuts,
     tls: Option<TlsAcceptor>,
     pending: Arc<Pending>,
     deadlines: Deadlines,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let shortcuts = Arc::new(shortcuts);
     let (stopping, stop_signal) = watch::channel(false);
     let (all_done, done) = watch::channel(());
     let mut failing = Failing::default();
@@ -110,7 +132,7 @@ pub async fn serve(
                     accepted: Instant::now(),
                     ticket,
                     router: router.clone(),
-                    shortcut: shortcut.clone(),
+                    shortcuts: shortcuts.clone(),
                     deadlines,
                     metrics: metrics.clone(),
                     stopping: stop_signal.clone(),
@@ -170,7 +192,7 @@ struct Connection {
     /// Its place among the pending connections, freed when this ends.
     ticket: Ticket,
     router: Router,
-    shortcut: Option<Arc<dyn Shortcut>>,
+    shortcuts: Arc<Shortcuts>,
     deadlines: Deadlines,
     metrics: Arc<Metrics>,
     /// Turns true when the server stops.
@@ -222,7 +244,7 @@ impl Connection {
         ClientStream: From<ElasticStream<S>>,
     {
         let mut read = Vec::new();
-        if let Some(shortcut) = self.shortcut.clone() {
+        if let Some(shortcut) = self.shortcuts.first.clone() {
             let Some(first) = self.first_head(&mut stream).await else {
                 return;
             };
@@ -239,10 +261,21 @@ impl Connection {
         let io = TokioIo::new(ElasticStream::with_unread(stream, read));
         let remote = self.remote;
         let router = self.router.clone();
+        let shortcut = self.shortcuts.route.clone();
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(remote));
+            let shortcut = shortcut.as_ref().filter(|s| s.takes(&request)).cloned();
             // A router is always ready, and its clone is a reference count.
-            crate::telemetry::access_logged(remote, router.clone(), request)
+            let mut router = router.clone();
+            crate::telemetry::access_logged(remote, request, move |request| async move {
+                match shortcut {
+                    Some(shortcut) => shortcut.serve(request).await,
+                    None => match router.call(request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                }
+            })
         });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())

@@ -12,7 +12,7 @@ mod pending;
 mod tls;
 pub mod websocket;
 
-pub use accept::{Deadlines, listen, serve};
+pub use accept::{Deadlines, RouteShortcut, Shortcut, Shortcuts, listen, serve};
 pub use elastic::{ElasticStream, Transport};
 pub use pending::{Pending, Shed, Ticket};
 pub use tls::{Reloader, TlsAcceptor, TlsError, TlsFiles};

@@ -12,11 +12,9 @@ use std::time::Instant;
 
 use std::convert::Infallible;
 
-use axum::Router;
 use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
 use hyper::body::Incoming;
-use tower_service::Service;
 
 use super::redact::mask;
 
@@ -37,25 +35,23 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-/// `router`'s answer to `request` from `remote`, with one log line: method, masked path,
-/// redacted query, status, duration, remote. Called by the accept loop for every request
-/// it hands the router, rather than as a layer of the router: a layer clones every route
-/// service below it and boxes a future on every request, logged or not.
-pub async fn access_logged(
+/// The answer `respond` gives to `request` from `remote`, with one log line: method,
+/// masked path, redacted query, status, duration, remote. Called by the accept loop for
+/// every request hyper serves, rather than as a layer of the router: a layer clones every
+/// route service below it and boxes a future on every request, logged or not.
+pub async fn access_logged<F>(
     remote: SocketAddr,
-    mut router: Router,
     request: Request<Incoming>,
-) -> Result<Response, Infallible> {
+    respond: impl FnOnce(Request<Incoming>) -> F,
+) -> Result<Response, Infallible>
+where
+    F: Future<Output = Response>,
+{
     if !enabled() {
-        return router.call(request).await;
+        return Ok(respond(request).await);
     }
     let (method, uri) = (request.method().clone(), request.uri().clone());
-    let respond = async {
-        match router.call(request).await {
-            Ok(response) => response,
-            Err(never) => match never {},
-        }
-    };
+    let respond = respond(request);
     let query = uri.query();
     Ok(logged(
         &method,
