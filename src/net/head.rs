@@ -9,6 +9,7 @@
 
 use std::io;
 
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -47,8 +48,8 @@ fn ends_head(bytes: &[u8]) -> bool {
 
 /// A bodiless `GET` of HTTP/1.1, parsed from a connection's first bytes.
 pub struct RequestHead {
-    /// The request target: the path and any query.
-    target: Box<str>,
+    /// The request target: the path and any query, checked as hyper checks it.
+    target: PathAndQuery,
     /// Its headers, each value a slice of the bytes read.
     pub headers: HeaderMap,
     /// Whether the client sent bytes after the head, before any answer.
@@ -63,7 +64,7 @@ impl RequestHead {
             return Err(bytes);
         }
         let bytes = Bytes::from(bytes);
-        match parse(&bytes) {
+        match parse(&bytes).filter(|head| head.path() == path) {
             Some(head) => Ok(head),
             None => Err(bytes.into()),
         }
@@ -71,12 +72,12 @@ impl RequestHead {
 
     /// The path of the request target.
     pub fn path(&self) -> &str {
-        self.target.split_once('?').map_or(&self.target, |(p, _)| p)
+        self.target.path()
     }
 
     /// The query of the request target, when it has one.
     pub fn query(&self) -> Option<&str> {
-        self.target.split_once('?').map(|(_, q)| q)
+        self.target.query()
     }
 }
 
@@ -99,7 +100,9 @@ fn parse(bytes: &Bytes) -> Option<RequestHead> {
     if request.version != Some(1) {
         return None;
     }
-    let target: Box<str> = request.path?.into();
+    // The target as hyper reads it: characters it refuses send the request to it, and a
+    // fragment is no part of the query.
+    let target = PathAndQuery::from_maybe_shared(bytes.slice_ref(request.path?.as_bytes())).ok()?;
     let mut headers = HeaderMap::with_capacity(request.headers.len());
     for line in request.headers.iter() {
         let name = HeaderName::from_bytes(line.name.as_bytes()).ok()?;
@@ -144,6 +147,18 @@ mod tests {
         let mut early = UPGRADE.to_vec();
         early.push(0x81);
         assert!(RequestHead::get(early, "/ws/signal").ok().unwrap().early);
+    }
+
+    #[test]
+    fn the_target_is_read_as_hyper_reads_it() {
+        let head = |target: &str| {
+            let bytes = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+            RequestHead::get(bytes, "/ws/signal").ok()
+        };
+        let fragment = head("/ws/signal?token=abc#frag").unwrap();
+        assert_eq!(fragment.query(), Some("token=abc"));
+        assert!(head("/ws/signal?token=<abc>").is_none());
+        assert!(head("/ws/signal?token=a\"b").is_none());
     }
 
     #[test]
