@@ -393,8 +393,8 @@ impl FromRef<Services> for Arc<AppState> {
     }
 }
 
-/// The router of a role: its services, health, `/metrics` unless it has a listener of its
-/// own (METRICS_ADDR), and the access log around them.
+/// The router of a role: its services, health, and `/metrics` unless it has a listener of
+/// its own (METRICS_ADDR). The accept loop writes the access log around it.
 pub fn app(state: Arc<AppState>) -> Router {
     let metrics_here = state.config.node.metrics.is_none();
     let cors = cross_origin(&state);

@@ -337,7 +337,7 @@ impl RouteShortcut for TokenShortcut {
 
 /// The token route's handler as a service, for the CORS layer to wrap.
 #[derive(Clone)]
-pub struct TokenService {
+struct TokenService {
     state: Arc<AuthState>,
     limits: BodyLimits,
 }

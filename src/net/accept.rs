@@ -317,23 +317,23 @@ impl Connection {
             }
         }
     }
-}
 
-impl Connection {
     /// The connection's first request head, read within its deadlines as hyper would read
     /// it; `None` when the connection is to close instead.
     async fn first_head<S: Transport>(&mut self, stream: &mut S) -> Option<Vec<u8>> {
         if *self.stopping.borrow() {
             return None;
         }
+        // One timer, for whichever deadline comes first.
+        let (due, reason) = if self.deadlines.head <= self.deadlines.upgrade {
+            (self.deadlines.head, "head_timeout")
+        } else {
+            (self.deadlines.upgrade, "upgrade_timeout")
+        };
         tokio::select! {
             read = head::read_first(stream, MAX_HEAD_BYTES) => read.ok(),
-            () = tokio::time::sleep_until(self.accepted + self.deadlines.head) => {
-                self.metrics.cut("head_timeout");
-                None
-            }
-            () = tokio::time::sleep_until(self.accepted + self.deadlines.upgrade) => {
-                self.metrics.cut("upgrade_timeout");
+            () = tokio::time::sleep_until(self.accepted + due) => {
+                self.metrics.cut(reason);
                 None
             }
             _ = &mut self.ticket.shed => None,

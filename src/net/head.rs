@@ -58,13 +58,13 @@ pub struct RequestHead {
 
 impl RequestHead {
     /// The head in `bytes` when it is a `GET` of `path` (with or without a query) that
-    /// carries no body; `None` for anything else, which hyper then answers.
+    /// carries no body; anything else is handed back whole, for hyper to answer.
     pub fn get(bytes: Vec<u8>, path: &str) -> Result<Self, Vec<u8>> {
         if !targets(&bytes, path) {
             return Err(bytes);
         }
         let bytes = Bytes::from(bytes);
-        match parse(&bytes).filter(|head| head.path() == path) {
+        match parse(&bytes) {
             Some(head) => Ok(head),
             None => Err(bytes.into()),
         }

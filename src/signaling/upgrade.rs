@@ -76,7 +76,7 @@ impl Shortcut for UpgradeShortcut {
                 Err((_, e)) => e.status,
             };
             let path = request.path();
-            let answer = logged(&Method::GET, path, query, Some(remote), respond, status).await;
+            let answer = logged(&Method::GET, path, query, remote, respond, status).await;
             match answer {
                 Ok(Admitted {
                     ws,
@@ -237,8 +237,6 @@ async fn accept<W>(
             held: (slot, ip_permit),
             opened: tokio::time::Instant::now(),
         }),
-        // A task of its own for the connection rather than the upgrade's: that one keeps
-        // what the upgrade needed beside the connection's state for its whole life.
         grant: Box::new(Grant::from(claims)),
     })
 }

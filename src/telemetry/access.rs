@@ -6,11 +6,10 @@
 //! - anywhere in the path and the query keys, a JWT or a long opaque key is replaced by
 //!   `[masked]` (the rule is in [`super::redact`], which also masks JWTs in every log line).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Instant;
-
-use std::convert::Infallible;
 
 use axum::http::{Method, Request, StatusCode};
 use axum::response::Response;
@@ -57,7 +56,7 @@ where
         &method,
         uri.path(),
         query,
-        Some(remote),
+        remote,
         respond,
         Response::status,
     )
@@ -76,7 +75,7 @@ pub async fn logged<R>(
     method: &Method,
     path: &str,
     query: Option<&str>,
-    remote: Option<SocketAddr>,
+    remote: SocketAddr,
     respond: impl Future<Output = R>,
     status: impl FnOnce(&R) -> StatusCode,
 ) -> R {
@@ -86,7 +85,7 @@ pub async fn logged<R>(
     let started = Instant::now();
     let path = mask(path);
     let query = query.map(redact_query).unwrap_or_default();
-    let remote = remote.map(|r| r.to_string()).unwrap_or_default();
+    let remote = remote.to_string();
     let answer = respond.await;
     tracing::info!(
         target: "switchboard::access",
