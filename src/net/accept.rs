@@ -257,6 +257,17 @@ impl Connection {
                 Err(first) => read = first,
             }
         }
+        // Boxed: hyper's connection state would otherwise make every connection's future
+        // (an upgrade's too, which never reaches it) that much larger, and every move of
+        // it that much longer.
+        Box::pin(self.hyper(stream, read)).await;
+    }
+
+    /// Serves HTTP/1.1 on `stream` with hyper, which reads `read` first.
+    async fn hyper<S>(mut self, stream: S, read: Vec<u8>)
+    where
+        S: Transport + Send + 'static,
+    {
         // Hyper reads again what was read here.
         let io = TokioIo::new(ElasticStream::with_unread(stream, read));
         let remote = self.remote;

@@ -79,7 +79,7 @@ impl Hub {
                 let publish = {
                     let _pass = RoomPass {
                         hub: self,
-                        rooms: vec![room],
+                        rooms: [Some(&room), None],
                     };
                     self.apply_room_event(message)
                 };

@@ -59,7 +59,9 @@ impl Hub {
         let before = match joined {
             Err(e) => {
                 tracing::warn!(error = %e, "store unavailable: joining on this node only");
-                return self.join_locally(peer_id, epoch, current, room).await;
+                return self
+                    .join_locally(peer_id, epoch, current.as_deref(), room)
+                    .await;
             }
             Ok(outcome) => outcome,
         };
@@ -126,14 +128,14 @@ impl Hub {
         &self,
         peer_id: &str,
         epoch: Epoch,
-        current: Option<Arc<str>>,
+        current: Option<&str>,
         room: &str,
     ) -> Result<Joined, MembershipError> {
         if self.read().known_members(room) >= self.capacity {
             return Err(MembershipError::RoomFull);
         }
         self.unwritten();
-        if let Some(old) = &current {
+        if let Some(old) = current {
             self.depart(old, peer_id, epoch, LeaveReason::Left).await;
         }
         let mut table = self.write();

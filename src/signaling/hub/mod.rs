@@ -209,12 +209,13 @@ impl Drop for PeerPass<'_> {
 /// with them.
 struct RoomPass<'a> {
     hub: &'a Hub,
-    rooms: Vec<Arc<str>>,
+    /// One room, or two (a move between rooms), in the order they were entered.
+    rooms: [Option<&'a str>; 2],
 }
 
 impl Drop for RoomPass<'_> {
     fn drop(&mut self) {
-        for room in &self.rooms {
+        for room in self.rooms.iter().flatten() {
             while let Some(deferred) = self.hub.room_gates.leave(room) {
                 for message in deferred {
                     self.hub.apply_deferred(message);
@@ -324,18 +325,23 @@ impl Hub {
         PeerPass { hub: self, peer }
     }
 
-    /// Waits for the gates of `rooms`, in name order.
-    async fn enter_rooms(&self, rooms: &[&str]) -> RoomPass<'_> {
-        let mut sorted: Vec<&str> = rooms.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
+    /// Waits for the gates of `rooms` (one, or the two of a move), in name order.
+    async fn enter_rooms<'a>(&'a self, rooms: &[&'a str]) -> RoomPass<'a> {
+        let sorted = match *rooms {
+            [room] => [Some(room), None],
+            [a, b] if a == b => [Some(a), None],
+            [a, b] => [Some(a.min(b)), Some(a.max(b))],
+            _ => unreachable!("a membership change involves one room or two"),
+        };
         let mut pass = RoomPass {
             hub: self,
-            rooms: Vec::with_capacity(sorted.len()),
+            rooms: [None, None],
         };
-        for room in sorted {
+        for (slot, room) in sorted.into_iter().enumerate() {
+            let Some(room) = room else { break };
             self.room_gates.enter(room).await;
-            pass.rooms.push(Arc::from(room));
+            // Held from here, so a cancelled wait for the next one still leaves this one.
+            pass.rooms[slot] = Some(room);
         }
         pass
     }

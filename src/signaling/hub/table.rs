@@ -317,17 +317,18 @@ impl RoomTable {
         let (room, view) = self.room_view(room);
         let learned = learn_remote(view, before, me);
         let to: Vec<Arc<str>> = view.local.iter().cloned().collect();
-        let mut notices: Vec<Notice> = learned
-            .iter()
-            .map(|(p, metadata)| Notice {
+        let mut notices = Vec::new();
+        // The first member here has nobody to tell (the common case of a room's join).
+        if !to.is_empty() {
+            notices.extend(learned.iter().map(|(p, metadata)| Notice {
                 to: to.clone(),
                 frame: joined_frame(p, metadata.as_ref()),
-            })
-            .collect();
-        notices.push(Notice {
-            to,
-            frame: joined_frame(peer_id, metadata.as_ref()),
-        });
+            }));
+            notices.push(Notice {
+                to,
+                frame: joined_frame(peer_id, metadata.as_ref()),
+            });
+        }
         view.local.insert(peer);
         self.set_room(peer_id, Some(room));
         notices
