@@ -17,44 +17,12 @@ cd "$(dirname "$0")/.."
 
 OUT=${OUT:-target/flame}
 SECONDS_SAMPLED=${SECONDS_SAMPLED:-4}
-SECRET=bench-only-secret-not-for-production-0123456789
-mkdir -p "$OUT"
-ulimit -n "$(ulimit -Hn)"
-for tool in perf taskset inferno-collapse-perf inferno-flamegraph; do
-  command -v "$tool" >/dev/null || {
-    echo "flamegraph.sh: $tool is missing (perf: apt-get install linux-perf; inferno: cargo install inferno)" >&2
-    exit 1
-  }
-done
-if [ -n "${FLOOR:-}" ] && [ ! -x "$FLOOR" ]; then
-  echo "flamegraph.sh: FLOOR=$FLOOR is not an executable file; build the floor relay (its README says how) and pass its binary" >&2
-  exit 1
-fi
-cargo build --release --locked --workspace
-BIN=target/release/switchboard
-BENCH_BIN=target/release/switchboard-bench
-export AUTH_SECRET=$SECRET ALLOW_OPEN_ISSUANCE=true LOG_LEVEL=warn \
-  MESSAGE_RATE=10000000 MESSAGE_BURST=10000000 MAX_CONNECTIONS=100000 \
-  MAX_CONNECTIONS_PER_IP=100000 RATE_PER_IP_PER_MINUTE=100000000 SHED_CPU_PERCENT=0 \
-  SHED_MEMORY_PERCENT=0
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-# start PORT COMMAND...: COMMAND on core 0, listening on PORT; sets $pid.
-start() {
-  local port=$1; shift
-  taskset -c 0 "$@" >"$OUT/server-$port.log" 2>&1 &
-  pid=$!
-  pids+=("$pid")
-  for _ in $(seq 100); do
-    (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "flamegraph.sh: the server on port $port did not start; see $OUT/server-$port.log" >&2
-  exit 1
-}
+SERVER_CORE=0
+NAME=flamegraph.sh
+TOOLS="perf taskset inferno-collapse-perf inferno-flamegraph"
+TOOLS_HINT="perf: apt-get install linux-perf; inferno: cargo install inferno"
+# shellcheck source=scripts/bench-setup.sh
+. scripts/bench-setup.sh
 
 # draw NAME TITLE PERF-TARGET BENCH-ARGS...: runs the generator on core 1, samples
 # PERF-TARGET (`-p PID` or `-C 0`) after a second of it, and draws $OUT/NAME.svg.
@@ -79,13 +47,13 @@ single() {
   local who=$1; shift
   local url=ws://127.0.0.1:9100
   if has join; then
-    start 9100 "$@"
+    start_server 9100 "$@"
     draw "join-$who" "$who: join storm (token, connect, join, close), concurrency 64" "-p $pid" \
       --url $url join-storm --joins $(((SECONDS_SAMPLED + 3) * 15000)) --concurrency 64
     kill "$pid"; wait "$pid" 2>/dev/null || true
   fi
   if has offer; then
-    start 9100 "$@"
+    start_server 9100 "$@"
     draw "offer-$who" "$who: 2 KB offers relayed, 100 pairs, closed loop" "-p $pid" \
       --url $url --secret $SECRET relay --pairs 100 --duration $((SECONDS_SAMPLED + 3))s
     kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -109,7 +77,7 @@ if has cross; then
   sleep 0.5
   urls=()
   for port in 9101 9102 9103; do
-    start $port env REDIS_URL=redis://127.0.0.1:9199 "$BIN" serve --bind 127.0.0.1 --port $port
+    start_server $port env REDIS_URL=redis://127.0.0.1:9199 "$BIN" serve --bind 127.0.0.1 --port $port
     urls+=(--url ws://127.0.0.1:$port)
   done
   duration=$((SECONDS_SAMPLED + 3))s
