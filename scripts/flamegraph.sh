@@ -33,9 +33,16 @@ draw() {
   sleep 1
   # DWARF unwinding: release builds keep no frame pointers.
   # shellcheck disable=SC2086
-  perf record -F 499 -g --call-graph dwarf,65528 $target -o "$OUT/$name.data" \
-    -- sleep "$SECONDS_SAMPLED" >/dev/null 2>&1
-  wait "$bench"
+  if ! perf record -F 499 -g --call-graph dwarf,65528 $target -o "$OUT/$name.data" \
+    -- sleep "$SECONDS_SAMPLED" >"$OUT/$name.perf.log" 2>&1; then
+    kill "$bench" 2>/dev/null || true
+    echo "flamegraph.sh: perf record failed (see $OUT/$name.perf.log; as a non-root user, kernel.perf_event_paranoid may need lowering)" >&2
+    exit 1
+  fi
+  if ! wait "$bench"; then
+    echo "flamegraph.sh: the generator failed during $name; see $OUT/$name.txt" >&2
+    exit 1
+  fi
   perf script -i "$OUT/$name.data" 2>/dev/null | inferno-collapse-perf >"$OUT/$name.folded"
   inferno-flamegraph --title "$title" --minwidth 0.5 <"$OUT/$name.folded" >"$OUT/$name.svg"
   rm -f "$OUT/$name.data"
