@@ -79,4 +79,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
+# A first build of the suite writes about 2.5 GB under the target directory. When the disk
+# fills mid-build the linker dies with a bus error that names neither cause nor cure, so
+# say it here first. A warning, not a stop: a rebuild needs far less.
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+free_mb=$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')
+if [ -n "$free_mb" ] && [ "$free_mb" -lt 4096 ]; then
+  echo "test.sh: warning: only $free_mb MB free for $target_dir; a first build of the suite" \
+    "needs about 2.5 GB. If the build fails (a linker bus error), free some space" \
+    "(cargo clean removes old builds) and run again." >&2
+fi
+
 cargo test --workspace --locked "$@"
