@@ -3,23 +3,22 @@
 //!
 //! Senders append through their [`Courier`] lanes, which hold and retry across failovers.
 //! The node reads with a blocking XREAD and commits each batch before delivering it: one
-//! script moves the marker past the batch, trims what earlier commits covered, and says
-//! which of the batch's entries are still there (a sender may have withdrawn one it gave
-//! up on). Only those are delivered, repeats dropped by (origin, sequence number). So each
-//! message is either delivered or reported to its sender, never both: a node cut off
-//! after reading cannot deliver what the others already reported, and a commit repeated
-//! because its answer was lost finds the same entries. Senders give up on a message by
-//! origin and sequence number (every unread copy goes), and Redis refuses an append past
-//! its deadline, so a delayed append cannot land after its sender was told. When the marker is missing (Redis lost its data) or
-//! closed (the node was declared lost while alive) the node opens a new generation and
-//! reads its inbox from the start; senders see the new generation and append again what
-//! was not read.
+//! script moves the marker past the batch, now and then trims what earlier commits
+//! covered, and says which of the batch's entries are still there (a sender may have
+//! withdrawn one it gave up on). Only those are delivered, repeats dropped by (origin,
+//! sequence number). So each message is either delivered or reported to its sender, never
+//! both: a node cut off after reading cannot deliver what the others already reported, and
+//! a commit repeated because its answer was lost finds the same entries. Senders give up on
+//! a message by origin and sequence number (every unread copy goes), and Redis refuses an
+//! append past its deadline, so a delayed append cannot land after its sender was told.
+//! When the marker is missing (Redis lost its data) or closed (the node was declared lost
+//! while alive) the node opens a new generation and reads its inbox from the start; senders
+//! see the new generation and append again what was not read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::streams::StreamReadReply;
 use ::redis::{FromRedisValue, Script, Value, cmd, pipe};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -38,6 +37,14 @@ const INBOX_TTL: Duration = Duration::from_secs(600);
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries fetched per XREAD.
 const BATCH: usize = 512;
+/// A commit trims what earlier ones covered once this many entries were committed since
+/// the last trim, or [`TRIM_INTERVAL`] passed, or the reader is idle. Trimming is most of
+/// a commit's work in Redis (its clock, the pins, XTRIM); under load doing it on every
+/// batch of one or two entries doubled what a cross-node message cost Redis. Deferring it
+/// only keeps entries already read a little longer.
+const TRIM_EVERY: usize = 256;
+/// See [`TRIM_EVERY`].
+const TRIM_INTERVAL: Duration = Duration::from_millis(100);
 /// How long an append waits for a replica to confirm it, where there are replicas: an
 /// entry a master acknowledged and lost in a failover would otherwise look delivered.
 const REPLICA_WAIT_MS: u64 = 50;
@@ -315,6 +322,7 @@ impl Bus for RedisBus {
             generation: String::new(),
             last: format!("{}-0", secs * 1000 + micros / 1000),
             seen: HashMap::new(),
+            trims: TrimSchedule::new(),
         };
         let mut reader = reader;
         reader.open().await?;
@@ -337,6 +345,39 @@ struct Reader {
     last: String,
     /// Highest sequence number seen per origin: repeats are dropped.
     seen: HashMap<String, u64>,
+    /// When the next commit trims.
+    trims: TrimSchedule,
+}
+
+/// When a reader's commit trims what earlier commits covered: see [`TRIM_EVERY`].
+struct TrimSchedule {
+    /// Entries committed since the last trim.
+    untrimmed: usize,
+    /// When that trim was.
+    at: tokio::time::Instant,
+}
+
+impl TrimSchedule {
+    fn new() -> Self {
+        Self {
+            untrimmed: 0,
+            at: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Whether a commit of `batch` entries trims.
+    fn due(&self, batch: usize) -> bool {
+        batch == 0 || self.untrimmed >= TRIM_EVERY || self.at.elapsed() >= TRIM_INTERVAL
+    }
+
+    /// Records a commit of `batch` entries that did (or did not) trim.
+    fn committed(&mut self, batch: usize, trimmed: bool) {
+        if trimmed {
+            self.untrimmed = 0;
+            self.at = tokio::time::Instant::now();
+        }
+        self.untrimmed += batch;
+    }
 }
 
 impl Reader {
@@ -357,7 +398,8 @@ impl Reader {
     }
 
     /// Commits a batch (`ids`, in order; none to keep the marker and inbox alive): moves
-    /// the marker past it and trims it. Returns which entries were still there, or `None`
+    /// the marker past it and, every [`TRIM_EVERY`] entries or [`TRIM_INTERVAL`], trims what
+    /// earlier commits covered. Returns which entries were still there, or `None`
     /// when the marker was gone or closed and a new generation was opened, read from the
     /// start: the batch is then dropped and read again if it is still there. `in_doubt`
     /// says an earlier attempt at this commit may have run (its answer was lost).
@@ -370,8 +412,9 @@ impl Reader {
         // be lost and the commit repeated, the batch is still there to be checked again
         // (and senders never withdraw entries at or below the marker).
         let last = ids.last().unwrap_or(&self.last).clone();
+        let trims = self.trims.due(ids.len());
         let trim = match parse_id(&self.last) {
-            Some((ms, seq)) if (ms, seq) != (0, 0) => format!("{ms}-{}", seq + 1),
+            Some((ms, seq)) if trims && (ms, seq) != (0, 0) => format!("{ms}-{}", seq + 1),
             _ => String::new(),
         };
         let mut invocation = self.mark.key(&self.marker);
@@ -392,6 +435,7 @@ impl Reader {
         };
         if reply.0 == 1 {
             self.last = last;
+            self.trims.committed(ids.len(), trims);
             return Ok(Some(reply.1.into_iter().map(|p| p == 1).collect()));
         }
         // Redis lost the marker, or other nodes declared this one lost: read the inbox
@@ -482,7 +526,7 @@ impl Reader {
                 .arg("STREAMS")
                 .arg(&self.inbox)
                 .arg(&self.last);
-            let reply: Option<StreamReadReply> = match self.reader.query(&xread).await {
+            let reply: Value = match self.reader.query(&xread).await {
                 Ok(r) => {
                     if failures > 0 {
                         tracing::info!("bus reader reconnected to Redis");
@@ -503,29 +547,16 @@ impl Reader {
                     continue;
                 }
             };
-            let entries: Vec<_> = reply
-                .into_iter()
-                .flat_map(|r| r.keys)
-                .flat_map(|k| k.ids)
-                .collect();
+            let (ids, entries) = read_entries(reply);
             // With nothing new, the commit checks the marker is still there and ours.
-            let ids: Vec<String> = entries.iter().map(|e| e.id.clone()).collect();
             let Some(present) = self.commit_patiently(&ids, &tx).await else {
                 if tx.is_closed() {
                     return;
                 }
                 continue;
             };
-            for (entry, present) in entries.into_iter().zip(present) {
-                if !present {
-                    continue;
-                }
-                let mut fields: HashMap<String, String> = entry
-                    .map
-                    .into_iter()
-                    .filter_map(|(k, v)| String::from_redis_value(v).ok().map(|v| (k, v)))
-                    .collect();
-                if self.repeated(&mut fields) {
+            for ((id, mut fields), present) in ids.iter().zip(entries).zip(present) {
+                if !present || self.repeated(&mut fields) {
                     continue;
                 }
                 match BusMessage::from_fields(fields) {
@@ -534,7 +565,7 @@ impl Reader {
                             return;
                         }
                     }
-                    None => tracing::warn!(id = %entry.id, "skipped a malformed bus entry"),
+                    None => tracing::warn!(%id, "skipped a malformed bus entry"),
                 }
             }
             if tx.is_closed() {
@@ -685,6 +716,51 @@ impl Transport for Streams {
     }
 }
 
+/// The ids and fields of an XREAD reply's entries (none for a nil reply). Parsed from the
+/// reply as it is, moving its strings: the client's `StreamReadReply` clones the whole
+/// reply (every 2 KB frame among it) before converting it, and measurably so on the
+/// cross-node path. An entry or field that is not a string pair is skipped.
+fn read_entries(reply: Value) -> (Vec<String>, Vec<HashMap<String, String>>) {
+    let (mut ids, mut entries) = (Vec::new(), Vec::new());
+    // RESP2 answers [[key, entries]]; RESP3 may answer {key: entries}.
+    let streams = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) => pair.into_iter().nth(1),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams.into_iter().map(|(_, v)| v).collect(),
+        _ => Vec::new(),
+    };
+    for stream in streams {
+        let Value::Array(stream) = stream else {
+            continue;
+        };
+        for entry in stream {
+            let Value::Array(entry) = entry else { continue };
+            let mut entry = entry.into_iter();
+            let (Some(id), Some(Value::Array(flat))) = (entry.next(), entry.next()) else {
+                continue;
+            };
+            let Ok(id) = String::from_redis_value(id) else {
+                continue;
+            };
+            let mut fields = HashMap::with_capacity(flat.len() / 2);
+            let mut flat = flat.into_iter();
+            while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                if let (Ok(k), Ok(v)) = (String::from_redis_value(k), String::from_redis_value(v)) {
+                    fields.insert(k, v);
+                }
+            }
+            ids.push(id);
+            entries.push(fields);
+        }
+    }
+    (ids, entries)
+}
+
 /// Parses a stream id `ms-seq`.
 fn parse_id(id: &str) -> Option<EntryId> {
     let (ms, seq) = id.split_once('-')?;
@@ -706,6 +782,61 @@ fn parse_marker(marker: &str) -> Option<Progress> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn xread_replies_parse_without_the_client_stream_types() {
+        let entry = |id: &str, fields: &[&str]| {
+            Value::Array(vec![
+                bulk(id),
+                Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+            ])
+        };
+        let entries = Value::Array(vec![
+            entry("1-1", &["k", "d", "to", "p1"]),
+            Value::Int(7),
+            entry("1-2", &["k", "d", "odd"]),
+        ]);
+        let expected = (
+            vec!["1-1".to_string(), "1-2".to_string()],
+            vec![
+                HashMap::from([("k".into(), "d".into()), ("to".into(), "p1".into())]),
+                HashMap::from([("k".into(), "d".into())]),
+            ],
+        );
+        let resp2 = Value::Array(vec![Value::Array(vec![bulk("inbox"), entries.clone()])]);
+        assert_eq!(read_entries(resp2), expected);
+        let resp3 = Value::Map(vec![(bulk("inbox"), entries)]);
+        assert_eq!(read_entries(resp3), expected);
+        assert_eq!(read_entries(Value::Nil), (vec![], vec![]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_reader_trims_every_so_many_entries_or_so_often() {
+        let mut trims = TrimSchedule::new();
+        assert!(trims.due(0), "an idle reader's commit trims");
+        assert!(!trims.due(1));
+        trims.committed(1, false);
+        for _ in 0..TRIM_EVERY - 2 {
+            assert!(!trims.due(1));
+            trims.committed(1, false);
+        }
+        assert!(!trims.due(1), "{} entries are not yet due", TRIM_EVERY - 1);
+        trims.committed(1, false);
+        assert!(trims.due(1), "{TRIM_EVERY} entries are due");
+        trims.committed(3, true);
+        assert!(!trims.due(1), "a trim starts the count again");
+        tokio::time::advance(TRIM_INTERVAL - Duration::from_millis(1)).await;
+        assert!(!trims.due(1));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            trims.due(1),
+            "a trim is due {TRIM_INTERVAL:?} after the last"
+        );
+    }
 
     #[test]
     fn stream_ids_order_numerically() {
