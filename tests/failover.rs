@@ -252,8 +252,8 @@ async fn redis_restarted_empty_mid_call_is_healed_without_closing_anyone() {
         ));
     }
     let report = run_out(traffic, "redis restarted empty", back).await;
-    // Relayed data leaves Redis once delivered: every inbox is trimmed by the commit after
-    // the one that read it, which an idle reader makes once per blocking read (1 s).
+    // Relayed data leaves Redis once delivered: what a commit read is trimmed by a later
+    // one, at the latest by the commit an idle reader makes once per blocking read (1 s).
     let emptied = holds_within(HEARTBEAT * 2 + Duration::from_secs(1), async || {
         retained(&redis_url, &prefix)
             .await

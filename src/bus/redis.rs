@@ -398,11 +398,11 @@ impl Reader {
     }
 
     /// Commits a batch (`ids`, in order; none to keep the marker and inbox alive): moves
-    /// the marker past it and, every [`TRIM_EVERY`] entries or [`TRIM_INTERVAL`], trims what
-    /// earlier commits covered. Returns which entries were still there, or `None`
-    /// when the marker was gone or closed and a new generation was opened, read from the
-    /// start: the batch is then dropped and read again if it is still there. `in_doubt`
-    /// says an earlier attempt at this commit may have run (its answer was lost).
+    /// the marker past it and, every [`TRIM_EVERY`] entries or [`TRIM_INTERVAL`], trims
+    /// what earlier commits covered. Returns which entries were still there, or `None` when
+    /// the marker was gone or closed and a new generation was opened, read from the start:
+    /// the batch is then dropped and read again if it is still there. `in_doubt` says an
+    /// earlier attempt at this commit may have run (its answer was lost).
     async fn commit(
         &mut self,
         ids: &[String],
