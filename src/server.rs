@@ -543,13 +543,10 @@ pub async fn serve_with(
             )) as Arc<dyn crate::net::Shortcut>
         }),
         route: state.role.issues_tokens().then(|| {
-            let limits = crate::auth::routes::BodyLimits {
-                timeout: config.timing.body_timeout,
-                metrics: state.metrics.clone(),
-            };
             let token = crate::auth::routes::TokenShortcut::new(
                 state.auth.clone(),
-                limits,
+                config.timing.body_timeout,
+                state.metrics.clone(),
                 &cross_origin(&state),
             );
             Arc::new(token) as Arc<dyn crate::net::RouteShortcut>

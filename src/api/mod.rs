@@ -75,10 +75,7 @@ where
             "/api/v1/events",
             get(events::list).fallback(wrong_method(&metrics, "list_events")),
         );
-    let limits = crate::auth::routes::BodyLimits {
-        timeout: body_timeout,
-        metrics,
-    };
+    let limits = crate::auth::routes::BodyLimits::new(body_timeout, metrics);
     crate::auth::routes::with_body_limits(routes, limits)
 }
 

@@ -75,10 +75,7 @@ where
     // The routes' own 405 sits inside the CORS layer: the server-wide one that
     // `method_not_allowed_fallback` installs would replace it outside every layer, and a
     // preflight (`OPTIONS`) would get 405 instead of reaching the CORS layer.
-    let limits = BodyLimits {
-        timeout: body_timeout,
-        metrics,
-    };
+    let limits = BodyLimits::new(body_timeout, metrics);
     // The token route, the one every client calls, reads its body itself: a middleware
     // clones the route services below it and boxes a future on every request. (The
     // accept loop takes its requests before the router: [`TokenShortcut`].)
@@ -107,7 +104,7 @@ where
 /// The size and time limits of a request body (`MAX_BODY_BYTES`, BODY_TIMEOUT), refusals
 /// counted in `metrics`.
 #[derive(Clone)]
-pub struct BodyLimits {
+pub(crate) struct BodyLimits {
     /// How long the whole body may take to arrive.
     pub timeout: Duration,
     /// Where a body that took too long is counted.
@@ -115,7 +112,7 @@ pub struct BodyLimits {
 }
 
 /// The body limits on every route of `router` that reads a body (the server API's too).
-pub fn with_body_limits<S>(router: Router<S>, limits: BodyLimits) -> Router<S>
+pub(crate) fn with_body_limits<S>(router: Router<S>, limits: BodyLimits) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
@@ -144,12 +141,17 @@ fn declared_oversize(parts: &Parts) -> bool {
 }
 
 impl BodyLimits {
+    /// Bodies due within `timeout`, refusals counted in `metrics`.
+    pub(crate) fn new(timeout: Duration, metrics: Arc<Metrics>) -> Self {
+        Self { timeout, metrics }
+    }
+
     /// The request's head and its whole body, read within the time limit: a body that
     /// trickles in or never comes gets 408 and the connection is closed, instead of
     /// holding it for as long as the client likes. A declared length above the limit gets
     /// 413 before any byte of the body is read (a limit that counts arrived bytes only
     /// would wait for a huge declared body).
-    pub async fn read(&self, request: Request) -> Result<(Parts, Bytes), Response> {
+    pub(crate) async fn read(&self, request: Request) -> Result<(Parts, Bytes), Response> {
         let (parts, body) = request.into_parts();
         if declared_oversize(&parts) {
             return Err(too_large().into_response());
@@ -312,8 +314,15 @@ const TOKEN_PATH: &str = "/auth/token";
 pub struct TokenShortcut(Cors<TokenService>);
 
 impl TokenShortcut {
-    /// The token route of `state`, with the body `limits` and the `cors` of the router's.
-    pub fn new(state: Arc<AuthState>, limits: BodyLimits, cors: &CorsLayer) -> Self {
+    /// The token route of `state`, with the body limits and the `cors` that [`router`]
+    /// gives it.
+    pub fn new(
+        state: Arc<AuthState>,
+        body_timeout: Duration,
+        metrics: Arc<Metrics>,
+        cors: &CorsLayer,
+    ) -> Self {
+        let limits = BodyLimits::new(body_timeout, metrics);
         Self(cors.layer(TokenService { state, limits }))
     }
 }
