@@ -5,6 +5,9 @@
 # the sweep. Takes about four minutes. Usage: scripts/bench.sh [scenario ...]
 # (scenarios: relay rate sweep idle storm multi; default: all).
 #
+# After the cross-node run of `multi` it prints what each message cost Redis, command by
+# command (scripts/redis-costs.py, from `INFO commandstats`).
+#
 # FLOOR=<path to the floor relay's binary> also runs the single-node scenarios against the
 # floor, the thinnest relay that speaks the same protocol (no JWT work, no limits, no
 # rooms beyond a map), on the same cores right after Switchboard, and prints Switchboard's
@@ -17,7 +20,7 @@ SERVER_CORE=${SERVER_CORE:-0}
 BENCH_CORE=${BENCH_CORE:-1}
 IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-19000}
 NAME=bench.sh
-TOOLS="taskset redis-server python3"
+TOOLS="taskset redis-server redis-cli python3"
 # shellcheck source=scripts/bench-setup.sh
 . scripts/bench-setup.sh
 
@@ -89,6 +92,8 @@ if has multi; then
   done
   # Same rate, same nodes: pairs on one node each, then each pair across two nodes.
   bench multi-same "${urls[@]}" --secret $SECRET "${node_pids[@]}" relay --pairs 100 --rate 5000 --duration 10s
+  redis-cli -p $redis_port config resetstat >/dev/null
   bench multi-cross "${urls[@]}" --secret $SECRET "${node_pids[@]}" multi-node --pairs 100 --rate 5000 --duration 10s
+  redis-cli -p $redis_port info commandstats | python3 scripts/redis-costs.py "$OUT/multi-cross.json"
 fi
 echo "reports in $OUT"

@@ -329,6 +329,7 @@ fn outlives_rooms(rest: &str, nodes: &[String]) -> bool {
                 || rest == format!("node:{{{n}}}:inbox")
                 || rest == format!("node:{{{n}}}:read")
                 || rest == format!("node:{{{n}}}:pins")
+                || rest == format!("node:{{{n}}}:withdrawals")
         })
 }
 

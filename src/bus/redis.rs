@@ -5,15 +5,16 @@
 //! The node reads with a blocking XREAD and commits each batch before delivering it: one
 //! script moves the marker past the batch, now and then trims what earlier commits
 //! covered, and says which of the batch's entries are still there (a sender may have
-//! withdrawn one it gave up on). Only those are delivered, repeats dropped by (origin,
-//! sequence number). So each message is either delivered or reported to its sender, never
-//! both: a node cut off after reading cannot deliver what the others already reported, and
-//! a commit repeated because its answer was lost finds the same entries. Senders give up on
-//! a message by origin and sequence number (every unread copy goes), and Redis refuses an
-//! append past its deadline, so a delayed append cannot land after its sender was told.
-//! When the marker is missing (Redis lost its data) or closed (the node was declared lost
-//! while alive) the node opens a new generation and reads its inbox from the start; senders
-//! see the new generation and append again what was not read.
+//! withdrawn one it gave up on; it looks only when one did since the last commit). Only
+//! those are delivered, repeats dropped by (origin, sequence number). So each message is
+//! either delivered or reported to its sender, never both: a node cut off after reading
+//! cannot deliver what the others already reported, and a commit repeated because its
+//! answer was lost finds the same entries. Senders give up on a message by origin and
+//! sequence number (every unread copy goes), and Redis refuses an append past its
+//! deadline, so a delayed append cannot land after its sender was told. When the marker is
+//! missing (Redis lost its data) or closed (the node was declared lost while alive) the
+//! node opens a new generation and reads its inbox from the start; senders see the new
+//! generation and append again what was not read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +46,10 @@ const BATCH: usize = 512;
 const TRIM_EVERY: usize = 256;
 /// See [`TRIM_EVERY`].
 const TRIM_INTERVAL: Duration = Duration::from_millis(100);
+/// The field that marks an entry whose sender gives the withdrawals key a new value
+/// whenever it deletes unread entries (see MARK); a sender of an older build does not, so
+/// a batch holding one of its entries is checked entry by entry, as before.
+const COUNTED: &str = "w";
 /// How long an append waits for a replica to confirm it, where there are replicas: an
 /// entry a master acknowledged and lost in a failover would otherwise look delivered.
 const REPLICA_WAIT_MS: u64 = 50;
@@ -113,16 +118,26 @@ return redis.call('GET', KEYS[1]) or ''
 
 /// Commits a batch read under generation ARGV[1]: moves the marker to ARGV[2], trims
 /// entries below ARGV[3], those earlier commits covered (none when empty), but none that
-/// a live pin keeps, and returns {1, present} with 1/0 per entry id ARGV[5..] still in
-/// the inbox; {0} when the marker is gone, closed or of another generation. KEYS: marker,
-/// inbox, pins. Atomic with WITHDRAW, so an entry is delivered or withdrawn, not both.
+/// a live pin keeps, and returns {1, present, withdrawals} with 1/0 per entry id ARGV[6..]
+/// still in the inbox; {0} when the marker is gone, closed or of another generation.
+/// ARGV[5] is the withdrawals value the previous commit returned, or '' when the batch
+/// holds an entry whose sender does not count its withdrawals: if it still stands, no
+/// sender deleted anything since that commit, so every entry read after it is still there
+/// and none is looked up (copying each entry into Lua to see it was most of a commit's
+/// cost). KEYS: marker, inbox, pins, withdrawals. Atomic with WITHDRAW, so an entry is
+/// delivered or withdrawn, not both.
 const MARK: &str = r"
 local m = redis.call('GET', KEYS[1])
 if not m then return {0} end
 if string.match(m, '^([^|]*)') ~= ARGV[1] or string.find(m, '|closed', 1, true) then return {0} end
+local w = redis.call('GET', KEYS[4])
 local present = {}
-for i = 5, #ARGV do
-  present[#present + 1] = #redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i], 'COUNT', 1)
+if w and w == ARGV[5] then
+  for i = 6, #ARGV do present[#present + 1] = 1 end
+else
+  for i = 6, #ARGV do
+    present[#present + 1] = #redis.call('XRANGE', KEYS[2], ARGV[i], ARGV[i], 'COUNT', 1)
+  end
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[4])
 if ARGV[3] ~= '' then
@@ -142,13 +157,22 @@ if ARGV[3] ~= '' then
   redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', bms, bseq))
 end
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return {1, present}
+if w then
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+else
+  local t = redis.call('TIME')
+  w = t[1] .. '.' .. t[2]
+  redis.call('SET', KEYS[4], w, 'PX', ARGV[4])
+end
+return {1, present, w}
 ";
 
 /// Gives up on messages of origin ARGV[1] with sequence numbers ARGV[2..]: a copy at or
 /// below the marker was read (2, delivered); otherwise every unread copy is deleted (1,
 /// withdrawn); with no copy left it never landed (0): the origin's pin keeps every copy
-/// until it asks. KEYS: marker, inbox. Returns the marker ('' when none) and the fates. Atomic with the reader's commit, which checks the
+/// until it asks. A deletion gives the withdrawals key a new value (Redis's clock, never
+/// the value it had) for ARGV[2] ms. KEYS: marker, inbox, withdrawals. Returns the marker
+/// ('' when none) and the fates. Atomic with the reader's commit, which checks the
 /// presence of what it delivers: a message is delivered or withdrawn, never both.
 const WITHDRAW: &str = r"
 local m = redis.call('GET', KEYS[1]) or ''
@@ -156,7 +180,7 @@ local rms, rseq = string.match(m, '^[^|]*|(%d+)-(%d+)')
 rms = tonumber(rms or '0')
 rseq = tonumber(rseq or '0')
 local state = {}
-for i = 2, #ARGV do state[ARGV[i]] = 0 end
+for i = 3, #ARGV do state[ARGV[i]] = 0 end
 local unread = {}
 for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
   local f = e[2]
@@ -176,11 +200,21 @@ for _, e in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
     end
   end
 end
+local deleted = false
 for _, u in ipairs(unread) do
-  if state[u[2]] == 1 then redis.call('XDEL', KEYS[2], u[1]) end
+  if state[u[2]] == 1 then
+    redis.call('XDEL', KEYS[2], u[1])
+    deleted = true
+  end
+end
+if deleted then
+  local t = redis.call('TIME')
+  local v = t[1] .. '.' .. t[2]
+  if v == redis.call('GET', KEYS[3]) then v = v .. '+' end
+  redis.call('SET', KEYS[3], v, 'PX', ARGV[2])
 end
 local out = {}
-for i = 2, #ARGV do out[#out + 1] = state[ARGV[i]] end
+for i = 3, #ARGV do out[#out + 1] = state[ARGV[i]] end
 return {m, out}
 ";
 
@@ -318,9 +352,11 @@ impl Bus for RedisBus {
             marker: self.keys.inbox_read(node),
             inbox: self.keys.inbox(node),
             pins: self.keys.inbox_pins(node),
+            withdrawals: self.keys.inbox_withdrawals(node),
             mark: self.mark.clone(),
             generation: String::new(),
             last: format!("{}-0", secs * 1000 + micros / 1000),
+            withdrawn: String::new(),
             seen: HashMap::new(),
             trims: TrimSchedule::new(),
         };
@@ -339,10 +375,13 @@ struct Reader {
     marker: String,
     inbox: String,
     pins: String,
+    withdrawals: String,
     mark: Script,
     generation: String,
     /// Last entry read and committed.
     last: String,
+    /// The withdrawals value the last commit returned ('' before the first).
+    withdrawn: String,
     /// Highest sequence number seen per origin: repeats are dropped.
     seen: HashMap<String, u64>,
     /// When the next commit trims.
@@ -402,10 +441,12 @@ impl Reader {
     /// what earlier commits covered. Returns which entries were still there, or `None` when
     /// the marker was gone or closed and a new generation was opened, read from the start:
     /// the batch is then dropped and read again if it is still there. `in_doubt` says an
-    /// earlier attempt at this commit may have run (its answer was lost).
+    /// earlier attempt at this commit may have run (its answer was lost). `counted` says
+    /// every entry of the batch comes from a sender that counts its withdrawals.
     async fn commit(
         &mut self,
         ids: &[String],
+        counted: bool,
         in_doubt: bool,
     ) -> Result<Option<Vec<bool>>, StoreError> {
         // Trim what earlier commits covered, not this batch: should this commit's answer
@@ -421,20 +462,23 @@ impl Reader {
         invocation
             .key(&self.inbox)
             .key(&self.pins)
+            .key(&self.withdrawals)
             .arg(&self.generation)
             .arg(&last)
             .arg(trim)
-            .arg(INBOX_TTL.as_millis() as u64);
+            .arg(INBOX_TTL.as_millis() as u64)
+            .arg(if counted { self.withdrawn.as_str() } else { "" });
         for id in ids {
             invocation.arg(id);
         }
-        let reply: (i64, Vec<i64>) = match self.redis.script::<Value>(&invocation).await? {
-            Value::Array(parts) if parts.len() == 1 => (0, Vec::new()),
+        let reply: (i64, Vec<i64>, String) = match self.redis.script::<Value>(&invocation).await? {
+            Value::Array(parts) if parts.len() == 1 => (0, Vec::new(), String::new()),
             other => FromRedisValue::from_redis_value(other)
                 .map_err(|e| StoreError(format!("Redis returned a malformed inbox commit: {e}")))?,
         };
         if reply.0 == 1 {
             self.last = last;
+            self.withdrawn = reply.2;
             self.trims.committed(ids.len(), trims);
             return Ok(Some(reply.1.into_iter().map(|p| p == 1).collect()));
         }
@@ -492,11 +536,12 @@ impl Reader {
     async fn commit_patiently(
         &mut self,
         ids: &[String],
+        counted: bool,
         tx: &mpsc::Sender<BusMessage>,
     ) -> Option<Vec<bool>> {
         let mut failures = 0u32;
         loop {
-            match self.commit(ids, failures > 0).await {
+            match self.commit(ids, counted, failures > 0).await {
                 Ok(present) => return present,
                 Err(e) => {
                     failures += 1;
@@ -548,8 +593,9 @@ impl Reader {
                 }
             };
             let (ids, entries) = read_entries(reply);
+            let counted = all_counted(&entries);
             // With nothing new, the commit checks the marker is still there and ours.
-            let Some(present) = self.commit_patiently(&ids, &tx).await else {
+            let Some(present) = self.commit_patiently(&ids, counted, &tx).await else {
                 if tx.is_closed() {
                     return;
                 }
@@ -610,9 +656,10 @@ impl Transport for Streams {
             .arg(&*self.origin)
             .arg(self.pin_ttl);
         for entry in entries {
-            eval.arg((entry.fields.len() + 2) * 2).arg(entry.deadline);
+            eval.arg((entry.fields.len() + 3) * 2).arg(entry.deadline);
             eval.arg("o").arg(&*self.origin);
             eval.arg("q").arg(entry.seq);
+            eval.arg(COUNTED).arg(1);
             for (field, value) in &entry.fields {
                 eval.arg(*field).arg(value);
             }
@@ -699,7 +746,11 @@ impl Transport for Streams {
         seqs: &[u64],
     ) -> Result<(Vec<Fate>, Option<Progress>), StoreError> {
         let mut invocation = self.withdraw.key(self.keys.inbox_read(node));
-        invocation.key(self.keys.inbox(node)).arg(&*self.origin);
+        invocation
+            .key(self.keys.inbox(node))
+            .key(self.keys.inbox_withdrawals(node))
+            .arg(&*self.origin)
+            .arg(INBOX_TTL.as_millis() as u64);
         for seq in seqs {
             invocation.arg(seq);
         }
@@ -714,6 +765,11 @@ impl Transport for Streams {
             .collect();
         Ok((fates, parse_marker(&marker)))
     }
+}
+
+/// Whether every entry comes from a sender that counts its withdrawals (see [`COUNTED`]).
+fn all_counted(entries: &[HashMap<String, String>]) -> bool {
+    entries.iter().all(|fields| fields.contains_key(COUNTED))
 }
 
 /// The ids and fields of an XREAD reply's entries (none for a nil reply). Parsed from the
@@ -870,5 +926,171 @@ mod tests {
         tokio::time::advance(REPLICA_RECHECK).await;
         assert!(wait.due(), "the recheck waits once more");
         assert!(!ReplicaWait::new(false).due());
+    }
+
+    /// A `redis-server` of its own on a free port, killed when dropped.
+    struct Server(std::process::Child, u16);
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn redis_server() -> (Server, Redis) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        let server = Server(child, port);
+        let topology = crate::redis::Topology::Standalone {
+            url: format!("redis://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(redis) = Redis::connect(&topology, Duration::from_secs(2)).await
+                && redis.query::<String>(&cmd("PING")).await.is_ok()
+            {
+                return (server, redis);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server on port {} did not answer within 10 s",
+                server.1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// How often Redis ran `command` since the last `CONFIG RESETSTAT`.
+    async fn calls(redis: &Redis, command: &str) -> u64 {
+        let stats: String = redis.query(cmd("INFO").arg("commandstats")).await.unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// What the reader's next XREAD would return.
+    async fn read(reader: &Reader) -> (Vec<String>, Vec<HashMap<String, String>>) {
+        let mut xread = cmd("XREAD");
+        xread
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("STREAMS")
+            .arg(&reader.inbox)
+            .arg(&reader.last);
+        read_entries(reader.redis.query(&xread).await.unwrap())
+    }
+
+    /// Commits skip looking up each entry while no sender deleted any since the last
+    /// commit, yet an entry withdrawn between the read and the commit is still found gone;
+    /// so is one an older sender (which does not count its withdrawals) deleted.
+    #[tokio::test]
+    async fn commits_look_entries_up_only_after_a_withdrawal() {
+        let (_server, redis) = redis_server().await;
+        let keys = Keys::new("t:");
+        let streams = Streams {
+            redis: redis.clone(),
+            keys: keys.clone(),
+            origin: Arc::from("origin"),
+            replicas: ReplicaWait::new(false),
+            pin_ttl: 60_000,
+            withdraw: Script::new(WITHDRAW),
+            progress: Script::new(PROGRESS),
+        };
+        let mut reader = Reader {
+            redis: redis.clone(),
+            reader: redis.clone(),
+            marker: keys.inbox_read("n"),
+            inbox: keys.inbox("n"),
+            pins: keys.inbox_pins("n"),
+            withdrawals: keys.inbox_withdrawals("n"),
+            mark: Script::new(MARK),
+            generation: String::new(),
+            last: "0-0".into(),
+            withdrawn: String::new(),
+            seen: HashMap::new(),
+            trims: TrimSchedule::new(),
+        };
+        reader.open().await.unwrap();
+        assert_eq!(reader.commit(&[], true, false).await.unwrap(), Some(vec![]));
+        let deadline = (crate::clock::unix_now() + 60) * 1000;
+        let message = |seq| Outgoing {
+            seq,
+            deadline,
+            fields: vec![("k", "d".into()), ("to", "p".into()), ("f", "x".into())],
+        };
+
+        // Nothing withdrawn since the last commit: the batch is not looked up.
+        streams.append("n", None, &[message(1)]).await.unwrap();
+        let (ids, entries) = read(&reader).await;
+        assert!(all_counted(&entries), "{entries:?}");
+        redis
+            .query::<()>(cmd("CONFIG").arg("RESETSTAT"))
+            .await
+            .unwrap();
+        let present = reader.commit(&ids, true, false).await.unwrap();
+        assert_eq!(present, Some(vec![true]));
+        assert_eq!(calls(&redis, "xrange").await, 0);
+
+        // Withdrawn after the read, before the commit: found gone.
+        streams.append("n", None, &[message(2)]).await.unwrap();
+        let (ids, entries) = read(&reader).await;
+        assert_eq!(ids.len(), 1);
+        let (fates, _) = streams.withdraw("n", &[2]).await.unwrap();
+        assert_eq!(fates, vec![Fate::Withdrawn]);
+        redis
+            .query::<()>(cmd("CONFIG").arg("RESETSTAT"))
+            .await
+            .unwrap();
+        let present = reader.commit(&ids, all_counted(&entries), false).await;
+        assert_eq!(
+            present.unwrap(),
+            Some(vec![false]),
+            "a withdrawn entry is never delivered"
+        );
+        assert_eq!(
+            calls(&redis, "xrange").await,
+            1,
+            "looked up after the withdrawal"
+        );
+
+        // An older sender's entry, deleted as that sender withdraws (without a new value).
+        let id: String = redis
+            .query(
+                cmd("XADD")
+                    .arg(&reader.inbox)
+                    .arg("*")
+                    .arg("o")
+                    .arg("old")
+                    .arg("q")
+                    .arg(1),
+            )
+            .await
+            .unwrap();
+        let (ids, entries) = read(&reader).await;
+        assert_eq!(ids, vec![id.clone()]);
+        assert!(!all_counted(&entries));
+        redis
+            .query::<i64>(cmd("XDEL").arg(&reader.inbox).arg(&id))
+            .await
+            .unwrap();
+        let present = reader.commit(&ids, all_counted(&entries), false).await;
+        assert_eq!(present.unwrap(), Some(vec![false]));
     }
 }

@@ -115,6 +115,13 @@ impl Keys {
         format!("{}node:{{{node}}}:pins", self.prefix)
     }
 
+    /// A value that changes whenever a sender deletes unread entries from `node`'s inbox
+    /// (and never returns to one it had): while it stands still, every entry the node read
+    /// since is still there, and its commits need not look.
+    pub fn inbox_withdrawals(&self, node: &str) -> String {
+        format!("{}node:{{{node}}}:withdrawals", self.prefix)
+    }
+
     /// Resume queue of a session moving between nodes.
     pub fn spool(&self, session: &str) -> String {
         format!("{}queue:{session}", self.prefix)
