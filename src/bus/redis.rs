@@ -928,8 +928,8 @@ mod tests {
         assert!(!ReplicaWait::new(false).due());
     }
 
-    /// A `redis-server` of its own on a free port, killed when dropped.
-    struct Server(std::process::Child, u16);
+    /// A `redis-server` of its own, killed when dropped.
+    struct Server(std::process::Child);
 
     impl Drop for Server {
         fn drop(&mut self) {
@@ -938,40 +938,47 @@ mod tests {
         }
     }
 
+    /// Starts one on a free port and connects to it. The port is free when chosen but
+    /// another process may take it first: a server that exits at once (it could not bind)
+    /// is started again on another port.
     async fn redis_server() -> (Server, Redis) {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        let server = Server(child, port);
-        let topology = crate::redis::Topology::Standalone {
-            url: format!("redis://127.0.0.1:{port}"),
-        };
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(redis) = Redis::connect(&topology, Duration::from_secs(2)).await
-                && redis.query::<String>(&cmd("PING")).await.is_ok()
-            {
-                return (server, redis);
+        'start: loop {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is installed (scripts/test.sh installs it)");
+            let mut server = Server(child);
+            let topology = crate::redis::Topology::Standalone {
+                url: format!("redis://127.0.0.1:{port}"),
+            };
+            loop {
+                if let Ok(redis) = Redis::connect(&topology, Duration::from_secs(2)).await
+                    && redis.query::<String>(&cmd("PING")).await.is_ok()
+                {
+                    return (server, redis);
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "redis-server on port {port} did not answer within 10 s"
+                );
+                if matches!(server.0.try_wait(), Ok(Some(_))) {
+                    continue 'start;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server on port {} did not answer within 10 s",
-                server.1
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
