@@ -118,8 +118,10 @@ return redis.call('GET', KEYS[1]) or ''
 
 /// Commits a batch read under generation ARGV[1]: moves the marker to ARGV[2], trims
 /// entries below ARGV[3], those earlier commits covered (none when empty), but none that
-/// a live pin keeps, and returns {1, present, withdrawals} with 1/0 per entry id ARGV[6..]
-/// still in the inbox; {0} when the marker is gone, closed or of another generation.
+/// a live pin keeps, and with the trim keeps the inbox and the withdrawals key alive for
+/// ARGV[4] ms (a reader trims at least once a second: see TRIM_EVERY). Returns {1,
+/// present, withdrawals} with 1/0 per entry id ARGV[6..] still in the inbox; {0} when the
+/// marker is gone, closed or of another generation.
 /// ARGV[5] is the withdrawals value the previous commit returned, or '' when the batch
 /// holds an entry whose sender does not count its withdrawals: if it still stands, no
 /// sender deleted anything since that commit, so every entry read after it is still there
@@ -155,11 +157,10 @@ if ARGV[3] ~= '' then
     end
   end
   redis.call('XTRIM', KEYS[2], 'MINID', string.format('%d-%d', bms, bseq))
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  if w then redis.call('PEXPIRE', KEYS[4], ARGV[4]) end
 end
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if w then
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
-else
+if not w then
   local t = redis.call('TIME')
   w = t[1] .. '.' .. t[2]
   redis.call('SET', KEYS[4], w, 'PX', ARGV[4])
