@@ -15,8 +15,11 @@ import sys
 def main():
     if len(sys.argv) != 2:
         sys.exit(__doc__.strip())
-    with open(sys.argv[1]) as f:
-        runs = json.load(f).get("runs") or [{}]
+    try:
+        with open(sys.argv[1]) as f:
+            runs = json.load(f).get("runs") or [{}]
+    except (OSError, ValueError, AttributeError) as e:
+        sys.exit(f"redis-costs: cannot read the report {sys.argv[1]}: {e}")
     messages = runs[0].get("received") or 0
     if not messages:
         sys.exit("redis-costs: the report shows no message received")
